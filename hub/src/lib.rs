@@ -1,0 +1,6 @@
+//! The promhub hub: WebSocket gateway, durable log, consumer groups.
+//!
+//! Frames, topics and ACL come from `promhub-core`; nothing here re-implements
+//! them.
+
+pub mod store;

@@ -1,0 +1,172 @@
+//! Durable storage behind one trait, so the embedded SQLite backend and a
+//! MongoDB backend are interchangeable. No backend type leaks through it.
+//!
+//! Writes are batch-shaped: [`Store::commit`] takes many events and group
+//! updates at once and makes them durable with one commit + sync (group
+//! commit). The [`writer`] module coalesces concurrent requests into those
+//! batches; readers never wait for it.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use promhub_core::frames::{Event, Millis, Payload};
+use promhub_core::{Group, Pattern, Topic};
+
+pub mod sqlite;
+pub mod writer;
+
+#[cfg(test)]
+mod conformance;
+
+/// An event accepted from a publisher, before the store gives it a `seq`.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// UUIDv7 from the hub, or the publisher's `opts.id`.
+    pub id: String,
+    /// True when `id` came from the publisher (`opts.id`): only those are
+    /// de-duplicated.
+    pub client_id: bool,
+    pub topic: Topic,
+    pub ts: Millis,
+    pub key: Option<String>,
+    pub payload: Payload,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub tags: Option<Vec<String>>,
+    pub caused_by: Option<Vec<String>>,
+    pub sid: Option<String>,
+}
+
+/// What happened to one [`NewEvent`] of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// Stored with this `seq` (the full event, as it will be delivered).
+    Stored(Event),
+    /// `opts.id` was stored within the dedup window; nothing new was written.
+    Duplicate { id: String, seq: u64 },
+}
+
+/// A durable consumer group is identified by its pattern and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub pattern: String,
+    pub group: String,
+}
+
+impl GroupKey {
+    pub fn new(pattern: &Pattern, group: &Group) -> Self {
+        GroupKey {
+            pattern: pattern.as_str().to_owned(),
+            group: group.as_str().to_owned(),
+        }
+    }
+}
+
+/// Progress of one group to make durable. Every event with `seq <= cursor`
+/// is done (acknowledged or dead-lettered); `done_above` lists events after
+/// the cursor that are already done (acknowledged out of order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupProgress {
+    pub key: GroupKey,
+    pub cursor: u64,
+    pub done_above: Vec<u64>,
+}
+
+/// An event a group gave up on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub key: GroupKey,
+    pub seq: u64,
+    pub event_id: String,
+    pub reason: String,
+    pub attempts: u32,
+    pub dead_at: Millis,
+}
+
+/// A group's stored state, loaded when the group is first used after start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub key: GroupKey,
+    pub cursor: u64,
+    /// Events after the cursor that are done (acked or dead-lettered).
+    pub done_above: Vec<u64>,
+}
+
+/// One group-commit batch: everything in it becomes durable together.
+#[derive(Debug, Clone, Default)]
+pub struct CommitBatch {
+    pub events: Vec<NewEvent>,
+    /// New groups (created with their starting cursor) and cursor moves.
+    pub progress: Vec<GroupProgress>,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CommitOutcome {
+    /// One entry per `CommitBatch::events`, in order.
+    pub events: Vec<Appended>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Durable storage for the hub.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Makes a batch durable in one commit + sync, assigning each new event
+    /// a `seq` strictly greater than every earlier one. De-duplicates events
+    /// with `client_id` against ids stored within the dedup window (and
+    /// within the batch itself). Updates latest-by-key.
+    async fn commit(&self, batch: CommitBatch) -> Result<CommitOutcome, StoreError>;
+
+    /// Events with `seq > after`, in `seq` order, at most `limit`; when
+    /// `pattern` is given only matching ones (the scan continues past
+    /// non-matching events up to `scan_limit` rows, so a sparse pattern cannot
+    /// make one call unbounded). Returns the events and the last `seq`
+    /// examined, so the caller can continue from there.
+    async fn read_after(
+        &self,
+        after: u64,
+        pattern: Option<&Pattern>,
+        limit: usize,
+        scan_limit: usize,
+    ) -> Result<(Vec<Event>, u64), StoreError>;
+
+    /// The event with this `seq`, if retained.
+    async fn get(&self, seq: u64) -> Result<Option<Event>, StoreError>;
+
+    /// The highest `seq` ever assigned (0 for an empty store).
+    async fn last_seq(&self) -> Result<u64, StoreError>;
+
+    /// The lowest retained `seq`, if any.
+    async fn first_seq(&self) -> Result<Option<u64>, StoreError>;
+
+    /// The latest event of every (topic, key) whose topic matches `pattern`,
+    /// in `seq` order.
+    async fn latest_by_key(&self, pattern: &Pattern) -> Result<Vec<Event>, StoreError>;
+
+    /// The latest event for one (topic, key).
+    async fn latest_for_key(&self, topic: &Topic, key: &str) -> Result<Option<Event>, StoreError>;
+
+    /// A group's stored state, or `None` for a group never seen.
+    async fn load_group(&self, key: &GroupKey) -> Result<Option<GroupRecord>, StoreError>;
+
+    /// Every known group.
+    async fn groups(&self) -> Result<Vec<GroupRecord>, StoreError>;
+
+    /// Dead letters of one group, oldest first.
+    async fn dead_letters(&self, key: &GroupKey, limit: usize)
+    -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Number of events with `seq > after` (for lag).
+    async fn count_after(&self, after: u64) -> Result<u64, StoreError>;
+
+    /// Flushes and closes; later calls fail with [`StoreError::Closed`].
+    async fn close(&self) -> Result<(), StoreError>;
+}

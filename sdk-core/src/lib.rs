@@ -1,0 +1,13 @@
+//! promhub-core: the one source of truth for promhub's wire protocol v1,
+//! topic patterns, ACL policies and the sans-IO client state machine.
+//!
+//! No IO and no async runtime: the hub, the tokio client (`promhub`) and the
+//! browser client (`promhub-wasm`) all build on these types.
+
+pub mod acl;
+pub mod frames;
+pub mod topic;
+
+pub use acl::{Action, AclError, Effect, Policy, Rule, RuleAction};
+pub use frames::{ClientFrame, DecodeError, ErrorCode, Group, HubFrame, Payload};
+pub use topic::{Pattern, Topic, TopicError};
