@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every promhub test from a fresh machine: installs what is missing
+# (Rust toolchain and targets), then format, lint, unit, integration and
+# wasm checks. Used as-is by CI (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+step "toolchain"
+ensure_rust_toolchain
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy (native)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "clippy (wasm32)"
+cargo clippy -p promhub-core -p promhub-wasm --target wasm32-unknown-unknown --locked -- -D warnings
+
+step "build sdk-core for wasm32"
+cargo build -p promhub-core --target wasm32-unknown-unknown --locked
+
+step "tests"
+cargo test --workspace --locked
+
+if [[ "${FUZZ_SECONDS:-0}" != "0" ]]; then
+  step "fuzz (${FUZZ_SECONDS}s per target)"
+  scripts/fuzz.sh
+fi
+
+step "all tests passed"
