@@ -161,8 +161,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn groups(&self) -> Result<Vec<GroupRecord>, StoreError>;
 
     /// Dead letters of one group, oldest first.
-    async fn dead_letters(&self, key: &GroupKey, limit: usize)
-    -> Result<Vec<DeadLetter>, StoreError>;
+    async fn dead_letters(
+        &self,
+        key: &GroupKey,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
 
     /// Number of events with `seq > after` (for lag).
     async fn count_after(&self, after: u64) -> Result<u64, StoreError>;
