@@ -8,7 +8,7 @@ use crate::frames::{Group, Millis};
 use crate::topic::Pattern;
 
 /// Identifies one request (publish, ping, unsubscribe). It is also the
-/// frame's `rid` on the wire: [`RequestId::to_string`] gives the exact text.
+/// frame's `rid` on the wire: its `Display` (`to_string()`) gives the exact text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(pub(crate) u64);
 
