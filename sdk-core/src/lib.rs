@@ -5,9 +5,11 @@
 //! browser client (`promhub-wasm`) all build on these types.
 
 pub mod acl;
+pub mod client;
 pub mod frames;
 pub mod topic;
 
 pub use acl::{AclError, Action, Effect, Policy, Rule, RuleAction};
+pub use client::{ClientConfig, ClientCore, ClientEvent, ConnectionState, Transmit};
 pub use frames::{ClientFrame, DecodeError, ErrorCode, Group, HubFrame, Payload};
 pub use topic::{Pattern, Topic, TopicError};
