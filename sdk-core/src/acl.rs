@@ -77,9 +77,9 @@ impl Rule {
     fn group_matches(&self, action: Action, group: Option<&str>) -> bool {
         match (&self.groups, action) {
             (None, _) | (Some(_), Action::Publish) => true,
-            (Some(list), Action::Subscribe) => list
-                .iter()
-                .any(|g| g == "*" || Some(g.as_str()) == group),
+            (Some(list), Action::Subscribe) => {
+                list.iter().any(|g| g == "*" || Some(g.as_str()) == group)
+            }
         }
     }
 }
@@ -243,7 +243,10 @@ mod tests {
             r#"{"rules":{}}"#,
         ] {
             let value: serde_json::Value = serde_json::from_str(bad).unwrap();
-            assert!(Policy::from_json(&value).is_err(), "{bad} should be refused");
+            assert!(
+                Policy::from_json(&value).is_err(),
+                "{bad} should be refused"
+            );
         }
     }
 

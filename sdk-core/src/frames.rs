@@ -639,7 +639,11 @@ impl DecodeError {
 
     /// The `ERR` frame to answer with.
     pub fn to_error_frame(&self) -> ErrorFrame {
-        ErrorFrame::new(ErrorCode::BadRequest, self.message.clone(), self.rid.clone())
+        ErrorFrame::new(
+            ErrorCode::BadRequest,
+            self.message.clone(),
+            self.rid.clone(),
+        )
     }
 }
 

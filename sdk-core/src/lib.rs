@@ -8,6 +8,6 @@ pub mod acl;
 pub mod frames;
 pub mod topic;
 
-pub use acl::{Action, AclError, Effect, Policy, Rule, RuleAction};
+pub use acl::{AclError, Action, Effect, Policy, Rule, RuleAction};
 pub use frames::{ClientFrame, DecodeError, ErrorCode, Group, HubFrame, Payload};
 pub use topic::{Pattern, Topic, TopicError};
