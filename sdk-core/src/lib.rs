@@ -6,6 +6,7 @@
 
 pub mod acl;
 pub mod frames;
+mod object_only;
 pub mod topic;
 
 pub use acl::{AclError, Action, Effect, Policy, Rule, RuleAction};
