@@ -220,6 +220,17 @@ impl Client {
             .map_err(|_| Error::Closed)
     }
 
+    /// Sends a `PING` and returns the round-trip time. The hub answers only
+    /// once every event committed before it is queued for this connection
+    /// and every earlier `ACK`/`NACK` of this connection is durable, so a
+    /// `ping` after acknowledging is a sync point. Needs a connection
+    /// ([`Error::NotConnected`] otherwise).
+    pub async fn ping(&self) -> Result<Duration, Error> {
+        let (reply, answered) = oneshot::channel();
+        self.link.send(Command::Ping { reply })?;
+        answer(answered).await
+    }
+
     /// Replaces the token: sent in-band when connected (the connection and
     /// subscriptions stay up), used by the next connection otherwise, and
     /// after the hub refused the previous token it reconnects.

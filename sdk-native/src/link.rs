@@ -42,6 +42,9 @@ pub(crate) enum Command {
         kind: Settle,
         reply: Option<Reply<()>>,
     },
+    Ping {
+        reply: Reply<std::time::Duration>,
+    },
     SetToken(Option<String>),
     Reconnect,
     Close {

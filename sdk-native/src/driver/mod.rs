@@ -87,6 +87,7 @@ pub(crate) struct Driver {
     publishes: HashMap<RequestId, Reply<PubAck>>,
     subs: HashMap<SubscriptionId, SubEntry>,
     unsubscribes: HashMap<SubscriptionId, Reply<()>>,
+    pings: HashMap<RequestId, (Reply<Duration>, Instant)>,
     close_replies: Vec<oneshot::Sender<()>>,
     /// Stop once the outputs are drained.
     stopping: bool,
@@ -118,6 +119,7 @@ impl Driver {
             publishes: HashMap::new(),
             subs: HashMap::new(),
             unsubscribes: HashMap::new(),
+            pings: HashMap::new(),
             close_replies: Vec::new(),
             stopping: false,
         }
@@ -240,6 +242,9 @@ impl Driver {
         }
         for (_, reply) in self.unsubscribes.drain() {
             let _ = reply.send(Ok(()));
+        }
+        for (_, (reply, _)) in self.pings.drain() {
+            let _ = reply.send(Err(Error::Closed));
         }
         self.shared.state.send_replace(ConnectionState::Closed);
         let _ = self.shared.events.send(ConnectionEvent::Closed {
@@ -365,7 +370,16 @@ impl Driver {
             }
             ClientEvent::ProtocolError(msg) => tracing::warn!(%msg, "protocol error from the hub"),
             ClientEvent::Unmatched(unmatched) => tracing::debug!(?unmatched, "unmatched frame"),
-            ClientEvent::Pong { .. } | ClientEvent::PingFailed { .. } => {}
+            ClientEvent::Pong { request } => {
+                if let Some((reply, sent)) = self.pings.remove(&request) {
+                    let _ = reply.send(Ok(sent.elapsed()));
+                }
+            }
+            ClientEvent::PingFailed { request, error } => {
+                if let Some((reply, _)) = self.pings.remove(&request) {
+                    let _ = reply.send(Err(error.into()));
+                }
+            }
         }
     }
 
@@ -671,6 +685,14 @@ impl Driver {
                     let _ = reply.send(result);
                 }
             }
+            Command::Ping { reply } => match self.core.ping(now) {
+                Ok(request) => {
+                    self.pings.insert(request, (reply, Instant::now()));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
             Command::SetToken(token) => {
                 self.token_wanted = false;
                 self.core.set_token(now, token);
