@@ -85,11 +85,14 @@ impl fmt::Debug for EventStream {
 
 impl EventStream {
     pub(crate) fn new(receiver: broadcast::Receiver<ConnectionEvent>) -> Self {
-        let inner = stream::unfold(receiver, |mut receiver| async move {
+        // The state is `None` once `Closed` was handed out: nothing follows.
+        let inner = stream::unfold(Some(receiver), |receiver| async move {
+            let mut receiver = receiver?;
             match receiver.recv().await {
-                Ok(event) => Some((event, receiver)),
+                Ok(event @ ConnectionEvent::Closed { .. }) => Some((event, None)),
+                Ok(event) => Some((event, Some(receiver))),
                 Err(broadcast::error::RecvError::Lagged(count)) => {
-                    Some((ConnectionEvent::Missed { count }, receiver))
+                    Some((ConnectionEvent::Missed { count }, Some(receiver)))
                 }
                 Err(broadcast::error::RecvError::Closed) => None,
             }
