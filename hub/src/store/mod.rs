@@ -64,6 +64,10 @@ impl GroupKey {
 /// Progress of one group to make durable. Every event with `seq <= cursor`
 /// is done (acknowledged or dead-lettered); `done_above` lists events after
 /// the cursor that are already done (acknowledged out of order).
+///
+/// Applying it sets the stored cursor to `cursor` (creating the group if
+/// new), adds `done_above` to the stored marks, and drops marks at or below
+/// the cursor: callers send only new marks, not the whole set each time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupProgress {
     pub key: GroupKey,
@@ -98,6 +102,16 @@ pub struct CommitBatch {
     /// New groups (created with their starting cursor) and cursor moves.
     pub progress: Vec<GroupProgress>,
     pub dead_letters: Vec<DeadLetter>,
+    /// Dead letters to delete (replayed into their group, or purged).
+    pub removed_dead_letters: Vec<DeadLetterRef>,
+}
+
+/// Identifies one dead letter: a group gives up on an event at most once at
+/// a time, so (group, seq) is unique.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeadLetterRef {
+    pub key: GroupKey,
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -106,7 +120,8 @@ pub struct CommitOutcome {
     pub events: Vec<Appended>,
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Cloneable so that one failed group commit can fail every request in it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("storage backend failed: {0}")]
     Backend(String),
@@ -160,9 +175,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Every known group.
     async fn groups(&self) -> Result<Vec<GroupRecord>, StoreError>;
 
-    /// Dead letters of one group, oldest first.
-    async fn dead_letters(&self, key: &GroupKey, limit: usize)
-    -> Result<Vec<DeadLetter>, StoreError>;
+    /// Dead letters of one group with `seq > after_seq`, in `seq` order, at
+    /// most `limit` (page with the last `seq` returned).
+    async fn dead_letters(
+        &self,
+        key: &GroupKey,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Number of dead letters of one group.
+    async fn dead_letter_count(&self, key: &GroupKey) -> Result<u64, StoreError>;
 
     /// Number of events with `seq > after` (for lag).
     async fn count_after(&self, after: u64) -> Result<u64, StoreError>;
