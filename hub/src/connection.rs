@@ -346,19 +346,16 @@ impl Connection {
             }
             ClientFrame::Nack(nack) => self.nack(nack).await,
             ClientFrame::Ping(Ping { rid }) => {
-                // PONG comes after every earlier ACK/NACK of this connection
-                // is durable, so a client can use PING as a sync point.
-                if self.has_groups() {
+                // For a subscriber, PONG comes after every event committed
+                // before the PING was queued for it and every earlier
+                // ACK/NACK is durable: a client can use PING as a sync point.
+                if self.registered {
                     self.shared.broker.barrier().await;
                 }
                 self.send(HubFrame::Pong(Ping { rid }));
             }
             ClientFrame::Pong(_) => {}
         }
-    }
-
-    fn has_groups(&self) -> bool {
-        self.subscriptions.iter().any(|(_, group)| group.is_some())
     }
 
     /// The group key of an ACK / WORKING for one of this connection's
@@ -647,6 +644,7 @@ impl Connection {
         }
         self.subscriptions.insert(key);
         self.registered = true;
+        let (registered, is_registered) = tokio::sync::oneshot::channel();
         let request = SubscribeRequest {
             conn: self.id,
             outbox: Arc::clone(&self.outbox),
@@ -657,11 +655,16 @@ impl Connection {
             from: opts.from.unwrap_or(StartFrom::Latest),
             snapshot: opts.snapshot.unwrap_or(false),
             rid,
+            registered: Some(registered),
         };
-        self.shared
+        if self
+            .shared
             .broker
             .send(Command::Subscribe(request))
-            .await;
+            .await
+        {
+            let _ = is_registered.await;
+        }
     }
 
     async fn unsubscribe(&mut self, unsubscribe: Unsubscribe) {

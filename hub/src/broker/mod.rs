@@ -53,6 +53,19 @@ pub(crate) struct SubscribeRequest {
     pub from: StartFrom,
     pub snapshot: bool,
     pub rid: Option<Rid>,
+    /// Fired once the broker has taken the subscription into account: the
+    /// connection waits for it before reading its next frame, so an event
+    /// published after this SUBSCRIBE (causally) is never missed.
+    pub registered: Option<oneshot::Sender<()>>,
+}
+
+/// Subscriptions waiting for their group to be loaded or created.
+#[derive(Debug)]
+struct PendingGroup {
+    /// The broker's head when the first of them arrived: where a new group
+    /// `from: latest` starts.
+    head: u64,
+    waiting: Vec<SubscribeRequest>,
 }
 
 #[derive(Debug)]
@@ -90,8 +103,14 @@ pub(crate) enum Command {
     Disconnected {
         conn: ConnId,
     },
-    /// Answered once every group change made before it is durable.
+    /// Answered once every event committed before it has been fanned out
+    /// and every group change made before it is durable.
     Barrier {
+        done: oneshot::Sender<()>,
+    },
+    /// A barrier that waits for the broker to see `seq` committed.
+    BarrierAt {
+        seq: u64,
         done: oneshot::Sender<()>,
     },
     /// Final flush, then the broker stops.
@@ -187,6 +206,7 @@ pub(crate) fn spawn(setup: BrokerSetup) -> (BrokerHandle, tokio::task::JoinHandl
         flush_in_flight: false,
         waiting_for_current_flush: Vec::new(),
         waiting_for_next_flush: Vec::new(),
+        waiting_for_head: Vec::new(),
         shutdown: None,
         start: Instant::now(),
     };
@@ -214,7 +234,7 @@ struct Broker {
     group_ids: HashMap<GroupKey, GroupId>,
     next_group_id: GroupId,
     /// Subscriptions waiting for their group to be loaded or created.
-    pending_groups: HashMap<GroupKey, Vec<SubscribeRequest>>,
+    pending_groups: HashMap<GroupKey, PendingGroup>,
     conns: HashMap<ConnId, ConnSubs>,
     timers: BTreeSet<TimerKey>,
     /// Groups with changes not yet handed to the writer.
@@ -223,6 +243,8 @@ struct Broker {
     flush_in_flight: bool,
     waiting_for_current_flush: Vec<oneshot::Sender<()>>,
     waiting_for_next_flush: Vec<oneshot::Sender<()>>,
+    /// Barriers waiting for the broker to see a seq committed.
+    waiting_for_head: Vec<(u64, oneshot::Sender<()>)>,
     shutdown: Option<oneshot::Sender<()>>,
     start: Instant,
 }
@@ -308,11 +330,20 @@ impl Broker {
             Command::PolicyChanged { conn, policy } => self.policy_changed(conn, &policy),
             Command::Disconnected { conn } => self.disconnected(conn),
             Command::Barrier { done } => {
-                if self.dirty.is_empty() && !self.flush_in_flight {
-                    let _ = done.send(());
+                let store = Arc::clone(&self.store);
+                let commands = self.commands.clone();
+                tokio::spawn(async move {
+                    // If the read fails, wait for nothing more than what the
+                    // broker has already seen.
+                    let seq = store.last_seq().await.unwrap_or(0);
+                    let _ = commands.send(Command::BarrierAt { seq, done }).await;
+                });
+            }
+            Command::BarrierAt { seq, done } => {
+                if self.head >= seq {
+                    self.barrier_flush(done);
                 } else {
-                    self.waiting_for_next_flush.push(done);
-                    self.flush_due = Some(Instant::now());
+                    self.waiting_for_head.push((seq, done));
                 }
             }
             Command::Shutdown { done } => {
@@ -342,6 +373,16 @@ impl Broker {
         }
     }
 
+    /// The second half of a barrier: wait for group changes to be durable.
+    fn barrier_flush(&mut self, done: oneshot::Sender<()>) {
+        if self.dirty.is_empty() && !self.flush_in_flight {
+            let _ = done.send(());
+        } else {
+            self.waiting_for_next_flush.push(done);
+            self.flush_due = Some(Instant::now());
+        }
+    }
+
     // -----------------------------------------------------------------
     // Committed events
 
@@ -357,6 +398,17 @@ impl Broker {
         let gids: Vec<GroupId> = self.groups.keys().copied().collect();
         for gid in gids {
             self.with_group(gid, |group, fx| group.on_live(&committed, fx));
+        }
+        if !self.waiting_for_head.is_empty() {
+            let head = self.head;
+            let (reached, waiting): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut self.waiting_for_head)
+                    .into_iter()
+                    .partition(|(seq, _)| *seq <= head);
+            self.waiting_for_head = waiting;
+            for (_, done) in reached {
+                self.barrier_flush(done);
+            }
         }
     }
 
@@ -426,7 +478,10 @@ impl Broker {
     // -----------------------------------------------------------------
     // Subscribe / unsubscribe
 
-    fn subscribe(&mut self, request: SubscribeRequest) {
+    fn subscribe(&mut self, mut request: SubscribeRequest) {
+        if let Some(registered) = request.registered.take() {
+            let _ = registered.send(());
+        }
         let conn = self.conns.entry(request.conn).or_default();
         conn.outbox = Some(Arc::clone(&request.outbox));
         let Some(group) = request.group.clone() else {
@@ -438,11 +493,17 @@ impl Broker {
             self.join(gid, request);
             return;
         }
-        if let Some(waiting) = self.pending_groups.get_mut(&key) {
-            waiting.push(request);
+        if let Some(pending) = self.pending_groups.get_mut(&key) {
+            pending.waiting.push(request);
             return;
         }
-        self.pending_groups.insert(key.clone(), vec![request]);
+        self.pending_groups.insert(
+            key.clone(),
+            PendingGroup {
+                head: self.head,
+                waiting: vec![request],
+            },
+        );
         let store = Arc::clone(&self.store);
         let commands = self.commands.clone();
         tokio::spawn(async move {
@@ -494,13 +555,17 @@ impl Broker {
         match result {
             Ok(Some(record)) => self.open_group(key, record),
             Ok(None) => {
-                let Some(first) = self.pending_groups.get(&key).and_then(|w| w.first()) else {
+                let Some((first, head)) = self
+                    .pending_groups
+                    .get(&key)
+                    .and_then(|p| p.waiting.first().map(|first| (first, p.head)))
+                else {
                     // Everyone waiting left; nothing to create.
                     self.pending_groups.remove(&key);
                     return;
                 };
                 let cursor = match first.from {
-                    StartFrom::Latest => self.head,
+                    StartFrom::Latest => head,
                     StartFrom::Earliest => 0,
                     StartFrom::Seq(seq) => seq.saturating_sub(1),
                 };
@@ -545,7 +610,12 @@ impl Broker {
 
     fn fail_pending(&mut self, key: &GroupKey, error: &StoreError) {
         tracing::error!(error = %error, pattern = %key.pattern, group = %key.group, "cannot open group");
-        for request in self.pending_groups.remove(key).unwrap_or_default() {
+        let waiting = self
+            .pending_groups
+            .remove(key)
+            .map(|p| p.waiting)
+            .unwrap_or_default();
+        for request in waiting {
             reply(
                 &request.outbox,
                 HubFrame::Err(ErrorFrame::new(
@@ -558,7 +628,11 @@ impl Broker {
     }
 
     fn open_group(&mut self, key: GroupKey, record: GroupRecord) {
-        let waiting = self.pending_groups.remove(&key).unwrap_or_default();
+        let waiting = self
+            .pending_groups
+            .remove(&key)
+            .map(|p| p.waiting)
+            .unwrap_or_default();
         let Some(first) = waiting.first() else {
             return;
         };
@@ -614,8 +688,8 @@ impl Broker {
             }
             Some(name) => {
                 let key = GroupKey::new(&pattern, name);
-                if let Some(waiting) = self.pending_groups.get_mut(&key) {
-                    waiting.retain(|r| r.conn != conn);
+                if let Some(pending) = self.pending_groups.get_mut(&key) {
+                    pending.waiting.retain(|r| r.conn != conn);
                 }
                 if let Some(&gid) = self.group_ids.get(&key) {
                     if let Some(subs) = self.conns.get_mut(&conn) {
@@ -648,16 +722,16 @@ impl Broker {
         for gid in subs.groups.clone() {
             self.with_group(gid, |group, fx| group.set_policy(conn, policy, fx));
         }
-        for waiting in self.pending_groups.values_mut() {
-            for request in waiting.iter_mut().filter(|r| r.conn == conn) {
+        for pending in self.pending_groups.values_mut() {
+            for request in pending.waiting.iter_mut().filter(|r| r.conn == conn) {
                 request.policy = Arc::clone(policy);
             }
         }
     }
 
     fn disconnected(&mut self, conn: ConnId) {
-        for waiting in self.pending_groups.values_mut() {
-            waiting.retain(|r| r.conn != conn);
+        for pending in self.pending_groups.values_mut() {
+            pending.waiting.retain(|r| r.conn != conn);
         }
         let Some(subs) = self.conns.remove(&conn) else {
             return;
