@@ -58,7 +58,9 @@ impl Store for Counting {
         limit: usize,
         scan_limit: usize,
     ) -> Result<(Vec<Event>, u64), StoreError> {
-        self.inner.read_after(after, pattern, limit, scan_limit).await
+        self.inner
+            .read_after(after, pattern, limit, scan_limit)
+            .await
     }
     async fn get(&self, seq: u64) -> Result<Option<Event>, StoreError> {
         self.inner.get(seq).await
@@ -224,7 +226,7 @@ fn appends(c: &mut Criterion) {
     let mut group = c.benchmark_group("store_append");
     group.throughput(Throughput::Elements(1));
     group.sample_size(10);
-    group.measurement_time(Duration::from_secs(10));
+    group.measurement_time(Duration::from_secs(6));
     for (name, in_flight, shape) in [
         ("plain_256_inflight", IN_FLIGHT, Shape::Plain),
         ("keyed_dedup_256_inflight", IN_FLIGHT, Shape::KeyedDedup),

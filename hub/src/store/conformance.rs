@@ -140,10 +140,16 @@ pub(crate) async fn events_round_trip(factory: &dyn StoreFactory) -> Result<()> 
     full.caused_by = Some(vec!["cause-1".to_owned()]);
     full.sid = Some("session-9".to_owned());
     let bare = event("orders.eu.created", None, "y");
+    // NUL bytes and non-ASCII text in every string field.
+    let mut odd = with_client_id(event("ördérs.日本", Some("k\0z"), "x"), "id\0ü");
+    odd.payload = RawValue::from_string(r#"["\u0000", "日本"]"#.to_owned())?;
+    odd.headers = Some(BTreeMap::from([("h\0".to_owned(), "v\0é".to_owned())]));
+    odd.sid = Some("s\0".to_owned());
+    odd.ts = 0;
     let mut empty_options = event("orders.eu.created", Some(""), "y");
     empty_options.headers = Some(BTreeMap::new());
     empty_options.tags = Some(Vec::new());
-    let inputs = vec![full, bare, empty_options];
+    let inputs = vec![full, bare, empty_options, odd];
     let out = commit_events(store.as_ref(), inputs.clone()).await?;
     for (input, appended) in inputs.iter().zip(&out) {
         let e = stored(appended)?;
@@ -161,6 +167,12 @@ pub(crate) async fn events_round_trip(factory: &dyn StoreFactory) -> Result<()> 
         ensure!(read.sid == input.sid, "sid");
     }
     ensure!(store.get(9999).await?.is_none(), "unknown seq is None");
+    ensure!(store.get(u64::MAX).await?.is_none(), "absurd seq is None");
+    let key = store
+        .latest_for_key(&topic("ördérs.日本"), "k\0z")
+        .await?
+        .context("latest by an odd key")?;
+    ensure!(key.seq == stored(&out[3])?.seq);
     store.close().await?;
     Ok(())
 }
@@ -343,6 +355,16 @@ pub(crate) async fn read_after(factory: &dyn StoreFactory) -> Result<()> {
     ensure!(upto == last, "examined up to the end");
     let (none, upto) = store.read_after(last, None, 10, 10).await?;
     ensure!(none.is_empty() && upto == last);
+    let (none, upto) = store.read_after(u64::MAX, None, 10, 10).await?;
+    ensure!(none.is_empty() && upto == u64::MAX, "after beyond the end");
+    ensure!(store.count_after(u64::MAX).await? == 0);
+    let (one, upto) = store.read_after(0, None, 1, 0).await?;
+    ensure!(
+        one.len() == 1 && upto == seqs[0],
+        "scan_limit 0 still makes progress"
+    );
+    let (none, upto) = store.read_after(3, None, 0, 10).await?;
+    ensure!(none.is_empty() && upto == 3, "limit 0 reads nothing");
 
     // Concrete pattern: only that topic.
     let (ax, upto) = store.read_after(0, Some(&pattern("a.x")), 100, 100).await?;
@@ -433,8 +455,26 @@ pub(crate) async fn group_progress(factory: &dyn StoreFactory) -> Result<()> {
         .await?;
     let rec = store.load_group(&key).await?.context("exists")?;
     ensure!(rec.cursor == 7 && rec.done_above == vec![9, 12], "{rec:?}");
+    // A cursor beyond any possible seq (a client's absurd `from`) still
+    // means "after everything".
+    let far = group_key("far.*", "g");
+    store
+        .commit(CommitBatch {
+            progress: vec![GroupProgress {
+                key: far.clone(),
+                cursor: u64::MAX,
+                done_above: vec![u64::MAX],
+            }],
+            ..CommitBatch::default()
+        })
+        .await?;
+    let rec = store.load_group(&far).await?.context("far group")?;
+    ensure!(
+        rec.cursor >= i64::MAX as u64 && rec.done_above.is_empty(),
+        "{rec:?}"
+    );
     let groups = store.groups().await?;
-    ensure!(groups.len() == 2, "both groups listed");
+    ensure!(groups.len() == 3, "all groups listed");
     ensure!(groups.iter().any(|g| g.key == other && g.cursor == 0));
     ensure!(
         groups

@@ -53,6 +53,10 @@ pub struct SqliteOptions {
     pub dedup_prune_per_commit: usize,
     /// Memory-map this much of the file for reads (0 = off).
     pub mmap_size: u64,
+    /// WAL pages after which a commit also checkpoints (copies the WAL into
+    /// the database file). Larger means fewer, bigger checkpoints: a page
+    /// changed by many commits is copied once.
+    pub wal_autocheckpoint_pages: u32,
 }
 
 impl Default for SqliteOptions {
@@ -64,6 +68,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             dedup_prune_per_commit: 512,
             mmap_size: 256 * 1024 * 1024,
+            wal_autocheckpoint_pages: 1000,
         }
     }
 }
@@ -214,9 +219,15 @@ fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
-// SQLite integers are i64. `seq` stays far below 2^63; other u64 values (a
-// publisher's `ts`, cursors) are stored bit-for-bit so any value round-trips.
-fn to_sql_int(v: u64) -> i64 {
+// SQLite integers are i64. No `seq` can exceed i64::MAX, so a larger seq or
+// cursor (say a client's absurd `from`) is clamped, which keeps its meaning
+// ("after everything"). Other u64 values (a publisher's `ts`) are stored
+// bit-for-bit so any value round-trips.
+fn seq_to_sql(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn bits_to_sql(v: u64) -> i64 {
     v as i64
 }
 
@@ -256,6 +267,8 @@ fn open_write_connection(path: &Path, options: &SqliteOptions) -> Result<Connect
     // durable. NORMAL would lose the last commits on power loss.
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(backend)?;
+    conn.pragma_update(None, "wal_autocheckpoint", options.wal_autocheckpoint_pages)
+        .map_err(backend)?;
     // Keep the WAL file from staying huge after a burst.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
         .map_err(backend)?;
@@ -271,7 +284,7 @@ fn open_read_connection(path: &Path, options: &SqliteOptions) -> Result<Connecti
     .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
     apply_common_pragmas(&conn, options)?;
     if options.mmap_size > 0 {
-        conn.pragma_update(None, "mmap_size", to_sql_int(options.mmap_size))
+        conn.pragma_update(None, "mmap_size", seq_to_sql(options.mmap_size))
             .map_err(backend)?;
     }
     Ok(conn)
@@ -440,7 +453,7 @@ impl SqliteWriter {
                     let earlier = match batch_ids.get(&event.id) {
                         Some(&seq) => Some(seq),
                         None => find_dedup
-                            .query_row(params![event.id, to_sql_int(window_start)], |row| {
+                            .query_row(params![event.id, bits_to_sql(window_start)], |row| {
                                 row.get::<_, i64>(0)
                             })
                             .optional()
@@ -461,7 +474,7 @@ impl SqliteWriter {
                         last_seq,
                         event.id,
                         event.topic.as_str(),
-                        to_sql_int(event.ts),
+                        bits_to_sql(event.ts),
                         event.key,
                         event.payload.get(),
                         headers,
@@ -473,7 +486,7 @@ impl SqliteWriter {
                 let seq = from_sql_int(last_seq);
                 if event.client_id {
                     put_dedup
-                        .execute(params![event.id, last_seq, to_sql_int(now)])
+                        .execute(params![event.id, last_seq, bits_to_sql(now)])
                         .map_err(backend)?;
                     batch_ids.insert(event.id.clone(), seq);
                 }
@@ -509,7 +522,7 @@ impl SqliteWriter {
             "DELETE FROM dedup WHERE id IN
                 (SELECT id FROM dedup WHERE stored_at < ?1 ORDER BY stored_at LIMIT ?2)",
         )
-        .and_then(|mut s| s.execute(params![to_sql_int(window_start), prune_limit as i64]))
+        .and_then(|mut s| s.execute(params![bits_to_sql(window_start), prune_limit as i64]))
         .map_err(backend)?;
         tx.commit().map_err(backend)?;
         Ok(CommitOutcome { events: outcome })
@@ -536,17 +549,19 @@ fn apply_group_changes(
             )
             .map_err(backend)?;
         for p in &batch.progress {
-            let cursor = to_sql_int(p.cursor);
+            let cursor = seq_to_sql(p.cursor);
             put_cursor
                 .execute(params![p.key.pattern, p.key.group, cursor])
                 .map_err(backend)?;
             drop_done
                 .execute(params![p.key.pattern, p.key.group, cursor])
                 .map_err(backend)?;
-            for &seq in p.done_above.iter().filter(|&&seq| seq > p.cursor) {
-                add_done
-                    .execute(params![p.key.pattern, p.key.group, to_sql_int(seq)])
-                    .map_err(backend)?;
+            for seq in p.done_above.iter().map(|&seq| seq_to_sql(seq)) {
+                if seq > cursor {
+                    add_done
+                        .execute(params![p.key.pattern, p.key.group, seq])
+                        .map_err(backend)?;
+                }
             }
         }
     }
@@ -562,11 +577,11 @@ fn apply_group_changes(
             put.execute(params![
                 d.key.pattern,
                 d.key.group,
-                to_sql_int(d.seq),
+                seq_to_sql(d.seq),
                 d.event_id,
                 d.reason,
                 d.attempts,
-                to_sql_int(d.dead_at),
+                bits_to_sql(d.dead_at),
             ])
             .map_err(backend)?;
         }
@@ -577,7 +592,7 @@ fn apply_group_changes(
             .map_err(backend)?;
         for r in &batch.removed_dead_letters {
             delete
-                .execute(params![r.key.pattern, r.key.group, to_sql_int(r.seq)])
+                .execute(params![r.key.pattern, r.key.group, seq_to_sql(r.seq)])
                 .map_err(backend)?;
         }
     }
@@ -717,7 +732,7 @@ impl Store for SqliteStore {
         // A scan looks at one row at least, so every call makes progress.
         let scan_limit = scan_limit.max(1);
         self.read(move |tx| {
-            let after_sql = to_sql_int(after);
+            let after_sql = seq_to_sql(after);
             let mut events = Vec::new();
             let topic = pattern.as_ref().and_then(Pattern::as_topic);
             match (&pattern, &topic) {
@@ -803,7 +818,7 @@ impl Store for SqliteStore {
                     "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"
                 ))
                 .map_err(backend)?;
-            let mut rows = stmt.query([to_sql_int(seq)]).map_err(backend)?;
+            let mut rows = stmt.query([seq_to_sql(seq)]).map_err(backend)?;
             match rows.next().map_err(backend)? {
                 Some(row) => Ok(Some(event_from_row(row)?)),
                 None => Ok(None),
@@ -989,7 +1004,7 @@ impl Store for SqliteStore {
                 .query(params![
                     key.pattern,
                     key.group,
-                    to_sql_int(after_seq),
+                    seq_to_sql(after_seq),
                     limit
                 ])
                 .map_err(backend)?;
@@ -1025,7 +1040,7 @@ impl Store for SqliteStore {
     async fn count_after(&self, after: u64) -> Result<u64, StoreError> {
         self.read(move |tx| {
             tx.prepare_cached("SELECT count(*) FROM events WHERE seq > ?1")
-                .and_then(|mut s| s.query_row([to_sql_int(after)], |row| row.get::<_, i64>(0)))
+                .and_then(|mut s| s.query_row([seq_to_sql(after)], |row| row.get::<_, i64>(0)))
                 .map(from_sql_int)
                 .map_err(backend)
         })
@@ -1048,6 +1063,107 @@ impl Store for SqliteStore {
                 .map_err(|e| StoreError::Backend(format!("close task failed: {e}")))?
                 .map_err(|_| StoreError::Backend("the writer thread panicked".into()))?;
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::{Result, ensure};
+    use promhub_core::frames::to_payload;
+
+    use super::*;
+    use crate::store::NewEvent;
+
+    fn event(id: &str, client_id: bool) -> NewEvent {
+        NewEvent {
+            id: id.to_owned(),
+            client_id,
+            topic: Topic::parse("t").unwrap(),
+            ts: 1,
+            key: None,
+            payload: to_payload("p").unwrap(),
+            headers: None,
+            tags: None,
+            caused_by: None,
+            sid: None,
+        }
+    }
+
+    fn count(path: &Path, table: &str) -> Result<i64> {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        Ok(conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?)
+    }
+
+    #[tokio::test]
+    async fn expired_dedup_entries_are_pruned_a_bounded_amount_per_commit() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let window = Duration::from_millis(20);
+        let store = SqliteStore::open(
+            dir.path(),
+            SqliteOptions {
+                dedup_window: window,
+                dedup_prune_per_commit: 2,
+                ..SqliteOptions::default()
+            },
+        )?;
+        let events = (0..10).map(|i| event(&format!("c{i}"), true)).collect();
+        store
+            .commit(CommitBatch {
+                events,
+                ..CommitBatch::default()
+            })
+            .await?;
+        ensure!(count(store.path(), "dedup")? == 10);
+        tokio::time::sleep(window * 3).await;
+        let plain = || CommitBatch {
+            events: vec![event("hub", false)],
+            ..CommitBatch::default()
+        };
+        store.commit(plain()).await?;
+        ensure!(count(store.path(), "dedup")? == 8, "two pruned");
+        store.commit(plain()).await?;
+        ensure!(count(store.path(), "dedup")? == 6, "two more pruned");
+        store.close().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn creates_a_versioned_wal_database_and_refuses_a_newer_schema() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default())?;
+        let path = store.path().to_owned();
+        ensure!(path == dir.path().join(DB_FILE));
+        store.close().await?;
+        {
+            let conn = Connection::open(&path)?;
+            let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+            ensure!(mode == "wal", "journal mode {mode}");
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            ensure!(version == SCHEMA_VERSION);
+            conn.execute_batch("PRAGMA user_version = 99")?;
+        }
+        match SqliteStore::open(dir.path(), SqliteOptions::default()) {
+            Err(StoreError::Corrupt(msg)) => ensure!(msg.contains("99"), "{msg}"),
+            other => anyhow::bail!("expected a schema error, got {other:?}"),
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn unusable_data_dir_is_a_clear_error() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x")?;
+        match SqliteStore::open(&file, SqliteOptions::default()) {
+            Err(StoreError::Backend(msg)) => ensure!(msg.contains("not-a-dir"), "{msg}"),
+            other => anyhow::bail!("expected an error, got {other:?}"),
+        }
+        // A file that is not a database.
+        let bad = dir.path().join("bad");
+        std::fs::create_dir(&bad)?;
+        std::fs::write(bad.join(DB_FILE), vec![7u8; 8192])?;
+        ensure!(SqliteStore::open(&bad, SqliteOptions::default()).is_err());
         Ok(())
     }
 }

@@ -305,3 +305,336 @@ async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use anyhow::{Context, Result, ensure};
+    use async_trait::async_trait;
+    use promhub_core::frames::to_payload;
+    use promhub_core::{Pattern, Topic};
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::store::sqlite::{SqliteOptions, SqliteStore};
+    use crate::store::{CommitOutcome, GroupRecord};
+
+    /// A real SQLite store that records every batch, can hold commits at a
+    /// gate (so requests queue up deterministically) and can fail a chosen
+    /// commit.
+    #[derive(Debug)]
+    struct Instrumented {
+        inner: SqliteStore,
+        gate: Semaphore,
+        commits: AtomicUsize,
+        fail_commit: AtomicUsize,
+        batches: Mutex<Vec<CommitBatch>>,
+    }
+
+    impl Instrumented {
+        fn new(dir: &std::path::Path) -> Result<Arc<Self>> {
+            Ok(Arc::new(Instrumented {
+                inner: SqliteStore::open(dir, SqliteOptions::default())?,
+                gate: Semaphore::new(0),
+                commits: AtomicUsize::new(0),
+                fail_commit: AtomicUsize::new(usize::MAX),
+                batches: Mutex::new(Vec::new()),
+            }))
+        }
+
+        fn open_gate(&self) {
+            self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+        }
+
+        fn batches(&self) -> Vec<CommitBatch> {
+            self.batches.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait]
+    impl Store for Instrumented {
+        async fn commit(&self, batch: CommitBatch) -> Result<CommitOutcome, StoreError> {
+            let n = self.commits.fetch_add(1, Ordering::SeqCst);
+            self.gate
+                .acquire()
+                .await
+                .map_err(|_| StoreError::Closed)?
+                .forget();
+            self.batches.lock().unwrap().push(batch.clone());
+            if n == self.fail_commit.load(Ordering::SeqCst) {
+                return Err(StoreError::Backend("injected failure".into()));
+            }
+            self.inner.commit(batch).await
+        }
+        async fn read_after(
+            &self,
+            after: u64,
+            pattern: Option<&Pattern>,
+            limit: usize,
+            scan_limit: usize,
+        ) -> Result<(Vec<Event>, u64), StoreError> {
+            self.inner
+                .read_after(after, pattern, limit, scan_limit)
+                .await
+        }
+        async fn get(&self, seq: u64) -> Result<Option<Event>, StoreError> {
+            self.inner.get(seq).await
+        }
+        async fn last_seq(&self) -> Result<u64, StoreError> {
+            self.inner.last_seq().await
+        }
+        async fn first_seq(&self) -> Result<Option<u64>, StoreError> {
+            self.inner.first_seq().await
+        }
+        async fn latest_by_key(&self, pattern: &Pattern) -> Result<Vec<Event>, StoreError> {
+            self.inner.latest_by_key(pattern).await
+        }
+        async fn latest_for_key(
+            &self,
+            topic: &Topic,
+            key: &str,
+        ) -> Result<Option<Event>, StoreError> {
+            self.inner.latest_for_key(topic, key).await
+        }
+        async fn load_group(&self, key: &GroupKey) -> Result<Option<GroupRecord>, StoreError> {
+            self.inner.load_group(key).await
+        }
+        async fn groups(&self) -> Result<Vec<GroupRecord>, StoreError> {
+            self.inner.groups().await
+        }
+        async fn dead_letters(
+            &self,
+            key: &GroupKey,
+            after_seq: u64,
+            limit: usize,
+        ) -> Result<Vec<DeadLetter>, StoreError> {
+            self.inner.dead_letters(key, after_seq, limit).await
+        }
+        async fn dead_letter_count(&self, key: &GroupKey) -> Result<u64, StoreError> {
+            self.inner.dead_letter_count(key).await
+        }
+        async fn count_after(&self, after: u64) -> Result<u64, StoreError> {
+            self.inner.count_after(after).await
+        }
+        async fn close(&self) -> Result<(), StoreError> {
+            self.inner.close().await
+        }
+    }
+
+    fn event(n: usize) -> NewEvent {
+        NewEvent {
+            id: format!("hub-{n}"),
+            client_id: false,
+            topic: Topic::parse("w.t").unwrap(),
+            ts: 1,
+            key: None,
+            payload: to_payload(&n).unwrap(),
+            headers: None,
+            tags: None,
+            caused_by: None,
+            sid: None,
+        }
+    }
+
+    /// Yields until `condition` holds (bounded; no timing involved).
+    async fn wait_until(what: &str, condition: impl Fn() -> bool) -> Result<()> {
+        for _ in 0..1_000_000 {
+            if condition() {
+                return Ok(());
+            }
+            tokio::task::yield_now().await;
+        }
+        anyhow::bail!("gave up waiting until {what}")
+    }
+
+    /// Waits until `n` requests sit in the writer's queue.
+    async fn wait_queued(writer: &StoreWriter, capacity: usize, n: usize) -> Result<()> {
+        wait_until("requests queued", || {
+            capacity - writer.requests.capacity() >= n
+        })
+        .await
+    }
+
+    async fn wait_first_commit(store: &Instrumented) -> Result<()> {
+        wait_until("the first commit started", || {
+            store.commits.load(Ordering::SeqCst) > 0
+        })
+        .await
+    }
+
+    fn options(max_batch_events: usize) -> WriterOptions {
+        WriterOptions {
+            max_batch_events,
+            queue_capacity: 1024,
+            ..WriterOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_commit_fails_its_whole_batch_and_writer_continues() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Instrumented::new(dir.path())?;
+        store.fail_commit.store(1, Ordering::SeqCst);
+        let (writer, mut committed) = StoreWriter::with_options(store.clone(), options(4096));
+        // Commit 0 holds at the gate with one event; the rest queue behind it
+        // and form commit 1, which fails.
+        let first = tokio::spawn({
+            let w = writer.clone();
+            async move { w.append(event(0)).await }
+        });
+        wait_first_commit(&store).await?;
+        let mut queued = Vec::new();
+        for n in 1..=3 {
+            let w = writer.clone();
+            queued.push(tokio::spawn(
+                async move { w.append(event(n)).await.map(drop) },
+            ));
+        }
+        let w = writer.clone();
+        queued.push(tokio::spawn(async move {
+            w.record_progress(GroupProgress {
+                key: GroupKey {
+                    pattern: "w.*".into(),
+                    group: "g".into(),
+                },
+                cursor: 1,
+                done_above: vec![],
+            })
+            .await
+        }));
+        wait_queued(&writer, 1024, 4).await?;
+        store.open_gate();
+        ensure!(matches!(first.await?, Ok(Appended::Stored(_))));
+        for q in queued {
+            match q.await? {
+                Err(StoreError::Backend(msg)) => ensure!(msg == "injected failure"),
+                other => anyhow::bail!("expected the injected failure, got {other:?}"),
+            }
+        }
+        let batches = store.batches();
+        ensure!(batches[1].events.len() == 3 && batches[1].progress.len() == 1);
+        // The writer keeps going, and seqs continue without a gap.
+        let next = writer.append(event(9)).await?;
+        let Appended::Stored(next) = next else {
+            anyhow::bail!("stored expected")
+        };
+        ensure!(next.seq == 2, "failed batch used no seq: {}", next.seq);
+        let fanned: Vec<u64> = [committed.recv().await, committed.recv().await]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.seq)
+            .collect();
+        ensure!(
+            fanned == vec![1, 2],
+            "only committed events fan out: {fanned:?}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn batches_respect_bounds_and_merge_progress() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Instrumented::new(dir.path())?;
+        let (writer, _committed) = StoreWriter::with_options(store.clone(), options(3));
+        let hold = tokio::spawn({
+            let w = writer.clone();
+            async move { w.append(event(0)).await }
+        });
+        wait_first_commit(&store).await?;
+        let key = GroupKey {
+            pattern: "w.*".into(),
+            group: "g".into(),
+        };
+        let mut tasks = Vec::new();
+        for n in 1..=7 {
+            let w = writer.clone();
+            tasks.push(tokio::spawn(
+                async move { w.append(event(n)).await.map(drop) },
+            ));
+            // Wait for each so the queue order is known.
+            wait_queued(&writer, 1024, n).await?;
+        }
+        for (cursor, done) in [(2u64, vec![5u64, 7]), (5, vec![9])] {
+            let w = writer.clone();
+            let key = key.clone();
+            tasks.push(tokio::spawn(async move {
+                w.record_progress(GroupProgress {
+                    key,
+                    cursor,
+                    done_above: done,
+                })
+                .await
+            }));
+        }
+        wait_queued(&writer, 1024, 9).await?;
+        store.open_gate();
+        hold.await??;
+        for t in tasks {
+            t.await??;
+        }
+        let batches = store.batches();
+        let sizes: Vec<usize> = batches.iter().map(|b| b.events.len()).collect();
+        ensure!(sizes == vec![1, 3, 3, 1], "event bound of 3: {sizes:?}");
+        let progress: Vec<&GroupProgress> = batches.iter().flat_map(|b| &b.progress).collect();
+        ensure!(
+            progress.len() == 1,
+            "two updates of one group merged: {progress:?}"
+        );
+        ensure!(progress[0].cursor == 5 && progress[0].done_above == vec![7, 9]);
+        let rec = store.load_group(&key).await?.context("group")?;
+        ensure!(rec.cursor == 5 && rec.done_above == vec![7, 9]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn slow_fan_out_slows_but_never_drops_or_reorders() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(dir.path(), SqliteOptions::default())?);
+        let (writer, mut committed) = StoreWriter::with_options(
+            Arc::clone(&store),
+            WriterOptions {
+                committed_capacity: 1,
+                ..WriterOptions::default()
+            },
+        );
+        let mut tasks = Vec::new();
+        for n in 0..200 {
+            let w = writer.clone();
+            tasks.push(tokio::spawn(async move { w.append(event(n)).await }));
+        }
+        drop(writer);
+        let mut seen = Vec::new();
+        while let Some(batch) = committed.recv().await {
+            // A consumer that yields between batches lets the writer fill
+            // the channel and wait.
+            tokio::task::yield_now().await;
+            seen.extend(batch.into_iter().map(|e| e.seq));
+        }
+        for t in tasks {
+            ensure!(matches!(t.await??, Appended::Stored(_)));
+        }
+        ensure!(seen == (1..=200).collect::<Vec<u64>>(), "all, in order");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn dropped_fan_out_receiver_does_not_stop_writes() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(dir.path(), SqliteOptions::default())?);
+        let (writer, committed) = StoreWriter::new(Arc::clone(&store));
+        drop(committed);
+        for n in 0..3 {
+            ensure!(matches!(
+                writer.append(event(n)).await?,
+                Appended::Stored(_)
+            ));
+        }
+        ensure!(store.last_seq().await? == 3);
+        Ok(())
+    }
+}
