@@ -38,8 +38,11 @@ impl AuthFailure {
 
 /// Turns the token of an `AUTH` frame into a connection's permissions.
 pub trait Authenticator: Send + Sync + std::fmt::Debug + 'static {
-    fn authenticate(&self, token: Option<&str>, now_ms: Millis)
-    -> Result<Authenticated, AuthFailure>;
+    fn authenticate(
+        &self,
+        token: Option<&str>,
+        now_ms: Millis,
+    ) -> Result<Authenticated, AuthFailure>;
 
     /// True when no real verification happens (development mode); the hub
     /// warns loudly at start.

@@ -91,7 +91,9 @@ impl HubConfig {
     /// closes the connection (reading them just to refuse them would let a
     /// client make the hub buffer arbitrary amounts).
     pub fn hard_frame_limit(&self) -> usize {
-        self.max_frame_bytes.saturating_mul(2).saturating_add(64 * 1024)
+        self.max_frame_bytes
+            .saturating_mul(2)
+            .saturating_add(64 * 1024)
     }
 
     /// The development-mode policy: `dev_scopes` parsed, or allow-all.

@@ -229,7 +229,10 @@ impl Connection {
     fn heartbeat(&mut self, interval: Duration) {
         let silent = self.last_inbound.elapsed();
         if silent >= interval * 3 {
-            self.close(close::GOING_AWAY, "no traffic for three heartbeat intervals");
+            self.close(
+                close::GOING_AWAY,
+                "no traffic for three heartbeat intervals",
+            );
         } else if silent >= interval {
             // A WebSocket ping: every client library answers it, including
             // ones that know nothing about protocol-level PING.
@@ -264,7 +267,10 @@ impl Connection {
         }
         self.bad_frames.push_back(now);
         if self.bad_frames.len() > self.config().max_bad_frames as usize {
-            tracing::info!(conn = self.id, "closing a connection that keeps sending bad frames");
+            tracing::info!(
+                conn = self.id,
+                "closing a connection that keeps sending bad frames"
+            );
             self.close(close::PROTOCOL_VIOLATION, "too many malformed frames");
         }
     }
@@ -362,7 +368,10 @@ impl Connection {
     /// groups; answers for ephemeral or unknown subscriptions are ignored.
     fn group_answer(&self, delivery: DeliveryRef) -> Option<(GroupKey, String)> {
         let group = delivery.group?;
-        let key = (delivery.topic.as_str().to_owned(), Some(group.as_str().to_owned()));
+        let key = (
+            delivery.topic.as_str().to_owned(),
+            Some(group.as_str().to_owned()),
+        );
         if !self.subscriptions.contains(&key) {
             return None;
         }
@@ -401,7 +410,9 @@ impl Connection {
         {
             self.send_error(
                 ErrorCode::UnsupportedVersion,
-                format!("protocol version {v} is not supported; this hub speaks {PROTOCOL_VERSION}"),
+                format!(
+                    "protocol version {v} is not supported; this hub speaks {PROTOCOL_VERSION}"
+                ),
                 None,
             );
             self.close(close::PROTOCOL_VIOLATION, "unsupported protocol version");
@@ -611,11 +622,17 @@ impl Connection {
             max_deliver: opts.max_deliver.unwrap_or(defaults.max_deliver),
         };
         let problem = if !(1..=MAX_INFLIGHT_LIMIT).contains(&member.max_inflight) {
-            Some(format!("opts.max_inflight must be within 1..={MAX_INFLIGHT_LIMIT}"))
+            Some(format!(
+                "opts.max_inflight must be within 1..={MAX_INFLIGHT_LIMIT}"
+            ))
         } else if !(1..=MAX_ACK_TIMEOUT_MS).contains(&member.ack_timeout_ms) {
-            Some(format!("opts.ack_timeout_ms must be within 1..={MAX_ACK_TIMEOUT_MS}"))
+            Some(format!(
+                "opts.ack_timeout_ms must be within 1..={MAX_ACK_TIMEOUT_MS}"
+            ))
         } else if !(1..=MAX_DELIVER_LIMIT).contains(&member.max_deliver) {
-            Some(format!("opts.max_deliver must be within 1..={MAX_DELIVER_LIMIT}"))
+            Some(format!(
+                "opts.max_deliver must be within 1..={MAX_DELIVER_LIMIT}"
+            ))
         } else if group.is_some() && opts.snapshot == Some(true) {
             Some("opts.snapshot is only for subscriptions without a group".to_owned())
         } else {
@@ -657,12 +674,7 @@ impl Connection {
             rid,
             registered: Some(registered),
         };
-        if self
-            .shared
-            .broker
-            .send(Command::Subscribe(request))
-            .await
-        {
+        if self.shared.broker.send(Command::Subscribe(request)).await {
             let _ = is_registered.await;
         }
     }
@@ -676,11 +688,7 @@ impl Connection {
         self.subscriptions.remove(&key);
         if !self.registered {
             if rid.is_some() {
-                self.send(HubFrame::Unsuback(frames::UnsubAck {
-                    rid,
-                    topic,
-                    group,
-                }));
+                self.send(HubFrame::Unsuback(frames::UnsubAck { rid, topic, group }));
             }
             return;
         }

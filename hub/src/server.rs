@@ -61,13 +61,18 @@ pub async fn run_with(
     let authenticator = match parts.authenticator {
         Some(authenticator) => authenticator,
         None => {
-            let policy = config.dev_policy().map_err(|e| HubError::Config(e.to_string()))?;
+            let policy = config
+                .dev_policy()
+                .map_err(|e| HubError::Config(e.to_string()))?;
             Arc::new(DevAuthenticator::new(policy)) as Arc<dyn Authenticator>
         }
     };
     if authenticator.is_development() {
         tracing::warn!(
-            scopes = config.dev_scopes.as_deref().unwrap_or("publish:** subscribe:** (allow all)"),
+            scopes = config
+                .dev_scopes
+                .as_deref()
+                .unwrap_or("publish:** subscribe:** (allow all)"),
             "DEVELOPMENT MODE: no token verifier is configured, every connection gets \
              the development policy whatever token it sends. Do not expose this hub."
         );
@@ -128,14 +133,20 @@ pub async fn run_with(
     // Connections were told to close with 1001; give them a moment.
     let _ = shutdown_tx.send(true);
     let grace = Duration::from_millis(config.shutdown_grace_ms);
-    if tokio::time::timeout(grace, tracker.wait_idle()).await.is_err() {
+    if tokio::time::timeout(grace, tracker.wait_idle())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             open = tracker.open.load(Ordering::Relaxed),
             "connections still open after the shutdown grace period"
         );
     }
     // Cursor moves and dead letters still in memory become durable.
-    if tokio::time::timeout(grace, broker.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, broker.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("the broker did not finish its last flush in time");
     }
     drop(broker);

@@ -29,7 +29,9 @@ async fn two_members_of_one_group_split_the_events() {
     let mut a = hub.client().await;
     let mut b = hub.client().await;
     for member in [&mut a, &mut b] {
-        let suback = member.subscribe("jobs.*", Some("workers"), json!(null)).await;
+        let suback = member
+            .subscribe("jobs.*", Some("workers"), json!(null))
+            .await;
         assert_eq!(suback["op"], "SUBACK", "{suback}");
     }
     let mut publisher = hub.client().await;
@@ -54,11 +56,21 @@ async fn two_members_of_one_group_split_the_events() {
         }
     }
     let unique: HashSet<&String> = seen.iter().collect();
-    assert_eq!(unique.len(), published.len(), "each event goes to one member");
+    assert_eq!(
+        unique.len(),
+        published.len(),
+        "each event goes to one member"
+    );
     assert_eq!(unique, published.iter().collect());
-    assert!(!per_member[0].is_empty() && !per_member[1].is_empty(), "{per_member:?}");
+    assert!(
+        !per_member[0].is_empty() && !per_member[1].is_empty(),
+        "{per_member:?}"
+    );
     for seqs in &per_member {
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in seq order: {seqs:?}");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "in seq order: {seqs:?}"
+        );
     }
     hub.stop().await.unwrap();
 }
@@ -89,7 +101,9 @@ async fn two_groups_each_get_every_event() {
 async fn nack_redelivers_with_the_next_attempt() {
     let mut hub = TestHub::start().await;
     let mut worker = hub.client().await;
-    worker.subscribe("mail.send", Some("mailer"), json!(null)).await;
+    worker
+        .subscribe("mail.send", Some("mailer"), json!(null))
+        .await;
     let mut publisher = hub.client().await;
     let ids = publish_n(&mut publisher, "mail.send", 1).await;
 
@@ -99,16 +113,20 @@ async fn nack_redelivers_with_the_next_attempt() {
     assert!(event["ctx"]["ack_deadline"].as_u64().is_some());
     // Explicit delay of 0: redelivered at once.
     worker
-        .send_json(json!({"op": "NACK", "topic": "mail.send", "group": "mailer",
-            "id": ids[0], "reason": "smtp down", "delay_ms": 0}))
+        .send_json(
+            json!({"op": "NACK", "topic": "mail.send", "group": "mailer",
+            "id": ids[0], "reason": "smtp down", "delay_ms": 0}),
+        )
         .await;
     let again = worker.recv_event().await;
     assert_eq!(event_id(&again), ids[0]);
     assert_eq!(again["ctx"]["attempt"], 2);
     // Without delay_ms (like PromClient's NACK): the group's backoff.
     worker
-        .send_json(json!({"op": "NACK", "topic": "mail.send", "group": "mailer",
-            "id": ids[0], "reason": "still down"}))
+        .send_json(
+            json!({"op": "NACK", "topic": "mail.send", "group": "mailer",
+            "id": ids[0], "reason": "still down"}),
+        )
         .await;
     let third = worker.recv_event().await;
     assert_eq!(event_id(&third), ids[0]);
@@ -142,7 +160,9 @@ async fn an_unacked_event_is_redelivered_after_its_deadline() {
 async fn the_fifth_failure_dead_letters_the_event() {
     let mut hub = TestHub::start().await;
     let mut worker = hub.client().await;
-    worker.subscribe("pay.charge", Some("billing"), json!(null)).await;
+    worker
+        .subscribe("pay.charge", Some("billing"), json!(null))
+        .await;
     let mut publisher = hub.client().await;
     let poison = publish_n(&mut publisher, "pay.charge", 1).await.remove(0);
     for attempt in 1..=5 {
@@ -150,8 +170,10 @@ async fn the_fifth_failure_dead_letters_the_event() {
         assert_eq!(event_id(&event), poison);
         assert_eq!(event["ctx"]["attempt"], attempt);
         worker
-            .send_json(json!({"op": "NACK", "topic": "pay.charge", "group": "billing",
-                "id": poison, "reason": "card declined", "delay_ms": 0}))
+            .send_json(
+                json!({"op": "NACK", "topic": "pay.charge", "group": "billing",
+                "id": poison, "reason": "card declined", "delay_ms": 0}),
+            )
             .await;
     }
     // Dead-lettered: the next event is the one published after it.
@@ -183,13 +205,17 @@ async fn the_fifth_failure_dead_letters_the_event() {
 async fn nack_final_dead_letters_at_once() {
     let mut hub = TestHub::start().await;
     let mut worker = hub.client().await;
-    worker.subscribe("pay.refund", Some("billing"), json!(null)).await;
+    worker
+        .subscribe("pay.refund", Some("billing"), json!(null))
+        .await;
     let mut publisher = hub.client().await;
     let ids = publish_n(&mut publisher, "pay.refund", 2).await;
     let event = worker.recv_event().await;
     worker
-        .send_json(json!({"op": "NACK", "topic": "pay.refund", "group": "billing",
-            "id": event_id(&event), "final": true}))
+        .send_json(
+            json!({"op": "NACK", "topic": "pay.refund", "group": "billing",
+            "id": event_id(&event), "final": true}),
+        )
         .await;
     let next = worker.recv_event().await;
     assert_eq!(event_id(&next), ids[1]);

@@ -772,7 +772,12 @@ mod tests {
         let mut h = Harness::new(0);
         let a = h.join(1, 10);
         let b = h.join(2, 10);
-        h.live(&[event(1, "jobs.x"), event(2, "other"), event(3, "jobs.y"), event(4, "jobs.z")]);
+        h.live(&[
+            event(1, "jobs.x"),
+            event(2, "other"),
+            event(3, "jobs.y"),
+            event(4, "jobs.z"),
+        ]);
         let got_a = deliveries(&a).await;
         let got_b = deliveries(&b).await;
         assert_eq!(ids(&got_a), ["e1", "e4"]);

@@ -332,13 +332,32 @@ mod tests {
         let exact = outbox(100);
         let wild = outbox(100);
         let policy = Arc::new(Policy::allow_all());
-        index.subscribe(1, &Pattern::parse("a.b").unwrap(), exact.clone(), policy.clone(), None);
-        index.subscribe(2, &Pattern::parse("a.**").unwrap(), wild.clone(), policy, None);
-        index.fan_out(&committed(&[event(1, "a.b"), event(2, "a.c"), event(3, "b")]));
+        index.subscribe(
+            1,
+            &Pattern::parse("a.b").unwrap(),
+            exact.clone(),
+            policy.clone(),
+            None,
+        );
+        index.subscribe(
+            2,
+            &Pattern::parse("a.**").unwrap(),
+            wild.clone(),
+            policy,
+            None,
+        );
+        index.fan_out(&committed(&[
+            event(1, "a.b"),
+            event(2, "a.c"),
+            event(3, "b"),
+        ]));
         assert_eq!(received(&exact).await, [("a.b".into(), "e1".into(), None)]);
         assert_eq!(
             received(&wild).await,
-            [("a.**".into(), "e1".into(), None), ("a.**".into(), "e2".into(), None)]
+            [
+                ("a.**".into(), "e1".into(), None),
+                ("a.**".into(), "e2".into(), None)
+            ]
         );
         assert!(index.unsubscribe(1, "a.b"));
         assert!(!index.unsubscribe(1, "a.b"));
@@ -352,7 +371,13 @@ mod tests {
         let open = outbox(100);
         let narrow = outbox(100);
         let pattern = Pattern::parse("**").unwrap();
-        index.subscribe(1, &pattern, open.clone(), Arc::new(Policy::allow_all()), None);
+        index.subscribe(
+            1,
+            &pattern,
+            open.clone(),
+            Arc::new(Policy::allow_all()),
+            None,
+        );
         let policy = Arc::new(Policy::from_scope_str("subscribe:x.*").unwrap());
         index.subscribe(2, &pattern, narrow.clone(), policy, None);
         index.fan_out(&committed(&[event(1, "x.y"), event(2, "z")]));
@@ -370,7 +395,10 @@ mod tests {
         index.subscribe(1, &pattern, slow.clone(), policy.clone(), None);
         index.subscribe(2, &pattern, fast.clone(), policy, None);
         index.fan_out(&committed(&[event(1, "t"), event(2, "t"), event(3, "t")]));
-        assert_eq!(received(&slow).await, [("close".into(), "4009".into(), None)]);
+        assert_eq!(
+            received(&slow).await,
+            [("close".into(), "4009".into(), None)]
+        );
         assert_eq!(received(&fast).await.len(), 3);
     }
 
@@ -379,7 +407,13 @@ mod tests {
         let mut index = LiveIndex::new(LIMITS);
         let out = outbox(100);
         let pattern = Pattern::parse("s.*").unwrap();
-        index.subscribe(1, &pattern, out.clone(), Arc::new(Policy::allow_all()), Some(5));
+        index.subscribe(
+            1,
+            &pattern,
+            out.clone(),
+            Arc::new(Policy::allow_all()),
+            Some(5),
+        );
         index.fan_out(&committed(&[event(6, "s.a")]));
         assert!(received(&out).await.is_empty(), "held until the snapshot");
         // The store may already see event 6; it is not part of the snapshot.

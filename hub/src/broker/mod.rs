@@ -401,10 +401,9 @@ impl Broker {
         }
         if !self.waiting_for_head.is_empty() {
             let head = self.head;
-            let (reached, waiting): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut self.waiting_for_head)
-                    .into_iter()
-                    .partition(|(seq, _)| *seq <= head);
+            let (reached, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting_for_head)
+                .into_iter()
+                .partition(|(seq, _)| *seq <= head);
             self.waiting_for_head = waiting;
             for (_, done) in reached {
                 self.barrier_flush(done);
@@ -759,7 +758,12 @@ impl Broker {
         let pattern = group.pattern.clone();
         tokio::spawn(async move {
             let result = store
-                .read_after(request.after, Some(&pattern), request.limit, FETCH_SCAN_LIMIT)
+                .read_after(
+                    request.after,
+                    Some(&pattern),
+                    request.limit,
+                    FETCH_SCAN_LIMIT,
+                )
                 .await;
             let _ = commands.send(Command::Fetched { gid, result }).await;
         });

@@ -154,8 +154,9 @@ impl Client {
 
     /// The next JSON frame, or how the connection closed.
     pub async fn recv(&mut self) -> Result<Value, Closed> {
+        let deadline = tokio::time::Instant::now() + HANG_GUARD;
         loop {
-            let message = tokio::time::timeout(HANG_GUARD, self.ws.next())
+            let message = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("no frame within the hang guard");
             match message {
