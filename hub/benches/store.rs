@@ -144,9 +144,13 @@ struct Fixture {
     writer: StoreWriter,
 }
 
-fn fixture(runtime: &tokio::runtime::Runtime) -> Fixture {
+fn fixture(runtime: &tokio::runtime::Runtime, pipelined_sync: bool) -> Fixture {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let store = SqliteStore::open(dir.path(), SqliteOptions::default()).expect("open store");
+    let options = SqliteOptions {
+        pipelined_sync,
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open(dir.path(), options).expect("open store");
     let counting = Arc::new(Counting {
         inner: Arc::new(store),
         commits: AtomicU64::new(0),
@@ -227,12 +231,32 @@ fn appends(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(6));
-    for (name, in_flight, shape) in [
-        ("plain_256_inflight", IN_FLIGHT, Shape::Plain),
-        ("keyed_dedup_256_inflight", IN_FLIGHT, Shape::KeyedDedup),
-        ("plain_1_inflight", 1, Shape::Plain),
+    for (name, in_flight, shape, pipelined) in [
+        ("plain_256_inflight", IN_FLIGHT, Shape::Plain, true),
+        (
+            "keyed_dedup_256_inflight",
+            IN_FLIGHT,
+            Shape::KeyedDedup,
+            true,
+        ),
+        ("plain_1_inflight", 1, Shape::Plain, true),
+        // More publishers make bigger group commits on a slow disk.
+        ("plain_1024_inflight", 4 * IN_FLIGHT, Shape::Plain, true),
+        // The same with SQLite syncing inside each commit (no pipelining).
+        (
+            "full_sync/plain_256_inflight",
+            IN_FLIGHT,
+            Shape::Plain,
+            false,
+        ),
+        (
+            "full_sync/keyed_dedup_256_inflight",
+            IN_FLIGHT,
+            Shape::KeyedDedup,
+            false,
+        ),
     ] {
-        let f = fixture(&runtime);
+        let f = fixture(&runtime, pipelined);
         let next = Arc::new(AtomicU64::new(0));
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
@@ -253,7 +277,7 @@ fn progress(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(5));
-    let f = fixture(&runtime);
+    let f = fixture(&runtime, true);
     let cursor = Arc::new(AtomicU64::new(0));
     // 256 in flight over 64 groups: each request moves one group's cursor and
     // marks one event above it done (an out-of-order ack).

@@ -788,7 +788,11 @@ mod sqlite {
     use super::*;
     use crate::store::sqlite::{SqliteOptions, SqliteStore};
 
-    struct SqliteFactory;
+    /// `pipelined_sync` picks how commits become durable; both must behave
+    /// the same.
+    struct SqliteFactory {
+        pipelined_sync: bool,
+    }
 
     #[async_trait]
     impl StoreFactory for SqliteFactory {
@@ -797,6 +801,7 @@ mod sqlite {
                 location,
                 SqliteOptions {
                     dedup_window,
+                    pipelined_sync: self.pipelined_sync,
                     ..SqliteOptions::default()
                 },
             )?;
@@ -804,5 +809,17 @@ mod sqlite {
         }
     }
 
-    all_conformance_tests!(SqliteFactory);
+    mod pipelined_sync {
+        use super::*;
+        all_conformance_tests!(SqliteFactory {
+            pipelined_sync: true
+        });
+    }
+
+    mod full_sync {
+        use super::*;
+        all_conformance_tests!(SqliteFactory {
+            pipelined_sync: false
+        });
+    }
 }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use promhub_core::frames::{Event, Millis, Payload};
 use promhub_core::{Group, Pattern, Topic};
 
@@ -120,6 +121,22 @@ pub struct CommitOutcome {
     pub events: Vec<Appended>,
 }
 
+/// A batch applied by [`Store::commit_pipelined`]: its outcome (seqs) is
+/// final, and `durable` resolves once it is synced to disk. Only then may its
+/// events be acknowledged or delivered.
+pub struct PendingCommit {
+    pub outcome: CommitOutcome,
+    pub durable: BoxFuture<'static, Result<(), StoreError>>,
+}
+
+impl std::fmt::Debug for PendingCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingCommit")
+            .field("outcome", &self.outcome)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Cloneable so that one failed group commit can fail every request in it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -140,6 +157,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// within the batch itself). Updates latest-by-key.
     async fn commit(&self, batch: CommitBatch) -> Result<CommitOutcome, StoreError>;
 
+    /// Like [`Store::commit`] in two steps, so a caller can apply the next
+    /// batch while this one syncs: resolves once the batch is applied (its
+    /// seqs are final), with a future that resolves once it is durable.
+    /// Batches applied one after another become durable in that order.
+    /// Reads never return events that are not durable yet. The default is
+    /// [`Store::commit`] (durable already).
+    async fn commit_pipelined(&self, batch: CommitBatch) -> Result<PendingCommit, StoreError> {
+        let outcome = self.commit(batch).await?;
+        Ok(PendingCommit {
+            outcome,
+            durable: Box::pin(std::future::ready(Ok(()))),
+        })
+    }
+
     /// Events with `seq > after`, in `seq` order, at most `limit`; when
     /// `pattern` is given only matching ones (the scan continues past
     /// non-matching events up to `scan_limit` rows, so a sparse pattern cannot
@@ -156,7 +187,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The event with this `seq`, if retained.
     async fn get(&self, seq: u64) -> Result<Option<Event>, StoreError>;
 
-    /// The highest `seq` ever assigned (0 for an empty store).
+    /// The highest durable `seq` ever assigned (0 for an empty store).
     async fn last_seq(&self) -> Result<u64, StoreError>;
 
     /// The lowest retained `seq`, if any.

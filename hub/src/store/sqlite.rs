@@ -1,10 +1,14 @@
 //! The embedded backend: one SQLite file (`promhub.db`) in the data dir.
 //!
 //! One dedicated OS thread owns the only write connection and turns every
-//! [`CommitBatch`] into one transaction + WAL sync (`synchronous=FULL`, so a
-//! commit that returned survives a crash). Reads run on a small pool of
-//! read-only connections via `spawn_blocking`; WAL lets them proceed while the
-//! writer commits.
+//! [`CommitBatch`] into one transaction. A second thread then fsyncs the WAL
+//! (one fsync covers every transaction applied before it started), so the
+//! writer applies the next batch while the previous one syncs; a commit is
+//! reported durable only after its fsync, and reads never return events past
+//! the durable seq. (`pipelined_sync: false` makes SQLite sync inside each
+//! commit instead, `synchronous=FULL`.) Either way a commit that returned
+//! survives a crash. Reads run on a small pool of read-only connections via
+//! `spawn_blocking`; WAL lets them proceed while the writer commits.
 //!
 //! `seq` comes from a counter row in `meta`, read inside each write
 //! transaction, so it never goes backwards or gets reused even if retention
@@ -13,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,7 +30,8 @@ use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::{
-    Appended, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupRecord, Store, StoreError,
+    Appended, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupRecord, PendingCommit, Store,
+    StoreError,
 };
 
 /// File name of the database inside the data dir.
@@ -57,6 +62,11 @@ pub struct SqliteOptions {
     /// the database file). Larger means fewer, bigger checkpoints: a page
     /// changed by many commits is copied once.
     pub wal_autocheckpoint_pages: u32,
+    /// Sync each commit's WAL on a separate thread while the writer applies
+    /// the next batch (`synchronous=NORMAL` + our own fsync of the WAL; a
+    /// commit counts as durable only after that fsync). `false` uses
+    /// `synchronous=FULL`: the writer waits for every sync itself.
+    pub pipelined_sync: bool,
 }
 
 impl Default for SqliteOptions {
@@ -69,6 +79,7 @@ impl Default for SqliteOptions {
             dedup_prune_per_commit: 512,
             mmap_size: 256 * 1024 * 1024,
             wal_autocheckpoint_pages: 1000,
+            pipelined_sync: true,
         }
     }
 }
@@ -88,6 +99,12 @@ struct Inner {
     /// Idle read connections; the semaphore bounds how many are in use.
     idle_readers: Mutex<Vec<Connection>>,
     read_permits: Semaphore,
+    /// Highest seq known to be synced; reads never look past it, so nothing
+    /// that a crash could still take back is ever delivered.
+    durable_seq: Arc<AtomicU64>,
+    /// Held by a test to keep the syncer from syncing.
+    #[cfg(test)]
+    sync_pause: Arc<Mutex<()>>,
 }
 
 #[derive(Debug)]
@@ -96,11 +113,12 @@ struct WriterThread {
     thread: JoinHandle<()>,
 }
 
-type CommitReply = oneshot::Sender<Result<CommitOutcome, StoreError>>;
+type AppliedReply = oneshot::Sender<Result<CommitOutcome, StoreError>>;
+type DurableReply = oneshot::Sender<Result<(), StoreError>>;
 
 #[derive(Debug)]
 enum WriteCommand {
-    Commit(CommitBatch, CommitReply),
+    Commit(CommitBatch, AppliedReply, DurableReply),
 }
 
 impl SqliteStore {
@@ -112,11 +130,40 @@ impl SqliteStore {
         })?;
         let path = dir.join(DB_FILE);
         let conn = open_write_connection(&path, &options)?;
+        let last_seq: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'last_seq'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(backend)?;
+        // Whatever the file holds now is durable once synced (a previous run
+        // may have died between a commit and its sync).
+        let wal = open_wal(&path)?;
+        wal.sync_data().map_err(|e| {
+            StoreError::Backend(format!("cannot sync {}: {e}", wal_path(&path).display()))
+        })?;
+        let durable_seq = Arc::new(AtomicU64::new(from_sql_int(last_seq)));
+        let failed = Arc::new(AtomicBool::new(false));
+        let sync_pause = Arc::new(Mutex::new(()));
+        let sync = if options.pipelined_sync {
+            SyncStage::Thread(Syncer::start(
+                wal,
+                Arc::clone(&durable_seq),
+                Arc::clone(&failed),
+                Arc::clone(&sync_pause),
+            )?)
+        } else {
+            SyncStage::Inline
+        };
         let (commands, receiver) = mpsc::channel();
         let writer = SqliteWriter {
             conn,
             dedup_window_ms: duration_millis(options.dedup_window),
             prune_per_commit: options.dedup_prune_per_commit.max(1),
+            sync,
+            durable_seq: Arc::clone(&durable_seq),
+            failed,
         };
         let thread = std::thread::Builder::new()
             .name("promhub-sqlite-writer".into())
@@ -131,6 +178,9 @@ impl SqliteStore {
                 writer: Mutex::new(Some(WriterThread { commands, thread })),
                 idle_readers: Mutex::new(Vec::new()),
                 read_permits,
+                durable_seq,
+                #[cfg(test)]
+                sync_pause,
             }),
         })
     }
@@ -149,11 +199,13 @@ impl SqliteStore {
     }
 
     /// Runs `read` on a pooled read-only connection inside one read
-    /// transaction (one consistent snapshot), off the async threads.
+    /// transaction (one consistent snapshot), off the async threads. `read`
+    /// gets the durable seq: every event up to it is in the snapshot, and it
+    /// must not return events after it.
     async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>, i64) -> Result<T, StoreError> + Send + 'static,
     {
         self.check_open()?;
         let _permit = self
@@ -171,8 +223,11 @@ impl SqliteStore {
                 None => open_read_connection(&inner.path, &inner.options)?,
             };
             let result = (|| {
+                // Loaded before the snapshot starts, so the snapshot holds
+                // every event up to it.
+                let durable = seq_to_sql(inner.durable_seq.load(Ordering::Acquire));
                 let tx = conn.transaction().map_err(backend)?;
-                let value = read(&tx)?;
+                let value = read(&tx, durable)?;
                 tx.finish().map_err(backend)?;
                 Ok(value)
             })();
@@ -263,9 +318,15 @@ fn open_write_connection(path: &Path, options: &SqliteOptions) -> Result<Connect
             path.display()
         )));
     }
-    // FULL: every commit syncs the WAL, so PUBACK (sent after commit) means
-    // durable. NORMAL would lose the last commits on power loss.
-    conn.pragma_update(None, "synchronous", "FULL")
+    // PUBACK is sent only once a commit is synced. FULL: SQLite syncs the WAL
+    // in every commit. NORMAL (pipelined): SQLite syncs only around
+    // checkpoints and the syncer thread syncs the WAL after each commit.
+    let synchronous = if options.pipelined_sync {
+        "NORMAL"
+    } else {
+        "FULL"
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
         .map_err(backend)?;
     conn.pragma_update(None, "wal_autocheckpoint", options.wal_autocheckpoint_pages)
         .map_err(backend)?;
@@ -376,11 +437,102 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     }
 }
 
+fn wal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// The WAL file, for the syncer's own fsync. SQLite keeps this same file
+/// (truncating, never deleting it) while the write connection is open.
+fn open_wal(db: &Path) -> Result<std::fs::File, StoreError> {
+    let path = wal_path(db);
+    std::fs::File::open(&path)
+        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))
+}
+
+/// Where a commit becomes durable.
+enum SyncStage {
+    /// `synchronous=FULL`: inside the commit itself.
+    Inline,
+    /// `synchronous=NORMAL`: on the syncer thread, after the commit.
+    Thread(Syncer),
+}
+
+/// A commit applied but not yet synced.
+struct SyncRequest {
+    last_seq: u64,
+    reply: DurableReply,
+}
+
+/// Thread that fsyncs the WAL for every commit handed to it. One fsync
+/// covers every commit that was applied before it started, so while it
+/// syncs, the writer applies the next batches and the next fsync covers
+/// them all.
+struct Syncer {
+    requests: mpsc::Sender<SyncRequest>,
+    thread: JoinHandle<()>,
+}
+
+impl Syncer {
+    fn start(
+        wal: std::fs::File,
+        durable_seq: Arc<AtomicU64>,
+        failed: Arc<AtomicBool>,
+        pause: Arc<Mutex<()>>,
+    ) -> Result<Syncer, StoreError> {
+        let (requests, receiver) = mpsc::channel::<SyncRequest>();
+        let thread = std::thread::Builder::new()
+            .name("promhub-sqlite-sync".into())
+            .spawn(move || {
+                while let Ok(first) = receiver.recv() {
+                    // Uncontended except when a test holds syncs back.
+                    drop(lock(&pause));
+                    let mut synced = vec![first];
+                    synced.extend(receiver.try_iter());
+                    let result = if failed.load(Ordering::Acquire) {
+                        Err(sync_failed_error())
+                    } else {
+                        wal.sync_data().map_err(|e| {
+                            // After a failed fsync the kernel may have dropped
+                            // the dirty pages: nothing written since can be
+                            // trusted, so the store stops accepting writes.
+                            failed.store(true, Ordering::Release);
+                            tracing::error!(error = %e, "syncing the WAL failed; the store stops writing");
+                            StoreError::Backend(format!("syncing the WAL failed: {e}"))
+                        })
+                    };
+                    if result.is_ok() {
+                        let newest = synced.iter().map(|r| r.last_seq).max().unwrap_or(0);
+                        durable_seq.fetch_max(newest, Ordering::AcqRel);
+                    }
+                    for request in synced {
+                        let _ = request.reply.send(result.clone());
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("cannot start the sync thread: {e}")))?;
+        Ok(Syncer { requests, thread })
+    }
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Backend("the writer thread stopped".into())
+}
+
+fn sync_failed_error() -> StoreError {
+    StoreError::Backend("an earlier WAL sync failed; restart the hub".into())
+}
+
 /// The writer thread's state: the only write connection.
 struct SqliteWriter {
     conn: Connection,
     dedup_window_ms: u64,
     prune_per_commit: usize,
+    sync: SyncStage,
+    durable_seq: Arc<AtomicU64>,
+    /// Set when a sync failed: every later commit fails.
+    failed: Arc<AtomicBool>,
 }
 
 impl SqliteWriter {
@@ -389,14 +541,52 @@ impl SqliteWriter {
         // commit already queued.
         while let Ok(command) = commands.recv() {
             match command {
-                WriteCommand::Commit(batch, reply) => {
-                    let result = self.commit(batch);
-                    if let Err(e) = &result {
-                        tracing::error!(error = %e, "store commit failed");
+                WriteCommand::Commit(batch, applied, durable) => {
+                    let result = if self.failed.load(Ordering::Acquire) {
+                        Err(sync_failed_error())
+                    } else {
+                        self.commit(batch)
+                    };
+                    match result {
+                        Ok((outcome, last_seq)) => {
+                            match &self.sync {
+                                SyncStage::Inline => {
+                                    self.durable_seq.fetch_max(last_seq, Ordering::AcqRel);
+                                    let _ = durable.send(Ok(()));
+                                }
+                                SyncStage::Thread(syncer) => {
+                                    let request = SyncRequest {
+                                        last_seq,
+                                        reply: durable,
+                                    };
+                                    if let Err(mpsc::SendError(request)) =
+                                        syncer.requests.send(request)
+                                    {
+                                        let _ = request.reply.send(Err(StoreError::Backend(
+                                            "the sync thread stopped".into(),
+                                        )));
+                                    }
+                                }
+                            }
+                            // The requester may have gone away; the commit
+                            // stands.
+                            let _ = applied.send(Ok(outcome));
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "store commit failed");
+                            let _ = applied.send(Err(e));
+                        }
                     }
-                    // The requester may have gone away; the commit stands.
-                    let _ = reply.send(result);
                 }
+            }
+        }
+        // Let every commit already applied finish syncing before closing.
+        if let SyncStage::Thread(Syncer { requests, thread }) =
+            std::mem::replace(&mut self.sync, SyncStage::Inline)
+        {
+            drop(requests);
+            if thread.join().is_err() {
+                tracing::error!("the sync thread panicked");
             }
         }
         if let Err(e) = self
@@ -410,7 +600,9 @@ impl SqliteWriter {
         }
     }
 
-    fn commit(&mut self, mut batch: CommitBatch) -> Result<CommitOutcome, StoreError> {
+    /// Applies one batch in one transaction; returns the outcome and the
+    /// newest seq after it.
+    fn commit(&mut self, mut batch: CommitBatch) -> Result<(CommitOutcome, u64), StoreError> {
         let now = now_millis();
         let window_start = now.saturating_sub(self.dedup_window_ms);
         let tx = self
@@ -419,12 +611,12 @@ impl SqliteWriter {
             .map_err(backend)?;
         let mut outcome = Vec::with_capacity(batch.events.len());
         let mut client_ids_in_batch = 0usize;
+        let first_seq: i64 = tx
+            .prepare_cached("SELECT value FROM meta WHERE name = 'last_seq'")
+            .and_then(|mut s| s.query_row([], |row| row.get(0)))
+            .map_err(backend)?;
+        let mut last_seq = first_seq;
         {
-            let first_seq: i64 = tx
-                .prepare_cached("SELECT value FROM meta WHERE name = 'last_seq'")
-                .and_then(|mut s| s.query_row([], |row| row.get(0)))
-                .map_err(backend)?;
-            let mut last_seq = first_seq;
             let mut insert_event = tx
                 .prepare_cached(
                     "INSERT INTO events (seq, id, topic, ts, key, payload, headers, tags, caused_by, sid)
@@ -525,7 +717,7 @@ impl SqliteWriter {
         .and_then(|mut s| s.execute(params![bits_to_sql(window_start), prune_limit as i64]))
         .map_err(backend)?;
         tx.commit().map_err(backend)?;
-        Ok(CommitOutcome { events: outcome })
+        Ok((CommitOutcome { events: outcome }, from_sql_int(last_seq)))
     }
 }
 
@@ -691,29 +883,31 @@ fn literal_prefix(pattern: &Pattern) -> Option<String> {
     }
 }
 
-fn read_last_seq(tx: &rusqlite::Transaction<'_>) -> Result<u64, StoreError> {
-    tx.prepare_cached("SELECT value FROM meta WHERE name = 'last_seq'")
-        .and_then(|mut s| s.query_row([], |row| row.get::<_, i64>(0)))
-        .map(from_sql_int)
-        .map_err(backend)
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn commit(&self, batch: CommitBatch) -> Result<CommitOutcome, StoreError> {
+        let pending = self.commit_pipelined(batch).await?;
+        pending.durable.await?;
+        Ok(pending.outcome)
+    }
+
+    async fn commit_pipelined(&self, batch: CommitBatch) -> Result<PendingCommit, StoreError> {
         self.check_open()?;
-        let (reply, response) = oneshot::channel();
+        let (applied_tx, applied) = oneshot::channel();
+        let (durable_tx, durable) = oneshot::channel();
         {
             let writer = lock(&self.inner.writer);
             let writer = writer.as_ref().ok_or(StoreError::Closed)?;
             writer
                 .commands
-                .send(WriteCommand::Commit(batch, reply))
-                .map_err(|_| StoreError::Backend("the writer thread stopped".into()))?;
+                .send(WriteCommand::Commit(batch, applied_tx, durable_tx))
+                .map_err(|_| writer_stopped())?;
         }
-        response
-            .await
-            .map_err(|_| StoreError::Backend("the writer thread stopped".into()))?
+        let outcome = applied.await.map_err(|_| writer_stopped())??;
+        Ok(PendingCommit {
+            outcome,
+            durable: Box::pin(async move { durable.await.map_err(|_| writer_stopped())? }),
+        })
     }
 
     async fn read_after(
@@ -731,7 +925,7 @@ impl Store for SqliteStore {
         let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
         // A scan looks at one row at least, so every call makes progress.
         let scan_limit = scan_limit.max(1);
-        self.read(move |tx| {
+        self.read(move |tx, durable| {
             let after_sql = seq_to_sql(after);
             let mut events = Vec::new();
             let topic = pattern.as_ref().and_then(Pattern::as_topic);
@@ -743,19 +937,20 @@ impl Store for SqliteStore {
                             stmt = tx
                                 .prepare_cached(&format!(
                                     "SELECT {EVENT_COLUMNS} FROM events
-                                     WHERE topic = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+                                     WHERE topic = ?1 AND seq > ?2 AND seq <= ?3
+                                     ORDER BY seq LIMIT ?4"
                                 ))
                                 .map_err(backend)?;
-                            stmt.query(params![topic.as_str(), after_sql, limit_sql])
+                            stmt.query(params![topic.as_str(), after_sql, durable, limit_sql])
                         }
                         None => {
                             stmt = tx
                                 .prepare_cached(&format!(
                                     "SELECT {EVENT_COLUMNS} FROM events
-                                     WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+                                     WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3"
                                 ))
                                 .map_err(backend)?;
-                            stmt.query(params![after_sql, limit_sql])
+                            stmt.query(params![after_sql, durable, limit_sql])
                         }
                     }
                     .map_err(backend)?;
@@ -771,12 +966,14 @@ impl Store for SqliteStore {
                     let mut filter = TopicFilter::new(pattern);
                     let mut stmt = tx
                         .prepare_cached(&format!(
-                            "SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+                            "SELECT {EVENT_COLUMNS} FROM events
+                             WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3"
                         ))
                         .map_err(backend)?;
                     let mut rows = stmt
                         .query(params![
                             after_sql,
+                            durable,
                             i64::try_from(scan_limit).unwrap_or(i64::MAX)
                         ])
                         .map_err(backend)?;
@@ -803,22 +1000,23 @@ impl Store for SqliteStore {
                     }
                 }
             }
-            // The scan reached the end of the log in this snapshot: everything
-            // up to the newest seq has been examined.
-            let last = read_last_seq(tx)?.max(after);
-            Ok((events, last))
+            // The scan reached the durable end of the log: everything up to
+            // it has been examined.
+            Ok((events, from_sql_int(durable).max(after)))
         })
         .await
     }
 
     async fn get(&self, seq: u64) -> Result<Option<Event>, StoreError> {
-        self.read(move |tx| {
+        self.read(move |tx, durable| {
             let mut stmt = tx
                 .prepare_cached(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1 AND seq <= ?2"
                 ))
                 .map_err(backend)?;
-            let mut rows = stmt.query([seq_to_sql(seq)]).map_err(backend)?;
+            let mut rows = stmt
+                .query(params![seq_to_sql(seq), durable])
+                .map_err(backend)?;
             match rows.next().map_err(backend)? {
                 Some(row) => Ok(Some(event_from_row(row)?)),
                 None => Ok(None),
@@ -828,13 +1026,14 @@ impl Store for SqliteStore {
     }
 
     async fn last_seq(&self) -> Result<u64, StoreError> {
-        self.read(read_last_seq).await
+        self.check_open()?;
+        Ok(self.inner.durable_seq.load(Ordering::Acquire))
     }
 
     async fn first_seq(&self) -> Result<Option<u64>, StoreError> {
-        self.read(|tx| {
-            tx.prepare_cached("SELECT min(seq) FROM events")
-                .and_then(|mut s| s.query_row([], |row| row.get::<_, Option<i64>>(0)))
+        self.read(|tx, durable| {
+            tx.prepare_cached("SELECT min(seq) FROM events WHERE seq <= ?1")
+                .and_then(|mut s| s.query_row([durable], |row| row.get::<_, Option<i64>>(0)))
                 .map(|v| v.map(from_sql_int))
                 .map_err(backend)
         })
@@ -843,13 +1042,18 @@ impl Store for SqliteStore {
 
     async fn latest_by_key(&self, pattern: &Pattern) -> Result<Vec<Event>, StoreError> {
         let pattern = pattern.clone();
-        self.read(move |tx| {
+        self.read(move |tx, durable| {
             let mut events = Vec::new();
             let mut collect = |sql: &str, args: &[&dyn rusqlite::ToSql], filter: bool| {
                 let mut topic_filter = TopicFilter::new(&pattern);
                 let mut stmt = tx.prepare_cached(sql).map_err(backend)?;
                 let mut rows = stmt.query(args).map_err(backend)?;
                 while let Some(row) = rows.next().map_err(backend)? {
+                    // A key whose newest event is still syncing is left out;
+                    // that event reaches live subscribers once durable.
+                    if row.get::<_, i64>(0).map_err(backend)? > durable {
+                        continue;
+                    }
                     if filter {
                         let topic = row
                             .get_ref(TOPIC_COLUMN)
@@ -893,14 +1097,16 @@ impl Store for SqliteStore {
     async fn latest_for_key(&self, topic: &Topic, key: &str) -> Result<Option<Event>, StoreError> {
         let topic = topic.clone();
         let key = key.to_owned();
-        self.read(move |tx| {
+        self.read(move |tx, durable| {
             let mut stmt = tx
                 .prepare_cached(&format!(
                     "SELECT {EVENT_COLUMNS_E} FROM latest l JOIN events e ON e.seq = l.seq
-                     WHERE l.topic = ?1 AND l.key = ?2"
+                     WHERE l.topic = ?1 AND l.key = ?2 AND e.seq <= ?3"
                 ))
                 .map_err(backend)?;
-            let mut rows = stmt.query(params![topic.as_str(), key]).map_err(backend)?;
+            let mut rows = stmt
+                .query(params![topic.as_str(), key, durable])
+                .map_err(backend)?;
             match rows.next().map_err(backend)? {
                 Some(row) => Ok(Some(event_from_row(row)?)),
                 None => Ok(None),
@@ -911,7 +1117,7 @@ impl Store for SqliteStore {
 
     async fn load_group(&self, key: &GroupKey) -> Result<Option<GroupRecord>, StoreError> {
         let key = key.clone();
-        self.read(move |tx| {
+        self.read(move |tx, _| {
             let cursor = tx
                 .prepare_cached("SELECT cursor FROM groups WHERE pattern = ?1 AND grp = ?2")
                 .and_then(|mut s| {
@@ -942,7 +1148,7 @@ impl Store for SqliteStore {
     }
 
     async fn groups(&self) -> Result<Vec<GroupRecord>, StoreError> {
-        self.read(|tx| {
+        self.read(|tx, _| {
             let mut records: BTreeMap<GroupKey, GroupRecord> = BTreeMap::new();
             let mut stmt = tx
                 .prepare_cached("SELECT pattern, grp, cursor FROM groups")
@@ -993,7 +1199,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<DeadLetter>, StoreError> {
         let key = key.clone();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.read(move |tx| {
+        self.read(move |tx, _| {
             let mut stmt = tx
                 .prepare_cached(
                     "SELECT seq, event_id, reason, attempts, dead_at FROM dead_letters
@@ -1026,7 +1232,7 @@ impl Store for SqliteStore {
 
     async fn dead_letter_count(&self, key: &GroupKey) -> Result<u64, StoreError> {
         let key = key.clone();
-        self.read(move |tx| {
+        self.read(move |tx, _| {
             tx.prepare_cached("SELECT count(*) FROM dead_letters WHERE pattern = ?1 AND grp = ?2")
                 .and_then(|mut s| {
                     s.query_row(params![key.pattern, key.group], |row| row.get::<_, i64>(0))
@@ -1038,9 +1244,13 @@ impl Store for SqliteStore {
     }
 
     async fn count_after(&self, after: u64) -> Result<u64, StoreError> {
-        self.read(move |tx| {
-            tx.prepare_cached("SELECT count(*) FROM events WHERE seq > ?1")
-                .and_then(|mut s| s.query_row([seq_to_sql(after)], |row| row.get::<_, i64>(0)))
+        self.read(move |tx, durable| {
+            tx.prepare_cached("SELECT count(*) FROM events WHERE seq > ?1 AND seq <= ?2")
+                .and_then(|mut s| {
+                    s.query_row(params![seq_to_sql(after), durable], |row| {
+                        row.get::<_, i64>(0)
+                    })
+                })
                 .map(from_sql_int)
                 .map_err(backend)
         })
@@ -1124,6 +1334,55 @@ mod tests {
         ensure!(count(store.path(), "dedup")? == 8, "two pruned");
         store.commit(plain()).await?;
         ensure!(count(store.path(), "dedup")? == 6, "two more pruned");
+        store.close().await?;
+        Ok(())
+    }
+
+    // Holding the sync thread's std mutex across awaits is the point: the
+    // syncer (another OS thread) must stay blocked while the reads run.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn reads_never_see_commits_that_are_not_durable() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default())?;
+        let keyed = |id: &str| {
+            let mut e = event(id, false);
+            e.key = Some("k".into());
+            CommitBatch {
+                events: vec![e],
+                ..CommitBatch::default()
+            }
+        };
+        store.commit(keyed("first")).await?;
+        let topic = Topic::parse("t")?;
+        let pending = {
+            let _hold = lock(&store.inner.sync_pause);
+            let pending = store.commit_pipelined(keyed("second")).await?;
+            let Appended::Stored(second) = &pending.outcome.events[0] else {
+                anyhow::bail!("stored expected");
+            };
+            ensure!(second.seq == 2, "seq assigned before the sync");
+            let (events, upto) = store.read_after(0, None, 10, 10).await?;
+            ensure!(
+                events.len() == 1 && events[0].seq == 1 && upto == 1,
+                "{events:?}"
+            );
+            let (events, _) = store
+                .read_after(0, Some(&Pattern::parse("*")?), 10, 10)
+                .await?;
+            ensure!(events.len() == 1);
+            ensure!(store.get(2).await?.is_none());
+            ensure!(store.last_seq().await? == 1);
+            ensure!(store.count_after(0).await? == 1);
+            ensure!(store.latest_for_key(&topic, "k").await?.is_none());
+            ensure!(store.latest_by_key(&Pattern::parse("t")?).await?.is_empty());
+            pending
+        };
+        pending.durable.await?;
+        let (events, upto) = store.read_after(0, None, 10, 10).await?;
+        ensure!(events.len() == 2 && upto == 2);
+        ensure!(store.last_seq().await? == 2);
+        ensure!(store.latest_for_key(&topic, "k").await?.map(|e| e.seq) == Some(2));
         store.close().await?;
         Ok(())
     }

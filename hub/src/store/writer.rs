@@ -2,11 +2,14 @@
 //!
 //! Every write of the hub goes through one [`StoreWriter`] (cloneable). A
 //! single task takes everything that is waiting at that moment (bounded by
-//! [`WriterOptions`]), makes it durable with ONE [`Store::commit`], answers
-//! each request, and hands the newly stored events — in `seq` order — to the
-//! [`CommittedEvents`] receiver for live fan-out. While a commit runs, new
-//! requests queue and form the next batch, so an idle hub adds no latency and
-//! a busy one amortises each sync over many events.
+//! [`WriterOptions`]) and applies it as ONE batch
+//! ([`Store::commit_pipelined`]); a second task waits for each batch to be
+//! durable, in order, then answers each request and hands the newly stored
+//! events — in `seq` order — to the [`CommittedEvents`] receiver for live
+//! fan-out. While a batch syncs, the next one is already applied (up to a
+//! few batches ahead), and requests arriving meanwhile form the batch after
+//! that: an idle hub adds no latency and a busy one amortises each sync over
+//! many events.
 //!
 //! Back-pressure instead of loss: the request queue and the committed-events
 //! channel are bounded; a slow consumer of committed events slows the writer,
@@ -15,6 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use promhub_core::frames::Event;
 use tokio::sync::{mpsc, oneshot};
 
@@ -224,8 +228,9 @@ impl PendingBatch {
         }
     }
 
-    /// Commits, answers every request, and returns the stored events.
-    async fn commit(self, store: &dyn Store) -> Vec<Event> {
+    /// Applies the batch; on success returns what the completer needs once
+    /// it is durable. On failure answers every request with the error.
+    async fn apply(self, store: &dyn Store) -> Option<Applied> {
         let PendingBatch {
             batch,
             event_replies,
@@ -233,53 +238,74 @@ impl PendingBatch {
             ..
         } = self;
         let expected = batch.events.len();
-        let result = store.commit(batch).await.and_then(|outcome| {
-            if outcome.events.len() == expected {
-                Ok(outcome)
+        let result = store.commit_pipelined(batch).await.and_then(|pending| {
+            if pending.outcome.events.len() == expected {
+                Ok(pending)
             } else {
                 Err(StoreError::Corrupt(format!(
                     "the store answered {} results for {expected} events",
-                    outcome.events.len()
+                    pending.outcome.events.len()
                 )))
             }
         });
+        let replies = Replies {
+            events: event_replies,
+            groups: group_replies,
+        };
         match result {
-            Ok(outcome) => {
-                let mut stored = Vec::with_capacity(outcome.events.len());
-                for (appended, reply) in outcome.events.into_iter().zip(event_replies) {
-                    if let Appended::Stored(event) = &appended {
-                        stored.push(event.clone());
-                    }
-                    // A requester that went away still had its event stored.
-                    let _ = reply.send(Ok(appended));
-                }
-                for reply in group_replies {
-                    let _ = reply.send(Ok(()));
-                }
-                stored
-            }
+            Ok(pending) => Some(Applied {
+                outcome: pending.outcome.events,
+                durable: pending.durable,
+                replies,
+            }),
             Err(e) => {
-                tracing::error!(error = %e, events = expected, "group commit failed");
-                for reply in event_replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-                for reply in group_replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-                Vec::new()
+                replies.fail(&e);
+                None
             }
         }
     }
 }
 
+/// The requests of one batch, to answer.
+struct Replies {
+    events: Vec<oneshot::Sender<Result<Appended, StoreError>>>,
+    groups: Vec<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+impl Replies {
+    fn fail(self, e: &StoreError) {
+        tracing::error!(error = %e, events = self.events.len(), "group commit failed");
+        for reply in self.events {
+            let _ = reply.send(Err(e.clone()));
+        }
+        for reply in self.groups {
+            let _ = reply.send(Err(e.clone()));
+        }
+    }
+}
+
+/// A batch applied by the store, waiting to be durable.
+struct Applied {
+    outcome: Vec<Appended>,
+    durable: BoxFuture<'static, Result<(), StoreError>>,
+    replies: Replies,
+}
+
+/// How many applied batches may wait for durability at once: the next
+/// batch is applied while earlier ones sync.
+const PIPELINE_DEPTH: usize = 4;
+
+/// Forms batches and applies them one after another (so seqs follow batch
+/// order); the completer task waits for each to be durable, in order.
 async fn run(
     store: Arc<dyn Store>,
     mut requests: mpsc::Receiver<Request>,
     committed: mpsc::Sender<Vec<Event>>,
     options: WriterOptions,
 ) {
+    let (applied_tx, applied_rx) = mpsc::channel(PIPELINE_DEPTH);
+    let completer = tokio::spawn(complete(applied_rx, committed));
     let mut carried: Option<Request> = None;
-    let mut fan_out_gone = false;
     loop {
         let first = match carried.take() {
             Some(request) => request,
@@ -298,7 +324,46 @@ async fn run(
             }
             pending.push(request);
         }
-        let stored = pending.commit(store.as_ref()).await;
+        if let Some(applied) = pending.apply(store.as_ref()).await
+            && let Err(mpsc::error::SendError(applied)) = applied_tx.send(applied).await
+        {
+            // Only if the completer panicked: answer rather than hang.
+            applied
+                .replies
+                .fail(&StoreError::Backend("the commit completer stopped".into()));
+        }
+    }
+    drop(applied_tx);
+    if completer.await.is_err() {
+        tracing::error!("the commit completer panicked");
+    }
+}
+
+/// Answers each batch once it is durable and hands its stored events to the
+/// fan-out, strictly in batch (= seq) order.
+async fn complete(mut applied: mpsc::Receiver<Applied>, committed: mpsc::Sender<Vec<Event>>) {
+    let mut fan_out_gone = false;
+    while let Some(Applied {
+        outcome,
+        durable,
+        replies,
+    }) = applied.recv().await
+    {
+        if let Err(e) = durable.await {
+            replies.fail(&e);
+            continue;
+        }
+        let mut stored = Vec::with_capacity(outcome.len());
+        for (appended, reply) in outcome.into_iter().zip(replies.events) {
+            if let Appended::Stored(event) = &appended {
+                stored.push(event.clone());
+            }
+            // A requester that went away still had its event stored.
+            let _ = reply.send(Ok(appended));
+        }
+        for reply in replies.groups {
+            let _ = reply.send(Ok(()));
+        }
         if !stored.is_empty() && !fan_out_gone && committed.send(stored).await.is_err() {
             fan_out_gone = true;
             tracing::warn!("nobody receives committed events any more; live fan-out stopped");
