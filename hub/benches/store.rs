@@ -322,5 +322,61 @@ fn progress(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, appends, progress);
+/// Reads against a log of 100,000 keyed events on 16 topics.
+fn reads(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let f = fixture(&runtime, true);
+    let next = Arc::new(AtomicU64::new(0));
+    runtime.block_on(run_appends(
+        &f.writer,
+        100_000,
+        IN_FLIGHT,
+        Shape::KeyedDedup,
+        &next,
+    ));
+    let store: Arc<dyn Store> = f.counting.clone();
+    let mut group = c.benchmark_group("store_read");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(4));
+    const PAGE: usize = 500;
+    group.throughput(Throughput::Elements(PAGE as u64));
+    let cases = [
+        ("read_after_concrete_topic", "bench.topic3"),
+        ("read_after_wildcard_all_match", "bench.*"),
+        // Sparse: scans 16 rows per match.
+        ("read_after_wildcard_1_in_16", "*.topic3"),
+    ];
+    for (name, pattern) in cases {
+        let pattern = Pattern::parse(pattern).expect("pattern");
+        group.bench_function(name, |b| {
+            let mut after = 0u64;
+            b.iter(|| {
+                let (events, upto) = runtime
+                    .block_on(store.read_after(after, Some(&pattern), PAGE, PAGE * 16 + 16))
+                    .expect("read_after");
+                // Page through the log, starting over at its end.
+                after = if events.len() < PAGE { 0 } else { upto };
+                assert!(events.len() <= PAGE);
+                events.len()
+            })
+        });
+    }
+    group.throughput(Throughput::Elements(1));
+    let snapshot = Pattern::parse("bench.*").expect("pattern");
+    group.bench_function("latest_by_key_10k_keys", |b| {
+        b.iter(|| {
+            let events = runtime
+                .block_on(store.latest_by_key(&snapshot))
+                .expect("latest_by_key");
+            assert_eq!(events.len(), 10_000);
+            events.len()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, appends, progress, reads);
 criterion_main!(benches);
