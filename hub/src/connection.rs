@@ -32,6 +32,8 @@ use crate::outbox::{CloseReason, Drained, Outbox, OutboxLimits};
 use crate::store::writer::StoreWriter;
 use crate::store::{Appended, GroupKey, NewEvent, StoreError};
 
+/// Largest seq a client may name (stores keep seqs as signed 64-bit).
+const MAX_SEQ: u64 = i64::MAX as u64;
 /// Longest `opts.id` accepted (it is stored and indexed).
 const MAX_EVENT_ID_BYTES: usize = 256;
 /// After the hub sent a close frame, how long it waits for the client's
@@ -315,7 +317,7 @@ impl Connection {
 
     async fn on_frame(&mut self, frame: ClientFrame) {
         if let ClientFrame::Auth(auth) = frame {
-            self.auth(auth);
+            self.auth(auth).await;
             return;
         }
         let Some(policy) = self.session.as_ref().map(|s| Arc::clone(&s.policy)) else {
@@ -403,7 +405,7 @@ impl Connection {
     // -----------------------------------------------------------------
     // AUTH
 
-    fn auth(&mut self, auth: Auth) {
+    async fn auth(&mut self, auth: Auth) {
         let first = self.session.is_none();
         if let Some(v) = auth.v
             && v != PROTOCOL_VERSION
@@ -430,13 +432,13 @@ impl Connection {
                     None => format!("s-{}", uuid::Uuid::now_v7().simple()),
                 };
                 if !first && self.registered {
+                    // Sent in line, so every later frame of this connection
+                    // is handled under the new policy.
                     let (conn, policy) = (self.id, Arc::clone(&granted.policy));
-                    let broker = self.shared.broker.clone();
-                    // Policy changes are ordered with this connection's
-                    // other commands by the channel; no need to wait.
-                    tokio::spawn(async move {
-                        broker.send(Command::PolicyChanged { conn, policy }).await;
-                    });
+                    self.shared
+                        .broker
+                        .send(Command::PolicyChanged { conn, policy })
+                        .await;
                 }
                 self.expiry = granted.expires_at.map(|exp| self.expiry_timer(exp, now));
                 self.session = Some(Session {
@@ -633,6 +635,8 @@ impl Connection {
             Some(format!(
                 "opts.max_deliver must be within 1..={MAX_DELIVER_LIMIT}"
             ))
+        } else if matches!(opts.from, Some(StartFrom::Seq(seq)) if seq > MAX_SEQ) {
+            Some(format!("opts.from must be at most {MAX_SEQ}"))
         } else if group.is_some() && opts.snapshot == Some(true) {
             Some("opts.snapshot is only for subscriptions without a group".to_owned())
         } else {

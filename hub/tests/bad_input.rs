@@ -69,6 +69,7 @@ async fn out_of_range_subscribe_options_are_bad_request() {
         json!({"ack_timeout_ms": 0}),
         json!({"max_deliver": 0}),
         json!({"snapshot": true}),
+        json!({"from": u64::MAX}),
     ] {
         let answer = client.subscribe("t", Some("g"), opts.clone()).await;
         assert_eq!(answer["op"], "ERR", "{opts}");

@@ -42,8 +42,27 @@ impl TestHub {
         hub
     }
 
+    /// Starts a hub with a fresh data dir and the given parts.
+    pub async fn start_with_parts(
+        tweak: impl FnOnce(&mut HubConfig),
+        parts: promhub_hub::HubParts,
+    ) -> TestHub {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut hub = Self::launch(dir.path(), tweak, parts).await;
+        hub._dir = Some(dir);
+        hub
+    }
+
     /// Starts a hub on an existing data dir (kept by the caller).
     pub async fn start_in(data: &Path, tweak: impl FnOnce(&mut HubConfig)) -> TestHub {
+        Self::launch(data, tweak, promhub_hub::HubParts::default()).await
+    }
+
+    async fn launch(
+        data: &Path,
+        tweak: impl FnOnce(&mut HubConfig),
+        parts: promhub_hub::HubParts,
+    ) -> TestHub {
         let mut config = HubConfig {
             data: data.to_path_buf(),
             ..HubConfig::default()
@@ -55,7 +74,7 @@ impl TestHub {
         let addr = listener.local_addr().expect("addr");
         let url = format!("ws://{addr}{}", config.ws_path);
         let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(promhub_hub::run(listener, config, async move {
+        let task = tokio::spawn(promhub_hub::run_with(listener, config, parts, async move {
             let _ = stop.await;
         }));
         TestHub {
