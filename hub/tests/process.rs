@@ -46,7 +46,6 @@ impl HubProcess {
             .unwrap_or_else(|| panic!("first line is {first:?}"))
             .to_owned();
         assert!(url.starts_with("ws://127.0.0.1:"), "{url}");
-        assert!(url.ends_with("/ws"), "{url}");
         HubProcess { child, url }
     }
 
@@ -71,6 +70,7 @@ async fn kill_9_after_pubacks_loses_nothing_and_groups_resume_after_their_last_a
     let dir = common::data_dir();
     let args = ["--listen", "127.0.0.1:0"];
     let hub = HubProcess::spawn(dir.path(), &[], &args).await;
+    assert!(hub.url.ends_with("/ws"), "default path: {}", hub.url);
 
     let mut worker = hub.client().await;
     let suback = worker
@@ -212,4 +212,32 @@ async fn invalid_configuration_exits_with_an_error() {
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("dev_scopes"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_toml_config_file_is_read_and_flags_win_over_it() {
+    let dir = common::data_dir();
+    let config = dir.path().join("promhub.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\nws_path = \"/events\"\nheartbeat_ms = 1234\n[groups]\nmax_deliver = 2\n",
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap();
+    let hub = HubProcess::spawn(dir.path(), &[], &["--config", config_arg]).await;
+    assert!(hub.url.ends_with("/events"), "{}", hub.url);
+    let mut client = Client::connect(&hub.url).await;
+    assert_eq!(client.auth().await["heartbeat_ms"], 1234);
+    hub.kill9().await;
+
+    let hub = HubProcess::spawn(
+        dir.path(),
+        &[("PROMHUB_HEARTBEAT_MS", "999")],
+        &["--config", config_arg, "--ws-path", "/flag"],
+    )
+    .await;
+    assert!(hub.url.ends_with("/flag"), "{}", hub.url);
+    let mut client = Client::connect(&hub.url).await;
+    assert_eq!(client.auth().await["heartbeat_ms"], 999);
+    hub.kill9().await;
 }
