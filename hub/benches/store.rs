@@ -17,8 +17,8 @@ use promhub_core::{Pattern, Topic};
 use promhub_hub::store::sqlite::{SqliteOptions, SqliteStore};
 use promhub_hub::store::writer::StoreWriter;
 use promhub_hub::store::{
-    CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupProgress, GroupRecord, NewEvent, Store,
-    StoreError,
+    CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupProgress, GroupRecord, NewEvent,
+    PendingCommit, Store, StoreError,
 };
 use serde_json::value::RawValue;
 
@@ -50,6 +50,14 @@ impl Store for Counting {
         self.progress
             .fetch_add(batch.progress.len() as u64, Ordering::Relaxed);
         self.inner.commit(batch).await
+    }
+    async fn commit_pipelined(&self, batch: CommitBatch) -> Result<PendingCommit, StoreError> {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.events
+            .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+        self.progress
+            .fetch_add(batch.progress.len() as u64, Ordering::Relaxed);
+        self.inner.commit_pipelined(batch).await
     }
     async fn read_after(
         &self,
