@@ -271,21 +271,78 @@ struct EventId<'a> {
 }
 
 async fn consume(hub: &Hub) -> Result<()> {
+    // A backlog read from the store.
     publish_load(hub, "bench.consume", CONSUME_EVENTS, PUBLISH_IN_FLIGHT).await?;
-    let (mut sink, mut stream) = hub.connect().await?;
     let started = Instant::now();
+    consume_group(hub, "bench.*", "backlog", "earliest", CONSUME_EVENTS).await?;
+    let elapsed = started.elapsed();
+    println!(
+        "consume (backlog): {} events read from the store by one group member (max_inflight {}), each ACKed, in {:.2} s = {:.0} events/s (target >= 50000)",
+        CONSUME_EVENTS,
+        CONSUME_MAX_INFLIGHT,
+        elapsed.as_secs_f64(),
+        rate(CONSUME_EVENTS, elapsed)
+    );
+
+    // Live: published (256 in flight) and consumed at the same time.
+    let started = Instant::now();
+    let consumer = {
+        let (sink, stream) = subscribe_group(hub, "live.*", "live", "latest").await?;
+        tokio::spawn(ack_events(sink, stream, "live.*", "live", CONSUME_EVENTS))
+    };
+    publish_load(hub, "live.x", CONSUME_EVENTS, PUBLISH_IN_FLIGHT).await?;
+    consumer.await??;
+    let elapsed = started.elapsed();
+    println!(
+        "consume (live): {} events published (256 in flight) and consumed by one group member with ACKs at the same time in {:.2} s = {:.0} events/s end to end",
+        CONSUME_EVENTS,
+        elapsed.as_secs_f64(),
+        rate(CONSUME_EVENTS, elapsed)
+    );
+    Ok(())
+}
+
+async fn subscribe_group(
+    hub: &Hub,
+    pattern: &str,
+    group: &str,
+    from: &str,
+) -> Result<(Sink, Stream)> {
+    let (mut sink, mut stream) = hub.connect().await?;
     sink.send(Message::text(format!(
-        r#"{{"op":"SUBSCRIBE","topic":"bench.*","group":"consumers","opts":{{"from":"earliest","max_inflight":{CONSUME_MAX_INFLIGHT}}},"rid":"s"}}"#
+        r#"{{"op":"SUBSCRIBE","topic":"{pattern}","group":"{group}","opts":{{"from":"{from}","max_inflight":{CONSUME_MAX_INFLIGHT}}},"rid":"s"}}"#
     )))
     .await?;
     let suback = next_text(&mut stream).await?;
     if !suback.contains("SUBACK") {
         bail!("SUBSCRIBE answered {suback}");
     }
+    Ok((sink, stream))
+}
+
+async fn consume_group(
+    hub: &Hub,
+    pattern: &'static str,
+    group: &'static str,
+    from: &str,
+    count: usize,
+) -> Result<()> {
+    let (sink, stream) = subscribe_group(hub, pattern, group, from).await?;
+    ack_events(sink, stream, pattern, group, count).await
+}
+
+/// Receives `count` EVENTs in seq order and ACKs each, one flush per read
+/// burst.
+async fn ack_events(
+    mut sink: Sink,
+    mut stream: Stream,
+    pattern: &'static str,
+    group: &'static str,
+    count: usize,
+) -> Result<()> {
     let mut received = 0;
     let mut last_seq = 0;
-    while received < CONSUME_EVENTS {
-        // ACK everything that is already here, then flush once.
+    while received < count {
         let mut pending = vec![next_text(&mut stream).await?];
         while let Some(Some(Ok(Message::Text(text)))) = stream.next().now_or_never() {
             pending.push(text.to_string());
@@ -300,7 +357,7 @@ async fn consume(hub: &Hub) -> Result<()> {
             }
             last_seq = event.seq;
             let ack = format!(
-                r#"{{"op":"ACK","topic":"bench.*","group":"consumers","id":"{}"}}"#,
+                r#"{{"op":"ACK","topic":"{pattern}","group":"{group}","id":"{}"}}"#,
                 event.id
             );
             sink.feed(Message::text(ack)).await?;
@@ -308,14 +365,6 @@ async fn consume(hub: &Hub) -> Result<()> {
         }
         sink.flush().await?;
     }
-    let elapsed = started.elapsed();
-    println!(
-        "consume: {} events read from the store by one group member (max_inflight {}), each ACKed, in {:.2} s = {:.0} events/s (target >= 50000)",
-        CONSUME_EVENTS,
-        CONSUME_MAX_INFLIGHT,
-        elapsed.as_secs_f64(),
-        rate(CONSUME_EVENTS, elapsed)
-    );
     Ok(())
 }
 
