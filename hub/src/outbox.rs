@@ -196,6 +196,11 @@ impl Outbox {
                 if !state.frames.is_empty() {
                     batch.extend(state.frames.drain(..));
                     state.bytes = 0;
+                    // Do not keep a burst's worth of capacity for a
+                    // connection that goes idle.
+                    if state.frames.capacity() > 1024 {
+                        state.frames.shrink_to(64);
+                    }
                     drop(state);
                     self.drained.notify_waiters();
                     return Drained::Frames;
