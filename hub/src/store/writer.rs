@@ -156,6 +156,18 @@ fn event_size(event: &NewEvent) -> usize {
         })
 }
 
+/// Rough size of a group update in a batch, for the byte bound.
+fn update_size(update: &GroupUpdate) -> usize {
+    64 + update.progress.as_ref().map_or(0, |p| {
+        p.key.pattern.len() + p.key.group.len() + 8 * p.done_above.len()
+    }) + update
+        .dead_letters
+        .iter()
+        .map(|d| 64 + d.key.pattern.len() + d.key.group.len() + d.event_id.len() + d.reason.len())
+        .sum::<usize>()
+        + 64 * update.removed_dead_letters.len()
+}
+
 /// One batch being assembled, with the replies it owes.
 #[derive(Default)]
 struct PendingBatch {
@@ -182,9 +194,9 @@ impl PendingBatch {
                 self.batch.events.len() >= options.max_batch_events
                     || self.bytes + event_size(event) > options.max_batch_bytes
             }
-            Request::Group(..) => {
+            Request::Group(update, _) => {
                 self.group_replies.len() >= options.max_batch_events
-                    || self.bytes >= options.max_batch_bytes
+                    || self.bytes + update_size(update) > options.max_batch_bytes
             }
         }
     }
@@ -197,6 +209,7 @@ impl PendingBatch {
                 self.event_replies.push(reply);
             }
             Request::Group(update, reply) => {
+                self.bytes += update_size(&update);
                 if let Some(progress) = update.progress {
                     self.merge_progress(progress);
                 }
@@ -212,13 +225,10 @@ impl PendingBatch {
     fn merge_progress(&mut self, progress: GroupProgress) {
         match self.progress_index.get(&progress.key) {
             Some(&i) => {
+                // Marks are tidied once in `apply`, not on every merge.
                 let earlier = &mut self.batch.progress[i];
                 earlier.cursor = progress.cursor;
                 earlier.done_above.extend(progress.done_above);
-                let cursor = earlier.cursor;
-                earlier.done_above.retain(|&seq| seq > cursor);
-                earlier.done_above.sort_unstable();
-                earlier.done_above.dedup();
             }
             None => {
                 self.progress_index
@@ -232,11 +242,17 @@ impl PendingBatch {
     /// it is durable. On failure answers every request with the error.
     async fn apply(self, store: &dyn Store) -> Option<Applied> {
         let PendingBatch {
-            batch,
+            mut batch,
             event_replies,
             group_replies,
             ..
         } = self;
+        for progress in &mut batch.progress {
+            let cursor = progress.cursor;
+            progress.done_above.retain(|&seq| seq > cursor);
+            progress.done_above.sort_unstable();
+            progress.done_above.dedup();
+        }
         let expected = batch.events.len();
         let result = store.commit_pipelined(batch).await.and_then(|pending| {
             if pending.outcome.events.len() == expected {
