@@ -472,12 +472,12 @@ impl Connection {
         let (at, step) = if notice_at > now {
             (notice_at, ExpiryStep::Warn)
         } else {
-            (exp + self.config().auth_leeway_ms, ExpiryStep::Close)
+            (
+                exp.saturating_add(self.config().auth_leeway_ms),
+                ExpiryStep::Close,
+            )
         };
-        (
-            Instant::now() + Duration::from_millis(at.saturating_sub(now)),
-            step,
-        )
+        (instant_in(at.saturating_sub(now)), step)
     }
 
     fn on_expiry(&mut self) {
@@ -491,11 +491,8 @@ impl Connection {
             ExpiryStep::Warn => {
                 self.send(HubFrame::Expiring(Expiring { expires_at: exp }));
                 let now = crate::clock::now_ms();
-                let close_at = exp + self.config().auth_leeway_ms;
-                self.expiry = Some((
-                    Instant::now() + Duration::from_millis(close_at.saturating_sub(now)),
-                    ExpiryStep::Close,
-                ));
+                let close_at = exp.saturating_add(self.config().auth_leeway_ms);
+                self.expiry = Some((instant_in(close_at.saturating_sub(now)), ExpiryStep::Close));
             }
             ExpiryStep::Close => {
                 self.send_error(ErrorCode::TokenExpired, "the token expired", None);
@@ -709,6 +706,12 @@ impl Connection {
             })
             .await;
     }
+}
+
+/// `ms` from now, capped at a year (a token's `exp` may be absurd).
+fn instant_in(ms: u64) -> Instant {
+    const YEAR_MS: u64 = 365 * 24 * 60 * 60 * 1000;
+    Instant::now() + Duration::from_millis(ms.min(YEAR_MS))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

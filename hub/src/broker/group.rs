@@ -484,7 +484,7 @@ impl GroupState {
             first.remove();
         }
         let cursor = match self.window.first_key_value() {
-            Some((&seq, _)) => seq - 1,
+            Some((&seq, _)) => seq.saturating_sub(1),
             None => self.fetched_upto,
         };
         if cursor > self.cursor {
