@@ -273,3 +273,65 @@ async fn a_connection_that_keeps_sending_garbage_is_closed_with_4008() {
     assert_eq!(closed.code, 4008, "{closed:?}");
     hub.stop().await.unwrap();
 }
+
+/// Mutated frames (truncated, bytes flipped, fields swapped) never take the
+/// hub down: every answer is a well-formed frame, and afterwards a fresh
+/// client works normally.
+#[tokio::test]
+async fn mutated_frames_never_break_the_hub() {
+    let mut hub = TestHub::start().await;
+    let valid = [
+        r#"{"op":"PUBLISH","topic":"fuzz.a","payload":{"x":[1,2,{"y":null}]},"opts":{"key":"k","headers":{"h":"v"},"tags":["t"],"id":"fz"},"rid":"1"}"#,
+        r#"{"op":"SUBSCRIBE","topic":"fuzz.*","group":"g","opts":{"from":"earliest","max_inflight":3},"rid":"2"}"#,
+        r#"{"op":"NACK","topic":"fuzz.*","group":"g","id":"fz","delay_ms":5,"final":false}"#,
+        r#"{"op":"UNSUBSCRIBE","topic":"fuzz.*","group":"g","rid":"3"}"#,
+        r#"{"op":"AUTH","token":null,"v":1}"#,
+    ];
+    let known_ops = ["OK", "ERR", "PUBACK", "SUBACK", "UNSUBACK", "EVENT", "PONG"];
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut client = hub.client().await;
+    for round in 0..400 {
+        let mut bytes = valid[round % valid.len()].as_bytes().to_vec();
+        match rng.u8(0..4) {
+            0 => bytes.truncate(rng.usize(0..bytes.len())),
+            1 => {
+                for _ in 0..rng.usize(1..4) {
+                    let at = rng.usize(0..bytes.len());
+                    bytes[at] = rng.u8(0x20..0x7f);
+                }
+            }
+            2 => {
+                let at = rng.usize(0..bytes.len());
+                bytes.insert(at, b'"');
+            }
+            _ => {}
+        }
+        client
+            .send_text(String::from_utf8_lossy(&bytes).into_owned())
+            .await;
+        // Drain what the hub answered, up to its PONG (a barrier).
+        let rid = format!("fz{round}");
+        client.send_json(json!({"op": "PING", "rid": rid})).await;
+        loop {
+            match client.recv().await {
+                Ok(frame) => {
+                    let op = frame["op"].as_str().unwrap_or_default().to_owned();
+                    assert!(known_ops.contains(&op.as_str()), "{frame}");
+                    if op == "PONG" && frame["rid"] == rid.as_str() {
+                        break;
+                    }
+                }
+                // Too much garbage: 4008. Carry on with a new connection.
+                Err(closed) => {
+                    assert_eq!(closed.code, 4008, "{closed:?}");
+                    client = hub.client().await;
+                    break;
+                }
+            }
+        }
+    }
+    let mut fresh = hub.client().await;
+    let ack = fresh.publish("after.fuzz", json!(1), json!(null)).await;
+    assert_eq!(ack["op"], "PUBACK");
+    hub.stop().await.unwrap();
+}
