@@ -3,4 +3,5 @@
 //! Frames, topics and ACL come from `promhub-core`; nothing here re-implements
 //! them.
 
+pub mod auth;
 pub mod store;
