@@ -97,6 +97,37 @@ impl EcKey {
     }
 }
 
+/// P-384 for ES384; kept apart from [`EcKey`] because the curve types differ.
+struct Ec384Key {
+    private: p384::ecdsa::SigningKey,
+    kid: &'static str,
+}
+
+impl Ec384Key {
+    fn generate(kid: &'static str) -> Self {
+        Ec384Key {
+            private: p384::ecdsa::SigningKey::random(&mut OsRng),
+            kid,
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        let point = self.private.verifying_key().to_encoded_point(false);
+        json!({
+            "kty": "EC",
+            "crv": "P-384",
+            "kid": self.kid,
+            "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()),
+            "y": URL_SAFE_NO_PAD.encode(point.y().unwrap()),
+        })
+    }
+
+    fn encoding_key(&self) -> EncodingKey {
+        use p384::pkcs8::EncodePrivateKey;
+        EncodingKey::from_ec_der(self.private.to_pkcs8_der().unwrap().as_bytes())
+    }
+}
+
 struct EdKey {
     private: ed25519_dalek::SigningKey,
     kid: &'static str,
@@ -130,6 +161,7 @@ struct Keys {
     rsa: RsaKey,
     rsa_next: RsaKey,
     ec: EcKey,
+    ec384: Ec384Key,
     ed: EdKey,
 }
 
@@ -138,6 +170,7 @@ static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys {
     rsa: RsaKey::generate("rsa-1"),
     rsa_next: RsaKey::generate("rsa-2"),
     ec: EcKey::generate("ec-1"),
+    ec384: Ec384Key::generate("ec384-1"),
     ed: EdKey::generate("ed-1"),
 });
 
@@ -146,7 +179,12 @@ fn jwks(keys: &[Value]) -> Value {
 }
 
 fn standard_jwks() -> Value {
-    jwks(&[KEYS.rsa.jwk(), KEYS.ec.jwk(), KEYS.ed.jwk()])
+    jwks(&[
+        KEYS.rsa.jwk(),
+        KEYS.ec.jwk(),
+        KEYS.ec384.jwk(),
+        KEYS.ed.jwk(),
+    ])
 }
 
 // -------------------------------------------------------------- tokens
@@ -347,6 +385,12 @@ async fn every_supported_algorithm_family_verifies() {
         hs(Algorithm::HS384, &c),
         hs(Algorithm::HS512, &c),
         es(&c),
+        sign(
+            Algorithm::ES384,
+            Some(KEYS.ec384.kid),
+            &c,
+            &KEYS.ec384.encoding_key(),
+        ),
         ed(&c),
     ];
     for alg in [
@@ -453,7 +497,7 @@ async fn the_key_pins_the_algorithm() {
     // The RSA key declares RS256 only; the EC key allows ES256 only.
     let mut rsa_jwk = KEYS.rsa.jwk();
     rsa_jwk["alg"] = json!("RS256");
-    let server = JwksServer::start(jwks(&[rsa_jwk, KEYS.ec.jwk()])).await;
+    let server = JwksServer::start(jwks(&[rsa_jwk, KEYS.ec.jwk(), KEYS.ec384.jwk()])).await;
     let v = verifier(&url_config(&server.url));
     let c = claims(json!({}));
 
@@ -469,6 +513,15 @@ async fn the_key_pins_the_algorithm() {
         &KEYS.rsa.encoding_key(),
     );
     refused_with(&v, &cross, NOW_MS, ErrorCode::JwtInvalid).await;
+    // The curve pins the algorithm: ES256 under the P-384 key's kid.
+    let wrong_curve = sign(
+        Algorithm::ES256,
+        Some(KEYS.ec384.kid),
+        &c,
+        &KEYS.ec.encoding_key(),
+    );
+    let msg = refused_with(&v, &wrong_curve, NOW_MS, ErrorCode::JwtInvalid).await;
+    assert!(msg.contains("does not allow ES256"), "{msg}");
 }
 
 #[tokio::test]

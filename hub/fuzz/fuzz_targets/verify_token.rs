@@ -58,7 +58,10 @@ fn jwks_document() -> String {
     let mut n: Vec<u8> = (0..256u32).map(|i| (i * 37 + 11) as u8).collect();
     n[0] |= 0xc0;
     n[255] |= 1;
-    let rsa = format!(r#"{{"kty":"RSA","kid":"rsa","n":"{}","e":"AQAB"}}"#, b64(&n));
+    let rsa = format!(
+        r#"{{"kty":"RSA","kid":"rsa","n":"{}","e":"AQAB"}}"#,
+        b64(&n)
+    );
     let rsa_pinned = format!(
         r#"{{"kty":"RSA","kid":"rsa-ps","alg":"PS256","n":"{}","e":"AQAB"}}"#,
         b64(&n)

@@ -5,7 +5,7 @@
 //! - [`config`]: [`AuthConfig`] (TOML) and [`AuthArgs`] (CLI flags).
 //! - [`token`]: the compact-JWS parser (size limit, header, strict JSON).
 //! - [`jwks`]: JWK parsing and the cached, single-flight JWKS key store.
-//! - [`claims`]: registered-claim checks and the claim → policy mapping.
+//! - `claims`: registered-claim checks and the claim → policy mapping.
 //! - [`verifier`]: [`Verifier`], which ties them together.
 //! - [`mint`]: HS256 development tokens (`promhub token`).
 //!
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use promhub_core::acl::Policy;
 use promhub_core::frames::ErrorCode;
 
-pub mod claims;
+mod claims;
 pub mod config;
 pub mod jwks;
 pub mod mint;
