@@ -242,8 +242,15 @@ fn parse_jwk(jwk: &Map<String, Value>) -> Result<(Vec<Algorithm>, DecodingKey), 
                     "RSA modulus has {bits} bits; {MIN_RSA_BITS} to {MAX_RSA_BITS} are accepted"
                 ));
             }
-            if e.is_empty() || e.len() > 8 {
-                return Err("RSA exponent is malformed".to_owned());
+            // e = 1 would make every "signature" valid; even e is never an
+            // RSA exponent. The backend checks too; this names the reason.
+            let exponent = if e.len() <= 8 {
+                e.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
+            } else {
+                0
+            };
+            if exponent < 3 || exponent % 2 == 0 {
+                return Err("RSA exponent is not an odd number of at least 3".to_owned());
             }
             (
                 AlgorithmFamily::Rsa.algorithms(),
@@ -597,6 +604,7 @@ mod tests {
     #[test]
     fn unusable_keys_are_skipped_and_their_kids_remembered() {
         let short_rsa = b64(&[0xff; 128]); // 1024 bits
+        let good_rsa = b64(&[0xc5; 256]); // 2048 bits
         let doc = format!(
             r#"{{"keys":[
                 {{"kty":"oct","kid":"sym","k":"c2VjcmV0"}},
@@ -605,16 +613,38 @@ mod tests {
                 {{"kty":"OKP","kid":"short-ed","crv":"Ed25519","x":"{}"}},
                 {{"kty":"OKP","kid":"x448","crv":"X448","x":"AA"}},
                 {{"kty":"EC","kid":"off-curve","crv":"P-256","x":"{}","y":"{}"}},
+                {{"kty":"RSA","kid":"e-one","n":"{}","e":"AQ"}},
+                {{"kty":"RSA","kid":"e-even","n":"{}","e":"AQAA"}},
+                {{"kty":"RSA","kid":"priv","n":"{}","e":"AQAB","d":"AQAB"}},
+                {{"kty":"RSA","kid":"bad-alg","alg":"ES256","n":"{}","e":"AQAB"}},
+                {{"kty":"RSA","kid":"oaep","alg":"RSA-OAEP","n":"{}","e":"AQAB"}},
                 {{"kty":"RSA","kid":7,"n":"AA","e":"AQAB"}},
                 "not an object"
             ]}}"#,
             b64(&[1; 16]),
             b64(&[1; 32]),
             b64(&[2; 32]),
+            good_rsa,
+            good_rsa,
+            good_rsa,
+            good_rsa,
+            good_rsa,
         );
         let set = KeySet::parse(doc.as_bytes()).unwrap();
         assert!(set.is_empty());
-        for kid in ["sym", "small", "p521", "short-ed", "x448", "off-curve"] {
+        for kid in [
+            "sym",
+            "small",
+            "p521",
+            "short-ed",
+            "x448",
+            "off-curve",
+            "e-one",
+            "e-even",
+            "priv",
+            "bad-alg",
+            "oaep",
+        ] {
             assert!(
                 matches!(
                     set.lookup(Some(kid), Algorithm::ES256),
@@ -627,5 +657,22 @@ mod tests {
             set.lookup(Some("other"), Algorithm::ES256),
             Lookup::UnknownKid
         ));
+    }
+
+    #[test]
+    fn a_well_formed_rsa_key_without_alg_allows_the_whole_family() {
+        let n = b64(&[0xc5; 256]);
+        let doc = format!(r#"{{"keys":[{{"kty":"RSA","kid":"r","n":"{n}","e":"AQAB"}}]}}"#);
+        let set = KeySet::parse(doc.as_bytes()).unwrap();
+        assert_eq!(set.len(), 1);
+        for alg in AlgorithmFamily::Rsa.algorithms() {
+            assert!(matches!(set.lookup(Some("r"), *alg), Lookup::Found(_)));
+        }
+        for alg in [Algorithm::HS256, Algorithm::ES256, Algorithm::EdDSA] {
+            assert!(matches!(
+                set.lookup(Some("r"), alg),
+                Lookup::AlgorithmNotAllowed
+            ));
+        }
     }
 }
