@@ -3,6 +3,7 @@
 //! Frames, topics and ACL come from `promhub-core`; nothing here re-implements
 //! them. See `ARCHITECTURE.md` for the data flow.
 
+pub mod auth;
 pub mod authn;
 mod broker;
 mod clock;
