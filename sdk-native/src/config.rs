@@ -69,7 +69,7 @@ impl ClientConfig {
         ClientConfig {
             core,
             token_provider: None,
-            event_capacity: 256,
+            event_capacity: 32,
             max_frame_bytes: 16 * 1024 * 1024,
         }
     }

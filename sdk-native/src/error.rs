@@ -145,3 +145,55 @@ pub struct DeserializeError {
     #[source]
     pub source: Arc<serde_json::Error>,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use promhub_core::client::RequestError;
+    use promhub_core::frames::{ErrorCode, ErrorFrame};
+
+    use super::Error;
+
+    fn refused(code: ErrorCode, retry_after_ms: Option<u64>) -> Error {
+        let mut frame = ErrorFrame::new(code, "no", Some("7".to_owned()));
+        frame.retry_after_ms = retry_after_ms;
+        Error::from(RequestError::Refused(frame))
+    }
+
+    #[test]
+    fn the_refusals_a_publisher_handles_differently_are_distinct() {
+        assert!(matches!(
+            refused(ErrorCode::Forbidden, None),
+            Error::Forbidden { .. }
+        ));
+        assert!(matches!(
+            refused(ErrorCode::TooLarge, None),
+            Error::TooLarge { .. }
+        ));
+        assert!(matches!(
+            refused(ErrorCode::RateLimited, Some(250)),
+            Error::RateLimited { retry_after: Some(d), .. } if d == Duration::from_millis(250)
+        ));
+        assert!(matches!(
+            refused(ErrorCode::BadRequest, None),
+            Error::Refused {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ));
+        assert_eq!(
+            refused(ErrorCode::TooLarge, None).code(),
+            Some(ErrorCode::TooLarge)
+        );
+        assert!(matches!(
+            Error::from(RequestError::TimedOut),
+            Error::TimedOut
+        ));
+        assert!(matches!(
+            Error::from(RequestError::Disconnected),
+            Error::Disconnected
+        ));
+        assert_eq!(Error::from(RequestError::TimedOut).code(), None);
+    }
+}
