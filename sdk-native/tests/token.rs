@@ -1,69 +1,91 @@
-//! Token lifecycle against a hub that checks tokens and their expiry: the
-//! client refreshes in band before `exp` (the subscription keeps receiving,
-//! no reconnect), and after the hub refused a token (4001/4003) it does not
+//! Token lifecycle against a hub that verifies real tokens: HS256 JWTs
+//! minted with `promhub_hub::auth::mint_dev_token` and checked by the hub's
+//! JWT `Verifier` (signature, `exp` with no leeway, scopes). The client
+//! refreshes in band before `exp` (the subscription keeps receiving, no
+//! reconnect), and after the hub refused a token (4001/4003) it does not
 //! reconnect until it has a token the hub accepts.
 //!
-//! The hub here checks tokens with a small test authenticator (accepted
-//! tokens carry their expiry, refused ones are marked) plugged into
-//! `promhub_hub::run_with`; the hub's own expiry handling (`EXPIRING`, close
-//! 4001 at `exp` + leeway, 4003 for a refused re-AUTH) is the real one.
+//! Until the verifier is wired into the gateway's configuration, it is
+//! plugged in here through `promhub_hub::run_with` and the `Authenticator`
+//! interface; the hub's own expiry handling (`EXPIRING`, close 4001 at
+//! `exp` + leeway, 4003 for a refused re-AUTH) is the real one.
 
 mod support;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use promhub::{
     Client, ClientConfig, ConnectionEvent, ConnectionState, PublishOptions, SubscribeOptions,
 };
 use promhub_core::frames::Millis;
-use promhub_core::{ErrorCode, Policy};
+use promhub_hub::auth::{AuthConfig, MintOptions, Secret, Verifier, mint_dev_token};
 use promhub_hub::{AuthFailure, Authenticated, Authenticator, HubConfig, HubParts};
 use support::{guard, next, wait_event};
 use tokio::sync::oneshot;
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap()
+const SECRET: &str = "0123456789abcdef0123456789abcdef-test-secret";
+const WRONG_SECRET: &str = "fedcba9876543210fedcba9876543210-not-the-hub";
+
+/// What the hub made of one token: the subject it names, or the refusal.
+type Verdict = Result<Option<String>, promhub_core::ErrorCode>;
+
+/// The hub's JWT verifier behind the gateway's authenticator interface,
+/// recording its verdicts.
+#[derive(Debug)]
+struct JwtAuthenticator {
+    verifier: Verifier,
+    verdicts: Mutex<Vec<(String, Verdict)>>,
 }
 
-/// Accepts `valid:<exp_ms>:<nonce>` until `exp_ms`; refuses everything
-/// else with `jwt_invalid`. Records every token it is shown.
-#[derive(Debug, Default)]
-struct TestAuthenticator {
-    seen: Mutex<Vec<String>>,
-}
-
-impl Authenticator for TestAuthenticator {
+impl Authenticator for JwtAuthenticator {
     fn authenticate(
         &self,
         token: Option<&str>,
         now_ms: Millis,
     ) -> Result<Authenticated, AuthFailure> {
-        let token = token.unwrap_or_default();
-        self.seen.lock().unwrap().push(token.to_owned());
-        let exp = token
-            .strip_prefix("valid:")
-            .and_then(|rest| rest.split(':').next())
-            .and_then(|exp| exp.parse::<u64>().ok())
-            .ok_or_else(|| AuthFailure::new(ErrorCode::JwtInvalid, "invalid token"))?;
-        if exp <= now_ms {
-            return Err(AuthFailure::new(ErrorCode::TokenExpired, "token expired"));
-        }
-        Ok(Authenticated {
-            policy: Arc::new(Policy::allow_all()),
-            expires_at: Some(exp),
-            subject: None,
-        })
+        // An HS256 secret needs no key fetch: verification completes at once.
+        let verified = self
+            .verifier
+            .verify(token, now_ms)
+            .now_or_never()
+            .expect("HS256 verification does not wait");
+        let verdict = match &verified {
+            Ok(granted) => Ok(granted.subject.clone()),
+            Err(failure) => Err(failure.code),
+        };
+        self.verdicts
+            .lock()
+            .unwrap()
+            .push((token.unwrap_or_default().to_owned(), verdict));
+        verified
+            .map(|granted| Authenticated {
+                policy: granted.policy,
+                expires_at: granted.expires_at,
+                subject: granted.subject,
+            })
+            .map_err(|failure| AuthFailure::new(failure.code, failure.msg))
     }
 }
 
-fn valid(lifetime: Duration, nonce: u32) -> String {
-    format!("valid:{}:{nonce}", unix_ms() + lifetime.as_millis() as u64)
+/// An HS256 JWT for `sub`, allowed everything, expiring in `ttl` (whole
+/// seconds), signed with `secret`.
+fn jwt(secret: &str, sub: &str, ttl: Duration) -> String {
+    mint_dev_token(MintOptions {
+        secret: secret.to_owned(),
+        scopes: "publish:** subscribe:**".to_owned(),
+        ttl,
+        sub: Some(sub.to_owned()),
+        aud: None,
+        iss: None,
+    })
+    .expect("mint")
+}
+
+fn valid(ttl: Duration, call: u32) -> String {
+    jwt(SECRET, &format!("call-{call}"), ttl)
 }
 
 const LONG: Duration = Duration::from_secs(3600);
@@ -73,7 +95,7 @@ const LEEWAY: Duration = Duration::from_millis(200);
 
 struct Hub {
     url: String,
-    authenticator: Arc<TestAuthenticator>,
+    authenticator: Arc<JwtAuthenticator>,
     shutdown: Option<oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
 }
@@ -89,7 +111,15 @@ impl Hub {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}{}", listener.local_addr().unwrap(), config.ws_path);
-        let authenticator = Arc::new(TestAuthenticator::default());
+        let auth = AuthConfig {
+            jwt_secret: Some(Secret::new(SECRET)),
+            jwt_leeway_secs: 0,
+            ..AuthConfig::default()
+        };
+        let authenticator = Arc::new(JwtAuthenticator {
+            verifier: Verifier::from_config(&auth).expect("verifier"),
+            verdicts: Mutex::new(Vec::new()),
+        });
         let parts = HubParts {
             authenticator: Some(Arc::clone(&authenticator) as Arc<dyn Authenticator>),
             ..HubParts::default()
@@ -106,8 +136,18 @@ impl Hub {
         }
     }
 
-    fn seen(&self) -> Vec<String> {
-        self.authenticator.seen.lock().unwrap().clone()
+    fn verdicts(&self) -> Vec<(String, Verdict)> {
+        self.authenticator.verdicts.lock().unwrap().clone()
+    }
+
+    /// The subjects of the accepted tokens, in order, the publisher's left
+    /// out.
+    fn accepted(&self) -> Vec<String> {
+        self.verdicts()
+            .into_iter()
+            .filter_map(|(_, verdict)| verdict.ok().flatten())
+            .filter(|sub| sub != "publisher")
+            .collect()
     }
 }
 
@@ -132,7 +172,7 @@ fn provider(
 }
 
 async fn publisher(hub: &Hub) -> Client {
-    let config = ClientConfig::new().token(valid(LONG, 0));
+    let config = ClientConfig::new().token(jwt(SECRET, "publisher", LONG));
     guard("publisher", Client::connect(hub.url.as_str(), config))
         .await
         .expect("publisher connects")
@@ -223,18 +263,8 @@ async fn a_token_near_exp_is_refreshed_in_band_and_the_subscription_keeps_receiv
         )),
         "the connection was not replaced: {all:?}"
     );
-    // The hub saw the first token, then the refreshed one, nothing else
-    // (nonce 0 is the publisher's).
-    let seen: Vec<String> = hub
-        .seen()
-        .into_iter()
-        .filter(|token| !token.ends_with(":0"))
-        .collect();
-    assert_eq!(seen.len(), 2, "{seen:?}");
-    assert!(
-        seen[0].ends_with(":1") && seen[1].ends_with(":2"),
-        "{seen:?}"
-    );
+    // The hub saw the first token, then the refreshed one, nothing else.
+    assert_eq!(hub.accepted(), vec!["call-1", "call-2"]);
     publisher.close().await;
 }
 
@@ -246,7 +276,7 @@ async fn after_a_refused_token_the_client_waits_for_one_the_hub_accepts() {
     let config = ClientConfig::new()
         .token_provider(provider(Arc::clone(&calls), |call| match call {
             1 => valid(Duration::from_secs(2), call),
-            2..=4 => format!("revoked:{call}"),
+            2..=4 => jwt(WRONG_SECRET, &format!("call-{call}"), LONG),
             _ => valid(LONG, call),
         }))
         .reconnect_delay(Duration::from_millis(50), Duration::from_millis(200));
@@ -303,14 +333,20 @@ async fn after_a_refused_token_the_client_waits_for_one_the_hub_accepts() {
         .filter(|event| matches!(event, ConnectionEvent::AuthRefused { .. }))
         .count();
     assert_eq!(refusals, 3, "{story:?}");
-    // Never the same refused token twice.
-    let seen = hub.seen();
-    let revoked: Vec<&String> = seen.iter().filter(|t| t.starts_with("revoked")).collect();
-    assert_eq!(
-        revoked,
-        vec!["revoked:2", "revoked:3", "revoked:4"],
-        "{seen:?}"
-    );
+    // Three different refused tokens (never the same one twice), then the
+    // accepted one.
+    let refused: Vec<String> = hub
+        .verdicts()
+        .into_iter()
+        .filter(|(_, verdict)| verdict.is_err())
+        .map(|(token, verdict)| {
+            assert_eq!(verdict, Err(promhub_core::ErrorCode::JwtInvalid));
+            token
+        })
+        .collect();
+    assert_eq!(refused.len(), 3);
+    assert!(refused[0] != refused[1] && refused[1] != refused[2] && refused[0] != refused[2]);
+    assert_eq!(hub.accepted(), vec!["call-1", "call-5"]);
 
     // The group subscription is back.
     let publisher = publisher(&hub).await;
@@ -352,14 +388,15 @@ async fn with_a_fixed_token_a_refusal_stops_the_client_until_set_token() {
         "{event:?}"
     );
     assert_eq!(client.state(), ConnectionState::Closed);
-    let attempts_before = hub.seen().len();
+    let attempts_before = hub.verdicts().len();
 
     client.set_token(valid(LONG, 2)).expect("set_token");
     wait_event("reconnect", &mut events, |event| {
         matches!(event, ConnectionEvent::Connected { .. }).then_some(())
     })
     .await;
-    assert_eq!(hub.seen().len(), attempts_before + 1);
+    assert_eq!(hub.verdicts().len(), attempts_before + 1);
+    assert_eq!(hub.accepted(), vec!["call-1", "call-2"]);
     guard(
         "publish",
         client.publish("fixed.x", &1, PublishOptions::new()),
