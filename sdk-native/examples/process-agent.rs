@@ -18,21 +18,21 @@ use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
 
 #[derive(Debug, Parser)]
 #[command(about = "Publish this machine's processes to a promhub hub")]
-struct Args {
+pub struct Args {
     /// The hub's WebSocket URL.
     #[arg(long, default_value = "ws://127.0.0.1:8090/ws")]
-    url: String,
+    pub url: String,
     /// A JWT (none: anonymous, for a hub in development mode).
     #[arg(long, env = "PROMHUB_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    pub token: Option<String>,
     #[arg(long, default_value = "process.state")]
-    topic: String,
+    pub topic: String,
     /// Time between two readings.
     #[arg(long, default_value_t = 1000)]
-    interval_ms: u64,
+    pub interval_ms: u64,
     /// Stop after this many readings (default: run until Ctrl-C).
     #[arg(long)]
-    ticks: Option<u64>,
+    pub ticks: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,7 +194,12 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    run(Args::parse()).await
+}
+
+/// The agent: one reading every `interval_ms`, published; until Ctrl-C or
+/// `ticks` readings. (The integration tests run it against a real hub.)
+pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = ClientConfig::new();
     if let Some(token) = args.token {
         config = config.token(token);
