@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use promhub_core::client::ConnectionState;
@@ -17,7 +16,7 @@ use crate::Error;
 use crate::config::ClientConfig;
 use crate::driver::{Driver, Shared};
 use crate::events::{ConnectionEvent, EventStream};
-use crate::link::{Command, Link, answer};
+use crate::link::{Command, ConnectionInfo, Link, answer};
 use crate::options::{PublishOptions, SubscribeOptions};
 use crate::subscription::Subscription;
 
@@ -101,9 +100,9 @@ impl Client {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, event_rx) = broadcast::channel(config.event_capacity.max(1));
         let (state_tx, state) = watch::channel(ConnectionState::Disconnected);
-        let epoch = Arc::new(AtomicU64::new(0));
+        let connection = Arc::new(ConnectionInfo::default());
         let client = Client {
-            link: Link::new(commands, Arc::clone(&epoch)),
+            link: Link::new(commands, Arc::clone(&connection)),
             events: events.clone(),
             state,
             request_timeout: Duration::from_millis(config.core.request_timeout_ms.max(1)),
@@ -111,7 +110,7 @@ impl Client {
         let shared = Shared {
             events,
             state: state_tx,
-            epoch,
+            connection,
         };
         runtime.spawn(Driver::new(url, config, command_rx, shared).run());
         Ok((client, event_rx))

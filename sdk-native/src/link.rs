@@ -1,7 +1,7 @@
 //! What the application side ([`Client`](crate::Client), subscriptions,
 //! deliveries) sends to the driver task, and how.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use promhub_core::client::SubscriptionId;
@@ -40,7 +40,6 @@ pub(crate) enum Command {
         /// The connection the delivery came on (see [`Link::epoch`]).
         epoch: u64,
         kind: Settle,
-        reply: Option<Reply<()>>,
     },
     Ping {
         reply: Reply<std::time::Duration>,
@@ -81,28 +80,46 @@ pub(crate) struct RawDelivery {
     pub(crate) delivery: Box<EventDelivery>,
 }
 
-/// The channel to the driver task, plus the number of the current
-/// connection.
+/// What the handles may know about the connection without asking the
+/// driver. Written by the driver only.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionInfo {
+    /// Counts successful connections (`OK`s).
+    pub(crate) epoch: AtomicU64,
+    pub(crate) connected: AtomicBool,
+}
+
+/// The channel to the driver task, plus what is known about the connection.
 #[derive(Debug, Clone)]
 pub(crate) struct Link {
     commands: mpsc::UnboundedSender<Command>,
-    epoch: Arc<AtomicU64>,
+    connection: Arc<ConnectionInfo>,
 }
 
 impl Link {
-    pub(crate) fn new(commands: mpsc::UnboundedSender<Command>, epoch: Arc<AtomicU64>) -> Self {
-        Link { commands, epoch }
+    pub(crate) fn new(
+        commands: mpsc::UnboundedSender<Command>,
+        connection: Arc<ConnectionInfo>,
+    ) -> Self {
+        Link {
+            commands,
+            connection,
+        }
     }
 
     pub(crate) fn send(&self, command: Command) -> Result<(), Error> {
         self.commands.send(command).map_err(|_| Error::Closed)
     }
 
-    /// Counts successful connections (`OK`s). A delivery of a durable group
+    /// The number of the current connection. A delivery of a durable group
     /// from an older connection is stale: the hub took it back when that
     /// connection closed and delivers it again.
     pub(crate) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.connection.epoch.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn connected(&self) -> bool {
+        self.connection.connected.load(Ordering::Acquire)
     }
 }
 

@@ -143,6 +143,12 @@ impl<T: DeserializeOwned> Stream for Subscription<T> {
 /// again later, or [`term`](Self::term) to dead-letter it; dropping it
 /// unanswered NACKs it. For an ephemeral subscription the answers do
 /// nothing (the hub does not track them).
+///
+/// The answers are sent when they are called (they have no reply on the
+/// wire); the returned future is ready at once and says whether the answer
+/// could go out: [`Error::NotConnected`], or [`Error::Disconnected`] for a
+/// delivery made on a connection that has since dropped, mean it did not,
+/// and the hub delivers the event again.
 pub struct Delivery<T> {
     payload: Result<T, DeserializeError>,
     event: Event,
@@ -251,9 +257,9 @@ impl<T> Delivery<T> {
         (self.payload, self.event, self.acker)
     }
 
-    /// Processed: the hub moves the group past it. Resolves once the `ACK`
-    /// is handed to the connection; [`Error::NotConnected`] means it could
-    /// not be, and the hub will deliver the event again.
+    /// Processed: the hub moves the group past it. (An `ACK` for a delivery
+    /// of a connection that has dropped is still sent: it saves a
+    /// duplicate when it arrives.)
     pub fn ack(self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         self.acker.ack()
     }
@@ -279,8 +285,8 @@ impl<T> Delivery<T> {
 
     /// Still working on it: pushes the ack deadline back by the group's ack
     /// timeout.
-    pub async fn working(&self) -> Result<(), Error> {
-        self.acker.working().await
+    pub fn working(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static + use<T> {
+        self.acker.working()
     }
 }
 
@@ -350,50 +356,47 @@ impl Acker {
     }
 
     /// See [`Delivery::working`].
-    pub async fn working(&self) -> Result<(), Error> {
-        let reply = self.target.as_ref().map(|target| {
-            let (reply, answered) = oneshot::channel();
-            let sent = target.link.send(Command::Settle {
-                sub: target.sub,
-                event_id: self.event_id.clone(),
-                epoch: target.epoch,
-                kind: Settle::Working,
-                reply: Some(reply),
-            });
-            sent.map(|()| answered)
-        });
-        Self::answered(reply).await
+    pub fn working(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static + use<> {
+        let result = match &self.target {
+            None => Ok(()),
+            Some(target) => target.send(self.event_id.clone(), Settle::Working),
+        };
+        std::future::ready(result)
     }
 
-    /// Sends the answer now, so that dropping the returned future cannot
-    /// lose it; the future only waits for the driver's confirmation.
+    /// Sends the answer now, so that it cannot be lost with the returned
+    /// future; that future is ready at once.
     fn settle(
         target: Option<AckTarget>,
         event_id: String,
         kind: Settle,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        let reply = target.map(|target| {
-            let (reply, answered) = oneshot::channel();
-            let sent = target.link.send(Command::Settle {
-                sub: target.sub,
-                event_id,
-                epoch: target.epoch,
-                kind,
-                reply: Some(reply),
-            });
-            sent.map(|()| answered)
-        });
-        Self::answered(reply)
-    }
-
-    async fn answered(
-        reply: Option<Result<oneshot::Receiver<Result<(), Error>>, Error>>,
-    ) -> Result<(), Error> {
-        match reply {
+        let result = match target {
             None => Ok(()),
-            Some(Err(err)) => Err(err),
-            Some(Ok(answered)) => answer(answered).await,
+            Some(target) => target.send(event_id, kind),
+        };
+        std::future::ready(result)
+    }
+}
+
+impl AckTarget {
+    /// Hands the answer to the driver, when it can still matter: the client
+    /// is connected, and (except for an `ACK`, which only saves a duplicate)
+    /// the delivery came on the current connection. Otherwise the hub
+    /// delivers the event again anyway, and the error says so.
+    fn send(&self, event_id: String, kind: Settle) -> Result<(), Error> {
+        if !self.link.connected() {
+            return Err(Error::NotConnected);
         }
+        if kind != Settle::Ack && self.epoch != self.link.epoch() {
+            return Err(Error::Disconnected);
+        }
+        self.link.send(Command::Settle {
+            sub: self.sub,
+            event_id,
+            epoch: self.epoch,
+            kind,
+        })
     }
 }
 
@@ -411,7 +414,6 @@ impl Drop for Acker {
                     delay_ms: None,
                     final_: false,
                 },
-                reply: None,
             });
         }
     }

@@ -10,7 +10,7 @@ mod socket;
 use std::collections::HashMap;
 use std::future::{Future, pending};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,7 +28,7 @@ use crate::Error;
 use crate::client::PubAck;
 use crate::config::{ClientConfig, TokenProvider};
 use crate::events::ConnectionEvent;
-use crate::link::{Command, RawDelivery, Reply, Settle, Subscribed};
+use crate::link::{Command, ConnectionInfo, RawDelivery, Reply, Settle, Subscribed};
 
 /// Commands (or incoming frames) handled before the outputs are drained:
 /// many publishes become one batch of writes and one flush.
@@ -41,7 +41,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub(crate) struct Shared {
     pub(crate) events: broadcast::Sender<ConnectionEvent>,
     pub(crate) state: watch::Sender<ConnectionState>,
-    pub(crate) epoch: Arc<AtomicU64>,
+    pub(crate) connection: Arc<ConnectionInfo>,
 }
 
 /// A socket being opened, with the token fetched in parallel when there is
@@ -247,6 +247,10 @@ impl Driver {
             let _ = reply.send(Err(Error::Closed));
         }
         self.shared.state.send_replace(ConnectionState::Closed);
+        self.shared
+            .connection
+            .connected
+            .store(false, Ordering::Release);
         let _ = self.shared.events.send(ConnectionEvent::Closed {
             reason: "client closed".to_owned(),
         });
@@ -310,7 +314,7 @@ impl Driver {
         match event {
             ClientEvent::StateChanged { state, reason } => self.state_changed(state, reason),
             ClientEvent::Connected(welcome) => {
-                self.shared.epoch.fetch_add(1, Ordering::AcqRel);
+                self.shared.connection.epoch.fetch_add(1, Ordering::AcqRel);
                 self.token_failures = 0;
                 self.emit(ConnectionEvent::Connected {
                     session: welcome.session,
@@ -385,6 +389,10 @@ impl Driver {
 
     fn state_changed(&mut self, state: ConnectionState, reason: StateReason) {
         self.shared.state.send_replace(state);
+        self.shared
+            .connection
+            .connected
+            .store(state == ConnectionState::Connected, Ordering::Release);
         match state {
             ConnectionState::Connecting => {
                 let attempt = match reason {
@@ -468,7 +476,7 @@ impl Driver {
     }
 
     fn deliver(&mut self, sub: SubscriptionId, delivery: Box<promhub_core::frames::EventDelivery>) {
-        let epoch = self.shared.epoch.load(Ordering::Acquire);
+        let epoch = self.shared.connection.epoch.load(Ordering::Acquire);
         let Some(entry) = self.subs.get_mut(&sub) else {
             return;
         };
@@ -678,11 +686,12 @@ impl Driver {
                 event_id,
                 epoch,
                 kind,
-                reply,
             } => {
-                let result = self.settle(now, sub, &event_id, epoch, kind);
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
+                // The handle already told the application what it could
+                // know; a connection lost since then means the hub delivers
+                // the event again, whatever the answer was.
+                if let Err(e) = self.settle(now, sub, &event_id, epoch, kind) {
+                    tracing::debug!(%sub, event = %event_id, error = %e, "answer not sent");
                 }
             }
             Command::Ping { reply } => match self.core.ping(now) {
@@ -713,7 +722,7 @@ impl Driver {
         epoch: u64,
         kind: Settle,
     ) -> Result<(), Error> {
-        if epoch != self.shared.epoch.load(Ordering::Acquire) && kind != Settle::Ack {
+        if epoch != self.shared.connection.epoch.load(Ordering::Acquire) && kind != Settle::Ack {
             // The delivery came on a connection that has closed: the hub
             // took it back, and may have handed it out again, so a NACK or
             // WORKING now would act on that new delivery. An ACK still says
