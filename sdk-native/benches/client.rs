@@ -64,9 +64,8 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async {
         publish(&hub.url, events).await;
-        consume(&hub.url, events, 100, true).await;
-        consume(&hub.url, events, 1000, true).await;
-        consume(&hub.url, events, 1000, false).await;
+        consume(&hub.url, events, 100).await;
+        consume(&hub.url, events, 1000).await;
         idle_memory(&hub.url, clients).await;
     });
     hub.stop();
@@ -108,11 +107,10 @@ async fn publish_n(client: &Client, topic: &str, events: u32) {
 }
 
 /// Works through the `bench.publish` backlog as a new group starting at the
-/// earliest event, acknowledging each delivery (waiting for each ack to be
-/// handed to the connection, or not: the ACK is sent either way).
-async fn consume(url: &str, events: u32, max_inflight: u32, await_acks: bool) {
+/// earliest event, acknowledging each delivery.
+async fn consume(url: &str, events: u32, max_inflight: u32) {
     let client = connect(url).await;
-    let group = format!("bench-{max_inflight}-{await_acks}");
+    let group = format!("bench-{max_inflight}");
     let mut sub = client
         .subscribe::<Sample>(
             "bench.publish",
@@ -130,15 +128,11 @@ async fn consume(url: &str, events: u32, max_inflight: u32, await_acks: bool) {
             .expect("a delivery within a minute")
             .expect("the stream goes on");
         assert!(delivery.payload().is_ok());
-        let acked = delivery.ack();
-        if await_acks {
-            acked.await.expect("ack");
-        }
+        delivery.ack().await.expect("ack");
     }
     let elapsed = started.elapsed();
-    let how = if await_acks { "awaited" } else { "not awaited" };
     println!(
-        "consume + ack ({how:>11}), max_inflight {max_inflight:>4}: {:>9.0} events/s ({events} events in {:.2?})",
+        "consume + ack, max_inflight {max_inflight:>4}: {:>9.0} events/s ({events} events in {:.2?})",
         f64::from(events) / elapsed.as_secs_f64(),
         elapsed
     );
