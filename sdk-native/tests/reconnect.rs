@@ -73,6 +73,13 @@ async fn a_killed_hub_comes_back_and_the_group_resumes_exactly_after_its_acks() 
     )
     .await
     .expect("subscribe");
+    // An ephemeral subscription on the same connection: restored as well.
+    let mut live = guard(
+        "subscribe",
+        worker.subscribe::<u32>("orders.*", None, SubscribeOptions::new()),
+    )
+    .await
+    .expect("subscribe");
 
     // 1. Thirty events; the worker acknowledges 1..=20 and holds 21..=30.
     for n in 1..=30 {
@@ -158,6 +165,13 @@ async fn a_killed_hub_comes_back_and_the_group_resumes_exactly_after_its_acks() 
     let delivery = next("delivery of 41", &mut sub).await;
     assert_eq!((value(&delivery), delivery.attempt()), (41, 1));
     guard("ack", delivery.ack()).await.expect("ack");
+    // The ephemeral subscription was restored too: 41 reaches it (after
+    // whatever it buffered before the kill and since the restart).
+    loop {
+        if value(&next("live 41", &mut live).await) == 41 {
+            break;
+        }
+    }
 
     // Backoff: attempts count up from 1, every delay lies in the jittered
     // range of its attempt and under the cap, and they are not all the same.

@@ -275,3 +275,44 @@ async fn wss_to_a_server_without_tls_fails_cleanly() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn dropping_every_handle_closes_the_connection_with_1000() {
+    let (seen, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let url = scripted(move |_, mut ws| {
+        let seen = seen.clone();
+        async move {
+            let auth = handshake(&mut ws, 15_000).await;
+            let _ = seen.send(auth);
+            while let Some(message) = ws.next().await {
+                if let Ok(Message::Close(frame)) = message {
+                    let code = frame.map(|frame| u16::from(frame.code));
+                    let _ = seen.send(json!({"close": code}));
+                    return;
+                }
+            }
+            let _ = seen.send(json!({"close": "none"}));
+        }
+    })
+    .await;
+    let client = guard(
+        "connect",
+        Client::connect(url.as_str(), ClientConfig::new().token("t-1")),
+    )
+    .await
+    .expect("connect");
+    let auth = guard("AUTH", seen_rx.recv()).await.expect("AUTH seen");
+    assert_eq!(auth["token"], "t-1");
+    assert_eq!(auth["v"], 1);
+    assert!(
+        auth["client"]
+            .as_str()
+            .is_some_and(|name| name.starts_with("promhub-native/")),
+        "{auth}"
+    );
+    let clone = client.clone();
+    drop(client);
+    drop(clone);
+    let close = guard("close", seen_rx.recv()).await.expect("close seen");
+    assert_eq!(close, json!({"close": 1000}));
+}
