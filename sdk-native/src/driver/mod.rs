@@ -173,6 +173,10 @@ impl Driver {
                 incoming = next_incoming(&mut self.socket) => {
                     self.handle_incoming(incoming);
                     for _ in 1..MAX_BATCH {
+                        // Outputs first: a frame may have made the core
+                        // close this socket, and then nothing more may be
+                        // read from it. (The writer task still batches.)
+                        self.drain();
                         match self.socket.as_mut().and_then(Socket::next_ready) {
                             Some(incoming) => self.handle_incoming(incoming),
                             None => break,
