@@ -291,7 +291,9 @@ impl Connection {
                     self.bad_frame(
                         ErrorCode::TooLarge,
                         format!("frame is {} bytes; at most {max} are allowed", text.len()),
-                        None,
+                        // The codec already bounds the text (hard_frame_limit),
+                        // so reading its rid costs bounded work.
+                        frames::peek_rid(&text),
                     );
                     return;
                 }

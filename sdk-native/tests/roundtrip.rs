@@ -543,3 +543,26 @@ async fn a_lazy_client_queues_publishes_until_the_hub_is_there() {
     client.close().await;
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn a_publish_over_the_frame_limit_is_too_large() {
+    let hub = TestHub::start().await;
+    let client = connect(&hub).await;
+    let huge = "x".repeat(1024 * 1024 + 1);
+    let err = guard(
+        "publish",
+        client.publish("big.payload", &huge, PublishOptions::new()),
+    )
+    .await
+    .expect_err("a frame over 1 MiB is refused");
+    assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+    // The connection lives on.
+    guard(
+        "publish",
+        client.publish("big.payload", &"small", PublishOptions::new()),
+    )
+    .await
+    .expect("a small publish after the refusal");
+    client.close().await;
+    hub.stop().await;
+}
