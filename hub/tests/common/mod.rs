@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod jwt;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
