@@ -278,6 +278,40 @@ async fn the_key_decides_the_algorithm_family() {
 // ---------------------------------------------------------- acceptance
 
 #[tokio::test]
+async fn default_scopes_apply_to_tokens_without_permission_claims() {
+    let hub = jwt_hub(AuthConfig {
+        default_scopes: Some("subscribe:public.**".into()),
+        ..secret_auth()
+    })
+    .await;
+    let bare = hs(Algorithm::HS256, &claims_at(now_secs(), json!({})));
+    let (mut client, _) = authed(&hub, &bare).await;
+    assert_eq!(
+        client.subscribe("public.**", None, json!(null)).await["op"],
+        "SUBACK"
+    );
+    assert_eq!(
+        client.subscribe("private.**", None, json!(null)).await["code"],
+        "forbidden"
+    );
+    assert_eq!(
+        client.publish("public.x", json!(1), json!(null)).await["code"],
+        "forbidden"
+    );
+    // A token with its own claim gets exactly that, not the defaults.
+    let scoped = hs_token(&["publish:public.x"], 600);
+    let (mut client, _) = authed(&hub, &scoped).await;
+    assert_eq!(
+        client.publish("public.x", json!(1), json!(null)).await["op"],
+        "PUBACK"
+    );
+    assert_eq!(
+        client.subscribe("public.**", None, json!(null)).await["code"],
+        "forbidden"
+    );
+}
+
+#[tokio::test]
 async fn a_token_within_the_leeway_is_accepted_then_warned_and_closed() {
     // Default leeway: 5 s. The token expired 2 s ago.
     let hub = jwt_hub(secret_auth()).await;
