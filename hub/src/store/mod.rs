@@ -14,6 +14,7 @@ use promhub_core::frames::{Event, Millis, Payload};
 use promhub_core::{Group, Pattern, Topic};
 
 pub mod sqlite;
+mod topic_filter;
 pub mod writer;
 
 #[cfg(test)]
