@@ -15,7 +15,7 @@ mod server;
 pub mod store;
 
 pub use authn::{AuthFailure, Authenticated, Authenticator, DevAuthenticator};
-pub use config::{GroupDefaults, HubConfig};
+pub use config::{GroupDefaults, HubConfig, StoreLocation};
 pub use connection::SERVER_NAME;
 pub use error::HubError;
 pub use server::{HubParts, run, run_with};

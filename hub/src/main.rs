@@ -1,6 +1,7 @@
 //! `promhub`: the hub binary.
 //!
-//! `promhub serve [--listen ADDR] [--data DIR] [--config FILE] [--dev-scopes S]`;
+//! `promhub serve [--listen ADDR] [--data DIR] [--store embedded|mongodb://HOST:PORT/DB]
+//! [--config FILE] [--dev-scopes S]`;
 //! every flag can also come from `PROMHUB_*` environment variables, and a
 //! TOML file gives the rest (flags and environment win over the file). The
 //! first line on stdout is `listening on ws://ADDR/PATH`, for scripts.
@@ -43,6 +44,10 @@ struct ServeArgs {
     /// Data directory of the embedded store [default: ./data]
     #[arg(long, env = "PROMHUB_DATA")]
     data: Option<PathBuf>,
+    /// Store: "embedded" (SQLite in --data) or mongodb://HOST:PORT/DB
+    /// [default: embedded]
+    #[arg(long, env = "PROMHUB_STORE")]
+    store: Option<String>,
     /// TOML configuration file (any field of the hub configuration)
     #[arg(long, env = "PROMHUB_CONFIG")]
     config: Option<PathBuf>,
@@ -81,6 +86,9 @@ impl ServeArgs {
         }
         if let Some(data) = self.data {
             config.data = data;
+        }
+        if let Some(store) = self.store {
+            config.store = store;
         }
         if let Some(scopes) = self.dev_scopes {
             config.dev_scopes = Some(scopes);

@@ -17,10 +17,11 @@ use tokio::sync::{Notify, watch};
 
 use crate::authn::{Authenticator, DevAuthenticator};
 use crate::broker::{self, BrokerSetup, HoldLimits};
-use crate::config::HubConfig;
+use crate::config::{HubConfig, StoreLocation};
 use crate::connection::{self, Shared};
 use crate::error::HubError;
 use crate::store::Store;
+use crate::store::mongo::{MongoOptions, MongoStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::writer::StoreWriter;
 
@@ -31,8 +32,8 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// flush (once per outbox drain).
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
-/// Optional parts of a hub; `None` means the default (SQLite in
-/// `config.data`, development-mode authentication from the config).
+/// Optional parts of a hub; `None` means the default (the store named by
+/// `config.store`, development-mode authentication from the config).
 #[derive(Debug, Default)]
 pub struct HubParts {
     pub store: Option<Arc<dyn Store>>,
@@ -79,7 +80,7 @@ pub async fn run_with(
     }
     let store = match parts.store {
         Some(store) => store,
-        None => open_sqlite(&config).await?,
+        None => open_store(&config).await?,
     };
     let head = store.last_seq().await?;
     let (writer, committed) = StoreWriter::new(Arc::clone(&store));
@@ -154,6 +155,20 @@ pub async fn run_with(
     store.close().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn open_store(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> {
+    match config.store_location().map_err(HubError::Config)? {
+        StoreLocation::Embedded => open_sqlite(config).await,
+        StoreLocation::Mongo(uri) => {
+            let options = MongoOptions {
+                dedup_window: Duration::from_millis(config.dedup_window_ms),
+                ..MongoOptions::default()
+            };
+            let store = MongoStore::connect_with(&uri, options).await?;
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 async fn open_sqlite(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> {
