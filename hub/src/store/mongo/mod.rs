@@ -46,6 +46,8 @@ mod writes;
 
 #[cfg(test)]
 mod explain;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -93,7 +95,7 @@ pub struct MongoOptions {
     /// expired de-duplication entries itself.
     pub dedup_prune_interval: Duration,
     /// How long connecting (and every later operation) waits to find a
-    /// usable server.
+    /// usable server, unless the URI sets `serverSelectionTimeoutMS`.
     pub server_selection_timeout: Duration,
 }
 
@@ -195,7 +197,10 @@ impl MongoStore {
         client_options
             .app_name
             .get_or_insert_with(|| "promhub".to_owned());
-        client_options.server_selection_timeout = Some(options.server_selection_timeout);
+        // The URI's `serverSelectionTimeoutMS` wins.
+        client_options
+            .server_selection_timeout
+            .get_or_insert(options.server_selection_timeout);
         // Acknowledged once a majority of the replica set has it in its
         // journal: a PUBACK survives a crash or a failover.
         client_options.write_concern = Some(
@@ -370,8 +375,8 @@ impl MongoStore {
             .projection(doc! { "id": 1, "cid": 1, "topic": 1, "key": 1, "at": 1 })
             .await
             .map_err(backend)?;
-        let window = duration_millis(self.inner.options.dedup_window);
-        let mut dedup = Vec::new();
+        // The newest stored copy of each publisher id, with its time.
+        let mut dedup: HashMap<String, (i64, DateTime)> = HashMap::new();
         let mut latest = Vec::new();
         let mut highest = from;
         let mut repaired = 0u64;
@@ -385,32 +390,47 @@ impl MongoStore {
                     .get_datetime("at")
                     .copied()
                     .unwrap_or_else(|_| DateTime::now());
-                // Only over an older entry: a newer copy of the id (stored
-                // again after its window) must stay.
-                dedup.push(writes::update(
-                    doc! { "_id": str_field(&doc, "id", &what)?, "seq": { "$lt": seq } },
-                    doc! { "$set": {
-                        "seq": seq,
-                        "stored_at": stored_at,
-                        "expire_at": stored_at.saturating_add_millis(window),
-                    } },
-                    true,
-                ));
+                dedup.insert(str_field(&doc, "id", &what)?.to_owned(), (seq, stored_at));
             }
             if let Ok(key) = doc.get_str("key") {
                 let topic = str_field(&doc, "topic", &what)?;
                 latest.push(latest_update(topic, key, seq));
             }
         }
+        // Never over a newer entry (the id stored again after its window).
+        // Read first rather than filter on seq in the upsert: an upsert that
+        // matches nothing but finds the id taken fails, and FerretDB stops
+        // at the first failure even when told not to.
+        let ids: Vec<&str> = dedup.keys().map(String::as_str).collect();
+        let mut newer = std::collections::HashSet::new();
+        for chunk in ids.chunks(IN_CHUNK) {
+            let existing = self
+                .find_all(queries::dedup_entries(chunk), |doc| {
+                    Ok((
+                        str_field(doc, "_id", "a dedup entry")?.to_owned(),
+                        int_field(doc, "seq", "a dedup entry")?,
+                    ))
+                })
+                .await?;
+            for (id, seq) in existing {
+                if dedup.get(&id).is_some_and(|&(ours, _)| seq >= ours) {
+                    newer.insert(id);
+                }
+            }
+        }
+        let window = duration_millis(self.inner.options.dedup_window);
+        let dedup: Vec<Document> = dedup
+            .iter()
+            .filter(|(id, _)| !newer.contains(id.as_str()))
+            .map(|(id, &(seq, stored_at))| dedup_update(id, seq, stored_at, window))
+            .collect();
         let inner = &self.inner;
-        // A duplicate key here is an entry that must not be replaced.
         writes::run(
             &inner.db,
             &inner.write_concern,
             Kind::Update,
             queries::DEDUP,
             dedup,
-            true,
         )
         .await?;
         writes::run(
@@ -419,7 +439,6 @@ impl MongoStore {
             Kind::Update,
             queries::LATEST,
             latest,
-            false,
         )
         .await?;
         let highest = highest.max(counter);
@@ -536,15 +555,7 @@ impl MongoStore {
                 docs.push(event_document(seq, event, now));
                 let seq = seq_to_bson(seq);
                 if event.client_id {
-                    dedup.push(writes::update(
-                        doc! { "_id": &event.id },
-                        doc! { "$set": {
-                            "seq": seq,
-                            "stored_at": now,
-                            "expire_at": now.saturating_add_millis(window),
-                        } },
-                        true,
-                    ));
+                    dedup.push(dedup_update(&event.id, seq, now, window));
                 }
                 if let Some(key) = &event.key {
                     latest.insert((event.topic.as_str(), key.as_str()), seq);
@@ -566,7 +577,6 @@ impl MongoStore {
                     Kind::Update,
                     queries::DEDUP,
                     dedup,
-                    false
                 ),
                 writes::run(
                     &inner.db,
@@ -574,7 +584,6 @@ impl MongoStore {
                     Kind::Update,
                     queries::LATEST,
                     latest,
-                    false
                 ),
             );
             dedup_written?;
@@ -658,7 +667,6 @@ impl MongoStore {
                 kind,
                 collection,
                 statements,
-                false,
             )
         };
         if !dead_letters.is_empty() {
@@ -748,6 +756,20 @@ fn stored_event(seq: u64, event: NewEvent) -> Event {
         caused_by: event.caused_by,
         sid: event.sid,
     }
+}
+
+/// Records that publisher id `id` was stored as `seq` at `stored_at`.
+fn dedup_update(id: &str, seq: i64, stored_at: DateTime, window_ms: i64) -> Document {
+    writes::update(
+        doc! { "_id": id },
+        doc! { "$set": {
+            "seq": seq,
+            "stored_at": stored_at,
+            // Each entry's own expiry, for the TTL index.
+            "expire_at": stored_at.saturating_add_millis(window_ms),
+        } },
+        true,
+    )
 }
 
 /// Upserts a latest-by-key entry unless it already points at a newer event.

@@ -14,9 +14,6 @@ const MAX_STATEMENTS: usize = 1000;
 /// limit is 16 MiB plus a little).
 const MAX_BYTES: usize = 8 * 1024 * 1024;
 
-/// Error code of a duplicate key.
-pub(super) const DUPLICATE_KEY: i32 = 11000;
-
 /// Which write command.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Kind {
@@ -44,18 +41,15 @@ pub(super) fn delete(filter: Document) -> Document {
     doc! { "q": filter, "limit": 0 }
 }
 
-/// Runs `statements` against `collection`, in order (each command is
-/// `ordered`, and commands run one after another), with the store's write
-/// concern. Fails on the first statement that fails, except duplicate-key
-/// errors when `ignore_duplicates` (an upsert that lost to an existing
-/// document it must not replace).
+/// Runs `statements` against `collection` with the store's write concern,
+/// in order (each command is `ordered`, and commands run one after
+/// another). Fails on the first statement that fails.
 pub(super) async fn run(
     db: &Database,
     write_concern: &Document,
     kind: Kind,
     collection: &str,
     statements: Vec<Document>,
-    ignore_duplicates: bool,
 ) -> Result<(), StoreError> {
     let mut chunk = RawArrayBuf::new();
     let mut count = 0usize;
@@ -65,7 +59,7 @@ pub(super) async fn run(
             .map_err(|e| StoreError::Backend(format!("cannot encode a write: {e}")))?;
         if count > 0 && (count >= MAX_STATEMENTS || bytes + raw.as_bytes().len() > MAX_BYTES) {
             let full = std::mem::take(&mut chunk);
-            send(db, write_concern, kind, collection, full, ignore_duplicates).await?;
+            send(db, write_concern, kind, collection, full).await?;
             count = 0;
             bytes = 0;
         }
@@ -74,15 +68,7 @@ pub(super) async fn run(
         chunk.push(RawBson::Document(raw));
     }
     if count > 0 {
-        send(
-            db,
-            write_concern,
-            kind,
-            collection,
-            chunk,
-            ignore_duplicates,
-        )
-        .await?;
+        send(db, write_concern, kind, collection, chunk).await?;
     }
     Ok(())
 }
@@ -93,7 +79,6 @@ async fn send(
     kind: Kind,
     collection: &str,
     statements: RawArrayBuf,
-    ignore_duplicates: bool,
 ) -> Result<(), StoreError> {
     let (name, list) = kind.command();
     let mut command = RawDocumentBuf::new();
@@ -104,25 +89,17 @@ async fn send(
         .map_err(|e| StoreError::Backend(format!("cannot encode the write concern: {e}")))?;
     command.append("writeConcern", write_concern);
     let reply = db.run_raw_command(command).await.map_err(backend)?;
-    check_reply(&reply, name, collection, ignore_duplicates)
+    check_reply(&reply, name, collection)
 }
 
 /// `ok: 1` replies still carry the statements that failed.
-fn check_reply(
-    reply: &Document,
-    command: &str,
-    collection: &str,
-    ignore_duplicates: bool,
-) -> Result<(), StoreError> {
+fn check_reply(reply: &Document, command: &str, collection: &str) -> Result<(), StoreError> {
     if let Ok(errors) = reply.get_array("writeErrors") {
         for error in errors {
             let Bson::Document(error) = error else {
                 continue;
             };
             let code = error.get_i32("code").unwrap_or_default();
-            if ignore_duplicates && code == DUPLICATE_KEY {
-                continue;
-            }
             let message = error.get_str("errmsg").unwrap_or("no message");
             return Err(StoreError::Backend(format!(
                 "MongoDB {command} on {collection} failed: {message} (code {code})"
