@@ -26,6 +26,9 @@ for fuzz_crate in sdk-core/fuzz hub/fuzz; do
   cargo clippy --manifest-path "$fuzz_crate/Cargo.toml" --all-targets --locked -- -D warnings
 done
 
+step "FerretDB for the MongoDB store tests"
+ensure_ferretdb
+
 step "tests"
 cargo test --workspace --locked
 

@@ -23,6 +23,9 @@ pub struct HubConfig {
     pub listen: SocketAddr,
     /// Folder of the embedded store.
     pub data: PathBuf,
+    /// Where events and group state live: `embedded` (SQLite in `data`) or
+    /// a MongoDB URI naming the database, `mongodb://HOST:PORT/DB`.
+    pub store: String,
     /// HTTP path of the WebSocket endpoint.
     pub ws_path: String,
     /// Largest text frame the protocol accepts; larger ones get
@@ -73,6 +76,7 @@ impl Default for HubConfig {
         HubConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             data: PathBuf::from("./data"),
+            store: EMBEDDED_STORE.to_owned(),
             ws_path: "/ws".to_owned(),
             max_frame_bytes: promhub_core::frames::DEFAULT_MAX_FRAME_BYTES,
             heartbeat_ms: 15_000,
@@ -112,8 +116,24 @@ impl HubConfig {
         }
     }
 
+    /// Which store `store` names.
+    pub fn store_location(&self) -> Result<StoreLocation, String> {
+        let store = self.store.trim();
+        if store == EMBEDDED_STORE {
+            Ok(StoreLocation::Embedded)
+        } else if store.starts_with("mongodb://") || store.starts_with("mongodb+srv://") {
+            Ok(StoreLocation::Mongo(store.to_owned()))
+        } else {
+            Err(format!(
+                "store must be \"{EMBEDDED_STORE}\" or a mongodb:// URI, got {:?}",
+                self.store
+            ))
+        }
+    }
+
     /// Checks values that would make the hub misbehave.
     pub fn validate(&self) -> Result<(), String> {
+        self.store_location()?;
         if !self.ws_path.starts_with('/') {
             return Err(format!("ws_path {:?} must start with '/'", self.ws_path));
         }
@@ -151,6 +171,18 @@ impl HubConfig {
         }
         Ok(())
     }
+}
+
+/// `store` value selecting the embedded SQLite store in `data`.
+pub const EMBEDDED_STORE: &str = "embedded";
+
+/// The store a [`HubConfig`] names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// SQLite in the data dir.
+    Embedded,
+    /// MongoDB at this URI (`mongodb://HOST:PORT/DB`).
+    Mongo(String),
 }
 
 /// Defaults of durable consumer groups (semantics.md §4).
@@ -284,6 +316,31 @@ mod tests {
         let err = short.validate().unwrap_err();
         assert!(err.contains("at least 32"), "{err}");
         assert!(!err.contains("short"), "{err}");
+    }
+
+    #[test]
+    fn store_is_embedded_or_a_mongodb_uri() {
+        let with_store = |store: &str| HubConfig {
+            store: store.to_owned(),
+            ..HubConfig::default()
+        };
+        assert_eq!(
+            HubConfig::default().store_location(),
+            Ok(StoreLocation::Embedded)
+        );
+        assert_eq!(
+            with_store("mongodb://127.0.0.1:27017/hub").store_location(),
+            Ok(StoreLocation::Mongo("mongodb://127.0.0.1:27017/hub".into()))
+        );
+        let parsed: HubConfig = toml::from_str("store = \"mongodb://db:27017/x\"").unwrap();
+        assert!(matches!(
+            parsed.store_location(),
+            Ok(StoreLocation::Mongo(_))
+        ));
+        for bad in ["", "sqlite", "postgres://x/y", "mongodb:/x"] {
+            let err = with_store(bad).validate().unwrap_err();
+            assert!(err.contains("mongodb://"), "{bad}: {err}");
+        }
     }
 
     #[test]

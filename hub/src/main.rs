@@ -1,10 +1,10 @@
 //! `promhub`: the hub binary.
 //!
-//! `promhub serve [--listen ADDR] [--data DIR] [--config FILE] [--jwt-secret S |
-//! --jwks-url URL | --jwks-file PATH] [--dev-scopes S]`; every flag can also
-//! come from `PROMHUB_*` environment variables, and a TOML file gives the
-//! rest (flags and environment win over the file). The first line on stdout
-//! is `listening on ws://ADDR/PATH`, for scripts.
+//! `promhub serve [--listen ADDR] [--data DIR] [--store embedded|mongodb://HOST:PORT/DB]
+//! [--config FILE] [--jwt-secret S | --jwks-url URL | --jwks-file PATH] [--dev-scopes S]`;
+//! every flag can also come from `PROMHUB_*` environment variables, and a
+//! TOML file gives the rest (flags and environment win over the file). The
+//! first line on stdout is `listening on ws://ADDR/PATH`, for scripts.
 //!
 //! `promhub token --secret S --scopes "publish:a.* subscribe:b.**"` prints a
 //! development HS256 token (only the token) for a hub run with the same
@@ -52,6 +52,10 @@ struct ServeArgs {
     /// Data directory of the embedded store [default: ./data]
     #[arg(long, env = "PROMHUB_DATA")]
     data: Option<PathBuf>,
+    /// Store: "embedded" (SQLite in --data) or mongodb://HOST:PORT/DB
+    /// [default: embedded]
+    #[arg(long, env = "PROMHUB_STORE")]
+    store: Option<String>,
     /// TOML configuration file (any field of the hub configuration)
     #[arg(long, env = "PROMHUB_CONFIG")]
     config: Option<PathBuf>,
@@ -98,6 +102,9 @@ impl ServeArgs {
         }
         if let Some(data) = self.data {
             config.data = data;
+        }
+        if let Some(store) = self.store {
+            config.store = store;
         }
         if let Some(scopes) = self.dev_scopes {
             config.dev_scopes = Some(scopes);

@@ -18,10 +18,11 @@ use tokio::sync::{Notify, watch};
 use crate::auth::Verifier;
 use crate::authn::{Authenticator, DevAuthenticator};
 use crate::broker::{self, BrokerSetup, HoldLimits};
-use crate::config::HubConfig;
+use crate::config::{HubConfig, StoreLocation};
 use crate::connection::{self, Shared};
 use crate::error::HubError;
 use crate::store::Store;
+use crate::store::mongo::{MongoOptions, MongoStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::writer::StoreWriter;
 
@@ -32,8 +33,8 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// flush (once per outbox drain).
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
-/// Optional parts of a hub; `None` means the default (SQLite in
-/// `config.data`; the JWT verifier from `config.auth`, or development mode
+/// Optional parts of a hub; `None` means the default (the store named by
+/// `config.store`; the JWT verifier from `config.auth`, or development mode
 /// when nothing is configured there).
 #[derive(Debug, Default)]
 pub struct HubParts {
@@ -76,7 +77,7 @@ pub async fn run_with(
     }
     let store = match parts.store {
         Some(store) => store,
-        None => open_sqlite(&config).await?,
+        None => open_store(&config).await?,
     };
     let head = store.last_seq().await?;
     let (writer, committed) = StoreWriter::new(Arc::clone(&store));
@@ -188,6 +189,20 @@ async fn configured_authenticator(config: &HubConfig) -> Result<Arc<dyn Authenti
         }
     }
     Ok(Arc::new(verifier))
+}
+
+async fn open_store(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> {
+    match config.store_location().map_err(HubError::Config)? {
+        StoreLocation::Embedded => open_sqlite(config).await,
+        StoreLocation::Mongo(uri) => {
+            let options = MongoOptions {
+                dedup_window: Duration::from_millis(config.dedup_window_ms),
+                ..MongoOptions::default()
+            };
+            let store = MongoStore::connect_with(&uri, options).await?;
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 async fn open_sqlite(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> {

@@ -752,8 +752,22 @@ pub(crate) async fn writer_group_updates(factory: &dyn StoreFactory) -> Result<(
 }
 
 /// Instantiates every conformance test for a backend: `$factory` is an
-/// expression giving a [`StoreFactory`].
+/// expression giving a [`StoreFactory`]. With `optional`, it is a function
+/// taking the test's name and giving `Option<impl StoreFactory>`, where
+/// `None` means the backend's server is unavailable and the test is skipped
+/// (it has already said so).
 macro_rules! conformance_tests {
+    (optional $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() -> anyhow::Result<()> {
+                match $factory(stringify!($name)) {
+                    Some(factory) => $crate::store::conformance::$name(&factory).await,
+                    None => Ok(()),
+                }
+            }
+        )*
+    };
     ($factory:expr; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -765,8 +779,8 @@ macro_rules! conformance_tests {
 }
 
 macro_rules! all_conformance_tests {
-    ($factory:expr) => {
-        conformance_tests!($factory;
+    ($($factory:tt)+) => {
+        conformance_tests!($($factory)+;
             seq_strictly_increasing,
             events_round_trip,
             dedup_within_window,
@@ -822,4 +836,46 @@ mod sqlite {
             pipelined_sync: false
         });
     }
+}
+
+mod mongo {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+
+    use super::*;
+    use crate::store::mongo::test_server::FerretDb;
+    use crate::store::mongo::{MongoOptions, MongoStore};
+
+    /// Every test gets its own database on the FerretDB shared by this test
+    /// binary.
+    struct MongoFactory {
+        server: &'static FerretDb,
+    }
+
+    impl MongoFactory {
+        fn shared(test: &str) -> Option<MongoFactory> {
+            FerretDb::shared_or_skip(test).map(|server| MongoFactory { server })
+        }
+    }
+
+    #[async_trait]
+    impl StoreFactory for MongoFactory {
+        async fn open(&self, location: &Path, dedup_window: Duration) -> Result<Arc<dyn Store>> {
+            // The location (a fresh temp dir per test) names the database,
+            // so opening it again is a real reopen of the same data.
+            let mut hasher = DefaultHasher::new();
+            location.hash(&mut hasher);
+            let database = format!("conformance_{:016x}", hasher.finish());
+            let store = MongoStore::connect_with(
+                &self.server.uri(&database),
+                MongoOptions {
+                    dedup_window,
+                    ..MongoOptions::default()
+                },
+            )
+            .await?;
+            Ok(Arc::new(store))
+        }
+    }
+
+    all_conformance_tests!(optional MongoFactory::shared);
 }

@@ -13,7 +13,9 @@ use futures_util::future::BoxFuture;
 use promhub_core::frames::{Event, Millis, Payload};
 use promhub_core::{Group, Pattern, Topic};
 
+pub mod mongo;
 pub mod sqlite;
+mod topic_filter;
 pub mod writer;
 
 #[cfg(test)]

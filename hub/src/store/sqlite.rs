@@ -29,6 +29,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavio
 use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, oneshot};
 
+use super::topic_filter::{TopicFilter, literal_prefix};
 use super::{
     Appended, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupRecord, PendingCommit, Store,
     StoreError,
@@ -835,52 +836,6 @@ fn event_from_row(row: &Row<'_>) -> Result<Event, StoreError> {
         caused_by: from_json(row.get(8).map_err(backend)?, seq, "caused_by")?,
         sid: row.get(9).map_err(backend)?,
     })
-}
-
-/// Remembers per topic string whether a pattern matches it, so a scan over
-/// many events of few topics parses and matches each topic once.
-struct TopicFilter<'p> {
-    pattern: &'p Pattern,
-    seen: HashMap<String, bool>,
-}
-
-impl<'p> TopicFilter<'p> {
-    fn new(pattern: &'p Pattern) -> Self {
-        TopicFilter {
-            pattern,
-            seen: HashMap::new(),
-        }
-    }
-
-    fn matches(&mut self, topic: &str) -> bool {
-        if let Some(&m) = self.seen.get(topic) {
-            return m;
-        }
-        // A stored topic that no longer parses cannot match; decoding the
-        // event would report it as corrupt anyway.
-        let m = Topic::parse(topic).is_ok_and(|t| self.pattern.matches(&t));
-        // Bound the memory of one scan over a log with very many topics.
-        if self.seen.len() < 4096 {
-            self.seen.insert(topic.to_owned(), m);
-        }
-        m
-    }
-}
-
-/// The literal segments a pattern starts with (`a.b` for `a.b.*.c`), or
-/// `None` when it starts with a wildcard. Every matching topic is either
-/// exactly this prefix or starts with it followed by a dot.
-fn literal_prefix(pattern: &Pattern) -> Option<String> {
-    let literal: Vec<&str> = pattern
-        .as_str()
-        .split('.')
-        .take_while(|s| *s != "*" && *s != "**")
-        .collect();
-    if literal.is_empty() {
-        None
-    } else {
-        Some(literal.join("."))
-    }
 }
 
 #[async_trait]

@@ -1,0 +1,1072 @@
+//! The MongoDB backend (`promhub serve --store mongodb://HOST:PORT/DB`),
+//! with the same behaviour as the embedded store.
+//!
+//! Collections (see [`queries`] for their indexes): `events` (`_id` = seq),
+//! `latest` (`_id` = topic NUL key → seq), `dedup` (`_id` = publisher id),
+//! `groups` (`_id` = group, cursor and done marks), `dead_letters`, and
+//! `meta` (the seq counter).
+//!
+//! **Seq allocation.** Each batch reserves a block of seqs with one
+//! `findOneAndUpdate($inc: n)` on the counter document, so no two commits
+//! ever get the same seq. The hub commits through one [`StoreWriter`]
+//! (and this store also serializes its own commits), so on one hub seqs
+//! increase in commit order. Two hubs on one database would still get
+//! distinct seqs but could commit them out of order, and neither would see
+//! the other's events live: one hub per database.
+//!
+//! **No transactions.** A batch is several writes, each acknowledged with
+//! write concern `{w: "majority", j: true}` before the next starts, and
+//! the commit returns (the hub sends PUBACK) only after all of them:
+//! 1. reserve the seqs (the counter also records `applied`, the highest seq
+//!    whose batch had finished completely, see below);
+//! 2. insert the events, in order (`ordered` insert);
+//! 3. de-duplication entries and latest-by-key (`$max` on seq, so replaying
+//!    is harmless);
+//! 4. dead letters, then group progress, then dead-letter removals (a dead
+//!    letter is never lost behind a cursor that passed it).
+//!
+//! A crash (or a failed write) part-way leaves events whose side effects
+//! may be missing, all with seqs above `applied`; at the next start (or
+//! before the next commit) they are repaired from the events themselves.
+//! Nothing that was acknowledged can be missing, and seqs never go back:
+//! the counter only grows, and a restart starts above the highest stored
+//! event even if the counter document were lost. Events of a cut-short
+//! batch were never acknowledged; they stay, like a publish whose PUBACK
+//! was lost (at-least-once).
+//!
+//! Reads never return an event above the highest seq this store knows to be
+//! fully written (`durable_seq`), like the embedded store.
+//!
+//! [`StoreWriter`]: super::writer::StoreWriter
+
+mod codec;
+mod queries;
+pub mod test_server;
+mod writes;
+
+#[cfg(test)]
+mod explain;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use mongodb::bson::{Bson, DateTime, Document, doc};
+use mongodb::error::{Error as MongoError, ErrorKind};
+use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, ReturnDocument, WriteConcern};
+use mongodb::{Client, Collection, Database, IndexModel};
+use promhub_core::frames::Event;
+use promhub_core::{Pattern, Topic};
+use tokio::sync::Mutex;
+
+use self::codec::{
+    dead_letter_document, dead_letter_from_document, dead_letter_id, event_document,
+    event_from_document, from_bson_int, group_id, int_field, int_list, latest_id, seq_to_bson,
+    str_field, topic_key_range,
+};
+use self::queries::Query;
+use self::writes::Kind;
+use super::topic_filter::{TopicFilter, literal_prefix};
+use super::{
+    Appended, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupProgress, GroupRecord,
+    NewEvent, Store, StoreError,
+};
+
+pub use self::queries::COLLECTIONS;
+
+/// Most ids in one `$in` list (keeps each query far below the 16 MiB
+/// command limit).
+const IN_CHUNK: usize = 1000;
+
+/// Error code of an unsupported feature (FerretDB has no TTL indexes).
+const NOT_IMPLEMENTED: i32 = 238;
+
+/// Tuning of the MongoDB store.
+#[derive(Debug, Clone)]
+pub struct MongoOptions {
+    /// A publisher's `opts.id` seen within this window is a duplicate.
+    pub dedup_window: Duration,
+    /// On a server without TTL indexes, how often the writer deletes
+    /// expired de-duplication entries itself.
+    pub dedup_prune_interval: Duration,
+    /// How long connecting (and every later operation) waits to find a
+    /// usable server, unless the URI sets `serverSelectionTimeoutMS`.
+    pub server_selection_timeout: Duration,
+}
+
+impl Default for MongoOptions {
+    fn default() -> Self {
+        MongoOptions {
+            dedup_window: Duration::from_secs(120),
+            dedup_prune_interval: Duration::from_secs(10),
+            server_selection_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The MongoDB [`Store`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MongoStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: Client,
+    db: Database,
+    /// `{w: "majority", j: true}` for the commands built by hand.
+    write_concern: Document,
+    options: MongoOptions,
+    /// Whether the server expires de-duplication entries itself.
+    dedup_ttl: AtomicBool,
+    closed: AtomicBool,
+    /// Highest seq whose batch is completely written; reads stop there.
+    durable_seq: AtomicU64,
+    /// Held for a whole commit: one committer at a time.
+    writer: Mutex<WriterState>,
+}
+
+#[derive(Debug)]
+struct WriterState {
+    /// Every event up to this seq has its side effects written.
+    applied: u64,
+    /// A commit failed part-way: repair before the next one.
+    needs_repair: bool,
+    last_prune: Option<Instant>,
+}
+
+fn backend(e: MongoError) -> StoreError {
+    StoreError::Backend(format!("MongoDB: {e}"))
+}
+
+fn error_code(e: &MongoError) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(command) => Some(command.code),
+        _ => None,
+    }
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn duration_millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The URI without its password, for messages.
+fn redacted(uri: &str) -> String {
+    match (uri.find("://"), uri.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &uri[..scheme_end], &uri[at..])
+        }
+        _ => uri.to_owned(),
+    }
+}
+
+impl MongoStore {
+    /// Connects with default options; see [`MongoStore::connect_with`].
+    pub async fn connect(uri: &str) -> Result<MongoStore, StoreError> {
+        Self::connect_with(uri, MongoOptions::default()).await
+    }
+
+    /// Connects to the database named in `uri` (`mongodb://HOST:PORT/DB`),
+    /// checks that the server answers, creates the indexes and repairs what
+    /// a crash may have left half-written.
+    pub async fn connect_with(uri: &str, options: MongoOptions) -> Result<MongoStore, StoreError> {
+        let mut client_options = ClientOptions::parse(uri).await.map_err(|e| {
+            StoreError::Backend(format!("invalid MongoDB URI {}: {e}", redacted(uri)))
+        })?;
+        let db_name = client_options
+            .default_database
+            .clone()
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| {
+                StoreError::Backend(format!(
+                    "the MongoDB URI {} names no database (mongodb://HOST:PORT/DB)",
+                    redacted(uri)
+                ))
+            })?;
+        client_options
+            .app_name
+            .get_or_insert_with(|| "promhub".to_owned());
+        // The URI's `serverSelectionTimeoutMS` wins.
+        client_options
+            .server_selection_timeout
+            .get_or_insert(options.server_selection_timeout);
+        // Acknowledged once a majority of the replica set has it in its
+        // journal: a PUBACK survives a crash or a failover.
+        client_options.write_concern = Some(
+            WriteConcern::builder()
+                .w(Acknowledgment::Majority)
+                .journal(true)
+                .build(),
+        );
+        let client = Client::with_options(client_options).map_err(backend)?;
+        let db = client.database(&db_name);
+        db.run_command(doc! { "ping": 1 }).await.map_err(|e| {
+            StoreError::Backend(format!("cannot reach MongoDB at {}: {e}", redacted(uri)))
+        })?;
+        let store = MongoStore {
+            inner: Arc::new(Inner {
+                client,
+                db,
+                write_concern: doc! { "w": "majority", "j": true },
+                options,
+                dedup_ttl: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+                durable_seq: AtomicU64::new(0),
+                writer: Mutex::new(WriterState {
+                    applied: 0,
+                    needs_repair: true,
+                    last_prune: None,
+                }),
+            }),
+        };
+        store.ensure_indexes().await?;
+        {
+            let mut state = store.inner.writer.lock().await;
+            store.repair(&mut state).await?;
+        }
+        tracing::info!(
+            database = %db_name,
+            last_seq = store.inner.durable_seq.load(Ordering::Acquire),
+            dedup_ttl = store.inner.dedup_ttl.load(Ordering::Acquire),
+            "MongoDB store opened"
+        );
+        Ok(store)
+    }
+
+    /// Creates every index the store's queries need (idempotent). On a
+    /// server without TTL indexes (FerretDB) the de-duplication expiry index
+    /// is a plain one and the writer deletes expired entries itself.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        for (collection, index) in queries::secondary_indexes() {
+            self.collection(collection)
+                .create_index(index)
+                .await
+                .map_err(|e| {
+                    StoreError::Backend(format!("cannot create an index on {collection}: {e}"))
+                })?;
+        }
+        let dedup = self.collection(queries::DEDUP);
+        let ttl = IndexModel::builder()
+            .keys(doc! { "expire_at": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name(queries::DEDUP_EXPIRY_INDEX.to_owned())
+                    // Each entry carries its own expiry time.
+                    .expire_after(Duration::ZERO)
+                    .build(),
+            )
+            .build();
+        let ttl = match dedup.create_index(ttl).await {
+            Ok(_) => true,
+            Err(e) if error_code(&e) == Some(NOT_IMPLEMENTED) => {
+                tracing::warn!(
+                    "the MongoDB server has no TTL indexes; the hub deletes expired \
+                     de-duplication entries itself"
+                );
+                let plain = IndexModel::builder()
+                    .keys(doc! { "expire_at": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .name(queries::DEDUP_EXPIRY_PLAIN_INDEX.to_owned())
+                            .build(),
+                    )
+                    .build();
+                dedup.create_index(plain).await.map_err(backend)?;
+                false
+            }
+            Err(e) => {
+                return Err(StoreError::Backend(format!(
+                    "cannot create the de-duplication expiry index: {e}"
+                )));
+            }
+        };
+        self.inner.dedup_ttl.store(ttl, Ordering::Release);
+        Ok(())
+    }
+
+    fn collection(&self, name: &str) -> Collection<Document> {
+        self.inner.db.collection(name)
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(StoreError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn durable(&self) -> u64 {
+        self.inner.durable_seq.load(Ordering::Acquire)
+    }
+
+    /// Runs a query and decodes every document with `decode`.
+    async fn find_all<T>(
+        &self,
+        query: Query,
+        mut decode: impl FnMut(&Document) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut cursor = self
+            .collection(query.collection)
+            .find(query.filter)
+            .with_options(
+                mongodb::options::FindOptions::builder()
+                    .sort(query.sort)
+                    .limit(query.limit)
+                    .build(),
+            )
+            .await
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        while let Some(doc) = cursor.try_next().await.map_err(backend)? {
+            out.push(decode(&doc)?);
+        }
+        Ok(out)
+    }
+
+    /// The events with these seqs (any order in, seq order out).
+    async fn events_by_seq(&self, seqs: &[i64]) -> Result<Vec<Event>, StoreError> {
+        let mut events = Vec::with_capacity(seqs.len());
+        for chunk in seqs.chunks(IN_CHUNK) {
+            events.extend(
+                self.find_all(queries::events_by_seq(chunk), event_from_document)
+                    .await?,
+            );
+        }
+        events.sort_unstable_by_key(|e| e.seq);
+        Ok(events)
+    }
+
+    /// Re-writes the side effects (de-duplication, latest-by-key) of every
+    /// event above `applied`, whose batch may have been cut short, and
+    /// brings the counter and `durable_seq` up to the stored events.
+    async fn repair(&self, state: &mut WriterState) -> Result<(), StoreError> {
+        let meta = self
+            .collection(queries::META)
+            .find_one(doc! { "_id": queries::SEQ_COUNTER })
+            .await
+            .map_err(backend)?;
+        let (counter, stored_applied) = match &meta {
+            Some(doc) => (
+                from_bson_int(int_field(doc, "value", "the seq counter")?),
+                match doc.get("applied") {
+                    None => 0,
+                    Some(_) => from_bson_int(int_field(doc, "applied", "the seq counter")?),
+                },
+            ),
+            None => (0, 0),
+        };
+        let from = state.applied.max(stored_applied);
+        let mut cursor = self
+            .collection(queries::EVENTS)
+            .find(doc! { "_id": { "$gt": seq_to_bson(from) } })
+            .sort(doc! { "_id": 1 })
+            .projection(doc! { "id": 1, "cid": 1, "topic": 1, "key": 1, "at": 1 })
+            .await
+            .map_err(backend)?;
+        // The newest stored copy of each publisher id, with its time.
+        let mut dedup: HashMap<String, (i64, DateTime)> = HashMap::new();
+        let mut latest = Vec::new();
+        let mut highest = from;
+        let mut repaired = 0u64;
+        while let Some(doc) = cursor.try_next().await.map_err(backend)? {
+            let seq = int_field(&doc, "_id", "an event")?;
+            let what = format!("event {seq}");
+            highest = highest.max(from_bson_int(seq));
+            repaired += 1;
+            if doc.get_bool("cid").unwrap_or(false) {
+                let stored_at = doc
+                    .get_datetime("at")
+                    .copied()
+                    .unwrap_or_else(|_| DateTime::now());
+                dedup.insert(str_field(&doc, "id", &what)?.to_owned(), (seq, stored_at));
+            }
+            if let Ok(key) = doc.get_str("key") {
+                let topic = str_field(&doc, "topic", &what)?;
+                latest.push(latest_update(topic, key, seq));
+            }
+        }
+        // Never over a newer entry (the id stored again after its window).
+        // Read first rather than filter on seq in the upsert: an upsert that
+        // matches nothing but finds the id taken fails, and FerretDB stops
+        // at the first failure even when told not to.
+        let ids: Vec<&str> = dedup.keys().map(String::as_str).collect();
+        let mut newer = std::collections::HashSet::new();
+        for chunk in ids.chunks(IN_CHUNK) {
+            let existing = self
+                .find_all(queries::dedup_entries(chunk), |doc| {
+                    Ok((
+                        str_field(doc, "_id", "a dedup entry")?.to_owned(),
+                        int_field(doc, "seq", "a dedup entry")?,
+                    ))
+                })
+                .await?;
+            for (id, seq) in existing {
+                if dedup.get(&id).is_some_and(|&(ours, _)| seq >= ours) {
+                    newer.insert(id);
+                }
+            }
+        }
+        let window = duration_millis(self.inner.options.dedup_window);
+        let dedup: Vec<Document> = dedup
+            .iter()
+            .filter(|(id, _)| !newer.contains(id.as_str()))
+            .map(|(id, &(seq, stored_at))| dedup_update(id, seq, stored_at, window))
+            .collect();
+        let inner = &self.inner;
+        writes::run(
+            &inner.db,
+            &inner.write_concern,
+            Kind::Update,
+            queries::DEDUP,
+            dedup,
+        )
+        .await?;
+        writes::run(
+            &inner.db,
+            &inner.write_concern,
+            Kind::Update,
+            queries::LATEST,
+            latest,
+        )
+        .await?;
+        let highest = highest.max(counter);
+        if counter < highest || stored_applied < highest {
+            // The counter must never hand out a seq that is already stored.
+            self.collection(queries::META)
+                .update_one(
+                    doc! { "_id": queries::SEQ_COUNTER },
+                    doc! { "$max": { "value": seq_to_bson(highest), "applied": seq_to_bson(highest) } },
+                )
+                .upsert(true)
+                .await
+                .map_err(backend)?;
+        }
+        if repaired > 0 {
+            tracing::info!(
+                events = repaired,
+                "MongoDB store: re-applied the side effects of the newest events"
+            );
+        }
+        state.applied = highest;
+        state.needs_repair = false;
+        inner.durable_seq.fetch_max(highest, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Applies one batch (see the module docs for the order of writes).
+    async fn apply(
+        &self,
+        state: &mut WriterState,
+        batch: CommitBatch,
+    ) -> Result<CommitOutcome, StoreError> {
+        let inner = &self.inner;
+        let now_ms = now_millis();
+        let now = DateTime::from_millis(now_ms);
+        let window = duration_millis(inner.options.dedup_window);
+        let window_start = now_ms.saturating_sub(window);
+
+        // Which publisher ids were stored within the window.
+        let client_ids: Vec<&str> = {
+            let mut seen = std::collections::HashSet::new();
+            batch
+                .events
+                .iter()
+                .filter(|e| e.client_id && seen.insert(e.id.as_str()))
+                .map(|e| e.id.as_str())
+                .collect()
+        };
+        let mut known: HashMap<String, u64> = HashMap::new();
+        for chunk in client_ids.chunks(IN_CHUNK) {
+            let entries = self
+                .find_all(queries::dedup_entries(chunk), |doc| {
+                    let stored_at = doc
+                        .get_datetime("stored_at")
+                        .map_err(|_| StoreError::Corrupt("a dedup entry has no stored_at".into()))?
+                        .timestamp_millis();
+                    let seq = from_bson_int(int_field(doc, "seq", "a dedup entry")?);
+                    let id = str_field(doc, "_id", "a dedup entry")?.to_owned();
+                    Ok((id, seq, stored_at))
+                })
+                .await?;
+            for (id, seq, stored_at) in entries {
+                // The explicit window check: expiry deletes entries late.
+                if stored_at >= window_start {
+                    known.insert(id, seq);
+                }
+            }
+        }
+
+        // Decide each event's fate before reserving seqs for the new ones.
+        enum Fate {
+            /// Stored by an earlier batch with this seq.
+            Known(String, u64),
+            /// A copy of the `n`-th new event of this batch.
+            SameAs(String, usize),
+            New(NewEvent),
+        }
+        let mut fates = Vec::with_capacity(batch.events.len());
+        let mut in_batch: HashMap<String, usize> = HashMap::new();
+        let mut new_count = 0usize;
+        for event in batch.events {
+            if event.client_id {
+                if let Some(&seq) = known.get(&event.id) {
+                    fates.push(Fate::Known(event.id, seq));
+                    continue;
+                }
+                if let Some(&index) = in_batch.get(&event.id) {
+                    fates.push(Fate::SameAs(event.id, index));
+                    continue;
+                }
+                in_batch.insert(event.id.clone(), new_count);
+            }
+            new_count += 1;
+            fates.push(Fate::New(event));
+        }
+
+        let first = if new_count > 0 {
+            self.reserve(state, new_count as u64).await?
+        } else {
+            0
+        };
+        let seq_of = |index: usize| first + index as u64;
+        if new_count > 0 {
+            let mut docs = Vec::with_capacity(new_count);
+            let mut dedup = Vec::new();
+            // Per (topic, key) only the newest event of the batch counts.
+            let mut latest: HashMap<(&str, &str), i64> = HashMap::new();
+            let new_events = fates.iter().filter_map(|fate| match fate {
+                Fate::New(event) => Some(event),
+                _ => None,
+            });
+            for (index, event) in new_events.enumerate() {
+                let seq = seq_of(index);
+                docs.push(event_document(seq, event, now));
+                let seq = seq_to_bson(seq);
+                if event.client_id {
+                    dedup.push(dedup_update(&event.id, seq, now, window));
+                }
+                if let Some(key) = &event.key {
+                    latest.insert((event.topic.as_str(), key.as_str()), seq);
+                }
+            }
+            self.collection(queries::EVENTS)
+                .insert_many(docs)
+                .ordered(true)
+                .await
+                .map_err(backend)?;
+            let latest: Vec<Document> = latest
+                .into_iter()
+                .map(|((topic, key), seq)| latest_update(topic, key, seq))
+                .collect();
+            let (dedup_written, latest_written) = tokio::join!(
+                writes::run(
+                    &inner.db,
+                    &inner.write_concern,
+                    Kind::Update,
+                    queries::DEDUP,
+                    dedup,
+                ),
+                writes::run(
+                    &inner.db,
+                    &inner.write_concern,
+                    Kind::Update,
+                    queries::LATEST,
+                    latest,
+                ),
+            );
+            dedup_written?;
+            latest_written?;
+        }
+        let mut outcome = Vec::with_capacity(fates.len());
+        let mut new_index = 0usize;
+        for fate in fates {
+            outcome.push(match fate {
+                Fate::Known(id, seq) => Appended::Duplicate { id, seq },
+                Fate::SameAs(id, index) => Appended::Duplicate {
+                    id,
+                    seq: seq_of(index),
+                },
+                Fate::New(event) => {
+                    let seq = seq_of(new_index);
+                    new_index += 1;
+                    Appended::Stored(stored_event(seq, event))
+                }
+            });
+        }
+        let last_seq = if new_count > 0 {
+            seq_of(new_count - 1)
+        } else {
+            0
+        };
+
+        self.apply_group_changes(
+            &batch.progress,
+            &batch.dead_letters,
+            &batch.removed_dead_letters,
+        )
+        .await?;
+        self.prune_dedup(state, now).await?;
+        state.applied = state.applied.max(last_seq);
+        inner.durable_seq.fetch_max(last_seq, Ordering::AcqRel);
+        Ok(CommitOutcome { events: outcome })
+    }
+
+    /// Reserves `count` seqs; returns the first. Also records `applied`.
+    async fn reserve(&self, state: &WriterState, count: u64) -> Result<u64, StoreError> {
+        let counter = self
+            .collection(queries::META)
+            .find_one_and_update(
+                doc! { "_id": queries::SEQ_COUNTER },
+                doc! {
+                    "$inc": { "value": seq_to_bson(count) },
+                    "$max": { "applied": seq_to_bson(state.applied) },
+                },
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(backend)?
+            .ok_or_else(|| StoreError::Backend("the seq counter update returned nothing".into()))?;
+        let last = from_bson_int(int_field(&counter, "value", "the seq counter")?);
+        let first = last.wrapping_sub(count).wrapping_add(1);
+        // Another writer, or a counter reset behind our back, would break
+        // the order every reader relies on: refuse rather than reuse seqs.
+        if last < count || first <= self.durable() || last > i64::MAX as u64 {
+            return Err(StoreError::Corrupt(format!(
+                "the seq counter ({last}) is not above the stored events ({}); is another hub \
+                 writing to this database?",
+                self.durable()
+            )));
+        }
+        Ok(first)
+    }
+
+    async fn apply_group_changes(
+        &self,
+        progress: &[GroupProgress],
+        dead_letters: &[DeadLetter],
+        removed: &[super::DeadLetterRef],
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let run = |kind, collection, statements| {
+            writes::run(
+                &inner.db,
+                &inner.write_concern,
+                kind,
+                collection,
+                statements,
+            )
+        };
+        if !dead_letters.is_empty() {
+            let puts = dead_letters
+                .iter()
+                .map(|letter| {
+                    let doc = dead_letter_document(letter);
+                    writes::update(
+                        doc! { "_id": doc.get("_id").cloned().unwrap_or(Bson::Null) },
+                        doc,
+                        true,
+                    )
+                })
+                .collect();
+            run(Kind::Update, queries::DEAD_LETTERS, puts).await?;
+        }
+        if !progress.is_empty() {
+            let mut statements = Vec::with_capacity(progress.len() * 2);
+            for p in progress {
+                let gid = group_id(&p.key);
+                let cursor = seq_to_bson(p.cursor);
+                statements.push(writes::update(
+                    doc! { "_id": &gid },
+                    doc! {
+                        "$set": { "cursor": cursor, "pattern": &p.key.pattern, "group": &p.key.group },
+                        "$pull": { "done": { "$lte": cursor } },
+                    },
+                    true,
+                ));
+                let marks: Vec<i64> = p
+                    .done_above
+                    .iter()
+                    .map(|&seq| seq_to_bson(seq))
+                    .filter(|&seq| seq > cursor)
+                    .collect();
+                if !marks.is_empty() {
+                    statements.push(writes::update(
+                        doc! { "_id": &gid },
+                        doc! { "$addToSet": { "done": { "$each": marks } } },
+                        false,
+                    ));
+                }
+            }
+            run(Kind::Update, queries::GROUPS, statements).await?;
+        }
+        if !removed.is_empty() {
+            let deletes = removed
+                .iter()
+                .map(|r| writes::delete(doc! { "_id": dead_letter_id(&r.key, r.seq) }))
+                .collect();
+            run(Kind::Delete, queries::DEAD_LETTERS, deletes).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes expired de-duplication entries, now and then, on a server
+    /// that has no TTL index to do it.
+    async fn prune_dedup(&self, state: &mut WriterState, now: DateTime) -> Result<(), StoreError> {
+        if self.inner.dedup_ttl.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let due = state
+            .last_prune
+            .is_none_or(|at| at.elapsed() >= self.inner.options.dedup_prune_interval);
+        if !due {
+            return Ok(());
+        }
+        state.last_prune = Some(Instant::now());
+        self.collection(queries::DEDUP)
+            .delete_many(doc! { "expire_at": { "$lt": now } })
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}
+
+fn stored_event(seq: u64, event: NewEvent) -> Event {
+    Event {
+        id: event.id,
+        seq,
+        topic: event.topic,
+        ts: event.ts,
+        key: event.key,
+        payload: event.payload,
+        headers: event.headers,
+        tags: event.tags,
+        caused_by: event.caused_by,
+        sid: event.sid,
+    }
+}
+
+/// Records that publisher id `id` was stored as `seq` at `stored_at`.
+fn dedup_update(id: &str, seq: i64, stored_at: DateTime, window_ms: i64) -> Document {
+    writes::update(
+        doc! { "_id": id },
+        doc! { "$set": {
+            "seq": seq,
+            "stored_at": stored_at,
+            // Each entry's own expiry, for the TTL index.
+            "expire_at": stored_at.saturating_add_millis(window_ms),
+        } },
+        true,
+    )
+}
+
+/// Upserts a latest-by-key entry unless it already points at a newer event.
+fn latest_update(topic: &str, key: &str, seq: i64) -> Document {
+    writes::update(
+        doc! { "_id": latest_id(topic, key) },
+        doc! {
+            "$max": { "seq": seq },
+            "$setOnInsert": { "topic": topic, "key": key },
+        },
+        true,
+    )
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn commit(&self, batch: CommitBatch) -> Result<CommitOutcome, StoreError> {
+        self.check_open()?;
+        let mut state = self.inner.writer.lock().await;
+        // Closed while waiting for the previous commit.
+        self.check_open()?;
+        if state.needs_repair {
+            self.repair(&mut state).await?;
+        }
+        let result = self.apply(&mut state, batch).await;
+        if result.is_err() {
+            state.needs_repair = true;
+        }
+        result
+    }
+
+    async fn read_after(
+        &self,
+        after: u64,
+        pattern: Option<&Pattern>,
+        limit: usize,
+        scan_limit: usize,
+    ) -> Result<(Vec<Event>, u64), StoreError> {
+        self.check_open()?;
+        let durable = self.durable();
+        if limit == 0 {
+            return Ok((Vec::new(), after));
+        }
+        if after >= durable {
+            return Ok((Vec::new(), after));
+        }
+        let lo = seq_to_bson(after);
+        let hi = seq_to_bson(durable);
+        let limit_bson = i64::try_from(limit).unwrap_or(i64::MAX);
+        let topic = pattern.and_then(Pattern::as_topic);
+        match (pattern, &topic) {
+            (None, _) | (Some(_), Some(_)) => {
+                let query = match &topic {
+                    Some(topic) => queries::topic_events_after(topic.as_str(), lo, hi, limit_bson),
+                    None => queries::events_after(lo, hi, limit_bson),
+                };
+                let events = self.find_all(query, event_from_document).await?;
+                if events.len() == limit {
+                    let last = events.last().map_or(after, |e| e.seq);
+                    return Ok((events, last));
+                }
+                Ok((events, durable))
+            }
+            (Some(pattern), None) => {
+                // A scan looks at one event at least, so every call makes
+                // progress.
+                let scan_limit = scan_limit.max(1);
+                let query =
+                    queries::events_after(lo, hi, i64::try_from(scan_limit).unwrap_or(i64::MAX));
+                let mut cursor = self
+                    .collection(query.collection)
+                    .find(query.filter)
+                    .sort(query.sort.unwrap_or_default())
+                    .limit(query.limit.unwrap_or(0))
+                    .batch_size(u32::try_from(scan_limit.min(1024)).unwrap_or(1024))
+                    .await
+                    .map_err(backend)?;
+                let mut filter = TopicFilter::new(pattern);
+                let mut events = Vec::new();
+                let mut examined = 0usize;
+                let mut last_examined = after;
+                while let Some(doc) = cursor.try_next().await.map_err(backend)? {
+                    examined += 1;
+                    last_examined = from_bson_int(int_field(&doc, "_id", "an event")?);
+                    if filter.matches(str_field(&doc, "topic", "an event")?) {
+                        events.push(event_from_document(&doc)?);
+                        if events.len() == limit {
+                            return Ok((events, last_examined));
+                        }
+                    }
+                }
+                if examined == scan_limit {
+                    return Ok((events, last_examined));
+                }
+                Ok((events, durable))
+            }
+        }
+    }
+
+    async fn get(&self, seq: u64) -> Result<Option<Event>, StoreError> {
+        self.check_open()?;
+        if seq == 0 || seq > self.durable() {
+            return Ok(None);
+        }
+        let doc = self
+            .collection(queries::EVENTS)
+            .find_one(doc! { "_id": seq_to_bson(seq) })
+            .await
+            .map_err(backend)?;
+        doc.as_ref().map(event_from_document).transpose()
+    }
+
+    async fn last_seq(&self) -> Result<u64, StoreError> {
+        self.check_open()?;
+        Ok(self.durable())
+    }
+
+    async fn first_seq(&self) -> Result<Option<u64>, StoreError> {
+        self.check_open()?;
+        let durable = self.durable();
+        if durable == 0 {
+            return Ok(None);
+        }
+        let doc = self
+            .collection(queries::EVENTS)
+            .find_one(doc! { "_id": { "$lte": seq_to_bson(durable) } })
+            .sort(doc! { "_id": 1 })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(backend)?;
+        doc.map(|d| int_field(&d, "_id", "an event").map(from_bson_int))
+            .transpose()
+    }
+
+    async fn latest_by_key(&self, pattern: &Pattern) -> Result<Vec<Event>, StoreError> {
+        self.check_open()?;
+        let durable = seq_to_bson(self.durable());
+        let entry = |doc: &Document| -> Result<(String, i64), StoreError> {
+            Ok((
+                str_field(doc, "topic", "a latest-by-key entry")?.to_owned(),
+                int_field(doc, "seq", "a latest-by-key entry")?,
+            ))
+        };
+        let mut entries = Vec::new();
+        let filter = if let Some(topic) = pattern.as_topic() {
+            let (low, high) = topic_key_range(topic.as_str());
+            entries.extend(
+                self.find_all(queries::latest_in_range(&low, &high), entry)
+                    .await?,
+            );
+            false
+        } else if let Some(prefix) = literal_prefix(pattern) {
+            // Only topics equal to the prefix or below it can match.
+            let (low, high) = topic_key_range(&prefix);
+            entries.extend(
+                self.find_all(queries::latest_in_range(&low, &high), entry)
+                    .await?,
+            );
+            let below = (format!("{prefix}."), format!("{prefix}/")); // '/' sorts right after '.'
+            entries.extend(
+                self.find_all(queries::latest_in_range(&below.0, &below.1), entry)
+                    .await?,
+            );
+            true
+        } else {
+            entries.extend(self.find_all(queries::all(queries::LATEST), entry).await?);
+            true
+        };
+        let mut topic_filter = TopicFilter::new(pattern);
+        let seqs: Vec<i64> = entries
+            .into_iter()
+            // A key whose newest event is not fully written yet is left
+            // out; that event reaches live subscribers once it is.
+            .filter(|(topic, seq)| *seq <= durable && (!filter || topic_filter.matches(topic)))
+            .map(|(_, seq)| seq)
+            .collect();
+        self.events_by_seq(&seqs).await
+    }
+
+    async fn latest_for_key(&self, topic: &Topic, key: &str) -> Result<Option<Event>, StoreError> {
+        self.check_open()?;
+        let query = queries::latest_entry(&latest_id(topic.as_str(), key));
+        let Some(entry) = self
+            .collection(query.collection)
+            .find_one(query.filter)
+            .await
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let seq = from_bson_int(int_field(&entry, "seq", "a latest-by-key entry")?);
+        self.get(seq).await
+    }
+
+    async fn load_group(&self, key: &GroupKey) -> Result<Option<GroupRecord>, StoreError> {
+        self.check_open()?;
+        let query = queries::group(&group_id(key));
+        let doc = self
+            .collection(query.collection)
+            .find_one(query.filter)
+            .await
+            .map_err(backend)?;
+        doc.map(|doc| group_record(key.clone(), &doc)).transpose()
+    }
+
+    async fn groups(&self) -> Result<Vec<GroupRecord>, StoreError> {
+        self.check_open()?;
+        let mut records = self
+            .find_all(queries::all(queries::GROUPS), |doc| {
+                let key = GroupKey {
+                    pattern: str_field(doc, "pattern", "a group")?.to_owned(),
+                    group: str_field(doc, "group", "a group")?.to_owned(),
+                };
+                group_record(key, doc)
+            })
+            .await?;
+        records.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(records)
+    }
+
+    async fn dead_letters(
+        &self,
+        key: &GroupKey,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.check_open()?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let query = queries::dead_letters_after(
+            &group_id(key),
+            seq_to_bson(after_seq),
+            i64::try_from(limit).unwrap_or(i64::MAX),
+        );
+        self.find_all(query, |doc| dead_letter_from_document(key, doc))
+            .await
+    }
+
+    async fn dead_letter_count(&self, key: &GroupKey) -> Result<u64, StoreError> {
+        self.check_open()?;
+        self.collection(queries::DEAD_LETTERS)
+            .count_documents(doc! { "gid": group_id(key) })
+            .await
+            .map_err(backend)
+    }
+
+    async fn count_after(&self, after: u64) -> Result<u64, StoreError> {
+        self.check_open()?;
+        let durable = self.durable();
+        if after >= durable {
+            return Ok(0);
+        }
+        self.collection(queries::EVENTS)
+            .count_documents(
+                doc! { "_id": { "$gt": seq_to_bson(after), "$lte": seq_to_bson(durable) } },
+            )
+            .await
+            .map_err(backend)
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Waits for a commit in progress to finish.
+        let state = self.inner.writer.lock().await;
+        // Recording how far side effects are complete saves the next start
+        // from re-applying the last batch; losing it costs only that.
+        let recorded = self
+            .collection(queries::META)
+            .update_one(
+                doc! { "_id": queries::SEQ_COUNTER },
+                doc! { "$max": { "applied": seq_to_bson(state.applied) } },
+            )
+            .await;
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "cannot record the applied seq while closing");
+        }
+        drop(state);
+        self.inner.client.clone().shutdown().immediate(true).await;
+        Ok(())
+    }
+}
+
+fn group_record(key: GroupKey, doc: &Document) -> Result<GroupRecord, StoreError> {
+    let cursor = from_bson_int(int_field(doc, "cursor", "a group")?);
+    let mut done_above: Vec<u64> = int_list(doc, "done", "a group")?
+        .into_iter()
+        .map(from_bson_int)
+        .filter(|&seq| seq > cursor)
+        .collect();
+    done_above.sort_unstable();
+    done_above.dedup();
+    Ok(GroupRecord {
+        key,
+        cursor,
+        done_above,
+    })
+}

@@ -1,0 +1,197 @@
+//! Collections, indexes and the shape of every query the MongoDB store runs
+//! often. The store and the `explain` test both build their queries here,
+//! so what the test explains is what the store runs.
+
+use mongodb::IndexModel;
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::options::IndexOptions;
+
+/// Events by `_id` = seq.
+pub(super) const EVENTS: &str = "events";
+/// Latest event per (topic, key): `_id` = `topic NUL key`, `seq`.
+pub(super) const LATEST: &str = "latest";
+/// Publisher ids within the de-duplication window: `_id` = the id.
+pub(super) const DEDUP: &str = "dedup";
+/// Consumer groups: `_id` = group id, `cursor`, `done` (marks above it).
+pub(super) const GROUPS: &str = "groups";
+pub(super) const DEAD_LETTERS: &str = "dead_letters";
+/// The seq counter (one document, `_id: "seq"`).
+pub(super) const META: &str = "meta";
+pub(super) const SEQ_COUNTER: &str = "seq";
+
+/// Every collection the store uses, for `drop`-style tooling and tests.
+pub const COLLECTIONS: [&str; 6] = [EVENTS, LATEST, DEDUP, GROUPS, DEAD_LETTERS, META];
+
+/// Name of the TTL index that expires de-duplication entries.
+pub(super) const DEDUP_EXPIRY_INDEX: &str = "expire_at_ttl";
+/// The plain index used instead when the server has no TTL indexes.
+pub(super) const DEDUP_EXPIRY_PLAIN_INDEX: &str = "expire_at";
+
+/// The secondary indexes, per collection, besides `_id` (which serves every
+/// by-seq, by-key and by-group query). The dedup expiry index is separate:
+/// it depends on what the server supports.
+pub(super) fn secondary_indexes() -> Vec<(&'static str, IndexModel)> {
+    let named = |name: &str| IndexOptions::builder().name(name.to_owned()).build();
+    vec![
+        (
+            EVENTS,
+            // read_after for one concrete topic: equality on topic, range
+            // and order on seq.
+            IndexModel::builder()
+                .keys(doc! { "topic": 1, "_id": 1 })
+                .options(named("topic_seq"))
+                .build(),
+        ),
+        (
+            DEAD_LETTERS,
+            // One group's dead letters in seq order, and their count.
+            IndexModel::builder()
+                .keys(doc! { "gid": 1, "seq": 1 })
+                .options(named("group_seq"))
+                .build(),
+        ),
+    ]
+}
+
+/// Name of the index MongoDB creates on `_id`.
+pub(super) const ID_INDEX: &str = "_id_";
+
+/// A query: filter, sort and limit on one collection, and the index meant
+/// to serve it.
+#[derive(Debug, Clone)]
+pub(super) struct Query {
+    pub collection: &'static str,
+    pub filter: Document,
+    pub sort: Option<Document>,
+    pub limit: Option<i64>,
+    /// Checked by the explain test (the store leaves the choice to the
+    /// server's planner).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub index: &'static str,
+}
+
+impl Query {
+    /// The `find` command for it (what `explain` takes).
+    #[cfg(test)]
+    pub fn find_command(&self) -> Document {
+        let mut command = doc! { "find": self.collection, "filter": self.filter.clone() };
+        if let Some(sort) = &self.sort {
+            command.insert("sort", sort.clone());
+        }
+        if let Some(limit) = self.limit {
+            command.insert("limit", limit);
+        }
+        command
+    }
+}
+
+fn by_seq() -> Option<Document> {
+    Some(doc! { "_id": 1 })
+}
+
+/// Events with `after < seq <= upto` in seq order (the `_id` index).
+pub(super) fn events_after(after: i64, upto: i64, limit: i64) -> Query {
+    Query {
+        collection: EVENTS,
+        filter: doc! { "_id": { "$gt": after, "$lte": upto } },
+        sort: by_seq(),
+        limit: Some(limit),
+        index: ID_INDEX,
+    }
+}
+
+/// The same for one topic (the `topic_seq` index).
+pub(super) fn topic_events_after(topic: &str, after: i64, upto: i64, limit: i64) -> Query {
+    Query {
+        collection: EVENTS,
+        filter: doc! { "topic": topic, "_id": { "$gt": after, "$lte": upto } },
+        sort: by_seq(),
+        limit: Some(limit),
+        index: "topic_seq",
+    }
+}
+
+/// Latest-by-key entries whose `_id` lies in `[low, high)` (the `_id`
+/// index): one topic's keys, or every topic under a prefix.
+pub(super) fn latest_in_range(low: &str, high: &str) -> Query {
+    Query {
+        collection: LATEST,
+        filter: doc! { "_id": { "$gte": low, "$lt": high } },
+        sort: None,
+        limit: None,
+        index: ID_INDEX,
+    }
+}
+
+/// One latest-by-key entry (the `_id` index).
+pub(super) fn latest_entry(id: &str) -> Query {
+    Query {
+        collection: LATEST,
+        filter: doc! { "_id": id },
+        sort: None,
+        limit: Some(1),
+        index: ID_INDEX,
+    }
+}
+
+/// Every document of a small collection (groups, for `groups()`).
+pub(super) fn all(collection: &'static str) -> Query {
+    Query {
+        collection,
+        filter: Document::new(),
+        sort: None,
+        limit: None,
+        index: ID_INDEX,
+    }
+}
+
+/// Events by seq (the `_id` index).
+pub(super) fn events_by_seq(seqs: &[i64]) -> Query {
+    Query {
+        collection: EVENTS,
+        filter: doc! { "_id": { "$in": seqs } },
+        sort: by_seq(),
+        limit: None,
+        index: ID_INDEX,
+    }
+}
+
+/// De-duplication entries of these publisher ids (the `_id` index); the
+/// window is checked on the results, because expiry runs only now and then.
+pub(super) fn dedup_entries(ids: &[&str]) -> Query {
+    let filter = match ids {
+        // A single id as plain equality, which every server serves directly.
+        [id] => doc! { "_id": *id },
+        _ => doc! { "_id": { "$in": ids.iter().map(|id| Bson::from(*id)).collect::<Vec<_>>() } },
+    };
+    Query {
+        collection: DEDUP,
+        filter,
+        sort: None,
+        limit: None,
+        index: ID_INDEX,
+    }
+}
+
+/// One group's document (the `_id` index).
+pub(super) fn group(group_id: &str) -> Query {
+    Query {
+        collection: GROUPS,
+        filter: doc! { "_id": group_id },
+        sort: None,
+        limit: Some(1),
+        index: ID_INDEX,
+    }
+}
+
+/// One group's dead letters after a seq, in seq order (the `group_seq`
+/// index).
+pub(super) fn dead_letters_after(group_id: &str, after: i64, limit: i64) -> Query {
+    Query {
+        collection: DEAD_LETTERS,
+        filter: doc! { "gid": group_id, "seq": { "$gt": after } },
+        sort: Some(doc! { "seq": 1 }),
+        limit: Some(limit),
+        index: "group_seq",
+    }
+}

@@ -1,0 +1,210 @@
+//! What only the MongoDB backend can get wrong: batches cut short by a
+//! crash, a counter that went missing or backwards, and expiry of
+//! de-duplication entries on a server without TTL indexes.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use mongodb::bson::{DateTime, Document, doc};
+use promhub_core::Topic;
+use promhub_core::frames::to_payload;
+
+use super::codec::event_document;
+use super::queries;
+use super::test_server::FerretDb;
+use super::{MongoOptions, MongoStore};
+use crate::store::{Appended, CommitBatch, NewEvent, Store, StoreError};
+
+fn event(id: &str, client_id: bool, key: Option<&str>) -> NewEvent {
+    NewEvent {
+        id: id.to_owned(),
+        client_id,
+        topic: Topic::parse("jobs.eu").expect("topic"),
+        ts: 1,
+        key: key.map(str::to_owned),
+        payload: to_payload(id).expect("payload"),
+        headers: None,
+        tags: None,
+        caused_by: None,
+        sid: None,
+    }
+}
+
+async fn commit(store: &MongoStore, events: Vec<NewEvent>) -> Result<Vec<Appended>, StoreError> {
+    Ok(store
+        .commit(CommitBatch {
+            events,
+            ..CommitBatch::default()
+        })
+        .await?
+        .events)
+}
+
+fn stored_seq(appended: &Appended) -> Result<u64> {
+    match appended {
+        Appended::Stored(e) => Ok(e.seq),
+        other => bail!("expected stored, got {other:?}"),
+    }
+}
+
+async fn open(server: &FerretDb, database: &str) -> Result<MongoStore> {
+    Ok(MongoStore::connect(&server.uri(database)).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_cut_short_is_completed_at_the_next_start() -> Result<()> {
+    let Some(server) = FerretDb::shared_or_skip("a_batch_cut_short") else {
+        return Ok(());
+    };
+    let store = open(server, "cut_short").await?;
+    let first = commit(&store, vec![event("a", true, Some("k"))]).await?;
+    let first = stored_seq(&first[0])?;
+    // What a crash right after step 2 leaves: seqs reserved and events
+    // inserted, but no de-duplication or latest-by-key entries.
+    let db = store.inner.db.clone();
+    db.collection::<Document>(queries::META)
+        .update_one(
+            doc! { "_id": queries::SEQ_COUNTER },
+            doc! { "$inc": { "value": 2_i64 } },
+        )
+        .await?;
+    let now = DateTime::now();
+    db.collection::<Document>(queries::EVENTS)
+        .insert_many([
+            event_document(first + 1, &event("b", true, Some("k")), now),
+            event_document(first + 2, &event("c", false, Some("k2")), now),
+        ])
+        .await?;
+    // The crash: the store is gone without closing.
+    drop(store);
+
+    let store = open(server, "cut_short").await?;
+    ensure!(
+        store.last_seq().await? == first + 2,
+        "the cut-short events count"
+    );
+    let topic = Topic::parse("jobs.eu")?;
+    let latest = store
+        .latest_for_key(&topic, "k")
+        .await?
+        .context("latest k")?;
+    ensure!(
+        latest.seq == first + 1 && latest.id == "b",
+        "latest-by-key repaired"
+    );
+    let latest = store
+        .latest_for_key(&topic, "k2")
+        .await?
+        .context("latest k2")?;
+    ensure!(latest.seq == first + 2);
+    let out = commit(
+        &store,
+        vec![event("b", true, None), event("d", false, None)],
+    )
+    .await?;
+    ensure!(
+        out[0]
+            == Appended::Duplicate {
+                id: "b".into(),
+                seq: first + 1
+            },
+        "de-duplication repaired: {:?}",
+        out[0]
+    );
+    ensure!(
+        stored_seq(&out[1])? == first + 3,
+        "seqs continue after the repaired batch"
+    );
+    store.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seqs_never_go_back_even_if_the_counter_does() -> Result<()> {
+    let Some(server) = FerretDb::shared_or_skip("seqs_never_go_back") else {
+        return Ok(());
+    };
+    let store = open(server, "counter").await?;
+    let out = commit(
+        &store,
+        (0..5)
+            .map(|i| event(&format!("e{i}"), false, None))
+            .collect(),
+    )
+    .await?;
+    let highest = stored_seq(&out[4])?;
+    let meta = store.inner.db.collection::<Document>(queries::META);
+
+    // Reset behind the store's back while it runs: the next commit is
+    // refused instead of reusing seqs, and the one after repairs the
+    // counter from the stored events.
+    meta.update_one(
+        doc! { "_id": queries::SEQ_COUNTER },
+        doc! { "$set": { "value": 1_i64 } },
+    )
+    .await?;
+    match commit(&store, vec![event("x", false, None)]).await {
+        Err(StoreError::Corrupt(message)) => ensure!(message.contains("counter"), "{message}"),
+        other => bail!("expected a refused commit, got {other:?}"),
+    }
+    let out = commit(&store, vec![event("y", false, None)]).await?;
+    ensure!(stored_seq(&out[0])? > highest, "{out:?} after {highest}");
+    let highest = stored_seq(&out[0])?;
+    store.close().await?;
+
+    // Counter document lost while stopped: the next start continues above
+    // the stored events.
+    let client = mongodb::Client::with_uri_str(server.uri("counter")).await?;
+    client
+        .database("counter")
+        .collection::<Document>(queries::META)
+        .delete_many(doc! {})
+        .await?;
+    let store = open(server, "counter").await?;
+    ensure!(store.last_seq().await? == highest);
+    let out = commit(&store, vec![event("z", false, None)]).await?;
+    ensure!(stored_seq(&out[0])? == highest + 1, "{out:?}");
+    store.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_dedup_entries_are_deleted_without_ttl_indexes() -> Result<()> {
+    let Some(server) = FerretDb::shared_or_skip("expired_dedup_entries") else {
+        return Ok(());
+    };
+    let window = Duration::from_millis(50);
+    let store = MongoStore::connect_with(
+        &server.uri("dedup_expiry"),
+        MongoOptions {
+            dedup_window: window,
+            dedup_prune_interval: Duration::ZERO,
+            ..MongoOptions::default()
+        },
+    )
+    .await?;
+    ensure!(
+        !store
+            .inner
+            .dedup_ttl
+            .load(std::sync::atomic::Ordering::Acquire),
+        "FerretDB has no TTL indexes; this test covers the fallback"
+    );
+    let dedup = store.inner.db.collection::<Document>(queries::DEDUP);
+    commit(
+        &store,
+        (0..10)
+            .map(|i| event(&format!("c{i}"), true, None))
+            .collect(),
+    )
+    .await?;
+    ensure!(dedup.count_documents(doc! {}).await? == 10);
+    tokio::time::sleep(window * 3).await;
+    commit(&store, vec![event("fresh", true, None)]).await?;
+    ensure!(
+        dedup.count_documents(doc! {}).await? == 1,
+        "only the entry within the window is left"
+    );
+    store.close().await?;
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! Many update or delete statements in few round trips: the `update` and
+//! `delete` commands take a list of statements, which the driver's
+//! one-document helpers do not expose (and `bulkWrite` needs MongoDB 8).
+
+use mongodb::Database;
+use mongodb::bson::{Bson, Document, RawArrayBuf, RawBson, RawDocumentBuf, doc};
+
+use super::super::StoreError;
+use super::backend;
+
+/// Most statements in one command (the server's limit is 100,000).
+const MAX_STATEMENTS: usize = 1000;
+/// Approximate most bytes of statements in one command (the server's
+/// limit is 16 MiB plus a little).
+const MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// Which write command.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Kind {
+    Update,
+    Delete,
+}
+
+impl Kind {
+    fn command(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Update => ("update", "updates"),
+            Kind::Delete => ("delete", "deletes"),
+        }
+    }
+}
+
+/// An update statement: `filter` → `update`, inserting when nothing matches
+/// if `upsert`.
+pub(super) fn update(filter: Document, update: Document, upsert: bool) -> Document {
+    doc! { "q": filter, "u": update, "upsert": upsert }
+}
+
+/// A delete statement removing every match.
+pub(super) fn delete(filter: Document) -> Document {
+    doc! { "q": filter, "limit": 0 }
+}
+
+/// Runs `statements` against `collection` with the store's write concern,
+/// in order (each command is `ordered`, and commands run one after
+/// another). Fails on the first statement that fails.
+pub(super) async fn run(
+    db: &Database,
+    write_concern: &Document,
+    kind: Kind,
+    collection: &str,
+    statements: Vec<Document>,
+) -> Result<(), StoreError> {
+    let mut chunk = RawArrayBuf::new();
+    let mut count = 0usize;
+    let mut bytes = 0usize;
+    for statement in statements {
+        let raw = RawDocumentBuf::from_document(&statement)
+            .map_err(|e| StoreError::Backend(format!("cannot encode a write: {e}")))?;
+        if count > 0 && (count >= MAX_STATEMENTS || bytes + raw.as_bytes().len() > MAX_BYTES) {
+            let full = std::mem::take(&mut chunk);
+            send(db, write_concern, kind, collection, full).await?;
+            count = 0;
+            bytes = 0;
+        }
+        bytes += raw.as_bytes().len();
+        count += 1;
+        chunk.push(RawBson::Document(raw));
+    }
+    if count > 0 {
+        send(db, write_concern, kind, collection, chunk).await?;
+    }
+    Ok(())
+}
+
+async fn send(
+    db: &Database,
+    write_concern: &Document,
+    kind: Kind,
+    collection: &str,
+    statements: RawArrayBuf,
+) -> Result<(), StoreError> {
+    let (name, list) = kind.command();
+    let mut command = RawDocumentBuf::new();
+    command.append(name, collection);
+    command.append(list, statements);
+    command.append("ordered", true);
+    let write_concern = RawDocumentBuf::from_document(write_concern)
+        .map_err(|e| StoreError::Backend(format!("cannot encode the write concern: {e}")))?;
+    command.append("writeConcern", write_concern);
+    let reply = db.run_raw_command(command).await.map_err(backend)?;
+    check_reply(&reply, name, collection)
+}
+
+/// `ok: 1` replies still carry the statements that failed.
+fn check_reply(reply: &Document, command: &str, collection: &str) -> Result<(), StoreError> {
+    if let Ok(errors) = reply.get_array("writeErrors") {
+        for error in errors {
+            let Bson::Document(error) = error else {
+                continue;
+            };
+            let code = error.get_i32("code").unwrap_or_default();
+            let message = error.get_str("errmsg").unwrap_or("no message");
+            return Err(StoreError::Backend(format!(
+                "MongoDB {command} on {collection} failed: {message} (code {code})"
+            )));
+        }
+    }
+    if let Ok(error) = reply.get_document("writeConcernError") {
+        let message = error.get_str("errmsg").unwrap_or("no message");
+        return Err(StoreError::Backend(format!(
+            "MongoDB {command} on {collection} was not acknowledged as durable: {message}"
+        )));
+    }
+    Ok(())
+}

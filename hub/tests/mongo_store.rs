@@ -1,0 +1,231 @@
+//! The real `promhub` binary on the MongoDB store (`--store mongodb://…`,
+//! served by a FerretDB this test binary starts): SIGKILL after PUBACKs
+//! loses nothing, groups resume after their last ACK, de-duplication and
+//! latest-by-key survive the restart, and bad store settings are refused.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::Client;
+use promhub_hub::store::mongo::test_server::FerretDb;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+struct HubProcess {
+    child: Child,
+    url: String,
+}
+
+impl HubProcess {
+    async fn spawn(data: &Path, store: &str) -> HubProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_promhub"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--store", store])
+            .env("PROMHUB_DATA", data)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn promhub");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("no output from promhub")
+            .expect("reading stdout")
+            .expect("promhub exited before printing");
+        let url = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("first line is {first:?}"))
+            .to_owned();
+        HubProcess { child, url }
+    }
+
+    async fn client(&self) -> Client {
+        let mut client = Client::connect(&self.url).await;
+        client.auth().await;
+        client
+    }
+
+    async fn kill9(mut self) {
+        // `Child::kill` sends SIGKILL: no shutdown code runs.
+        self.child.kill().await.expect("kill");
+    }
+}
+
+fn seq(frame: &Value) -> u64 {
+    frame["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no seq in {frame}"))
+}
+
+#[tokio::test]
+async fn kill_9_on_mongodb_loses_no_acknowledged_event_and_groups_resume_after_their_last_ack() {
+    let Some(server) = FerretDb::shared_or_skip("kill_9_on_mongodb_loses_nothing") else {
+        return;
+    };
+    let store = server.uri("hub_restart");
+    let dir = common::data_dir();
+    let hub = HubProcess::spawn(dir.path(), &store).await;
+
+    let mut worker = hub.client().await;
+    let suback = worker
+        .subscribe("orders.*", Some("fulfil"), json!({"from": "earliest"}))
+        .await;
+    assert_eq!(suback["op"], "SUBACK", "{suback}");
+
+    // A burst of publishes in flight at once.
+    let mut publisher = hub.client().await;
+    let burst = 300;
+    for i in 0..burst {
+        publisher
+            .send_json(
+                json!({"op": "PUBLISH", "topic": "orders.new", "payload": {"i": i},
+                "opts": {"key": format!("o{}", i % 50)}, "rid": format!("p{i}")}),
+            )
+            .await;
+    }
+    let mut acked = vec![String::new(); burst];
+    let mut acked_seqs = vec![0u64; burst];
+    for _ in 0..burst {
+        let ack = publisher.recv_json().await;
+        assert_eq!(ack["op"], "PUBACK", "{ack}");
+        let index: usize = ack["rid"].as_str().unwrap()[1..].parse().unwrap();
+        acked[index] = ack["id"].as_str().unwrap().to_owned();
+        acked_seqs[index] = seq(&ack);
+    }
+    // One publisher-chosen id, to be retried after the restart.
+    let original = publisher
+        .publish("orders.new", json!("once"), json!({"id": "order-42"}))
+        .await;
+    assert_eq!(original["op"], "PUBACK", "{original}");
+    assert_eq!(original["duplicate"], Value::Null, "{original}");
+
+    // The worker handles the first 10 events (ACKs) and holds 5 more.
+    let mut handled = Vec::new();
+    for _ in 0..15 {
+        handled.push(worker.recv_event().await);
+    }
+    for event in &handled[..10] {
+        worker.ack(event).await;
+    }
+    // PONG once the ACKs are durable.
+    worker.ping().await;
+    let last_acked_seq = handled[9]["event"]["seq"].as_u64().unwrap();
+
+    hub.kill9().await;
+
+    let hub = HubProcess::spawn(dir.path(), &store).await;
+    let mut worker = hub.client().await;
+    let suback = worker
+        .subscribe("orders.*", Some("fulfil"), json!(null))
+        .await;
+    assert_eq!(suback["from_seq"], last_acked_seq + 1, "{suback}");
+    let resumed = worker.recv_event().await;
+    assert_eq!(resumed["event"]["id"], handled[10]["event"]["id"]);
+    assert_eq!(resumed["event"]["seq"], last_acked_seq + 1);
+
+    // Every acknowledged publish is stored, in order, with its seq.
+    let mut auditor = hub.client().await;
+    auditor
+        .subscribe(
+            "orders.*",
+            Some("audit"),
+            json!({"from": "earliest", "max_inflight": 1000}),
+        )
+        .await;
+    let mut stored = Vec::new();
+    let mut stored_seqs = Vec::new();
+    for _ in 0..burst {
+        let event = auditor.recv_event().await;
+        stored.push(event["event"]["id"].as_str().unwrap().to_owned());
+        stored_seqs.push(seq(&event["event"]));
+    }
+    assert_eq!(stored, acked);
+    assert_eq!(stored_seqs, acked_seqs);
+
+    // De-duplication survived: the retry answers the original seq.
+    let mut publisher = hub.client().await;
+    let retry = publisher
+        .publish("orders.new", json!("once"), json!({"id": "order-42"}))
+        .await;
+    assert_eq!(retry["op"], "PUBACK", "{retry}");
+    assert_eq!(retry["duplicate"], true, "{retry}");
+    assert_eq!(retry["seq"], original["seq"], "{retry}");
+
+    // New events continue above everything stored before the kill.
+    let next = publisher
+        .publish("orders.new", json!("after"), json!(null))
+        .await;
+    assert!(seq(&next) > seq(&original), "{next} after {original}");
+
+    // Latest-by-key survived: the snapshot holds one event per key, the
+    // newest one.
+    let mut reader = hub.client().await;
+    let suback = reader
+        .subscribe("orders.new", None, json!({"snapshot": true}))
+        .await;
+    assert_eq!(suback["op"], "SUBACK", "{suback}");
+    let mut snapshot = Vec::new();
+    for _ in 0..50 {
+        let event = reader.recv_event().await;
+        assert_eq!(event["ctx"]["snapshot"], true, "{event}");
+        snapshot.push(event);
+    }
+    let mut newest_per_key = acked_seqs[burst - 50..].to_vec();
+    newest_per_key.sort_unstable();
+    let mut snapshot_seqs: Vec<u64> = snapshot.iter().map(|e| seq(&e["event"])).collect();
+    snapshot_seqs.sort_unstable();
+    assert_eq!(snapshot_seqs, newest_per_key);
+    reader.assert_alive_and_quiet().await;
+
+    hub.kill9().await;
+    assert!(
+        !dir.path().join("promhub.db").exists(),
+        "the embedded store was not used"
+    );
+}
+
+#[tokio::test]
+async fn store_settings_that_cannot_work_are_refused() {
+    let dir = common::data_dir();
+    let output = Command::new(env!("CARGO_BIN_EXE_promhub"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("PROMHUB_DATA", dir.path())
+        .env("PROMHUB_STORE", "postgres://127.0.0.1/hub")
+        .output()
+        .await
+        .expect("run promhub");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("mongodb://"), "{stderr}");
+
+    // A URI without a database, and a server that is not there: clear
+    // errors, no hang.
+    for (store, message) in [
+        ("mongodb://127.0.0.1:1", "names no database"),
+        (
+            "mongodb://127.0.0.1:1/hub?serverSelectionTimeoutMS=300",
+            "cannot reach MongoDB",
+        ),
+    ] {
+        let output = tokio::time::timeout(
+            Duration::from_secs(60),
+            Command::new(env!("CARGO_BIN_EXE_promhub"))
+                .args(["serve", "--listen", "127.0.0.1:0", "--store", store])
+                .env("PROMHUB_DATA", dir.path())
+                .output(),
+        )
+        .await
+        .expect("promhub did not give up")
+        .expect("run promhub");
+        assert!(!output.status.success(), "{store}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{store}: {stderr}");
+    }
+}
