@@ -21,6 +21,9 @@ cargo clippy -p promhub-core -p promhub-wasm --target wasm32-unknown-unknown --l
 step "build sdk-core for wasm32"
 cargo build -p promhub-core --target wasm32-unknown-unknown --locked
 
+step "fuzz targets compile (run them with scripts/fuzz.sh)"
+cargo clippy --manifest-path sdk-core/fuzz/Cargo.toml --all-targets --locked -- -D warnings
+
 step "tests"
 cargo test --workspace --locked
 

@@ -1,6 +1,21 @@
 //! The promhub hub: WebSocket gateway, durable log, consumer groups.
 //!
 //! Frames, topics and ACL come from `promhub-core`; nothing here re-implements
-//! them.
+//! them. See `ARCHITECTURE.md` for the data flow.
 
+pub mod auth;
+pub mod authn;
+mod broker;
+mod clock;
+pub mod config;
+mod connection;
+pub mod error;
+mod outbox;
+mod server;
 pub mod store;
+
+pub use authn::{AuthFailure, Authenticated, Authenticator, DevAuthenticator};
+pub use config::{GroupDefaults, HubConfig};
+pub use connection::SERVER_NAME;
+pub use error::HubError;
+pub use server::{HubParts, run, run_with};

@@ -1,1 +1,168 @@
-fn main() {}
+//! `promhub`: the hub binary.
+//!
+//! `promhub serve [--listen ADDR] [--data DIR] [--config FILE] [--dev-scopes S]`;
+//! every flag can also come from `PROMHUB_*` environment variables, and a
+//! TOML file gives the rest (flags and environment win over the file). The
+//! first line on stdout is `listening on ws://ADDR/PATH`, for scripts.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use promhub_hub::HubConfig;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "promhub",
+    version,
+    about = "promhub event hub",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// `serve` when omitted.
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port) [default: 127.0.0.1:8090]
+    #[arg(long, env = "PROMHUB_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory of the embedded store [default: ./data]
+    #[arg(long, env = "PROMHUB_DATA")]
+    data: Option<PathBuf>,
+    /// TOML configuration file (any field of the hub configuration)
+    #[arg(long, env = "PROMHUB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Development-mode policy as space-separated scopes, e.g.
+    /// "publish:** subscribe:**" [default: allow all]
+    #[arg(long, env = "PROMHUB_DEV_SCOPES")]
+    dev_scopes: Option<String>,
+    /// HTTP path of the WebSocket endpoint [default: /ws]
+    #[arg(long, env = "PROMHUB_WS_PATH")]
+    ws_path: Option<String>,
+    /// Largest accepted frame in bytes [default: 1048576]
+    #[arg(long, env = "PROMHUB_MAX_FRAME_BYTES")]
+    max_frame_bytes: Option<usize>,
+    /// Heartbeat interval announced to clients, in ms [default: 15000]
+    #[arg(long, env = "PROMHUB_HEARTBEAT_MS")]
+    heartbeat_ms: Option<u64>,
+    /// De-duplication window for `opts.id`, in ms [default: 120000]
+    #[arg(long, env = "PROMHUB_DEDUP_WINDOW_MS")]
+    dedup_window_ms: Option<u64>,
+}
+
+impl ServeArgs {
+    /// File (if any) under flags/environment.
+    fn into_config(self) -> anyhow::Result<HubConfig> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str::<HubConfig>(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => HubConfig::default(),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(data) = self.data {
+            config.data = data;
+        }
+        if let Some(scopes) = self.dev_scopes {
+            config.dev_scopes = Some(scopes);
+        }
+        if let Some(path) = self.ws_path {
+            config.ws_path = path;
+        }
+        if let Some(bytes) = self.max_frame_bytes {
+            config.max_frame_bytes = bytes;
+        }
+        if let Some(ms) = self.heartbeat_ms {
+            config.heartbeat_ms = ms;
+        }
+        if let Some(ms) = self.dedup_window_ms {
+            config.dedup_window_ms = ms;
+        }
+        config.validate().map_err(anyhow::Error::msg)?;
+        Ok(config)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        // stdout is for the `listening on` line; logs go to stderr.
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Some(Command::Serve(args)) => serve(args.into_config()?),
+        None => serve(cli.serve.into_config()?),
+    }
+}
+
+fn serve(config: HubConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("promhub")
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        {
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "listening on ws://{addr}{}", config.ws_path)?;
+            stdout.flush()?;
+        }
+        tracing::info!(%addr, data = %config.data.display(), "hub started");
+        promhub_hub::run(listener, config, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::object_only::{self, ObjectOnly};
 use crate::topic::{Pattern, Topic, TopicError};
 
 /// What a connection wants to do with a topic.
@@ -103,6 +104,9 @@ pub enum AclError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// Each rule must be a JSON object: serde would otherwise also read a
+    /// rule from an array, by position.
+    #[serde(deserialize_with = "object_only::list")]
     pub rules: Vec<Rule>,
     /// Set by the `admin` scope: the holder may use the ops API. It grants
     /// nothing on topics by itself.
@@ -130,9 +134,12 @@ impl Policy {
         Policy::default()
     }
 
-    /// Parses a `policy` claim (`{"rules":[...]}`).
+    /// Parses a `policy` claim (`{"rules":[...]}`); anything but an object
+    /// of rule objects is malformed.
     pub fn from_json(value: &serde_json::Value) -> Result<Self, AclError> {
-        Policy::deserialize(value).map_err(|e| AclError::Policy(e.to_string()))
+        ObjectOnly::<Policy>::deserialize(value)
+            .map(|policy| policy.0)
+            .map_err(|e| AclError::Policy(e.to_string()))
     }
 
     /// Builds a policy from a `scopes` claim: each `ACTION:PATTERN`, split at
@@ -241,6 +248,13 @@ mod tests {
             r#"{"rules":[{"effect":"allow","action":"publish","topic":["a"]}]}"#,
             r#"{"rules":[{"effect":"allow","action":"publish","topics":"a"}]}"#,
             r#"{"rules":{}}"#,
+            // Objects only: serde would otherwise read structs by position.
+            r#"{"rules":[["allow","publish",["a"]]]}"#,
+            r#"[[{"effect":"allow","action":"publish","topics":["a"]}]]"#,
+            r#"{"rules":[{"effect":"allow","action":"publish","topics":["a"]}],"extra":1}"#,
+            r#"{"rules":[{"effect":"allow","action":"publish","topics":["a"],"groups":"g"}]}"#,
+            r#""publish:a""#,
+            "null",
         ] {
             let value: serde_json::Value = serde_json::from_str(bad).unwrap();
             assert!(

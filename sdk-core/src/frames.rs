@@ -16,6 +16,7 @@ use serde::de::{self, IgnoredAny};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
+use crate::object_only::{self, ObjectOnly};
 use crate::topic::{Pattern, Topic};
 
 /// The protocol version this crate speaks.
@@ -159,10 +160,24 @@ pub struct Publish {
     pub topic: Topic,
     #[cfg_attr(feature = "ts", tsify(type = "unknown"))]
     pub payload: Payload,
-    #[serde(default, skip_serializing_if = "opts_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "opts_empty",
+        deserialize_with = "object_only::optional"
+    )]
     pub opts: Option<PublishOpts>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<Rid>,
+}
+
+/// Payloads compare by their JSON text: `RawValue` has no equality.
+impl PartialEq for Publish {
+    fn eq(&self, other: &Self) -> bool {
+        self.topic == other.topic
+            && self.payload.get() == other.payload.get()
+            && self.opts == other.opts
+            && self.rid == other.rid
+    }
 }
 
 fn opts_empty(opts: &Option<PublishOpts>) -> bool {
@@ -256,7 +271,11 @@ pub struct Subscribe {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", tsify(type = "string"))]
     pub group: Option<Group>,
-    #[serde(default, skip_serializing_if = "sub_opts_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "sub_opts_empty",
+        deserialize_with = "object_only::optional"
+    )]
     pub opts: Option<SubscribeOpts>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<Rid>,
@@ -319,7 +338,7 @@ pub struct Ping {
 }
 
 /// A frame a client sends to the hub.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "ts", derive(tsify::Tsify))]
 #[serde(tag = "op", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ClientFrame {
@@ -530,7 +549,9 @@ pub struct EventDelivery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", tsify(type = "string"))]
     pub group: Option<Group>,
+    #[serde(deserialize_with = "object_only::required")]
     pub event: Event,
+    #[serde(deserialize_with = "object_only::required")]
     pub ctx: DeliveryCtx,
 }
 
@@ -565,8 +586,14 @@ pub fn encode<T: Serialize>(frame: &T) -> String {
     // Frames contain only strings, numbers, maps with string keys and raw
     // JSON that was valid when it was parsed, so serialization cannot fail.
     serde_json::to_string(frame).unwrap_or_else(|e| {
-        // Unreachable in practice; report rather than panic.
-        format!(r#"{{"op":"ERR","code":"internal","msg":"encode failed: {e}"}}"#)
+        // Unreachable in practice; report rather than panic. Built as a
+        // `Value` so that the error text is escaped into valid JSON.
+        serde_json::json!({
+            "op": "ERR",
+            "code": "internal",
+            "msg": format!("encode failed: {e}"),
+        })
+        .to_string()
     })
 }
 
@@ -648,32 +675,51 @@ impl DecodeError {
 }
 
 /// What every frame has in common: read first to pick the struct to decode.
+/// Both fields are read loosely so that an `op` or `rid` of the wrong type
+/// is reported as such, with the rid when there is a usable one, instead of
+/// making the whole frame "malformed".
 #[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(borrow, default)]
-    op: Option<Cow<'a, str>>,
+struct Head {
     #[serde(default)]
-    rid: Option<LooseRid>,
+    op: Option<LooseString>,
+    #[serde(default)]
+    rid: Option<LooseString>,
 }
 
-/// A rid of the wrong type must not hide the frame's real error.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum LooseRid {
+enum LooseString {
     Text(String),
     #[allow(dead_code)]
     Other(IgnoredAny),
 }
 
-fn decode_head(text: &str) -> Result<(Option<String>, Option<Rid>), DecodeError> {
-    match serde_json::from_str::<Head<'_>>(text) {
-        Ok(head) => Ok((
-            head.op.map(Cow::into_owned),
-            match head.rid {
-                Some(LooseRid::Text(rid)) => Some(rid),
-                _ => None,
-            },
-        )),
+impl LooseString {
+    fn into_text(self) -> Option<String> {
+        match self {
+            LooseString::Text(s) => Some(s),
+            LooseString::Other(_) => None,
+        }
+    }
+}
+
+/// The frame's `op` as found in the text.
+enum HeadOp {
+    Missing,
+    NotAString,
+    Name(String),
+}
+
+fn decode_head(text: &str) -> Result<(HeadOp, Option<Rid>), DecodeError> {
+    match serde_json::from_str::<ObjectOnly<Head>>(text) {
+        Ok(ObjectOnly(head)) => {
+            let op = match head.op {
+                None => HeadOp::Missing,
+                Some(LooseString::Text(name)) => HeadOp::Name(name),
+                Some(LooseString::Other(_)) => HeadOp::NotAString,
+            };
+            Ok((op, head.rid.and_then(LooseString::into_text)))
+        }
         Err(e) => Err(DecodeError {
             rid: None,
             op: None,
@@ -696,10 +742,14 @@ fn decode_body<'a, T: Deserialize<'a>>(
     })
 }
 
-fn unknown_op(op: Option<String>, rid: Option<Rid>) -> DecodeError {
-    let message = match &op {
-        Some(op) => format!("unknown op {op:?}"),
-        None => "frame has no op".to_owned(),
+fn unknown_op(op: HeadOp, rid: Option<Rid>) -> DecodeError {
+    let (op, message) = match op {
+        HeadOp::Missing => (None, "frame has no op".to_owned()),
+        HeadOp::NotAString => (None, "frame's op is not a string".to_owned()),
+        HeadOp::Name(op) => {
+            let message = format!("unknown op {op:?}");
+            (Some(op), message)
+        }
     };
     DecodeError {
         rid,
@@ -713,9 +763,10 @@ impl ClientFrame {
     /// Decodes one text frame. Never panics, whatever the input.
     pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
         let (op, rid) = decode_head(text)?;
-        let Some(name) = op.as_deref() else {
-            return Err(unknown_op(None, rid));
+        let HeadOp::Name(name) = &op else {
+            return Err(unknown_op(op, rid));
         };
+        let name = name.as_str();
         Ok(match name {
             "AUTH" => ClientFrame::Auth(decode_body(text, name, &rid)?),
             "PUBLISH" => ClientFrame::Publish(decode_body(text, name, &rid)?),
@@ -764,9 +815,10 @@ impl HubFrame {
     /// Decodes one text frame from the hub. Never panics, whatever the input.
     pub fn decode(text: &str) -> Result<HubFrame, DecodeError> {
         let (op, rid) = decode_head(text)?;
-        let Some(name) = op.as_deref() else {
-            return Err(unknown_op(None, rid));
+        let HeadOp::Name(name) = &op else {
+            return Err(unknown_op(op, rid));
         };
+        let name = name.as_str();
         Ok(match name {
             "OK" => HubFrame::Ok(decode_body(text, name, &rid)?),
             "ERR" => HubFrame::Err(decode_body(text, name, &rid)?),

@@ -7,6 +7,7 @@
 pub mod acl;
 pub mod client;
 pub mod frames;
+mod object_only;
 pub mod topic;
 
 pub use acl::{AclError, Action, Effect, Policy, Rule, RuleAction};

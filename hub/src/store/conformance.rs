@@ -1,1 +1,825 @@
+//! Behaviour every [`Store`] backend must show, written against
+//! `Arc<dyn Store>` only. A backend runs the suite by implementing
+//! [`StoreFactory`] and instantiating [`conformance_tests!`] (see the SQLite
+//! instance at the bottom).
 
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use async_trait::async_trait;
+use promhub_core::frames::{Event, to_payload};
+use promhub_core::{Pattern, Topic};
+use serde_json::value::RawValue;
+
+use super::writer::{GroupUpdate, StoreWriter};
+use super::{
+    Appended, CommitBatch, DeadLetter, DeadLetterRef, GroupKey, GroupProgress, NewEvent, Store,
+    StoreError,
+};
+
+/// Opens a backend at a location. Opening the same location again must see
+/// everything committed before (a real reopen).
+#[async_trait]
+pub(crate) trait StoreFactory: Send + Sync {
+    async fn open(&self, location: &Path, dedup_window: Duration) -> Result<Arc<dyn Store>>;
+}
+
+const DEFAULT_WINDOW: Duration = Duration::from_secs(120);
+
+fn topic(s: &str) -> Topic {
+    Topic::parse(s).expect("valid test topic")
+}
+
+fn pattern(s: &str) -> Pattern {
+    Pattern::parse(s).expect("valid test pattern")
+}
+
+fn event(topic_name: &str, key: Option<&str>, body: &str) -> NewEvent {
+    NewEvent {
+        id: uuid::Uuid::now_v7().to_string(),
+        client_id: false,
+        topic: topic(topic_name),
+        ts: 1_700_000_000_000,
+        key: key.map(str::to_owned),
+        payload: to_payload(body).expect("string payload"),
+        headers: None,
+        tags: None,
+        caused_by: None,
+        sid: None,
+    }
+}
+
+fn with_client_id(mut e: NewEvent, id: &str) -> NewEvent {
+    e.id = id.to_owned();
+    e.client_id = true;
+    e
+}
+
+async fn commit_events(store: &dyn Store, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
+    let outcome = store
+        .commit(CommitBatch {
+            events,
+            ..CommitBatch::default()
+        })
+        .await?;
+    Ok(outcome.events)
+}
+
+fn stored(appended: &Appended) -> Result<&Event> {
+    match appended {
+        Appended::Stored(e) => Ok(e),
+        Appended::Duplicate { id, seq } => bail!("expected stored, got duplicate {id} of {seq}"),
+    }
+}
+
+/// Stores events one batch per item and returns their seqs.
+async fn append_each(store: &dyn Store, events: Vec<NewEvent>) -> Result<Vec<u64>> {
+    let mut seqs = Vec::new();
+    for e in events {
+        let out = commit_events(store, vec![e]).await?;
+        seqs.push(stored(&out[0])?.seq);
+    }
+    Ok(seqs)
+}
+
+fn group_key(p: &str, g: &str) -> GroupKey {
+    GroupKey {
+        pattern: p.to_owned(),
+        group: g.to_owned(),
+    }
+}
+
+pub(crate) async fn seq_strictly_increasing(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    ensure!(store.last_seq().await? == 0, "empty store has last_seq 0");
+    ensure!(
+        store.first_seq().await?.is_none(),
+        "empty store has no first_seq"
+    );
+    let mut all = Vec::new();
+    for batch_size in [1usize, 5, 0, 17, 2] {
+        let events = (0..batch_size)
+            .map(|i| event("a.b", None, &format!("e{i}")))
+            .collect();
+        for appended in commit_events(store.as_ref(), events).await? {
+            all.push(stored(&appended)?.seq);
+        }
+    }
+    ensure!(all.len() == 25, "all events stored");
+    ensure!(
+        all.windows(2).all(|w| w[0] < w[1]),
+        "seqs increase: {all:?}"
+    );
+    ensure!(all[0] >= 1, "seqs start above 0");
+    ensure!(store.last_seq().await? == *all.last().unwrap(), "last_seq");
+    ensure!(store.first_seq().await? == Some(all[0]), "first_seq");
+    ensure!(store.count_after(0).await? == 25, "count_after(0)");
+    ensure!(store.count_after(all[9]).await? == 15, "count_after(10th)");
+    store.close().await?;
+    Ok(())
+}
+
+pub(crate) async fn events_round_trip(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    // Odd spacing, key order, escapes and big numbers must survive verbatim.
+    let raw =
+        r#"{ "z": 1,"a" :[1, 2.50 ,3e2], "s":"\u00e9\n", "n": 123456789012345678901234567890 }"#;
+    let mut full = event("orders.eu.created", Some("order-1"), "x");
+    full.payload = RawValue::from_string(raw.to_owned())?;
+    full.ts = u64::MAX; // extreme values round-trip too
+    full.headers = Some(BTreeMap::from([
+        ("trace".to_owned(), "abc".to_owned()),
+        ("empty".to_owned(), String::new()),
+    ]));
+    full.tags = Some(vec!["t1".to_owned(), "t 2".to_owned()]);
+    full.caused_by = Some(vec!["cause-1".to_owned()]);
+    full.sid = Some("session-9".to_owned());
+    let bare = event("orders.eu.created", None, "y");
+    // NUL bytes and non-ASCII text in every string field.
+    let mut odd = with_client_id(event("ördérs.日本", Some("k\0z"), "x"), "id\0ü");
+    odd.payload = RawValue::from_string(r#"["\u0000", "日本"]"#.to_owned())?;
+    odd.headers = Some(BTreeMap::from([("h\0".to_owned(), "v\0é".to_owned())]));
+    odd.sid = Some("s\0".to_owned());
+    odd.ts = 0;
+    let mut empty_options = event("orders.eu.created", Some(""), "y");
+    empty_options.headers = Some(BTreeMap::new());
+    empty_options.tags = Some(Vec::new());
+    let inputs = vec![full, bare, empty_options, odd];
+    let out = commit_events(store.as_ref(), inputs.clone()).await?;
+    for (input, appended) in inputs.iter().zip(&out) {
+        let e = stored(appended)?;
+        let read = store.get(e.seq).await?.context("stored event readable")?;
+        ensure!(&read == e, "read back equals returned: {read:?} vs {e:?}");
+        ensure!(read.payload.get() == input.payload.get(), "payload bytes");
+        ensure!(
+            read.id == input.id && read.topic == input.topic,
+            "id, topic"
+        );
+        ensure!(read.ts == input.ts && read.key == input.key, "ts, key");
+        ensure!(read.headers == input.headers, "headers");
+        ensure!(read.tags == input.tags, "tags");
+        ensure!(read.caused_by == input.caused_by, "caused_by");
+        ensure!(read.sid == input.sid, "sid");
+    }
+    ensure!(store.get(9999).await?.is_none(), "unknown seq is None");
+    ensure!(store.get(u64::MAX).await?.is_none(), "absurd seq is None");
+    let key = store
+        .latest_for_key(&topic("ördérs.日本"), "k\0z")
+        .await?
+        .context("latest by an odd key")?;
+    ensure!(key.seq == stored(&out[3])?.seq);
+    store.close().await?;
+    Ok(())
+}
+
+pub(crate) async fn dedup_within_window(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    let first = commit_events(
+        store.as_ref(),
+        vec![with_client_id(event("a", None, "1"), "client-1")],
+    )
+    .await?;
+    let original = stored(&first[0])?.seq;
+    let second = commit_events(
+        store.as_ref(),
+        vec![
+            with_client_id(event("a", None, "again"), "client-1"),
+            // Hub-assigned ids are never de-duplicated, even when equal.
+            event("a", None, "other"),
+        ],
+    )
+    .await?;
+    ensure!(
+        second[0]
+            == Appended::Duplicate {
+                id: "client-1".into(),
+                seq: original
+            },
+        "duplicate answers the original seq: {:?}",
+        second[0]
+    );
+    stored(&second[1])?;
+    let mut hub_id = event("a", None, "h");
+    hub_id.id = "same-hub-id".into();
+    let twice = commit_events(store.as_ref(), vec![hub_id.clone(), hub_id]).await?;
+    stored(&twice[0])?;
+    stored(&twice[1])?;
+    ensure!(store.count_after(0).await? == 4, "duplicate not stored");
+    store.close().await?;
+    Ok(())
+}
+
+pub(crate) async fn dedup_after_window(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let window = Duration::from_millis(50);
+    let store = factory.open(dir.path(), window).await?;
+    let first = commit_events(
+        store.as_ref(),
+        vec![with_client_id(event("a", None, "1"), "client-1")],
+    )
+    .await?;
+    let first_seq = stored(&first[0])?.seq;
+    // Waiting longer than the window makes the id new again; no assertion
+    // depends on how fast anything runs.
+    tokio::time::sleep(window * 3).await;
+    let again = commit_events(
+        store.as_ref(),
+        vec![with_client_id(event("a", None, "2"), "client-1")],
+    )
+    .await?;
+    let second_seq = stored(&again[0])?.seq;
+    ensure!(second_seq > first_seq, "stored again with a new seq");
+    ensure!(store.count_after(0).await? == 2, "both copies stored");
+    store.close().await?;
+    Ok(())
+}
+
+pub(crate) async fn dedup_inside_batch(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    let out = commit_events(
+        store.as_ref(),
+        vec![
+            with_client_id(event("a", None, "1"), "dup"),
+            with_client_id(event("a", None, "2"), "other"),
+            with_client_id(event("a", None, "3"), "dup"),
+        ],
+    )
+    .await?;
+    let first = stored(&out[0])?.seq;
+    stored(&out[1])?;
+    ensure!(
+        out[2]
+            == Appended::Duplicate {
+                id: "dup".into(),
+                seq: first
+            },
+        "second copy in the batch is a duplicate of the first: {:?}",
+        out[2]
+    );
+    ensure!(store.count_after(0).await? == 2, "two stored");
+    store.close().await?;
+    Ok(())
+}
+
+pub(crate) async fn latest_by_key(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    let seqs = append_each(
+        store.as_ref(),
+        vec![
+            event("orders.eu", Some("k1"), "eu-k1-v1"), // 0
+            event("orders.us", Some("k1"), "us-k1-v1"), // 1
+            event("orders.eu", Some("k2"), "eu-k2-v1"), // 2
+            event("orders.eu", Some("k1"), "eu-k1-v2"), // 3
+            event("orders.eu", None, "no key"),         // 4
+            event("orders", Some("k1"), "root"),        // 5
+            event("ordersx.eu", Some("k1"), "other"),   // 6
+            event("orders.eu.x", Some("k9"), "deep"),   // 7
+        ],
+    )
+    .await?;
+    let seqs_of = |events: Vec<Event>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+    ensure!(
+        seqs_of(store.latest_by_key(&pattern("orders.eu")).await?) == vec![seqs[2], seqs[3]],
+        "concrete topic: latest per key in seq order"
+    );
+    ensure!(
+        seqs_of(store.latest_by_key(&pattern("orders.*")).await?)
+            == vec![seqs[1], seqs[2], seqs[3]],
+        "one-segment wildcard"
+    );
+    ensure!(
+        seqs_of(store.latest_by_key(&pattern("orders.**")).await?)
+            == vec![seqs[1], seqs[2], seqs[3], seqs[5], seqs[7]],
+        "orders.** includes orders itself and deeper topics"
+    );
+    ensure!(
+        seqs_of(store.latest_by_key(&pattern("*.eu")).await?) == vec![seqs[2], seqs[3], seqs[6]],
+        "leading wildcard"
+    );
+    ensure!(
+        seqs_of(store.latest_by_key(&pattern("**")).await?).len() == 6,
+        "every (topic, key)"
+    );
+    ensure!(
+        store.latest_by_key(&pattern("nothing.*")).await?.is_empty(),
+        "no match"
+    );
+    let latest = store
+        .latest_for_key(&topic("orders.eu"), "k1")
+        .await?
+        .context("latest for key")?;
+    ensure!(latest.seq == seqs[3] && latest.payload.get() == r#""eu-k1-v2""#);
+    ensure!(
+        store
+            .latest_for_key(&topic("orders.eu"), "missing")
+            .await?
+            .is_none()
+    );
+    store.close().await?;
+    Ok(())
+}
+
+pub(crate) async fn read_after(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    let mut events = Vec::new();
+    for i in 0..30 {
+        let t = match i % 3 {
+            0 => "a.x",
+            1 => "a.y",
+            _ => "b.x",
+        };
+        events.push(event(t, None, &format!("{i}")));
+    }
+    let out = commit_events(store.as_ref(), events).await?;
+    let seqs: Vec<u64> = out
+        .iter()
+        .map(|a| stored(a).map(|e| e.seq))
+        .collect::<Result<_>>()?;
+    let last = *seqs.last().unwrap();
+
+    // No pattern: a page, then the rest, then nothing.
+    let (page, upto) = store.read_after(0, None, 10, 10).await?;
+    ensure!(page.iter().map(|e| e.seq).eq(seqs[..10].iter().copied()));
+    ensure!(upto == seqs[9], "continue from the last returned");
+    let (rest, upto) = store.read_after(upto, None, 100, 100).await?;
+    ensure!(rest.iter().map(|e| e.seq).eq(seqs[10..].iter().copied()));
+    ensure!(upto == last, "examined up to the end");
+    let (none, upto) = store.read_after(last, None, 10, 10).await?;
+    ensure!(none.is_empty() && upto == last);
+    let (none, upto) = store.read_after(u64::MAX, None, 10, 10).await?;
+    ensure!(none.is_empty() && upto == u64::MAX, "after beyond the end");
+    ensure!(store.count_after(u64::MAX).await? == 0);
+    let (one, upto) = store.read_after(0, None, 1, 0).await?;
+    ensure!(
+        one.len() == 1 && upto == seqs[0],
+        "scan_limit 0 still makes progress"
+    );
+    let (none, upto) = store.read_after(3, None, 0, 10).await?;
+    ensure!(none.is_empty() && upto == 3, "limit 0 reads nothing");
+
+    // Concrete pattern: only that topic.
+    let (ax, upto) = store.read_after(0, Some(&pattern("a.x")), 100, 100).await?;
+    ensure!(ax.len() == 10 && ax.iter().all(|e| e.topic.as_str() == "a.x"));
+    ensure!(ax.windows(2).all(|w| w[0].seq < w[1].seq));
+    ensure!(upto == last, "concrete scan reached the end");
+    let (ax, upto) = store.read_after(0, Some(&pattern("a.x")), 3, 100).await?;
+    ensure!(ax.len() == 3 && upto == ax[2].seq, "limit applies");
+
+    // Wildcard pattern with limit and scan_limit.
+    let p = pattern("*.x");
+    let (wx, upto) = store.read_after(0, Some(&p), 100, 1000).await?;
+    ensure!(wx.len() == 20 && wx.iter().all(|e| p.matches(&e.topic)));
+    ensure!(upto == last);
+    let (wx, upto) = store.read_after(0, Some(&p), 4, 1000).await?;
+    ensure!(wx.len() == 4 && upto == wx[3].seq, "stops at limit");
+    // scan_limit 6 examines seqs[0..6]: topics a.x a.y b.x a.x a.y b.x.
+    let (wx, upto) = store.read_after(0, Some(&p), 100, 6).await?;
+    ensure!(
+        wx.len() == 4,
+        "four of the six examined match, got {}",
+        wx.len()
+    );
+    ensure!(upto == seqs[5], "examined up to the scan limit");
+    // Continuing from there eventually covers everything exactly once.
+    let mut seen = wx.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let mut from = upto;
+    for _ in 0..10 {
+        let (more, next) = store.read_after(from, Some(&p), 100, 6).await?;
+        seen.extend(more.iter().map(|e| e.seq));
+        from = next;
+        if from == last {
+            break;
+        }
+    }
+    ensure!(from == last && seen.len() == 20, "paged wildcard scan");
+    let (sparse, upto) = store.read_after(0, Some(&pattern("zzz.**")), 10, 7).await?;
+    ensure!(
+        sparse.is_empty() && upto == seqs[6],
+        "scan_limit bounds a sparse scan"
+    );
+    store.close().await?;
+    Ok(())
+}
+
+pub(crate) async fn group_progress(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    let key = group_key("orders.*", "billing");
+    let other = group_key("orders.*", "shipping");
+    ensure!(store.load_group(&key).await?.is_none(), "unknown group");
+    let progress = |cursor, done_above: Vec<u64>| GroupProgress {
+        key: key.clone(),
+        cursor,
+        done_above,
+    };
+    store
+        .commit(CommitBatch {
+            progress: vec![
+                progress(5, vec![]),
+                GroupProgress {
+                    key: other.clone(),
+                    cursor: 0,
+                    done_above: vec![],
+                },
+            ],
+            ..CommitBatch::default()
+        })
+        .await?;
+    let rec = store.load_group(&key).await?.context("created")?;
+    ensure!(rec.cursor == 5 && rec.done_above.is_empty());
+    // Out-of-order acks above the cursor are kept; marks at or below the
+    // cursor are ignored.
+    store
+        .commit(CommitBatch {
+            progress: vec![progress(5, vec![9, 7, 5, 3])],
+            ..CommitBatch::default()
+        })
+        .await?;
+    let rec = store.load_group(&key).await?.context("exists")?;
+    ensure!(rec.cursor == 5 && rec.done_above == vec![7, 9], "{rec:?}");
+    // Moving the cursor to 7 removes marks at/below it, keeps 9, adds 12.
+    store
+        .commit(CommitBatch {
+            progress: vec![progress(7, vec![12])],
+            ..CommitBatch::default()
+        })
+        .await?;
+    let rec = store.load_group(&key).await?.context("exists")?;
+    ensure!(rec.cursor == 7 && rec.done_above == vec![9, 12], "{rec:?}");
+    // A cursor beyond any possible seq (a client's absurd `from`) still
+    // means "after everything".
+    let far = group_key("far.*", "g");
+    store
+        .commit(CommitBatch {
+            progress: vec![GroupProgress {
+                key: far.clone(),
+                cursor: u64::MAX,
+                done_above: vec![u64::MAX],
+            }],
+            ..CommitBatch::default()
+        })
+        .await?;
+    let rec = store.load_group(&far).await?.context("far group")?;
+    ensure!(
+        rec.cursor >= i64::MAX as u64 && rec.done_above.is_empty(),
+        "{rec:?}"
+    );
+    let groups = store.groups().await?;
+    ensure!(groups.len() == 3, "all groups listed");
+    ensure!(groups.iter().any(|g| g.key == other && g.cursor == 0));
+    ensure!(
+        groups
+            .iter()
+            .any(|g| g.key == key && g.done_above == vec![9, 12])
+    );
+    store.close().await?;
+    Ok(())
+}
+
+pub(crate) async fn dead_letters(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    let key = group_key("jobs.**", "workers");
+    let other = group_key("jobs.**", "auditors");
+    let letter = |k: &GroupKey, seq: u64, reason: &str| DeadLetter {
+        key: k.clone(),
+        seq,
+        event_id: format!("ev-{seq}"),
+        reason: reason.to_owned(),
+        attempts: 5,
+        dead_at: 1_700_000_000_000 + seq,
+    };
+    store
+        .commit(CommitBatch {
+            dead_letters: vec![
+                letter(&key, 8, "boom"),
+                letter(&key, 3, "max_deliver"),
+                letter(&other, 3, "final"),
+            ],
+            ..CommitBatch::default()
+        })
+        .await?;
+    let listed = store.dead_letters(&key, 0, 100).await?;
+    ensure!(listed == vec![letter(&key, 3, "max_deliver"), letter(&key, 8, "boom")]);
+    ensure!(store.dead_letters(&key, 3, 100).await? == vec![letter(&key, 8, "boom")]);
+    ensure!(store.dead_letters(&key, 0, 1).await?.len() == 1, "limit");
+    ensure!(store.dead_letter_count(&key).await? == 2);
+    ensure!(store.dead_letter_count(&other).await? == 1);
+    // Dead again after a replay: the newer record replaces the older.
+    store
+        .commit(CommitBatch {
+            dead_letters: vec![letter(&key, 8, "boom again")],
+            removed_dead_letters: vec![DeadLetterRef {
+                key: key.clone(),
+                seq: 3,
+            }],
+            ..CommitBatch::default()
+        })
+        .await?;
+    ensure!(store.dead_letters(&key, 0, 100).await? == vec![letter(&key, 8, "boom again")]);
+    ensure!(
+        store.dead_letter_count(&other).await? == 1,
+        "other group untouched"
+    );
+    store.close().await?;
+    Ok(())
+}
+
+pub(crate) async fn survives_reopen(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let key = group_key("a.*", "g");
+    let (first_seqs, original) = {
+        let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+        let out = commit_events(
+            store.as_ref(),
+            vec![
+                event("a.b", Some("k"), "1"),
+                with_client_id(event("a.b", Some("k"), "2"), "client-9"),
+            ],
+        )
+        .await?;
+        store
+            .commit(CommitBatch {
+                progress: vec![GroupProgress {
+                    key: key.clone(),
+                    cursor: 1,
+                    done_above: vec![4],
+                }],
+                dead_letters: vec![DeadLetter {
+                    key: key.clone(),
+                    seq: 1,
+                    event_id: "x".into(),
+                    reason: "r".into(),
+                    attempts: 2,
+                    dead_at: 7,
+                }],
+                ..CommitBatch::default()
+            })
+            .await?;
+        let seqs = out
+            .iter()
+            .map(|a| stored(a).map(|e| e.seq))
+            .collect::<Result<Vec<_>>>()?;
+        let original = store.get(seqs[1]).await?.context("stored")?;
+        store.close().await?;
+        (seqs, original)
+    };
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    ensure!(
+        store.last_seq().await? == first_seqs[1],
+        "last_seq survives"
+    );
+    ensure!(
+        store.get(first_seqs[1]).await? == Some(original.clone()),
+        "event survives"
+    );
+    ensure!(
+        store.latest_for_key(&topic("a.b"), "k").await? == Some(original),
+        "latest survives"
+    );
+    let rec = store.load_group(&key).await?.context("group survives")?;
+    ensure!(rec.cursor == 1 && rec.done_above == vec![4]);
+    ensure!(
+        store.dead_letter_count(&key).await? == 1,
+        "dead letter survives"
+    );
+    let out = commit_events(
+        store.as_ref(),
+        vec![
+            with_client_id(event("a.b", None, "3"), "client-9"),
+            event("a.b", None, "4"),
+        ],
+    )
+    .await?;
+    ensure!(
+        out[0]
+            == Appended::Duplicate {
+                id: "client-9".into(),
+                seq: first_seqs[1]
+            },
+        "dedup survives"
+    );
+    ensure!(
+        stored(&out[1])?.seq > first_seqs[1],
+        "seq continues after reopen"
+    );
+    store.close().await?;
+    Ok(())
+}
+
+pub(crate) async fn closed_store_errors(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    commit_events(store.as_ref(), vec![event("a", None, "1")]).await?;
+    store.close().await?;
+    store.close().await?; // idempotent
+    let closed = |r: Result<(), StoreError>| matches!(r, Err(StoreError::Closed));
+    ensure!(closed(store.commit(CommitBatch::default()).await.map(drop)));
+    ensure!(closed(store.read_after(0, None, 10, 10).await.map(drop)));
+    ensure!(closed(store.get(1).await.map(drop)));
+    ensure!(closed(store.last_seq().await.map(drop)));
+    ensure!(closed(store.latest_by_key(&pattern("**")).await.map(drop)));
+    ensure!(closed(store.groups().await.map(drop)));
+    ensure!(closed(store.count_after(0).await.map(drop)));
+    Ok(())
+}
+
+pub(crate) async fn writer_concurrent_appends(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    let (writer, mut committed) = StoreWriter::new(Arc::clone(&store));
+    let fan_out = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        while let Some(batch) = committed.recv().await {
+            seqs.extend(batch.iter().map(|e| e.seq));
+        }
+        seqs
+    });
+    let tasks = 64;
+    let per_task = 50;
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let writer = writer.clone();
+        handles.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..per_task {
+                let appended = writer
+                    .append(event(&format!("t.{}", t % 4), None, &format!("{t}-{i}")))
+                    .await?;
+                seqs.push(stored(&appended)?.seq);
+            }
+            anyhow::Ok(seqs)
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        let seqs = h.await??;
+        ensure!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "one task's appends in order"
+        );
+        all.extend(seqs);
+    }
+    drop(writer);
+    let fanned = fan_out.await?;
+    all.sort_unstable();
+    let n = tasks * per_task;
+    ensure!(all.len() == n, "all resolved");
+    ensure!(all.windows(2).all(|w| w[0] < w[1]), "unique seqs");
+    ensure!(fanned.len() == n, "every stored event fanned out once");
+    ensure!(
+        fanned.windows(2).all(|w| w[0] < w[1]),
+        "fan-out in seq order"
+    );
+    ensure!(store.count_after(0).await? == n as u64);
+    store.close().await?;
+    Ok(())
+}
+
+pub(crate) async fn writer_group_updates(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    let (writer, _committed) = StoreWriter::new(Arc::clone(&store));
+    let key = group_key("x.*", "g");
+    // Issued concurrently, so they may share a commit: the latest cursor
+    // wins and the marks are united.
+    let p1 = writer.record_progress(GroupProgress {
+        key: key.clone(),
+        cursor: 2,
+        done_above: vec![4, 6],
+    });
+    let p2 = writer.record_progress(GroupProgress {
+        key: key.clone(),
+        cursor: 4,
+        done_above: vec![8],
+    });
+    let d = writer.update_group(GroupUpdate {
+        dead_letters: vec![DeadLetter {
+            key: key.clone(),
+            seq: 3,
+            event_id: "e3".into(),
+            reason: "final".into(),
+            attempts: 1,
+            dead_at: 10,
+        }],
+        ..GroupUpdate::default()
+    });
+    let (r1, r2, r3) = tokio::join!(p1, p2, d);
+    r1?;
+    r2?;
+    r3?;
+    let rec = store.load_group(&key).await?.context("group stored")?;
+    ensure!(rec.cursor == 4 && rec.done_above == vec![6, 8], "{rec:?}");
+    ensure!(store.dead_letter_count(&key).await? == 1);
+    writer
+        .remove_dead_letter(DeadLetterRef {
+            key: key.clone(),
+            seq: 3,
+        })
+        .await?;
+    ensure!(store.dead_letter_count(&key).await? == 0, "removed");
+    // Duplicates through the writer answer the original seq.
+    let a = writer
+        .append(with_client_id(event("x.y", None, "1"), "w-1"))
+        .await?;
+    let b = writer
+        .append(with_client_id(event("x.y", None, "2"), "w-1"))
+        .await?;
+    ensure!(
+        b == Appended::Duplicate {
+            id: "w-1".into(),
+            seq: stored(&a)?.seq
+        }
+    );
+    store.close().await?;
+    ensure!(
+        matches!(
+            writer.append(event("x.y", None, "late")).await,
+            Err(StoreError::Closed)
+        ),
+        "append after the store closed fails with Closed"
+    );
+    Ok(())
+}
+
+/// Instantiates every conformance test for a backend: `$factory` is an
+/// expression giving a [`StoreFactory`].
+macro_rules! conformance_tests {
+    ($factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() -> anyhow::Result<()> {
+                $crate::store::conformance::$name(&$factory).await
+            }
+        )*
+    };
+}
+
+macro_rules! all_conformance_tests {
+    ($factory:expr) => {
+        conformance_tests!($factory;
+            seq_strictly_increasing,
+            events_round_trip,
+            dedup_within_window,
+            dedup_after_window,
+            dedup_inside_batch,
+            latest_by_key,
+            read_after,
+            group_progress,
+            dead_letters,
+            survives_reopen,
+            closed_store_errors,
+            writer_concurrent_appends,
+            writer_group_updates,
+        );
+    };
+}
+
+mod sqlite {
+    use super::*;
+    use crate::store::sqlite::{SqliteOptions, SqliteStore};
+
+    /// `pipelined_sync` picks how commits become durable; both must behave
+    /// the same.
+    struct SqliteFactory {
+        pipelined_sync: bool,
+    }
+
+    #[async_trait]
+    impl StoreFactory for SqliteFactory {
+        async fn open(&self, location: &Path, dedup_window: Duration) -> Result<Arc<dyn Store>> {
+            let store = SqliteStore::open(
+                location,
+                SqliteOptions {
+                    dedup_window,
+                    pipelined_sync: self.pipelined_sync,
+                    ..SqliteOptions::default()
+                },
+            )?;
+            Ok(Arc::new(store))
+        }
+    }
+
+    mod pipelined_sync {
+        use super::*;
+        all_conformance_tests!(SqliteFactory {
+            pipelined_sync: true
+        });
+    }
+
+    mod full_sync {
+        use super::*;
+        all_conformance_tests!(SqliteFactory {
+            pipelined_sync: false
+        });
+    }
+}

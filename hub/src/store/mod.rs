@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use promhub_core::frames::{Event, Millis, Payload};
 use promhub_core::{Group, Pattern, Topic};
 
@@ -64,6 +65,10 @@ impl GroupKey {
 /// Progress of one group to make durable. Every event with `seq <= cursor`
 /// is done (acknowledged or dead-lettered); `done_above` lists events after
 /// the cursor that are already done (acknowledged out of order).
+///
+/// Applying it sets the stored cursor to `cursor` (creating the group if
+/// new), adds `done_above` to the stored marks, and drops marks at or below
+/// the cursor: callers send only new marks, not the whole set each time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupProgress {
     pub key: GroupKey,
@@ -98,6 +103,16 @@ pub struct CommitBatch {
     /// New groups (created with their starting cursor) and cursor moves.
     pub progress: Vec<GroupProgress>,
     pub dead_letters: Vec<DeadLetter>,
+    /// Dead letters to delete (replayed into their group, or purged).
+    pub removed_dead_letters: Vec<DeadLetterRef>,
+}
+
+/// Identifies one dead letter: a group gives up on an event at most once at
+/// a time, so (group, seq) is unique.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeadLetterRef {
+    pub key: GroupKey,
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -106,7 +121,24 @@ pub struct CommitOutcome {
     pub events: Vec<Appended>,
 }
 
-#[derive(Debug, thiserror::Error)]
+/// A batch applied by [`Store::commit_pipelined`]: its outcome (seqs) is
+/// final, and `durable` resolves once it is synced to disk. Only then may its
+/// events be acknowledged or delivered.
+pub struct PendingCommit {
+    pub outcome: CommitOutcome,
+    pub durable: BoxFuture<'static, Result<(), StoreError>>,
+}
+
+impl std::fmt::Debug for PendingCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingCommit")
+            .field("outcome", &self.outcome)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Cloneable so that one failed group commit can fail every request in it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("storage backend failed: {0}")]
     Backend(String),
@@ -125,6 +157,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// within the batch itself). Updates latest-by-key.
     async fn commit(&self, batch: CommitBatch) -> Result<CommitOutcome, StoreError>;
 
+    /// Like [`Store::commit`] in two steps, so a caller can apply the next
+    /// batch while this one syncs: resolves once the batch is applied (its
+    /// seqs are final), with a future that resolves once it is durable.
+    /// Batches applied one after another become durable in that order.
+    /// Reads never return events that are not durable yet. The default is
+    /// [`Store::commit`] (durable already).
+    async fn commit_pipelined(&self, batch: CommitBatch) -> Result<PendingCommit, StoreError> {
+        let outcome = self.commit(batch).await?;
+        Ok(PendingCommit {
+            outcome,
+            durable: Box::pin(std::future::ready(Ok(()))),
+        })
+    }
+
     /// Events with `seq > after`, in `seq` order, at most `limit`; when
     /// `pattern` is given only matching ones (the scan continues past
     /// non-matching events up to `scan_limit` rows, so a sparse pattern cannot
@@ -141,7 +187,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The event with this `seq`, if retained.
     async fn get(&self, seq: u64) -> Result<Option<Event>, StoreError>;
 
-    /// The highest `seq` ever assigned (0 for an empty store).
+    /// The highest durable `seq` ever assigned (0 for an empty store).
     async fn last_seq(&self) -> Result<u64, StoreError>;
 
     /// The lowest retained `seq`, if any.
@@ -160,12 +206,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Every known group.
     async fn groups(&self) -> Result<Vec<GroupRecord>, StoreError>;
 
-    /// Dead letters of one group, oldest first.
+    /// Dead letters of one group with `seq > after_seq`, in `seq` order, at
+    /// most `limit` (page with the last `seq` returned).
     async fn dead_letters(
         &self,
         key: &GroupKey,
+        after_seq: u64,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Number of dead letters of one group.
+    async fn dead_letter_count(&self, key: &GroupKey) -> Result<u64, StoreError>;
 
     /// Number of events with `seq > after` (for lag).
     async fn count_after(&self, after: u64) -> Result<u64, StoreError>;

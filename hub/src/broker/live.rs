@@ -1,0 +1,429 @@
+//! Ephemeral (live) subscriptions: an index from pattern to the connections
+//! subscribed with it, and the fan-out of committed events.
+//!
+//! Fan-out cost is kept per *pattern*, not per subscriber: an EVENT frame's
+//! `topic` is the subscription pattern and live deliveries carry no group or
+//! attempt, so every subscriber of one pattern receives byte-identical
+//! frames. Each event is encoded once per matching pattern and the same
+//! buffer is queued for every subscriber (a reference-count increment),
+//! with one queue lock and one writer wake-up per subscriber per commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use promhub_core::frames::{DeliveryCtx, Event, encode_event_delivery};
+use promhub_core::{Action, Pattern, Policy};
+
+use super::committed::Committed;
+use super::group::ConnId;
+use crate::outbox::{LivePush, Outbox};
+
+#[derive(Debug)]
+struct LiveSub {
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+    policy: Arc<Policy>,
+    /// Set while the `snapshot` is being read: live events after `upto` are
+    /// held here (bounded like the outbox) and sent after the snapshot.
+    snapshot: Option<SnapshotHold>,
+}
+
+#[derive(Debug)]
+struct SnapshotHold {
+    upto: u64,
+    held: Vec<Utf8Bytes>,
+    held_bytes: usize,
+}
+
+#[derive(Debug)]
+struct PatternSubs {
+    pattern: Pattern,
+    subs: Vec<LiveSub>,
+}
+
+/// Limits on frames held for a subscription waiting for its snapshot (the
+/// same as the outbox's live limits).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HoldLimits {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct LiveIndex {
+    /// Patterns without wildcards, by topic: one hash lookup per event.
+    exact: HashMap<String, PatternSubs>,
+    /// Patterns with wildcards: each is matched against every event.
+    wildcard: HashMap<String, PatternSubs>,
+    hold_limits: HoldLimits,
+}
+
+impl LiveIndex {
+    pub fn new(hold_limits: HoldLimits) -> Self {
+        LiveIndex {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            hold_limits,
+        }
+    }
+
+    fn table(&mut self, pattern: &Pattern) -> &mut HashMap<String, PatternSubs> {
+        if pattern.is_concrete() {
+            &mut self.exact
+        } else {
+            &mut self.wildcard
+        }
+    }
+
+    /// Adds (or refreshes) a subscription. With `snapshot_upto`, live events
+    /// after that seq are held until [`LiveIndex::finish_snapshot`].
+    pub fn subscribe(
+        &mut self,
+        conn: ConnId,
+        pattern: &Pattern,
+        outbox: Arc<Outbox>,
+        policy: Arc<Policy>,
+        snapshot_upto: Option<u64>,
+    ) {
+        let entry = self
+            .table(pattern)
+            .entry(pattern.as_str().to_owned())
+            .or_insert_with(|| PatternSubs {
+                pattern: pattern.clone(),
+                subs: Vec::new(),
+            });
+        let snapshot = snapshot_upto.map(|upto| SnapshotHold {
+            upto,
+            held: Vec::new(),
+            held_bytes: 0,
+        });
+        match entry.subs.iter_mut().find(|s| s.conn == conn) {
+            Some(existing) => {
+                existing.policy = policy;
+                existing.outbox = outbox;
+                if snapshot.is_some() {
+                    existing.snapshot = snapshot;
+                }
+            }
+            None => entry.subs.push(LiveSub {
+                conn,
+                outbox,
+                policy,
+                snapshot,
+            }),
+        }
+    }
+
+    /// Removes a subscription; true if it existed.
+    pub fn unsubscribe(&mut self, conn: ConnId, pattern: &str) -> bool {
+        for table in [&mut self.exact, &mut self.wildcard] {
+            if let Some(entry) = table.get_mut(pattern) {
+                let before = entry.subs.len();
+                entry.subs.retain(|s| s.conn != conn);
+                let removed = entry.subs.len() != before;
+                if entry.subs.is_empty() {
+                    table.remove(pattern);
+                }
+                if removed {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    pub fn set_policy(&mut self, conn: ConnId, pattern: &str, policy: &Arc<Policy>) {
+        for table in [&mut self.exact, &mut self.wildcard] {
+            if let Some(entry) = table.get_mut(pattern) {
+                for sub in entry.subs.iter_mut().filter(|s| s.conn == conn) {
+                    sub.policy = Arc::clone(policy);
+                }
+            }
+        }
+    }
+
+    /// The snapshot of a subscription was read: send the snapshot events
+    /// (those not newer than the subscription point), then what was held.
+    pub fn finish_snapshot(&mut self, conn: ConnId, pattern: &Pattern, events: &[Event]) {
+        let Some(entry) = self.table(pattern).get_mut(pattern.as_str()) else {
+            return;
+        };
+        let Some(sub) = entry.subs.iter_mut().find(|s| s.conn == conn) else {
+            return;
+        };
+        let Some(hold) = sub.snapshot.take() else {
+            return;
+        };
+        let ctx = DeliveryCtx {
+            attempt: 1,
+            ack_deadline: None,
+            snapshot: Some(true),
+        };
+        for event in events.iter().filter(|e| e.seq <= hold.upto) {
+            if !sub.policy.allows(Action::Subscribe, &event.topic, None) {
+                continue;
+            }
+            let Ok(json) = serde_json::value::to_raw_value(event) else {
+                continue;
+            };
+            // The snapshot was asked for and is bounded by the number of
+            // keys: it is not subject to the live limits.
+            sub.outbox
+                .push(encode_event_delivery(pattern, None, &json, &ctx));
+        }
+        if !hold.held.is_empty() {
+            sub.outbox.push_live_batch(hold.held);
+        }
+    }
+
+    /// The snapshot could not be read: deliver what was held and carry on
+    /// live (the SUBACK was already sent).
+    pub fn abandon_snapshot(&mut self, conn: ConnId, pattern: &Pattern) {
+        self.finish_snapshot(conn, pattern, &[]);
+    }
+
+    /// Queues every committed event for every live subscription it matches.
+    pub fn fan_out(&mut self, events: &[Arc<Committed>]) {
+        if self.exact.is_empty() && self.wildcard.is_empty() {
+            return;
+        }
+        let limits = self.hold_limits;
+        let mut frames: Vec<(&Committed, Utf8Bytes)> = Vec::new();
+        for entry in self.exact.values_mut() {
+            frames.clear();
+            for event in events {
+                if event.topic.as_str() == entry.pattern.as_str() {
+                    frames.push((event, encode(&entry.pattern, event)));
+                }
+            }
+            deliver(entry, &frames, limits);
+        }
+        for entry in self.wildcard.values_mut() {
+            frames.clear();
+            for event in events {
+                if entry.pattern.matches(&event.topic) {
+                    frames.push((event, encode(&entry.pattern, event)));
+                }
+            }
+            deliver(entry, &frames, limits);
+        }
+    }
+}
+
+fn encode(pattern: &Pattern, event: &Committed) -> Utf8Bytes {
+    Utf8Bytes::from(encode_event_delivery(
+        pattern,
+        None,
+        &event.json,
+        &DeliveryCtx::first(),
+    ))
+}
+
+/// Queues `frames` (all matching `entry.pattern`) for each subscriber the
+/// ACL lets see them.
+fn deliver(entry: &mut PatternSubs, frames: &[(&Committed, Utf8Bytes)], limits: HoldLimits) {
+    if frames.is_empty() {
+        return;
+    }
+    // Subscribers usually share a policy (one Arc per token / dev mode), so
+    // the per-event ACL decision is computed once per distinct policy.
+    let mut cached: Option<(Arc<Policy>, Vec<Utf8Bytes>)> = None;
+    for sub in &mut entry.subs {
+        let allowed = match &cached {
+            Some((policy, allowed)) if Arc::ptr_eq(policy, &sub.policy) => allowed,
+            _ => {
+                let allowed = frames
+                    .iter()
+                    .filter(|(event, _)| sub.policy.allows(Action::Subscribe, &event.topic, None))
+                    .map(|(_, frame)| frame.clone())
+                    .collect();
+                &cached.insert((Arc::clone(&sub.policy), allowed)).1
+            }
+        };
+        if allowed.is_empty() {
+            continue;
+        }
+        match &mut sub.snapshot {
+            Some(hold) => {
+                for frame in allowed {
+                    hold.held_bytes += frame.len();
+                    hold.held.push(frame.clone());
+                }
+                if hold.held.len() > limits.frames || hold.held_bytes > limits.bytes {
+                    sub.snapshot = None;
+                    sub.outbox.close(crate::outbox::CloseReason::new(
+                        crate::outbox::SLOW_CONSUMER,
+                        "slow consumer: live buffer overflowed during snapshot",
+                    ));
+                }
+            }
+            None => {
+                if sub.outbox.push_live_batch(allowed.iter().cloned()) == LivePush::Overflowed {
+                    tracing::debug!(conn = sub.conn, "live buffer overflowed; closing with 4009");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Drained, OutboxLimits};
+    use promhub_core::Topic;
+    use promhub_core::frames::{HubFrame, to_payload};
+
+    fn event(seq: u64, topic: &str) -> Event {
+        Event {
+            id: format!("e{seq}"),
+            seq,
+            topic: Topic::parse(topic).unwrap(),
+            ts: 1,
+            key: Some("k".into()),
+            payload: to_payload(&seq).unwrap(),
+            headers: None,
+            tags: None,
+            caused_by: None,
+            sid: None,
+        }
+    }
+
+    fn outbox(frames: usize) -> Arc<Outbox> {
+        Arc::new(Outbox::new(OutboxLimits {
+            live_frames: frames,
+            live_bytes: 1 << 20,
+        }))
+    }
+
+    const LIMITS: HoldLimits = HoldLimits {
+        frames: 100,
+        bytes: 1 << 20,
+    };
+
+    async fn received(out: &Outbox) -> Vec<(String, String, Option<bool>)> {
+        if out.queued_bytes() == 0 && !out.is_closing() {
+            return vec![];
+        }
+        let mut batch = Vec::new();
+        match out.drain(&mut batch).await {
+            Drained::Frames => {}
+            Drained::Close(reason) => return vec![("close".into(), reason.code.to_string(), None)],
+        }
+        batch
+            .into_iter()
+            .map(|m| match m {
+                axum::extract::ws::Message::Text(t) => match HubFrame::decode(&t).unwrap() {
+                    HubFrame::Event(e) => (e.topic.to_string(), e.event.id, e.ctx.snapshot),
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn committed(list: &[Event]) -> Vec<Arc<Committed>> {
+        list.iter().map(Committed::from_event).collect()
+    }
+
+    #[tokio::test]
+    async fn exact_and_wildcard_patterns_receive_matching_events_with_their_own_topic() {
+        let mut index = LiveIndex::new(LIMITS);
+        let exact = outbox(100);
+        let wild = outbox(100);
+        let policy = Arc::new(Policy::allow_all());
+        index.subscribe(
+            1,
+            &Pattern::parse("a.b").unwrap(),
+            exact.clone(),
+            policy.clone(),
+            None,
+        );
+        index.subscribe(
+            2,
+            &Pattern::parse("a.**").unwrap(),
+            wild.clone(),
+            policy,
+            None,
+        );
+        index.fan_out(&committed(&[
+            event(1, "a.b"),
+            event(2, "a.c"),
+            event(3, "b"),
+        ]));
+        assert_eq!(received(&exact).await, [("a.b".into(), "e1".into(), None)]);
+        assert_eq!(
+            received(&wild).await,
+            [
+                ("a.**".into(), "e1".into(), None),
+                ("a.**".into(), "e2".into(), None)
+            ]
+        );
+        assert!(index.unsubscribe(1, "a.b"));
+        assert!(!index.unsubscribe(1, "a.b"));
+        index.fan_out(&committed(&[event(4, "a.b")]));
+        assert!(received(&exact).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn delivery_checks_each_subscribers_own_policy() {
+        let mut index = LiveIndex::new(LIMITS);
+        let open = outbox(100);
+        let narrow = outbox(100);
+        let pattern = Pattern::parse("**").unwrap();
+        index.subscribe(
+            1,
+            &pattern,
+            open.clone(),
+            Arc::new(Policy::allow_all()),
+            None,
+        );
+        let policy = Arc::new(Policy::from_scope_str("subscribe:x.*").unwrap());
+        index.subscribe(2, &pattern, narrow.clone(), policy, None);
+        index.fan_out(&committed(&[event(1, "x.y"), event(2, "z")]));
+        assert_eq!(received(&open).await.len(), 2);
+        assert_eq!(received(&narrow).await, [("**".into(), "e1".into(), None)]);
+    }
+
+    #[tokio::test]
+    async fn overflow_closes_the_slow_subscriber_only() {
+        let mut index = LiveIndex::new(LIMITS);
+        let slow = outbox(2);
+        let fast = outbox(100);
+        let pattern = Pattern::parse("t").unwrap();
+        let policy = Arc::new(Policy::allow_all());
+        index.subscribe(1, &pattern, slow.clone(), policy.clone(), None);
+        index.subscribe(2, &pattern, fast.clone(), policy, None);
+        index.fan_out(&committed(&[event(1, "t"), event(2, "t"), event(3, "t")]));
+        assert_eq!(
+            received(&slow).await,
+            [("close".into(), "4009".into(), None)]
+        );
+        assert_eq!(received(&fast).await.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn snapshot_comes_first_then_held_live_events() {
+        let mut index = LiveIndex::new(LIMITS);
+        let out = outbox(100);
+        let pattern = Pattern::parse("s.*").unwrap();
+        index.subscribe(
+            1,
+            &pattern,
+            out.clone(),
+            Arc::new(Policy::allow_all()),
+            Some(5),
+        );
+        index.fan_out(&committed(&[event(6, "s.a")]));
+        assert!(received(&out).await.is_empty(), "held until the snapshot");
+        // The store may already see event 6; it is not part of the snapshot.
+        index.finish_snapshot(1, &pattern, &[event(2, "s.b"), event(6, "s.a")]);
+        assert_eq!(
+            received(&out).await,
+            [
+                ("s.*".into(), "e2".into(), Some(true)),
+                ("s.*".into(), "e6".into(), None)
+            ]
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! The hub's configuration: one typed struct with working defaults, readable
+//! from TOML (every field optional) and overridden by flags / environment in
+//! `main.rs`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use promhub_core::Policy;
+use serde::{Deserialize, Serialize};
+
+/// Everything the hub can be told. `HubConfig::default()` is a working
+/// development setup: listen on 127.0.0.1:8090, data in `./data`, every
+/// connection allowed everything (with a loud warning).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubConfig {
+    /// Address `main` binds; `run` takes an already bound listener.
+    pub listen: SocketAddr,
+    /// Folder of the embedded store.
+    pub data: PathBuf,
+    /// HTTP path of the WebSocket endpoint.
+    pub ws_path: String,
+    /// Largest text frame the protocol accepts; larger ones get
+    /// `ERR too_large` (up to [`HubConfig::hard_frame_limit`], beyond which
+    /// the socket is closed because the frame is not even read).
+    pub max_frame_bytes: usize,
+    /// Interval the hub announces in `OK`; the hub pings a connection that
+    /// was silent this long and drops one silent for three intervals.
+    pub heartbeat_ms: u64,
+    /// How long a publisher-chosen `opts.id` is remembered for
+    /// de-duplication.
+    pub dedup_window_ms: u64,
+    /// Bound on frames queued for one connection's live (ephemeral)
+    /// deliveries before it is closed with 4009.
+    pub ephemeral_buffer_frames: usize,
+    /// Bound on bytes queued for one connection before live deliveries
+    /// overflow it (4009).
+    pub ephemeral_buffer_bytes: usize,
+    /// Defaults of durable consumer groups (a SUBSCRIBE may override them).
+    pub groups: GroupDefaults,
+    /// Development mode policy, as space-separated scopes
+    /// (`publish:** subscribe:**`). Used while no token verifier is
+    /// configured; `None` means allow everything.
+    pub dev_scopes: Option<String>,
+    /// Bad frames tolerated within `bad_frame_window_ms` before the
+    /// connection is closed with 4008.
+    pub max_bad_frames: u32,
+    pub bad_frame_window_ms: u64,
+    /// How long shutdown waits for connections to close before giving up on
+    /// them.
+    pub shutdown_grace_ms: u64,
+    /// A token is still honoured this long after its `exp`.
+    pub auth_leeway_ms: u64,
+    /// `EXPIRING` is sent this long before a token's `exp`.
+    pub expiring_notice_ms: u64,
+    /// Subscriptions one connection may hold at once.
+    pub max_subscriptions_per_connection: usize,
+    /// Publishes of one connection waiting for their commit; more wait for
+    /// room (back-pressure on a client that does not wait for PUBACKs).
+    pub max_pending_publishes: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            data: PathBuf::from("./data"),
+            ws_path: "/ws".to_owned(),
+            max_frame_bytes: promhub_core::frames::DEFAULT_MAX_FRAME_BYTES,
+            heartbeat_ms: 15_000,
+            dedup_window_ms: 2 * 60 * 1000,
+            ephemeral_buffer_frames: 4096,
+            ephemeral_buffer_bytes: 4 * 1024 * 1024,
+            groups: GroupDefaults::default(),
+            dev_scopes: None,
+            max_bad_frames: 10,
+            bad_frame_window_ms: 60_000,
+            shutdown_grace_ms: 5_000,
+            auth_leeway_ms: 5_000,
+            expiring_notice_ms: 30_000,
+            max_subscriptions_per_connection: 1024,
+            max_pending_publishes: 4096,
+        }
+    }
+}
+
+impl HubConfig {
+    /// The largest frame the WebSocket layer reads at all. Frames between
+    /// `max_frame_bytes` and this get `ERR too_large` and the connection
+    /// lives on; larger ones are refused by the WebSocket codec, which
+    /// closes the connection (reading them just to refuse them would let a
+    /// client make the hub buffer arbitrary amounts).
+    pub fn hard_frame_limit(&self) -> usize {
+        self.max_frame_bytes
+            .saturating_mul(2)
+            .saturating_add(64 * 1024)
+    }
+
+    /// The development-mode policy: `dev_scopes` parsed, or allow-all.
+    pub fn dev_policy(&self) -> Result<Policy, promhub_core::AclError> {
+        match &self.dev_scopes {
+            Some(scopes) => Policy::from_scope_str(scopes),
+            None => Ok(Policy::allow_all()),
+        }
+    }
+
+    /// Checks values that would make the hub misbehave.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.ws_path.starts_with('/') {
+            return Err(format!("ws_path {:?} must start with '/'", self.ws_path));
+        }
+        if self.max_frame_bytes < 1024 {
+            return Err("max_frame_bytes must be at least 1024".to_owned());
+        }
+        if self.heartbeat_ms < 100 {
+            return Err("heartbeat_ms must be at least 100".to_owned());
+        }
+        if self.ephemeral_buffer_frames == 0 || self.ephemeral_buffer_bytes == 0 {
+            return Err("ephemeral buffer limits must be positive".to_owned());
+        }
+        if self.max_subscriptions_per_connection == 0 || self.max_pending_publishes == 0 {
+            return Err("per-connection limits must be positive".to_owned());
+        }
+        if self.max_bad_frames == 0 {
+            return Err("max_bad_frames must be positive".to_owned());
+        }
+        self.groups.validate()?;
+        self.dev_policy()
+            .map_err(|e| format!("dev_scopes is invalid: {e}"))?;
+        Ok(())
+    }
+}
+
+/// Defaults of durable consumer groups (semantics.md §4).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupDefaults {
+    pub ack_timeout_ms: u64,
+    pub max_deliver: u32,
+    pub max_inflight: u32,
+    /// Redelivery delay after a NACK without `delay_ms`:
+    /// `nack_backoff_base_ms * 2^(attempt-1)`, capped at `nack_backoff_max_ms`.
+    pub nack_backoff_base_ms: u64,
+    pub nack_backoff_max_ms: u64,
+    /// Most events one group holds in memory past its cursor (head-of-line
+    /// bound: a stuck first event stops delivery once this many later events
+    /// are done or pending).
+    pub window: usize,
+    /// How often cursor moves are made durable (ACKs have no answer, so a
+    /// few ms of delay is invisible to clients).
+    pub progress_flush_ms: u64,
+}
+
+impl Default for GroupDefaults {
+    fn default() -> Self {
+        GroupDefaults {
+            ack_timeout_ms: 30_000,
+            max_deliver: 5,
+            max_inflight: 100,
+            nack_backoff_base_ms: 200,
+            nack_backoff_max_ms: 60_000,
+            window: 10_000,
+            progress_flush_ms: 5,
+        }
+    }
+}
+
+/// Upper bounds on what a SUBSCRIBE may ask for.
+pub const MAX_INFLIGHT_LIMIT: u32 = 10_000;
+pub const MAX_ACK_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+pub const MAX_DELIVER_LIMIT: u32 = 1_000;
+
+impl GroupDefaults {
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=MAX_ACK_TIMEOUT_MS).contains(&self.ack_timeout_ms) {
+            return Err(format!(
+                "groups.ack_timeout_ms must be within 1..={MAX_ACK_TIMEOUT_MS}"
+            ));
+        }
+        if !(1..=MAX_DELIVER_LIMIT).contains(&self.max_deliver) {
+            return Err(format!(
+                "groups.max_deliver must be within 1..={MAX_DELIVER_LIMIT}"
+            ));
+        }
+        if !(1..=MAX_INFLIGHT_LIMIT).contains(&self.max_inflight) {
+            return Err(format!(
+                "groups.max_inflight must be within 1..={MAX_INFLIGHT_LIMIT}"
+            ));
+        }
+        if self.window < self.max_inflight as usize {
+            return Err("groups.window must be at least groups.max_inflight".to_owned());
+        }
+        if self.progress_flush_ms == 0 {
+            return Err("groups.progress_flush_ms must be positive".to_owned());
+        }
+        Ok(())
+    }
+
+    /// Redelivery delay after the `attempt`-th delivery was NACKed without
+    /// an explicit delay.
+    pub fn nack_backoff_ms(&self, attempt: u32) -> u64 {
+        let shift = attempt.saturating_sub(1).min(32);
+        self.nack_backoff_base_ms
+            .saturating_mul(1u64 << shift)
+            .min(self.nack_backoff_max_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_parse_from_empty_toml() {
+        HubConfig::default().validate().unwrap();
+        let parsed: HubConfig = toml::from_str("").unwrap();
+        assert_eq!(parsed.ws_path, "/ws");
+        assert_eq!(parsed.groups.max_deliver, 5);
+    }
+
+    #[test]
+    fn toml_overrides_nested_fields_and_refuses_unknown_ones() {
+        let parsed: HubConfig =
+            toml::from_str("heartbeat_ms = 500\n[groups]\nmax_inflight = 7\n").unwrap();
+        assert_eq!(parsed.heartbeat_ms, 500);
+        assert_eq!(parsed.groups.max_inflight, 7);
+        assert_eq!(parsed.groups.ack_timeout_ms, 30_000);
+        assert!(toml::from_str::<HubConfig>("heartbeat = 1").is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let groups = GroupDefaults::default();
+        assert_eq!(groups.nack_backoff_ms(1), 200);
+        assert_eq!(groups.nack_backoff_ms(2), 400);
+        assert_eq!(groups.nack_backoff_ms(100), 60_000);
+    }
+
+    #[test]
+    fn bad_dev_scopes_are_refused() {
+        let config = HubConfig {
+            dev_scopes: Some("publish".to_owned()),
+            ..HubConfig::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,722 @@
+//! One WebSocket connection: a reader that decodes and answers client
+//! frames, and a writer task that drains the connection's [`Outbox`] and
+//! flushes once per drain.
+//!
+//! Every frame is checked here — decoding, size, AUTH first, ACL — so the
+//! broker and the store only ever see valid requests. Bad input gets the
+//! spec's `ERR` and the connection lives on, until too many bad frames in a
+//! window close it with 4008.
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use promhub_core::frames::{
+    self, Auth, ClientFrame, DeliveryRef, ErrorFrame, Expiring, HubFrame, Nack, PROTOCOL_VERSION,
+    Ping, PubAck, Publish, Rid, StartFrom, Subscribe, Unsubscribe, Welcome, close,
+};
+use promhub_core::{ErrorCode, Policy};
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::authn::Authenticator;
+use crate::broker::{BrokerHandle, Command, ConnId, MemberOpts, SubscribeRequest};
+use crate::config::{HubConfig, MAX_ACK_TIMEOUT_MS, MAX_DELIVER_LIMIT, MAX_INFLIGHT_LIMIT};
+use crate::outbox::{CloseReason, Drained, Outbox, OutboxLimits};
+use crate::store::writer::StoreWriter;
+use crate::store::{Appended, GroupKey, NewEvent, StoreError};
+
+/// Largest seq a client may name (stores keep seqs as signed 64-bit).
+const MAX_SEQ: u64 = i64::MAX as u64;
+/// Longest `opts.id` accepted (it is stored and indexed).
+const MAX_EVENT_ID_BYTES: usize = 256;
+/// After the hub sent a close frame, how long it waits for the client's
+/// close before dropping the socket.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// The server name announced in `OK`.
+pub const SERVER_NAME: &str = concat!("promhub/", env!("CARGO_PKG_VERSION"));
+
+/// What every connection shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: Arc<HubConfig>,
+    pub authenticator: Arc<dyn Authenticator>,
+    pub writer: StoreWriter,
+    pub broker: BrokerHandle,
+    pub shutdown: watch::Receiver<bool>,
+    pub next_conn_id: AtomicU64,
+}
+
+impl Shared {
+    fn outbox_limits(&self) -> OutboxLimits {
+        OutboxLimits {
+            live_frames: self.config.ephemeral_buffer_frames,
+            live_bytes: self.config.ephemeral_buffer_bytes,
+        }
+    }
+}
+
+type PublishResult = (Option<Rid>, Result<Appended, StoreError>);
+type PendingPublish = Pin<Box<dyn Future<Output = PublishResult> + Send>>;
+
+/// Credentials of an authenticated connection.
+#[derive(Debug)]
+struct Session {
+    id: String,
+    policy: Arc<Policy>,
+    expires_at: Option<u64>,
+}
+
+/// Timer for the token's expiry: first `EXPIRING`, then the close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExpiryStep {
+    Warn,
+    Close,
+}
+
+struct Connection {
+    id: ConnId,
+    shared: Arc<Shared>,
+    outbox: Arc<Outbox>,
+    session: Option<Session>,
+    /// (pattern, group) of each subscription, to bound them and to skip the
+    /// broker for answers on connections without groups.
+    subscriptions: HashSet<(String, Option<String>)>,
+    /// True once the broker knows this connection.
+    registered: bool,
+    publishes: FuturesUnordered<PendingPublish>,
+    /// Times of recent bad frames (at most `max_bad_frames + 1`).
+    bad_frames: VecDeque<Instant>,
+    last_inbound: Instant,
+    expiry: Option<(Instant, ExpiryStep)>,
+}
+
+/// Serves one upgraded WebSocket until it closes.
+pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
+    let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let outbox = Arc::new(Outbox::new(shared.outbox_limits()));
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(write_loop(sink, Arc::clone(&outbox)));
+    let mut connection = Connection {
+        id,
+        shared,
+        outbox,
+        session: None,
+        subscriptions: HashSet::new(),
+        registered: false,
+        publishes: FuturesUnordered::new(),
+        bad_frames: VecDeque::new(),
+        last_inbound: Instant::now(),
+        expiry: None,
+    };
+    tracing::debug!(conn = id, "connection opened");
+    connection.read_loop(stream, writer).await;
+    if connection.registered {
+        connection
+            .shared
+            .broker
+            .send(Command::Disconnected { conn: id })
+            .await;
+    }
+    tracing::debug!(conn = id, "connection closed");
+}
+
+/// Sends what the outbox holds, one flush per drain; ends after sending a
+/// close frame or on a socket error.
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>) {
+    let mut batch = Vec::new();
+    loop {
+        match outbox.drain(&mut batch).await {
+            Drained::Frames => {
+                for message in batch.drain(..) {
+                    if sink.feed(message).await.is_err() {
+                        outbox.close(CloseReason::new(close::NORMAL, "socket error"));
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    outbox.close(CloseReason::new(close::NORMAL, "socket error"));
+                    return;
+                }
+                // Do not keep a burst's worth of capacity for an idle
+                // connection.
+                if batch.capacity() > 256 {
+                    batch.shrink_to(16);
+                }
+            }
+            Drained::Close(reason) => {
+                let frame = CloseFrame {
+                    code: reason.code,
+                    reason: reason.reason.into(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                return;
+            }
+        }
+    }
+}
+
+impl Connection {
+    fn config(&self) -> &HubConfig {
+        &self.shared.config
+    }
+
+    async fn read_loop(
+        &mut self,
+        mut stream: SplitStream<WebSocket>,
+        mut writer: tokio::task::JoinHandle<()>,
+    ) {
+        let heartbeat = Duration::from_millis(self.config().heartbeat_ms);
+        let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut shutdown_seen = *shutdown.borrow();
+        if shutdown_seen {
+            self.close(close::GOING_AWAY, "hub shutting down");
+        }
+        let mut writer_done = false;
+        let mut linger_until: Option<Instant> = None;
+        loop {
+            let expiry = self.expiry;
+            tokio::select! {
+                biased;
+                _ = &mut writer, if !writer_done => {
+                    // The close frame is out (or the socket failed): wait a
+                    // little for the client's close so that unread input
+                    // does not turn our FIN into a reset that could swallow
+                    // the close frame.
+                    writer_done = true;
+                    linger_until = Some(Instant::now() + CLOSE_LINGER);
+                }
+                () = sleep_until(linger_until), if linger_until.is_some() => break,
+                changed = shutdown.changed(), if !shutdown_seen => {
+                    shutdown_seen = true;
+                    if changed.is_ok() {
+                        self.close(close::GOING_AWAY, "hub shutting down");
+                    }
+                }
+                Some((rid, result)) = self.publishes.next(), if !self.publishes.is_empty() => {
+                    self.publish_done(rid, result);
+                }
+                message = stream.next() => match message {
+                    Some(Ok(message)) => {
+                        self.last_inbound = Instant::now();
+                        if !self.outbox.is_closing() {
+                            self.on_message(message).await;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(conn = self.id, error = %e, "websocket read failed");
+                        break;
+                    }
+                    None => break,
+                },
+                _ = ticker.tick() => self.heartbeat(heartbeat),
+                () = sleep_until(expiry.map(|(at, _)| at)), if expiry.is_some() => {
+                    self.on_expiry();
+                }
+            }
+        }
+        if !writer_done {
+            writer.abort();
+        }
+    }
+
+    fn heartbeat(&mut self, interval: Duration) {
+        let silent = self.last_inbound.elapsed();
+        if silent >= interval * 3 {
+            self.close(
+                close::GOING_AWAY,
+                "no traffic for three heartbeat intervals",
+            );
+        } else if silent >= interval {
+            // A WebSocket ping: every client library answers it, including
+            // ones that know nothing about protocol-level PING.
+            self.outbox.push_message(Message::Ping(Default::default()));
+        }
+    }
+
+    fn close(&self, code: u16, reason: &str) {
+        self.outbox.close(CloseReason::new(code, reason));
+    }
+
+    fn send(&self, frame: HubFrame) {
+        self.outbox.push(frames::encode(&frame));
+    }
+
+    fn send_error(&self, code: ErrorCode, msg: impl Into<String>, rid: Option<Rid>) {
+        self.send(HubFrame::Err(ErrorFrame::new(code, msg, rid)));
+    }
+
+    /// Answers a bad frame and counts it; too many in the window close the
+    /// connection with 4008.
+    fn bad_frame(&mut self, code: ErrorCode, msg: impl Into<String>, rid: Option<Rid>) {
+        self.send_error(code, msg, rid);
+        let now = Instant::now();
+        let window = Duration::from_millis(self.config().bad_frame_window_ms);
+        while self
+            .bad_frames
+            .front()
+            .is_some_and(|&at| now.duration_since(at) > window)
+        {
+            self.bad_frames.pop_front();
+        }
+        self.bad_frames.push_back(now);
+        if self.bad_frames.len() > self.config().max_bad_frames as usize {
+            tracing::info!(
+                conn = self.id,
+                "closing a connection that keeps sending bad frames"
+            );
+            self.close(close::PROTOCOL_VIOLATION, "too many malformed frames");
+        }
+    }
+
+    async fn on_message(&mut self, message: Message) {
+        // A client that sends requests without reading the answers waits
+        // here instead of growing its queue.
+        let limit = self.config().ephemeral_buffer_bytes * 2;
+        if self.outbox.queued_bytes() >= limit {
+            self.outbox.wait_below(limit).await;
+        }
+        match message {
+            Message::Text(text) => {
+                let max = self.config().max_frame_bytes;
+                if text.len() > max {
+                    self.bad_frame(
+                        ErrorCode::TooLarge,
+                        format!("frame is {} bytes; at most {max} are allowed", text.len()),
+                        None,
+                    );
+                    return;
+                }
+                match ClientFrame::decode(&text) {
+                    Ok(frame) => self.on_frame(frame).await,
+                    Err(e) => {
+                        let answer = e.to_error_frame();
+                        self.bad_frame(answer.code, answer.msg, answer.rid);
+                    }
+                }
+            }
+            Message::Binary(_) => self.bad_frame(
+                ErrorCode::BadRequest,
+                "binary frames are not supported; send JSON text frames",
+                None,
+            ),
+            // The WebSocket layer answers pings itself; pongs only prove
+            // the client is alive (`last_inbound`).
+            Message::Ping(_) | Message::Pong(_) => {}
+            Message::Close(_) => {}
+        }
+    }
+
+    async fn on_frame(&mut self, frame: ClientFrame) {
+        if let ClientFrame::Auth(auth) = frame {
+            self.auth(auth).await;
+            return;
+        }
+        let Some(policy) = self.session.as_ref().map(|s| Arc::clone(&s.policy)) else {
+            let rid = frame.rid().map(str::to_owned);
+            self.bad_frame(
+                ErrorCode::Unauthorized,
+                format!("{} before a successful AUTH", frame.op()),
+                rid,
+            );
+            return;
+        };
+        match frame {
+            ClientFrame::Auth(_) => {}
+            ClientFrame::Publish(publish) => self.publish(publish, &policy).await,
+            ClientFrame::Subscribe(subscribe) => self.subscribe(subscribe, policy).await,
+            ClientFrame::Unsubscribe(unsubscribe) => self.unsubscribe(unsubscribe).await,
+            ClientFrame::Ack(delivery) => {
+                if let Some((key, id)) = self.group_answer(delivery) {
+                    let conn = self.id;
+                    self.shared
+                        .broker
+                        .send(Command::Ack { conn, key, id })
+                        .await;
+                }
+            }
+            ClientFrame::Working(delivery) => {
+                if let Some((key, id)) = self.group_answer(delivery) {
+                    let conn = self.id;
+                    self.shared
+                        .broker
+                        .send(Command::Working { conn, key, id })
+                        .await;
+                }
+            }
+            ClientFrame::Nack(nack) => self.nack(nack).await,
+            ClientFrame::Ping(Ping { rid }) => {
+                // For a subscriber, PONG comes after every event committed
+                // before the PING was queued for it and every earlier
+                // ACK/NACK is durable: a client can use PING as a sync point.
+                if self.registered {
+                    self.shared.broker.barrier().await;
+                }
+                self.send(HubFrame::Pong(Ping { rid }));
+            }
+            ClientFrame::Pong(_) => {}
+        }
+    }
+
+    /// The group key of an ACK / WORKING for one of this connection's
+    /// groups; answers for ephemeral or unknown subscriptions are ignored.
+    fn group_answer(&self, delivery: DeliveryRef) -> Option<(GroupKey, String)> {
+        let group = delivery.group?;
+        let key = (
+            delivery.topic.as_str().to_owned(),
+            Some(group.as_str().to_owned()),
+        );
+        if !self.subscriptions.contains(&key) {
+            return None;
+        }
+        Some((GroupKey::new(&delivery.topic, &group), delivery.id))
+    }
+
+    async fn nack(&mut self, nack: Nack) {
+        let Some((key, id)) = self.group_answer(DeliveryRef {
+            topic: nack.topic,
+            group: nack.group,
+            id: nack.id,
+        }) else {
+            return;
+        };
+        let conn = self.id;
+        self.shared
+            .broker
+            .send(Command::Nack {
+                conn,
+                key,
+                id,
+                reason: nack.reason,
+                delay_ms: nack.delay_ms,
+                final_: nack.final_.unwrap_or(false),
+            })
+            .await;
+    }
+
+    // -----------------------------------------------------------------
+    // AUTH
+
+    async fn auth(&mut self, auth: Auth) {
+        let first = self.session.is_none();
+        if let Some(v) = auth.v
+            && v != PROTOCOL_VERSION
+        {
+            self.send_error(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "protocol version {v} is not supported; this hub speaks {PROTOCOL_VERSION}"
+                ),
+                None,
+            );
+            self.close(close::PROTOCOL_VIOLATION, "unsupported protocol version");
+            return;
+        }
+        let now = crate::clock::now_ms();
+        let granted = self
+            .shared
+            .authenticator
+            .authenticate(auth.token.as_deref(), now);
+        match granted {
+            Ok(granted) => {
+                let session_id = match &self.session {
+                    Some(session) => session.id.clone(),
+                    None => format!("s-{}", uuid::Uuid::now_v7().simple()),
+                };
+                if !first && self.registered {
+                    // Sent in line, so every later frame of this connection
+                    // is handled under the new policy.
+                    let (conn, policy) = (self.id, Arc::clone(&granted.policy));
+                    self.shared
+                        .broker
+                        .send(Command::PolicyChanged { conn, policy })
+                        .await;
+                }
+                self.expiry = granted.expires_at.map(|exp| self.expiry_timer(exp, now));
+                self.session = Some(Session {
+                    id: session_id.clone(),
+                    policy: granted.policy,
+                    expires_at: granted.expires_at,
+                });
+                tracing::debug!(conn = self.id, subject = ?granted.subject, "authenticated");
+                self.send(HubFrame::Ok(Welcome {
+                    v: PROTOCOL_VERSION,
+                    session: session_id,
+                    server: SERVER_NAME.to_owned(),
+                    heartbeat_ms: self.config().heartbeat_ms,
+                    expires_at: granted.expires_at,
+                }));
+            }
+            Err(failure) => {
+                self.send_error(failure.code, failure.msg, None);
+                if first {
+                    self.close(close::AUTH_FAILED, "authentication failed");
+                } else {
+                    self.close(close::FORBIDDEN, "re-authentication refused");
+                }
+            }
+        }
+    }
+
+    /// When to act on a token expiring at `exp` (ms since the epoch).
+    fn expiry_timer(&self, exp: u64, now: u64) -> (Instant, ExpiryStep) {
+        let notice_at = exp.saturating_sub(self.config().expiring_notice_ms);
+        let (at, step) = if notice_at > now {
+            (notice_at, ExpiryStep::Warn)
+        } else {
+            (
+                exp.saturating_add(self.config().auth_leeway_ms),
+                ExpiryStep::Close,
+            )
+        };
+        (instant_in(at.saturating_sub(now)), step)
+    }
+
+    fn on_expiry(&mut self) {
+        let Some((_, step)) = self.expiry.take() else {
+            return;
+        };
+        let Some(exp) = self.session.as_ref().and_then(|s| s.expires_at) else {
+            return;
+        };
+        match step {
+            ExpiryStep::Warn => {
+                self.send(HubFrame::Expiring(Expiring { expires_at: exp }));
+                let now = crate::clock::now_ms();
+                let close_at = exp.saturating_add(self.config().auth_leeway_ms);
+                self.expiry = Some((instant_in(close_at.saturating_sub(now)), ExpiryStep::Close));
+            }
+            ExpiryStep::Close => {
+                self.send_error(ErrorCode::TokenExpired, "the token expired", None);
+                self.close(close::AUTH_FAILED, "token expired");
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------
+    // PUBLISH
+
+    async fn publish(&mut self, publish: Publish, policy: &Policy) {
+        let Publish {
+            topic,
+            payload,
+            opts,
+            rid,
+        } = publish;
+        if !policy.may_publish(&topic) {
+            self.send_error(
+                ErrorCode::Forbidden,
+                format!("publishing to {topic} is not allowed"),
+                rid,
+            );
+            return;
+        }
+        let opts = opts.unwrap_or_default();
+        let (id, client_id) = match opts.id {
+            Some(id) => {
+                if id.is_empty()
+                    || id.len() > MAX_EVENT_ID_BYTES
+                    || id.chars().any(char::is_control)
+                {
+                    self.bad_frame(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "opts.id must be 1 to {MAX_EVENT_ID_BYTES} bytes without control characters"
+                        ),
+                        rid,
+                    );
+                    return;
+                }
+                (id, true)
+            }
+            None => (uuid::Uuid::now_v7().to_string(), false),
+        };
+        let event = NewEvent {
+            id,
+            client_id,
+            topic,
+            ts: opts.ts.unwrap_or_else(crate::clock::now_ms),
+            key: opts.key,
+            payload,
+            headers: opts.headers,
+            tags: opts.tags,
+            caused_by: opts.caused_by,
+            sid: opts.sid,
+        };
+        // Bound the commits one connection waits for.
+        while self.publishes.len() >= self.config().max_pending_publishes {
+            if let Some((rid, result)) = self.publishes.next().await {
+                self.publish_done(rid, result);
+            }
+        }
+        let writer = self.shared.writer.clone();
+        self.publishes
+            .push(Box::pin(async move { (rid, writer.append(event).await) }));
+    }
+
+    /// PUBACK (only when the client gave a `rid`) once durable, ERR if the
+    /// store failed.
+    fn publish_done(&mut self, rid: Option<Rid>, result: Result<Appended, StoreError>) {
+        match result {
+            Ok(appended) => {
+                let Some(rid) = rid else { return };
+                let ack = match appended {
+                    Appended::Stored(event) => PubAck {
+                        rid,
+                        id: event.id,
+                        seq: event.seq,
+                        duplicate: false,
+                    },
+                    Appended::Duplicate { id, seq } => PubAck {
+                        rid,
+                        id,
+                        seq,
+                        duplicate: true,
+                    },
+                };
+                self.send(HubFrame::Puback(ack));
+            }
+            Err(e) => {
+                tracing::warn!(conn = self.id, error = %e, "publish failed");
+                self.send_error(
+                    ErrorCode::Internal,
+                    "the event could not be stored; publish it again",
+                    rid,
+                );
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------
+    // SUBSCRIBE / UNSUBSCRIBE
+
+    async fn subscribe(&mut self, subscribe: Subscribe, policy: Arc<Policy>) {
+        let Subscribe {
+            topic,
+            group,
+            opts,
+            rid,
+        } = subscribe;
+        if !policy.may_subscribe(&topic, group.as_ref().map(|g| g.as_str())) {
+            let what = match &group {
+                Some(group) => format!("subscribing to {topic} as group {group} is not allowed"),
+                None => format!("subscribing to {topic} is not allowed"),
+            };
+            self.send_error(ErrorCode::Forbidden, what, rid);
+            return;
+        }
+        let opts = opts.unwrap_or_default();
+        let defaults = &self.config().groups;
+        let member = MemberOpts {
+            max_inflight: opts.max_inflight.unwrap_or(defaults.max_inflight),
+            ack_timeout_ms: opts.ack_timeout_ms.unwrap_or(defaults.ack_timeout_ms),
+            max_deliver: opts.max_deliver.unwrap_or(defaults.max_deliver),
+        };
+        let problem = if !(1..=MAX_INFLIGHT_LIMIT).contains(&member.max_inflight) {
+            Some(format!(
+                "opts.max_inflight must be within 1..={MAX_INFLIGHT_LIMIT}"
+            ))
+        } else if !(1..=MAX_ACK_TIMEOUT_MS).contains(&member.ack_timeout_ms) {
+            Some(format!(
+                "opts.ack_timeout_ms must be within 1..={MAX_ACK_TIMEOUT_MS}"
+            ))
+        } else if !(1..=MAX_DELIVER_LIMIT).contains(&member.max_deliver) {
+            Some(format!(
+                "opts.max_deliver must be within 1..={MAX_DELIVER_LIMIT}"
+            ))
+        } else if matches!(opts.from, Some(StartFrom::Seq(seq)) if seq > MAX_SEQ) {
+            Some(format!("opts.from must be at most {MAX_SEQ}"))
+        } else if group.is_some() && opts.snapshot == Some(true) {
+            Some("opts.snapshot is only for subscriptions without a group".to_owned())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            self.bad_frame(ErrorCode::BadRequest, problem, rid);
+            return;
+        }
+        let key = (
+            topic.as_str().to_owned(),
+            group.as_ref().map(|g| g.as_str().to_owned()),
+        );
+        if !self.subscriptions.contains(&key)
+            && self.subscriptions.len() >= self.config().max_subscriptions_per_connection
+        {
+            self.send_error(
+                ErrorCode::BadRequest,
+                format!(
+                    "at most {} subscriptions per connection",
+                    self.config().max_subscriptions_per_connection
+                ),
+                rid,
+            );
+            return;
+        }
+        self.subscriptions.insert(key);
+        self.registered = true;
+        let (registered, is_registered) = tokio::sync::oneshot::channel();
+        let request = SubscribeRequest {
+            conn: self.id,
+            outbox: Arc::clone(&self.outbox),
+            policy,
+            pattern: topic,
+            group,
+            opts: member,
+            from: opts.from.unwrap_or(StartFrom::Latest),
+            snapshot: opts.snapshot.unwrap_or(false),
+            rid,
+            registered: Some(registered),
+        };
+        if self.shared.broker.send(Command::Subscribe(request)).await {
+            let _ = is_registered.await;
+        }
+    }
+
+    async fn unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let Unsubscribe { topic, group, rid } = unsubscribe;
+        let key = (
+            topic.as_str().to_owned(),
+            group.as_ref().map(|g| g.as_str().to_owned()),
+        );
+        self.subscriptions.remove(&key);
+        if !self.registered {
+            if rid.is_some() {
+                self.send(HubFrame::Unsuback(frames::UnsubAck { rid, topic, group }));
+            }
+            return;
+        }
+        let conn = self.id;
+        let outbox = Arc::clone(&self.outbox);
+        self.shared
+            .broker
+            .send(Command::Unsubscribe {
+                conn,
+                outbox,
+                pattern: topic,
+                group,
+                rid,
+            })
+            .await;
+    }
+}
+
+/// `ms` from now, capped at a year (a token's `exp` may be absurd).
+fn instant_in(ms: u64) -> Instant {
+    const YEAR_MS: u64 = 365 * 24 * 60 * 60 * 1000;
+    Instant::now() + Duration::from_millis(ms.min(YEAR_MS))
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,227 @@
+//! Wiring: store → writer → broker → gateway, and an orderly shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::authn::{Authenticator, DevAuthenticator};
+use crate::broker::{self, BrokerSetup, HoldLimits};
+use crate::config::HubConfig;
+use crate::connection::{self, Shared};
+use crate::error::HubError;
+use crate::store::Store;
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::writer::StoreWriter;
+
+/// WebSocket read buffer per connection: small, because idle connections
+/// are the common case (a frame larger than this is read in several steps).
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Frames are written to the socket once this much is buffered, or on
+/// flush (once per outbox drain).
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Optional parts of a hub; `None` means the default (SQLite in
+/// `config.data`, development-mode authentication from the config).
+#[derive(Debug, Default)]
+pub struct HubParts {
+    pub store: Option<Arc<dyn Store>>,
+    pub authenticator: Option<Arc<dyn Authenticator>>,
+}
+
+/// Runs a hub on `listener` with the default parts until `shutdown`
+/// resolves, then closes every connection with 1001 and flushes the store.
+pub async fn run(
+    listener: TcpListener,
+    config: HubConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HubError> {
+    run_with(listener, config, HubParts::default(), shutdown).await
+}
+
+/// [`run`] with a chosen store and/or authenticator.
+pub async fn run_with(
+    listener: TcpListener,
+    config: HubConfig,
+    parts: HubParts,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HubError> {
+    config.validate().map_err(HubError::Config)?;
+    let config = Arc::new(config);
+    let authenticator = match parts.authenticator {
+        Some(authenticator) => authenticator,
+        None => {
+            let policy = config
+                .dev_policy()
+                .map_err(|e| HubError::Config(e.to_string()))?;
+            Arc::new(DevAuthenticator::new(policy)) as Arc<dyn Authenticator>
+        }
+    };
+    if authenticator.is_development() {
+        tracing::warn!(
+            scopes = config
+                .dev_scopes
+                .as_deref()
+                .unwrap_or("publish:** subscribe:** (allow all)"),
+            "DEVELOPMENT MODE: no token verifier is configured, every connection gets \
+             the development policy whatever token it sends. Do not expose this hub."
+        );
+    }
+    let store = match parts.store {
+        Some(store) => store,
+        None => open_sqlite(&config).await?,
+    };
+    let head = store.last_seq().await?;
+    let (writer, committed) = StoreWriter::new(Arc::clone(&store));
+    let (broker, broker_task) = broker::spawn(BrokerSetup {
+        store: Arc::clone(&store),
+        writer: writer.clone(),
+        committed,
+        defaults: Arc::new(config.groups.clone()),
+        hold_limits: HoldLimits {
+            frames: config.ephemeral_buffer_frames,
+            bytes: config.ephemeral_buffer_bytes,
+        },
+        head,
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let tracker = Arc::new(ConnectionTracker::default());
+    let shared = Arc::new(Shared {
+        config: Arc::clone(&config),
+        authenticator,
+        writer,
+        broker: broker.clone(),
+        shutdown: shutdown_rx.clone(),
+        next_conn_id: AtomicU64::new(1),
+    });
+    let app = Router::new()
+        .route(&config.ws_path, get(upgrade))
+        .with_state(GatewayState {
+            shared,
+            tracker: Arc::clone(&tracker),
+        });
+    let listener = listener.tap_io(|tcp| {
+        // Frames are small and latency matters; batching happens in the
+        // outbox, not in Nagle's algorithm.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let stop_accepting = {
+        let shutdown_tx = shutdown_tx.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing connections");
+            let _ = shutdown_tx.send(true);
+        }
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop_accepting)
+        .await?;
+
+    // Connections were told to close with 1001; give them a moment.
+    let _ = shutdown_tx.send(true);
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    if tokio::time::timeout(grace, tracker.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = tracker.open.load(Ordering::Relaxed),
+            "connections still open after the shutdown grace period"
+        );
+    }
+    // Cursor moves and dead letters still in memory become durable.
+    if tokio::time::timeout(grace, broker.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the broker did not finish its last flush in time");
+    }
+    drop(broker);
+    broker_task.abort();
+    store.close().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn open_sqlite(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> {
+    let dir = config.data.clone();
+    let options = SqliteOptions {
+        dedup_window: Duration::from_millis(config.dedup_window_ms),
+        ..SqliteOptions::default()
+    };
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, options))
+        .await
+        .map_err(|e| HubError::Config(format!("opening the store panicked: {e}")))??;
+    tracing::info!(path = %store.path().display(), "store opened");
+    Ok(Arc::new(store))
+}
+
+#[derive(Debug, Clone)]
+struct GatewayState {
+    shared: Arc<Shared>,
+    tracker: Arc<ConnectionTracker>,
+}
+
+async fn upgrade(State(state): State<GatewayState>, ws: WebSocketUpgrade) -> Response {
+    if *state.shared.shutdown.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "hub shutting down").into_response();
+    }
+    let config = &state.shared.config;
+    let guard = state.tracker.enter();
+    let shared = Arc::clone(&state.shared);
+    ws.read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_message_size(config.hard_frame_limit())
+        .max_frame_size(config.hard_frame_limit())
+        .on_upgrade(move |socket| async move {
+            connection::serve(socket, shared).await;
+            drop(guard);
+        })
+}
+
+/// Counts open connections so shutdown can wait for them.
+#[derive(Debug, Default)]
+struct ConnectionTracker {
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+struct TrackerGuard(Arc<ConnectionTracker>);
+
+impl ConnectionTracker {
+    fn enter(self: &Arc<Self>) -> TrackerGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        TrackerGuard(Arc::clone(self))
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for TrackerGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}

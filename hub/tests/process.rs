@@ -1,0 +1,243 @@
+//! The real `promhub` binary as a subprocess: the `listening on` line, flags
+//! from the environment, SIGKILL after PUBACKs (nothing acknowledged is
+//! lost, groups resume after their last ACK) and SIGTERM (close 1001).
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::Client;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+struct HubProcess {
+    child: Child,
+    url: String,
+}
+
+impl HubProcess {
+    async fn spawn(data: &Path, envs: &[(&str, &str)], args: &[&str]) -> HubProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_promhub"));
+        command
+            .arg("serve")
+            .args(args)
+            .env("PROMHUB_DATA", data)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn promhub");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("no output from promhub")
+            .expect("reading stdout")
+            .expect("promhub exited before printing");
+        let url = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("first line is {first:?}"))
+            .to_owned();
+        assert!(url.starts_with("ws://127.0.0.1:"), "{url}");
+        HubProcess { child, url }
+    }
+
+    async fn client(&self) -> Client {
+        let mut client = Client::connect(&self.url).await;
+        client.auth().await;
+        client
+    }
+
+    async fn kill9(mut self) {
+        // `Child::kill` sends SIGKILL: no shutdown code runs.
+        self.child.kill().await.expect("kill");
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+}
+
+#[tokio::test]
+async fn kill_9_after_pubacks_loses_nothing_and_groups_resume_after_their_last_ack() {
+    let dir = common::data_dir();
+    let args = ["--listen", "127.0.0.1:0"];
+    let hub = HubProcess::spawn(dir.path(), &[], &args).await;
+    assert!(hub.url.ends_with("/ws"), "default path: {}", hub.url);
+
+    let mut worker = hub.client().await;
+    let suback = worker
+        .subscribe("orders.*", Some("fulfil"), json!({"from": "earliest"}))
+        .await;
+    assert_eq!(suback["op"], "SUBACK");
+
+    // A burst of publishes in flight at once, then a few one by one.
+    let mut publisher = hub.client().await;
+    let burst = 300;
+    for i in 0..burst {
+        publisher
+            .send_json(
+                json!({"op": "PUBLISH", "topic": "orders.new", "payload": {"i": i},
+                "opts": {"key": format!("o{i}")}, "rid": format!("p{i}")}),
+            )
+            .await;
+    }
+    let mut acked = vec![String::new(); burst];
+    for _ in 0..burst {
+        let ack = publisher.recv_json().await;
+        assert_eq!(ack["op"], "PUBACK", "{ack}");
+        let index: usize = ack["rid"].as_str().unwrap()[1..].parse().unwrap();
+        acked[index] = ack["id"].as_str().unwrap().to_owned();
+    }
+
+    // The worker handles the first 10 events (ACKs), and holds 5 more.
+    let mut handled = Vec::new();
+    for _ in 0..15 {
+        let event = worker.recv_event().await;
+        handled.push(event);
+    }
+    for event in &handled[..10] {
+        worker.ack(event).await;
+    }
+    // PONG once the ACKs are durable.
+    worker.ping().await;
+    let last_acked_seq = handled[9]["event"]["seq"].as_u64().unwrap();
+
+    hub.kill9().await;
+
+    let hub = HubProcess::spawn(dir.path(), &[], &args).await;
+    let mut worker = hub.client().await;
+    let suback = worker
+        .subscribe("orders.*", Some("fulfil"), json!(null))
+        .await;
+    assert_eq!(suback["from_seq"], last_acked_seq + 1);
+    let resumed = worker.recv_event().await;
+    assert_eq!(resumed["event"]["id"], handled[10]["event"]["id"]);
+    assert_eq!(resumed["event"]["seq"], last_acked_seq + 1);
+
+    // Every acknowledged publish is in the store, in order.
+    let mut auditor = hub.client().await;
+    auditor
+        .subscribe(
+            "orders.*",
+            Some("audit"),
+            json!({"from": "earliest", "max_inflight": 1000}),
+        )
+        .await;
+    let mut stored = Vec::new();
+    for _ in 0..burst {
+        let event = auditor.recv_event().await;
+        stored.push(event["event"]["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(stored, acked);
+    hub.kill9().await;
+}
+
+#[tokio::test]
+async fn sigterm_closes_connections_with_1001_and_exits_cleanly() {
+    let dir = common::data_dir();
+    // Flags from the environment: PROMHUB_LISTEN instead of --listen.
+    let mut hub = HubProcess::spawn(dir.path(), &[("PROMHUB_LISTEN", "127.0.0.1:0")], &[]).await;
+    let mut client = hub.client().await;
+    let ack = client.publish("t", json!(1), json!(null)).await;
+    assert_eq!(ack["op"], "PUBACK");
+    let status = Command::new("kill")
+        .args(["-TERM", &hub.pid().to_string()])
+        .status()
+        .await
+        .expect("kill -TERM");
+    assert!(status.success());
+    let closed = client.expect_close(0).await;
+    assert_eq!(closed.code, 1001, "{closed:?}");
+    drop(client);
+    let exit = tokio::time::timeout(Duration::from_secs(30), hub.child.wait())
+        .await
+        .expect("hub did not exit")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test]
+async fn dev_scopes_flag_sets_the_development_policy() {
+    let dir = common::data_dir();
+    let hub = HubProcess::spawn(
+        dir.path(),
+        &[],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--dev-scopes",
+            "publish:a.* subscribe:**",
+        ],
+    )
+    .await;
+    let mut client = hub.client().await;
+    assert_eq!(
+        client.publish("a.b", json!(1), json!(null)).await["op"],
+        "PUBACK"
+    );
+    assert_eq!(
+        client.publish("b.c", json!(1), json!(null)).await["code"],
+        "forbidden"
+    );
+    hub.kill9().await;
+}
+
+#[tokio::test]
+async fn invalid_configuration_exits_with_an_error() {
+    let dir = common::data_dir();
+    let output = Command::new(env!("CARGO_BIN_EXE_promhub"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--dev-scopes",
+            "nonsense",
+        ])
+        .env("PROMHUB_DATA", dir.path())
+        .output()
+        .await
+        .expect("run promhub");
+    assert!(!output.status.success());
+    assert!(
+        output.stdout.is_empty(),
+        "nothing on stdout when not listening"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("dev_scopes"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_toml_config_file_is_read_and_flags_win_over_it() {
+    let dir = common::data_dir();
+    let config = dir.path().join("promhub.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\nws_path = \"/events\"\nheartbeat_ms = 1234\n[groups]\nmax_deliver = 2\n",
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap();
+    let hub = HubProcess::spawn(dir.path(), &[], &["--config", config_arg]).await;
+    assert!(hub.url.ends_with("/events"), "{}", hub.url);
+    let mut client = Client::connect(&hub.url).await;
+    assert_eq!(client.auth().await["heartbeat_ms"], 1234);
+    hub.kill9().await;
+
+    let hub = HubProcess::spawn(
+        dir.path(),
+        &[("PROMHUB_HEARTBEAT_MS", "999")],
+        &["--config", config_arg, "--ws-path", "/flag"],
+    )
+    .await;
+    assert!(hub.url.ends_with("/flag"), "{}", hub.url);
+    let mut client = Client::connect(&hub.url).await;
+    assert_eq!(client.auth().await["heartbeat_ms"], 999);
+    hub.kill9().await;
+}

@@ -1,0 +1,26 @@
+//! Any text received from a hub: decoding never panics, and whatever
+//! decodes round-trips through encode to an equal frame.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use promhub_core::HubFrame;
+use promhub_core::frames::DecodeErrorKind;
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    match HubFrame::decode(&text) {
+        Ok(frame) => {
+            let encoded = frame.encode();
+            let again = HubFrame::decode(&encoded)
+                .unwrap_or_else(|e| panic!("re-encoded frame {encoded} does not decode: {e}"));
+            assert_eq!(again, frame, "round trip changed the frame");
+            assert_eq!(again.encode(), encoded, "encoding is not stable");
+        }
+        Err(e) => {
+            if e.kind == DecodeErrorKind::Malformed {
+                assert_eq!(e.rid, None, "a malformed frame has no readable rid");
+            }
+            assert!(!e.to_error_frame().msg.is_empty());
+        }
+    }
+});
