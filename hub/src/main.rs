@@ -62,6 +62,10 @@ struct ServeArgs {
     /// De-duplication window for `opts.id`, in ms [default: 120000]
     #[arg(long, env = "PROMHUB_DEDUP_WINDOW_MS")]
     dedup_window_ms: Option<u64>,
+    /// Serve the static files of this folder at `/` (e.g. www/dist, the
+    /// process.state page) [default: none]
+    #[arg(long, env = "PROMHUB_WWW")]
+    www: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -96,6 +100,9 @@ impl ServeArgs {
         }
         if let Some(ms) = self.dedup_window_ms {
             config.dedup_window_ms = ms;
+        }
+        if let Some(dir) = self.www {
+            config.www = Some(dir);
         }
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)
