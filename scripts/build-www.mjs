@@ -11,7 +11,9 @@ import { ROOT, ensureNodeModules, npmBin, run, step, workspaceVersion } from "./
 const WWW = join(ROOT, "www");
 
 function main() {
-  run(process.execPath, [join(ROOT, "scripts", "build-sdk.mjs"), "--pack"]);
+  // The page works whatever the bundle weighs; `npm run build:sdk` is
+  // where the budget fails the build.
+  run(process.execPath, [join(ROOT, "scripts", "build-sdk.mjs"), "--pack", "--warn-budget"]);
   ensureNodeModules();
   if (!existsSync(join(WWW, "node_modules", "vite", "package.json"))) {
     step("npm ci (www)");

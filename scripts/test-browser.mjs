@@ -32,7 +32,7 @@ function main() {
       run(process.execPath, [join(ROOT, "scripts", "build-www.mjs")]);
     } else {
       step("build the SDK package");
-      run(process.execPath, [join(ROOT, "scripts", "build-sdk.mjs")]);
+      run(process.execPath, [join(ROOT, "scripts", "build-sdk.mjs"), "--warn-budget"]);
     }
   }
   const targets = files.length > 0 ? files : ["sdk-wasm/tests/browser/", "www/tests/"];
