@@ -22,7 +22,9 @@ step "build sdk-core for wasm32"
 cargo build -p promhub-core --target wasm32-unknown-unknown --locked
 
 step "fuzz targets compile (run them with scripts/fuzz.sh)"
-cargo clippy --manifest-path sdk-core/fuzz/Cargo.toml --all-targets --locked -- -D warnings
+for fuzz_crate in sdk-core/fuzz hub/fuzz; do
+  cargo clippy --manifest-path "$fuzz_crate/Cargo.toml" --all-targets --locked -- -D warnings
+done
 
 step "tests"
 cargo test --workspace --locked

@@ -1,48 +1,37 @@
-//! Authentication of `AUTH` frames behind a small interface, so that the
-//! development-mode authenticator here and a JWT verifier are
-//! interchangeable.
+//! Authentication of `AUTH` frames behind one small interface with two
+//! implementations: [`DevAuthenticator`] (development mode: the configured
+//! policy for everyone) and the JWT [`Verifier`](crate::auth::Verifier).
+//!
+//! The result types are the verifier's ([`Authenticated`], [`AuthFailure`]),
+//! so there is one of each in the hub.
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use promhub_core::Policy;
 use promhub_core::frames::Millis;
-use promhub_core::{ErrorCode, Policy};
 
-/// A successful authentication: what the connection may do, and until when.
-#[derive(Debug, Clone)]
-pub struct Authenticated {
-    pub policy: Arc<Policy>,
-    /// Token expiry in ms since the epoch; `None` for credentials that do
-    /// not expire.
-    pub expires_at: Option<Millis>,
-    /// Who the token names (`sub`), for logs.
-    pub subject: Option<String>,
-}
-
-/// A refused authentication: the `ERR` code and a message safe to show the
-/// client (never a secret).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {msg}")]
-pub struct AuthFailure {
-    pub code: ErrorCode,
-    pub msg: String,
-}
-
-impl AuthFailure {
-    pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
-        AuthFailure {
-            code,
-            msg: msg.into(),
-        }
-    }
-}
+use crate::auth::Verifier;
+pub use crate::auth::{AuthFailure, Authenticated};
 
 /// Turns the token of an `AUTH` frame into a connection's permissions.
+///
+/// Async because verifying may have to (re)load signing keys (a JWKS refetch
+/// on an unknown `kid`).
+#[async_trait]
 pub trait Authenticator: Send + Sync + std::fmt::Debug + 'static {
-    fn authenticate(
+    async fn authenticate(
         &self,
         token: Option<&str>,
         now_ms: Millis,
     ) -> Result<Authenticated, AuthFailure>;
+
+    /// How long after `expires_at` a token is still honoured. The gateway
+    /// closes a connection at `expires_at + leeway_ms()`, the same allowance
+    /// the authenticator applied when it accepted the token.
+    fn leeway_ms(&self) -> u64 {
+        0
+    }
 
     /// True when no real verification happens (development mode); the hub
     /// warns loudly at start.
@@ -66,8 +55,9 @@ impl DevAuthenticator {
     }
 }
 
+#[async_trait]
 impl Authenticator for DevAuthenticator {
-    fn authenticate(
+    async fn authenticate(
         &self,
         _token: Option<&str>,
         _now_ms: Millis,
@@ -86,20 +76,54 @@ impl Authenticator for DevAuthenticator {
     }
 }
 
+/// JWT mode: each connection's policy comes from its own verified token.
+#[async_trait]
+impl Authenticator for Verifier {
+    async fn authenticate(
+        &self,
+        token: Option<&str>,
+        now_ms: Millis,
+    ) -> Result<Authenticated, AuthFailure> {
+        self.verify(token, now_ms).await
+    }
+
+    fn leeway_ms(&self) -> u64 {
+        Verifier::leeway_ms(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use promhub_core::Topic;
+    use crate::auth::{AuthConfig, Secret};
+    use promhub_core::{ErrorCode, Topic};
 
-    #[test]
-    fn dev_mode_gives_every_token_the_configured_policy() {
+    #[tokio::test]
+    async fn dev_mode_gives_every_token_the_configured_policy() {
         let auth = DevAuthenticator::new(Policy::from_scope_str("publish:a.*").unwrap());
         for token in [None, Some("anything"), Some("")] {
-            let granted = auth.authenticate(token, 0).unwrap();
+            let granted = auth.authenticate(token, 0).await.unwrap();
             assert!(granted.policy.may_publish(&Topic::parse("a.b").unwrap()));
             assert!(!granted.policy.may_publish(&Topic::parse("b").unwrap()));
             assert_eq!(granted.expires_at, None);
         }
         assert!(auth.is_development());
+        assert_eq!(auth.leeway_ms(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_verifier_is_an_authenticator_with_its_own_leeway() {
+        let config = AuthConfig {
+            jwt_secret: Some(Secret::new("0123456789abcdef0123456789abcdef")),
+            jwt_leeway_secs: 7,
+            ..AuthConfig::default()
+        };
+        let verifier: Arc<dyn Authenticator> = Arc::new(Verifier::from_config(&config).unwrap());
+        assert!(!verifier.is_development());
+        assert_eq!(verifier.leeway_ms(), 7000);
+        let refused = verifier.authenticate(Some("not.a.jwt"), 0).await;
+        assert_eq!(refused.unwrap_err().code, ErrorCode::JwtInvalid);
+        let missing = verifier.authenticate(None, 0).await;
+        assert_eq!(missing.unwrap_err().code, ErrorCode::NoToken);
     }
 }

@@ -8,10 +8,15 @@ use std::path::PathBuf;
 use promhub_core::Policy;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthConfig;
+
 /// Everything the hub can be told. `HubConfig::default()` is a working
 /// development setup: listen on 127.0.0.1:8090, data in `./data`, every
 /// connection allowed everything (with a loud warning).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// Deserialize only: the `[auth]` table may hold a secret, and nothing needs
+/// the configuration written back out.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HubConfig {
     /// Address `main` binds; `run` takes an already bound listener.
@@ -38,8 +43,11 @@ pub struct HubConfig {
     pub ephemeral_buffer_bytes: usize,
     /// Defaults of durable consumer groups (a SUBSCRIBE may override them).
     pub groups: GroupDefaults,
+    /// Token verification (TOML table `[auth]`). Nothing configured means
+    /// development mode.
+    pub auth: AuthConfig,
     /// Development mode policy, as space-separated scopes
-    /// (`publish:** subscribe:**`). Used while no token verifier is
+    /// (`publish:** subscribe:**`). Only valid while no token verifier is
     /// configured; `None` means allow everything.
     pub dev_scopes: Option<String>,
     /// A folder of static files served at `/` (e.g. the built
@@ -53,9 +61,9 @@ pub struct HubConfig {
     /// How long shutdown waits for connections to close before giving up on
     /// them.
     pub shutdown_grace_ms: u64,
-    /// A token is still honoured this long after its `exp`.
-    pub auth_leeway_ms: u64,
-    /// `EXPIRING` is sent this long before a token's `exp`.
+    /// `EXPIRING` is sent this long before a token's `exp` (at once when a
+    /// token arrives with less time left). The close comes at `exp` plus the
+    /// authenticator's leeway (`auth.jwt_leeway_secs`).
     pub expiring_notice_ms: u64,
     /// Subscriptions one connection may hold at once.
     pub max_subscriptions_per_connection: usize,
@@ -76,12 +84,12 @@ impl Default for HubConfig {
             ephemeral_buffer_frames: 4096,
             ephemeral_buffer_bytes: 4 * 1024 * 1024,
             groups: GroupDefaults::default(),
+            auth: AuthConfig::default(),
             dev_scopes: None,
             www: None,
             max_bad_frames: 10,
             bad_frame_window_ms: 60_000,
             shutdown_grace_ms: 5_000,
-            auth_leeway_ms: 5_000,
             expiring_notice_ms: 30_000,
             max_subscriptions_per_connection: 1024,
             max_pending_publishes: 4096,
@@ -135,8 +143,22 @@ impl HubConfig {
             return Err(format!("www {} is not a directory", dir.display()));
         }
         self.groups.validate()?;
-        self.dev_policy()
-            .map_err(|e| format!("dev_scopes is invalid: {e}"))?;
+        if self.auth.is_dev_mode() {
+            self.dev_policy()
+                .map_err(|e| format!("dev_scopes is invalid: {e}"))?;
+        } else {
+            if self.dev_scopes.is_some() {
+                // Refused rather than ignored: someone who set both expects
+                // one of them to apply, and silently picking one would
+                // either drop the token checks or the intended policy.
+                return Err(
+                    "dev_scopes (--dev-scopes) only applies in development mode; \
+                     remove it, or remove the JWT settings (jwt_secret, jwks_url, jwks_file)"
+                        .to_owned(),
+                );
+            }
+            self.auth.validate().map_err(|e| e.to_string())?;
+        }
         Ok(())
     }
 }
@@ -244,6 +266,33 @@ mod tests {
         assert_eq!(groups.nack_backoff_ms(1), 200);
         assert_eq!(groups.nack_backoff_ms(2), 400);
         assert_eq!(groups.nack_backoff_ms(100), 60_000);
+    }
+
+    #[test]
+    fn auth_is_its_own_table_and_dev_scopes_need_dev_mode() {
+        let parsed: HubConfig = toml::from_str(
+            "[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef\"\njwt_leeway_secs = 2\n",
+        )
+        .unwrap();
+        assert!(!parsed.auth.is_dev_mode());
+        assert_eq!(parsed.auth.jwt_leeway_secs, 2);
+        parsed.validate().unwrap();
+        // Auth settings belong in [auth], not at the top level.
+        assert!(toml::from_str::<HubConfig>("jwt_secret = \"x\"").is_err());
+        assert!(toml::from_str::<HubConfig>("[auth]\njwt_secrett = \"x\"").is_err());
+
+        let both = HubConfig {
+            dev_scopes: Some("publish:**".to_owned()),
+            ..parsed.clone()
+        };
+        let err = both.validate().unwrap_err();
+        assert!(err.contains("development mode"), "{err}");
+
+        let mut short = parsed;
+        short.auth.jwt_secret = Some(crate::auth::Secret::new("short"));
+        let err = short.validate().unwrap_err();
+        assert!(err.contains("at least 32"), "{err}");
+        assert!(!err.contains("short"), "{err}");
     }
 
     #[test]

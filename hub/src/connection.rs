@@ -291,7 +291,9 @@ impl Connection {
                     self.bad_frame(
                         ErrorCode::TooLarge,
                         format!("frame is {} bytes; at most {max} are allowed", text.len()),
-                        None,
+                        // The codec already bounds the text (hard_frame_limit),
+                        // so reading its rid costs bounded work.
+                        frames::peek_rid(&text),
                     );
                     return;
                 }
@@ -424,7 +426,8 @@ impl Connection {
         let granted = self
             .shared
             .authenticator
-            .authenticate(auth.token.as_deref(), now);
+            .authenticate(auth.token.as_deref(), now)
+            .await;
         match granted {
             Ok(granted) => {
                 let session_id = match &self.session {
@@ -432,13 +435,24 @@ impl Connection {
                     None => format!("s-{}", uuid::Uuid::now_v7().simple()),
                 };
                 if !first && self.registered {
-                    // Sent in line, so every later frame of this connection
-                    // is handled under the new policy.
+                    // Frames of this connection are handled in order, so
+                    // every later PUBLISH / SUBSCRIBE sees the new policy;
+                    // waiting for the broker makes deliveries switch before
+                    // the OK too (nothing after the OK under the old one).
+                    let (applied, is_applied) = tokio::sync::oneshot::channel();
                     let (conn, policy) = (self.id, Arc::clone(&granted.policy));
-                    self.shared
+                    if self
+                        .shared
                         .broker
-                        .send(Command::PolicyChanged { conn, policy })
-                        .await;
+                        .send(Command::PolicyChanged {
+                            conn,
+                            policy,
+                            applied,
+                        })
+                        .await
+                    {
+                        let _ = is_applied.await;
+                    }
                 }
                 self.expiry = granted.expires_at.map(|exp| self.expiry_timer(exp, now));
                 self.session = Some(Session {
@@ -456,28 +470,43 @@ impl Connection {
                 }));
             }
             Err(failure) => {
+                tracing::debug!(conn = self.id, first, %failure, "authentication refused");
                 self.send_error(failure.code, failure.msg, None);
-                if first {
-                    self.close(close::AUTH_FAILED, "authentication failed");
+                // A refused re-AUTH ends the connection like a refused first
+                // one (4001: get a new token): the old policy is dropped, not
+                // kept, and nothing more is sent after the close.
+                self.session = None;
+                self.expiry = None;
+                let reason = if first {
+                    "authentication failed"
                 } else {
-                    self.close(close::FORBIDDEN, "re-authentication refused");
-                }
+                    "re-authentication failed"
+                };
+                self.close(close::AUTH_FAILED, reason);
             }
         }
     }
 
-    /// When to act on a token expiring at `exp` (ms since the epoch).
+    fn leeway_ms(&self) -> u64 {
+        self.shared.authenticator.leeway_ms()
+    }
+
+    /// The first expiry step for a token expiring at `exp` (ms since the
+    /// epoch): `EXPIRING` `expiring_notice_ms` before `exp`, or right away
+    /// when less time is left (a token accepted close to, or within the
+    /// leeway after, its `exp` still gets the warning before the close).
     fn expiry_timer(&self, exp: u64, now: u64) -> (Instant, ExpiryStep) {
-        let notice_at = exp.saturating_sub(self.config().expiring_notice_ms);
-        let (at, step) = if notice_at > now {
-            (notice_at, ExpiryStep::Warn)
-        } else {
-            (
-                exp.saturating_add(self.config().auth_leeway_ms),
-                ExpiryStep::Close,
-            )
-        };
-        (instant_in(at.saturating_sub(now)), step)
+        let due = self.expiry_due(exp, ExpiryStep::Warn);
+        (instant_in(due.saturating_sub(now)), ExpiryStep::Warn)
+    }
+
+    /// Wall-clock time (ms) of an expiry step; saturating, since `exp` comes
+    /// from a token and may be absurd.
+    fn expiry_due(&self, exp: u64, step: ExpiryStep) -> u64 {
+        match step {
+            ExpiryStep::Warn => exp.saturating_sub(self.config().expiring_notice_ms),
+            ExpiryStep::Close => exp.saturating_add(self.leeway_ms()),
+        }
     }
 
     fn on_expiry(&mut self) {
@@ -487,15 +516,23 @@ impl Connection {
         let Some(exp) = self.session.as_ref().and_then(|s| s.expires_at) else {
             return;
         };
+        let now = crate::clock::now_ms();
+        let due = self.expiry_due(exp, step);
+        if now < due {
+            // The timer was capped (a far-away `exp`) or the wall clock
+            // moved: not due yet.
+            self.expiry = Some((instant_in(due - now), step));
+            return;
+        }
         match step {
             ExpiryStep::Warn => {
                 self.send(HubFrame::Expiring(Expiring { expires_at: exp }));
-                let now = crate::clock::now_ms();
-                let close_at = exp.saturating_add(self.config().auth_leeway_ms);
+                let close_at = self.expiry_due(exp, ExpiryStep::Close);
                 self.expiry = Some((instant_in(close_at.saturating_sub(now)), ExpiryStep::Close));
             }
             ExpiryStep::Close => {
                 self.send_error(ErrorCode::TokenExpired, "the token expired", None);
+                self.session = None;
                 self.close(close::AUTH_FAILED, "token expired");
             }
         }

@@ -14,7 +14,8 @@ mod outbox;
 mod server;
 pub mod store;
 
-pub use authn::{AuthFailure, Authenticated, Authenticator, DevAuthenticator};
+pub use auth::{AuthConfig, AuthFailure, Authenticated, Verifier};
+pub use authn::{Authenticator, DevAuthenticator};
 pub use config::{GroupDefaults, HubConfig};
 pub use connection::SERVER_NAME;
 pub use error::HubError;

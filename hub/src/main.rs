@@ -1,9 +1,14 @@
 //! `promhub`: the hub binary.
 //!
-//! `promhub serve [--listen ADDR] [--data DIR] [--config FILE] [--dev-scopes S]`;
-//! every flag can also come from `PROMHUB_*` environment variables, and a
-//! TOML file gives the rest (flags and environment win over the file). The
-//! first line on stdout is `listening on ws://ADDR/PATH`, for scripts.
+//! `promhub serve [--listen ADDR] [--data DIR] [--config FILE] [--jwt-secret S |
+//! --jwks-url URL | --jwks-file PATH] [--dev-scopes S]`; every flag can also
+//! come from `PROMHUB_*` environment variables, and a TOML file gives the
+//! rest (flags and environment win over the file). The first line on stdout
+//! is `listening on ws://ADDR/PATH`, for scripts.
+//!
+//! `promhub token --secret S --scopes "publish:a.* subscribe:b.**"` prints a
+//! development HS256 token (only the token) for a hub run with the same
+//! `--jwt-secret`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -12,6 +17,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use promhub_hub::HubConfig;
+use promhub_hub::auth::{AuthArgs, TokenArgs, run_token_command};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -32,7 +38,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the hub.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Print a development token (HS256) for a hub run with the same
+    /// --jwt-secret; only the token goes to stdout.
+    Token(TokenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -47,7 +56,8 @@ struct ServeArgs {
     #[arg(long, env = "PROMHUB_CONFIG")]
     config: Option<PathBuf>,
     /// Development-mode policy as space-separated scopes, e.g.
-    /// "publish:** subscribe:**" [default: allow all]
+    /// "publish:** subscribe:**" [default: allow all]. Refused together with
+    /// a JWT setting.
     #[arg(long, env = "PROMHUB_DEV_SCOPES")]
     dev_scopes: Option<String>,
     /// HTTP path of the WebSocket endpoint [default: /ws]
@@ -62,10 +72,17 @@ struct ServeArgs {
     /// De-duplication window for `opts.id`, in ms [default: 120000]
     #[arg(long, env = "PROMHUB_DEDUP_WINDOW_MS")]
     dedup_window_ms: Option<u64>,
+    /// How long before a token's exp the hub sends EXPIRING, in ms
+    /// [default: 30000]
+    #[arg(long, env = "PROMHUB_EXPIRING_NOTICE_MS")]
+    expiring_notice_ms: Option<u64>,
     /// Serve the static files of this folder at `/` (e.g. www/dist, the
     /// process.state page) [default: none]
     #[arg(long, env = "PROMHUB_WWW")]
     www: Option<PathBuf>,
+    /// Token verification; none of these set means development mode.
+    #[command(flatten)]
+    auth: AuthArgs,
 }
 
 impl ServeArgs {
@@ -101,9 +118,13 @@ impl ServeArgs {
         if let Some(ms) = self.dedup_window_ms {
             config.dedup_window_ms = ms;
         }
+        if let Some(ms) = self.expiring_notice_ms {
+            config.expiring_notice_ms = ms;
+        }
         if let Some(dir) = self.www {
             config.www = Some(dir);
         }
+        self.auth.apply(&mut config.auth);
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)
     }
@@ -111,6 +132,11 @@ impl ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Token(args)) => return print_token(args),
+        Some(Command::Serve(args)) => *args,
+        None => cli.serve,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -118,10 +144,18 @@ fn main() -> anyhow::Result<()> {
         // stdout is for the `listening on` line; logs go to stderr.
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
-        Some(Command::Serve(args)) => serve(args.into_config()?),
-        None => serve(cli.serve.into_config()?),
-    }
+    serve(args.into_config()?)
+}
+
+/// `promhub token`: only the token on stdout, so `TOKEN=$(promhub token ...)`
+/// works; errors go to stderr with a non-zero exit (anyhow from `main`).
+fn print_token(args: TokenArgs) -> anyhow::Result<()> {
+    // The error's own message already names its cause; one line is enough.
+    let token = run_token_command(args).map_err(|e| anyhow::anyhow!("cannot mint a token: {e}"))?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{token}")?;
+    stdout.flush()?;
+    Ok(())
 }
 
 fn serve(config: HubConfig) -> anyhow::Result<()> {

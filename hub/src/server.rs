@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tower_http::services::ServeDir;
 
+use crate::auth::Verifier;
 use crate::authn::{Authenticator, DevAuthenticator};
 use crate::broker::{self, BrokerSetup, HoldLimits};
 use crate::config::HubConfig;
@@ -33,7 +34,8 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Optional parts of a hub; `None` means the default (SQLite in
-/// `config.data`, development-mode authentication from the config).
+/// `config.data`; the JWT verifier from `config.auth`, or development mode
+/// when nothing is configured there).
 #[derive(Debug, Default)]
 pub struct HubParts {
     pub store: Option<Arc<dyn Store>>,
@@ -61,12 +63,7 @@ pub async fn run_with(
     let config = Arc::new(config);
     let authenticator = match parts.authenticator {
         Some(authenticator) => authenticator,
-        None => {
-            let policy = config
-                .dev_policy()
-                .map_err(|e| HubError::Config(e.to_string()))?;
-            Arc::new(DevAuthenticator::new(policy)) as Arc<dyn Authenticator>
-        }
+        None => configured_authenticator(&config).await?,
     };
     if authenticator.is_development() {
         tracing::warn!(
@@ -161,6 +158,43 @@ pub async fn run_with(
     store.close().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Development mode when `config.auth` configures nothing, else the JWT
+/// verifier. A JWKS URL is fetched once here so a wrong URL shows up in the
+/// log at start; a failure is not fatal (the identity provider may be down
+/// for a moment, and the verifier retries on use).
+async fn configured_authenticator(config: &HubConfig) -> Result<Arc<dyn Authenticator>, HubError> {
+    if config.auth.is_dev_mode() {
+        let policy = config
+            .dev_policy()
+            .map_err(|e| HubError::Config(e.to_string()))?;
+        return Ok(Arc::new(DevAuthenticator::new(policy)));
+    }
+    let auth = &config.auth;
+    let verifier = Verifier::from_config(auth).map_err(|e| HubError::Config(e.to_string()))?;
+    tracing::info!(
+        hs_secret = auth.jwt_secret.is_some(),
+        jwks_url = auth.jwks_url.is_some(),
+        jwks_file = ?auth.jwks_file,
+        audiences = ?auth.jwt_aud,
+        issuer = ?auth.jwt_iss,
+        leeway_secs = auth.jwt_leeway_secs,
+        default_scopes = auth.default_scopes.as_deref().unwrap_or("(none: deny all)"),
+        "JWT authentication enabled"
+    );
+    if auth.jwks_url.is_some() {
+        match verifier.load_keys(crate::clock::now_ms()).await {
+            Ok(Some(count)) => tracing::info!(keys = count, "JWKS fetched at start"),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(
+                %error,
+                "JWKS could not be fetched at start; tokens signed with JWKS keys are \
+                 refused (`internal`) until a fetch succeeds"
+            ),
+        }
+    }
+    Ok(Arc::new(verifier))
 }
 
 async fn open_sqlite(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> {

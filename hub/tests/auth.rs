@@ -15,8 +15,13 @@ use serde_json::json;
 #[derive(Debug)]
 struct TokenTable;
 
+#[async_trait::async_trait]
 impl Authenticator for TokenTable {
-    fn authenticate(&self, token: Option<&str>, now_ms: u64) -> Result<Authenticated, AuthFailure> {
+    async fn authenticate(
+        &self,
+        token: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Authenticated, AuthFailure> {
         let (policy, expires_at) = match token {
             Some("all") => (Policy::allow_all(), None),
             Some("a-only") => (
@@ -37,10 +42,8 @@ impl Authenticator for TokenTable {
 
 async fn hub() -> TestHub {
     TestHub::start_with_parts(
-        |c| {
-            c.expiring_notice_ms = 1000;
-            c.auth_leeway_ms = 0;
-        },
+        // TokenTable has no leeway: the close comes at `expires_at`.
+        |c| c.expiring_notice_ms = 1000,
         HubParts {
             store: None,
             authenticator: Some(Arc::new(TokenTable)),
@@ -102,12 +105,12 @@ async fn re_auth_replaces_the_policy_of_this_connection_only() {
     assert_eq!(untouched.recv_event().await["event"]["id"], hidden["id"]);
     assert_eq!(untouched.recv_event().await["event"]["id"], visible["id"]);
 
-    // A refused re-AUTH closes with 4003.
+    // A refused re-AUTH closes with 4001, like a refused first AUTH.
     narrowed
         .send_json(json!({"op": "AUTH", "token": "forged"}))
         .await;
     assert_eq!(narrowed.recv_json().await["code"], "jwt_invalid");
-    assert_eq!(narrowed.expect_close(0).await.code, 4003);
+    assert_eq!(narrowed.expect_close(0).await.code, 4001);
     untouched.assert_alive_and_quiet().await;
     hub.stop().await.unwrap();
 }

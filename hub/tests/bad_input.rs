@@ -147,10 +147,10 @@ async fn frames_over_the_size_limit_are_too_large_and_the_connection_lives() {
     let mut client = hub.client().await;
     let payload = "x".repeat(1024 * 1024 + 1);
     let frame = json!({"op": "PUBLISH", "topic": "big", "payload": payload, "rid": "big"});
-    assert_eq!(
-        error_for(&mut client, &frame.to_string()).await["code"],
-        "too_large"
-    );
+    let answer = error_for(&mut client, &frame.to_string()).await;
+    assert_eq!(answer["code"], "too_large");
+    // The rid lets the publisher match the refusal to its request.
+    assert_eq!(answer["rid"], "big");
     // Just under the limit is fine.
     let payload = "y".repeat(1024 * 1024 - 200);
     let ack = client.publish("big", json!(payload), json!(null)).await;

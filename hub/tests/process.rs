@@ -4,66 +4,12 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::Client;
+use common::process::HubProcess;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-struct HubProcess {
-    child: Child,
-    url: String,
-}
-
-impl HubProcess {
-    async fn spawn(data: &Path, envs: &[(&str, &str)], args: &[&str]) -> HubProcess {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_promhub"));
-        command
-            .arg("serve")
-            .args(args)
-            .env("PROMHUB_DATA", data)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        for (key, value) in envs {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("spawn promhub");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("no output from promhub")
-            .expect("reading stdout")
-            .expect("promhub exited before printing");
-        let url = first
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("first line is {first:?}"))
-            .to_owned();
-        assert!(url.starts_with("ws://127.0.0.1:"), "{url}");
-        HubProcess { child, url }
-    }
-
-    async fn client(&self) -> Client {
-        let mut client = Client::connect(&self.url).await;
-        client.auth().await;
-        client
-    }
-
-    async fn kill9(mut self) {
-        // `Child::kill` sends SIGKILL: no shutdown code runs.
-        self.child.kill().await.expect("kill");
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().expect("running")
-    }
-}
+use tokio::process::Command;
 
 #[tokio::test]
 async fn kill_9_after_pubacks_loses_nothing_and_groups_resume_after_their_last_ack() {

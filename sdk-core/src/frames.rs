@@ -729,6 +729,13 @@ fn decode_head(text: &str) -> Result<(HeadOp, Option<Rid>), DecodeError> {
     }
 }
 
+/// The request id of a frame without decoding the rest of it: lets a peer
+/// refuse a frame (e.g. one over the size limit) with an error the sender
+/// can match to its request. `None` when the text has no string `rid`.
+pub fn peek_rid(text: &str) -> Option<Rid> {
+    decode_head(text).ok().and_then(|(_, rid)| rid)
+}
+
 fn decode_body<'a, T: Deserialize<'a>>(
     text: &'a str,
     op: &str,

@@ -221,6 +221,8 @@ fn allowed(from: ConnectionState, to: ConnectionState) -> bool {
             | (Authenticating, Connected | Disconnected | Closed)
             | (Connected, Disconnected | Closed)
             | (Closed, Connecting)
+            // A new token after repeated refusals waits a reconnect delay.
+            | (Closed, Disconnected)
     )
 }
 

@@ -210,3 +210,83 @@ fn ok_without_a_pending_auth_is_a_protocol_error() {
     );
     assert_eq!(h.core.state(), ConnectionState::Connected);
 }
+
+/// Refuses the `AUTH` of the connection being opened: `ERR` then 4001.
+fn refuse_auth(h: &mut Harness) {
+    h.open_and_auth();
+    h.hub(json!({"op": "ERR", "code": "jwt_invalid", "msg": "bad signature"}));
+    h.core
+        .handle_socket_closed(h.now, Some(4001), "authentication failed");
+    assert_eq!(h.core.state(), ConnectionState::Closed);
+}
+
+#[test]
+fn tokens_refused_in_a_row_reconnect_after_a_growing_delay() {
+    let reconnect = promhub_core::client::ReconnectConfig {
+        min_delay_ms: 1_000,
+        max_delay_ms: 8_000,
+        ..Default::default()
+    };
+    let mut h = Harness::new(config_with_reconnect(reconnect));
+    h.core.connect(h.now);
+    refuse_auth(&mut h);
+    assert_eq!(refresh_requests(&h.events()), vec![None]);
+
+    // First refusal: the new token is tried at once.
+    h.core.set_token(h.now, Some("token-2".to_owned()));
+    assert_eq!(h.core.state(), ConnectionState::Connecting);
+    h.events();
+    refuse_auth(&mut h);
+    assert_eq!(refresh_requests(&h.events()), vec![None]);
+
+    // Refused again: the next token waits a reconnect delay, so a token
+    // source that keeps returning a bad token cannot hammer the hub.
+    for (attempt, (floor, cap)) in [(1u32, (500u64, 1_000u64)), (2, (500, 2_000))] {
+        h.core
+            .set_token(h.now, Some(format!("token-bad-{attempt}")));
+        assert!(
+            h.transmits().is_empty(),
+            "attempt {attempt}: no Connect yet"
+        );
+        let events = h.events();
+        assert_eq!(
+            last_reason(&events),
+            Some(StateReason::TokenUpdated),
+            "attempt {attempt}"
+        );
+        assert_eq!(h.core.state(), ConnectionState::Disconnected);
+        let delays = reconnects(&events);
+        assert_eq!(delays.len(), 1, "attempt {attempt}: {events:?}");
+        let (reported_attempt, delay) = delays[0];
+        assert_eq!(reported_attempt, attempt);
+        assert!(
+            (floor..=cap).contains(&delay),
+            "attempt {attempt}: delay {delay} outside [{floor}, {cap}]"
+        );
+        h.advance(delay - 1);
+        assert!(
+            h.transmits().is_empty(),
+            "attempt {attempt}: connected early"
+        );
+        h.advance(1);
+        assert_eq!(h.core.state(), ConnectionState::Connecting);
+        h.events();
+        refuse_auth(&mut h);
+        assert_eq!(refresh_requests(&h.events()), vec![None]);
+    }
+
+    // A token the hub accepts resets the count: the next refusal is again
+    // followed by an immediate reconnect.
+    h.core.set_token(h.now, Some("token-good".to_owned()));
+    let delays = reconnects(&h.events());
+    h.advance(delays[0].1);
+    let auth = h.open_and_auth();
+    assert_eq!(auth["token"], "token-good");
+    h.welcome(HEARTBEAT_MS, None);
+    assert_eq!(h.core.state(), ConnectionState::Connected);
+    h.core
+        .handle_socket_closed(h.now, Some(4001), "token expired");
+    h.events();
+    h.core.set_token(h.now, Some("token-next".to_owned()));
+    assert_eq!(h.core.state(), ConnectionState::Connecting);
+}

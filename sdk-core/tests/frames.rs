@@ -835,3 +835,15 @@ fn empty_options_are_omitted() {
     });
     assert_eq!(frame.encode(), r#"{"op":"SUBSCRIBE","topic":"a"}"#);
 }
+
+#[test]
+fn peek_rid_reads_only_the_request_id() {
+    use promhub_core::frames::peek_rid;
+    assert_eq!(
+        peek_rid(r#"{"op":"PUBLISH","topic":"a","payload":1,"rid":"7"}"#),
+        Some("7".to_owned())
+    );
+    assert_eq!(peek_rid(r#"{"op":"PUBLISH","rid":7}"#), None);
+    assert_eq!(peek_rid(r#"{"op":"PING"}"#), None);
+    assert_eq!(peek_rid("not json"), None);
+}

@@ -136,50 +136,48 @@ fn audience(claims: &Map<String, Value>) -> Result<Option<Vec<String>>, AuthFail
 }
 
 /// `policy` (object) if present, else `scopes` (array of strings), else
-/// `scope` (space-separated string), else the default. All present ones are
-/// type-checked; only the one used is parsed, by sdk-core.
+/// `scope` (space-separated string), else the default. Every present claim
+/// is type-checked and parsed by sdk-core, even the ones precedence hides: a
+/// malformed permission claim makes the token invalid, never silently ignored
+/// (semantics.md §2).
 fn policy(claims: &Map<String, Value>, default: &Arc<Policy>) -> Result<Arc<Policy>, AuthFailure> {
-    let policy_claim = match claims.get("policy") {
+    let from_policy = match claims.get("policy") {
         None => None,
-        Some(value @ Value::Object(_)) => Some(value),
+        Some(value @ Value::Object(_)) => Some(Policy::from_json(value)),
         Some(_) => return Err(AuthFailure::invalid("claim `policy` is not an object")),
     };
-    let scopes_claim = match claims.get("scopes") {
+    let from_scopes = match claims.get("scopes") {
         None => None,
-        Some(Value::Array(items)) => Some(
-            items
+        Some(Value::Array(items)) => Some(Policy::from_scopes(
+            &items
                 .iter()
                 .map(Value::as_str)
                 .collect::<Option<Vec<&str>>>()
                 .ok_or_else(|| AuthFailure::invalid("claim `scopes` is not an array of strings"))?,
-        ),
+        )),
         Some(_) => {
             return Err(AuthFailure::invalid(
                 "claim `scopes` is not an array of strings",
             ));
         }
     };
-    let scope_claim = match claims.get("scope") {
+    let from_scope = match claims.get("scope") {
         None => None,
-        Some(Value::String(scope)) => Some(scope.as_str()),
+        Some(Value::String(scope)) => Some(Policy::from_scope_str(scope)),
         Some(_) => return Err(AuthFailure::invalid("claim `scope` is not a string")),
     };
 
-    let parsed = if let Some(value) = policy_claim {
-        Policy::from_json(value)
-    } else if let Some(scopes) = scopes_claim {
-        Policy::from_scopes(&scopes)
-    } else if let Some(scope) = scope_claim {
-        Policy::from_scope_str(scope)
-    } else {
-        return Ok(Arc::clone(default));
-    };
-    parsed.map(Arc::new).map_err(|e| {
-        AuthFailure::invalid(format!(
-            "token permissions are invalid: {}",
-            truncate(&e.to_string(), 200)
-        ))
-    })
+    let mut chosen = None;
+    for parsed in [from_policy, from_scopes, from_scope].into_iter().flatten() {
+        let policy = parsed.map_err(|e| {
+            AuthFailure::invalid(format!(
+                "token permissions are invalid: {}",
+                truncate(&e.to_string(), 200)
+            ))
+        })?;
+        chosen.get_or_insert(policy);
+    }
+    Ok(chosen.map_or_else(|| Arc::clone(default), Arc::new))
 }
 
 #[cfg(test)]
@@ -225,8 +223,10 @@ mod tests {
             json!({"exp": exp, "scope": ["publish:a"]}),
             json!({"exp": exp, "policy": "allow"}),
             json!({"exp": exp, "policy": null}),
-            // Lower-precedence claims are still type-checked.
+            // Lower-precedence claims are still type-checked and parsed.
             json!({"exp": exp, "policy": {"rules": []}, "scope": 1}),
+            json!({"exp": exp, "scopes": ["publish:a"], "scope": "publish:a..b"}),
+            json!({"exp": exp, "policy": {"rules": []}, "scopes": ["delete:a"]}),
         ] {
             let err = check_json(claims.clone(), &rules()).expect_err(&claims.to_string());
             assert_eq!(err.code, ErrorCode::JwtInvalid, "{claims}");

@@ -95,6 +95,11 @@ impl Verifier {
         })
     }
 
+    /// How long after `exp` a token is still accepted, in ms (`--jwt-leeway`).
+    pub fn leeway_ms(&self) -> u64 {
+        self.inner.rules.leeway_ms
+    }
+
     /// (Re)loads the JWKS now, e.g. at start to report a bad URL early.
     /// `Ok(None)` without a JWKS or when the refetch interval forbids a load
     /// yet; `Ok(Some(n))`: `n` usable keys.

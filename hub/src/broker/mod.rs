@@ -96,9 +96,13 @@ pub(crate) enum Command {
         key: GroupKey,
         id: String,
     },
+    /// A re-AUTH replaced the connection's policy. `applied` is answered
+    /// once every later delivery is checked against it, so the connection
+    /// can send `OK` knowing nothing after it was sent under the old one.
     PolicyChanged {
         conn: ConnId,
         policy: Arc<Policy>,
+        applied: oneshot::Sender<()>,
     },
     Disconnected {
         conn: ConnId,
@@ -327,7 +331,14 @@ impl Broker {
             Command::Working { conn, key, id } => {
                 self.with_member_group(conn, &key, |group, fx| group.working(&id, fx));
             }
-            Command::PolicyChanged { conn, policy } => self.policy_changed(conn, &policy),
+            Command::PolicyChanged {
+                conn,
+                policy,
+                applied,
+            } => {
+                self.policy_changed(conn, &policy);
+                let _ = applied.send(());
+            }
             Command::Disconnected { conn } => self.disconnected(conn),
             Command::Barrier { done } => {
                 let store = Arc::clone(&self.store);

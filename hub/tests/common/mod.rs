@@ -5,6 +5,9 @@
 
 #![allow(dead_code)]
 
+pub mod jwt;
+pub mod process;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -308,6 +311,11 @@ impl Client {
             "op": "ACK", "topic": event["topic"], "group": event["group"], "id": event["event"]["id"]
         }))
         .await;
+    }
+
+    /// The raw WebSocket, e.g. to send and receive from separate futures.
+    pub fn into_inner(self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+        self.ws
     }
 
     pub async fn close(mut self) {

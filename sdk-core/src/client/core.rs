@@ -64,6 +64,8 @@ pub struct ClientCore {
     /// The hub refused the token (4001/4003): reconnect as soon as
     /// `set_token` brings a new one.
     awaiting_token: bool,
+    /// Tokens refused in a row since the last `OK`.
+    token_refusals: u32,
 }
 
 #[derive(Debug, Default)]
@@ -140,6 +142,7 @@ impl ClientCore {
             token_timer: TokenTimer::default(),
             unix_offset_ms: 0,
             awaiting_token: false,
+            token_refusals: 0,
         }
     }
 
@@ -212,7 +215,10 @@ impl ClientCore {
             ConnectionState::Connecting
             | ConnectionState::Authenticating
             | ConnectionState::Connected => return,
-            ConnectionState::Closed => self.reconnect.attempt = 0,
+            ConnectionState::Closed => {
+                self.reconnect.attempt = 0;
+                self.token_refusals = 0;
+            }
             ConnectionState::Disconnected => {}
         }
         self.awaiting_token = false;
@@ -308,7 +314,12 @@ impl ClientCore {
     /// (`OK` → [`ClientEvent::TokenRefreshed`]; `ERR` → the hub closes).
     /// Authenticating: sent right after `OK`. Otherwise used by the next
     /// `AUTH` — and if the hub had refused the previous token (4001/4003),
-    /// this reconnects at once (unless reconnecting is disabled).
+    /// this reconnects (unless reconnecting is disabled): at once after the
+    /// first refusal, after a reconnect delay
+    /// ([`ReconnectConfig::delay_bounds`](super::ReconnectConfig::delay_bounds)
+    /// of the refusals in a row) after later ones, so that a token source
+    /// that keeps handing out a bad token cannot make the client hammer the
+    /// hub.
     pub fn set_token(&mut self, now: u64, token: Option<String>) {
         self.token = token;
         match self.state {
@@ -317,7 +328,17 @@ impl ClientCore {
             ConnectionState::Closed if self.awaiting_token && self.config.reconnect.enabled => {
                 self.awaiting_token = false;
                 self.reconnect.attempt = 0;
-                self.start_connect(now, StateReason::TokenUpdated);
+                if self.token_refusals <= 1 {
+                    self.start_connect(now, StateReason::TokenUpdated);
+                } else {
+                    let attempt = self.token_refusals - 1;
+                    let (floor, cap) = self.config.reconnect.delay_bounds(attempt);
+                    let delay_ms = self.rng.u64(floor..=cap);
+                    self.reconnect.attempt = attempt;
+                    self.reconnect.at = Some(now.saturating_add(delay_ms));
+                    self.set_state(ConnectionState::Disconnected, StateReason::TokenUpdated);
+                    self.emit(ClientEvent::Reconnecting { attempt, delay_ms });
+                }
             }
             _ => {}
         }
@@ -762,6 +783,7 @@ impl ClientCore {
             self.enter_closed(reason);
             if needs_token {
                 self.awaiting_token = true;
+                self.token_refusals = self.token_refusals.saturating_add(1);
                 self.emit(ClientEvent::TokenRefreshNeeded { expires_at: None });
             }
         } else {
@@ -1034,6 +1056,7 @@ impl ClientCore {
         }
         self.auth.deadline = None;
         self.reconnect.attempt = 0;
+        self.token_refusals = 0;
         self.heartbeat.interval_ms = self
             .config
             .heartbeat

@@ -63,7 +63,9 @@
 //!   [`ReconnectConfig::delay_bounds`]; the attempt counter resets on `OK`.
 //!   Terminal close codes (1000, 4001, 4003, 4008) end in
 //!   [`ConnectionState::Closed`]; after 4001/4003 a new token given to
-//!   [`set_token`](ClientCore::set_token) reconnects. A 4029 close waits the
+//!   [`set_token`](ClientCore::set_token) reconnects (at once after the first
+//!   refusal, after a reconnect delay when tokens keep being refused). A
+//!   4029 close waits the
 //!   `retry_after_ms` its reason carries.
 //! - **Heartbeat**: after `heartbeat_ms` without sending, a `PING`; no frame
 //!   at all within `pong_timeout_ms` after it closes the socket with
