@@ -8,8 +8,8 @@
 //   npm run test:page               the process.state page end to end
 //   node scripts/test-browser.mjs FILE...
 //
-// Set PROMHUB_BIN to use another hub binary, SKIP_BUILD=1 to skip the
-// builds (CI runs them once beforehand).
+// Set PROMHUB_BIN / PROMHUB_AGENT_BIN to use other hub / process-agent
+// binaries, SKIP_BUILD=1 to skip the builds (CI runs them once beforehand).
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
@@ -27,7 +27,12 @@ function main() {
       step("cargo build -p promhub-hub (debug)");
       run("cargo", ["build", "--locked", "-p", "promhub-hub", "--bin", "promhub"]);
     }
-    if (files.some((file) => file.includes("www")) || files.length === 0) {
+    const page = files.some((file) => file.includes("www")) || files.length === 0;
+    if (page && !process.env.PROMHUB_AGENT_BIN) {
+      step("cargo build -p promhub --example process-agent (debug)");
+      run("cargo", ["build", "--locked", "-p", "promhub", "--example", "process-agent"]);
+    }
+    if (page) {
       step("build the www page");
       run(process.execPath, [join(ROOT, "scripts", "build-www.mjs")]);
     } else {
