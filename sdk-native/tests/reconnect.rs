@@ -52,7 +52,7 @@ fn value(delivery: &Delivery<u32>) -> u32 {
 async fn a_killed_hub_comes_back_and_the_group_resumes_exactly_after_its_acks() {
     let data = tempfile::tempdir().expect("tempdir");
     let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let hub = HubProcess::start(any_port, data.path(), |_| {});
+    let hub = HubProcess::start(any_port, data.path());
     let addr = hub.addr;
     let url = hub.url.clone();
 
@@ -126,7 +126,7 @@ async fn a_killed_hub_comes_back_and_the_group_resumes_exactly_after_its_acks() 
     }
 
     // 3. The hub comes back on the same port with the same data.
-    let hub = HubProcess::start(addr, data.path(), |_| {});
+    let hub = HubProcess::start(addr, data.path());
     assert_eq!(hub.addr, addr);
     wait_event("reconnect", &mut events, |event| {
         matches!(event, ConnectionEvent::Connected { .. }).then_some(())

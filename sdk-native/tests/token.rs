@@ -2,13 +2,13 @@
 //! minted with `promhub_hub::auth::mint_dev_token` and checked by the hub's
 //! JWT `Verifier` (signature, `exp` with no leeway, scopes). The client
 //! refreshes in band before `exp` (the subscription keeps receiving, no
-//! reconnect), and after the hub refused a token (4001/4003) it does not
+//! reconnect), and after the hub refused a token (4001) it does not
 //! reconnect until it has a token the hub accepts.
 //!
-//! Until the verifier is wired into the gateway's configuration, it is
-//! plugged in here through `promhub_hub::run_with` and the `Authenticator`
-//! interface; the hub's own expiry handling (`EXPIRING`, close 4001 at
-//! `exp` + leeway, 4003 for a refused re-AUTH) is the real one.
+//! The real verifier is plugged in through `promhub_hub::run_with` and the
+//! gateway's `Authenticator` interface, wrapped only to record what it
+//! decided for each token; the hub's expiry handling (`EXPIRING`, close 4001
+//! at `exp` + leeway, 4001 for a refused re-AUTH) is the real one.
 
 mod support;
 
@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use promhub::{
     Client, ClientConfig, ConnectionEvent, ConnectionState, PublishOptions, SubscribeOptions,
 };
@@ -40,18 +40,14 @@ struct JwtAuthenticator {
     verdicts: Mutex<Vec<(String, Verdict)>>,
 }
 
+#[async_trait::async_trait]
 impl Authenticator for JwtAuthenticator {
-    fn authenticate(
+    async fn authenticate(
         &self,
         token: Option<&str>,
         now_ms: Millis,
     ) -> Result<Authenticated, AuthFailure> {
-        // An HS256 secret needs no key fetch: verification completes at once.
-        let verified = self
-            .verifier
-            .verify(token, now_ms)
-            .now_or_never()
-            .expect("HS256 verification does not wait");
+        let verified = self.verifier.verify(token, now_ms).await;
         let verdict = match &verified {
             Ok(granted) => Ok(granted.subject.clone()),
             Err(failure) => Err(failure.code),
@@ -61,12 +57,12 @@ impl Authenticator for JwtAuthenticator {
             .unwrap()
             .push((token.unwrap_or_default().to_owned(), verdict));
         verified
-            .map(|granted| Authenticated {
-                policy: granted.policy,
-                expires_at: granted.expires_at,
-                subject: granted.subject,
-            })
-            .map_err(|failure| AuthFailure::new(failure.code, failure.msg))
+    }
+
+    /// The hub closes at `exp` + this; the verifier itself allows no leeway
+    /// (`jwt_leeway_secs: 0`), so a test token expires exactly at `exp`.
+    fn leeway_ms(&self) -> u64 {
+        LEEWAY.as_millis() as u64
     }
 }
 
@@ -106,7 +102,6 @@ impl Hub {
         let config = HubConfig {
             data: dir.path().to_path_buf(),
             expiring_notice_ms: NOTICE.as_millis() as u64,
-            auth_leeway_ms: LEEWAY.as_millis() as u64,
             ..HubConfig::default()
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -295,8 +290,8 @@ async fn after_a_refused_token_the_client_waits_for_one_the_hub_accepts() {
     .await
     .expect("subscribe");
 
-    // The refresh is refused: the hub closes (4003), and so does every
-    // connection made with the next refused tokens (4001).
+    // The refresh is refused: the hub closes (4001, a refused re-AUTH), and
+    // so does every connection made with the next refused tokens.
     let (_, story) = wait_event("reconnect with an accepted token", &mut events, |event| {
         matches!(event, ConnectionEvent::Connected { .. }).then_some(())
     })
@@ -311,7 +306,7 @@ async fn after_a_refused_token_the_client_waits_for_one_the_hub_accepts() {
         .collect();
     assert_eq!(
         closes,
-        vec![Some(4003), Some(4001), Some(4001)],
+        vec![Some(4001), Some(4001), Some(4001)],
         "{story:?}"
     );
     // After each refusal the client asked for a token instead of

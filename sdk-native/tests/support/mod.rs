@@ -120,18 +120,24 @@ impl Drop for TestHub {
 // ---------------------------------------------------------------------------
 // A hub in its own process
 
-/// Environment variable that turns a test binary into a hub process: the
-/// hub's configuration as JSON.
-const HUB_CONFIG_ENV: &str = "PROMHUB_TEST_HUB_CONFIG";
+/// Environment variables that turn a test binary into a hub process: where
+/// it listens and where it keeps its store (the rest is the default config).
+const HUB_LISTEN_ENV: &str = "PROMHUB_TEST_HUB_LISTEN";
+const HUB_DATA_ENV: &str = "PROMHUB_TEST_HUB_DATA";
 
 /// The body of the (ignored) test each file that uses [`HubProcess`]
 /// defines as `hub_process_entry`: with the environment variable set it
 /// runs a hub until it is killed; without, it returns.
 pub fn hub_process_main() {
-    let Ok(config) = std::env::var(HUB_CONFIG_ENV) else {
+    let (Ok(listen), Ok(data)) = (std::env::var(HUB_LISTEN_ENV), std::env::var(HUB_DATA_ENV))
+    else {
         return;
     };
-    let config: HubConfig = serde_json::from_str(&config).expect("hub config JSON");
+    let config = HubConfig {
+        listen: listen.parse().expect("hub listen address"),
+        data: PathBuf::from(data),
+        ..HubConfig::default()
+    };
     // The parent holds our stdin: when it goes away (even by a crash), so do
     // we, instead of lingering as an orphan on the port.
     std::thread::spawn(|| {
@@ -168,13 +174,7 @@ pub struct HubProcess {
 
 impl HubProcess {
     /// Starts a hub on `listen` (port 0: any) with its store in `data`.
-    pub fn start(listen: SocketAddr, data: &Path, tweak: impl FnOnce(&mut HubConfig)) -> Self {
-        let mut config = HubConfig {
-            listen,
-            data: PathBuf::from(data),
-            ..HubConfig::default()
-        };
-        tweak(&mut config);
+    pub fn start(listen: SocketAddr, data: &Path) -> Self {
         let exe = std::env::current_exe().expect("test binary path");
         let mut child = Command::new(exe)
             .args([
@@ -184,10 +184,8 @@ impl HubProcess {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(
-                HUB_CONFIG_ENV,
-                serde_json::to_string(&config).expect("config"),
-            )
+            .env(HUB_LISTEN_ENV, listen.to_string())
+            .env(HUB_DATA_ENV, data)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
