@@ -28,7 +28,7 @@ export interface ProcessRow {
   lastSeen: number;
   /** Newest last, at most HISTORY_POINTS. */
   cpuHistory: number[];
-  /** Unix ms at which the page learned the process exited. */
+  /** Unix ms of the exit: the agent's last reading of the process. */
   exitedAt?: number;
 }
 
@@ -71,7 +71,8 @@ export class ProcessTable {
       status: state.status,
       lastSeen,
       cpuHistory,
-      exitedAt: state.status === "exited" ? (existing?.exitedAt ?? now) : undefined,
+      // The agent's clock may run ahead of the browser's: never later than now.
+      exitedAt: state.status === "exited" ? (existing?.exitedAt ?? Math.min(lastSeen, now)) : undefined,
     });
     return true;
   }
