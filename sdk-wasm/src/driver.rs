@@ -160,11 +160,18 @@ impl Shared {
     /// (outermost call only), then the timer.
     pub(crate) fn drive(self: &Rc<Self>) {
         self.flush_transmits();
+        if self.dispatch_events() {
+            self.settle_if_stopped();
+        }
+        self.arm_timer();
+    }
+
+    /// Hands every queued event out, one at a time; `false` (and nothing
+    /// done) when called from inside an event callback, where the outer
+    /// loop hands them out, in order.
+    fn dispatch_events(self: &Rc<Self>) -> bool {
         if self.dispatching.replace(true) {
-            // A nested call from inside an event callback: the outer loop
-            // hands out the events, in order.
-            self.arm_timer();
-            return;
+            return false;
         }
         loop {
             let event = self.driver.borrow_mut().core.poll_event();
@@ -173,8 +180,7 @@ impl Shared {
             self.flush_transmits();
         }
         self.dispatching.set(false);
-        self.settle_if_stopped();
-        self.arm_timer();
+        true
     }
 
     fn flush_transmits(&self) {
@@ -385,29 +391,14 @@ impl Shared {
             self.runtime
                 .settle(PENDING_SUBSCRIBE, sub.as_u64() as f64, false, &error);
         }
-        // Forgetting subscriptions may have queued events.
-        self.drive_events_only();
+        // Forgetting subscriptions queued events (no new settling needed).
+        self.dispatch_events();
     }
 
     /// Drops a subscription the application never received.
     fn forget_subscription(&self, sub: SubscriptionId) {
         self.runtime.unregister(sub.as_u64() as f64);
         let _ = self.driver.borrow_mut().core.unsubscribe(now_ms(), sub);
-    }
-
-    /// Hands out queued events without the end-of-drive settling (which
-    /// just ran).
-    fn drive_events_only(self: &Rc<Self>) {
-        if self.dispatching.replace(true) {
-            return;
-        }
-        loop {
-            let event = self.driver.borrow_mut().core.poll_event();
-            let Some(event) = event else { break };
-            self.dispatch(event);
-            self.flush_transmits();
-        }
-        self.dispatching.set(false);
     }
 }
 
