@@ -62,6 +62,11 @@ extern "C" {
     #[wasm_bindgen(method, js_name = emitError)]
     pub(crate) fn emit_error(this: &Runtime, error: &JsValue, quiet: bool);
 
+    /// One event to its handler, from the EVENT frame's own text.
+    #[wasm_bindgen(method, js_name = deliverFrame)]
+    pub(crate) fn deliver_frame(this: &Runtime, id: f64, frame_text: &JsValue);
+
+    /// One event to its handler, from the event re-encoded as JSON.
     #[wasm_bindgen(method)]
     pub(crate) fn deliver(
         this: &Runtime,

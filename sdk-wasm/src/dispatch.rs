@@ -203,10 +203,19 @@ impl Shared {
         }
     }
 
-    /// The hot path: one `EVENT` to its handler. The event crosses as JSON
-    /// text (its payload is still the publisher's raw JSON) and is parsed
-    /// once by the engine's `JSON.parse`.
+    /// The hot path: one `EVENT` to its handler. The handler gets the
+    /// event parsed by the engine's `JSON.parse` from the frame's own text
+    /// (no re-encoding in wasm, no second string copy); the payload is the
+    /// publisher's JSON either way.
     fn deliver(&self, id: u64, delivery: &EventDelivery) {
+        // Cloned out (a reference, not the text): no borrow is held while
+        // the handler runs.
+        let frame = self.current_frame.borrow().clone();
+        if let Some(frame) = frame {
+            self.runtime.deliver_frame(id as f64, &frame);
+            return;
+        }
+        // Not from a frame being handled (no such path today): re-encode.
         let event_json = match serde_json::to_string(&delivery.event) {
             Ok(json) => json,
             Err(e) => {

@@ -127,6 +127,10 @@ pub(crate) struct Shared {
     pub(crate) driver: RefCell<Driver>,
     pub(crate) runtime: Runtime,
     dispatching: Cell<bool>,
+    /// The text of the frame being handled (a JS string), while its events
+    /// are handed out: an EVENT frame yields at most one delivery, and its
+    /// handler gets the event parsed from this text.
+    pub(crate) current_frame: RefCell<Option<JsValue>>,
     callbacks: Callbacks,
 }
 
@@ -152,6 +156,7 @@ impl Shared {
             }),
             runtime: Runtime::new(),
             dispatching: Cell::new(false),
+            current_frame: RefCell::new(None),
             callbacks: Callbacks::new(weak),
         })
     }
@@ -260,12 +265,13 @@ impl Shared {
     }
 
     fn on_socket_message(self: &Rc<Self>, event: MessageEvent) {
+        let data = event.data();
         {
             let mut driver = self.driver.borrow_mut();
             if !driver.is_current(&event) {
                 return;
             }
-            match event.data().as_string() {
+            match data.as_string() {
                 Some(text) => driver.core.handle_text(now_ms(), &text),
                 None => {
                     drop(driver);
@@ -278,7 +284,11 @@ impl Shared {
                 }
             }
         }
+        // Events queued before this frame were all handed out by earlier
+        // drives; any delivery now comes from this frame.
+        let outer = self.current_frame.replace(Some(data));
         self.drive();
+        self.current_frame.replace(outer);
     }
 
     fn on_socket_close(self: &Rc<Self>, event: CloseEvent) {
