@@ -178,8 +178,9 @@ pub struct GroupDefaults {
     /// bound: a stuck first event stops delivery once this many later events
     /// are done or pending).
     pub window: usize,
-    /// How often cursor moves are made durable (ACKs have no answer, so a
-    /// few ms of delay is invisible to clients).
+    /// How often cursor moves are made durable. ACKs have no answer, so the
+    /// delay is invisible to clients (PING forces a flush when a client
+    /// needs a sync point); each flush costs a commit, so not every ms.
     pub progress_flush_ms: u64,
 }
 
@@ -192,7 +193,7 @@ impl Default for GroupDefaults {
             nack_backoff_base_ms: 200,
             nack_backoff_max_ms: 60_000,
             window: 10_000,
-            progress_flush_ms: 5,
+            progress_flush_ms: 20,
         }
     }
 }

@@ -73,6 +73,12 @@ struct Session {
     expires_at: Option<u64>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Liveness {
+    Alive,
+    GiveUp,
+}
+
 /// Timer for the token's expiry: first `EXPIRING`, then the close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ExpiryStep {
@@ -95,6 +101,8 @@ struct Connection {
     bad_frames: VecDeque<Instant>,
     last_inbound: Instant,
     expiry: Option<(Instant, ExpiryStep)>,
+    /// When the heartbeat first saw the connection closing.
+    closing_seen: Option<Instant>,
 }
 
 /// Serves one upgraded WebSocket until it closes.
@@ -114,6 +122,7 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
         bad_frames: VecDeque::new(),
         last_inbound: Instant::now(),
         expiry: None,
+        closing_seen: None,
     };
     tracing::debug!(conn = id, "connection opened");
     connection.read_loop(stream, writer).await;
@@ -217,7 +226,11 @@ impl Connection {
                     }
                     None => break,
                 },
-                _ = ticker.tick() => self.heartbeat(heartbeat),
+                _ = ticker.tick() => {
+                    if self.heartbeat(heartbeat) == Liveness::GiveUp {
+                        break;
+                    }
+                }
                 () = sleep_until(expiry.map(|(at, _)| at)), if expiry.is_some() => {
                     self.on_expiry();
                 }
@@ -228,7 +241,19 @@ impl Connection {
         }
     }
 
-    fn heartbeat(&mut self, interval: Duration) {
+    fn heartbeat(&mut self, interval: Duration) -> Liveness {
+        if self.outbox.is_closing() {
+            // The close frame could not be written for a whole interval (a
+            // peer that reads nothing fills the socket): stop waiting.
+            return match self.closing_seen {
+                Some(at) if at.elapsed() >= interval.max(CLOSE_LINGER) => Liveness::GiveUp,
+                Some(_) => Liveness::Alive,
+                None => {
+                    self.closing_seen = Some(Instant::now());
+                    Liveness::Alive
+                }
+            };
+        }
         let silent = self.last_inbound.elapsed();
         if silent >= interval * 3 {
             self.close(
@@ -240,6 +265,7 @@ impl Connection {
             // ones that know nothing about protocol-level PING.
             self.outbox.push_message(Message::Ping(Default::default()));
         }
+        Liveness::Alive
     }
 
     fn close(&self, code: u16, reason: &str) {
