@@ -43,4 +43,65 @@ ensure_ferretdb() {
   (cd "$work" && go build -trimpath -o "$HOME/go/bin/ferretdb" ./cmd/ferretdb)
   rm -rf "$work"
   "$HOME/go/bin/ferretdb" --version >/dev/null 2>&1 || { echo "the FerretDB build does not run" >&2; exit 1; }
+
+# Node.js 20 or newer with npm (the SDK build, the page and browser tests).
+ensure_node() {
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "Node.js 20 or newer with npm is required (https://nodejs.org)" >&2
+    exit 1
+  fi
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]')
+  if (( major < 20 )); then
+    echo "Node.js $(node --version) is too old: 20 or newer is required" >&2
+    exit 1
+  fi
+}
+
+# `npm ci` in folder $1 (default: .) when its node_modules is missing or
+# older than its package-lock.json.
+ensure_npm_deps() {
+  local dir=${1:-.}
+  if [[ ! -d "$dir/node_modules" || "$dir/package-lock.json" -nt "$dir/node_modules" ]]; then
+    (cd "$dir" && npm ci --no-audit --no-fund)
+    touch "$dir/node_modules"
+  fi
+}
+
+# Debian packages, installed with apt-get when missing (needs root).
+ensure_apt_packages() {
+  local missing=()
+  local pkg
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  (( ${#missing[@]} == 0 )) && return 0
+  if [[ $(id -u) != 0 ]]; then
+    echo "missing Debian packages: ${missing[*]} (install them as root)" >&2
+    exit 1
+  fi
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+# True when file $1 is missing or older than any file under the paths that
+# follow.
+is_stale() {
+  local target=$1
+  shift
+  [[ ! -e "$target" ]] && return 0
+  [[ -n $(find "$@" -newer "$target" -type f -print -quit 2>/dev/null) ]]
+}
+
+# Waits (at most $2 seconds) for the first line of file $1 and prints it.
+wait_first_line() {
+  local file=$1 seconds=$2 i
+  for ((i = 0; i < seconds * 10; i++)); do
+    if [[ -s "$file" ]] && head -n1 "$file" | grep -q .; then
+      head -n1 "$file"
+      return 0
+    fi
+    sleep 0.1
+  done
+  return 1
 }

@@ -53,6 +53,10 @@ pub struct HubConfig {
     /// (`publish:** subscribe:**`). Only valid while no token verifier is
     /// configured; `None` means allow everything.
     pub dev_scopes: Option<String>,
+    /// A folder of static files served at `/` (e.g. the built
+    /// process.state page, `www/dist`). `None`: no HTTP files, only the
+    /// WebSocket endpoint.
+    pub www: Option<PathBuf>,
     /// Bad frames tolerated within `bad_frame_window_ms` before the
     /// connection is closed with 4008.
     pub max_bad_frames: u32,
@@ -86,6 +90,7 @@ impl Default for HubConfig {
             groups: GroupDefaults::default(),
             auth: AuthConfig::default(),
             dev_scopes: None,
+            www: None,
             max_bad_frames: 10,
             bad_frame_window_ms: 60_000,
             shutdown_grace_ms: 5_000,
@@ -151,6 +156,11 @@ impl HubConfig {
         }
         if self.max_bad_frames == 0 {
             return Err("max_bad_frames must be positive".to_owned());
+        }
+        if let Some(dir) = &self.www
+            && !dir.is_dir()
+        {
+            return Err(format!("www {} is not a directory", dir.display()));
         }
         self.groups.validate()?;
         if self.auth.is_dev_mode() {

@@ -80,6 +80,10 @@ struct ServeArgs {
     /// [default: 30000]
     #[arg(long, env = "PROMHUB_EXPIRING_NOTICE_MS")]
     expiring_notice_ms: Option<u64>,
+    /// Serve the static files of this folder at `/` (e.g. www/dist, the
+    /// process.state page) [default: none]
+    #[arg(long, env = "PROMHUB_WWW")]
+    www: Option<PathBuf>,
     /// Token verification; none of these set means development mode.
     #[command(flatten)]
     auth: AuthArgs,
@@ -123,6 +127,9 @@ impl ServeArgs {
         }
         if let Some(ms) = self.expiring_notice_ms {
             config.expiring_notice_ms = ms;
+        }
+        if let Some(dir) = self.www {
+            config.www = Some(dir);
         }
         self.auth.apply(&mut config.auth);
         config.validate().map_err(anyhow::Error::msg)?;

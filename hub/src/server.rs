@@ -14,6 +14,7 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
+use tower_http::services::ServeDir;
 
 use crate::auth::Verifier;
 use crate::authn::{Authenticator, DevAuthenticator};
@@ -103,12 +104,18 @@ pub async fn run_with(
         shutdown: shutdown_rx.clone(),
         next_conn_id: AtomicU64::new(1),
     });
-    let app = Router::new()
+    let mut app = Router::new()
         .route(&config.ws_path, get(upgrade))
         .with_state(GatewayState {
             shared,
             tracker: Arc::clone(&tracker),
         });
+    if let Some(dir) = &config.www {
+        // Everything that is not the WebSocket path: files of `www`
+        // (`/` is its index.html).
+        tracing::info!(www = %dir.display(), "serving static files at /");
+        app = app.fallback_service(ServeDir::new(dir));
+    }
     let listener = listener.tap_io(|tcp| {
         // Frames are small and latency matters; batching happens in the
         // outbox, not in Nagle's algorithm.

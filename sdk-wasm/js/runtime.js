@@ -1,0 +1,291 @@
+// The JavaScript half of the promhub browser client: what is cheaper or only
+// possible on the JS side of the boundary. Every EVENT passes through
+// `deliver` (one call per event), so it stays small and allocation-light.
+// No protocol logic lives here: the Rust side (promhub-core's ClientCore)
+// decides everything; this file calls handlers and listeners.
+
+const MAX_REASON_CHARS = 1024;
+
+/** The error type of every promhub failure: `code` says what happened. */
+export class PromHubError extends Error {
+  constructor(code, message, retryAfterMs) {
+    super(message);
+    this.name = "PromHubError";
+    this.code = code;
+    if (retryAfterMs !== undefined) this.retryAfterMs = retryAfterMs;
+  }
+}
+
+export function makeError(code, message, retryAfterMs) {
+  return new PromHubError(code, message, retryAfterMs);
+}
+
+/** The object `onState` listeners receive (absent fields left out). */
+export function makeStateEvent(state, reason, code, attempt, delayMs, at, session, server, expiresAt) {
+  const event = { state, reason };
+  if (code !== undefined) event.code = code;
+  if (attempt !== undefined) event.reconnect = { attempt, delayMs, at };
+  if (session !== undefined) event.session = session;
+  if (server !== undefined) event.server = server;
+  if (expiresAt !== undefined) event.expiresAt = expiresAt;
+  return event;
+}
+
+/** `PubAck`, as `publish()` resolves with it. */
+export function makePubAck(rid, id, seq, duplicate) {
+  const ack = { rid, id, seq };
+  if (duplicate) ack.duplicate = true;
+  return ack;
+}
+
+/** Human-readable text of anything thrown or rejected. */
+export function describeError(error) {
+  let text;
+  if (error instanceof Error) text = error.message || error.name;
+  else if (typeof error === "string") text = error;
+  else {
+    try {
+      text = JSON.stringify(error) ?? String(error);
+    } catch {
+      text = String(error);
+    }
+  }
+  return text.length > MAX_REASON_CHARS ? text.slice(0, MAX_REASON_CHARS) : text;
+}
+
+function isThenable(value) {
+  return (
+    value !== null &&
+    (typeof value === "object" || typeof value === "function") &&
+    typeof value.then === "function"
+  );
+}
+
+/**
+ * The `ctx` a handler receives: the delivery context of the EVENT frame
+ * (`attempt`, `ack_deadline`, `snapshot`) plus explicit acknowledgement.
+ * The first of ack/nack wins; the automatic one after the handler settles
+ * is skipped when the handler already chose.
+ */
+class DeliveryContext {
+  #eventId;
+  #settled = false;
+
+  constructor(subscription, eventId, attempt, ackDeadline, snapshot) {
+    this.subscription = subscription;
+    this.attempt = attempt;
+    if (ackDeadline !== undefined) this.ack_deadline = ackDeadline;
+    if (snapshot) this.snapshot = true;
+    this.#eventId = eventId;
+  }
+
+  get settled() {
+    return this.#settled;
+  }
+
+  ack() {
+    if (this.#settled) return false;
+    this.#settled = true;
+    return this.subscription.ack(this.#eventId);
+  }
+
+  nack(reason, opts) {
+    if (this.#settled) return false;
+    this.#settled = true;
+    return this.subscription.nack(this.#eventId, reason, opts);
+  }
+
+  working() {
+    if (this.#settled) return false;
+    return this.subscription.working(this.#eventId);
+  }
+}
+
+/**
+ * Listener sets, subscription handlers, pending promises and the per-event
+ * dispatch.
+ */
+export class Runtime {
+  constructor() {
+    this.stateListeners = new Set();
+    this.errorListeners = new Set();
+    /** subscription id → { handler, subscription, durable } */
+    this.subscriptions = new Map();
+    /** Pending promises by kind (PENDING_*), then by request or subscription id. */
+    this.pending = [new Map(), new Map(), new Map()];
+    /** `connect()` promises, settled together. */
+    this.connectWaiters = [];
+  }
+
+  /** A new promise, settled later by `settle(kind, id, …)`. */
+  track(kind, id) {
+    return new Promise((resolve, reject) => {
+      this.pending[kind].set(id, { resolve, reject });
+    });
+  }
+
+  /** Settles the promise of (kind, id), if one is pending. */
+  settle(kind, id, ok, value) {
+    const map = this.pending[kind];
+    const entry = map.get(id);
+    if (entry === undefined) return false;
+    map.delete(id);
+    if (ok) entry.resolve(value);
+    else entry.reject(value);
+    return true;
+  }
+
+  waitConnected() {
+    return new Promise((resolve, reject) => {
+      this.connectWaiters.push({ resolve, reject });
+    });
+  }
+
+  hasConnectWaiters() {
+    return this.connectWaiters.length > 0;
+  }
+
+  settleConnected(ok, value) {
+    const waiters = this.connectWaiters;
+    this.connectWaiters = [];
+    for (const waiter of waiters) {
+      if (ok) waiter.resolve(value);
+      else waiter.reject(value);
+    }
+  }
+
+  register(id, handler, subscription, durable) {
+    this.subscriptions.set(id, { handler, subscription, durable });
+  }
+
+  unregister(id) {
+    this.subscriptions.delete(id);
+  }
+
+  subscription(id) {
+    return this.subscriptions.get(id)?.subscription;
+  }
+
+  onState(listener) {
+    return listen(this.stateListeners, listener);
+  }
+
+  onError(listener) {
+    return listen(this.errorListeners, listener);
+  }
+
+  emitState(event) {
+    for (const listener of this.stateListeners) callListener(listener, event);
+  }
+
+  /** `quiet`: nobody listening is fine (no console fallback). */
+  emitError(error, quiet) {
+    if (this.errorListeners.size === 0) {
+      if (!quiet) console.error("promhub:", error);
+      return;
+    }
+    for (const listener of this.errorListeners) callListener(listener, error);
+  }
+
+  /**
+   * Hands one event to its subscription's handler, from the text of the
+   * EVENT frame it arrived in (already decoded, checked and routed by the
+   * Rust side; parsed here once more by the engine's JSON.parse, which is
+   * cheaper than re-encoding the event in wasm).
+   */
+  deliverFrame(id, frameText) {
+    const entry = this.subscriptions.get(id);
+    if (entry === undefined) return;
+    const frame = JSON.parse(frameText);
+    const ctx = frame.ctx;
+    this.#run(entry, frame.event, ctx.attempt, ctx.ack_deadline, ctx.snapshot === true);
+  }
+
+  /** Same, from the event re-encoded as JSON by the Rust side. */
+  deliver(id, eventJson, attempt, ackDeadline, snapshot) {
+    const entry = this.subscriptions.get(id);
+    if (entry === undefined) return;
+    this.#run(entry, JSON.parse(eventJson), attempt, ackDeadline, snapshot);
+  }
+
+  /**
+   * Durable groups: ACK when the handler returns or its promise resolves,
+   * NACK with the error text when it throws or rejects. Ephemeral
+   * subscriptions have nothing to acknowledge; a failing handler is
+   * reported to the error listeners.
+   */
+  #run(entry, event, attempt, ackDeadline, snapshot) {
+    const ctx = new DeliveryContext(entry.subscription, event.id, attempt, ackDeadline, snapshot);
+    let result;
+    try {
+      result = entry.handler(event, ctx);
+    } catch (error) {
+      this.#handlerFailed(entry, ctx, error);
+      return;
+    }
+    if (isThenable(result)) {
+      result.then(
+        () => {
+          if (entry.durable) ctx.ack();
+        },
+        (error) => this.#handlerFailed(entry, ctx, error),
+      );
+    } else if (entry.durable) {
+      ctx.ack();
+    }
+  }
+
+  #handlerFailed(entry, ctx, error) {
+    if (entry.durable) {
+      ctx.nack(describeError(error));
+      return;
+    }
+    const failure = new PromHubError(
+      "handler_failed",
+      `handler for ${entry.subscription.topic} failed: ${describeError(error)}`,
+    );
+    failure.cause = error;
+    this.emitError(failure, false);
+  }
+}
+
+function listen(set, listener) {
+  if (typeof listener !== "function") {
+    throw new PromHubError("bad_request", "listener must be a function");
+  }
+  set.add(listener);
+  return () => {
+    set.delete(listener);
+  };
+}
+
+function callListener(listener, value) {
+  try {
+    listener(value);
+  } catch (error) {
+    console.error("promhub: listener failed:", error);
+  }
+}
+
+/**
+ * Calls the application's token source and reports the outcome once, as
+ * `done(token, undefined)` or `done(undefined, message)`. Accepts a string,
+ * null/undefined (anonymous), or a promise of one.
+ */
+export function fetchToken(source, done) {
+  let result;
+  try {
+    result = source();
+  } catch (error) {
+    done(undefined, describeError(error));
+    return;
+  }
+  Promise.resolve(result).then(
+    (token) => {
+      if (token === undefined || token === null) done(undefined, undefined);
+      else if (typeof token === "string") done(token, undefined);
+      else done(undefined, `getToken returned ${typeof token}; expected a string or null`);
+    },
+    (error) => done(undefined, describeError(error)),
+  );
+}

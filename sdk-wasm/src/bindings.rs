@@ -1,0 +1,131 @@
+//! Imports from JavaScript: the clock, timers and the JS half of the client
+//! (`js/runtime.js`).
+
+use js_sys::{Function, Promise};
+use wasm_bindgen::prelude::*;
+
+/// Kinds of pending promises kept by the runtime (`track`/`settle`).
+pub(crate) const PENDING_PUBLISH: u32 = 0;
+pub(crate) const PENDING_SUBSCRIBE: u32 = 1;
+pub(crate) const PENDING_UNSUBSCRIBE: u32 = 2;
+
+#[wasm_bindgen(module = "/js/runtime.js")]
+extern "C" {
+    /// Listener sets, subscription handlers, pending promises and the
+    /// per-event dispatch.
+    #[derive(Debug, Clone)]
+    pub(crate) type Runtime;
+
+    #[wasm_bindgen(constructor)]
+    pub(crate) fn new() -> Runtime;
+
+    #[wasm_bindgen(method)]
+    pub(crate) fn track(this: &Runtime, kind: u32, id: f64) -> Promise;
+
+    #[wasm_bindgen(method)]
+    pub(crate) fn settle(this: &Runtime, kind: u32, id: f64, ok: bool, value: &JsValue) -> bool;
+
+    #[wasm_bindgen(method, js_name = waitConnected)]
+    pub(crate) fn wait_connected(this: &Runtime) -> Promise;
+
+    #[wasm_bindgen(method, js_name = hasConnectWaiters)]
+    pub(crate) fn has_connect_waiters(this: &Runtime) -> bool;
+
+    #[wasm_bindgen(method, js_name = settleConnected)]
+    pub(crate) fn settle_connected(this: &Runtime, ok: bool, value: &JsValue);
+
+    #[wasm_bindgen(method)]
+    pub(crate) fn register(
+        this: &Runtime,
+        id: f64,
+        handler: &Function,
+        subscription: &JsValue,
+        durable: bool,
+    );
+
+    #[wasm_bindgen(method)]
+    pub(crate) fn unregister(this: &Runtime, id: f64);
+
+    /// The JS `Subscription` object registered under `id`, or `undefined`.
+    #[wasm_bindgen(method)]
+    pub(crate) fn subscription(this: &Runtime, id: f64) -> JsValue;
+
+    #[wasm_bindgen(method, catch, js_name = onState)]
+    pub(crate) fn on_state(this: &Runtime, listener: &JsValue) -> Result<Function, JsValue>;
+
+    #[wasm_bindgen(method, catch, js_name = onError)]
+    pub(crate) fn on_error(this: &Runtime, listener: &JsValue) -> Result<Function, JsValue>;
+
+    #[wasm_bindgen(method, js_name = emitState)]
+    pub(crate) fn emit_state(this: &Runtime, event: &JsValue);
+
+    #[wasm_bindgen(method, js_name = emitError)]
+    pub(crate) fn emit_error(this: &Runtime, error: &JsValue, quiet: bool);
+
+    /// One event to its handler, from the EVENT frame's own text.
+    #[wasm_bindgen(method, js_name = deliverFrame)]
+    pub(crate) fn deliver_frame(this: &Runtime, id: f64, frame_text: &JsValue);
+
+    /// One event to its handler, from the event re-encoded as JSON.
+    #[wasm_bindgen(method)]
+    pub(crate) fn deliver(
+        this: &Runtime,
+        id: f64,
+        event_json: &str,
+        attempt: u32,
+        ack_deadline: Option<f64>,
+        snapshot: bool,
+    );
+
+    #[wasm_bindgen(js_name = makeError)]
+    pub(crate) fn make_error(code: &str, message: &str, retry_after_ms: Option<f64>) -> JsValue;
+
+    #[wasm_bindgen(js_name = makeStateEvent)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn make_state_event(
+        state: &str,
+        reason: &str,
+        code: Option<u16>,
+        attempt: Option<u32>,
+        delay_ms: Option<f64>,
+        at: Option<f64>,
+        session: Option<String>,
+        server: Option<String>,
+        expires_at: Option<f64>,
+    ) -> JsValue;
+
+    #[wasm_bindgen(js_name = makePubAck)]
+    pub(crate) fn make_pub_ack(rid: &str, id: &str, seq: f64, duplicate: bool) -> JsValue;
+
+    #[wasm_bindgen(js_name = describeError)]
+    pub(crate) fn describe_error(error: &JsValue) -> String;
+
+    /// Calls `source` and reports `(token, undefined)` or
+    /// `(undefined, message)` to `done`.
+    #[wasm_bindgen(js_name = fetchToken)]
+    pub(crate) fn fetch_token(source: &Function, done: &JsValue);
+}
+
+#[wasm_bindgen]
+extern "C" {
+    // Globals rather than `window.*`, so the client also runs in workers.
+    #[wasm_bindgen(js_name = setTimeout)]
+    pub(crate) fn set_timeout(handler: &Function, delay_ms: f64) -> JsValue;
+
+    #[wasm_bindgen(js_name = clearTimeout)]
+    pub(crate) fn clear_timeout(id: &JsValue);
+
+    #[wasm_bindgen(js_namespace = performance, js_name = now)]
+    fn performance_now() -> f64;
+}
+
+/// The driver's monotonic clock: whole ms since the page (or worker)
+/// started.
+pub(crate) fn now_ms() -> u64 {
+    performance_now().max(0.0) as u64
+}
+
+/// Wall-clock Unix ms, for `ClientCore::set_unix_time`.
+pub(crate) fn unix_ms() -> u64 {
+    js_sys::Date::now().max(0.0) as u64
+}

@@ -1,0 +1,290 @@
+//! What each [`ClientEvent`] becomes in JavaScript: a settled promise, a
+//! handler call, or a state/error listener call.
+
+use std::rc::Rc;
+
+use promhub_core::client::{ClientEvent, ConnectionState, StateReason, Unmatched};
+use promhub_core::frames::{EventDelivery, Welcome};
+use wasm_bindgen::JsValue;
+
+use crate::bindings::{
+    PENDING_PUBLISH, PENDING_SUBSCRIBE, PENDING_UNSUBSCRIBE, make_error, make_pub_ack,
+    make_state_event, unix_ms,
+};
+use crate::driver::Shared;
+use crate::errors::{error, request_error};
+
+/// The object `onState` listeners receive.
+#[derive(Debug, Default)]
+struct StateEvent<'a> {
+    state: &'a str,
+    reason: String,
+    code: Option<u16>,
+    /// Reconnect attempt, its delay, and the Unix ms it starts at.
+    reconnect: Option<(u32, u64, u64)>,
+    session: Option<String>,
+    server: Option<String>,
+    expires_at: Option<u64>,
+}
+
+impl<'a> StateEvent<'a> {
+    fn new(state: &'a str, reason: String) -> Self {
+        StateEvent {
+            state,
+            reason,
+            ..StateEvent::default()
+        }
+    }
+
+    fn into_js(self) -> JsValue {
+        let reconnect = self.reconnect;
+        make_state_event(
+            self.state,
+            &self.reason,
+            self.code,
+            reconnect.map(|(attempt, _, _)| attempt),
+            reconnect.map(|(_, delay, _)| delay as f64),
+            reconnect.map(|(_, _, at)| at as f64),
+            self.session,
+            self.server,
+            self.expires_at.map(|ms| ms as f64),
+        )
+    }
+}
+
+pub(crate) fn state_name(state: ConnectionState) -> &'static str {
+    match state {
+        ConnectionState::Disconnected => "disconnected",
+        ConnectionState::Connecting => "connecting",
+        ConnectionState::Authenticating => "authenticating",
+        ConnectionState::Connected => "connected",
+        ConnectionState::Closed => "closed",
+    }
+}
+
+/// Words for a state change, and the close code behind it if any.
+fn describe(reason: &StateReason) -> (String, Option<u16>) {
+    match reason {
+        StateReason::UserRequested => ("requested by the application".to_owned(), None),
+        StateReason::Reconnect { attempt } => (format!("reconnect attempt {attempt}"), None),
+        StateReason::TokenUpdated => ("new token".to_owned(), None),
+        StateReason::SocketOpened => ("socket open, authenticating".to_owned(), None),
+        StateReason::Authenticated => ("authenticated".to_owned(), None),
+        StateReason::SocketClosed { code, reason } => {
+            let text = match (code, reason.is_empty()) {
+                (Some(code), true) => format!("socket closed ({code})"),
+                (Some(code), false) => format!("socket closed ({code}: {reason})"),
+                (None, true) => "socket closed".to_owned(),
+                (None, false) => format!("socket closed ({reason})"),
+            };
+            (text, *code)
+        }
+        StateReason::SocketError(message) => (message.clone(), None),
+        StateReason::TerminalClose { code, reason } => {
+            (format!("closed by the hub ({code}: {reason})"), Some(*code))
+        }
+        StateReason::AuthRefused {
+            code,
+            msg,
+            close_code,
+        } => (
+            format!("authentication refused: {code}: {msg}"),
+            *close_code,
+        ),
+        StateReason::ConnectTimeout => ("connect timeout".to_owned(), None),
+        StateReason::AuthTimeout => ("no answer to AUTH in time".to_owned(), None),
+        StateReason::HeartbeatTimeout => ("heartbeat timeout".to_owned(), None),
+        StateReason::ProtocolViolation(message) => (format!("protocol violation: {message}"), None),
+        StateReason::ReconnectExhausted { attempts } => {
+            (format!("gave up after {attempts} reconnect attempts"), None)
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn dispatch(self: &Rc<Self>, event: ClientEvent) {
+        match event {
+            ClientEvent::Delivery { sub, delivery } => self.deliver(sub.as_u64(), &delivery),
+            ClientEvent::StateChanged { state, reason } => self.state_changed(state, &reason),
+            ClientEvent::Connected(welcome) => self.connected(welcome),
+            ClientEvent::Reconnecting { attempt, delay_ms } => {
+                let reason = self.driver.borrow().last_close_reason.clone();
+                let mut event = StateEvent::new("disconnected", reason);
+                event.reconnect = Some((attempt, delay_ms, unix_ms().saturating_add(delay_ms)));
+                self.runtime.emit_state(&event.into_js());
+            }
+            ClientEvent::PublishAcked { request, ack } => {
+                let ack = make_pub_ack(&ack.rid, &ack.id, ack.seq as f64, ack.duplicate);
+                self.runtime
+                    .settle(PENDING_PUBLISH, request.as_u64() as f64, true, &ack);
+            }
+            ClientEvent::PublishFailed { request, error } => {
+                let failure = request_error(&error);
+                self.runtime
+                    .settle(PENDING_PUBLISH, request.as_u64() as f64, false, &failure);
+            }
+            ClientEvent::Subscribed { sub, .. } => {
+                self.driver.borrow_mut().unconfirmed.retain(|s| *s != sub);
+                let id = sub.as_u64() as f64;
+                let subscription = self.runtime.subscription(id);
+                self.runtime
+                    .settle(PENDING_SUBSCRIBE, id, true, &subscription);
+            }
+            ClientEvent::SubscribeFailed { sub, error } => {
+                let id = sub.as_u64();
+                let topic = self.subscription_topic(id);
+                self.runtime.unregister(id as f64);
+                self.driver.borrow_mut().unconfirmed.retain(|s| *s != sub);
+                let failure = request_error(&error);
+                if !self
+                    .runtime
+                    .settle(PENDING_SUBSCRIBE, id as f64, false, &failure)
+                {
+                    // A resubscribe after a reconnect was refused: the
+                    // application holds a subscription that is gone.
+                    let lost = error_with_code(
+                        &failure,
+                        "subscription_lost",
+                        &format!("subscription to {topic} lost on resubscribe: {error}"),
+                    );
+                    self.runtime.emit_error(&lost, false);
+                }
+            }
+            ClientEvent::Unsubscribed { sub } => {
+                let id = sub.as_u64() as f64;
+                self.runtime.unregister(id);
+                self.runtime
+                    .settle(PENDING_UNSUBSCRIBE, id, true, &JsValue::UNDEFINED);
+            }
+            ClientEvent::UnsubscribeFailed { sub, error } => {
+                let id = sub.as_u64() as f64;
+                self.runtime.unregister(id);
+                let failure = request_error(&error);
+                if !self
+                    .runtime
+                    .settle(PENDING_UNSUBSCRIBE, id, false, &failure)
+                {
+                    self.runtime.emit_error(&failure, false);
+                }
+            }
+            ClientEvent::TokenRefreshNeeded { .. } => self.token_needed(),
+            ClientEvent::TokenRefreshed { expires_at } => {
+                let mut event = StateEvent::new("connected", "token refreshed".to_owned());
+                event.expires_at = expires_at;
+                self.runtime.emit_state(&event.into_js());
+            }
+            // `PING` is not exposed; heartbeats stay inside the machine.
+            ClientEvent::Pong { .. } | ClientEvent::PingFailed { .. } => {}
+            ClientEvent::ServerError(frame) => {
+                let failure = make_error(
+                    frame.code.as_str(),
+                    &format!("hub error: {}: {}", frame.code, frame.msg),
+                    frame.retry_after_ms.map(|ms| ms as f64),
+                );
+                self.runtime.emit_error(&failure, false);
+            }
+            ClientEvent::ProtocolError(message) => {
+                self.runtime
+                    .emit_error(&error("protocol_error", &message), false);
+            }
+            ClientEvent::Unmatched(unmatched) => {
+                // Usually a late answer after a timeout: reported, but not
+                // worth a console line when nobody listens.
+                let message = match unmatched {
+                    Unmatched::Answer { op, rid } => {
+                        format!("{op} for no pending request (rid {rid:?})")
+                    }
+                    Unmatched::Event {
+                        topic, event_id, ..
+                    } => format!("EVENT {event_id} for no subscription ({topic})"),
+                };
+                self.runtime.emit_error(&error("unmatched", &message), true);
+            }
+        }
+    }
+
+    /// The hot path: one `EVENT` to its handler. The handler gets the
+    /// event parsed by the engine's `JSON.parse` from the frame's own text
+    /// (no re-encoding in wasm, no second string copy); the payload is the
+    /// publisher's JSON either way.
+    fn deliver(&self, id: u64, delivery: &EventDelivery) {
+        // Cloned out (a reference, not the text): no borrow is held while
+        // the handler runs.
+        let frame = self.current_frame.borrow().clone();
+        if let Some(frame) = frame {
+            self.runtime.deliver_frame(id as f64, &frame);
+            return;
+        }
+        // Not from a frame being handled (no such path today): re-encode.
+        let event_json = match serde_json::to_string(&delivery.event) {
+            Ok(json) => json,
+            Err(e) => {
+                let failure = error("internal", &format!("cannot encode event: {e}"));
+                self.runtime.emit_error(&failure, false);
+                return;
+            }
+        };
+        let ctx = &delivery.ctx;
+        self.runtime.deliver(
+            id as f64,
+            &event_json,
+            ctx.attempt,
+            ctx.ack_deadline.map(|ms| ms as f64),
+            ctx.snapshot.unwrap_or(false),
+        );
+    }
+
+    fn state_changed(self: &Rc<Self>, state: ConnectionState, reason: &StateReason) {
+        if state == ConnectionState::Connected {
+            // Reported with the hub's welcome, which follows at once.
+            return;
+        }
+        let (text, code) = describe(reason);
+        if matches!(
+            state,
+            ConnectionState::Closed | ConnectionState::Disconnected
+        ) {
+            self.driver.borrow_mut().last_close_reason = text.clone();
+        }
+        let mut event = StateEvent::new(state_name(state), text);
+        event.code = code;
+        self.runtime.emit_state(&event.into_js());
+    }
+
+    fn connected(&self, welcome: Welcome) {
+        let mut event = StateEvent::new("connected", "authenticated".to_owned());
+        event.session = Some(welcome.session);
+        event.server = Some(welcome.server);
+        event.expires_at = welcome.expires_at;
+        self.runtime.emit_state(&event.into_js());
+        self.runtime.settle_connected(true, &JsValue::UNDEFINED);
+    }
+
+    fn token_needed(self: &Rc<Self>) {
+        if self.driver.borrow().get_token.is_some() {
+            self.start_token_fetch();
+            return;
+        }
+        let failure = error(
+            "token_refresh_needed",
+            "the hub needs a new token: pass getToken to the client, or call setToken",
+        );
+        self.runtime.emit_error(&failure, false);
+    }
+
+    fn subscription_topic(&self, id: u64) -> String {
+        let subscription = self.runtime.subscription(id as f64);
+        js_sys::Reflect::get(&subscription, &JsValue::from_str("topic"))
+            .ok()
+            .and_then(|topic| topic.as_string())
+            .unwrap_or_else(|| format!("subscription {id}"))
+    }
+}
+
+/// `base` (a PromHubError from a request) under another code and message,
+/// keeping the original as `cause`.
+fn error_with_code(base: &JsValue, code: &str, message: &str) -> JsValue {
+    let failure = error(code, message);
+    let _ = js_sys::Reflect::set(&failure, &JsValue::from_str("cause"), base);
+    failure
+}

@@ -1,0 +1,505 @@
+//! The driver: moves bytes and time between a browser `WebSocket`, one
+//! `setTimeout` timer and [`ClientCore`], following the contract in
+//! `promhub_core::client`: feed an input with the current time, then
+//! execute every `Transmit`, hand every `ClientEvent` on, and re-arm the
+//! timer at `poll_timeout()`.
+//!
+//! JavaScript code (handlers, listeners, promise callbacks) may call back
+//! into the client at any moment, so the state lives in a `RefCell` that is
+//! never borrowed while JavaScript runs. Events are handed out one at a
+//! time by the outermost [`Shared::drive`]; a nested call (e.g. a handler
+//! that acknowledges or publishes) only executes transmits, so events reach
+//! the application in the order the machine produced them.
+
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
+
+use js_sys::Function;
+use promhub_core::client::{ClientCore, ConnectionState, SubscriptionId, Transmit};
+use wasm_bindgen::prelude::*;
+use web_sys::{CloseEvent, MessageEvent, WebSocket};
+
+use crate::bindings::{
+    self, PENDING_SUBSCRIBE, Runtime, clear_timeout, now_ms, set_timeout, unix_ms,
+};
+use crate::options::Options;
+
+/// Close codes a browser reports for a connection that ended without a
+/// close frame (1006) or with one that carried no code (1005).
+const ABNORMAL_CLOSURE: u16 = 1006;
+const NO_STATUS: u16 = 1005;
+/// `setTimeout` takes a signed 32-bit delay.
+const MAX_TIMER_DELAY_MS: u64 = i32::MAX as u64;
+/// Retry delays after `getToken` fails: doubling from the first to the cap.
+const TOKEN_RETRY_FIRST_MS: u64 = 500;
+const TOKEN_RETRY_MAX_MS: u64 = 30_000;
+
+#[derive(Debug)]
+struct Timer {
+    deadline: u64,
+    handle: JsValue,
+}
+
+/// Where the token from `getToken` stands.
+#[derive(Debug, Default)]
+pub(crate) struct TokenFetch {
+    pub(crate) in_flight: bool,
+    /// `connect()` is waiting for the first token before opening a socket.
+    pub(crate) connect_when_ready: bool,
+    /// A token (or deliberate anonymity) was obtained at least once.
+    pub(crate) have_token: bool,
+    failures: u32,
+    /// Driver ms of the next attempt after a failure.
+    pub(crate) retry_at: Option<u64>,
+}
+
+/// Everything mutable. Only borrowed for short stretches with no
+/// JavaScript callback inside.
+#[derive(Debug)]
+pub(crate) struct Driver {
+    pub(crate) core: ClientCore,
+    url: String,
+    socket: Option<WebSocket>,
+    timer: Option<Timer>,
+    /// Subscriptions whose `subscribe()` promise waits for the first
+    /// `SUBACK` (the promises themselves are kept by the runtime).
+    pub(crate) unconfirmed: Vec<SubscriptionId>,
+    pub(crate) get_token: Option<Function>,
+    pub(crate) token: TokenFetch,
+    /// `close()` was called and `connect()` not since.
+    pub(crate) stopped_by_user: bool,
+    /// Why the client last entered `closed`, for promises that end there.
+    pub(crate) last_close_reason: String,
+}
+
+/// JS callbacks made once per client and shared by every socket, timer and
+/// token fetch. They hold a weak reference: the client is owned by its JS
+/// object alone.
+#[derive(Debug)]
+struct Callbacks {
+    open: Closure<dyn Fn(web_sys::Event)>,
+    message: Closure<dyn Fn(MessageEvent)>,
+    close: Closure<dyn Fn(CloseEvent)>,
+    timer: Closure<dyn Fn()>,
+    token: Closure<dyn Fn(Option<String>, Option<String>)>,
+}
+
+impl Callbacks {
+    fn new(weak: &Weak<Shared>) -> Callbacks {
+        fn with<A: 'static>(weak: &Weak<Shared>, f: fn(&Rc<Shared>, A)) -> impl Fn(A) + 'static {
+            let weak = weak.clone();
+            move |arg| {
+                if let Some(shared) = weak.upgrade() {
+                    f(&shared, arg);
+                }
+            }
+        }
+        let timer_weak = weak.clone();
+        Callbacks {
+            open: Closure::new(with(weak, Shared::on_socket_open)),
+            message: Closure::new(with(weak, Shared::on_socket_message)),
+            close: Closure::new(with(weak, Shared::on_socket_close)),
+            timer: Closure::new(move || {
+                if let Some(shared) = timer_weak.upgrade() {
+                    shared.on_timer();
+                }
+            }),
+            token: {
+                let weak = weak.clone();
+                Closure::new(move |token: Option<String>, failure: Option<String>| {
+                    if let Some(shared) = weak.upgrade() {
+                        match failure {
+                            Some(message) => shared.on_token_failed(message),
+                            None => shared.on_token(token),
+                        }
+                    }
+                })
+            },
+        }
+    }
+}
+
+/// One client: its state, its JS runtime and its callbacks.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    // Dropped first: closes the socket and clears the timer before the
+    // callbacks they point to go away.
+    pub(crate) driver: RefCell<Driver>,
+    pub(crate) runtime: Runtime,
+    dispatching: Cell<bool>,
+    /// The text of the frame being handled (a JS string), while its events
+    /// are handed out: an EVENT frame yields at most one delivery, and its
+    /// handler gets the event parsed from this text.
+    pub(crate) current_frame: RefCell<Option<JsValue>>,
+    callbacks: Callbacks,
+}
+
+impl Shared {
+    pub(crate) fn new(url: String, options: Options) -> Rc<Shared> {
+        let mut core = ClientCore::new(options.config.clone());
+        core.set_unix_time(now_ms(), unix_ms());
+        let token = TokenFetch {
+            have_token: options.config.token.is_some(),
+            ..TokenFetch::default()
+        };
+        Rc::new_cyclic(|weak| Shared {
+            driver: RefCell::new(Driver {
+                core,
+                url,
+                socket: None,
+                timer: None,
+                unconfirmed: Vec::new(),
+                get_token: options.get_token,
+                token,
+                stopped_by_user: false,
+                last_close_reason: String::new(),
+            }),
+            runtime: Runtime::new(),
+            dispatching: Cell::new(false),
+            current_frame: RefCell::new(None),
+            callbacks: Callbacks::new(weak),
+        })
+    }
+
+    /// Runs the machine's outputs after an input: transmits, then events
+    /// (outermost call only), then the timer.
+    pub(crate) fn drive(self: &Rc<Self>) {
+        self.flush_transmits();
+        if self.dispatch_events() {
+            self.settle_if_stopped();
+        }
+        self.arm_timer();
+    }
+
+    /// Hands every queued event out, one at a time; `false` (and nothing
+    /// done) when called from inside an event callback, where the outer
+    /// loop hands them out, in order.
+    fn dispatch_events(self: &Rc<Self>) -> bool {
+        if self.dispatching.replace(true) {
+            return false;
+        }
+        loop {
+            let event = self.driver.borrow_mut().core.poll_event();
+            let Some(event) = event else { break };
+            self.dispatch(event);
+            self.flush_transmits();
+        }
+        self.dispatching.set(false);
+        true
+    }
+
+    fn flush_transmits(&self) {
+        let mut driver = self.driver.borrow_mut();
+        while let Some(transmit) = driver.core.poll_transmit() {
+            match transmit {
+                Transmit::Connect => driver.open_socket(&self.callbacks),
+                Transmit::Text(text) => driver.send(&text),
+                Transmit::Close { code, reason } => {
+                    if let Some(socket) = driver.socket.take() {
+                        close_socket(&socket, code, &reason);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Arms the one timer for the earliest deadline. A timer that fires
+    /// early is harmless (the machine ignores early timeouts), so a later
+    /// deadline keeps the armed timer: no `clearTimeout`/`setTimeout` pair
+    /// for every frame that moves the heartbeat deadline.
+    fn arm_timer(&self) {
+        let mut driver = self.driver.borrow_mut();
+        let next = [driver.core.poll_timeout(), driver.token.retry_at]
+            .into_iter()
+            .flatten()
+            .min();
+        let Some(deadline) = next else {
+            return;
+        };
+        if let Some(timer) = &driver.timer {
+            if timer.deadline <= deadline {
+                return;
+            }
+            clear_timeout(&timer.handle);
+        }
+        // +1: `now_ms` rounds down, so a timer set for exactly the
+        // remaining whole ms could fire a fraction of a ms early.
+        let delay = deadline
+            .saturating_sub(now_ms())
+            .saturating_add(1)
+            .min(MAX_TIMER_DELAY_MS);
+        let handle = set_timeout(self.callbacks.timer.as_ref().unchecked_ref(), delay as f64);
+        driver.timer = Some(Timer { deadline, handle });
+    }
+
+    fn on_timer(self: &Rc<Self>) {
+        let now = now_ms();
+        let fetch_token = {
+            let mut driver = self.driver.borrow_mut();
+            driver.timer = None;
+            let due = driver.token.retry_at.is_some_and(|at| at <= now);
+            if due {
+                driver.token.retry_at = None;
+            }
+            driver.core.handle_timeout(now);
+            due
+        };
+        if fetch_token {
+            self.start_token_fetch();
+        }
+        self.drive();
+    }
+
+    // ------------------------------------------------------------------
+    // Socket events
+
+    fn on_socket_open(self: &Rc<Self>, event: web_sys::Event) {
+        {
+            let mut driver = self.driver.borrow_mut();
+            if !driver.is_current(&event) {
+                return;
+            }
+            driver.core.handle_socket_open(now_ms());
+        }
+        self.drive();
+    }
+
+    fn on_socket_message(self: &Rc<Self>, event: MessageEvent) {
+        let data = event.data();
+        {
+            let mut driver = self.driver.borrow_mut();
+            if !driver.is_current(&event) {
+                return;
+            }
+            match data.as_string() {
+                Some(text) => driver.core.handle_text(now_ms(), &text),
+                None => {
+                    drop(driver);
+                    let error = crate::errors::error(
+                        "protocol_error",
+                        "binary WebSocket message from the hub ignored (the protocol uses text frames)",
+                    );
+                    self.runtime.emit_error(&error, false);
+                    return;
+                }
+            }
+        }
+        // Events queued before this frame were all handed out by earlier
+        // drives; any delivery now comes from this frame.
+        let outer = self.current_frame.replace(Some(data));
+        self.drive();
+        self.current_frame.replace(outer);
+    }
+
+    fn on_socket_close(self: &Rc<Self>, event: CloseEvent) {
+        {
+            let mut driver = self.driver.borrow_mut();
+            if !driver.is_current(&event) {
+                return;
+            }
+            if let Some(socket) = driver.socket.take() {
+                detach(&socket);
+            }
+            let now = now_ms();
+            match event.code() {
+                ABNORMAL_CLOSURE => driver.core.handle_socket_error(
+                    now,
+                    "connection failed or lost without a close frame (1006)",
+                ),
+                NO_STATUS => driver.core.handle_socket_closed(now, None, &event.reason()),
+                code => driver
+                    .core
+                    .handle_socket_closed(now, Some(code), &event.reason()),
+            }
+        }
+        self.drive();
+    }
+
+    // ------------------------------------------------------------------
+    // Tokens
+
+    /// Asks `getToken` for a token, unless a request is already out.
+    pub(crate) fn start_token_fetch(self: &Rc<Self>) {
+        let source = {
+            let mut driver = self.driver.borrow_mut();
+            if driver.token.in_flight {
+                return;
+            }
+            let Some(source) = driver.get_token.clone() else {
+                return;
+            };
+            driver.token.in_flight = true;
+            driver.token.retry_at = None;
+            source
+        };
+        bindings::fetch_token(&source, self.callbacks.token.as_ref());
+    }
+
+    fn on_token(self: &Rc<Self>, token: Option<String>) {
+        {
+            let mut driver = self.driver.borrow_mut();
+            driver.token.in_flight = false;
+            driver.token.failures = 0;
+            driver.token.have_token = true;
+            let now = now_ms();
+            driver.core.set_token(now, token);
+            if std::mem::take(&mut driver.token.connect_when_ready) {
+                driver.core.connect(now);
+            }
+        }
+        self.drive();
+    }
+
+    fn on_token_failed(self: &Rc<Self>, message: String) {
+        {
+            let mut driver = self.driver.borrow_mut();
+            driver.token.in_flight = false;
+            if !driver.stopped_by_user {
+                driver.token.failures = driver.token.failures.saturating_add(1);
+                let shift = (driver.token.failures - 1).min(16);
+                let delay = TOKEN_RETRY_FIRST_MS
+                    .saturating_mul(1 << shift)
+                    .min(TOKEN_RETRY_MAX_MS);
+                driver.token.retry_at = Some(now_ms().saturating_add(delay));
+            }
+        }
+        let error = crate::errors::error("token_failed", &format!("getToken failed: {message}"));
+        self.runtime.emit_error(&error, false);
+        self.drive();
+    }
+
+    // ------------------------------------------------------------------
+    // Promises that end when the client stops
+
+    /// Once the client is `closed` for good (no token on its way that
+    /// would reconnect it), `connect()` promises and subscriptions the hub
+    /// never confirmed fail with the reason.
+    fn settle_if_stopped(self: &Rc<Self>) {
+        let (unconfirmed, reason) = {
+            let mut driver = self.driver.borrow_mut();
+            if driver.core.state() != ConnectionState::Closed {
+                return;
+            }
+            let token_coming = driver.token.in_flight
+                || driver.token.retry_at.is_some()
+                || driver.token.connect_when_ready;
+            if token_coming && !driver.stopped_by_user {
+                return;
+            }
+            if driver.unconfirmed.is_empty() && !self.runtime.has_connect_waiters() {
+                return;
+            }
+            (
+                std::mem::take(&mut driver.unconfirmed),
+                driver.last_close_reason.clone(),
+            )
+        };
+        let error = crate::errors::error("closed", &format!("client closed: {reason}"));
+        self.runtime.settle_connected(false, &error);
+        for sub in unconfirmed {
+            self.forget_subscription(sub);
+            self.runtime
+                .settle(PENDING_SUBSCRIBE, sub.as_u64() as f64, false, &error);
+        }
+        // Forgetting subscriptions queued events (no new settling needed).
+        self.dispatch_events();
+    }
+
+    /// Drops a subscription the application never received.
+    fn forget_subscription(&self, sub: SubscriptionId) {
+        self.runtime.unregister(sub.as_u64() as f64);
+        let _ = self.driver.borrow_mut().core.unsubscribe(now_ms(), sub);
+    }
+}
+
+impl Driver {
+    fn open_socket(&mut self, callbacks: &Callbacks) {
+        let now = now_ms();
+        // Correct for wall-clock jumps before the hub's `expires_at` is
+        // placed on the monotonic clock.
+        self.core.set_unix_time(now, unix_ms());
+        if let Some(old) = self.socket.take() {
+            close_socket(&old, promhub_core::client::close_code::NORMAL, "replaced");
+        }
+        match WebSocket::new(&self.url) {
+            Ok(socket) => {
+                socket.set_onopen(Some(callbacks.open.as_ref().unchecked_ref()));
+                socket.set_onmessage(Some(callbacks.message.as_ref().unchecked_ref()));
+                socket.set_onclose(Some(callbacks.close.as_ref().unchecked_ref()));
+                self.socket = Some(socket);
+            }
+            Err(error) => {
+                let message = format!(
+                    "cannot open a WebSocket to {}: {}",
+                    self.url,
+                    bindings::describe_error(&error)
+                );
+                self.core.handle_socket_error(now, &message);
+            }
+        }
+    }
+
+    fn send(&mut self, text: &str) {
+        let Some(socket) = &self.socket else {
+            return;
+        };
+        if let Err(error) = socket.send_with_str(text) {
+            let message = format!(
+                "WebSocket send failed: {}",
+                bindings::describe_error(&error)
+            );
+            if let Some(socket) = self.socket.take() {
+                close_socket(
+                    &socket,
+                    promhub_core::client::close_code::NORMAL,
+                    "send failed",
+                );
+            }
+            self.core.handle_socket_error(now_ms(), &message);
+        }
+    }
+
+    /// Is this event from the socket the machine currently knows? Events of
+    /// an abandoned socket are dropped (the driver contract).
+    fn is_current(&self, event: &web_sys::Event) -> bool {
+        match (&self.socket, event.target()) {
+            (Some(socket), Some(target)) => {
+                let socket: &JsValue = socket.as_ref();
+                JsValue::from(target) == *socket
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            clear_timeout(&timer.handle);
+        }
+        if let Some(socket) = self.socket.take() {
+            close_socket(
+                &socket,
+                promhub_core::client::close_code::NORMAL,
+                "client dropped",
+            );
+        }
+    }
+}
+
+/// Stops listening to a socket: after this, nothing it does reaches the
+/// machine.
+fn detach(socket: &WebSocket) {
+    socket.set_onopen(None);
+    socket.set_onmessage(None);
+    socket.set_onclose(None);
+    socket.set_onerror(None);
+}
+
+fn close_socket(socket: &WebSocket, code: u16, reason: &str) {
+    detach(socket);
+    if socket.close_with_code_and_reason(code, reason).is_err() {
+        // Browsers refuse some codes and reasons over 123 bytes.
+        let _ = socket.close();
+    }
+}

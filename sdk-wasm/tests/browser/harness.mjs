@@ -1,0 +1,177 @@
+// Test harness for the browser tests: a real hub process, a static file
+// server for the package and the test page, and headless Chromium driven
+// by playwright-core. Every wait is bounded; nothing asserts on timing.
+import { spawn } from "node:child_process";
+import { createReadStream, existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import { createServer } from "node:http";
+import { tmpdir } from "node:os";
+import { extname, join, normalize, sep } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+
+import { chromium } from "playwright-core";
+
+export const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
+export const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+const HUB_START_TIMEOUT_MS = 60_000;
+const HUB_STOP_TIMEOUT_MS = 15_000;
+
+/** The hub binary: $PROMHUB_BIN, else the debug build in target/. */
+export function hubBinary() {
+  const bin = process.env.PROMHUB_BIN ?? join(ROOT, "target", "debug", "promhub");
+  if (!existsSync(bin)) {
+    throw new Error(`hub binary ${bin} not found: run \`cargo build -p promhub-hub\` or set PROMHUB_BIN`);
+  }
+  return bin;
+}
+
+export function tempDir(prefix) {
+  return mkdtempSync(join(tmpdir(), `promhub-${prefix}-`));
+}
+
+/**
+ * Starts `promhub serve` and resolves once it printed its
+ * `listening on ws://…` line. `listen` defaults to a free port.
+ */
+export function startHub({ dataDir, listen = "127.0.0.1:0", args = [], env = {} }) {
+  const child = spawn(hubBinary(), ["serve", "--listen", listen, "--data", dataDir, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stderr = "";
+  child.stderr.on("data", (chunk) => {
+    stderr = (stderr + chunk).slice(-20_000);
+  });
+  const exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`hub did not start within ${HUB_START_TIMEOUT_MS} ms:\n${stderr}`));
+    }, HUB_START_TIMEOUT_MS);
+    const lines = createInterface({ input: child.stdout });
+    lines.once("line", (line) => {
+      clearTimeout(timer);
+      const match = line.match(/^listening on (ws:\/\/(\S+?):(\d+)(\/\S*))$/);
+      if (!match) {
+        child.kill("SIGKILL");
+        reject(new Error(`unexpected first line from the hub: ${line}\n${stderr}`));
+        return;
+      }
+      lines.on("line", () => {});
+      resolve({
+        url: match[1],
+        port: Number(match[3]),
+        origin: `http://${match[2]}:${match[3]}`,
+        process: child,
+        stderr: () => stderr,
+        exited,
+        /** SIGTERM (graceful: connections closed with 1001), then wait. */
+        async stop() {
+          if (child.exitCode !== null || child.signalCode !== null) return;
+          child.kill("SIGTERM");
+          const timeout = new Promise((done) => setTimeout(done, HUB_STOP_TIMEOUT_MS, "timeout"));
+          if ((await Promise.race([exited, timeout])) === "timeout") {
+            child.kill("SIGKILL");
+            await exited;
+          }
+        },
+      });
+    });
+    child.once("exit", (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`hub exited before listening (${code ?? signal}):\n${stderr}`));
+    });
+  });
+}
+
+const CONTENT_TYPES = {
+  ".html": "text/html; charset=utf-8",
+  ".js": "text/javascript; charset=utf-8",
+  ".mjs": "text/javascript; charset=utf-8",
+  ".wasm": "application/wasm",
+  ".json": "application/json",
+  ".css": "text/css",
+  ".map": "application/json",
+};
+
+/** Serves the files under `root` on 127.0.0.1 (a free port). */
+export function startStaticServer(root = ROOT) {
+  const base = normalize(root.endsWith(sep) ? root : root + sep);
+  const server = createServer((request, response) => {
+    const path = decodeURIComponent(new URL(request.url, "http://x").pathname);
+    const file = normalize(join(base, path));
+    if (!file.startsWith(base) || !existsSync(file) || !statSync(file).isFile()) {
+      response.writeHead(404).end("not found");
+      return;
+    }
+    response.writeHead(200, {
+      "content-type": CONTENT_TYPES[extname(file)] ?? "application/octet-stream",
+      "cache-control": "no-store",
+    });
+    createReadStream(file).pipe(response);
+  });
+  return new Promise((resolve) => {
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      resolve({
+        origin: `http://127.0.0.1:${port}`,
+        close: () => new Promise((done) => server.close(done)),
+      });
+    });
+  });
+}
+
+/** Headless Chromium with a fresh profile. */
+export async function launchBrowser() {
+  if (!existsSync(CHROMIUM)) {
+    throw new Error(`Chromium not found at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`);
+  }
+  const userDataDir = tempDir("chromium");
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  return {
+    context,
+    async close() {
+      await context.close();
+      rmSync(userDataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * Opens the SDK test page (which imports the built package) and waits for
+ * the module to be initialized. Console errors are collected for failure
+ * messages.
+ */
+export async function openTestPage(browser, origin) {
+  const page = await browser.context.newPage();
+  const logs = [];
+  page.on("console", (message) => logs.push(`[${message.type()}] ${message.text()}`));
+  page.on("pageerror", (error) => logs.push(`[pageerror] ${error.message}`));
+  await page.goto(`${origin}/sdk-wasm/tests/browser/page.html`);
+  await page.waitForFunction(() => window.promhubReady === true || window.promhubFailed, null, {
+    timeout: 30_000,
+  });
+  const failed = await page.evaluate(() => window.promhubFailed);
+  if (failed) throw new Error(`the package failed to load: ${failed}\n${logs.join("\n")}`);
+  page.logs = logs;
+  return page;
+}
+
+/** A topic name of its own for each test. */
+export function uniqueTopic(prefix) {
+  return `${prefix}.t${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
+}

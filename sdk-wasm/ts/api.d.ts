@@ -1,0 +1,172 @@
+// ---------------------------------------------------------------------------
+// promhub browser client: the typed API (appended to the generated
+// declarations by wasm-bindgen; see sdk-wasm/src/lib.rs).
+//
+// Names that mirror a wire frame keep the protocol's spelling (`caused_by`,
+// `max_inflight`, `delay_ms`); the client's own options are camelCase.
+
+/** Milliseconds since the Unix epoch (`promhub_core::frames::Millis`). */
+export type Millis = number;
+/** A request id (`promhub_core::frames::Rid`). */
+export type Rid = string;
+
+/** Where the connection stands. */
+export type ConnectionState =
+  | "disconnected"
+  | "connecting"
+  | "authenticating"
+  | "connected"
+  | "closed";
+
+/** Automatic reconnection: exponential backoff with jitter. */
+export interface ReconnectOptions {
+  /** First delay (the jitter spreads it over [min/2, min]). Default 250. */
+  minDelayMs?: number;
+  /** Largest delay. Default 30000. */
+  maxDelayMs?: number;
+  /** Growth per attempt (≥ 1). Default 2. */
+  multiplier?: number;
+  /** Stop (state `closed`) after this many failed attempts in a row. Default: never. */
+  maxAttempts?: number;
+}
+
+/** What `getToken` may return. */
+export type TokenResult = string | null | undefined;
+
+/** Options of `new PromClient(url, options)`. */
+export interface ClientOptions {
+  /** JWT for `AUTH`; absent means anonymous (or ask `getToken`). */
+  token?: string | null;
+  /**
+   * Where fresh tokens come from: called before the first connection when
+   * `token` is absent, before the token expires (`tokenRefreshMarginMs`),
+   * on the hub's `EXPIRING`, and after the hub refused a token. A failure
+   * is reported to `onError` and retried with backoff.
+   */
+  getToken?: () => TokenResult | Promise<TokenResult>;
+  /** `false`: never reconnect on its own. Default: on, with the defaults below. */
+  reconnect?: boolean | ReconnectOptions;
+  /** How long a publish, subscribe or AUTH may wait for its answer. Default 10000. */
+  requestTimeoutMs?: number;
+  /** How long opening the socket may take. Default 10000. */
+  connectTimeoutMs?: number;
+  /** PING after this long without sending; 0 turns it off. Default: the hub's value. */
+  heartbeatMs?: number;
+  /** After a heartbeat PING, give up on the connection after this long. Default 10000. */
+  pongTimeoutMs?: number;
+  /** Ask `getToken` this long before the token expires. Default 30000. */
+  tokenRefreshMarginMs?: number;
+  /** Publishes held while not connected. Default: wait, up to 1024. */
+  queue?: { capacity?: number; policy?: "wait" | "fail_fast" };
+  /** Sent in `AUTH.client`. Default `promhub-wasm/VERSION`. */
+  clientName?: string;
+  /** Seed of the reconnect jitter (tests). Default: random. */
+  seed?: number;
+}
+
+/** What `onState` listeners receive. */
+export interface StateEvent {
+  state: ConnectionState;
+  /** Why, in words. */
+  reason: string;
+  /** The WebSocket close code behind the change, if any. */
+  code?: number;
+  /** Set while waiting to reconnect: `at` is the Unix ms of the attempt. */
+  reconnect?: { attempt: number; delayMs: number; at: Millis };
+  /** With `connected`: the hub's session id and name. */
+  session?: string;
+  server?: string;
+  /** When the token expires (Unix ms), if it does. */
+  expiresAt?: Millis;
+}
+
+/**
+ * Every promhub failure: an `Error` named `PromHubError` with a `code`:
+ * a hub error code (`forbidden`, `too_large`, `rate_limited`, …) or one of
+ * the client's own (`bad_request`, `timeout`, `disconnected`, `closed`,
+ * `queue_full`, `not_connected`, `already_subscribed`, `handler_failed`,
+ * `subscription_lost`, `token_failed`, `token_refresh_needed`,
+ * `protocol_error`, `unmatched`).
+ */
+export interface PromHubError extends Error {
+  name: "PromHubError";
+  code: string;
+  /** With `rate_limited`: when to try again. */
+  retryAfterMs?: number;
+}
+
+/** Options of `publish` (the `PUBLISH` frame's `opts`). */
+export type PublishOptions = Omit<PublishOpts, "headers"> & {
+  headers?: Record<string, string>;
+};
+
+/** Options of `subscribe` (the `SUBSCRIBE` frame's `opts`). */
+export type SubscribeOptions = SubscribeOpts;
+
+/** Options of `nack`. */
+export interface NackOptions {
+  /** Redeliver after this long (default: the group's backoff). */
+  delay_ms?: number;
+  /** Dead-letter now, do not retry. */
+  final?: boolean;
+}
+
+/** An event as a handler receives it, with a typed payload. */
+export type PromEvent<T = unknown> = Omit<Event, "payload" | "headers"> & {
+  payload: T;
+  headers?: Record<string, string>;
+};
+
+/**
+ * The second argument of a handler: the delivery context of the `EVENT`
+ * and explicit acknowledgement. Durable groups are acknowledged
+ * automatically when the handler returns (or its promise resolves) and
+ * refused with the error's message when it throws (or rejects); calling
+ * `ack`/`nack` first decides instead (the first call wins).
+ */
+export interface DeliveryContext extends DeliveryCtx {
+  readonly subscription: Subscription;
+  /** True once `ack` or `nack` was called (by you or automatically). */
+  readonly settled: boolean;
+  /** `false` if it could not be sent (not connected; the hub redelivers). */
+  ack(): boolean;
+  nack(reason?: string, opts?: NackOptions): boolean;
+  /** Pushes the ack deadline back by the group's ack timeout. */
+  working(): boolean;
+}
+
+export type Handler<T = unknown> = (event: PromEvent<T>, ctx: DeliveryContext) => unknown;
+
+export interface PromClient {
+  /**
+   * Publishes `payload` (any JSON value) to `topic` (no wildcards).
+   * Resolves with the hub's `PUBACK` once the event is durable; rejects
+   * with a `PromHubError` (`forbidden`, `timeout`, …).
+   */
+  publish<T = unknown>(topic: string, payload: T, opts?: PublishOptions): Promise<PubAck>;
+
+  /**
+   * Subscribes `handler` to `pattern` (`*` one segment, `**` any). With a
+   * `group`: a durable consumer group (at-least-once, acknowledged as
+   * described on `DeliveryContext`); with `null`: a live subscription for
+   * this connection. Resolves once the hub confirmed it; it then survives
+   * reconnects until `unsubscribe()`.
+   */
+  subscribe<T = unknown>(
+    pattern: string,
+    group: string | null,
+    handler: Handler<T>,
+    opts?: SubscribeOptions,
+  ): Promise<Subscription>;
+
+  /** Calls `listener` on every connection change; returns its remover. */
+  onState(listener: (event: StateEvent) => void): () => void;
+
+  /**
+   * Calls `listener` with failures that belong to no promise (a failing
+   * live-subscription handler, a subscription refused on resubscribe,
+   * `getToken` failures, protocol errors); returns its remover. Without
+   * listeners they go to `console.error`.
+   */
+  onError(listener: (error: PromHubError) => void): () => void;
+}
