@@ -43,6 +43,7 @@ ensure_ferretdb() {
   (cd "$work" && go build -trimpath -o "$HOME/go/bin/ferretdb" ./cmd/ferretdb)
   rm -rf "$work"
   "$HOME/go/bin/ferretdb" --version >/dev/null 2>&1 || { echo "the FerretDB build does not run" >&2; exit 1; }
+}
 
 # Node.js 20 or newer with npm (the SDK build, the page and browser tests).
 ensure_node() {
