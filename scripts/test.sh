@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every promhub test from a fresh machine: installs what is missing
-# (Rust toolchain and targets), then format, lint, unit, integration and
-# wasm checks. Used as-is by CI (.ci/run).
+# (Rust toolchain and targets, FerretDB, npm packages, wasm-bindgen-cli,
+# Chromium), then format, lint, unit, integration, MongoDB-store, wasm and
+# browser tests. Used as-is by CI (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -31,6 +32,17 @@ ensure_ferretdb
 
 step "tests"
 cargo test --workspace --locked
+
+step "browser SDK: build the npm package (wasm-bindgen, wasm-opt, tsc typing test, bundle check)"
+ensure_node
+ensure_npm_deps .
+npm run build:sdk
+
+step "browser tests (headless Chromium against a real hub)"
+npm run test:browser
+
+step "process.state page end to end (hub + process-agent + page)"
+npm run test:page
 
 if [[ "${FUZZ_SECONDS:-0}" != "0" ]]; then
   step "fuzz (${FUZZ_SECONDS}s per target)"
