@@ -24,7 +24,8 @@ cargo build -p promhub-core --target wasm32-unknown-unknown --locked
 
 step "fuzz targets compile (run them with scripts/fuzz.sh)"
 for fuzz_crate in sdk-core/fuzz hub/fuzz; do
-  cargo clippy --manifest-path "$fuzz_crate/Cargo.toml" --all-targets --locked -- -D warnings
+  # Not --locked: these lock files follow the main workspace's dependencies.
+  cargo clippy --manifest-path "$fuzz_crate/Cargo.toml" --all-targets -- -D warnings
 done
 
 step "FerretDB for the MongoDB store tests"
