@@ -5,6 +5,14 @@
 //! commit pays a real fsync.
 //!
 //! `cargo bench -p promhub-hub --bench store`
+//!
+//! `PROMHUB_BENCH_STORE=mongodb` runs the same cases on the MongoDB store:
+//! against `PROMHUB_BENCH_MONGO_URI` (`mongodb://HOST:PORT`, one fresh
+//! database per case) when set, else against a FerretDB the bench starts
+//! (see `store::mongo::test_server`). The SQLite-only full-sync cases are
+//! left out there, and the read cases use a smaller log
+//! (`PROMHUB_BENCH_READ_EVENTS`, default 100,000 on SQLite, 10,000 on
+//! MongoDB): FerretDB scans the whole collection for every query.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +22,8 @@ use async_trait::async_trait;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use promhub_core::frames::{Event, Payload};
 use promhub_core::{Pattern, Topic};
+use promhub_hub::store::mongo::test_server::FerretDb;
+use promhub_hub::store::mongo::{MongoOptions, MongoStore};
 use promhub_hub::store::sqlite::{SqliteOptions, SqliteStore};
 use promhub_hub::store::writer::StoreWriter;
 use promhub_hub::store::{
@@ -123,14 +133,17 @@ fn payload_256() -> Payload {
 enum Shape {
     /// Hub-assigned id, no key: the cheapest stored event.
     Plain,
-    /// Publisher id (de-duplicated) and a key (latest-by-key upsert).
-    KeyedDedup,
+    /// Publisher id (de-duplicated) and one of this many keys
+    /// (latest-by-key upsert).
+    KeyedDedup { keys: u64 },
 }
+
+const KEYS: u64 = 10_000;
 
 fn new_event(topics: &[Topic], payload: &Payload, n: u64, shape: Shape) -> NewEvent {
     let (client_id, key) = match shape {
         Shape::Plain => (false, None),
-        Shape::KeyedDedup => (true, Some(format!("key-{}", n % 10_000))),
+        Shape::KeyedDedup { keys } => (true, Some(format!("key-{}", n % keys))),
     };
     NewEvent {
         id: uuid::Uuid::now_v7().to_string(),
@@ -146,21 +159,92 @@ fn new_event(topics: &[Topic], payload: &Payload, n: u64, shape: Shape) -> NewEv
     }
 }
 
+/// Which store the bench measures.
+enum Backend {
+    Sqlite,
+    /// MongoDB at `base_uri` (no database); `_server` is the FerretDB the
+    /// bench started, if any.
+    Mongo {
+        base_uri: String,
+        _server: Option<FerretDb>,
+    },
+}
+
+impl Backend {
+    fn from_env() -> Backend {
+        match std::env::var("PROMHUB_BENCH_STORE").as_deref() {
+            Err(_) | Ok("" | "sqlite" | "embedded") => Backend::Sqlite,
+            Ok("mongodb") => match std::env::var("PROMHUB_BENCH_MONGO_URI") {
+                Ok(uri) => Backend::Mongo {
+                    base_uri: uri.trim_end_matches('/').to_owned(),
+                    _server: None,
+                },
+                Err(_) => {
+                    let server = FerretDb::start().expect("start FerretDB");
+                    Backend::Mongo {
+                        base_uri: format!("mongodb://127.0.0.1:{}", server.port()),
+                        _server: Some(server),
+                    }
+                }
+            },
+            Ok(other) => panic!("PROMHUB_BENCH_STORE must be sqlite or mongodb, not {other:?}"),
+        }
+    }
+
+    fn is_sqlite(&self) -> bool {
+        matches!(self, Backend::Sqlite)
+    }
+
+    fn read_events(&self) -> u64 {
+        let default = if self.is_sqlite() { 100_000 } else { 10_000 };
+        std::env::var("PROMHUB_BENCH_READ_EVENTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    fn label(&self) -> &'static str {
+        if self.is_sqlite() {
+            "sqlite"
+        } else {
+            "mongodb"
+        }
+    }
+}
+
 struct Fixture {
     _dir: tempfile::TempDir,
     counting: Arc<Counting>,
     writer: StoreWriter,
 }
 
-fn fixture(runtime: &tokio::runtime::Runtime, pipelined_sync: bool) -> Fixture {
+fn fixture(runtime: &tokio::runtime::Runtime, backend: &Backend, pipelined_sync: bool) -> Fixture {
+    static DATABASES: AtomicU64 = AtomicU64::new(0);
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let options = SqliteOptions {
-        pipelined_sync,
-        ..SqliteOptions::default()
+    let store: Arc<dyn Store> = match backend {
+        Backend::Sqlite => {
+            let options = SqliteOptions {
+                pipelined_sync,
+                ..SqliteOptions::default()
+            };
+            Arc::new(SqliteStore::open(dir.path(), options).expect("open store"))
+        }
+        Backend::Mongo { base_uri, .. } => {
+            let database = format!(
+                "bench_{}_{}",
+                std::process::id(),
+                DATABASES.fetch_add(1, Ordering::Relaxed)
+            );
+            let uri = format!("{base_uri}/{database}");
+            Arc::new(
+                runtime
+                    .block_on(MongoStore::connect_with(&uri, MongoOptions::default()))
+                    .expect("connect to MongoDB"),
+            )
+        }
     };
-    let store = SqliteStore::open(dir.path(), options).expect("open store");
     let counting = Arc::new(Counting {
-        inner: Arc::new(store),
+        inner: store,
         commits: AtomicU64::new(0),
         events: AtomicU64::new(0),
         progress: AtomicU64::new(0),
@@ -235,7 +319,8 @@ fn appends(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let mut group = c.benchmark_group("store_append");
+    let backend = Backend::from_env();
+    let mut group = c.benchmark_group(format!("store_append/{}", backend.label()));
     group.throughput(Throughput::Elements(1));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(6));
@@ -244,7 +329,7 @@ fn appends(c: &mut Criterion) {
         (
             "keyed_dedup_256_inflight",
             IN_FLIGHT,
-            Shape::KeyedDedup,
+            Shape::KeyedDedup { keys: KEYS },
             true,
         ),
         ("plain_1_inflight", 1, Shape::Plain, true),
@@ -260,11 +345,15 @@ fn appends(c: &mut Criterion) {
         (
             "full_sync/keyed_dedup_256_inflight",
             IN_FLIGHT,
-            Shape::KeyedDedup,
+            Shape::KeyedDedup { keys: KEYS },
             false,
         ),
     ] {
-        let f = fixture(&runtime, pipelined);
+        // Syncing inside each commit is a SQLite setting.
+        if !pipelined && !backend.is_sqlite() {
+            continue;
+        }
+        let f = fixture(&runtime, &backend, pipelined);
         let next = Arc::new(AtomicU64::new(0));
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
@@ -281,11 +370,12 @@ fn progress(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let mut group = c.benchmark_group("store_progress");
+    let backend = Backend::from_env();
+    let mut group = c.benchmark_group(format!("store_progress/{}", backend.label()));
     group.throughput(Throughput::Elements(1));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(5));
-    let f = fixture(&runtime, true);
+    let f = fixture(&runtime, &backend, true);
     let cursor = Arc::new(AtomicU64::new(0));
     // 256 in flight over 64 groups: each request moves one group's cursor and
     // marks one event above it done (an out-of-order ack).
@@ -330,23 +420,26 @@ fn progress(c: &mut Criterion) {
     group.finish();
 }
 
-/// Reads against a log of 100,000 keyed events on 16 topics.
+/// Reads against a log of keyed events on 16 topics (100,000 by default).
 fn reads(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let f = fixture(&runtime, true);
+    let backend = Backend::from_env();
+    let f = fixture(&runtime, &backend, true);
     let next = Arc::new(AtomicU64::new(0));
+    let total = backend.read_events();
+    let keys = KEYS.min(total);
     runtime.block_on(run_appends(
         &f.writer,
-        100_000,
+        total,
         IN_FLIGHT,
-        Shape::KeyedDedup,
+        Shape::KeyedDedup { keys },
         &next,
     ));
     let store: Arc<dyn Store> = f.counting.clone();
-    let mut group = c.benchmark_group("store_read");
+    let mut group = c.benchmark_group(format!("store_read/{}", backend.label()));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(4));
     const PAGE: usize = 500;
@@ -374,12 +467,12 @@ fn reads(c: &mut Criterion) {
     }
     group.throughput(Throughput::Elements(1));
     let snapshot = Pattern::parse("bench.*").expect("pattern");
-    group.bench_function("latest_by_key_10k_keys", |b| {
+    group.bench_function(format!("latest_by_key_{keys}_keys"), |b| {
         b.iter(|| {
             let events = runtime
                 .block_on(store.latest_by_key(&snapshot))
                 .expect("latest_by_key");
-            assert_eq!(events.len(), 10_000);
+            assert_eq!(events.len() as u64, keys);
             events.len()
         })
     });

@@ -20,8 +20,8 @@
 //! 1. reserve the seqs (the counter also records `applied`, the highest seq
 //!    whose batch had finished completely, see below);
 //! 2. insert the events, in order (`ordered` insert);
-//! 3. de-duplication entries and latest-by-key (`$max` on seq, so replaying
-//!    is harmless);
+//! 3. de-duplication entries (inserted; the unique `_id` is the publisher
+//!    id) and latest-by-key (`$max` on seq, so replaying is harmless);
 //! 4. dead letters, then group progress, then dead-letter removals (a dead
 //!    letter is never lost behind a cursor that passed it).
 //!
@@ -488,6 +488,9 @@ impl MongoStore {
                 .collect()
         };
         let mut known: HashMap<String, u64> = HashMap::new();
+        // Entries past the window that expiry has not deleted yet: a new
+        // copy replaces them instead of being inserted.
+        let mut expired: std::collections::HashSet<String> = std::collections::HashSet::new();
         for chunk in client_ids.chunks(IN_CHUNK) {
             let entries = self
                 .find_all(queries::dedup_entries(chunk), |doc| {
@@ -504,6 +507,8 @@ impl MongoStore {
                 // The explicit window check: expiry deletes entries late.
                 if stored_at >= window_start {
                     known.insert(id, seq);
+                } else {
+                    expired.insert(id);
                 }
             }
         }
@@ -543,7 +548,11 @@ impl MongoStore {
         let seq_of = |index: usize| first + index as u64;
         if new_count > 0 {
             let mut docs = Vec::with_capacity(new_count);
-            let mut dedup = Vec::new();
+            // New publisher ids are inserted (one command; the unique `_id`
+            // refuses an id some other writer stored meanwhile), expired
+            // ones replaced.
+            let mut dedup_inserts = Vec::new();
+            let mut dedup_replaces = Vec::new();
             // Per (topic, key) only the newest event of the batch counts.
             let mut latest: HashMap<(&str, &str), i64> = HashMap::new();
             let new_events = fates.iter().filter_map(|fate| match fate {
@@ -555,7 +564,14 @@ impl MongoStore {
                 docs.push(event_document(seq, event, now));
                 let seq = seq_to_bson(seq);
                 if event.client_id {
-                    dedup.push(dedup_update(&event.id, seq, now, window));
+                    if expired.contains(&event.id) {
+                        // An upsert: expiry may delete it meanwhile.
+                        dedup_replaces.push(dedup_update(&event.id, seq, now, window));
+                    } else {
+                        let mut entry = dedup_entry(seq, now, window);
+                        entry.insert("_id", &event.id);
+                        dedup_inserts.push(entry);
+                    }
                 }
                 if let Some(key) = &event.key {
                     latest.insert((event.topic.as_str(), key.as_str()), seq);
@@ -570,14 +586,25 @@ impl MongoStore {
                 .into_iter()
                 .map(|((topic, key), seq)| latest_update(topic, key, seq))
                 .collect();
-            let (dedup_written, latest_written) = tokio::join!(
+            let dedup_written = async {
+                if !dedup_inserts.is_empty() {
+                    self.collection(queries::DEDUP)
+                        .insert_many(dedup_inserts)
+                        .ordered(true)
+                        .await
+                        .map_err(backend)?;
+                }
                 writes::run(
                     &inner.db,
                     &inner.write_concern,
                     Kind::Update,
                     queries::DEDUP,
-                    dedup,
-                ),
+                    dedup_replaces,
+                )
+                .await
+            };
+            let (dedup_written, latest_written) = tokio::join!(
+                dedup_written,
                 writes::run(
                     &inner.db,
                     &inner.write_concern,
@@ -758,16 +785,23 @@ fn stored_event(seq: u64, event: NewEvent) -> Event {
     }
 }
 
-/// Records that publisher id `id` was stored as `seq` at `stored_at`.
+/// A de-duplication entry (without its `_id`, the publisher id): stored as
+/// `seq` at `stored_at`.
+fn dedup_entry(seq: i64, stored_at: DateTime, window_ms: i64) -> Document {
+    doc! {
+        "seq": seq,
+        "stored_at": stored_at,
+        // Each entry's own expiry, for the TTL index.
+        "expire_at": stored_at.saturating_add_millis(window_ms),
+    }
+}
+
+/// Records (inserting or replacing) that publisher id `id` was stored as
+/// `seq` at `stored_at`.
 fn dedup_update(id: &str, seq: i64, stored_at: DateTime, window_ms: i64) -> Document {
     writes::update(
         doc! { "_id": id },
-        doc! { "$set": {
-            "seq": seq,
-            "stored_at": stored_at,
-            // Each entry's own expiry, for the TTL index.
-            "expire_at": stored_at.saturating_add_millis(window_ms),
-        } },
+        doc! { "$set": dedup_entry(seq, stored_at, window_ms) },
         true,
     )
 }
