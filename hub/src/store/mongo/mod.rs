@@ -77,8 +77,6 @@ use super::{
     NewEvent, Store, StoreError,
 };
 
-pub use self::queries::COLLECTIONS;
-
 /// Most ids in one `$in` list (keeps each query far below the 16 MiB
 /// command limit).
 const IN_CHUNK: usize = 1000;

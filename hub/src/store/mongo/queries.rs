@@ -19,9 +19,6 @@ pub(super) const DEAD_LETTERS: &str = "dead_letters";
 pub(super) const META: &str = "meta";
 pub(super) const SEQ_COUNTER: &str = "seq";
 
-/// Every collection the store uses, for `drop`-style tooling and tests.
-pub const COLLECTIONS: [&str; 6] = [EVENTS, LATEST, DEDUP, GROUPS, DEAD_LETTERS, META];
-
 /// Name of the TTL index that expires de-duplication entries.
 pub(super) const DEDUP_EXPIRY_INDEX: &str = "expire_at_ttl";
 /// The plain index used instead when the server has no TTL indexes.
