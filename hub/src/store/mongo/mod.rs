@@ -49,7 +49,7 @@ mod explain;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -400,7 +400,7 @@ impl MongoStore {
         // matches nothing but finds the id taken fails, and FerretDB stops
         // at the first failure even when told not to.
         let ids: Vec<&str> = dedup.keys().map(String::as_str).collect();
-        let mut newer = std::collections::HashSet::new();
+        let mut newer = HashSet::new();
         for chunk in ids.chunks(IN_CHUNK) {
             let existing = self
                 .find_all(queries::dedup_entries(chunk), |doc| {
@@ -463,33 +463,17 @@ impl MongoStore {
         Ok(())
     }
 
-    /// Applies one batch (see the module docs for the order of writes).
-    async fn apply(
+    /// Which of these publisher ids are stored: within the window since
+    /// `window_start` (id → seq), or only in an expired entry that expiry
+    /// has not deleted yet (a new copy replaces it).
+    async fn stored_ids(
         &self,
-        state: &mut WriterState,
-        batch: CommitBatch,
-    ) -> Result<CommitOutcome, StoreError> {
-        let inner = &self.inner;
-        let now_ms = now_millis();
-        let now = DateTime::from_millis(now_ms);
-        let window = duration_millis(inner.options.dedup_window);
-        let window_start = now_ms.saturating_sub(window);
-
-        // Which publisher ids were stored within the window.
-        let client_ids: Vec<&str> = {
-            let mut seen = std::collections::HashSet::new();
-            batch
-                .events
-                .iter()
-                .filter(|e| e.client_id && seen.insert(e.id.as_str()))
-                .map(|e| e.id.as_str())
-                .collect()
-        };
-        let mut known: HashMap<String, u64> = HashMap::new();
-        // Entries past the window that expiry has not deleted yet: a new
-        // copy replaces them instead of being inserted.
-        let mut expired: std::collections::HashSet<String> = std::collections::HashSet::new();
-        for chunk in client_ids.chunks(IN_CHUNK) {
+        ids: &[&str],
+        window_start: i64,
+    ) -> Result<(HashMap<String, u64>, HashSet<String>), StoreError> {
+        let mut known = HashMap::new();
+        let mut expired = HashSet::new();
+        for chunk in ids.chunks(IN_CHUNK) {
             let entries = self
                 .find_all(queries::dedup_entries(chunk), |doc| {
                     let stored_at = doc
@@ -510,6 +494,32 @@ impl MongoStore {
                 }
             }
         }
+        Ok((known, expired))
+    }
+
+    /// Applies one batch (see the module docs for the order of writes).
+    async fn apply(
+        &self,
+        state: &mut WriterState,
+        batch: CommitBatch,
+    ) -> Result<CommitOutcome, StoreError> {
+        let inner = &self.inner;
+        let now_ms = now_millis();
+        let now = DateTime::from_millis(now_ms);
+        let window = duration_millis(inner.options.dedup_window);
+        let window_start = now_ms.saturating_sub(window);
+
+        // Which publisher ids were stored within the window.
+        let client_ids: Vec<&str> = {
+            let mut seen = HashSet::new();
+            batch
+                .events
+                .iter()
+                .filter(|e| e.client_id && seen.insert(e.id.as_str()))
+                .map(|e| e.id.as_str())
+                .collect()
+        };
+        let (known, expired) = self.stored_ids(&client_ids, window_start).await?;
 
         // Decide each event's fate before reserving seqs for the new ones.
         enum Fate {

@@ -161,10 +161,8 @@ impl FerretDb {
         if skip_requested() {
             // Written to the process's stderr, not through the test
             // harness's capture, so the skip shows in every test run.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: MongoDB store test ({SKIP_ENV}=1)"
-            );
+            let line = format!("SKIPPED {test}: MongoDB store test ({SKIP_ENV}=1)\n");
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
             return None;
         }
         match SHARED.get_or_init(FerretDb::start) {
