@@ -39,6 +39,24 @@ pub struct NewEvent {
     pub sid: Option<String>,
 }
 
+impl NewEvent {
+    /// The event as stored and delivered, once the store gave it `seq`.
+    pub fn into_stored(self, seq: u64) -> Event {
+        Event {
+            id: self.id,
+            seq,
+            topic: self.topic,
+            ts: self.ts,
+            key: self.key,
+            payload: self.payload,
+            headers: self.headers,
+            tags: self.tags,
+            caused_by: self.caused_by,
+            sid: self.sid,
+        }
+    }
+}
+
 /// What happened to one [`NewEvent`] of a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Appended {

@@ -755,18 +755,7 @@ impl SqliteWriter {
                         .execute(params![event.topic.as_str(), key, last_seq])
                         .map_err(backend)?;
                 }
-                outcome.push(Appended::Stored(Event {
-                    id: event.id,
-                    seq,
-                    topic: event.topic,
-                    ts: event.ts,
-                    key: event.key,
-                    payload: event.payload,
-                    headers: event.headers,
-                    tags: event.tags,
-                    caused_by: event.caused_by,
-                    sid: event.sid,
-                }));
+                outcome.push(Appended::Stored(event.into_stored(seq)));
             }
             if last_seq != first_seq {
                 tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'last_seq'")

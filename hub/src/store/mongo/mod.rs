@@ -636,7 +636,7 @@ impl MongoStore {
                 Fate::New(event) => {
                     let seq = seq_of(new_index);
                     new_index += 1;
-                    Appended::Stored(stored_event(seq, event))
+                    Appended::Stored(event.into_stored(seq))
                 }
             });
         }
@@ -775,21 +775,6 @@ impl MongoStore {
             .await
             .map_err(backend)?;
         Ok(())
-    }
-}
-
-fn stored_event(seq: u64, event: NewEvent) -> Event {
-    Event {
-        id: event.id,
-        seq,
-        topic: event.topic,
-        ts: event.ts,
-        key: event.key,
-        payload: event.payload,
-        headers: event.headers,
-        tags: event.tags,
-        caused_by: event.caused_by,
-        sid: event.sid,
     }
 }
 
