@@ -34,8 +34,6 @@ use crate::store::{Appended, GroupKey, NewEvent, StoreError};
 
 /// Largest seq a client may name (stores keep seqs as signed 64-bit).
 const MAX_SEQ: u64 = i64::MAX as u64;
-/// Longest `opts.id` accepted (it is stored and indexed).
-const MAX_EVENT_ID_BYTES: usize = 256;
 /// After the hub sent a close frame, how long it waits for the client's
 /// close before dropping the socket.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -582,37 +580,17 @@ impl Connection {
             );
             return;
         }
-        let opts = opts.unwrap_or_default();
-        let (id, client_id) = match opts.id {
-            Some(id) => {
-                if id.is_empty()
-                    || id.len() > MAX_EVENT_ID_BYTES
-                    || id.chars().any(char::is_control)
-                {
-                    self.bad_frame(
-                        ErrorCode::BadRequest,
-                        format!(
-                            "opts.id must be 1 to {MAX_EVENT_ID_BYTES} bytes without control characters"
-                        ),
-                        rid,
-                    );
-                    return;
-                }
-                (id, true)
-            }
-            None => (uuid::Uuid::now_v7().to_string(), false),
-        };
-        let event = NewEvent {
-            id,
-            client_id,
+        let event = match NewEvent::from_publish(
             topic,
-            ts: opts.ts.unwrap_or_else(crate::clock::now_ms),
-            key: opts.key,
             payload,
-            headers: opts.headers,
-            tags: opts.tags,
-            caused_by: opts.caused_by,
-            sid: opts.sid,
+            opts.unwrap_or_default(),
+            crate::clock::now_ms(),
+        ) {
+            Ok(event) => event,
+            Err(invalid) => {
+                self.bad_frame(ErrorCode::BadRequest, invalid.to_string(), rid);
+                return;
+            }
         };
         // Bound the commits one connection waits for.
         while self.publishes.len() >= self.config().max_pending_publishes {

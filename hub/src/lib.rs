@@ -11,6 +11,7 @@ pub mod config;
 mod connection;
 pub mod error;
 mod outbox;
+pub mod replay;
 mod server;
 pub mod store;
 

@@ -96,6 +96,11 @@ pub async fn run_with(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tracker = Arc::new(ConnectionTracker::default());
+    let replay = crate::replay::router(crate::replay::ReplayState {
+        store: Arc::clone(&store),
+        writer: writer.clone(),
+        authenticator: Arc::clone(&authenticator),
+    });
     let shared = Arc::new(Shared {
         config: Arc::clone(&config),
         authenticator,
@@ -109,7 +114,8 @@ pub async fn run_with(
         .with_state(GatewayState {
             shared,
             tracker: Arc::clone(&tracker),
-        });
+        })
+        .merge(replay);
     if let Some(dir) = &config.www {
         // Everything that is not the WebSocket path: files of `www`
         // (`/` is its index.html).

@@ -63,6 +63,7 @@ mod config;
 mod driver;
 mod error;
 mod events;
+pub mod idempotent;
 mod link;
 mod options;
 mod subscription;

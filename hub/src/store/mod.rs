@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
-use promhub_core::frames::{Event, Millis, Payload};
+use promhub_core::frames::{Event, Millis, Payload, PublishOpts};
 use promhub_core::{Group, Pattern, Topic};
 
 pub mod mongo;
@@ -39,7 +39,50 @@ pub struct NewEvent {
     pub sid: Option<String>,
 }
 
+/// Longest `opts.id` a publisher may choose (it is stored and indexed).
+pub const MAX_EVENT_ID_BYTES: usize = 256;
+
+/// A publisher-chosen event id the hub does not accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("opts.id must be 1 to {MAX_EVENT_ID_BYTES} bytes without control characters")]
+pub struct InvalidEventId;
+
 impl NewEvent {
+    /// The event a `PUBLISH` (or an imported event) describes: the
+    /// publisher's `opts.id` when given (then de-duplicated), else a fresh
+    /// UUIDv7; `opts.ts`, else `now`.
+    pub fn from_publish(
+        topic: Topic,
+        payload: Payload,
+        opts: PublishOpts,
+        now: Millis,
+    ) -> Result<NewEvent, InvalidEventId> {
+        let (id, client_id) = match opts.id {
+            Some(id) => {
+                if id.is_empty()
+                    || id.len() > MAX_EVENT_ID_BYTES
+                    || id.chars().any(char::is_control)
+                {
+                    return Err(InvalidEventId);
+                }
+                (id, true)
+            }
+            None => (uuid::Uuid::now_v7().to_string(), false),
+        };
+        Ok(NewEvent {
+            id,
+            client_id,
+            topic,
+            ts: opts.ts.unwrap_or(now),
+            key: opts.key,
+            payload,
+            headers: opts.headers,
+            tags: opts.tags,
+            caused_by: opts.caused_by,
+            sid: opts.sid,
+        })
+    }
+
     /// The event as stored and delivered, once the store gave it `seq`.
     pub fn into_stored(self, seq: u64) -> Event {
         Event {

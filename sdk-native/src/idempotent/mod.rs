@@ -1,0 +1,91 @@
+//! Exactly-once-ish processing: a delivery's handler runs at most once per
+//! event id, even when the hub delivers the event again (a crash between
+//! the handler's commit and the `ACK`, a lost connection, an ack timeout).
+//!
+//! The id of every processed event is recorded in a dedupe store, in the
+//! same transaction as the handler's own writes where the store allows it
+//! ([`SqliteDedupe`]): then "the handler's effects are committed" and "the
+//! event is recorded as processed" are one fact, and a redelivery is only
+//! acknowledged. Records expire after a TTL (longer than any redelivery
+//! can take: the hub's dedup window, ack timeouts and backoff).
+
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+#[cfg(feature = "sqlite")]
+pub use sqlite::{DedupeError, SqliteDedupe};
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::{DeserializeError, Error};
+
+/// How long a processed event id is remembered by default: a week, far
+/// longer than redeliveries of one event are spread over.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What happened to one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled<R> {
+    /// The handler ran, its writes and the event id committed together.
+    Processed(R),
+    /// The event id was already recorded: the handler did not run again.
+    AlreadyProcessed,
+}
+
+impl<R> Handled<R> {
+    pub fn is_processed(&self) -> bool {
+        matches!(self, Handled::Processed(_))
+    }
+}
+
+/// Why an idempotent handling failed. The delivery has been answered in
+/// every case: NACKed after a handler or store error (it comes again),
+/// dead-lettered for a payload that is not a `T`.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError<E, S> {
+    /// The handler returned an error; nothing it wrote was committed.
+    #[error("the handler failed: {0}")]
+    Handler(E),
+    /// The dedupe store failed; nothing was committed.
+    #[error("dedupe store: {0}")]
+    Store(S),
+    /// The payload is not the expected type (dead-lettered).
+    #[error(transparent)]
+    Payload(DeserializeError),
+    /// Processed (or already processed), but the `ACK` could not be sent;
+    /// the hub will deliver the event again and it will only be
+    /// acknowledged then.
+    #[error("processed, but the ACK failed: {0}")]
+    Ack(Error),
+}
+
+/// Options shared by the dedupe stores.
+#[derive(Debug, Clone)]
+pub struct DedupeOptions {
+    /// Separates consumers that share one store: an event processed by the
+    /// "billing" consumer is still new to "shipping". Usually the group.
+    pub scope: String,
+    /// How long an id is remembered.
+    pub ttl: Duration,
+}
+
+impl DedupeOptions {
+    pub fn new(scope: impl Into<String>) -> Self {
+        DedupeOptions {
+            scope: scope.into(),
+            ttl: DEFAULT_TTL,
+        }
+    }
+
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+}
+
+/// A NACK reason from an error, cut to a size the hub accepts.
+pub(crate) fn nack_reason(error: &dyn fmt::Display) -> String {
+    const MAX_REASON_CHARS: usize = 500;
+    error.to_string().chars().take(MAX_REASON_CHARS).collect()
+}
