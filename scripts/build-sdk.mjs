@@ -103,9 +103,10 @@ function writePackageFiles() {
       ".": { types: "./index.d.ts", default: "./index.js" },
       "./web": { types: "./web/promhub.d.ts", default: "./web/promhub.js" },
       "./bundler": { types: "./bundler/promhub.d.ts", default: "./bundler/promhub.js" },
+      "./idempotent": { types: "./idempotent.d.ts", default: "./idempotent.js" },
       "./package.json": "./package.json",
     },
-    files: ["index.js", "index.d.ts", "web/", "bundler/", "README.md"],
+    files: ["index.js", "index.d.ts", "idempotent.js", "idempotent.d.ts", "web/", "bundler/", "README.md"],
     sideEffects: ["./index.js", "./bundler/promhub.js"],
     keywords: ["promhub", "websocket", "pubsub", "events", "wasm"],
     engines: { node: ">=18" },
@@ -124,6 +125,10 @@ export * from "./web/${NAME}.js";
 `,
   );
   writeFileSync(join(PKG, "index.d.ts"), `export * from "./web/${NAME}.js";\n`);
+  // Exactly-once-ish handlers (\`promhub/idempotent\`): plain JS, no wasm,
+  // a separate entry so pages that do not use them do not download them.
+  copyFileSync(join(SDK, "js", "idempotent.js"), join(PKG, "idempotent.js"));
+  copyFileSync(join(SDK, "ts", "idempotent.d.ts"), join(PKG, "idempotent.d.ts"));
   copyFileSync(join(SDK, "README.md"), join(PKG, "README.md"));
 }
 

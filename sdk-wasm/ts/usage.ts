@@ -11,6 +11,7 @@ import {
   type StateEvent,
   type Subscription,
 } from "promhub";
+import { IndexedDbDedupeStore, idempotent } from "promhub/idempotent";
 
 interface ProcessState {
   host: string;
@@ -88,4 +89,24 @@ export async function wrongUse(client: PromClient): Promise<void> {
 
   // @ts-expect-error: unknown client option
   new PromClient("ws://h/ws", { reconect: true });
+}
+
+// Exactly-once-ish handlers keep the payload type.
+export async function once(client: PromClient): Promise<void> {
+  const store = new IndexedDbDedupeStore({ scope: "billing" });
+  await client.subscribe<ProcessState>(
+    "process.state",
+    "billing",
+    idempotent<ProcessState>(async (event) => {
+      const pid: number = event.payload.pid;
+      void pid;
+    }, { store }),
+  );
+  idempotent<ProcessState>((event) => {
+    // @ts-expect-error: pid is a number
+    const pid: string = event.payload.pid;
+    void pid;
+  });
+  // @ts-expect-error: the store must be a DedupeStore
+  idempotent(() => {}, { store: new Map() });
 }
