@@ -10,7 +10,7 @@ mod clock;
 pub mod config;
 mod connection;
 pub mod error;
-mod outbox;
+mod send_queue;
 mod server;
 pub mod store;
 
