@@ -65,6 +65,8 @@ mod error;
 mod events;
 mod link;
 mod options;
+#[cfg(feature = "outbox")]
+pub mod outbox;
 mod subscription;
 
 pub use client::{Client, PubAck};
