@@ -221,12 +221,16 @@ fn record_from_row(row: &Row<'_>) -> Result<OutboxRecord, OutboxError> {
     })
 }
 
+/// The records matching `condition`, in creation order (`?1` is `param`).
 fn select_records(
     conn: &Connection,
     condition: &str,
-    params: impl rusqlite::Params,
+    limit: Option<i64>,
+    param: &str,
 ) -> Result<Vec<OutboxRecord>, OutboxError> {
-    let sql = format!("SELECT {COLUMNS} FROM promhub_outbox WHERE {condition} ORDER BY seq");
+    let sql =
+        format!("SELECT {COLUMNS} FROM promhub_outbox WHERE {condition} ORDER BY seq LIMIT ?2");
+    let params = params![param, limit.unwrap_or(-1)];
     let mut statement = conn.prepare_cached(&sql)?;
     let mut rows = statement.query(params)?;
     let mut records = Vec::new();
@@ -288,7 +292,7 @@ fn claim(
             params![to_sql_ms(now), token, to_sql_ms(lease_until), seqs],
         )?;
     }
-    let records = select_records(&tx, "claim_token = ?1 AND status = 'claimed'", [&token])?;
+    let records = select_records(&tx, "claim_token = ?1 AND status = 'claimed'", None, &token)?;
     tx.commit()?;
     Ok(Claim {
         token,
@@ -412,7 +416,7 @@ impl OutboxStore for SqliteOutbox {
 
     async fn list_dead(&self, limit: usize) -> Result<Vec<OutboxRecord>, OutboxError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with_conn(move |conn| select_records(conn, "status = 'dead' LIMIT ?1", [limit]))
+        self.with_conn(move |conn| select_records(conn, "status = ?1", Some(limit), "dead"))
             .await
     }
 

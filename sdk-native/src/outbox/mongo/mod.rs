@@ -259,13 +259,18 @@ impl OutboxStore for MongoOutbox {
             .collection
             .find(queries::due(now))
             .sort(queries::creation_order())
-            .projection(doc! { "_id": 1, "key": 1 })
+            .projection(doc! { "_id": 1, "key": 1, "created_at": 1 })
             .limit(fetch)
             .await?
             .try_collect()
             .await?;
         let mut values: HashMap<String, Bson> = HashMap::with_capacity(found.len());
         let mut candidates = Vec::with_capacity(found.len());
+        let newest = found
+            .last()
+            .and_then(|d| d.get("created_at"))
+            .cloned()
+            .unwrap_or(Bson::Null);
         for document in found {
             let value = document.get("_id").cloned().unwrap_or(Bson::Null);
             let id = id_string(&value)?;
@@ -284,10 +289,18 @@ impl OutboxStore for MongoOutbox {
         let keys = keys_of(&candidates);
         let mut heads = HashMap::with_capacity(keys.len());
         if !keys.is_empty() {
-            let mut cursor = self.collection.aggregate(queries::key_heads(&keys)).await?;
-            while let Some(group) = cursor.try_next().await? {
-                if let (Ok(key), Some(head)) = (group.get_str("_id"), group.get("head")) {
-                    heads.insert(key.to_owned(), id_string(head)?);
+            let mut cursor = self
+                .collection
+                .find(queries::key_heads(&keys, &newest))
+                .sort(queries::creation_order())
+                .projection(doc! { "_id": 1, "key": 1 })
+                .limit(fetch.saturating_mul(2))
+                .await?;
+            while let Some(unsent) = cursor.try_next().await? {
+                if let (Ok(key), Some(id)) = (unsent.get_str("key"), unsent.get("_id"))
+                    && !heads.contains_key(key)
+                {
+                    heads.insert(key.to_owned(), id_string(id)?);
                 }
             }
         }
@@ -380,7 +393,6 @@ impl OutboxStore for MongoOutbox {
                     "$unset": { "claim_token": "", "lease_until": "" },
                 },
             )
-            .projection(doc! { "key": 1, "created_at": 1 })
             .await?
         else {
             return Ok(0);
