@@ -1,5 +1,5 @@
 //! One WebSocket connection: a reader that decodes and answers client
-//! frames, and a writer task that drains the connection's [`Outbox`] and
+//! frames, and a writer task that drains the connection's [`SendQueue`] and
 //! flushes once per drain.
 //!
 //! Every frame is checked here — decoding, size, AUTH first, ACL — so the
@@ -28,7 +28,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::authn::Authenticator;
 use crate::broker::{BrokerHandle, Command, ConnId, MemberOpts, SubscribeRequest};
 use crate::config::{HubConfig, MAX_ACK_TIMEOUT_MS, MAX_DELIVER_LIMIT, MAX_INFLIGHT_LIMIT};
-use crate::outbox::{CloseReason, Drained, Outbox, OutboxLimits};
+use crate::send_queue::{CloseReason, Drained, SendQueue, SendQueueLimits};
 use crate::store::writer::StoreWriter;
 use crate::store::{Appended, GroupKey, NewEvent, StoreError};
 
@@ -52,8 +52,8 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn outbox_limits(&self) -> OutboxLimits {
-        OutboxLimits {
+    fn outbox_limits(&self) -> SendQueueLimits {
+        SendQueueLimits {
             live_frames: self.config.ephemeral_buffer_frames,
             live_bytes: self.config.ephemeral_buffer_bytes,
         }
@@ -87,7 +87,7 @@ enum ExpiryStep {
 struct Connection {
     id: ConnId,
     shared: Arc<Shared>,
-    outbox: Arc<Outbox>,
+    send_queue: Arc<SendQueue>,
     session: Option<Session>,
     /// (pattern, group) of each subscription, to bound them and to skip the
     /// broker for answers on connections without groups.
@@ -106,13 +106,13 @@ struct Connection {
 /// Serves one upgraded WebSocket until it closes.
 pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let outbox = Arc::new(Outbox::new(shared.outbox_limits()));
+    let send_queue = Arc::new(SendQueue::new(shared.outbox_limits()));
     let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_loop(sink, Arc::clone(&outbox)));
+    let writer = tokio::spawn(write_loop(sink, Arc::clone(&send_queue)));
     let mut connection = Connection {
         id,
         shared,
-        outbox,
+        send_queue,
         session: None,
         subscriptions: HashSet::new(),
         registered: false,
@@ -134,21 +134,21 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
     tracing::debug!(conn = id, "connection closed");
 }
 
-/// Sends what the outbox holds, one flush per drain; ends after sending a
+/// Sends what the send queue holds, one flush per drain; ends after sending a
 /// close frame or on a socket error.
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>) {
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, send_queue: Arc<SendQueue>) {
     let mut batch = Vec::new();
     loop {
-        match outbox.drain(&mut batch).await {
+        match send_queue.drain(&mut batch).await {
             Drained::Frames => {
                 for message in batch.drain(..) {
                     if sink.feed(message).await.is_err() {
-                        outbox.close(CloseReason::new(close::NORMAL, "socket error"));
+                        send_queue.close(CloseReason::new(close::NORMAL, "socket error"));
                         return;
                     }
                 }
                 if sink.flush().await.is_err() {
-                    outbox.close(CloseReason::new(close::NORMAL, "socket error"));
+                    send_queue.close(CloseReason::new(close::NORMAL, "socket error"));
                     return;
                 }
                 // Do not keep a burst's worth of capacity for an idle
@@ -214,7 +214,7 @@ impl Connection {
                 message = stream.next() => match message {
                     Some(Ok(message)) => {
                         self.last_inbound = Instant::now();
-                        if !self.outbox.is_closing() {
+                        if !self.send_queue.is_closing() {
                             self.on_message(message).await;
                         }
                     }
@@ -240,7 +240,7 @@ impl Connection {
     }
 
     fn heartbeat(&mut self, interval: Duration) -> Liveness {
-        if self.outbox.is_closing() {
+        if self.send_queue.is_closing() {
             // The close frame could not be written for a whole interval (a
             // peer that reads nothing fills the socket): stop waiting.
             return match self.closing_seen {
@@ -261,17 +261,18 @@ impl Connection {
         } else if silent >= interval {
             // A WebSocket ping: every client library answers it, including
             // ones that know nothing about protocol-level PING.
-            self.outbox.push_message(Message::Ping(Default::default()));
+            self.send_queue
+                .push_message(Message::Ping(Default::default()));
         }
         Liveness::Alive
     }
 
     fn close(&self, code: u16, reason: &str) {
-        self.outbox.close(CloseReason::new(code, reason));
+        self.send_queue.close(CloseReason::new(code, reason));
     }
 
     fn send(&self, frame: HubFrame) {
-        self.outbox.push(frames::encode(&frame));
+        self.send_queue.push(frames::encode(&frame));
     }
 
     fn send_error(&self, code: ErrorCode, msg: impl Into<String>, rid: Option<Rid>) {
@@ -305,8 +306,8 @@ impl Connection {
         // A client that sends requests without reading the answers waits
         // here instead of growing its queue.
         let limit = self.config().ephemeral_buffer_bytes * 2;
-        if self.outbox.queued_bytes() >= limit {
-            self.outbox.wait_below(limit).await;
+        if self.send_queue.queued_bytes() >= limit {
+            self.send_queue.wait_below(limit).await;
         }
         match message {
             Message::Text(text) => {
@@ -706,7 +707,7 @@ impl Connection {
         let (registered, is_registered) = tokio::sync::oneshot::channel();
         let request = SubscribeRequest {
             conn: self.id,
-            outbox: Arc::clone(&self.outbox),
+            send_queue: Arc::clone(&self.send_queue),
             policy,
             pattern: topic,
             group,
@@ -735,12 +736,12 @@ impl Connection {
             return;
         }
         let conn = self.id;
-        let outbox = Arc::clone(&self.outbox);
+        let send_queue = Arc::clone(&self.send_queue);
         self.shared
             .broker
             .send(Command::Unsubscribe {
                 conn,
-                outbox,
+                send_queue,
                 pattern: topic,
                 group,
                 rid,

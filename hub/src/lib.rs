@@ -10,8 +10,8 @@ mod clock;
 pub mod config;
 mod connection;
 pub mod error;
-mod outbox;
 pub mod replay;
+mod send_queue;
 mod server;
 pub mod store;
 

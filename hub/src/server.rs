@@ -31,7 +31,7 @@ use crate::store::writer::StoreWriter;
 /// are the common case (a frame larger than this is read in several steps).
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Frames are written to the socket once this much is buffered, or on
-/// flush (once per outbox drain).
+/// flush (once per send queue drain).
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Optional parts of a hub; `None` means the default (the store named by
@@ -124,7 +124,7 @@ pub async fn run_with(
     }
     let listener = listener.tap_io(|tcp| {
         // Frames are small and latency matters; batching happens in the
-        // outbox, not in Nagle's algorithm.
+        // send queue, not in Nagle's algorithm.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }

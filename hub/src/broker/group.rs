@@ -1,6 +1,6 @@
 //! One durable consumer group (semantics.md §4), as a plain state machine
 //! owned by the broker task: no IO here except pushing frames into member
-//! outboxes, so every rule can be followed in one place.
+//! send queues, so every rule can be followed in one place.
 //!
 //! State: a `cursor` (every event with `seq <= cursor` is done), and a
 //! window of the matching events after it, each `Ready`, `Delayed` (NACKed,
@@ -19,7 +19,7 @@ use promhub_core::{Action, Pattern, Policy};
 
 use super::committed::Committed;
 use crate::config::GroupDefaults;
-use crate::outbox::Outbox;
+use crate::send_queue::SendQueue;
 use crate::store::writer::GroupUpdate;
 use crate::store::{DeadLetter, GroupKey, GroupProgress, GroupRecord};
 
@@ -49,17 +49,22 @@ pub(crate) struct MemberOpts {
 #[derive(Debug)]
 pub(crate) struct Member {
     pub conn: ConnId,
-    pub outbox: Arc<Outbox>,
+    pub send_queue: Arc<SendQueue>,
     pub policy: Arc<Policy>,
     pub opts: MemberOpts,
     inflight: u32,
 }
 
 impl Member {
-    pub fn new(conn: ConnId, outbox: Arc<Outbox>, policy: Arc<Policy>, opts: MemberOpts) -> Self {
+    pub fn new(
+        conn: ConnId,
+        send_queue: Arc<SendQueue>,
+        policy: Arc<Policy>,
+        opts: MemberOpts,
+    ) -> Self {
         Member {
             conn,
-            outbox,
+            send_queue,
             policy,
             opts,
             inflight: 0,
@@ -200,7 +205,7 @@ impl GroupState {
             Some(existing) => {
                 existing.opts = member.opts;
                 existing.policy = member.policy;
-                existing.outbox = member.outbox;
+                existing.send_queue = member.send_queue;
             }
             None => self.members.push(member),
         }
@@ -403,7 +408,7 @@ impl GroupState {
         let frame = encode_event_delivery(&self.pattern, Some(&self.name), &entry.event.json, &ctx);
         // A closing connection drops the frame; its disconnect then puts the
         // event back.
-        member.outbox.push(frame);
+        member.send_queue.push(frame);
     }
 
     /// Takes an inflight entry back from its member (ACK, NACK, deadline,
@@ -638,7 +643,7 @@ impl GroupState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::{Drained, OutboxLimits};
+    use crate::send_queue::{Drained, SendQueueLimits};
     use promhub_core::frames::{Event, HubFrame};
     use promhub_core::{Topic, frames::to_payload};
 
@@ -667,8 +672,8 @@ mod tests {
         now: u64,
     }
 
-    fn outbox() -> Arc<Outbox> {
-        Arc::new(Outbox::new(OutboxLimits {
+    fn send_queue() -> Arc<SendQueue> {
+        Arc::new(SendQueue::new(SendQueueLimits {
             live_frames: 1000,
             live_bytes: 1 << 20,
         }))
@@ -711,8 +716,8 @@ mod tests {
             )
         }
 
-        fn join(&mut self, conn: ConnId, max_inflight: u32) -> Arc<Outbox> {
-            let out = outbox();
+        fn join(&mut self, conn: ConnId, max_inflight: u32) -> Arc<SendQueue> {
+            let out = send_queue();
             let member = Member::new(
                 conn,
                 Arc::clone(&out),
@@ -744,8 +749,8 @@ mod tests {
         }
     }
 
-    /// (event id, attempt) of each EVENT queued in an outbox.
-    async fn deliveries(out: &Outbox) -> Vec<(String, u32)> {
+    /// (event id, attempt) of each EVENT queued in a send queue.
+    async fn deliveries(out: &SendQueue) -> Vec<(String, u32)> {
         let mut batch = Vec::new();
         if out.queued_bytes() == 0 {
             return vec![];
@@ -876,7 +881,7 @@ mod tests {
     #[tokio::test]
     async fn events_the_acl_hides_from_every_member_count_as_done() {
         let mut h = Harness::new(0);
-        let out = outbox();
+        let out = send_queue();
         let member = Member::new(
             1,
             Arc::clone(&out),
@@ -901,7 +906,7 @@ mod tests {
         };
         let mut timers = BTreeSet::new();
         let mut group = GroupState::new(0, pattern, name, record, defaults());
-        let out = outbox();
+        let out = send_queue();
         let mut fx = Effects {
             now_mono: 0,
             now_wall: 0,

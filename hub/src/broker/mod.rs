@@ -32,7 +32,7 @@ use self::group::{Effects, FETCH_SCAN_LIMIT, GroupId, GroupState, Member, TimerK
 pub(crate) use self::live::HoldLimits;
 use self::live::LiveIndex;
 use crate::config::GroupDefaults;
-use crate::outbox::Outbox;
+use crate::send_queue::SendQueue;
 use crate::store::writer::{CommittedEvents, GroupUpdate, StoreWriter};
 use crate::store::{GroupKey, GroupProgress, GroupRecord, Store, StoreError};
 
@@ -45,7 +45,7 @@ const COMMANDS_PER_TURN: usize = 512;
 #[derive(Debug)]
 pub(crate) struct SubscribeRequest {
     pub conn: ConnId,
-    pub outbox: Arc<Outbox>,
+    pub send_queue: Arc<SendQueue>,
     pub policy: Arc<Policy>,
     pub pattern: Pattern,
     pub group: Option<GroupName>,
@@ -73,7 +73,7 @@ pub(crate) enum Command {
     Subscribe(SubscribeRequest),
     Unsubscribe {
         conn: ConnId,
-        outbox: Arc<Outbox>,
+        send_queue: Arc<SendQueue>,
         pattern: Pattern,
         group: Option<GroupName>,
         rid: Option<Rid>,
@@ -220,7 +220,7 @@ pub(crate) fn spawn(setup: BrokerSetup) -> (BrokerHandle, tokio::task::JoinHandl
 
 #[derive(Debug, Default)]
 struct ConnSubs {
-    outbox: Option<Arc<Outbox>>,
+    send_queue: Option<Arc<SendQueue>>,
     live: Vec<Pattern>,
     groups: Vec<GroupId>,
 }
@@ -308,11 +308,11 @@ impl Broker {
             Command::Subscribe(request) => self.subscribe(request),
             Command::Unsubscribe {
                 conn,
-                outbox,
+                send_queue,
                 pattern,
                 group,
                 rid,
-            } => self.unsubscribe(conn, &outbox, pattern, group, rid),
+            } => self.unsubscribe(conn, &send_queue, pattern, group, rid),
             Command::Ack { conn, key, id } => {
                 self.with_member_group(conn, &key, |group, fx| group.ack(&id, fx));
             }
@@ -493,7 +493,7 @@ impl Broker {
             let _ = registered.send(());
         }
         let conn = self.conns.entry(request.conn).or_default();
-        conn.outbox = Some(Arc::clone(&request.outbox));
+        conn.send_queue = Some(Arc::clone(&request.send_queue));
         let Some(group) = request.group.clone() else {
             self.subscribe_live(request);
             return;
@@ -529,7 +529,7 @@ impl Broker {
         }
         let head = self.head;
         reply(
-            &request.outbox,
+            &request.send_queue,
             HubFrame::Suback(SubAck {
                 rid: request.rid.clone(),
                 topic: request.pattern.clone(),
@@ -540,7 +540,7 @@ impl Broker {
         self.live.subscribe(
             request.conn,
             &request.pattern,
-            Arc::clone(&request.outbox),
+            Arc::clone(&request.send_queue),
             Arc::clone(&request.policy),
             request.snapshot.then_some(head),
         );
@@ -627,7 +627,7 @@ impl Broker {
             .unwrap_or_default();
         for request in waiting {
             reply(
-                &request.outbox,
+                &request.send_queue,
                 HubFrame::Err(ErrorFrame::new(
                     ErrorCode::Internal,
                     "the group's state could not be loaded; try again",
@@ -665,7 +665,7 @@ impl Broker {
         };
         // SUBACK goes out before any EVENT of the subscription.
         reply(
-            &request.outbox,
+            &request.send_queue,
             HubFrame::Suback(SubAck {
                 rid: request.rid.clone(),
                 topic: request.pattern.clone(),
@@ -677,14 +677,19 @@ impl Broker {
         if !conn.groups.contains(&gid) {
             conn.groups.push(gid);
         }
-        let member = Member::new(request.conn, request.outbox, request.policy, request.opts);
+        let member = Member::new(
+            request.conn,
+            request.send_queue,
+            request.policy,
+            request.opts,
+        );
         self.with_group(gid, |group, fx| group.add_member(member, fx));
     }
 
     fn unsubscribe(
         &mut self,
         conn: ConnId,
-        outbox: &Arc<Outbox>,
+        send_queue: &Arc<SendQueue>,
         pattern: Pattern,
         group: Option<GroupName>,
         rid: Option<Rid>,
@@ -712,7 +717,7 @@ impl Broker {
         // Unsubscribing is idempotent: the subscription is gone either way.
         if rid.is_some() {
             reply(
-                outbox,
+                send_queue,
                 HubFrame::Unsuback(UnsubAck {
                     rid,
                     topic: pattern,
@@ -886,8 +891,8 @@ impl Broker {
 }
 
 /// Queues an answer frame for a connection.
-fn reply(outbox: &Outbox, frame: HubFrame) {
-    outbox.push(frames::encode(&frame));
+fn reply(send_queue: &SendQueue, frame: HubFrame) {
+    send_queue.push(frames::encode(&frame));
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
