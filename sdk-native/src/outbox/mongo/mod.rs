@@ -29,6 +29,7 @@ use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use promhub_core::frames::Millis;
 
 use self::codec::{date, id_string, id_values, new_document, record_from_document};
+pub(crate) use self::transactions::check_transactions;
 pub use self::transactions::with_transaction;
 use super::drainer::duration_ms;
 use super::ordering::{Candidate, claimable, keys_of};
@@ -85,7 +86,7 @@ impl MongoOutbox {
         options: MongoOutboxOptions,
     ) -> Result<MongoOutbox, OutboxError> {
         let collection = db.collection::<Document>(name);
-        let transactions = match transactions::check_transactions(
+        let transactions = match check_transactions(
             client,
             &db.collection(&format!("{name}_transaction_probe")),
         )

@@ -25,7 +25,7 @@ const OPT_OUT: &str = "Run MongoDB as a replica set (a single-node replica set i
 /// cannot, and a probe transaction checks the rest (a server may refuse
 /// transactions, or accept and ignore them: the probe's aborted insert
 /// must leave nothing behind).
-pub(super) async fn check_transactions(
+pub(crate) async fn check_transactions(
     client: &Client,
     probe: &Collection<Document>,
 ) -> Result<(), OutboxError> {
