@@ -686,20 +686,63 @@ struct Head {
     rid: Option<LooseString>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// A value kept when it is a JSON string and skipped otherwise. Written by
+/// hand rather than as an untagged enum: `#[serde(untagged)]` buffers the
+/// value into serde's generic `Content` tree first, which costs time and a
+/// lot of wasm code for two fields.
 enum LooseString {
     Text(String),
-    #[allow(dead_code)]
-    Other(IgnoredAny),
+    Other,
 }
 
 impl LooseString {
     fn into_text(self) -> Option<String> {
         match self {
             LooseString::Text(s) => Some(s),
-            LooseString::Other(_) => None,
+            LooseString::Other => None,
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for LooseString {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = LooseString;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LooseString, E> {
+                Ok(LooseString::Text(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<LooseString, E> {
+                Ok(LooseString::Text(v))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<LooseString, E> {
+                Ok(LooseString::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<LooseString, E> {
+                Ok(LooseString::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<LooseString, E> {
+                Ok(LooseString::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<LooseString, E> {
+                Ok(LooseString::Other)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<LooseString, E> {
+                Ok(LooseString::Other)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<LooseString, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(LooseString::Other)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<LooseString, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(LooseString::Other)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -716,7 +759,7 @@ fn decode_head(text: &str) -> Result<(HeadOp, Option<Rid>), DecodeError> {
             let op = match head.op {
                 None => HeadOp::Missing,
                 Some(LooseString::Text(name)) => HeadOp::Name(name),
-                Some(LooseString::Other(_)) => HeadOp::NotAString,
+                Some(LooseString::Other) => HeadOp::NotAString,
             };
             Ok((op, head.rid.and_then(LooseString::into_text)))
         }
