@@ -1,10 +1,11 @@
 //! Wire protocol v1 (protocol.md): every frame as a Rust type.
 //!
 //! Frames are JSON text objects tagged by `op`. Encoding is plain serde;
-//! decoding goes through [`ClientFrame::decode`] / [`HubFrame::decode`], which
-//! read `op` first and then the one struct it names. That two-step decode
-//! keeps payloads as raw JSON ([`Payload`]) — the hub never re-parses or
-//! re-encodes what publishers send — and lets an error carry the frame's
+//! decoding goes through [`ClientFrame::decode`], which reads `op` first and
+//! then the one struct it names, and [`HubFrame::decode`], which reads a
+//! frame in one pass (every client decodes every `EVENT`; see `hub_decode`).
+//! Both keep payloads as raw JSON ([`Payload`]) — the hub never re-parses or
+//! re-encodes what publishers send — and let an error carry the frame's
 //! `rid` so the peer can match it to its request.
 
 use std::borrow::Cow;
@@ -18,6 +19,8 @@ use serde_json::value::RawValue;
 
 use crate::object_only::{self, ObjectOnly};
 use crate::topic::{Pattern, Topic};
+
+mod hub_decode;
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -863,24 +866,9 @@ impl ClientFrame {
 
 impl HubFrame {
     /// Decodes one text frame from the hub. Never panics, whatever the input.
+    /// Reads the text once in the common case (see `hub_decode`).
     pub fn decode(text: &str) -> Result<HubFrame, DecodeError> {
-        let (op, rid) = decode_head(text)?;
-        let HeadOp::Name(name) = &op else {
-            return Err(unknown_op(op, rid));
-        };
-        let name = name.as_str();
-        Ok(match name {
-            "OK" => HubFrame::Ok(decode_body(text, name, &rid)?),
-            "ERR" => HubFrame::Err(decode_body(text, name, &rid)?),
-            "PUBACK" => HubFrame::Puback(decode_body(text, name, &rid)?),
-            "SUBACK" => HubFrame::Suback(decode_body(text, name, &rid)?),
-            "UNSUBACK" => HubFrame::Unsuback(decode_body(text, name, &rid)?),
-            "EVENT" => HubFrame::Event(decode_body(text, name, &rid)?),
-            "PING" => HubFrame::Ping(decode_body(text, name, &rid)?),
-            "PONG" => HubFrame::Pong(decode_body(text, name, &rid)?),
-            "EXPIRING" => HubFrame::Expiring(decode_body(text, name, &rid)?),
-            _ => return Err(unknown_op(op, rid)),
-        })
+        hub_decode::decode(text)
     }
 
     /// The `op` name, for logs and metrics.
