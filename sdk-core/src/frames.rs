@@ -589,14 +589,13 @@ pub fn encode<T: Serialize>(frame: &T) -> String {
     // Frames contain only strings, numbers, maps with string keys and raw
     // JSON that was valid when it was parsed, so serialization cannot fail.
     serde_json::to_string(frame).unwrap_or_else(|e| {
-        // Unreachable in practice; report rather than panic. Built as a
-        // `Value` so that the error text is escaped into valid JSON.
-        serde_json::json!({
-            "op": "ERR",
-            "code": "internal",
-            "msg": format!("encode failed: {e}"),
-        })
-        .to_string()
+        // Unreachable in practice; report rather than panic. The message
+        // goes through the string serializer (which cannot fail) so that it
+        // is escaped into valid JSON; no `json!`, whose `Value` would add a
+        // map type and its serializer to the browser SDK's wasm.
+        let msg = serde_json::to_string(&format!("encode failed: {e}"))
+            .unwrap_or_else(|_| r#""encode failed""#.to_owned());
+        format!(r#"{{"op":"ERR","code":"internal","msg":{msg}}}"#)
     })
 }
 
