@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Builds the browser SDK into sdk-wasm/pkg/ (the npm package `promhub`):
-// release wasm → wasm-bindgen (web + bundler) → wasm-opt -Oz → package
-// files → `tsc --noEmit` over the declarations and the typed usage file →
-// bundle budget. Installs what is missing (wasm target, the pinned
+// release wasm → wasm-bindgen (web + bundler) → wasm-opt -Oz → esbuild
+// --minify (web glue) → package files → `tsc --noEmit` over the
+// declarations and the typed usage file → bundle budget. Installs what is missing (wasm target, the pinned
 // wasm-bindgen-cli, npm dev dependencies). `npm run build:sdk`; CI runs it.
 //
 // Flags: --pack also writes target/npm/promhub-VERSION.tgz (npm pack);
@@ -69,6 +69,13 @@ function main() {
     const wasm = join(out, `${NAME}_bg.wasm`);
     run(npmBin("wasm-opt"), ["-Oz", "--strip-debug", "--strip-producers", wasm, "-o", wasm]);
   }
+  // The web target is what a page loads as it is (bundlers minify the
+  // bundler target themselves); the declarations keep the documentation.
+  step("esbuild --minify (web glue and runtime)");
+  minify(join(PKG, "web", `${NAME}.js`), `/* @ts-self-types="./${NAME}.d.ts" */\n`);
+  for (const path of filesUnder(join(PKG, "web", "snippets")).filter((p) => p.endsWith(".js"))) {
+    minify(path, "");
+  }
 
   step("package files");
   writePackageFiles();
@@ -125,6 +132,12 @@ export * from "./web/${NAME}.js";
   );
   writeFileSync(join(PKG, "index.d.ts"), `export * from "./web/${NAME}.js";\n`);
   copyFileSync(join(SDK, "README.md"), join(PKG, "README.md"));
+}
+
+/** Minifies an ES module in place (imports and exports keep their names). */
+function minify(path, header) {
+  run(npmBin("esbuild"), [path, "--minify", "--format=esm", "--log-level=warning", `--outfile=${path}`, "--allow-overwrite"]);
+  if (header) writeFileSync(path, header + readFileSync(path, "utf8"));
 }
 
 /** Every file of a folder, recursively. */
