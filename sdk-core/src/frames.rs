@@ -36,9 +36,11 @@ pub fn to_payload<T: Serialize + ?Sized>(value: &T) -> Result<Payload, serde_jso
 }
 
 /// Client-chosen request id, echoed in the answer.
+#[cfg_attr(feature = "ts", tsify::declare)]
 pub type Rid = String;
 
 /// Milliseconds since the Unix epoch.
+#[cfg_attr(feature = "ts", tsify::declare)]
 pub type Millis = u64;
 
 // ---------------------------------------------------------------------------
@@ -130,7 +132,9 @@ pub struct Auth {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(tsify::Tsify))]
 pub struct PublishOpts {
+    /// A plain object in JSON (and so in TypeScript), not a `Map`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", tsify(type = "Record<string, string>"))]
     pub headers: Option<BTreeMap<String, String>>,
     /// Latest-by-key key (e.g. `host:name:pid`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -494,7 +498,9 @@ pub struct Event {
     pub key: Option<String>,
     #[cfg_attr(feature = "ts", tsify(type = "unknown"))]
     pub payload: Payload,
+    /// A plain object in JSON (and so in TypeScript), not a `Map`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", tsify(type = "Record<string, string>"))]
     pub headers: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<String>>,
