@@ -27,13 +27,14 @@ import {
 /** The budget of the issue: .wasm plus JS glue, gzipped. */
 const BUDGET_BYTES = 80 * 1024;
 /**
- * What the build fails above, until promhub-core fits the budget: on its
- * own (a bare ClientCore driver, no bindings) it already weighs ~70 KiB
- * gzipped, so the SDK cannot meet 80 KiB yet. The ceiling catches any
- * growth of the SDK meanwhile; set it to BUDGET_BYTES once the core is
- * slimmer.
+ * What the build fails above while the budget is not met: the bundle
+ * weighs ~97 KiB gzipped (from 119 KiB). The hub-frame decoder alone is
+ * ~11 KiB of it, and any serde_json parsing (which `Payload`s need) brings
+ * serde's error messages with float and string formatting. The ceiling
+ * catches any growth meanwhile; set it to BUDGET_BYTES once the bundle
+ * fits (sdk-wasm/README.md, "Size").
  */
-const CEILING_BYTES = 124 * 1024;
+const CEILING_BYTES = 100 * 1024;
 const NAME = "promhub";
 const SDK = join(ROOT, "sdk-wasm");
 const PKG = join(SDK, "pkg");
