@@ -116,6 +116,10 @@ enum Field {
 }
 
 impl Field {
+    fn bit(self) -> u32 {
+        1 << self as u32
+    }
+
     fn name(self) -> &'static str {
         match self {
             Field::Op => "op",
@@ -180,6 +184,9 @@ impl<'de> Deserialize<'de> for Field {
 /// The fields of any hub frame, as read (absent and `null` are `None`).
 #[derive(Default)]
 struct Fields {
+    /// Which fields were `null` (bit `Field as u32`): refused where the
+    /// frame's struct has no `Option` for them, as serde would.
+    nulls: u32,
     op: Option<LooseString>,
     rid: Option<LooseString>,
     v: Option<u32>,
@@ -226,12 +233,16 @@ impl<'de> Visitor<'de> for FieldsSeed {
         fn store<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
             map: &mut A,
             slot: &mut Option<T>,
+            nulls: &mut u32,
             field: Field,
         ) -> Result<(), A::Error> {
-            if slot.is_some() {
+            if slot.is_some() || *nulls & field.bit() != 0 {
                 return Err(de::Error::duplicate_field(field.name()));
             }
             *slot = map.next_value()?;
+            if slot.is_none() {
+                *nulls |= field.bit();
+            }
             Ok(())
         }
 
@@ -252,30 +263,30 @@ impl<'de> Visitor<'de> for FieldsSeed {
             let f = &mut fields;
             match field {
                 Field::Op => {
-                    store(&mut map, &mut f.op, field)?;
+                    store(&mut map, &mut f.op, &mut f.nulls, field)?;
                     if op.is_none()
                         && let Some(LooseString::Text(name)) = &f.op
                     {
                         op = HubOp::parse(name);
                     }
                 }
-                Field::Rid => store(&mut map, &mut f.rid, field)?,
-                Field::V => store(&mut map, &mut f.v, field)?,
-                Field::Session => store(&mut map, &mut f.session, field)?,
-                Field::Server => store(&mut map, &mut f.server, field)?,
-                Field::HeartbeatMs => store(&mut map, &mut f.heartbeat_ms, field)?,
-                Field::ExpiresAt => store(&mut map, &mut f.expires_at, field)?,
-                Field::Code => store(&mut map, &mut f.code, field)?,
-                Field::Msg => store(&mut map, &mut f.msg, field)?,
-                Field::RetryAfterMs => store(&mut map, &mut f.retry_after_ms, field)?,
-                Field::Id => store(&mut map, &mut f.id, field)?,
-                Field::Seq => store(&mut map, &mut f.seq, field)?,
-                Field::Duplicate => store(&mut map, &mut f.duplicate, field)?,
-                Field::Topic => store(&mut map, &mut f.topic, field)?,
-                Field::Group => store(&mut map, &mut f.group, field)?,
-                Field::FromSeq => store(&mut map, &mut f.from_seq, field)?,
-                Field::Event => store(&mut map, &mut f.event, field)?,
-                Field::Ctx => store(&mut map, &mut f.ctx, field)?,
+                Field::Rid => store(&mut map, &mut f.rid, &mut f.nulls, field)?,
+                Field::V => store(&mut map, &mut f.v, &mut f.nulls, field)?,
+                Field::Session => store(&mut map, &mut f.session, &mut f.nulls, field)?,
+                Field::Server => store(&mut map, &mut f.server, &mut f.nulls, field)?,
+                Field::HeartbeatMs => store(&mut map, &mut f.heartbeat_ms, &mut f.nulls, field)?,
+                Field::ExpiresAt => store(&mut map, &mut f.expires_at, &mut f.nulls, field)?,
+                Field::Code => store(&mut map, &mut f.code, &mut f.nulls, field)?,
+                Field::Msg => store(&mut map, &mut f.msg, &mut f.nulls, field)?,
+                Field::RetryAfterMs => store(&mut map, &mut f.retry_after_ms, &mut f.nulls, field)?,
+                Field::Id => store(&mut map, &mut f.id, &mut f.nulls, field)?,
+                Field::Seq => store(&mut map, &mut f.seq, &mut f.nulls, field)?,
+                Field::Duplicate => store(&mut map, &mut f.duplicate, &mut f.nulls, field)?,
+                Field::Topic => store(&mut map, &mut f.topic, &mut f.nulls, field)?,
+                Field::Group => store(&mut map, &mut f.group, &mut f.nulls, field)?,
+                Field::FromSeq => store(&mut map, &mut f.from_seq, &mut f.nulls, field)?,
+                Field::Event => store(&mut map, &mut f.event, &mut f.nulls, field)?,
+                Field::Ctx => store(&mut map, &mut f.ctx, &mut f.nulls, field)?,
                 Field::Unknown => {}
             }
         }
@@ -283,13 +294,27 @@ impl<'de> Visitor<'de> for FieldsSeed {
     }
 }
 
-fn missing(field: Field) -> String {
-    format!("missing field `{}`", field.name())
+/// `Some(value)`, or why the field is not there: absent, or `null`.
+fn required<T>(value: Option<T>, field: Field, nulls: u32) -> Result<T, String> {
+    value.ok_or_else(|| {
+        if nulls & field.bit() != 0 {
+            format!(
+                "invalid type: null, expected a value for field `{}`",
+                field.name()
+            )
+        } else {
+            format!("missing field `{}`", field.name())
+        }
+    })
 }
 
-/// `Some(value)` or the "missing field" message.
-fn required<T>(value: Option<T>, field: Field) -> Result<T, String> {
-    value.ok_or_else(|| missing(field))
+/// A field that may be absent but not `null` (a `#[serde(default)]`
+/// field without `Option`).
+fn not_null<T>(value: Option<T>, field: Field, nulls: u32) -> Result<Option<T>, String> {
+    if value.is_none() && nulls & field.bit() != 0 {
+        return required(value, field, nulls).map(Some);
+    }
+    Ok(value)
 }
 
 impl Fields {
@@ -308,42 +333,43 @@ impl Fields {
     /// Assembles the frame of `op` from its fields; `Err` is the message
     /// of an invalid (e.g. incomplete) frame.
     fn into_frame(mut self, op: HubOp) -> Result<HubFrame, String> {
+        let nulls = self.nulls;
         Ok(match op {
             HubOp::Ok => HubFrame::Ok(Welcome {
-                v: required(self.v, Field::V)?,
-                session: required(self.session, Field::Session)?,
-                server: required(self.server, Field::Server)?,
-                heartbeat_ms: required(self.heartbeat_ms, Field::HeartbeatMs)?,
+                v: required(self.v, Field::V, nulls)?,
+                session: required(self.session, Field::Session, nulls)?,
+                server: required(self.server, Field::Server, nulls)?,
+                heartbeat_ms: required(self.heartbeat_ms, Field::HeartbeatMs, nulls)?,
                 expires_at: self.expires_at,
             }),
             HubOp::Err => HubFrame::Err(ErrorFrame {
                 rid: self.typed_rid()?,
-                code: required(self.code, Field::Code)?,
-                msg: required(self.msg, Field::Msg)?,
+                code: required(self.code, Field::Code, nulls)?,
+                msg: required(self.msg, Field::Msg, nulls)?,
                 retry_after_ms: self.retry_after_ms,
             }),
             HubOp::Puback => HubFrame::Puback(PubAck {
-                rid: required(self.typed_rid()?, Field::Rid)?,
-                id: required(self.id, Field::Id)?,
-                seq: required(self.seq, Field::Seq)?,
-                duplicate: self.duplicate.unwrap_or(false),
+                rid: required(self.typed_rid()?, Field::Rid, nulls)?,
+                id: required(self.id, Field::Id, nulls)?,
+                seq: required(self.seq, Field::Seq, nulls)?,
+                duplicate: not_null(self.duplicate, Field::Duplicate, nulls)?.unwrap_or(false),
             }),
             HubOp::Suback => HubFrame::Suback(SubAck {
                 rid: self.typed_rid()?,
-                topic: required(self.topic, Field::Topic)?,
+                topic: required(self.topic, Field::Topic, nulls)?,
                 group: self.group,
-                from_seq: required(self.from_seq, Field::FromSeq)?,
+                from_seq: required(self.from_seq, Field::FromSeq, nulls)?,
             }),
             HubOp::Unsuback => HubFrame::Unsuback(UnsubAck {
                 rid: self.typed_rid()?,
-                topic: required(self.topic, Field::Topic)?,
+                topic: required(self.topic, Field::Topic, nulls)?,
                 group: self.group,
             }),
             HubOp::Event => HubFrame::Event(EventDelivery {
-                topic: required(self.topic, Field::Topic)?,
+                topic: required(self.topic, Field::Topic, nulls)?,
                 group: self.group,
-                event: required(self.event, Field::Event)?.0,
-                ctx: required(self.ctx, Field::Ctx)?.0,
+                event: required(self.event, Field::Event, nulls)?.0,
+                ctx: required(self.ctx, Field::Ctx, nulls)?.0,
             }),
             HubOp::Ping => HubFrame::Ping(Ping {
                 rid: self.typed_rid()?,
@@ -352,7 +378,7 @@ impl Fields {
                 rid: self.typed_rid()?,
             }),
             HubOp::Expiring => HubFrame::Expiring(Expiring {
-                expires_at: required(self.expires_at, Field::ExpiresAt)?,
+                expires_at: required(self.expires_at, Field::ExpiresAt, nulls)?,
             }),
         })
     }
@@ -468,10 +494,38 @@ mod tests {
     }
 
     #[test]
+    fn null_is_refused_where_the_frame_has_no_option() {
+        // `duplicate` may be absent (false) but not null; `expires_at` may
+        // be null in OK but not in EXPIRING.
+        for text in [
+            r#"{"op":"PUBACK","rid":"3","id":"e","seq":1,"duplicate":null}"#,
+            r#"{"duplicate":null,"op":"PUBACK","rid":"3","id":"e","seq":1}"#,
+            r#"{"op":"EXPIRING","expires_at":null}"#,
+        ] {
+            let e = decode(text).expect_err(text);
+            assert_eq!(e.kind, DecodeErrorKind::InvalidFields, "{text}");
+            assert!(e.message.contains("null"), "{e}");
+        }
+        let HubFrame::Ok(welcome) = decode(
+            r#"{"op":"OK","v":1,"session":"s","server":"x","heartbeat_ms":1,"expires_at":null}"#,
+        )
+        .expect("OK with a null expires_at") else {
+            panic!("not OK")
+        };
+        assert_eq!(welcome.expires_at, None);
+    }
+
+    #[test]
     fn duplicate_fields_are_refused() {
-        let e = decode(r#"{"op":"PUBACK","rid":"3","id":"e","seq":1,"seq":2}"#)
-            .expect_err("duplicate seq");
-        assert_eq!(e.kind, DecodeErrorKind::InvalidFields);
-        assert!(e.message.contains("duplicate field `seq`"), "{e}");
+        for text in [
+            r#"{"op":"PUBACK","rid":"3","id":"e","seq":1,"seq":2}"#,
+            r#"{"op":"PUBACK","rid":"3","id":"e","seq":null,"seq":2}"#,
+        ] {
+            let e = decode(text).expect_err(text);
+            assert_eq!(e.kind, DecodeErrorKind::InvalidFields);
+            assert!(e.message.contains("duplicate field `seq`"), "{e}");
+        }
+        // A field of another op is ignored, repeated or not.
+        assert!(decode(r#"{"op":"PING","seq":1,"seq":2}"#).is_ok());
     }
 }
