@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Builds the browser SDK into sdk-wasm/pkg/ (the npm package `promhub`):
-// release wasm → wasm-bindgen (web + bundler) → wasm-opt -Oz → package
-// files → `tsc --noEmit` over the declarations and the typed usage file →
-// bundle budget. Installs what is missing (wasm target, the pinned
+// release wasm → wasm-bindgen (web + bundler) → wasm-opt -Oz → esbuild
+// --minify (web glue) → package files → `tsc --noEmit` over the
+// declarations and the typed usage file → bundle budget. Installs what is missing (wasm target, the pinned
 // wasm-bindgen-cli, npm dev dependencies). `npm run build:sdk`; CI runs it.
 //
 // Flags: --pack also writes target/npm/promhub-VERSION.tgz (npm pack);
@@ -27,13 +27,14 @@ import {
 /** The budget of the issue: .wasm plus JS glue, gzipped. */
 const BUDGET_BYTES = 80 * 1024;
 /**
- * What the build fails above, until promhub-core fits the budget: on its
- * own (a bare ClientCore driver, no bindings) it already weighs ~70 KiB
- * gzipped, so the SDK cannot meet 80 KiB yet. The ceiling catches any
- * growth of the SDK meanwhile; set it to BUDGET_BYTES once the core is
- * slimmer.
+ * What the build fails above while the budget is not met: the bundle
+ * weighs ~97 KiB gzipped (from 119 KiB). The hub-frame decoder alone is
+ * ~11 KiB of it, and any serde_json parsing (which `Payload`s need) brings
+ * serde's error messages with float and string formatting. The ceiling
+ * catches any growth meanwhile; set it to BUDGET_BYTES once the bundle
+ * fits (sdk-wasm/README.md, "Size").
  */
-const CEILING_BYTES = 124 * 1024;
+const CEILING_BYTES = 100 * 1024;
 const NAME = "promhub";
 const SDK = join(ROOT, "sdk-wasm");
 const PKG = join(SDK, "pkg");
@@ -68,6 +69,13 @@ function main() {
     step(`wasm-opt -Oz (${target})`);
     const wasm = join(out, `${NAME}_bg.wasm`);
     run(npmBin("wasm-opt"), ["-Oz", "--strip-debug", "--strip-producers", wasm, "-o", wasm]);
+  }
+  // The web target is what a page loads as it is (bundlers minify the
+  // bundler target themselves); the declarations keep the documentation.
+  step("esbuild --minify (web glue and runtime)");
+  minify(join(PKG, "web", `${NAME}.js`), `/* @ts-self-types="./${NAME}.d.ts" */\n`);
+  for (const path of filesUnder(join(PKG, "web", "snippets")).filter((p) => p.endsWith(".js"))) {
+    minify(path, "");
   }
 
   step("package files");
@@ -130,6 +138,12 @@ export * from "./web/${NAME}.js";
   copyFileSync(join(SDK, "js", "idempotent.js"), join(PKG, "idempotent.js"));
   copyFileSync(join(SDK, "ts", "idempotent.d.ts"), join(PKG, "idempotent.d.ts"));
   copyFileSync(join(SDK, "README.md"), join(PKG, "README.md"));
+}
+
+/** Minifies an ES module in place (imports and exports keep their names). */
+function minify(path, header) {
+  run(npmBin("esbuild"), [path, "--minify", "--format=esm", "--log-level=warning", `--outfile=${path}`, "--allow-overwrite"]);
+  if (header) writeFileSync(path, header + readFileSync(path, "utf8"));
 }
 
 /** Every file of a folder, recursively. */
