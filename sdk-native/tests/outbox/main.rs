@@ -8,6 +8,7 @@
 mod support;
 
 mod common;
+mod delivery;
 mod scenarios;
 
 use std::collections::HashMap;
