@@ -141,29 +141,27 @@ async fn embedded_rollback_leaves_nothing_and_commit_delivers_exactly_one_event(
 }
 
 /// Publishes through a client, then stalls forever after a number of
-/// publishes (the drainer process is killed while it stalls).
+/// publishes; says `PUBLISHED` once those are acknowledged by the hub (the
+/// drainer process is killed while it stalls).
 struct StallAfter {
     client: Client,
-    remaining: std::sync::Mutex<usize>,
+    limit: usize,
+    started: std::sync::atomic::AtomicUsize,
+    acknowledged: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
 impl OutboxSink for StallAfter {
     async fn publish(&self, record: &OutboxRecord) -> Result<PublishOutcome, SinkError> {
-        let stall = {
-            let mut remaining = self.remaining.lock().unwrap();
-            if *remaining == 0 {
-                true
-            } else {
-                *remaining -= 1;
-                false
-            }
-        };
-        if stall {
-            println!("STALLED");
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.started.fetch_add(1, SeqCst) >= self.limit {
             std::future::pending::<()>().await;
         }
-        OutboxSink::publish(&self.client, record).await
+        let outcome = OutboxSink::publish(&self.client, record).await?;
+        if self.acknowledged.fetch_add(1, SeqCst) + 1 == self.limit {
+            println!("PUBLISHED");
+        }
+        Ok(outcome)
     }
 }
 
@@ -188,7 +186,9 @@ fn drainer_process_entry() {
             .expect("connect");
         let sink = Arc::new(StallAfter {
             client,
-            remaining: std::sync::Mutex::new(stall_after.parse().expect("count")),
+            limit: stall_after.parse().expect("count"),
+            started: Default::default(),
+            acknowledged: Default::default(),
         });
         let store = Arc::new(SqliteOutbox::open(db).expect("open"));
         let options = DrainerOptions {
@@ -223,7 +223,7 @@ fn start_drainer_process(db: &Path, hub: &str, stall_after: usize) -> std::proce
     let mut lines = BufReader::new(stdout).lines();
     loop {
         match lines.next() {
-            Some(Ok(line)) if line.contains("STALLED") => break,
+            Some(Ok(line)) if line.contains("PUBLISHED") => break,
             Some(Ok(_)) => {}
             other => {
                 let _ = child.kill();

@@ -9,6 +9,7 @@ mod support;
 
 mod common;
 mod delivery;
+mod explain;
 mod scenarios;
 
 use std::collections::HashMap;
@@ -51,6 +52,7 @@ on_every_store!(
     a_record_whose_leases_keep_expiring_ends_dead,
     sent_records_are_purged_after_retention,
     a_key_is_claimed_one_record_at_a_time,
+    a_slow_publish_keeps_its_lease_renewed,
 );
 
 /// The full ordering run (embedded store).

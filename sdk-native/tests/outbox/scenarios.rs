@@ -381,3 +381,53 @@ pub async fn a_key_is_claimed_one_record_at_a_time<S: OutboxStore>(store: S) {
         [a2]
     );
 }
+
+/// While a publish is slower than the lease, the drainer renews the lease,
+/// so nobody else can claim the records; the batch then completes.
+pub async fn a_slow_publish_keeps_its_lease_renewed<S: OutboxStore>(store: S) {
+    let store = Arc::new(store);
+    let id = store.enqueue(record(1), now_ms()).await.expect("enqueue");
+    let sink = Arc::new(StallingSink::new());
+    let options = promhub::outbox::DrainerOptions {
+        lease: Duration::from_millis(600),
+        ..fast_options(10)
+    };
+    let drainer = Arc::new(Drainer::new(Arc::clone(&store), Arc::clone(&sink), options));
+    let running = tokio::spawn({
+        let drainer = Arc::clone(&drainer);
+        async move { drainer.drain_once().await }
+    });
+    guard("the drainer publishes", sink.started.notified()).await;
+    let first_lease = store
+        .get(&id)
+        .await
+        .unwrap()
+        .and_then(|r| r.lease_until)
+        .expect("claimed with a lease");
+    guard("the lease is renewed", async {
+        loop {
+            let lease = store.get(&id).await.unwrap().and_then(|r| r.lease_until);
+            if lease.is_some_and(|until| until > first_lease) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // When the first lease would have run out, the record is still held.
+    let other = store.claim(10, LEASE, first_lease).await.expect("claim");
+    assert!(
+        other.records.is_empty(),
+        "a renewed lease is not taken over"
+    );
+    sink.release.add_permits(1);
+    let report = guard("the batch", running)
+        .await
+        .expect("task")
+        .expect("drain");
+    assert_eq!((report.sent, report.fence_rejections), (1, 0));
+    assert_eq!(
+        store.get(&id).await.unwrap().expect("record").status,
+        Status::Sent
+    );
+}
