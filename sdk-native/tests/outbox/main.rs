@@ -53,6 +53,7 @@ on_every_store!(
     sent_records_are_purged_after_retention,
     a_key_is_claimed_one_record_at_a_time,
     a_slow_publish_keeps_its_lease_renewed,
+    released_records_are_due_again_without_the_attempt,
 );
 
 /// The full ordering run (embedded store).

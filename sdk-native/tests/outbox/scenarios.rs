@@ -431,3 +431,20 @@ pub async fn a_slow_publish_keeps_its_lease_renewed<S: OutboxStore>(store: S) {
         Status::Sent
     );
 }
+
+/// Released records are pending again, due, without the attempt counted;
+/// only their owner can release them.
+pub async fn released_records_are_due_again_without_the_attempt<S: OutboxStore>(store: S) {
+    let t = 4_000_000;
+    let id = store.enqueue(record(1), t).await.unwrap();
+    let claim = store.claim(10, LEASE, t).await.unwrap();
+    let ids = [id.clone()];
+    assert_eq!(store.release("someone-else", &ids, t + 1).await.unwrap(), 0);
+    assert_eq!(store.release(&claim.token, &ids, t + 1).await.unwrap(), 1);
+    let released = store.get(&id).await.unwrap().expect("record");
+    assert_eq!((released.status, released.attempts), (Status::Pending, 0));
+    assert_eq!(released.claim_token, None);
+    let again = store.claim(10, LEASE, t + 1).await.unwrap();
+    assert_eq!(again.records.len(), 1);
+    assert_eq!(again.records[0].attempts, 1);
+}
