@@ -290,9 +290,10 @@ impl<S: OutboxStore, K: OutboxSink> Drainer<S, K> {
                     let until = now_ms() + duration_ms(self.options.lease);
                     match self.store.renew(token, until).await {
                         Ok(0) => {
-                            tracing::warn!("outbox lease lost while publishing; stopping this batch");
-                            OutboxMetrics::add(&self.metrics.fence_rejections, 1);
-                            lost.store(true, Ordering::Relaxed);
+                            if !lost.swap(true, Ordering::Relaxed) {
+                                tracing::warn!("outbox lease lost while publishing; stopping this batch");
+                                OutboxMetrics::add(&self.metrics.fence_rejections, 1);
+                            }
                         }
                         Ok(_) => deadline.store(until, Ordering::Relaxed),
                         Err(e) => tracing::warn!(error = %e, "outbox lease renewal failed"),

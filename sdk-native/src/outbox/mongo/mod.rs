@@ -43,7 +43,10 @@ const DUPLICATE_KEY: i32 = 11000;
 const INDEX_OPTIONS_CONFLICT: i32 = 85;
 const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
 
-/// Candidates read per claimed record: room to skip records of blocked keys.
+/// Due records read per claimed record: room to skip the records behind
+/// each key's head. A key with a longer backlog than 4× the batch size ahead
+/// of the other keys' records slows them down (one record of it per claim)
+/// until it has drained below that.
 const OVERFETCH: usize = 4;
 
 /// How the MongoDB outbox is opened.
