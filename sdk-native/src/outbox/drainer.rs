@@ -171,13 +171,12 @@ impl<S: OutboxStore, K: OutboxSink> Drainer<S, K> {
                 "claimed {} times without an outcome (the drainer crashed or stalled)",
                 record.attempts
             );
-            self.fenced(
+            let done = self.fenced(
                 &mut report,
                 1,
                 self.store.mark_dead(token, &record.id, &error),
-            )
-            .await?;
-            report.dead += 1;
+            );
+            report.dead += done.await?;
         }
 
         let attempts = self
