@@ -73,6 +73,95 @@ pub struct HubConfig {
     /// Publishes of one connection waiting for their commit; more wait for
     /// room (back-pressure on a client that does not wait for PUBACKs).
     pub max_pending_publishes: usize,
+    /// MongoDB outbox collections the hub drains into its own log (TOML
+    /// `[[outbox]]`, CLI `--drain-outbox`): applications in any language
+    /// then only insert outbox documents in their transactions.
+    pub outbox: Vec<OutboxDrainConfig>,
+}
+
+/// One outbox collection the hub drains.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxDrainConfig {
+    /// `mongodb://HOST[:PORT]/DB/COLLECTION[?OPTIONS]`.
+    pub uri: String,
+    #[serde(default = "OutboxDrainConfig::default_batch_size")]
+    pub batch_size: usize,
+    /// Publish attempts before a record is `dead`.
+    #[serde(default = "OutboxDrainConfig::default_max_attempts")]
+    pub max_attempts: u32,
+    /// Sent records are deleted this long after being sent.
+    #[serde(default = "OutboxDrainConfig::default_retention_secs")]
+    pub retention_secs: u64,
+}
+
+/// Where an outbox collection is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxLocation {
+    /// The connection string with the database (without the collection).
+    pub client_uri: String,
+    pub database: String,
+    pub collection: String,
+}
+
+impl OutboxDrainConfig {
+    pub fn new(uri: impl Into<String>) -> Self {
+        OutboxDrainConfig {
+            uri: uri.into(),
+            batch_size: Self::default_batch_size(),
+            max_attempts: Self::default_max_attempts(),
+            retention_secs: Self::default_retention_secs(),
+        }
+    }
+
+    fn default_batch_size() -> usize {
+        100
+    }
+
+    fn default_max_attempts() -> u32 {
+        10
+    }
+
+    fn default_retention_secs() -> u64 {
+        24 * 3600
+    }
+
+    /// Splits `mongodb://HOST/DB/COLLECTION?OPTIONS` into the client URI
+    /// (`mongodb://HOST/DB?OPTIONS`), the database and the collection.
+    pub fn location(&self) -> Result<OutboxLocation, String> {
+        let bad = |why: &str| {
+            format!(
+                "outbox {:?}: {why}; expected mongodb://HOST[:PORT]/DB/COLLECTION[?OPTIONS]",
+                self.uri
+            )
+        };
+        let (scheme, rest) = self
+            .uri
+            .split_once("://")
+            .filter(|(scheme, _)| *scheme == "mongodb" || *scheme == "mongodb+srv")
+            .ok_or_else(|| bad("not a mongodb:// URI"))?;
+        let (address, query) = match rest.split_once('?') {
+            Some((address, query)) => (address, Some(query)),
+            None => (rest, None),
+        };
+        let mut parts = address.splitn(3, '/');
+        let hosts = parts.next().filter(|h| !h.is_empty());
+        let database = parts.next().filter(|d| !d.is_empty());
+        let collection = parts.next().filter(|c| !c.is_empty() && !c.contains('/'));
+        let (Some(hosts), Some(database), Some(collection)) = (hosts, database, collection) else {
+            return Err(bad("it must name a host, a database and a collection"));
+        };
+        let mut client_uri = format!("{scheme}://{hosts}/{database}");
+        if let Some(query) = query {
+            client_uri.push('?');
+            client_uri.push_str(query);
+        }
+        Ok(OutboxLocation {
+            client_uri,
+            database: database.to_owned(),
+            collection: collection.to_owned(),
+        })
+    }
 }
 
 impl Default for HubConfig {
@@ -97,6 +186,7 @@ impl Default for HubConfig {
             expiring_notice_ms: 30_000,
             max_subscriptions_per_connection: 1024,
             max_pending_publishes: 4096,
+            outbox: Vec::new(),
         }
     }
 }
@@ -139,6 +229,15 @@ impl HubConfig {
     /// Checks values that would make the hub misbehave.
     pub fn validate(&self) -> Result<(), String> {
         self.store_location()?;
+        for outbox in &self.outbox {
+            outbox.location()?;
+            if outbox.batch_size == 0 || outbox.max_attempts == 0 {
+                return Err(format!(
+                    "outbox {:?}: batch_size and max_attempts must be positive",
+                    outbox.uri
+                ));
+            }
+        }
         if !self.ws_path.starts_with('/') {
             return Err(format!("ws_path {:?} must start with '/'", self.ws_path));
         }
@@ -326,6 +425,37 @@ mod tests {
         let err = short.validate().unwrap_err();
         assert!(err.contains("at least 32"), "{err}");
         assert!(!err.contains("short"), "{err}");
+    }
+
+    #[test]
+    fn outbox_uris_name_a_database_and_a_collection() {
+        let parsed: HubConfig = toml::from_str(
+            "[[outbox]]\nuri = \"mongodb://db:27017/shop/outbox?replicaSet=rs0\"\nbatch_size = 7\n",
+        )
+        .unwrap();
+        assert_eq!(parsed.outbox[0].batch_size, 7);
+        assert_eq!(parsed.outbox[0].max_attempts, 10);
+        assert_eq!(
+            parsed.outbox[0].location(),
+            Ok(OutboxLocation {
+                client_uri: "mongodb://db:27017/shop?replicaSet=rs0".into(),
+                database: "shop".into(),
+                collection: "outbox".into(),
+            })
+        );
+        for bad in [
+            "mongodb://db/shop",
+            "mongodb://db//x",
+            "http://db/a/b",
+            "mongodb:///a/b",
+        ] {
+            let config = HubConfig {
+                outbox: vec![OutboxDrainConfig::new(bad)],
+                ..HubConfig::default()
+            };
+            let err = config.validate().unwrap_err();
+            assert!(err.contains("DB/COLLECTION"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod clock;
 pub mod config;
 mod connection;
 pub mod error;
+mod outbox_drain;
 pub mod replay;
 mod send_queue;
 mod server;
@@ -17,7 +18,7 @@ pub mod store;
 
 pub use auth::{AuthConfig, AuthFailure, Authenticated, Verifier};
 pub use authn::{Authenticator, DevAuthenticator};
-pub use config::{GroupDefaults, HubConfig, StoreLocation};
+pub use config::{GroupDefaults, HubConfig, OutboxDrainConfig, StoreLocation};
 pub use connection::SERVER_NAME;
 pub use error::HubError;
 pub use server::{HubParts, run, run_with};

@@ -84,6 +84,11 @@ struct ServeArgs {
     /// process.state page) [default: none]
     #[arg(long, env = "PROMHUB_WWW")]
     www: Option<PathBuf>,
+    /// Drain this MongoDB outbox collection into the hub's log,
+    /// mongodb://HOST[:PORT]/DB/COLLECTION (repeatable; adds to the
+    /// config file's [[outbox]] tables)
+    #[arg(long = "drain-outbox", value_name = "URI")]
+    drain_outbox: Vec<String>,
     /// Token verification; none of these set means development mode.
     #[command(flatten)]
     auth: AuthArgs,
@@ -131,6 +136,11 @@ impl ServeArgs {
         if let Some(dir) = self.www {
             config.www = Some(dir);
         }
+        config.outbox.extend(
+            self.drain_outbox
+                .into_iter()
+                .map(promhub_hub::config::OutboxDrainConfig::new),
+        );
         self.auth.apply(&mut config.auth);
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)

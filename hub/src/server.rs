@@ -22,6 +22,7 @@ use crate::broker::{self, BrokerSetup, HoldLimits};
 use crate::config::{HubConfig, StoreLocation};
 use crate::connection::{self, Shared};
 use crate::error::HubError;
+use crate::outbox_drain;
 use crate::store::Store;
 use crate::store::mongo::{MongoOptions, MongoStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
@@ -95,6 +96,7 @@ pub async fn run_with(
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let drainers = outbox_drain::spawn_drainers(&config.outbox, &writer, &shutdown_rx).await?;
     let tracker = Arc::new(ConnectionTracker::default());
     let replay = crate::replay::router(crate::replay::ReplayState {
         store: Arc::clone(&store),
@@ -152,6 +154,13 @@ pub async fn run_with(
             open = tracker.open.load(Ordering::Relaxed),
             "connections still open after the shutdown grace period"
         );
+    }
+    // Outbox drainers finish the batch they are on (what they published is
+    // committed before they mark it sent).
+    for drainer in drainers {
+        if tokio::time::timeout(grace, drainer).await.is_err() {
+            tracing::warn!("an outbox drainer did not stop in time");
+        }
     }
     // Cursor moves and dead letters still in memory become durable.
     if tokio::time::timeout(grace, broker.shutdown())

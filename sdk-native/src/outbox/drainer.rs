@@ -171,13 +171,12 @@ impl<S: OutboxStore, K: OutboxSink> Drainer<S, K> {
                 "claimed {} times without an outcome (the drainer crashed or stalled)",
                 record.attempts
             );
-            self.fenced(
+            let done = self.fenced(
                 &mut report,
                 1,
                 self.store.mark_dead(token, &record.id, &error),
-            )
-            .await?;
-            report.dead += 1;
+            );
+            report.dead += done.await?;
         }
 
         let attempts = self
@@ -290,9 +289,10 @@ impl<S: OutboxStore, K: OutboxSink> Drainer<S, K> {
                     let until = now_ms() + duration_ms(self.options.lease);
                     match self.store.renew(token, until).await {
                         Ok(0) => {
-                            tracing::warn!("outbox lease lost while publishing; stopping this batch");
-                            OutboxMetrics::add(&self.metrics.fence_rejections, 1);
-                            lost.store(true, Ordering::Relaxed);
+                            if !lost.swap(true, Ordering::Relaxed) {
+                                tracing::warn!("outbox lease lost while publishing; stopping this batch");
+                                OutboxMetrics::add(&self.metrics.fence_rejections, 1);
+                            }
                         }
                         Ok(_) => deadline.store(until, Ordering::Relaxed),
                         Err(e) => tracing::warn!(error = %e, "outbox lease renewal failed"),

@@ -34,8 +34,10 @@ use super::{Claim, NewRecord, OutboxError, OutboxRecord, OutboxStats, OutboxStor
 /// The outbox table.
 pub const TABLE: &str = "promhub_outbox";
 
-/// Candidates read per claimed record: room to skip records of blocked keys.
-const OVERFETCH: usize = 4;
+/// Candidates read per claimed record. The candidate query already keeps
+/// only keys' heads (so a long backlog of one key cannot crowd the others
+/// out); `ordering::claimable` checks them again.
+const OVERFETCH: usize = 1;
 
 /// How often [`with_transaction`] retries a transaction that found the
 /// database busy (on top of the connection's busy timeout).
@@ -254,7 +256,9 @@ fn claim(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let candidates = {
         let mut statement = tx.prepare_cached(&format!(
-            "SELECT seq, key FROM promhub_outbox WHERE {DUE} ORDER BY seq LIMIT ?2"
+            "SELECT seq, key FROM promhub_outbox AS o WHERE {DUE} AND (key IS NULL OR seq = \
+             (SELECT MIN(seq) FROM promhub_outbox WHERE key = o.key \
+              AND status IN ('pending', 'claimed'))) ORDER BY seq LIMIT ?2"
         ))?;
         let fetch = i64::try_from(limit.saturating_mul(OVERFETCH)).unwrap_or(i64::MAX);
         let rows = statement.query_map(params![to_sql_ms(now), fetch], |row| {

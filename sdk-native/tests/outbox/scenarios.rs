@@ -381,3 +381,70 @@ pub async fn a_key_is_claimed_one_record_at_a_time<S: OutboxStore>(store: S) {
         [a2]
     );
 }
+
+/// While a publish is slower than the lease, the drainer renews the lease,
+/// so nobody else can claim the records; the batch then completes.
+pub async fn a_slow_publish_keeps_its_lease_renewed<S: OutboxStore>(store: S) {
+    let store = Arc::new(store);
+    let id = store.enqueue(record(1), now_ms()).await.expect("enqueue");
+    let sink = Arc::new(StallingSink::new());
+    let options = promhub::outbox::DrainerOptions {
+        lease: Duration::from_millis(600),
+        ..fast_options(10)
+    };
+    let drainer = Arc::new(Drainer::new(Arc::clone(&store), Arc::clone(&sink), options));
+    let running = tokio::spawn({
+        let drainer = Arc::clone(&drainer);
+        async move { drainer.drain_once().await }
+    });
+    guard("the drainer publishes", sink.started.notified()).await;
+    let first_lease = store
+        .get(&id)
+        .await
+        .unwrap()
+        .and_then(|r| r.lease_until)
+        .expect("claimed with a lease");
+    guard("the lease is renewed", async {
+        loop {
+            let lease = store.get(&id).await.unwrap().and_then(|r| r.lease_until);
+            if lease.is_some_and(|until| until > first_lease) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // When the first lease would have run out, the record is still held.
+    let other = store.claim(10, LEASE, first_lease).await.expect("claim");
+    assert!(
+        other.records.is_empty(),
+        "a renewed lease is not taken over"
+    );
+    sink.release.add_permits(1);
+    let report = guard("the batch", running)
+        .await
+        .expect("task")
+        .expect("drain");
+    assert_eq!((report.sent, report.fence_rejections), (1, 0));
+    assert_eq!(
+        store.get(&id).await.unwrap().expect("record").status,
+        Status::Sent
+    );
+}
+
+/// Released records are pending again, due, without the attempt counted;
+/// only their owner can release them.
+pub async fn released_records_are_due_again_without_the_attempt<S: OutboxStore>(store: S) {
+    let t = 4_000_000;
+    let id = store.enqueue(record(1), t).await.unwrap();
+    let claim = store.claim(10, LEASE, t).await.unwrap();
+    let ids = [id.clone()];
+    assert_eq!(store.release("someone-else", &ids, t + 1).await.unwrap(), 0);
+    assert_eq!(store.release(&claim.token, &ids, t + 1).await.unwrap(), 1);
+    let released = store.get(&id).await.unwrap().expect("record");
+    assert_eq!((released.status, released.attempts), (Status::Pending, 0));
+    assert_eq!(released.claim_token, None);
+    let again = store.claim(10, LEASE, t + 1).await.unwrap();
+    assert_eq!(again.records.len(), 1);
+    assert_eq!(again.records[0].attempts, 1);
+}

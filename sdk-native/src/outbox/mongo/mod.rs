@@ -39,8 +39,15 @@ use super::{Claim, NewRecord, OutboxError, OutboxRecord, OutboxStats, OutboxStor
 const NOT_IMPLEMENTED: i32 = 238;
 /// Error code of a duplicate key.
 const DUPLICATE_KEY: i32 = 11000;
+/// Error codes of an index that exists with other options (the TTL index
+/// of an earlier run with another retention).
+const INDEX_OPTIONS_CONFLICT: i32 = 85;
+const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
 
-/// Candidates read per claimed record: room to skip records of blocked keys.
+/// Due records read per claimed record: room to skip the records behind
+/// each key's head. A key with a longer backlog than 4× the batch size ahead
+/// of the other keys' records slows them down (one record of it per claim)
+/// until it has drained below that.
 const OVERFETCH: usize = 4;
 
 /// How the MongoDB outbox is opened.
@@ -230,6 +237,19 @@ async fn ensure_indexes(
                 .create_index(plain(doc! { "sent_at": 1 }, "outbox_sent"))
                 .await?;
             Ok(false)
+        }
+        Err(e)
+            if matches!(
+                error_code(&e),
+                Some(INDEX_OPTIONS_CONFLICT | INDEX_KEY_SPECS_CONFLICT)
+            ) =>
+        {
+            tracing::warn!(
+                error = %e,
+                "the outbox's TTL index exists with another retention and is kept (drop \
+                 `outbox_sent_ttl` to change it); the drainer's purge applies the configured one"
+            );
+            Ok(true)
         }
         Err(e) => Err(e.into()),
     }
