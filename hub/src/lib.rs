@@ -10,13 +10,14 @@ mod clock;
 pub mod config;
 mod connection;
 pub mod error;
+pub mod limits;
 mod outbox;
 mod server;
 pub mod store;
 
 pub use auth::{AuthConfig, AuthFailure, Authenticated, Verifier};
 pub use authn::{Authenticator, DevAuthenticator};
-pub use config::{GroupDefaults, HubConfig, StoreLocation};
+pub use config::{GroupDefaults, HubConfig, LimitsConfig, StoreLocation};
 pub use connection::SERVER_NAME;
 pub use error::HubError;
 pub use server::{HubParts, run, run_with};

@@ -1,7 +1,8 @@
 //! `promhub`: the hub binary.
 //!
 //! `promhub serve [--listen ADDR] [--data DIR] [--store embedded|mongodb://HOST:PORT/DB]
-//! [--config FILE] [--jwt-secret S | --jwks-url URL | --jwks-file PATH] [--dev-scopes S]`;
+//! [--config FILE] [--jwt-secret S | --jwks-url URL | --jwks-file PATH] [--dev-scopes S]
+//! [--publish-rate N [--publish-burst B]] [--topic-publish-rate N [--topic-publish-burst B]]`;
 //! every flag can also come from `PROMHUB_*` environment variables, and a
 //! TOML file gives the rest (flags and environment win over the file). The
 //! first line on stdout is `listening on ws://ADDR/PATH`, for scripts.
@@ -84,6 +85,24 @@ struct ServeArgs {
     /// process.state page) [default: none]
     #[arg(long, env = "PROMHUB_WWW")]
     www: Option<PathBuf>,
+    /// PUBLISHes per second per connection (token bucket); a token's `rate`
+    /// claim overrides it [default: unlimited]
+    #[arg(long, env = "PROMHUB_PUBLISH_RATE")]
+    publish_rate: Option<f64>,
+    /// Burst of the per-connection quota [default: one second's worth]
+    #[arg(long, env = "PROMHUB_PUBLISH_BURST", requires = "publish_rate")]
+    publish_burst: Option<u32>,
+    /// PUBLISHes per second per topic, all connections together
+    /// [default: unlimited]
+    #[arg(long, env = "PROMHUB_TOPIC_PUBLISH_RATE")]
+    topic_publish_rate: Option<f64>,
+    /// Burst of the per-topic quota [default: one second's worth]
+    #[arg(
+        long,
+        env = "PROMHUB_TOPIC_PUBLISH_BURST",
+        requires = "topic_publish_rate"
+    )]
+    topic_publish_burst: Option<u32>,
     /// Token verification; none of these set means development mode.
     #[command(flatten)]
     auth: AuthArgs,
@@ -130,6 +149,14 @@ impl ServeArgs {
         }
         if let Some(dir) = self.www {
             config.www = Some(dir);
+        }
+        if let Some(rate) = self.publish_rate {
+            config.limits.publish_rate = Some(rate);
+            config.limits.publish_burst = self.publish_burst;
+        }
+        if let Some(rate) = self.topic_publish_rate {
+            config.limits.topic_publish_rate = Some(rate);
+            config.limits.topic_publish_burst = self.topic_publish_burst;
         }
         self.auth.apply(&mut config.auth);
         config.validate().map_err(anyhow::Error::msg)?;

@@ -22,6 +22,7 @@ use crate::broker::{self, BrokerSetup, HoldLimits};
 use crate::config::{HubConfig, StoreLocation};
 use crate::connection::{self, Shared};
 use crate::error::HubError;
+use crate::limits::TopicBuckets;
 use crate::store::Store;
 use crate::store::mongo::{MongoOptions, MongoStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
@@ -103,6 +104,7 @@ pub async fn run_with(
         broker: broker.clone(),
         shutdown: shutdown_rx.clone(),
         next_conn_id: AtomicU64::new(1),
+        topic_quota: config.limits.topic_publish_limit().map(TopicBuckets::new),
     });
     let mut app = Router::new()
         .route(&config.ws_path, get(upgrade))

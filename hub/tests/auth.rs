@@ -36,6 +36,7 @@ impl Authenticator for TokenTable {
             policy: Arc::new(policy),
             expires_at,
             subject: None,
+            publish_limit: None,
         })
     }
 }

@@ -19,6 +19,7 @@ use promhub_core::{Action, Pattern, Policy};
 
 use super::committed::Committed;
 use crate::config::GroupDefaults;
+use crate::limits::COUNTERS;
 use crate::outbox::Outbox;
 use crate::store::writer::GroupUpdate;
 use crate::store::{DeadLetter, GroupKey, GroupProgress, GroupRecord};
@@ -44,6 +45,9 @@ pub(crate) struct MemberOpts {
     pub max_inflight: u32,
     pub ack_timeout_ms: u64,
     pub max_deliver: u32,
+    /// Bound on the bytes of unacknowledged deliveries (the group default
+    /// `max_inflight_bytes`; not a SUBSCRIBE option).
+    pub max_inflight_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -53,6 +57,8 @@ pub(crate) struct Member {
     pub policy: Arc<Policy>,
     pub opts: MemberOpts,
     inflight: u32,
+    /// Event bytes of the unacknowledged deliveries.
+    inflight_bytes: usize,
 }
 
 impl Member {
@@ -63,6 +69,7 @@ impl Member {
             policy,
             opts,
             inflight: 0,
+            inflight_bytes: 0,
         }
     }
 }
@@ -347,6 +354,7 @@ impl GroupState {
             let count = self.members.len();
             let mut chosen = None;
             let mut anyone_allowed = false;
+            let mut held_by_bytes = false;
             for offset in 0..count {
                 let index = (self.next_member + offset) % count;
                 let member = &self.members[index];
@@ -357,10 +365,16 @@ impl GroupState {
                     continue;
                 }
                 anyone_allowed = true;
-                if member.inflight < member.opts.max_inflight {
-                    chosen = Some(index);
-                    break;
+                if member.inflight >= member.opts.max_inflight {
+                    continue;
                 }
+                // One delivery always goes, however large.
+                if member.inflight > 0 && member.inflight_bytes >= member.opts.max_inflight_bytes {
+                    held_by_bytes = true;
+                    continue;
+                }
+                chosen = Some(index);
+                break;
             }
             match chosen {
                 Some(index) => {
@@ -373,8 +387,14 @@ impl GroupState {
                     self.ready.remove(&seq);
                     self.complete(seq);
                 }
-                // Everyone allowed is at max_inflight: wait for an ACK.
-                None => break,
+                // Everyone allowed is at max_inflight (or their byte
+                // bound): wait for an ACK. The group lags, nothing is lost.
+                None => {
+                    if held_by_bytes {
+                        COUNTERS.group_lagging();
+                    }
+                    break;
+                }
             }
         }
         self.advance();
@@ -395,6 +415,7 @@ impl GroupState {
         fx.timers.insert((due, self.id, seq));
         self.inflight_ids.insert(Arc::clone(&entry.event.id), seq);
         member.inflight += 1;
+        member.inflight_bytes += entry.event.json.get().len();
         let ctx = DeliveryCtx {
             attempt: entry.attempts,
             ack_deadline: Some(fx.now_wall + member.opts.ack_timeout_ms),
@@ -420,6 +441,9 @@ impl GroupState {
         entry.state = EntryState::Ready;
         if let Some(member) = self.members.iter_mut().find(|m| m.conn == conn) {
             member.inflight = member.inflight.saturating_sub(1);
+            member.inflight_bytes = member
+                .inflight_bytes
+                .saturating_sub(entry.event.json.get().len());
         }
         Some(conn)
     }
@@ -679,6 +703,7 @@ mod tests {
             max_inflight,
             ack_timeout_ms: 1000,
             max_deliver: 3,
+            max_inflight_bytes: 1 << 20,
         }
     }
 
@@ -803,6 +828,66 @@ mod tests {
         let (g, mut fx) = h.fx();
         g.ack("e2", &mut fx);
         assert_eq!(ids(&deliveries(&a).await), ["e3"]);
+    }
+
+    #[tokio::test]
+    async fn inflight_bytes_hold_a_member_back_and_the_group_lags_without_loss() {
+        let mut h = Harness::new(0);
+        let out = outbox();
+        let one_event = event(1, "jobs.a").json.get().len();
+        // Room for two events' bytes, while max_inflight would allow ten.
+        let member = Member::new(
+            1,
+            Arc::clone(&out),
+            Arc::new(Policy::allow_all()),
+            MemberOpts {
+                max_inflight_bytes: 2 * one_event,
+                ..opts(10)
+            },
+        );
+        let (group, mut fx) = h.fx();
+        group.add_member(member, &mut fx);
+        let lagging_before = COUNTERS.snapshot().group_lagging;
+        h.live(&[
+            event(1, "jobs.a"),
+            event(2, "jobs.a"),
+            event(3, "jobs.a"),
+            event(4, "jobs.a"),
+        ]);
+        assert_eq!(ids(&deliveries(&out).await), ["e1", "e2"]);
+        assert!(COUNTERS.snapshot().group_lagging > lagging_before);
+        let (g, mut fx) = h.fx();
+        g.ack("e1", &mut fx);
+        assert_eq!(ids(&deliveries(&out).await), ["e3"]);
+        let (g, mut fx) = h.fx();
+        g.ack("e2", &mut fx);
+        g.ack("e3", &mut fx);
+        assert_eq!(ids(&deliveries(&out).await), ["e4"]);
+        let (g, mut fx) = h.fx();
+        g.ack("e4", &mut fx);
+        assert_eq!(g.cursor(), 4);
+    }
+
+    #[tokio::test]
+    async fn one_delivery_goes_however_large() {
+        let mut h = Harness::new(0);
+        let out = outbox();
+        let member = Member::new(
+            1,
+            Arc::clone(&out),
+            Arc::new(Policy::allow_all()),
+            MemberOpts {
+                max_inflight_bytes: 1,
+                ..opts(10)
+            },
+        );
+        let (group, mut fx) = h.fx();
+        group.add_member(member, &mut fx);
+        h.live(&[event(1, "jobs.a"), event(2, "jobs.a")]);
+        assert_eq!(ids(&deliveries(&out).await), ["e1"]);
+        let (g, mut fx) = h.fx();
+        g.ack("e1", &mut fx);
+        assert_eq!(ids(&deliveries(&out).await), ["e2"]);
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ use promhub_core::{Action, Pattern, Policy};
 
 use super::committed::Committed;
 use super::group::ConnId;
+use crate::limits::COUNTERS;
 use crate::outbox::{LivePush, Outbox};
 
 #[derive(Debug)]
@@ -172,8 +173,8 @@ impl LiveIndex {
             sub.outbox
                 .push(encode_event_delivery(pattern, None, &json, &ctx));
         }
-        if !hold.held.is_empty() {
-            sub.outbox.push_live_batch(hold.held);
+        if !hold.held.is_empty() && sub.outbox.push_live_batch(hold.held) == LivePush::Overflowed {
+            COUNTERS.slow_consumer_close();
         }
     }
 
@@ -252,6 +253,7 @@ fn deliver(entry: &mut PatternSubs, frames: &[(&Committed, Utf8Bytes)], limits: 
                 }
                 if hold.held.len() > limits.frames || hold.held_bytes > limits.bytes {
                     sub.snapshot = None;
+                    COUNTERS.slow_consumer_close();
                     sub.outbox.close(crate::outbox::CloseReason::new(
                         crate::outbox::SLOW_CONSUMER,
                         "slow consumer: live buffer overflowed during snapshot",
@@ -260,6 +262,7 @@ fn deliver(entry: &mut PatternSubs, frames: &[(&Committed, Utf8Bytes)], limits: 
             }
             None => {
                 if sub.outbox.push_live_batch(allowed.iter().cloned()) == LivePush::Overflowed {
+                    COUNTERS.slow_consumer_close();
                     tracing::debug!(conn = sub.conn, "live buffer overflowed; closing with 4009");
                 }
             }

@@ -14,7 +14,8 @@ use super::events::SubscriptionId;
 #[derive(Debug)]
 pub(crate) enum Pending {
     Publish {
-        /// The encoded `PUBLISH` frame, rid included, ready to (re)send.
+        /// The encoded `PUBLISH` frame, rid included, ready to (re)send
+        /// (after a reconnect, or after `rate_limited`).
         text: String,
         /// Has `opts.id`: safe to re-send after a reconnect, the hub
         /// de-duplicates.
@@ -56,6 +57,10 @@ impl RequestTable {
 
     pub(crate) fn get_mut(&mut self, rid: u64) -> Option<&mut Pending> {
         self.entries.get_mut(&rid).map(|(_, pending)| pending)
+    }
+
+    pub(crate) fn deadline(&self, rid: u64) -> Option<u64> {
+        self.entries.get(&rid).map(|&(deadline, _)| deadline)
     }
 
     pub(crate) fn next_deadline(&self) -> Option<u64> {
