@@ -27,6 +27,8 @@ pub struct HubConfig {
     /// Where events and group state live: `embedded` (SQLite in `data`) or
     /// a MongoDB URI naming the database, `mongodb://HOST:PORT/DB`.
     pub store: String,
+    /// How the embedded store makes commits durable (ignored by MongoDB).
+    pub sync: SyncPolicy,
     /// HTTP path of the WebSocket endpoint.
     pub ws_path: String,
     /// Largest text frame the protocol accepts; larger ones get
@@ -84,6 +86,7 @@ impl Default for HubConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             data: PathBuf::from("./data"),
             store: EMBEDDED_STORE.to_owned(),
+            sync: SyncPolicy::default(),
             ws_path: "/ws".to_owned(),
             max_frame_bytes: promhub_core::frames::DEFAULT_MAX_FRAME_BYTES,
             heartbeat_ms: 15_000,
@@ -263,6 +266,19 @@ fn quota(rate: Option<f64>, burst: Option<u32>) -> Option<RateLimit> {
         per_sec,
         burst: burst.unwrap_or_else(|| crate::limits::default_burst(per_sec)),
     })
+}
+
+/// The embedded store's fsync policy. Both make a commit durable before its
+/// PUBACK; they differ in who waits for the fsync.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    /// The WAL is synced on a separate thread while the writer applies the
+    /// next batch (`synchronous=NORMAL` plus the hub's own fsync).
+    #[default]
+    Pipelined,
+    /// `synchronous=FULL`: the writer waits for every sync itself.
+    Full,
 }
 
 /// `store` value selecting the embedded SQLite store in `data`.
@@ -474,6 +490,14 @@ mod tests {
             assert!(parsed.validate().is_err(), "{bad}");
         }
         assert!(toml::from_str::<HubConfig>("[limits]\npublish_per_sec = 1").is_err());
+    }
+
+    #[test]
+    fn sync_policy_is_pipelined_unless_told_full() {
+        assert_eq!(HubConfig::default().sync, SyncPolicy::Pipelined);
+        let full: HubConfig = toml::from_str("sync = \"full\"").unwrap();
+        assert_eq!(full.sync, SyncPolicy::Full);
+        assert!(toml::from_str::<HubConfig>("sync = \"never\"").is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod store;
 
 pub use auth::{AuthConfig, AuthFailure, Authenticated, Verifier};
 pub use authn::{Authenticator, DevAuthenticator};
-pub use config::{GroupDefaults, HubConfig, LimitsConfig, StoreLocation};
+pub use config::{GroupDefaults, HubConfig, LimitsConfig, StoreLocation, SyncPolicy};
 pub use connection::SERVER_NAME;
 pub use error::HubError;
 pub use server::{HubParts, run, run_with};

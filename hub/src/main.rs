@@ -1,6 +1,6 @@
 //! `promhub`: the hub binary.
 //!
-//! `promhub serve [--listen ADDR] [--data DIR] [--store embedded|mongodb://HOST:PORT/DB]
+//! `promhub serve [--listen ADDR] [--data DIR] [--store embedded|mongodb://HOST:PORT/DB] [--sync pipelined|full]
 //! [--config FILE] [--jwt-secret S | --jwks-url URL | --jwks-file PATH] [--dev-scopes S]
 //! [--publish-rate N [--publish-burst B]] [--topic-publish-rate N [--topic-publish-burst B]]`;
 //! every flag can also come from `PROMHUB_*` environment variables, and a
@@ -17,8 +17,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use promhub_hub::HubConfig;
 use promhub_hub::auth::{AuthArgs, TokenArgs, run_token_command};
+use promhub_hub::{HubConfig, SyncPolicy};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -57,6 +57,9 @@ struct ServeArgs {
     /// [default: embedded]
     #[arg(long, env = "PROMHUB_STORE")]
     store: Option<String>,
+    /// fsync policy of the embedded store [default: pipelined]
+    #[arg(long, env = "PROMHUB_SYNC", value_enum)]
+    sync: Option<SyncPolicy>,
     /// TOML configuration file (any field of the hub configuration)
     #[arg(long, env = "PROMHUB_CONFIG")]
     config: Option<PathBuf>,
@@ -128,6 +131,9 @@ impl ServeArgs {
         }
         if let Some(store) = self.store {
             config.store = store;
+        }
+        if let Some(sync) = self.sync {
+            config.sync = sync;
         }
         if let Some(scopes) = self.dev_scopes {
             config.dev_scopes = Some(scopes);

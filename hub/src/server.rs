@@ -19,7 +19,7 @@ use tower_http::services::ServeDir;
 use crate::auth::Verifier;
 use crate::authn::{Authenticator, DevAuthenticator};
 use crate::broker::{self, BrokerSetup, HoldLimits};
-use crate::config::{HubConfig, StoreLocation};
+use crate::config::{HubConfig, StoreLocation, SyncPolicy};
 use crate::connection::{self, Shared};
 use crate::error::HubError;
 use crate::limits::TopicBuckets;
@@ -218,6 +218,7 @@ async fn open_sqlite(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> {
     let dir = config.data.clone();
     let options = SqliteOptions {
         dedup_window: Duration::from_millis(config.dedup_window_ms),
+        pipelined_sync: config.sync == SyncPolicy::Pipelined,
         ..SqliteOptions::default()
     };
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, options))
