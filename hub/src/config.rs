@@ -208,8 +208,11 @@ pub struct LimitsConfig {
     /// Burst of the per-topic quota [default: one second's worth].
     pub topic_publish_burst: Option<u32>,
     /// Refusals (`rate_limited`) a connection may collect within
-    /// `rate_limited_window_ms` before it is closed with 4029: a client
-    /// that honours `retry_after_ms` never gets near it.
+    /// `rate_limited_window_ms` before it is closed with 4029. Generous:
+    /// a client that pipelines W publishes gets up to W refusals per
+    /// `retry_after_ms` even when it honours them (the SDKs space their
+    /// retries); one that ignores them at full speed passes 1000 within a
+    /// fraction of a second.
     pub max_rate_limited: u32,
     pub rate_limited_window_ms: u64,
 }
@@ -221,7 +224,7 @@ impl Default for LimitsConfig {
             publish_burst: None,
             topic_publish_rate: None,
             topic_publish_burst: None,
-            max_rate_limited: 100,
+            max_rate_limited: 1000,
             rate_limited_window_ms: 10_000,
         }
     }

@@ -188,6 +188,27 @@ fn a_rate_limited_publish_is_sent_again_after_retry_after_ms() {
 }
 
 #[test]
+fn publishes_refused_together_are_sent_again_spaced_by_the_wait() {
+    let mut h = Harness::connected(config());
+    let first = publish(&mut h, "a.b", 1).unwrap();
+    let second = publish(&mut h, "a.b", 2).unwrap();
+    h.sent();
+    for request in [first, second] {
+        h.hub(json!({"op": "ERR", "code": "rate_limited", "msg": "slow down", "rid": request.to_string(), "retry_after_ms": 100}));
+    }
+    h.advance(100);
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(rid(&sent[0]), first.to_string());
+    h.advance(99);
+    assert!(h.sent().is_empty());
+    h.advance(1);
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(rid(&sent[0]), second.to_string());
+}
+
+#[test]
 fn a_rate_limited_publish_waits_for_a_connection_when_the_socket_drops() {
     let mut h = Harness::connected(config());
     let limited = publish(&mut h, "a.b", 1).unwrap();

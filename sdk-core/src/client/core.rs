@@ -1270,7 +1270,15 @@ impl ClientCore {
         let (ErrorCode::RateLimited, Some(wait)) = (err.code, err.retry_after_ms) else {
             return false;
         };
-        let due = now.saturating_add(wait);
+        // Spaced after the retries already waiting: refused together, sent
+        // again all at once they would mostly be refused again (and a
+        // client that keeps that up is closed with 4029). The hub's wait is
+        // about the time one token takes to come back.
+        let after_waiting = self
+            .rate_limited
+            .last()
+            .map_or(0, |&(due, _)| due.saturating_add(wait));
+        let due = now.saturating_add(wait).max(after_waiting);
         if self
             .requests
             .deadline(rid)
