@@ -580,7 +580,7 @@ async fn read_answers(
     mut stream: Stream,
     window: Arc<Semaphore>,
     sent: Arc<AtomicU64>,
-    done: watch::Receiver<bool>,
+    mut done: watch::Receiver<bool>,
     paused_until: Arc<AtomicU64>,
     progress: Arc<Progress>,
 ) -> Result<Answers> {
@@ -591,15 +591,23 @@ async fn read_answers(
     };
     loop {
         let answered = answers.acked + answers.rate_limited;
-        if *done.borrow() && answered >= sent.load(Ordering::Acquire) {
+        let finished = *done.borrow();
+        if finished && answered >= sent.load(Ordering::Acquire) {
             return Ok(answers);
         }
-        if answered >= sent.load(Ordering::Acquire) {
-            // Nothing outstanding: wait for the writer to send or finish.
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            continue;
-        }
-        let text = ws::next_text(&mut stream).await?;
+        // Always waiting on the socket (not polling) so that the PUBACK
+        // latency is not inflated by the reader's own sleep.
+        let text = tokio::select! {
+            text = ws::next_text(&mut stream) => text?,
+            changed = done.changed(), if !finished => {
+                if changed.is_err() {
+                    // The writer failed and is gone; its error is the
+                    // publisher's result.
+                    return Ok(answers);
+                }
+                continue;
+            }
+        };
         let frame = ws::parse(&text)?;
         let now = progress.now_us();
         let stamp = frame

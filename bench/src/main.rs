@@ -154,6 +154,20 @@ impl LoadArgs {
     }
 }
 
+/// One JSON document, or the text.
+fn print_report<T: serde::Serialize>(
+    json: bool,
+    report: &T,
+    text: impl FnOnce() -> String,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", text());
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -195,11 +209,7 @@ async fn run(cli: Cli) -> Result<()> {
             let report = load::run(&hub, &options).await;
             hub.stop().await;
             let report = report?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.to_text());
-            }
+            print_report(cli.json, &report, || report.to_text())?;
         }
         Command::Idle(args) => {
             let hub = hub().await?;
@@ -210,21 +220,13 @@ async fn run(cli: Cli) -> Result<()> {
             let report = idle::run(&hub, &options).await;
             hub.stop().await;
             let report = report?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.to_text());
-            }
+            print_report(cli.json, &report, || report.to_text())?;
         }
         Command::Targets { names } => {
             let results = targets::run(&source, &names).await?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&results)?);
-            } else {
-                for result in &results {
-                    println!("{}", result.line());
-                }
-            }
+            print_report(cli.json, &results, || {
+                results.iter().map(|r| r.line() + "\n").collect()
+            })?;
         }
     }
     Ok(())

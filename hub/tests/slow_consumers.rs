@@ -64,12 +64,25 @@ async fn a_slow_durable_group_lags_and_loses_nothing_while_a_fast_one_keeps_up()
 
 /// VmRSS of a process in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    promhub_bench::proc_stats::memory_kib(pid)
+        .expect("hub memory")
+        .0
+}
+
+/// Publishes `count` events of `payload`, each read by `fast`.
+async fn publish_round(
+    publisher: &mut common::Client,
+    fast: &mut common::Client,
+    payload: &str,
+    count: usize,
+) {
+    for _ in 0..count {
+        let ack = publisher
+            .publish("flood.x", json!(payload), json!(null))
+            .await;
+        assert_eq!(ack["op"], "PUBACK");
+        fast.recv_event().await;
+    }
 }
 
 #[tokio::test]
@@ -102,26 +115,14 @@ async fn an_ephemeral_subscriber_that_does_not_read_is_closed_and_hub_memory_sta
     // anyway (SQLite's page cache fills with what is written, up to 64 MiB
     // by default, and the allocator keeps freed memory).
     let round = 512;
-    for _ in 0..round {
-        let ack = publisher
-            .publish("flood.x", json!(payload), json!(null))
-            .await;
-        assert_eq!(ack["op"], "PUBACK");
-        fast.recv_event().await;
-    }
+    publish_round(&mut publisher, &mut fast, &payload, round).await;
     let baseline = rss_kib(hub.pid());
 
     // The same again with a subscriber that reads nothing: 32 MiB past
     // it, far beyond its 1 MiB allowance plus what the sockets hold.
     let mut slow = hub.client().await;
     slow.subscribe("flood.x", None, json!(null)).await;
-    for _ in 0..round {
-        let ack = publisher
-            .publish("flood.x", json!(payload), json!(null))
-            .await;
-        assert_eq!(ack["op"], "PUBACK");
-        fast.recv_event().await;
-    }
+    publish_round(&mut publisher, &mut fast, &payload, round).await;
     let after = rss_kib(hub.pid());
     let closed = slow.expect_close(round).await;
     assert_eq!(closed.code, 4009, "{closed:?}");
