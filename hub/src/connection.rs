@@ -532,8 +532,8 @@ impl Connection {
         }
     }
 
-    /// A re-AUTH with the same quota keeps the bucket (reconnecting the
-    /// token must not refill it); a different quota starts a new one.
+    /// A re-AUTH with the same quota keeps the bucket (sending AUTH again
+    /// must not refill it); a different quota starts a new one.
     fn set_publish_quota(&mut self, limit: Option<RateLimit>) {
         if self.publish_quota.as_ref().map(TokenBucket::limit) != limit {
             self.publish_quota =
