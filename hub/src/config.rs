@@ -303,11 +303,12 @@ pub struct GroupDefaults {
     pub ack_timeout_ms: u64,
     pub max_deliver: u32,
     pub max_inflight: u32,
-    /// Bytes of unacknowledged deliveries one member may hold (the
-    /// per-connection outbound bound for groups, next to `max_inflight`):
-    /// past it the group waits for ACKs, i.e. a slow consumer makes its
-    /// group lag and nothing is dropped. One delivery always goes, however
-    /// large.
+    /// Bytes of unacknowledged group deliveries one connection may hold,
+    /// all its group subscriptions together (the per-connection outbound
+    /// bound for groups, next to `max_inflight` per subscription): past it
+    /// its groups wait for ACKs, i.e. a slow consumer makes its groups lag
+    /// and nothing is dropped. A subscription with nothing in flight always
+    /// gets one delivery, however large, so none can stall.
     pub max_inflight_bytes: usize,
     /// Redelivery delay after a NACK without `delay_ms`:
     /// `nack_backoff_base_ms * 2^(attempt-1)`, capped at `nack_backoff_max_ms`.

@@ -11,7 +11,7 @@ use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -111,6 +111,9 @@ struct Connection {
     publish_quota: Option<TokenBucket>,
     /// Recent `rate_limited` refusals; too many close with 4029.
     rate_strikes: Strikes,
+    /// Unacknowledged group-delivery bytes, shared by all this
+    /// connection's group subscriptions (the broker counts them).
+    group_bytes: Arc<AtomicUsize>,
 }
 
 /// Serves one upgraded WebSocket until it closes.
@@ -137,6 +140,7 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
         closing_seen: None,
         publish_quota: None,
         rate_strikes,
+        group_bytes: Arc::default(),
     };
     tracing::debug!(conn = id, "connection opened");
     connection.read_loop(stream, writer).await;
@@ -810,6 +814,7 @@ impl Connection {
             pattern: topic,
             group,
             opts: member,
+            group_bytes: Arc::clone(&self.group_bytes),
             from: opts.from.unwrap_or(StartFrom::Latest),
             snapshot: opts.snapshot.unwrap_or(false),
             rid,

@@ -62,6 +62,43 @@ async fn a_slow_durable_group_lags_and_loses_nothing_while_a_fast_one_keeps_up()
     hub.stop().await.unwrap();
 }
 
+#[tokio::test]
+async fn groups_of_one_slow_connection_share_its_byte_bound_and_all_catch_up() {
+    let mut hub = TestHub::start_with(|config| {
+        config.groups.max_inflight_bytes = 4 * 1024;
+    })
+    .await;
+    let mut slow = hub.client().await;
+    for group in ["a", "b"] {
+        slow.subscribe("both.*", Some(group), json!({"max_inflight": 1000}))
+            .await;
+    }
+    let lagging_before = COUNTERS.snapshot().group_lagging;
+    let mut publisher = hub.client().await;
+    let mut published = BTreeSet::new();
+    let payload = "p".repeat(200);
+    for n in 0..200 {
+        let ack = publisher
+            .publish("both.item", json!({"n": n, "pad": payload}), json!(null))
+            .await;
+        published.insert(ack["seq"].as_u64().unwrap());
+    }
+    assert!(COUNTERS.snapshot().group_lagging > lagging_before);
+    let mut seen: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+    while seen[0].len() + seen[1].len() < 2 * published.len() {
+        let event = slow.recv_event().await;
+        let index = usize::from(event["group"] == "b");
+        seen[index].push(event["event"]["seq"].as_u64().unwrap());
+        slow.ack(&event).await;
+    }
+    for got in seen {
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+        assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), published);
+    }
+    slow.assert_alive_and_quiet().await;
+    hub.stop().await.unwrap();
+}
+
 /// VmRSS of a process in KiB.
 fn rss_kib(pid: u32) -> u64 {
     promhub_bench::proc_stats::memory_kib(pid)

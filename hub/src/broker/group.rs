@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use promhub_core::frames::{DeliveryCtx, Group as GroupName, encode_event_delivery};
 use promhub_core::{Action, Pattern, Policy};
@@ -45,8 +46,9 @@ pub(crate) struct MemberOpts {
     pub max_inflight: u32,
     pub ack_timeout_ms: u64,
     pub max_deliver: u32,
-    /// Bound on the bytes of unacknowledged deliveries (the group default
-    /// `max_inflight_bytes`; not a SUBSCRIBE option).
+    /// Bound on the bytes of unacknowledged group deliveries of the
+    /// member's connection (the group default `max_inflight_bytes`; not a
+    /// SUBSCRIBE option).
     pub max_inflight_bytes: usize,
 }
 
@@ -57,8 +59,10 @@ pub(crate) struct Member {
     pub policy: Arc<Policy>,
     pub opts: MemberOpts,
     inflight: u32,
-    /// Event bytes of the unacknowledged deliveries.
-    inflight_bytes: usize,
+    /// Event bytes of the unacknowledged deliveries of the connection,
+    /// shared by its members of every group (only the broker task touches
+    /// it; atomic because it is shared).
+    inflight_bytes: Arc<AtomicUsize>,
 }
 
 impl Member {
@@ -69,8 +73,36 @@ impl Member {
             policy,
             opts,
             inflight: 0,
-            inflight_bytes: 0,
+            inflight_bytes: Arc::default(),
         }
+    }
+
+    /// Counts this member's unacknowledged bytes in the connection's
+    /// counter, which its other group subscriptions share.
+    pub fn sharing_bytes(mut self, connection_bytes: Arc<AtomicUsize>) -> Self {
+        self.inflight_bytes = connection_bytes;
+        self
+    }
+
+    fn add_bytes(&self, bytes: usize) {
+        self.inflight_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn remove_bytes(&self, bytes: usize) {
+        // Saturating: a miscount must not wrap into "never again".
+        let _ = self
+            .inflight_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                Some(held.saturating_sub(bytes))
+            });
+    }
+
+    /// Held back by the connection's byte bound. With nothing in flight a
+    /// member always gets one delivery (however large, and whatever its
+    /// connection's other groups hold), so it can never stall.
+    fn over_byte_bound(&self) -> bool {
+        self.inflight > 0
+            && self.inflight_bytes.load(Ordering::Relaxed) >= self.opts.max_inflight_bytes
     }
 }
 
@@ -231,6 +263,11 @@ impl GroupState {
             .map(|(&seq, _)| seq)
             .collect();
         for seq in held {
+            // `release` no longer finds the member: give its bytes back to
+            // the connection here (its other groups go on).
+            if let Some(entry) = self.window.get(&seq) {
+                member.remove_bytes(entry.event.json.get().len());
+            }
             self.release(seq, fx);
             self.fail(seq, member.opts.max_deliver, "connection closed", fx);
         }
@@ -368,8 +405,7 @@ impl GroupState {
                 if member.inflight >= member.opts.max_inflight {
                     continue;
                 }
-                // One delivery always goes, however large.
-                if member.inflight > 0 && member.inflight_bytes >= member.opts.max_inflight_bytes {
+                if member.over_byte_bound() {
                     held_by_bytes = true;
                     continue;
                 }
@@ -415,7 +451,7 @@ impl GroupState {
         fx.timers.insert((due, self.id, seq));
         self.inflight_ids.insert(Arc::clone(&entry.event.id), seq);
         member.inflight += 1;
-        member.inflight_bytes += entry.event.json.get().len();
+        member.add_bytes(entry.event.json.get().len());
         let ctx = DeliveryCtx {
             attempt: entry.attempts,
             ack_deadline: Some(fx.now_wall + member.opts.ack_timeout_ms),
@@ -441,9 +477,7 @@ impl GroupState {
         entry.state = EntryState::Ready;
         if let Some(member) = self.members.iter_mut().find(|m| m.conn == conn) {
             member.inflight = member.inflight.saturating_sub(1);
-            member.inflight_bytes = member
-                .inflight_bytes
-                .saturating_sub(entry.event.json.get().len());
+            member.remove_bytes(entry.event.json.get().len());
         }
         Some(conn)
     }
@@ -866,6 +900,38 @@ mod tests {
         let (g, mut fx) = h.fx();
         g.ack("e4", &mut fx);
         assert_eq!(g.cursor(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_connections_groups_share_its_byte_bound_and_get_bytes_back() {
+        let mut h = Harness::new(0);
+        let out = outbox();
+        let one = event(1, "jobs.a").json.get().len();
+        // The connection's other groups already hold its whole allowance.
+        let connection_bytes = Arc::new(AtomicUsize::new(10 * one));
+        let member = Member::new(
+            1,
+            Arc::clone(&out),
+            Arc::new(Policy::allow_all()),
+            MemberOpts {
+                max_inflight_bytes: 10 * one,
+                ..opts(10)
+            },
+        )
+        .sharing_bytes(Arc::clone(&connection_bytes));
+        let (group, mut fx) = h.fx();
+        group.add_member(member, &mut fx);
+        h.live(&[event(1, "jobs.a"), event(2, "jobs.a"), event(3, "jobs.a")]);
+        // Nothing of this member is in flight: one delivery goes anyway.
+        assert_eq!(ids(&deliveries(&out).await), ["e1"]);
+        assert_eq!(connection_bytes.load(Ordering::Relaxed), 11 * one);
+        let (g, mut fx) = h.fx();
+        g.ack("e1", &mut fx);
+        assert_eq!(ids(&deliveries(&out).await), ["e2"]);
+        // Leaving the group gives its bytes back to the connection.
+        let (g, mut fx) = h.fx();
+        g.remove_member(1, &mut fx);
+        assert_eq!(connection_bytes.load(Ordering::Relaxed), 10 * one);
     }
 
     #[tokio::test]

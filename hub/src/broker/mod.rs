@@ -16,6 +16,7 @@ mod live;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -50,6 +51,10 @@ pub(crate) struct SubscribeRequest {
     pub pattern: Pattern,
     pub group: Option<GroupName>,
     pub opts: MemberOpts,
+    /// Unacknowledged group-delivery bytes of the whole connection, shared
+    /// by all its group subscriptions (bounded by
+    /// `MemberOpts::max_inflight_bytes`).
+    pub group_bytes: Arc<AtomicUsize>,
     pub from: StartFrom,
     pub snapshot: bool,
     pub rid: Option<Rid>,
@@ -677,7 +682,8 @@ impl Broker {
         if !conn.groups.contains(&gid) {
             conn.groups.push(gid);
         }
-        let member = Member::new(request.conn, request.outbox, request.policy, request.opts);
+        let member = Member::new(request.conn, request.outbox, request.policy, request.opts)
+            .sharing_bytes(request.group_bytes);
         self.with_group(gid, |group, fx| group.add_member(member, fx));
     }
 
