@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use promhub_core::Policy;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::AuthConfig;
+use crate::auth::{AuthConfig, Secret};
 
 /// Everything the hub can be told. `HubConfig::default()` is a working
 /// development setup: listen on 127.0.0.1:8090, data in `./data`, every
@@ -73,6 +73,10 @@ pub struct HubConfig {
     /// Publishes of one connection waiting for their commit; more wait for
     /// room (back-pressure on a client that does not wait for PUBACKs).
     pub max_pending_publishes: usize,
+    /// Static bearer token of the ops API (`/ops`, `/metrics`, `/lag`, ...)
+    /// besides JWTs with scope `admin`. `None`: only such JWTs, so a hub
+    /// in development mode has no way into the ops API at all.
+    pub admin_token: Option<Secret>,
 }
 
 impl Default for HubConfig {
@@ -97,6 +101,7 @@ impl Default for HubConfig {
             expiring_notice_ms: 30_000,
             max_subscriptions_per_connection: 1024,
             max_pending_publishes: 4096,
+            admin_token: None,
         }
     }
 }
@@ -163,6 +168,13 @@ impl HubConfig {
             return Err(format!("www {} is not a directory", dir.display()));
         }
         self.groups.validate()?;
+        if let Some(token) = &self.admin_token
+            && token.expose().trim().chars().count() < MIN_ADMIN_TOKEN_CHARS
+        {
+            return Err(format!(
+                "admin_token (--admin-token) must be at least {MIN_ADMIN_TOKEN_CHARS} characters"
+            ));
+        }
         if self.auth.is_dev_mode() {
             self.dev_policy()
                 .map_err(|e| format!("dev_scopes is invalid: {e}"))?;
@@ -182,6 +194,10 @@ impl HubConfig {
         Ok(())
     }
 }
+
+/// Shortest static admin token accepted (a guessable one would open the ops
+/// API).
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 
 /// `store` value selecting the embedded SQLite store in `data`.
 pub const EMBEDDED_STORE: &str = "embedded";
@@ -322,7 +338,7 @@ mod tests {
         assert!(err.contains("development mode"), "{err}");
 
         let mut short = parsed;
-        short.auth.jwt_secret = Some(crate::auth::Secret::new("short"));
+        short.auth.jwt_secret = Some(Secret::new("short"));
         let err = short.validate().unwrap_err();
         assert!(err.contains("at least 32"), "{err}");
         assert!(!err.contains("short"), "{err}");

@@ -84,6 +84,11 @@ struct ServeArgs {
     /// process.state page) [default: none]
     #[arg(long, env = "PROMHUB_WWW")]
     www: Option<PathBuf>,
+    /// Static admin token for the ops API (/ops, /metrics, /lag, ...; at
+    /// least 16 characters). Without it only JWTs with scope `admin` are
+    /// admitted, so in development mode the ops API is closed [default: none]
+    #[arg(long, env = "PROMHUB_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Token verification; none of these set means development mode.
     #[command(flatten)]
     auth: AuthArgs,
@@ -127,6 +132,9 @@ impl ServeArgs {
         }
         if let Some(ms) = self.expiring_notice_ms {
             config.expiring_notice_ms = ms;
+        }
+        if let Some(token) = self.admin_token {
+            config.admin_token = Some(promhub_hub::auth::Secret::new(token));
         }
         if let Some(dir) = self.www {
             config.www = Some(dir);
