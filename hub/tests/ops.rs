@@ -428,10 +428,7 @@ fn scrape(text: &str) -> Vec<prometheus_parse::Sample> {
         .count();
     let parsed = prometheus_parse::Scrape::parse(lines.into_iter()).expect("parse");
     // A histogram's bucket lines become one sample.
-    let bucket_lines = text
-        .lines()
-        .filter(|l| l.contains("_bucket{"))
-        .count();
+    let bucket_lines = text.lines().filter(|l| l.contains("_bucket{")).count();
     let histograms = parsed
         .samples
         .iter()

@@ -304,18 +304,20 @@ impl GroupState {
             entry.state = EntryState::Ready;
             entry.attempts = 0;
             entry.replay = true;
-        } else if self.replays.contains_key(&seq) {
-            return Err(ReplayRefused::AlreadyPending);
         } else {
-            self.replays.insert(
-                seq,
-                Entry {
-                    event,
-                    attempts: 0,
-                    state: EntryState::Ready,
-                    replay: true,
-                },
-            );
+            match self.replays.entry(seq) {
+                std::collections::btree_map::Entry::Occupied(_) => {
+                    return Err(ReplayRefused::AlreadyPending);
+                }
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(Entry {
+                        event,
+                        attempts: 0,
+                        state: EntryState::Ready,
+                        replay: true,
+                    });
+                }
+            }
         }
         fx.counters.replays.inc();
         self.ready.insert(seq);

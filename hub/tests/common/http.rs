@@ -116,7 +116,7 @@ fn dechunk(mut rest: &str) -> String {
             break;
         }
         out.push_str(&after[..size]);
-        rest = &after[size..].trim_start_matches("\r\n");
+        rest = after[size..].trim_start_matches("\r\n");
     }
     out
 }
