@@ -93,9 +93,12 @@ async function startClients(page, url) {
       });
       window.ops = {
         state,
+        published: 0,
         publish(count, payload) {
           for (let i = 0; i < count; i += 1) {
-            publisher.send(JSON.stringify({ op: "PUBLISH", topic: "orders.eu", payload: { i, ...payload } }));
+            // With a rid, so the hub answers PUBACK once it is durable.
+            const rid = `p${(this.published += 1)}`;
+            publisher.send(JSON.stringify({ op: "PUBLISH", topic: "orders.eu", payload: { i, ...payload }, rid }));
           }
         },
         resume() {
