@@ -39,9 +39,8 @@ const IN_OPS: [&str; 10] = [
     "invalid",
 ];
 /// Ops of hub frames (`frames_out`); anything else counts as `other`.
-const OUT_OPS: [&str; 11] = [
-    "ok", "err", "puback", "suback", "unsuback", "event", "pong", "ping", "expiring", "welcome",
-    "other",
+const OUT_OPS: [&str; 10] = [
+    "ok", "err", "puback", "suback", "unsuback", "event", "ping", "pong", "expiring", "other",
 ];
 
 type FloatGauge = Gauge<f64, AtomicU64>;

@@ -443,17 +443,7 @@ impl MongoStore {
             latest,
         )
         .await?;
-        writes::run(
-            &inner.db,
-            &inner.write_concern,
-            Kind::Update,
-            queries::TOPICS,
-            topics
-                .iter()
-                .map(|(topic, &seq)| topic_update(topic, seq))
-                .collect(),
-        )
-        .await?;
+        self.record_topics(&topics).await?;
         let highest = highest.max(counter);
         if counter < highest || stored_applied < highest {
             // The counter must never hand out a seq that is already stored.
@@ -509,18 +499,7 @@ impl MongoStore {
                 "MongoDB store: listed the topics of existing events"
             );
         }
-        let inner = &self.inner;
-        writes::run(
-            &inner.db,
-            &inner.write_concern,
-            Kind::Update,
-            queries::TOPICS,
-            newest
-                .iter()
-                .map(|(topic, &seq)| topic_update(topic, seq))
-                .collect(),
-        )
-        .await?;
+        self.record_topics(&newest).await?;
         meta.update_one(
             doc! { "_id": queries::TOPICS_COMPLETE },
             doc! { "$set": { "value": 1 } },
@@ -529,6 +508,21 @@ impl MongoStore {
         .await
         .map_err(backend)?;
         Ok(())
+    }
+
+    /// Records each topic's newest seq (topic → seq) in `topics`.
+    async fn record_topics(&self, newest: &HashMap<String, i64>) -> Result<(), StoreError> {
+        writes::run(
+            &self.inner.db,
+            &self.inner.write_concern,
+            Kind::Update,
+            queries::TOPICS,
+            newest
+                .iter()
+                .map(|(topic, &seq)| topic_update(topic, seq))
+                .collect(),
+        )
+        .await
     }
 
     /// The topics `pattern` matches with an event after `after`, from the
