@@ -1,10 +1,14 @@
 //! `promhub`: the hub binary.
 //!
 //! `promhub serve [--listen ADDR] [--data DIR] [--store embedded|mongodb://HOST:PORT/DB]
-//! [--config FILE] [--jwt-secret S | --jwks-url URL | --jwks-file PATH] [--dev-scopes S]`;
+//! [--config FILE] [--jwt-secret S | --jwks-url URL | --jwks-file PATH] [--dev-scopes S]
+//! [--admin-token T]`;
 //! every flag can also come from `PROMHUB_*` environment variables, and a
 //! TOML file gives the rest (flags and environment win over the file). The
 //! first line on stdout is `listening on ws://ADDR/PATH`, for scripts.
+//! `--admin-token` opens the ops API (`/ops`, `/metrics`, `/lag`, ...) to
+//! that bearer token besides JWTs with scope `admin`; without a JWT
+//! verifier it is the only way in.
 //!
 //! `promhub token --secret S --scopes "publish:a.* subscribe:b.**"` prints a
 //! development HS256 token (only the token) for a hub run with the same

@@ -549,6 +549,46 @@ async fn metrics_parse_and_change_as_traffic_flows() {
     assert_eq!(value(&last, "promhub_groups", &[]), 1.0);
 }
 
+#[tokio::test]
+async fn registered_outbox_sources_appear_in_the_metrics() {
+    let metrics = std::sync::Arc::new(promhub_hub::Metrics::new());
+    let backlog = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(42));
+    let reading = std::sync::Arc::clone(&backlog);
+    metrics
+        .register_outbox_source(
+            "orders-db",
+            std::sync::Arc::new(move || promhub_hub::OutboxGauges {
+                backlog: reading.load(std::sync::atomic::Ordering::Relaxed),
+                oldest_pending_age_secs: 12.5,
+                dead: 1,
+            }),
+        )
+        .expect("register");
+    let hub = TestHub::start_with_parts(
+        |c| c.admin_token = Some(Secret::new(ADMIN_TOKEN)),
+        promhub_hub::HubParts {
+            metrics: Some(metrics),
+            ..promhub_hub::HubParts::default()
+        },
+    )
+    .await;
+    let source = [("source", "orders-db")];
+    let samples = scrape(&admin_get(&hub, "/metrics").await.body);
+    assert_eq!(value(&samples, "promhub_outbox_backlog", &source), 42.0);
+    assert_eq!(
+        value(
+            &samples,
+            "promhub_outbox_oldest_pending_age_seconds",
+            &source
+        ),
+        12.5
+    );
+    assert_eq!(value(&samples, "promhub_outbox_dead", &source), 1.0);
+    backlog.store(0, std::sync::atomic::Ordering::Relaxed);
+    let samples = scrape(&admin_get(&hub, "/metrics").await.body);
+    assert_eq!(value(&samples, "promhub_outbox_backlog", &source), 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_of_a_10000_event_burst_drains_to_zero() {
     const BURST: usize = 10_000;
