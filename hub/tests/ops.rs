@@ -10,6 +10,8 @@ use std::time::Duration;
 use common::http::{self, HttpResponse, authority};
 use common::{Client, TestHub};
 use promhub_hub::auth::{MintOptions, Secret, mint_dev_token};
+use promhub_hub::store::mongo::MongoStore;
+use promhub_hub::store::mongo::test_server::FerretDb;
 use serde_json::{Value, json};
 
 const ADMIN_TOKEN: &str = "ops-test-admin-token-0123456789";
@@ -218,7 +220,30 @@ async fn publish_all(client: &mut Client, topics: &[&str]) -> Vec<u64> {
 
 #[tokio::test]
 async fn lag_is_exact_for_a_known_backlog() {
-    let hub = dev_hub().await;
+    exact_lag(dev_hub().await).await;
+}
+
+/// The same on the MongoDB store (FerretDB): both stores answer alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_is_exact_on_the_mongodb_store_too() {
+    let Some(server) = FerretDb::shared_or_skip("ops lag on MongoDB") else {
+        return;
+    };
+    let store = MongoStore::connect(&server.uri("ops_lag"))
+        .await
+        .expect("connect to FerretDB");
+    let hub = TestHub::start_with_parts(
+        |c| c.admin_token = Some(Secret::new(ADMIN_TOKEN)),
+        promhub_hub::HubParts {
+            store: Some(std::sync::Arc::new(store)),
+            ..promhub_hub::HubParts::default()
+        },
+    )
+    .await;
+    exact_lag(hub).await;
+}
+
+async fn exact_lag(hub: TestHub) {
     let mut publisher = hub.client().await;
     let seqs = publish_all(
         &mut publisher,
