@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use promhub_core::Policy;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::AuthConfig;
+use crate::auth::{AuthConfig, Secret};
 use crate::limits::RateLimit;
 
 /// Everything the hub can be told. `HubConfig::default()` is a working
@@ -78,6 +78,10 @@ pub struct HubConfig {
     pub max_pending_publishes: usize,
     /// Publish quotas (TOML table `[limits]`); off by default.
     pub limits: LimitsConfig,
+    /// Static bearer token of the ops API (`/ops`, `/metrics`, `/lag`, ...)
+    /// besides JWTs with scope `admin`. `None`: only such JWTs, so a hub
+    /// in development mode has no way into the ops API at all.
+    pub admin_token: Option<Secret>,
 }
 
 impl Default for HubConfig {
@@ -104,6 +108,7 @@ impl Default for HubConfig {
             max_subscriptions_per_connection: 1024,
             max_pending_publishes: 4096,
             limits: LimitsConfig::default(),
+            admin_token: None,
         }
     }
 }
@@ -171,6 +176,13 @@ impl HubConfig {
         }
         self.groups.validate()?;
         self.limits.validate()?;
+        if let Some(token) = &self.admin_token
+            && token.expose().trim().chars().count() < MIN_ADMIN_TOKEN_CHARS
+        {
+            return Err(format!(
+                "admin_token (--admin-token) must be at least {MIN_ADMIN_TOKEN_CHARS} characters"
+            ));
+        }
         if self.auth.is_dev_mode() {
             self.dev_policy()
                 .map_err(|e| format!("dev_scopes is invalid: {e}"))?;
@@ -283,6 +295,9 @@ pub enum SyncPolicy {
     /// `synchronous=FULL`: the writer waits for every sync itself.
     Full,
 }
+/// Shortest static admin token accepted (a guessable one would open the ops
+/// API).
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 
 /// `store` value selecting the embedded SQLite store in `data`.
 pub const EMBEDDED_STORE: &str = "embedded";
@@ -434,7 +449,7 @@ mod tests {
         assert!(err.contains("development mode"), "{err}");
 
         let mut short = parsed;
-        short.auth.jwt_secret = Some(crate::auth::Secret::new("short"));
+        short.auth.jwt_secret = Some(Secret::new("short"));
         let err = short.validate().unwrap_err();
         assert!(err.contains("at least 32"), "{err}");
         assert!(!err.contains("short"), "{err}");

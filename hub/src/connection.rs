@@ -29,6 +29,7 @@ use crate::authn::Authenticator;
 use crate::broker::{BrokerHandle, Command, ConnId, MemberOpts, SubscribeRequest};
 use crate::config::{HubConfig, MAX_ACK_TIMEOUT_MS, MAX_DELIVER_LIMIT, MAX_INFLIGHT_LIMIT};
 use crate::limits::{COUNTERS, RateLimit, Strikes, TokenBucket, TopicBuckets, retry_after_ms};
+use crate::metrics::{Metrics, encoded_op};
 use crate::outbox::{CloseReason, Drained, Outbox, OutboxLimits};
 use crate::store::writer::StoreWriter;
 use crate::store::{Appended, GroupKey, NewEvent, StoreError};
@@ -54,6 +55,7 @@ pub(crate) struct Shared {
     pub next_conn_id: AtomicU64,
     /// The per-topic publish quota, when configured.
     pub topic_quota: Option<TopicBuckets>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -125,7 +127,13 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
         Duration::from_millis(shared.config.limits.rate_limited_window_ms),
     );
     let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_loop(sink, Arc::clone(&outbox)));
+    shared.metrics.connections_total.inc();
+    shared.metrics.connections_open.inc();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        Arc::clone(&outbox),
+        Arc::clone(&shared.metrics),
+    ));
     let mut connection = Connection {
         id,
         shared,
@@ -151,17 +159,25 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
             .send(Command::Disconnected { conn: id })
             .await;
     }
+    connection.shared.metrics.connections_open.dec();
     tracing::debug!(conn = id, "connection closed");
 }
 
 /// Sends what the outbox holds, one flush per drain; ends after sending a
 /// close frame or on a socket error.
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>) {
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    outbox: Arc<Outbox>,
+    metrics: Arc<Metrics>,
+) {
     let mut batch = Vec::new();
     loop {
         match outbox.drain(&mut batch).await {
             Drained::Frames => {
                 for message in batch.drain(..) {
+                    if let Message::Text(text) = &message {
+                        metrics.frames_out.inc(encoded_op(text));
+                    }
                     if sink.feed(message).await.is_err() {
                         outbox.close(CloseReason::new(close::NORMAL, "socket error"));
                         return;
@@ -342,8 +358,12 @@ impl Connection {
                     return;
                 }
                 match ClientFrame::decode(&text) {
-                    Ok(frame) => self.on_frame(frame).await,
+                    Ok(frame) => {
+                        self.shared.metrics.frames_in.inc(frame.op());
+                        self.on_frame(frame).await;
+                    }
                     Err(e) => {
+                        self.shared.metrics.frames_in.inc("invalid");
                         let answer = e.to_error_frame();
                         self.bad_frame(answer.code, answer.msg, answer.rid);
                     }

@@ -1,11 +1,14 @@
 //! `promhub`: the hub binary.
 //!
 //! `promhub serve [--listen ADDR] [--data DIR] [--store embedded|mongodb://HOST:PORT/DB] [--sync pipelined|full]
-//! [--config FILE] [--jwt-secret S | --jwks-url URL | --jwks-file PATH] [--dev-scopes S]
+//! [--config FILE] [--jwt-secret S | --jwks-url URL | --jwks-file PATH] [--dev-scopes S] [--admin-token T]
 //! [--publish-rate N [--publish-burst B]] [--topic-publish-rate N [--topic-publish-burst B]]`;
 //! every flag can also come from `PROMHUB_*` environment variables, and a
 //! TOML file gives the rest (flags and environment win over the file). The
 //! first line on stdout is `listening on ws://ADDR/PATH`, for scripts.
+//! `--admin-token` opens the ops API (`/ops`, `/metrics`, `/lag`, ...) to
+//! that bearer token besides JWTs with scope `admin`; without a JWT
+//! verifier it is the only way in.
 //!
 //! `promhub token --secret S --scopes "publish:a.* subscribe:b.**"` prints a
 //! development HS256 token (only the token) for a hub run with the same
@@ -106,6 +109,11 @@ struct ServeArgs {
         requires = "topic_publish_rate"
     )]
     topic_publish_burst: Option<u32>,
+    /// Static admin token for the ops API (/ops, /metrics, /lag, ...; at
+    /// least 16 characters). Without it only JWTs with scope `admin` are
+    /// admitted, so in development mode the ops API is closed [default: none]
+    #[arg(long, env = "PROMHUB_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Token verification; none of these set means development mode.
     #[command(flatten)]
     auth: AuthArgs,
@@ -152,6 +160,9 @@ impl ServeArgs {
         }
         if let Some(ms) = self.expiring_notice_ms {
             config.expiring_notice_ms = ms;
+        }
+        if let Some(token) = self.admin_token {
+            config.admin_token = Some(promhub_hub::auth::Secret::new(token));
         }
         if let Some(dir) = self.www {
             config.www = Some(dir);

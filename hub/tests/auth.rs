@@ -48,6 +48,7 @@ async fn hub() -> TestHub {
         HubParts {
             store: None,
             authenticator: Some(Arc::new(TokenTable)),
+            ..HubParts::default()
         },
     )
     .await

@@ -26,6 +26,34 @@ fn retry_after(answer: &Value) -> u64 {
         .unwrap_or_else(|| panic!("no retry_after_ms in {answer}"))
 }
 
+const ADMIN_TOKEN: &str = "limits-test-admin-token-0123456789";
+
+/// `promhub_rate_limited_total` as /metrics reports it.
+async fn rate_limited_metric(hub: &TestHub) -> f64 {
+    let response = common::http::get(
+        &common::http::authority(&hub.url),
+        "/metrics",
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let lines = response.body.lines().map(|line| Ok(line.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
+    scrape
+        .samples
+        .iter()
+        .find(|sample| sample.metric == "promhub_rate_limited_total")
+        .map(|sample| match sample.value {
+            // OpenMetrics names the family without `_total`, so the parser
+            // may not tie the sample to its `counter` type.
+            prometheus_parse::Value::Counter(value) | prometheus_parse::Value::Untyped(value) => {
+                value
+            }
+            ref other => panic!("not a counter: {other:?}"),
+        })
+        .expect("promhub_rate_limited_total in /metrics")
+}
+
 async fn wait_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms + 1)).await;
 }
@@ -35,10 +63,12 @@ async fn over_the_connection_quota_publish_is_refused_with_retry_after_then_admi
     let mut hub = TestHub::start_with(|config| {
         config.limits.publish_rate = Some(10.0);
         config.limits.publish_burst = Some(2);
+        config.admin_token = Some(Secret::new(ADMIN_TOKEN));
     })
     .await;
     let mut client = hub.client().await;
     let refused_before = COUNTERS.snapshot().rate_limited;
+    let scraped_before = rate_limited_metric(&hub).await;
     for n in 0..2 {
         let ack = client.publish("q.a", json!(n), json!(null)).await;
         assert_eq!(ack["op"], "PUBACK", "{ack}");
@@ -49,6 +79,8 @@ async fn over_the_connection_quota_publish_is_refused_with_retry_after_then_admi
     assert!((1..=100).contains(&wait), "retry_after_ms {wait}");
     assert!(refused["rid"].is_string(), "the refusal answers the rid");
     assert!(COUNTERS.snapshot().rate_limited > refused_before);
+    // The refusal shows in /metrics.
+    assert!(rate_limited_metric(&hub).await > scraped_before);
     wait_ms(wait).await;
     let ack = client.publish("q.a", json!(2), json!(null)).await;
     assert_eq!(ack["op"], "PUBACK", "{ack}");

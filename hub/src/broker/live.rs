@@ -185,10 +185,12 @@ impl LiveIndex {
     }
 
     /// Queues every committed event for every live subscription it matches.
-    pub fn fan_out(&mut self, events: &[Arc<Committed>]) {
+    /// Returns how many EVENT frames were queued.
+    pub fn fan_out(&mut self, events: &[Arc<Committed>]) -> u64 {
         if self.exact.is_empty() && self.wildcard.is_empty() {
-            return;
+            return 0;
         }
+        let mut queued = 0;
         let limits = self.hold_limits;
         let mut frames: Vec<(&Committed, Utf8Bytes)> = Vec::new();
         for entry in self.exact.values_mut() {
@@ -198,7 +200,7 @@ impl LiveIndex {
                     frames.push((event, encode(&entry.pattern, event)));
                 }
             }
-            deliver(entry, &frames, limits);
+            queued += deliver(entry, &frames, limits);
         }
         for entry in self.wildcard.values_mut() {
             frames.clear();
@@ -207,8 +209,9 @@ impl LiveIndex {
                     frames.push((event, encode(&entry.pattern, event)));
                 }
             }
-            deliver(entry, &frames, limits);
+            queued += deliver(entry, &frames, limits);
         }
+        queued
     }
 }
 
@@ -223,10 +226,11 @@ fn encode(pattern: &Pattern, event: &Committed) -> Utf8Bytes {
 
 /// Queues `frames` (all matching `entry.pattern`) for each subscriber the
 /// ACL lets see them.
-fn deliver(entry: &mut PatternSubs, frames: &[(&Committed, Utf8Bytes)], limits: HoldLimits) {
+fn deliver(entry: &mut PatternSubs, frames: &[(&Committed, Utf8Bytes)], limits: HoldLimits) -> u64 {
     if frames.is_empty() {
-        return;
+        return 0;
     }
+    let mut queued = 0;
     // Subscribers usually share a policy (one Arc per token / dev mode), so
     // the per-event ACL decision is computed once per distinct policy.
     let mut cached: Option<(Arc<Policy>, Vec<Utf8Bytes>)> = None;
@@ -245,6 +249,7 @@ fn deliver(entry: &mut PatternSubs, frames: &[(&Committed, Utf8Bytes)], limits: 
         if allowed.is_empty() {
             continue;
         }
+        queued += allowed.len() as u64;
         match &mut sub.snapshot {
             Some(hold) => {
                 for frame in allowed {
@@ -268,6 +273,7 @@ fn deliver(entry: &mut PatternSubs, frames: &[(&Committed, Utf8Bytes)], limits: 
             }
         }
     }
+    queued
 }
 
 #[cfg(test)]
