@@ -11,7 +11,7 @@ use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -28,6 +28,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::authn::Authenticator;
 use crate::broker::{BrokerHandle, Command, ConnId, MemberOpts, SubscribeRequest};
 use crate::config::{HubConfig, MAX_ACK_TIMEOUT_MS, MAX_DELIVER_LIMIT, MAX_INFLIGHT_LIMIT};
+use crate::limits::{COUNTERS, RateLimit, Strikes, TokenBucket, TopicBuckets, retry_after_ms};
+use crate::metrics::{Metrics, encoded_op};
 use crate::send_queue::{CloseReason, Drained, SendQueue, SendQueueLimits};
 use crate::store::writer::StoreWriter;
 use crate::store::{Appended, GroupKey, NewEvent, StoreError};
@@ -49,6 +51,9 @@ pub(crate) struct Shared {
     pub broker: BrokerHandle,
     pub shutdown: watch::Receiver<bool>,
     pub next_conn_id: AtomicU64,
+    /// The per-topic publish quota, when configured.
+    pub topic_quota: Option<TopicBuckets>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -101,14 +106,32 @@ struct Connection {
     expiry: Option<(Instant, ExpiryStep)>,
     /// When the heartbeat first saw the connection closing.
     closing_seen: Option<Instant>,
+    /// This connection's publish quota (configured, or the token's `rate`
+    /// claim); `None`: unlimited.
+    publish_quota: Option<TokenBucket>,
+    /// Recent `rate_limited` refusals; too many close with 4029.
+    rate_strikes: Strikes,
+    /// Unacknowledged group-delivery bytes, shared by all this
+    /// connection's group subscriptions (the broker counts them).
+    group_bytes: Arc<AtomicUsize>,
 }
 
 /// Serves one upgraded WebSocket until it closes.
 pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let send_queue = Arc::new(SendQueue::new(shared.outbox_limits()));
+    let rate_strikes = Strikes::new(
+        shared.config.limits.max_rate_limited,
+        Duration::from_millis(shared.config.limits.rate_limited_window_ms),
+    );
     let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_loop(sink, Arc::clone(&send_queue)));
+    shared.metrics.connections_total.inc();
+    shared.metrics.connections_open.inc();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        Arc::clone(&send_queue),
+        Arc::clone(&shared.metrics),
+    ));
     let mut connection = Connection {
         id,
         shared,
@@ -121,6 +144,9 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
         last_inbound: Instant::now(),
         expiry: None,
         closing_seen: None,
+        publish_quota: None,
+        rate_strikes,
+        group_bytes: Arc::default(),
     };
     tracing::debug!(conn = id, "connection opened");
     connection.read_loop(stream, writer).await;
@@ -131,17 +157,25 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
             .send(Command::Disconnected { conn: id })
             .await;
     }
+    connection.shared.metrics.connections_open.dec();
     tracing::debug!(conn = id, "connection closed");
 }
 
 /// Sends what the send queue holds, one flush per drain; ends after sending a
 /// close frame or on a socket error.
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, send_queue: Arc<SendQueue>) {
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    send_queue: Arc<SendQueue>,
+    metrics: Arc<Metrics>,
+) {
     let mut batch = Vec::new();
     loop {
         match send_queue.drain(&mut batch).await {
             Drained::Frames => {
                 for message in batch.drain(..) {
+                    if let Message::Text(text) = &message {
+                        metrics.frames_out.inc(encoded_op(text));
+                    }
                     if sink.feed(message).await.is_err() {
                         send_queue.close(CloseReason::new(close::NORMAL, "socket error"));
                         return;
@@ -323,8 +357,12 @@ impl Connection {
                     return;
                 }
                 match ClientFrame::decode(&text) {
-                    Ok(frame) => self.on_frame(frame).await,
+                    Ok(frame) => {
+                        self.shared.metrics.frames_in.inc(frame.op());
+                        self.on_frame(frame).await;
+                    }
                     Err(e) => {
+                        self.shared.metrics.frames_in.inc("invalid");
                         let answer = e.to_error_frame();
                         self.bad_frame(answer.code, answer.msg, answer.rid);
                     }
@@ -480,6 +518,11 @@ impl Connection {
                     }
                 }
                 self.expiry = granted.expires_at.map(|exp| self.expiry_timer(exp, now));
+                self.set_publish_quota(
+                    granted
+                        .publish_limit
+                        .or_else(|| self.config().limits.publish_limit()),
+                );
                 self.session = Some(Session {
                     id: session_id.clone(),
                     policy: granted.policy,
@@ -510,6 +553,60 @@ impl Connection {
                 self.close(close::AUTH_FAILED, reason);
             }
         }
+    }
+
+    /// A re-AUTH with the same quota keeps the bucket (sending AUTH again
+    /// must not refill it); a different quota starts a new one.
+    fn set_publish_quota(&mut self, limit: Option<RateLimit>) {
+        if self.publish_quota.as_ref().map(TokenBucket::limit) != limit {
+            self.publish_quota =
+                limit.map(|limit| TokenBucket::new(limit, std::time::Instant::now()));
+        }
+    }
+
+    /// Takes a publish token from the connection's and the topic's quota;
+    /// refuses with `rate_limited` and `retry_after_ms` when either is
+    /// empty, and closes with 4029 a connection that keeps publishing
+    /// while refused.
+    fn admit_publish(&mut self, topic: &str, rid: Option<&Rid>) -> bool {
+        let now = std::time::Instant::now();
+        let admitted = match &self.shared.topic_quota {
+            Some(topics) => topics.try_take(topic, self.publish_quota.as_mut(), now),
+            None => self
+                .publish_quota
+                .as_mut()
+                .map_or(Ok(()), |bucket| bucket.try_take(now)),
+        };
+        let Err(wait) = admitted else {
+            return true;
+        };
+        COUNTERS.rate_limited();
+        let retry_after = retry_after_ms(wait);
+        let mut refusal = ErrorFrame::new(
+            ErrorCode::RateLimited,
+            format!("publish quota exceeded; retry after {retry_after} ms"),
+            rid.cloned(),
+        );
+        refusal.retry_after_ms = Some(retry_after);
+        self.send(HubFrame::Err(refusal));
+        if self.rate_strikes.record(now) {
+            // Come back once the quota has refilled: what waiting would
+            // have given, so reconnecting at once gains nothing.
+            let refill = self
+                .publish_quota
+                .as_mut()
+                .map_or(wait, |bucket| bucket.until_full(now).max(wait));
+            tracing::info!(
+                conn = self.id,
+                "closing a connection that keeps publishing while rate limited"
+            );
+            COUNTERS.rate_limit_close();
+            self.close(
+                close::RATE_LIMITED,
+                &format!(r#"{{"retry_after_ms":{}}}"#, retry_after_ms(refill)),
+            );
+        }
+        false
     }
 
     fn leeway_ms(&self) -> u64 {
@@ -593,6 +690,9 @@ impl Connection {
                 return;
             }
         };
+        if !self.admit_publish(event.topic.as_str(), rid.as_ref()) {
+            return;
+        }
         // Bound the commits one connection waits for.
         while self.publishes.len() >= self.config().max_pending_publishes {
             if let Some((rid, result)) = self.publishes.next().await {
@@ -661,6 +761,7 @@ impl Connection {
             max_inflight: opts.max_inflight.unwrap_or(defaults.max_inflight),
             ack_timeout_ms: opts.ack_timeout_ms.unwrap_or(defaults.ack_timeout_ms),
             max_deliver: opts.max_deliver.unwrap_or(defaults.max_deliver),
+            max_inflight_bytes: defaults.max_inflight_bytes,
         };
         let problem = if !(1..=MAX_INFLIGHT_LIMIT).contains(&member.max_inflight) {
             Some(format!(
@@ -712,6 +813,7 @@ impl Connection {
             pattern: topic,
             group,
             opts: member,
+            group_bytes: Arc::clone(&self.group_bytes),
             from: opts.from.unwrap_or(StartFrom::Latest),
             snapshot: opts.snapshot.unwrap_or(false),
             rid,

@@ -10,6 +10,9 @@ mod clock;
 pub mod config;
 mod connection;
 pub mod error;
+pub mod limits;
+pub mod metrics;
+mod ops;
 mod outbox_drain;
 pub mod replay;
 mod send_queue;
@@ -18,7 +21,10 @@ pub mod store;
 
 pub use auth::{AuthConfig, AuthFailure, Authenticated, Verifier};
 pub use authn::{Authenticator, DevAuthenticator};
-pub use config::{GroupDefaults, HubConfig, OutboxDrainConfig, StoreLocation};
+pub use config::{
+    GroupDefaults, HubConfig, LimitsConfig, OutboxDrainConfig, StoreLocation, SyncPolicy,
+};
 pub use connection::SERVER_NAME;
 pub use error::HubError;
+pub use metrics::{Metrics, OutboxGauges, OutboxSource};
 pub use server::{HubParts, run, run_with};

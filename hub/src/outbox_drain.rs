@@ -10,13 +10,14 @@
 //! operator, so no topic ACL applies; a record with a bad topic ends
 //! `dead` with the reason.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use promhub::outbox::mongo::MongoOutbox;
 use promhub::outbox::{
-    Drainer, DrainerOptions, OutboxError, OutboxRecord, OutboxSink, PublishOutcome, SinkError,
+    Drainer, DrainerOptions, OutboxError, OutboxMetrics, OutboxRecord, OutboxSink, PublishOutcome,
+    SinkError,
 };
 use promhub_core::Topic;
 use promhub_core::frames::to_payload;
@@ -25,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::OutboxDrainConfig;
 use crate::error::HubError;
+use crate::metrics::{Metrics, OutboxGauges};
 use crate::store::writer::StoreWriter;
 use crate::store::{Appended, NewEvent};
 
@@ -79,6 +81,7 @@ impl OutboxSink for LogSink {
 pub async fn spawn_drainers(
     outboxes: &[OutboxDrainConfig],
     writer: &StoreWriter,
+    metrics: &Metrics,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Vec<JoinHandle<()>>, HubError> {
     let mut drainers = Vec::with_capacity(outboxes.len());
@@ -105,11 +108,26 @@ pub async fn spawn_drainers(
             retention,
             ..DrainerOptions::default()
         };
+        let store = Arc::new(store);
         let drainer = Drainer::new(
-            Arc::new(store),
+            Arc::clone(&store),
             Arc::new(LogSink::new(writer.clone())),
             options,
         );
+        let gauges = Arc::new(Mutex::new(OutboxGauges::default()));
+        let source = format!("{}.{}", location.database, location.collection);
+        if let Err(error) = metrics.register_outbox_source(source, {
+            let gauges = Arc::clone(&gauges);
+            Arc::new(move || *gauges.lock().unwrap_or_else(PoisonError::into_inner))
+        }) {
+            tracing::warn!(%error, collection = %location.collection, "outbox not in /metrics");
+        }
+        drainers.push(tokio::spawn(refresh_gauges(
+            Arc::clone(drainer.metrics()),
+            store,
+            gauges,
+            shutdown.clone(),
+        )));
         tracing::info!(
             database = %location.database,
             collection = %location.collection,
@@ -125,4 +143,33 @@ pub async fn spawn_drainers(
         }));
     }
     Ok(drainers)
+}
+
+/// Keeps an outbox's gauges for /metrics fresh: a scrape must not wait for
+/// the store, so the backlog is read here once per interval.
+async fn refresh_gauges(
+    counters: Arc<OutboxMetrics>,
+    store: Arc<MongoOutbox>,
+    gauges: Arc<Mutex<OutboxGauges>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    const REFRESH: Duration = Duration::from_secs(1);
+    loop {
+        match counters.snapshot(&*store, crate::clock::now_ms()).await {
+            Ok(snapshot) => {
+                *gauges.lock().unwrap_or_else(PoisonError::into_inner) = OutboxGauges {
+                    backlog: snapshot.backlog,
+                    oldest_pending_age_secs: snapshot
+                        .oldest_unsent_age_ms
+                        .map_or(0.0, |ms| Duration::from_millis(ms).as_secs_f64()),
+                    dead: snapshot.dead_now,
+                };
+            }
+            Err(error) => tracing::debug!(%error, "reading the outbox backlog failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(REFRESH) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
 }

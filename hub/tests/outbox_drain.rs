@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 use common::TestHub;
 
 /// An outbox document as an application in any language writes it.
+const ADMIN_TOKEN: &str = "outbox-drain-test-admin-token";
+
 fn outbox_document(id: impl Into<mongodb::bson::Bson>, topic: &str, key: &str, n: i32) -> Document {
     let now = DateTime::now();
     doc! {
@@ -46,6 +48,7 @@ async fn the_hub_drains_a_mongodb_outbox_into_its_log() {
         let mut drain = OutboxDrainConfig::new(format!("{}/{collection_name}", server.uri("shop")));
         drain.max_attempts = 2;
         config.outbox = vec![drain];
+        config.admin_token = Some(promhub_hub::auth::Secret::new(ADMIN_TOKEN));
     })
     .await;
     let mut subscriber = hub.client().await;
@@ -122,6 +125,31 @@ async fn the_hub_drains_a_mongodb_outbox_into_its_log() {
             .unwrap_or_default()
             .contains("bad topic"),
         "{dead}"
+    );
+
+    // /metrics shows the drained outbox: nothing waiting, one dead (the
+    // gauges are refreshed every second).
+    let source = format!("shop.{collection_name}");
+    let mut exported = None;
+    for _ in 0..100 {
+        let response = common::http::get(
+            &common::http::authority(&hub.url),
+            "/metrics",
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        let dead_line = format!("promhub_outbox_dead{{source=\"{source}\"}} 1");
+        let backlog_line = format!("promhub_outbox_backlog{{source=\"{source}\"}} 0");
+        if response.body.contains(&dead_line) && response.body.contains(&backlog_line) {
+            exported = Some(response.body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        exported.is_some(),
+        "the outbox's gauges never reached /metrics"
     );
 
     // Nothing else reached the subscriber: not the duplicate, not the bad one.

@@ -86,7 +86,11 @@ export interface StateEvent {
 export interface PromHubError extends Error {
   name: "PromHubError";
   code: string;
-  /** With `rate_limited`: when to try again. */
+  /**
+   * With `rate_limited`: when to try again. A refused `publish` is sent
+   * again after this wait on its own; it only fails with `rate_limited`
+   * when the wait would end after its request timeout.
+   */
   retryAfterMs?: number;
 }
 

@@ -17,6 +17,7 @@ use promhub_core::{Action, Pattern, Policy};
 
 use super::committed::Committed;
 use super::group::ConnId;
+use crate::limits::COUNTERS;
 use crate::send_queue::{LivePush, SendQueue};
 
 #[derive(Debug)]
@@ -172,8 +173,10 @@ impl LiveIndex {
             sub.send_queue
                 .push(encode_event_delivery(pattern, None, &json, &ctx));
         }
-        if !hold.held.is_empty() {
-            sub.send_queue.push_live_batch(hold.held);
+        if !hold.held.is_empty()
+            && sub.send_queue.push_live_batch(hold.held) == LivePush::Overflowed
+        {
+            COUNTERS.slow_consumer_close();
         }
     }
 
@@ -184,10 +187,12 @@ impl LiveIndex {
     }
 
     /// Queues every committed event for every live subscription it matches.
-    pub fn fan_out(&mut self, events: &[Arc<Committed>]) {
+    /// Returns how many EVENT frames were queued.
+    pub fn fan_out(&mut self, events: &[Arc<Committed>]) -> u64 {
         if self.exact.is_empty() && self.wildcard.is_empty() {
-            return;
+            return 0;
         }
+        let mut queued = 0;
         let limits = self.hold_limits;
         let mut frames: Vec<(&Committed, Utf8Bytes)> = Vec::new();
         for entry in self.exact.values_mut() {
@@ -197,7 +202,7 @@ impl LiveIndex {
                     frames.push((event, encode(&entry.pattern, event)));
                 }
             }
-            deliver(entry, &frames, limits);
+            queued += deliver(entry, &frames, limits);
         }
         for entry in self.wildcard.values_mut() {
             frames.clear();
@@ -206,8 +211,9 @@ impl LiveIndex {
                     frames.push((event, encode(&entry.pattern, event)));
                 }
             }
-            deliver(entry, &frames, limits);
+            queued += deliver(entry, &frames, limits);
         }
+        queued
     }
 }
 
@@ -222,10 +228,11 @@ fn encode(pattern: &Pattern, event: &Committed) -> Utf8Bytes {
 
 /// Queues `frames` (all matching `entry.pattern`) for each subscriber the
 /// ACL lets see them.
-fn deliver(entry: &mut PatternSubs, frames: &[(&Committed, Utf8Bytes)], limits: HoldLimits) {
+fn deliver(entry: &mut PatternSubs, frames: &[(&Committed, Utf8Bytes)], limits: HoldLimits) -> u64 {
     if frames.is_empty() {
-        return;
+        return 0;
     }
+    let mut queued = 0;
     // Subscribers usually share a policy (one Arc per token / dev mode), so
     // the per-event ACL decision is computed once per distinct policy.
     let mut cached: Option<(Arc<Policy>, Vec<Utf8Bytes>)> = None;
@@ -244,6 +251,7 @@ fn deliver(entry: &mut PatternSubs, frames: &[(&Committed, Utf8Bytes)], limits: 
         if allowed.is_empty() {
             continue;
         }
+        queued += allowed.len() as u64;
         match &mut sub.snapshot {
             Some(hold) => {
                 for frame in allowed {
@@ -252,6 +260,7 @@ fn deliver(entry: &mut PatternSubs, frames: &[(&Committed, Utf8Bytes)], limits: 
                 }
                 if hold.held.len() > limits.frames || hold.held_bytes > limits.bytes {
                     sub.snapshot = None;
+                    COUNTERS.slow_consumer_close();
                     sub.send_queue.close(crate::send_queue::CloseReason::new(
                         crate::send_queue::SLOW_CONSUMER,
                         "slow consumer: live buffer overflowed during snapshot",
@@ -260,11 +269,13 @@ fn deliver(entry: &mut PatternSubs, frames: &[(&Committed, Utf8Bytes)], limits: 
             }
             None => {
                 if sub.send_queue.push_live_batch(allowed.iter().cloned()) == LivePush::Overflowed {
+                    COUNTERS.slow_consumer_close();
                     tracing::debug!(conn = sub.conn, "live buffer overflowed; closing with 4009");
                 }
             }
         }
     }
+    queued
 }
 
 #[cfg(test)]

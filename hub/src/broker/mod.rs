@@ -16,6 +16,7 @@ mod live;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -27,14 +28,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use self::committed::Committed;
-pub(crate) use self::group::{ConnId, MemberOpts};
+pub(crate) use self::group::{ConnId, GroupView, MemberOpts, MemberView, ReplayRefused};
 use self::group::{Effects, FETCH_SCAN_LIMIT, GroupId, GroupState, Member, TimerKey};
 pub(crate) use self::live::HoldLimits;
 use self::live::LiveIndex;
 use crate::config::GroupDefaults;
+use crate::metrics::{GroupCounters, Metrics};
 use crate::send_queue::SendQueue;
 use crate::store::writer::{CommittedEvents, GroupUpdate, StoreWriter};
 use crate::store::{GroupKey, GroupProgress, GroupRecord, Store, StoreError};
+use prometheus_client::metrics::counter::Counter;
 
 /// How long a group waits before retrying a failed store read.
 const FETCH_RETRY: Duration = Duration::from_secs(1);
@@ -50,6 +53,10 @@ pub(crate) struct SubscribeRequest {
     pub pattern: Pattern,
     pub group: Option<GroupName>,
     pub opts: MemberOpts,
+    /// Unacknowledged group-delivery bytes of the whole connection, shared
+    /// by all its group subscriptions (bounded by
+    /// `MemberOpts::max_inflight_bytes`).
+    pub group_bytes: Arc<AtomicUsize>,
     pub from: StartFrom,
     pub snapshot: bool,
     pub rid: Option<Rid>,
@@ -117,6 +124,16 @@ pub(crate) enum Command {
         seq: u64,
         done: oneshot::Sender<()>,
     },
+    /// The live state of every loaded group (ops API).
+    Inspect {
+        reply: oneshot::Sender<Vec<GroupView>>,
+    },
+    /// Deliver a dead-lettered event to the group again (ops API).
+    Replay {
+        key: GroupKey,
+        event: Event,
+        reply: oneshot::Sender<Result<(), ReplayRefused>>,
+    },
     /// Final flush, then the broker stops.
     Shutdown {
         done: oneshot::Sender<()>,
@@ -168,6 +185,27 @@ impl BrokerHandle {
         }
     }
 
+    /// The live state of every group loaded in memory (groups with members,
+    /// or with changes not yet durable). Empty when the broker stopped.
+    pub async fn inspect(&self) -> Vec<GroupView> {
+        let (reply, answer) = oneshot::channel();
+        if self.send(Command::Inspect { reply }).await {
+            answer.await.unwrap_or_default()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Delivers a dead-lettered event to its (loaded, connected) group
+    /// again. `None` when the broker stopped.
+    pub async fn replay(&self, key: GroupKey, event: Event) -> Option<Result<(), ReplayRefused>> {
+        let (reply, answer) = oneshot::channel();
+        if !self.send(Command::Replay { key, event, reply }).await {
+            return None;
+        }
+        answer.await.ok()
+    }
+
     /// Flushes group state and stops the broker.
     pub async fn shutdown(&self) {
         let (done, wait) = oneshot::channel();
@@ -187,6 +225,7 @@ pub(crate) struct BrokerSetup {
     pub hold_limits: HoldLimits,
     /// The newest seq in the store at start.
     pub head: u64,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Starts the broker task.
@@ -213,6 +252,8 @@ pub(crate) fn spawn(setup: BrokerSetup) -> (BrokerHandle, tokio::task::JoinHandl
         waiting_for_head: Vec::new(),
         shutdown: None,
         start: Instant::now(),
+        counters: setup.metrics.groups.clone(),
+        live_deliveries: setup.metrics.live_deliveries.clone(),
     };
     let task = tokio::spawn(broker.run(receiver, setup.committed));
     (BrokerHandle { commands }, task)
@@ -251,6 +292,8 @@ struct Broker {
     waiting_for_head: Vec<(u64, oneshot::Sender<()>)>,
     shutdown: Option<oneshot::Sender<()>>,
     start: Instant,
+    counters: GroupCounters,
+    live_deliveries: Counter,
 }
 
 impl Broker {
@@ -357,6 +400,20 @@ impl Broker {
                     self.waiting_for_head.push((seq, done));
                 }
             }
+            Command::Inspect { reply } => {
+                let _ = reply.send(self.groups.values().map(GroupState::view).collect());
+            }
+            Command::Replay { key, event, reply } => {
+                let result = match self.group_ids.get(&key) {
+                    Some(&gid) => {
+                        let committed = Committed::from_event(&event);
+                        self.with_group(gid, |group, fx| group.replay(committed, fx))
+                            .unwrap_or(Err(ReplayRefused::NoMembers))
+                    }
+                    None => Err(ReplayRefused::NoMembers),
+                };
+                let _ = reply.send(result);
+            }
             Command::Shutdown { done } => {
                 self.shutdown = Some(done);
                 self.flush_due = Some(Instant::now());
@@ -405,7 +462,7 @@ impl Broker {
         if let Some(last) = committed.last() {
             self.head = self.head.max(last.seq);
         }
-        self.live.fan_out(&committed);
+        self.live_deliveries.inc_by(self.live.fan_out(&committed));
         let gids: Vec<GroupId> = self.groups.keys().copied().collect();
         for gid in gids {
             self.with_group(gid, |group, fx| group.on_live(&committed, fx));
@@ -439,6 +496,7 @@ impl Broker {
             now_mono,
             now_wall,
             timers: &mut self.timers,
+            counters: &self.counters,
         };
         let result = f(group, &mut fx);
         let dirty = group.is_dirty();
@@ -682,7 +740,8 @@ impl Broker {
             request.send_queue,
             request.policy,
             request.opts,
-        );
+        )
+        .sharing_bytes(request.group_bytes);
         self.with_group(gid, |group, fx| group.add_member(member, fx));
     }
 

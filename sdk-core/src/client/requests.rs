@@ -20,7 +20,8 @@ use super::events::SubscriptionId;
 #[derive(Debug)]
 pub(crate) enum Pending {
     Publish {
-        /// The encoded `PUBLISH` frame, rid included, ready to (re)send.
+        /// The encoded `PUBLISH` frame, rid included, ready to (re)send
+        /// (after a reconnect, or after `rate_limited`).
         text: String,
         /// Has `opts.id`: safe to re-send after a reconnect, the hub
         /// de-duplicates.
@@ -94,6 +95,11 @@ impl RequestTable {
     pub(crate) fn get_mut(&mut self, rid: u64) -> Option<&mut Pending> {
         let index = self.position(rid).ok()?;
         Some(&mut self.entries[index].pending)
+    }
+
+    pub(crate) fn deadline(&self, rid: u64) -> Option<u64> {
+        let index = self.position(rid).ok()?;
+        Some(self.entries[index].deadline)
     }
 
     pub(crate) fn next_deadline(&self) -> Option<u64> {
