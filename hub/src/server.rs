@@ -74,6 +74,12 @@ pub async fn run_with(
             config.ws_path
         )));
     }
+    if crate::replay::PATHS.contains(&config.ws_path.as_str()) {
+        return Err(HubError::Config(format!(
+            "ws_path {:?} is taken by the replay API",
+            config.ws_path
+        )));
+    }
     let config = Arc::new(config);
     let metrics = parts.metrics.unwrap_or_default();
     let authenticator = match parts.authenticator {
