@@ -762,7 +762,14 @@ enum HeadOp {
 }
 
 fn decode_head(text: &str) -> Result<(HeadOp, Option<Rid>), DecodeError> {
-    match serde_json::from_str::<ObjectOnly<Head>>(text) {
+    head_from(serde_json::from_str::<ObjectOnly<Head>>(text))
+}
+
+/// `op` and `rid` from a head as read (by serde_json or `json_text`).
+fn head_from<E: fmt::Display>(
+    read: Result<ObjectOnly<Head>, E>,
+) -> Result<(HeadOp, Option<Rid>), DecodeError> {
+    match read {
         Ok(ObjectOnly(head)) => {
             let op = match head.op {
                 None => HeadOp::Missing,

@@ -6,7 +6,6 @@ use js_sys::{Function, JSON, Promise};
 use promhub_core::client::ConnectionState;
 use promhub_core::frames::{Group, PublishOpts, SubscribeOpts};
 use promhub_core::{Pattern, Topic};
-use serde_json::value::RawValue;
 use tsify::Ts;
 use wasm_bindgen::prelude::*;
 
@@ -179,7 +178,7 @@ impl PromClient {
         let json = json.as_string().ok_or_else(|| {
             bad_request("payload must be a JSON value (not undefined, a function or a symbol)")
         })?;
-        let payload = RawValue::from_string(json)
+        let payload = promhub_core::json_text::payload(&json)
             .map_err(|e| bad_request(format!("payload is not JSON: {e}")))?;
         let opts = match opts {
             Some(opts) => publish_opts(&opts.js_value())?,
