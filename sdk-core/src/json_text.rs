@@ -11,9 +11,10 @@
 //! differs is only what no frame needs:
 //!
 //! - a number with a fraction or exponent (or an integer beyond `u64`/`i64`)
-//!   reaches a visitor as an approximate `f64` (within a few ulps, no
-//!   correctly rounded parsing); frames refuse floats anyway, and payloads
-//!   stay text ([`Payload`]);
+//!   reaches a visitor as an approximate `f64` (from its first 19
+//!   significant digits, not correctly rounded; a value within a few ulps of
+//!   `f64::MAX` may be refused as out of range); frames refuse floats
+//!   anyway, and payloads stay text ([`Payload`]);
 //! - error messages name a float as "floating point number" without its value.
 
 use std::fmt;
@@ -143,6 +144,20 @@ pub struct JsonText<'de> {
     text: &'de str,
     pos: usize,
     depth_left: u8,
+}
+
+/// The start of a value.
+enum Token<'de> {
+    Null,
+    Bool(bool),
+    Unsigned(u64),
+    Signed(i64),
+    Float(f64),
+    Str(Text<'de>),
+    /// `[`, consumed.
+    Array,
+    /// `{`, consumed.
+    Object,
 }
 
 /// A string as read: borrowed from the text when it has no escapes.
@@ -353,18 +368,29 @@ impl<'de> JsonText<'de> {
         let mut exact = integer.iter().try_fold(0u64, |n, &d| {
             n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
         });
-        let mut mantissa = integer
-            .iter()
-            .fold(0.0f64, |n, &d| n * 10.0 + f64::from(d - b'0'));
+        // The approximate value: the first 19 significant digits, scaled.
+        let mut mantissa = 0.0f64;
         let mut exponent = 0i32;
+        let mut significant = 0u32;
+        for &d in integer {
+            if significant < 19 {
+                mantissa = mantissa * 10.0 + f64::from(d - b'0');
+                significant += u32::from(mantissa != 0.0);
+            } else {
+                exponent = exponent.saturating_add(1);
+            }
+        }
         if self.peek() == Some(b'.') {
             self.pos += 1;
             exact = None;
             let from = self.pos;
             while let Some(d @ b'0'..=b'9') = self.peek() {
                 self.pos += 1;
-                mantissa = mantissa * 10.0 + f64::from(d - b'0');
-                exponent = exponent.saturating_sub(1);
+                if significant < 19 {
+                    mantissa = mantissa * 10.0 + f64::from(d - b'0');
+                    significant += u32::from(mantissa != 0.0);
+                    exponent = exponent.saturating_sub(1);
+                }
             }
             if self.pos == from {
                 return Err(self.error("invalid number"));
@@ -518,6 +544,79 @@ impl<'de> JsonText<'de> {
         }
     }
 
+    /// The next value's token; `[` and `{` are consumed, their contents
+    /// are not. Not generic, so that each visitor's `deserialize_any` stays
+    /// a small match.
+    fn token(&mut self) -> Result<Token<'de>, JsonError> {
+        Ok(match self.peek_token() {
+            Some(b'n') => {
+                self.pos += 1;
+                self.literal(b"ull")?;
+                Token::Null
+            }
+            Some(b't') => {
+                self.pos += 1;
+                self.literal(b"rue")?;
+                Token::Bool(true)
+            }
+            Some(b'f') => {
+                self.pos += 1;
+                self.literal(b"alse")?;
+                Token::Bool(false)
+            }
+            Some(b'-') => {
+                self.pos += 1;
+                let (exact, approximate) = self.number()?;
+                // As serde_json: `-0` and negatives beyond `i64` are floats.
+                match exact {
+                    Some(n @ 1..=0x8000_0000_0000_0000) => Token::Signed((n as i64).wrapping_neg()),
+                    _ => Token::Float(-self.finite(approximate)?),
+                }
+            }
+            Some(b'0'..=b'9') => match self.number()? {
+                (Some(n), _) => Token::Unsigned(n),
+                (None, approximate) => Token::Float(self.finite(approximate)?),
+            },
+            Some(b'"') => {
+                self.pos += 1;
+                Token::Str(self.string(true)?)
+            }
+            Some(b'[') => {
+                self.pos += 1;
+                Token::Array
+            }
+            Some(b'{') => {
+                self.pos += 1;
+                Token::Object
+            }
+            Some(_) => return Err(self.error("expected value")),
+            None => return Err(self.error("EOF while parsing a value")),
+        })
+    }
+
+    /// As serde_json, a number read as a value must fit an `f64` (skipped
+    /// ones need not).
+    fn finite(&self, approximate: f64) -> Result<f64, JsonError> {
+        if approximate.is_finite() {
+            Ok(approximate)
+        } else {
+            Err(self.error("number out of range"))
+        }
+    }
+
+    /// The `]` or `}` after a visitor read an array's or object's contents.
+    fn close(&mut self, end: u8) -> Result<(), JsonError> {
+        match self.peek_token() {
+            Some(b) if b == end => {
+                self.pos += 1;
+                Ok(())
+            }
+            Some(_) => Err(self.error("trailing characters")),
+            None if end == b']' => Err(self.error("EOF while parsing a list")),
+            None => Err(self.error("EOF while parsing an object")),
+        }
+    }
+
     fn enter(&mut self) -> Result<(), JsonError> {
         self.depth_left = self
             .depth_left
@@ -535,80 +634,32 @@ impl<'de> de::Deserializer<'de> for &mut JsonText<'de> {
     type Error = JsonError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, JsonError> {
-        let result = match self.peek_token() {
-            Some(b'n') => {
-                self.pos += 1;
-                self.literal(b"ull")?;
-                visitor.visit_unit()
-            }
-            Some(b't') => {
-                self.pos += 1;
-                self.literal(b"rue")?;
-                visitor.visit_bool(true)
-            }
-            Some(b'f') => {
-                self.pos += 1;
-                self.literal(b"alse")?;
-                visitor.visit_bool(false)
-            }
-            Some(b'-') => {
-                self.pos += 1;
-                let (exact, approximate) = self.number()?;
-                // As serde_json: `-0` and negatives beyond `i64` are floats.
-                match exact {
-                    Some(n @ 1..=0x8000_0000_0000_0000) => {
-                        visitor.visit_i64((n as i64).wrapping_neg())
-                    }
-                    _ => visitor.visit_f64(-approximate),
-                }
-            }
-            Some(b'0'..=b'9') => match self.number()? {
-                (Some(n), _) => visitor.visit_u64(n),
-                (None, approximate) => visitor.visit_f64(approximate),
-            },
-            Some(b'"') => {
-                self.pos += 1;
-                match self.string(true)? {
-                    Text::Borrowed(s) => visitor.visit_borrowed_str(s),
-                    Text::Owned(s) => visitor.visit_string(s),
-                }
-            }
-            Some(b'[') => {
-                self.pos += 1;
+        let result = match self.token()? {
+            Token::Null => visitor.visit_unit(),
+            Token::Bool(b) => visitor.visit_bool(b),
+            Token::Unsigned(n) => visitor.visit_u64(n),
+            Token::Signed(n) => visitor.visit_i64(n),
+            Token::Float(n) => visitor.visit_f64(n),
+            Token::Str(Text::Borrowed(s)) => visitor.visit_borrowed_str(s),
+            Token::Str(Text::Owned(s)) => visitor.visit_string(s),
+            Token::Array => {
                 self.enter()?;
                 let value = visitor.visit_seq(Elements {
                     reader: &mut *self,
                     first: true,
-                })?;
+                });
                 self.leave();
-                match self.peek_token() {
-                    Some(b']') => {
-                        self.pos += 1;
-                        Ok(value)
-                    }
-                    Some(_) => Err(self.error("trailing characters")),
-                    None => Err(self.error("EOF while parsing a list")),
-                }
+                value.and_then(|value| self.close(b']').map(|()| value))
             }
-            Some(b'{') => {
-                self.pos += 1;
+            Token::Object => {
                 self.enter()?;
                 let value = visitor.visit_map(Entries {
                     reader: &mut *self,
                     first: true,
-                })?;
+                });
                 self.leave();
-                match self.peek_token() {
-                    Some(b'}') => {
-                        self.pos += 1;
-                        Ok(value)
-                    }
-                    Some(_) => Err(self.error("trailing characters")),
-                    None => Err(self.error("EOF while parsing an object")),
-                }
+                value.and_then(|value| self.close(b'}').map(|()| value))
             }
-            Some(_) => Err(self.error("expected value")),
-            None => Err(self.error("EOF while parsing a value")),
         };
         result.map_err(|error| self.located(error))
     }
@@ -644,32 +695,20 @@ impl<'de> de::Deserializer<'de> for &mut JsonText<'de> {
         _variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, JsonError> {
-        match self.peek_token() {
-            Some(b'"') => {
-                self.pos += 1;
-                match self.string(true)? {
-                    Text::Borrowed(s) => {
-                        visitor.visit_enum(BorrowedStrDeserializer::<JsonError>::new(s))
-                    }
-                    Text::Owned(s) => visitor.visit_enum(StringDeserializer::<JsonError>::new(s)),
-                }
+        match self.token()? {
+            Token::Str(Text::Borrowed(s)) => {
+                visitor.visit_enum(BorrowedStrDeserializer::<JsonError>::new(s))
             }
-            Some(b'{') => {
-                self.pos += 1;
+            Token::Str(Text::Owned(s)) => {
+                visitor.visit_enum(StringDeserializer::<JsonError>::new(s))
+            }
+            Token::Object => {
                 self.enter()?;
-                let value = visitor.visit_enum(Variant { reader: &mut *self })?;
+                let value = visitor.visit_enum(Variant { reader: &mut *self });
                 self.leave();
-                match self.peek_token() {
-                    Some(b'}') => {
-                        self.pos += 1;
-                        Ok(value)
-                    }
-                    Some(_) => Err(self.error("expected `,` or `}`")),
-                    None => Err(self.error("EOF while parsing an object")),
-                }
+                value.and_then(|value| self.close(b'}').map(|()| value))
             }
-            Some(_) => Err(self.error("expected value")),
-            None => Err(self.error("EOF while parsing a value")),
+            _ => Err(self.error("expected value")),
         }
     }
 
