@@ -25,6 +25,10 @@ use serde::forward_to_deserialize_any;
 
 use crate::frames::Payload;
 
+mod write;
+
+pub use write::to_string;
+
 /// How deep arrays and objects may nest in a value read into a type (as in
 /// serde_json): deeper input is an error, not a stack overflow.
 const RECURSION_LIMIT: u8 = 128;
@@ -98,7 +102,7 @@ impl fmt::Display for Described<'_> {
             Unexpected::Signed(n) => write!(f, "integer `{n}`"),
             Unexpected::Float(_) => f.write_str("floating point number"),
             Unexpected::Char(c) => write!(f, "character `{c}`"),
-            Unexpected::Str(s) => write!(f, "string {s:?}"),
+            Unexpected::Str(s) => write!(f, "string {}", Quoted(s)),
             Unexpected::Bytes(_) => f.write_str("byte array"),
             Unexpected::Unit => f.write_str("null"),
             Unexpected::Option => f.write_str("Option value"),
@@ -113,6 +117,54 @@ impl fmt::Display for Described<'_> {
             Unexpected::Other(other) => f.write_str(other),
         }
     }
+}
+
+/// Text in double quotes, `"` `\\` and control characters escaped as in
+/// JSON: for messages that quote input. Unlike `{:?}` it needs no Unicode
+/// tables (which cost the browser SDK ~3 KiB of wasm).
+#[derive(Debug, Clone, Copy)]
+pub struct Quoted<'a>(pub &'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_string(f, self.0)
+    }
+}
+
+/// `text` as a JSON string literal, escaped as serde_json escapes it.
+///
+/// Slices with `get` rather than indexing: the cuts are at ASCII bytes, so
+/// always char boundaries, and indexing would link the panic path of
+/// string slicing, which formats chars with `{:?}` and so brings Unicode
+/// tables into the browser SDK's wasm.
+pub(crate) fn write_string<W: fmt::Write + ?Sized>(out: &mut W, text: &str) -> fmt::Result {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.write_str("\"")?;
+    let mut plain_from = 0;
+    for (at, &byte) in text.as_bytes().iter().enumerate() {
+        let escaped = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\x08' => "\\b",
+            b'\x0c' => "\\f",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.write_str(text.get(plain_from..at).unwrap_or_default())?;
+        if escaped.is_empty() {
+            out.write_str("\\u00")?;
+            out.write_char(char::from(HEX[usize::from(byte >> 4)]))?;
+            out.write_char(char::from(HEX[usize::from(byte & 0xf)]))?;
+        } else {
+            out.write_str(escaped)?;
+        }
+        plain_from = at + 1;
+    }
+    out.write_str(text.get(plain_from..).unwrap_or_default())?;
+    out.write_str("\"")
 }
 
 /// Reads `T` from the whole of `text` (whitespace around it allowed).
@@ -209,6 +261,16 @@ impl<'de> JsonText<'de> {
         error
     }
 
+    /// The text from `start` to the position. Both are at ASCII bytes
+    /// (quotes, backslashes, the ends of values), so the slice exists; `get`
+    /// keeps the panic path of string slicing (and the Unicode tables its
+    /// message needs) out of the browser SDK's wasm.
+    fn slice(&self, start: usize) -> Result<&'de str, JsonError> {
+        self.text
+            .get(start..self.pos)
+            .ok_or_else(|| self.error("not at a character boundary"))
+    }
+
     /// Only whitespace may follow the value.
     pub fn end(&mut self) -> Result<(), JsonError> {
         match self.peek_token() {
@@ -259,7 +321,7 @@ impl<'de> JsonText<'de> {
             };
             match b {
                 b'"' => {
-                    let tail = &self.text[start..self.pos];
+                    let tail = self.slice(start)?;
                     self.pos += 1;
                     return Ok(match owned {
                         None => Text::Borrowed(tail),
@@ -271,7 +333,7 @@ impl<'de> JsonText<'de> {
                 }
                 b'\\' => {
                     let out = owned.get_or_insert_with(String::new);
-                    out.push_str(&self.text[start..self.pos]);
+                    out.push_str(self.slice(start)?);
                     self.pos += 1;
                     self.escape(decode, out)?;
                     start = self.pos;
@@ -683,7 +745,7 @@ impl<'de> de::Deserializer<'de> for &mut JsonText<'de> {
             self.peek_token();
             let start = self.pos;
             self.skip_value()?;
-            let raw = &self.text[start..self.pos];
+            let raw = self.slice(start)?;
             return visitor.visit_map(RawValueEntry { raw: Some(raw) });
         }
         visitor.visit_newtype_struct(self)
@@ -1012,6 +1074,10 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "invalid type: string \"x\", expected u64 at line 1 column 3"
+        );
+        assert_eq!(
+            Quoted("a\"b\\c\nd\u{1}é").to_string(),
+            r#""a\"b\\c\nd\u0001é""#
         );
         let e = from_str::<Vec<u64>>("[1,\n2,]").expect_err("trailing comma");
         assert_eq!(e.to_string(), "trailing comma at line 2 column 2");

@@ -492,7 +492,15 @@ mod tests {
         let ours = decode_with::<JsonTextReader>(text);
         let reference = decode_with::<SerdeJsonReader>(text);
         match (&ours, &reference) {
-            (Ok(a), Ok(b)) => assert_eq!(a, b, "{text}"),
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a, b, "{text}");
+                // And it is written back as serde_json writes it.
+                assert_eq!(
+                    crate::json_text::to_string(a).ok(),
+                    serde_json::to_string(a).ok(),
+                    "{text}"
+                );
+            }
             (Err(a), Err(b)) => {
                 assert_eq!(
                     (a.kind, &a.rid, &a.op),
