@@ -7,15 +7,16 @@
 //! What frames never hold is refused with an error instead of written:
 //! floats, 128-bit integers, and map keys that are not strings.
 
-use std::fmt::Write as _;
-
 use serde::ser::{self, Impossible, Serialize};
 
 use super::{JsonError, RAW_VALUE_TOKEN};
 
 /// `value` as compact JSON text.
 pub fn to_string<T: Serialize + ?Sized>(value: &T) -> Result<String, JsonError> {
-    let mut writer = Writer { out: String::new() };
+    // As serde_json: most frames fit, so most frames allocate once.
+    let mut writer = Writer {
+        out: String::with_capacity(128),
+    };
     value.serialize(&mut writer)?;
     Ok(writer.out)
 }
@@ -43,9 +44,22 @@ impl Writer {
         let _ = super::write_string(&mut self.out, text);
     }
 
-    fn integer(&mut self, n: impl std::fmt::Display) {
-        // Writing to a String cannot fail.
-        let _ = write!(self.out, "{n}");
+    /// The decimal digits of `n`, without `fmt` (it is on every frame's
+    /// path: ids, seqs, timestamps).
+    fn unsigned(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for &digit in &digits[at..] {
+            self.out.push(char::from(digit));
+        }
     }
 }
 
@@ -98,7 +112,10 @@ impl<'a> ser::Serializer for &'a mut Writer {
         self.serialize_i64(v.into())
     }
     fn serialize_i64(self, v: i64) -> Result<(), JsonError> {
-        self.integer(v);
+        if v < 0 {
+            self.out.push('-');
+        }
+        self.unsigned(v.unsigned_abs());
         Ok(())
     }
     fn serialize_u8(self, v: u8) -> Result<(), JsonError> {
@@ -111,7 +128,7 @@ impl<'a> ser::Serializer for &'a mut Writer {
         self.serialize_u64(v.into())
     }
     fn serialize_u64(self, v: u64) -> Result<(), JsonError> {
-        self.integer(v);
+        self.unsigned(v);
         Ok(())
     }
     fn serialize_f32(self, _: f32) -> Result<(), JsonError> {
