@@ -316,10 +316,18 @@ impl<'de> JsonText<'de> {
         let mut start = self.pos;
         let mut owned: Option<String> = None;
         loop {
-            let Some(&b) = bytes.get(self.pos) else {
+            // Most of a frame is string contents: find the next byte that
+            // ends them or needs a look in one tight loop.
+            let rest = bytes.get(self.pos..).unwrap_or_default();
+            let Some(skip) = rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            else {
+                self.pos = bytes.len();
                 return Err(self.error("EOF while parsing a string"));
             };
-            match b {
+            self.pos += skip;
+            match rest[skip] {
                 b'"' => {
                     let tail = self.slice(start)?;
                     self.pos += 1;
@@ -332,19 +340,24 @@ impl<'de> JsonText<'de> {
                     });
                 }
                 b'\\' => {
-                    let out = owned.get_or_insert_with(String::new);
-                    out.push_str(self.slice(start)?);
-                    self.pos += 1;
-                    self.escape(decode, out)?;
+                    if decode {
+                        let out = owned.get_or_insert_with(String::new);
+                        out.push_str(self.slice(start)?);
+                        self.pos += 1;
+                        self.escape(true, out)?;
+                    } else {
+                        // Checked only: nothing is written, nothing allocated.
+                        self.pos += 1;
+                        self.escape(false, &mut String::new())?;
+                    }
                     start = self.pos;
                 }
-                0..=0x1f => {
+                _ => {
                     self.pos += 1;
                     return Err(self.error(
                         "control character (\\u0000-\\u001F) found while parsing a string",
                     ));
                 }
-                _ => self.pos += 1,
             }
         }
     }
@@ -373,7 +386,9 @@ impl<'de> JsonText<'de> {
             }
             _ => return Err(self.error("invalid escape")),
         };
-        out.push(c);
+        if decode {
+            out.push(c);
+        }
         Ok(())
     }
 
