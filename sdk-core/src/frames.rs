@@ -594,12 +594,11 @@ pub enum HubFrame {
 pub fn encode<T: Serialize>(frame: &T) -> String {
     // Frames contain only strings, numbers, maps with string keys and raw
     // JSON that was valid when it was parsed, so serialization cannot fail.
-    serde_json::to_string(frame).unwrap_or_else(|e| {
+    crate::json_text::to_string(frame).unwrap_or_else(|e| {
         // Unreachable in practice; report rather than panic. The message
-        // goes through the string serializer (which cannot fail) so that it
-        // is escaped into valid JSON; no `json!`, whose `Value` would add a
-        // map type and its serializer to the browser SDK's wasm.
-        let msg = serde_json::to_string(&format!("encode failed: {e}"))
+        // goes through the string writer (which cannot fail) so that it is
+        // escaped into valid JSON.
+        let msg = crate::json_text::to_string(&format!("encode failed: {e}"))
             .unwrap_or_else(|_| r#""encode failed""#.to_owned());
         format!(r#"{{"op":"ERR","code":"internal","msg":{msg}}}"#)
     })
@@ -762,7 +761,14 @@ enum HeadOp {
 }
 
 fn decode_head(text: &str) -> Result<(HeadOp, Option<Rid>), DecodeError> {
-    match serde_json::from_str::<ObjectOnly<Head>>(text) {
+    head_from(serde_json::from_str::<ObjectOnly<Head>>(text))
+}
+
+/// `op` and `rid` from a head as read (by serde_json or `json_text`).
+fn head_from<E: fmt::Display>(
+    read: Result<ObjectOnly<Head>, E>,
+) -> Result<(HeadOp, Option<Rid>), DecodeError> {
+    match read {
         Ok(ObjectOnly(head)) => {
             let op = match head.op {
                 None => HeadOp::Missing,
@@ -805,7 +811,7 @@ fn unknown_op(op: HeadOp, rid: Option<Rid>) -> DecodeError {
         HeadOp::Missing => (None, "frame has no op".to_owned()),
         HeadOp::NotAString => (None, "frame's op is not a string".to_owned()),
         HeadOp::Name(op) => {
-            let message = format!("unknown op {op:?}");
+            let message = format!("unknown op {}", crate::json_text::Quoted(&op));
             (Some(op), message)
         }
     };

@@ -1360,7 +1360,7 @@ fn parse_retry_after(reason: &str) -> Option<u64> {
     }
     let reason = reason.trim();
     reason.parse::<u64>().ok().or_else(|| {
-        serde_json::from_str::<RetryAfter>(reason)
+        crate::json_text::from_str::<RetryAfter>(reason)
             .ok()
             .map(|parsed| parsed.retry_after_ms)
     })

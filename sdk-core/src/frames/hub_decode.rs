@@ -20,8 +20,8 @@ use serde::{Deserialize, Deserializer};
 
 use super::{
     DecodeError, DecodeErrorKind, DeliveryCtx, ErrorCode, ErrorFrame, Event, EventDelivery,
-    Expiring, Group, HeadOp, HubFrame, LooseString, Millis, Ping, PubAck, SubAck, UnsubAck,
-    Welcome, decode_head, unknown_op,
+    Expiring, Group, Head, HeadOp, HubFrame, LooseString, Millis, Ping, PubAck, SubAck, UnsubAck,
+    Welcome, head_from, unknown_op,
 };
 use crate::object_only::ObjectOnly;
 use crate::topic::Pattern;
@@ -384,11 +384,26 @@ impl Fields {
     }
 }
 
-fn read_fields(text: &str, op: Option<HubOp>) -> Result<Fields, serde_json::Error> {
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    let fields = FieldsSeed { op }.deserialize(&mut deserializer)?;
-    deserializer.end()?;
-    Ok(fields)
+/// How the frame text is read: `json_text` in production (no float
+/// parsing or formatting in the browser SDK's wasm); serde_json in the
+/// tests, which check both agree.
+trait FrameReader {
+    type Error: fmt::Display;
+    fn fields(text: &str, op: Option<HubOp>) -> Result<Fields, Self::Error>;
+    fn head(text: &str) -> Result<(HeadOp, Option<String>), DecodeError>;
+}
+
+/// [`crate::json_text`].
+struct JsonTextReader;
+
+impl FrameReader for JsonTextReader {
+    type Error = crate::json_text::JsonError;
+    fn fields(text: &str, op: Option<HubOp>) -> Result<Fields, Self::Error> {
+        crate::json_text::from_str_seed(text, FieldsSeed { op })
+    }
+    fn head(text: &str) -> Result<(HeadOp, Option<String>), DecodeError> {
+        head_from(crate::json_text::from_str::<ObjectOnly<Head>>(text))
+    }
 }
 
 fn invalid(op: HubOp, rid: Option<String>, message: impl fmt::Display) -> DecodeError {
@@ -402,7 +417,11 @@ fn invalid(op: HubOp, rid: Option<String>, message: impl fmt::Display) -> Decode
 
 /// [`HubFrame::decode`].
 pub(super) fn decode(text: &str) -> Result<HubFrame, DecodeError> {
-    match read_fields(text, None) {
+    decode_with::<JsonTextReader>(text)
+}
+
+fn decode_with<R: FrameReader>(text: &str) -> Result<HubFrame, DecodeError> {
+    match R::fields(text, None) {
         Ok(mut fields) => {
             let (op, rid) = match fields.op.take() {
                 None => (HeadOp::Missing, fields.rid.take()),
@@ -422,7 +441,7 @@ pub(super) fn decode(text: &str) -> Result<HubFrame, DecodeError> {
             };
             Err(unknown_op(op, rid.and_then(LooseString::into_text)))
         }
-        Err(_) => decode_slowly(text),
+        Err(_) => decode_slowly::<R>(text),
     }
 }
 
@@ -430,8 +449,8 @@ pub(super) fn decode(text: &str) -> Result<HubFrame, DecodeError> {
 /// decode again knowing the op, so that fields of other ops are ignored
 /// wherever they stand and the error names the frame.
 #[cold]
-fn decode_slowly(text: &str) -> Result<HubFrame, DecodeError> {
-    let (head_op, rid) = decode_head(text)?;
+fn decode_slowly<R: FrameReader>(text: &str) -> Result<HubFrame, DecodeError> {
+    let (head_op, rid) = R::head(text)?;
     let op = match &head_op {
         HeadOp::Name(name) => HubOp::parse(name),
         HeadOp::Missing | HeadOp::NotAString => None,
@@ -439,7 +458,7 @@ fn decode_slowly(text: &str) -> Result<HubFrame, DecodeError> {
     let Some(op) = op else {
         return Err(unknown_op(head_op, rid));
     };
-    match read_fields(text, Some(op)) {
+    match R::fields(text, Some(op)) {
         Ok(fields) => fields
             .into_frame(op)
             .map_err(|message| invalid(op, rid, message)),
@@ -450,6 +469,276 @@ fn decode_slowly(text: &str) -> Result<HubFrame, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// serde_json, the reference `json_text` is checked against.
+    struct SerdeJsonReader;
+
+    impl FrameReader for SerdeJsonReader {
+        type Error = serde_json::Error;
+        fn fields(text: &str, op: Option<HubOp>) -> Result<Fields, Self::Error> {
+            let mut deserializer = serde_json::Deserializer::from_str(text);
+            let fields = FieldsSeed { op }.deserialize(&mut deserializer)?;
+            deserializer.end()?;
+            Ok(fields)
+        }
+        fn head(text: &str) -> Result<(HeadOp, Option<String>), DecodeError> {
+            super::super::decode_head(text)
+        }
+    }
+
+    /// Both readers decode `text` to the same frame, or both refuse it the
+    /// same way (messages may differ: floats are not spelled out).
+    fn assert_same_decoding(text: &str) {
+        let ours = decode_with::<JsonTextReader>(text);
+        let reference = decode_with::<SerdeJsonReader>(text);
+        match (&ours, &reference) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a, b, "{text}");
+                // And it is written back as serde_json writes it.
+                assert_eq!(
+                    crate::json_text::to_string(a).ok(),
+                    serde_json::to_string(a).ok(),
+                    "{text}"
+                );
+            }
+            (Err(a), Err(b)) => {
+                assert_eq!(
+                    (a.kind, &a.rid, &a.op),
+                    (b.kind, &b.rid, &b.op),
+                    "{text}\n{a}\n{b}"
+                );
+            }
+            _ => panic!("{text}: json_text {ours:?}, serde_json {reference:?}"),
+        }
+    }
+
+    mod equivalence {
+        use proptest::prelude::*;
+
+        use super::assert_same_decoding;
+
+        const KEYS: &[&str] = &[
+            "op",
+            "rid",
+            "v",
+            "session",
+            "server",
+            "heartbeat_ms",
+            "expires_at",
+            "code",
+            "msg",
+            "retry_after_ms",
+            "id",
+            "seq",
+            "duplicate",
+            "topic",
+            "group",
+            "from_seq",
+            "event",
+            "ctx",
+            "other",
+            r"o\u0070",
+            "",
+        ];
+        const OPS: &[&str] = &[
+            r#""OK""#,
+            r#""ERR""#,
+            r#""PUBACK""#,
+            r#""SUBACK""#,
+            r#""UNSUBACK""#,
+            r#""EVENT""#,
+            r#""PING""#,
+            r#""PONG""#,
+            r#""EXPIRING""#,
+            r#""NOPE""#,
+            r#""EV\u0045NT""#,
+            "1",
+            "null",
+        ];
+        /// Values of every JSON kind, valid and not, with the edge cases
+        /// of both readers: escapes, surrogates, number forms, overflow.
+        const VALUES: &[&str] = &[
+            r#""a""#,
+            r#""""#,
+            r#""a/b.c""#,
+            r#""s\u00e9""#,
+            r#""\ud83d\ude00""#,
+            r#""\ud800""#,
+            r#""\udc00""#,
+            r#""\ud800\u0041""#,
+            r#""\ud800x""#,
+            r#""\x""#,
+            "\"a\u{1}b\"",
+            r#""a\"b\\c\/\b\f\n\r\t""#,
+            r#""é☃""#,
+            r#""unterminated"#,
+            r#""forbidden""#,
+            r#""bad_request""#,
+            r#""zzz""#,
+            "0",
+            "1",
+            "42",
+            "-1",
+            "-0",
+            "01",
+            "1.5",
+            "1.",
+            ".5",
+            "1e3",
+            "1E+2",
+            "1e-2",
+            "1e",
+            "-",
+            "--1",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "4294967296",
+            "true",
+            "false",
+            "null",
+            "nul",
+            "tru",
+            "[]",
+            "[1,2]",
+            "[1,]",
+            "[",
+            "{}",
+            r#"{"a":1}"#,
+            r#"{"a":1,}"#,
+            r#"{"a"}"#,
+            r#"{1:2}"#,
+            r#"{"forbidden":null}"#,
+            r#"{"id":"e1","seq":3,"topic":"a/b","ts":5,"payload":{"x":[1,2.5,"\u0041"]}}"#,
+            r#"{"id":"e1","seq":3,"topic":"a/b","ts":5,"payload":1e400,"key":"k","headers":{"h":"v"},"tags":["t"],"caused_by":[],"sid":"s"}"#,
+            r#"{"id":"e1","seq":3,"topic":"a/b","ts":5}"#,
+            r#"{"id":"e1","seq":3,"topic":"a/b","ts":5,"payload":null,"payload":2}"#,
+            r#"{"id":"e1","seq":-3,"topic":"a/b","ts":5,"payload":[]}"#,
+            r#"{"id":"e1","seq":3,"topic":"a/+","ts":5,"payload":[}"#,
+            r#"{"attempt":1}"#,
+            r#"{"attempt":2,"ack_deadline":9,"snapshot":true}"#,
+            r#"{"attempt":1.0}"#,
+            "[1]",
+        ];
+        const SPACES: &[&str] = &["", " ", "\n", "\t "];
+        const DAMAGE: &[u8] = &[
+            b'"', b'\\', b',', b'}', b'{', b'[', b']', b':', b'0', b'-', b'e', b'.', b'n', 0x01,
+            b' ',
+        ];
+
+        fn frame() -> impl Strategy<Value = String> {
+            let field = (prop::sample::select(KEYS), prop::sample::select(VALUES));
+            (
+                prop::sample::select(OPS),
+                0usize..4,
+                prop::collection::vec(field, 0..7),
+                prop::sample::select(SPACES),
+                any::<bool>(),
+            )
+                .prop_map(|(op, op_at, fields, space, with_op)| {
+                    let mut entries: Vec<String> = fields
+                        .into_iter()
+                        .map(|(key, value)| format!("\"{key}\":{space}{value}"))
+                        .collect();
+                    if with_op {
+                        let at = op_at.min(entries.len());
+                        entries.insert(at, format!("\"op\":{op}"));
+                    }
+                    format!("{space}{{{}}}{space}", entries.join(&format!(",{space}")))
+                })
+        }
+
+        /// A generated frame, damaged: cut short, a byte replaced or
+        /// inserted.
+        fn damaged() -> impl Strategy<Value = String> {
+            (
+                frame(),
+                any::<prop::sample::Index>(),
+                0u8..3,
+                prop::sample::select(DAMAGE),
+            )
+                .prop_map(|(text, at, how, byte)| {
+                    let mut bytes = text.into_bytes();
+                    let at = at.index(bytes.len() + 1);
+                    match how {
+                        0 => bytes.truncate(at),
+                        1 if at < bytes.len() => bytes[at] = byte,
+                        _ => bytes.insert(at, byte),
+                    }
+                    String::from_utf8_lossy(&bytes).into_owned()
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            #[test]
+            fn json_text_decodes_frames_as_serde_json_does(text in frame()) {
+                assert_same_decoding(&text);
+            }
+
+            #[test]
+            fn json_text_refuses_damaged_frames_as_serde_json_does(text in damaged()) {
+                assert_same_decoding(&text);
+            }
+        }
+    }
+
+    #[test]
+    fn json_text_and_serde_json_agree_on_edge_cases() {
+        let event = r#""event":{"id":"e1","seq":3,"topic":"a/b","ts":5,"payload":PAYLOAD},"ctx":{"attempt":1}"#;
+        for payload in [
+            "1",
+            "1.5e-3",
+            "-0",
+            "1e999",
+            r#""\ud800""#,
+            r#"{"a":[{"b":null}]}"#,
+            "[1,]",
+            "01",
+            r#""a\u0001""#,
+            "\"a\u{1}\"",
+        ] {
+            let body = event.replace("PAYLOAD", payload);
+            assert_same_decoding(&format!(r#"{{"op":"EVENT","topic":"a/#",{body}}}"#));
+            assert_same_decoding(&format!(r#"{{"topic":"a/#",{body},"op":"EVENT"}}"#));
+        }
+        // Nesting: payloads are skipped without a limit, values read into
+        // types have serde_json's limit of 128.
+        let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+        assert_same_decoding(&format!(
+            r#"{{"op":"EVENT","topic":"a/#","event":{{"id":"e","seq":1,"topic":"a","ts":1,"payload":{deep}}},"ctx":{{"attempt":1}}}}"#
+        ));
+        for depth in [126, 127, 128, 129, 5000] {
+            let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            assert_same_decoding(&format!(r#"{{"op":"PING","rid":{nested}}}"#));
+            assert_same_decoding(&format!(r#"{{"rid":{nested},"op":"PING"}}"#));
+        }
+        for text in [
+            r#"{"op":"ERR","code":{"forbidden":null},"msg":"m"}"#,
+            r#"{"op":"ERR","code":{"forbidden":1},"msg":"m"}"#,
+            r#"{"op":"ERR","code":"\u0066orbidden","msg":"\ud83d\ude00"}"#,
+            r#"{"op":"PUBACK","rid":"r","id":"e","seq":18446744073709551615}"#,
+            r#"{"op":"PUBACK","rid":"r","id":"e","seq":18446744073709551616}"#,
+            r#"{"op":"OK","v":4294967296,"session":"s","server":"x","heartbeat_ms":1}"#,
+            r#"{"op":"OK","v":1.0,"session":"s","server":"x","heartbeat_ms":1}"#,
+            r#"{"op":1.5,"rid":"r"}"#,
+            r#"{"op":1e400,"rid":"r"}"#,
+            r#"{"op":-1e400,"rid":"r"}"#,
+            r#"{"op":1e-400,"rid":"r"}"#,
+            &format!(r#"{{"op":1{}e-300,"rid":"r"}}"#, "0".repeat(400)),
+            &format!(r#"{{"op":0.{}1,"rid":"r"}}"#, "0".repeat(400)),
+            &format!(r#"{{"op":1{},"rid":"r"}}"#, "0".repeat(400)),
+            r#"{"op":"PING","rid":"r"} x"#,
+            r#"{"op":"PING","rid":"r"}  "#,
+            "",
+            "[]",
+            r#"["PING"]"#,
+        ] {
+            assert_same_decoding(text);
+        }
+    }
 
     #[test]
     fn fields_of_other_ops_are_ignored_wherever_op_stands() {
