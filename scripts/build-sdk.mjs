@@ -1,14 +1,14 @@
 #!/usr/bin/env node
 // Builds the browser SDK into sdk-wasm/pkg/ (the npm package `promhub`):
-// release wasm → wasm-bindgen (web + bundler) → wasm-opt -Oz → package
-// files → `tsc --noEmit` over the declarations and the typed usage file →
-// bundle budget. Installs what is missing (wasm target, the pinned
+// release wasm → wasm-bindgen (web + bundler) → wasm-opt -Oz → esbuild
+// --minify (web glue) → package files → `tsc --noEmit` over the
+// declarations and the typed usage file → bundle budget. Installs what is missing (wasm target, the pinned
 // wasm-bindgen-cli, npm dev dependencies). `npm run build:sdk`; CI runs it.
 //
 // Flags: --pack also writes target/npm/promhub-VERSION.tgz (npm pack);
-// --warn-budget reports a bundle over its ceiling as a warning instead of
-// failing (the page build and the demo use it: an oversized bundle still
-// works). The 80 KiB budget itself is reported, met or not.
+// --warn-budget reports a bundle over its ceiling (the 80 KiB budget) as a
+// warning instead of failing (the page build and the demo use it: an
+// oversized bundle still works).
 import { copyFileSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
@@ -24,16 +24,13 @@ import {
   workspaceVersion,
 } from "./lib.mjs";
 
-/** The budget of the issue: .wasm plus JS glue, gzipped. */
-const BUDGET_BYTES = 80 * 1024;
 /**
- * What the build fails above, until promhub-core fits the budget: on its
- * own (a bare ClientCore driver, no bindings) it already weighs ~70 KiB
- * gzipped, so the SDK cannot meet 80 KiB yet. The ceiling catches any
- * growth of the SDK meanwhile; set it to BUDGET_BYTES once the core is
- * slimmer.
+ * The budget of the issue: .wasm plus JS glue, gzipped. The build fails
+ * above it (~78 KiB today, from 119; sdk-wasm/README.md, "Size").
  */
-const CEILING_BYTES = 124 * 1024;
+const BUDGET_BYTES = 80 * 1024;
+/** What the build fails above: the budget itself, now that it is met. */
+const CEILING_BYTES = BUDGET_BYTES;
 const NAME = "promhub";
 const SDK = join(ROOT, "sdk-wasm");
 const PKG = join(SDK, "pkg");
@@ -68,6 +65,13 @@ function main() {
     step(`wasm-opt -Oz (${target})`);
     const wasm = join(out, `${NAME}_bg.wasm`);
     run(npmBin("wasm-opt"), ["-Oz", "--strip-debug", "--strip-producers", wasm, "-o", wasm]);
+  }
+  // The web target is what a page loads as it is (bundlers minify the
+  // bundler target themselves); the declarations keep the documentation.
+  step("esbuild --minify (web glue and runtime)");
+  minify(join(PKG, "web", `${NAME}.js`), `/* @ts-self-types="./${NAME}.d.ts" */\n`);
+  for (const path of filesUnder(join(PKG, "web", "snippets")).filter((p) => p.endsWith(".js"))) {
+    minify(path, "");
   }
 
   step("package files");
@@ -130,6 +134,12 @@ export * from "./web/${NAME}.js";
   copyFileSync(join(SDK, "js", "idempotent.js"), join(PKG, "idempotent.js"));
   copyFileSync(join(SDK, "ts", "idempotent.d.ts"), join(PKG, "idempotent.d.ts"));
   copyFileSync(join(SDK, "README.md"), join(PKG, "README.md"));
+}
+
+/** Minifies an ES module in place (imports and exports keep their names). */
+function minify(path, header) {
+  run(npmBin("esbuild"), [path, "--minify", "--format=esm", "--log-level=warning", `--outfile=${path}`, "--allow-overwrite"]);
+  if (header) writeFileSync(path, header + readFileSync(path, "utf8"));
 }
 
 /** Every file of a folder, recursively. */

@@ -6,6 +6,7 @@
 //
 //   npm run test:browser            SDK tests (sdk-wasm/tests/browser)
 //   npm run test:page               the process.state page end to end
+//   npm run test:ops                the hub's /ops dashboard end to end
 //   node scripts/test-browser.mjs FILE...
 //
 // Set PROMHUB_BIN / PROMHUB_AGENT_BIN to use other hub / process-agent
@@ -32,10 +33,12 @@ function main() {
       step("cargo build -p promhub --example process-agent (debug)");
       run("cargo", ["build", "--locked", "-p", "promhub", "--example", "process-agent"]);
     }
+    // The hub's own pages (hub/tests/…, e.g. /ops) need only the hub.
+    const hubOnly = files.length > 0 && files.every((file) => file.startsWith("hub/"));
     if (page) {
       step("build the www page");
       run(process.execPath, [join(ROOT, "scripts", "build-www.mjs")]);
-    } else {
+    } else if (!hubOnly) {
       step("build the SDK package");
       run(process.execPath, [join(ROOT, "scripts", "build-sdk.mjs"), "--warn-budget"]);
     }

@@ -45,6 +45,9 @@ npm run test:browser
 step "process.state page end to end (hub + process-agent + page)"
 npm run test:page
 
+step "ops dashboard end to end (hub /ops in headless Chromium)"
+npm run test:ops
+
 if [[ "${FUZZ_SECONDS:-0}" != "0" ]]; then
   step "fuzz (${FUZZ_SECONDS}s per target)"
   scripts/fuzz.sh

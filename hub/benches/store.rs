@@ -115,6 +115,16 @@ impl Store for Counting {
     async fn count_after(&self, after: u64) -> Result<u64, StoreError> {
         self.inner.count_after(after).await
     }
+    async fn count_matching_after(&self, pattern: &Pattern, after: u64) -> Result<u64, StoreError> {
+        self.inner.count_matching_after(pattern, after).await
+    }
+    async fn first_matching_after(
+        &self,
+        pattern: &Pattern,
+        after: u64,
+    ) -> Result<Option<Event>, StoreError> {
+        self.inner.first_matching_after(pattern, after).await
+    }
     async fn close(&self) -> Result<(), StoreError> {
         self.inner.close().await
     }

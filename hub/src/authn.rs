@@ -68,6 +68,7 @@ impl Authenticator for DevAuthenticator {
             policy: Arc::clone(&self.policy),
             expires_at: None,
             subject: None,
+            publish_limit: None,
         })
     }
 

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use promhub_core::Policy;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::AuthConfig;
+use crate::auth::{AuthConfig, Secret};
+use crate::limits::RateLimit;
 
 /// Everything the hub can be told. `HubConfig::default()` is a working
 /// development setup: listen on 127.0.0.1:8090, data in `./data`, every
@@ -26,6 +27,8 @@ pub struct HubConfig {
     /// Where events and group state live: `embedded` (SQLite in `data`) or
     /// a MongoDB URI naming the database, `mongodb://HOST:PORT/DB`.
     pub store: String,
+    /// How the embedded store makes commits durable (ignored by MongoDB).
+    pub sync: SyncPolicy,
     /// HTTP path of the WebSocket endpoint.
     pub ws_path: String,
     /// Largest text frame the protocol accepts; larger ones get
@@ -73,6 +76,101 @@ pub struct HubConfig {
     /// Publishes of one connection waiting for their commit; more wait for
     /// room (back-pressure on a client that does not wait for PUBACKs).
     pub max_pending_publishes: usize,
+    /// MongoDB outbox collections the hub drains into its own log (TOML
+    /// `[[outbox]]`, CLI `--drain-outbox`): applications in any language
+    /// then only insert outbox documents in their transactions.
+    pub outbox: Vec<OutboxDrainConfig>,
+    /// Publish quotas (TOML table `[limits]`); off by default.
+    pub limits: LimitsConfig,
+    /// Static bearer token of the ops API (`/ops`, `/metrics`, `/lag`, ...)
+    /// besides JWTs with scope `admin`. `None`: only such JWTs, so a hub
+    /// in development mode has no way into the ops API at all.
+    pub admin_token: Option<Secret>,
+}
+
+/// One outbox collection the hub drains.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxDrainConfig {
+    /// `mongodb://HOST[:PORT]/DB/COLLECTION[?OPTIONS]`.
+    pub uri: String,
+    #[serde(default = "OutboxDrainConfig::default_batch_size")]
+    pub batch_size: usize,
+    /// Publish attempts before a record is `dead`.
+    #[serde(default = "OutboxDrainConfig::default_max_attempts")]
+    pub max_attempts: u32,
+    /// Sent records are deleted this long after being sent.
+    #[serde(default = "OutboxDrainConfig::default_retention_secs")]
+    pub retention_secs: u64,
+}
+
+/// Where an outbox collection is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxLocation {
+    /// The connection string with the database (without the collection).
+    pub client_uri: String,
+    pub database: String,
+    pub collection: String,
+}
+
+impl OutboxDrainConfig {
+    pub fn new(uri: impl Into<String>) -> Self {
+        OutboxDrainConfig {
+            uri: uri.into(),
+            batch_size: Self::default_batch_size(),
+            max_attempts: Self::default_max_attempts(),
+            retention_secs: Self::default_retention_secs(),
+        }
+    }
+
+    fn default_batch_size() -> usize {
+        100
+    }
+
+    fn default_max_attempts() -> u32 {
+        10
+    }
+
+    fn default_retention_secs() -> u64 {
+        24 * 3600
+    }
+
+    /// Splits `mongodb://HOST/DB/COLLECTION?OPTIONS` into the client URI
+    /// (`mongodb://HOST/DB?OPTIONS`), the database and the collection.
+    pub fn location(&self) -> Result<OutboxLocation, String> {
+        let bad = |why: &str| {
+            format!(
+                "outbox {:?}: {why}; expected mongodb://HOST[:PORT]/DB/COLLECTION[?OPTIONS]",
+                self.uri
+            )
+        };
+        let (scheme, rest) = self
+            .uri
+            .split_once("://")
+            .filter(|(scheme, _)| *scheme == "mongodb" || *scheme == "mongodb+srv")
+            .ok_or_else(|| bad("not a mongodb:// URI"))?;
+        let (address, query) = match rest.split_once('?') {
+            Some((address, query)) => (address, Some(query)),
+            None => (rest, None),
+        };
+        let mut parts = address.splitn(3, '/');
+        let hosts = parts.next().filter(|h| !h.is_empty());
+        let database = parts.next().filter(|d| !d.is_empty());
+        let collection = parts.next().filter(|c| !c.is_empty() && !c.contains('/'));
+        let (Some(hosts), Some(database), Some(collection)) = (hosts, database, collection) else {
+            return Err(bad("it must name a host, a database and a collection"));
+        };
+        let mut client_uri = format!("{scheme}://{hosts}/{database}");
+        if let Some(query) = query {
+            client_uri.push('?');
+            client_uri.push_str(query);
+        }
+        Ok(OutboxLocation {
+            client_uri,
+            database: database.to_owned(),
+            collection: collection.to_owned(),
+        })
+    }
 }
 
 impl Default for HubConfig {
@@ -81,6 +179,7 @@ impl Default for HubConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             data: PathBuf::from("./data"),
             store: EMBEDDED_STORE.to_owned(),
+            sync: SyncPolicy::default(),
             ws_path: "/ws".to_owned(),
             max_frame_bytes: promhub_core::frames::DEFAULT_MAX_FRAME_BYTES,
             heartbeat_ms: 15_000,
@@ -97,6 +196,9 @@ impl Default for HubConfig {
             expiring_notice_ms: 30_000,
             max_subscriptions_per_connection: 1024,
             max_pending_publishes: 4096,
+            outbox: Vec::new(),
+            limits: LimitsConfig::default(),
+            admin_token: None,
         }
     }
 }
@@ -139,6 +241,15 @@ impl HubConfig {
     /// Checks values that would make the hub misbehave.
     pub fn validate(&self) -> Result<(), String> {
         self.store_location()?;
+        for outbox in &self.outbox {
+            outbox.location()?;
+            if outbox.batch_size == 0 || outbox.max_attempts == 0 {
+                return Err(format!(
+                    "outbox {:?}: batch_size and max_attempts must be positive",
+                    outbox.uri
+                ));
+            }
+        }
         if !self.ws_path.starts_with('/') {
             return Err(format!("ws_path {:?} must start with '/'", self.ws_path));
         }
@@ -163,6 +274,14 @@ impl HubConfig {
             return Err(format!("www {} is not a directory", dir.display()));
         }
         self.groups.validate()?;
+        self.limits.validate()?;
+        if let Some(token) = &self.admin_token
+            && token.expose().trim().chars().count() < MIN_ADMIN_TOKEN_CHARS
+        {
+            return Err(format!(
+                "admin_token (--admin-token) must be at least {MIN_ADMIN_TOKEN_CHARS} characters"
+            ));
+        }
         if self.auth.is_dev_mode() {
             self.dev_policy()
                 .map_err(|e| format!("dev_scopes is invalid: {e}"))?;
@@ -183,6 +302,102 @@ impl HubConfig {
     }
 }
 
+/// Publish quotas (token buckets, see `limits.rs`). Every quota is off by
+/// default: a hub that limits nobody unless told to. A token's `rate`
+/// claim replaces the per-connection quota for its connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// PUBLISHes per second one connection may send; `None`: unlimited.
+    pub publish_rate: Option<f64>,
+    /// Saved-up publishes a connection may send at once [default: one
+    /// second's worth of `publish_rate`].
+    pub publish_burst: Option<u32>,
+    /// PUBLISHes per second to one topic, all connections together;
+    /// `None`: unlimited.
+    pub topic_publish_rate: Option<f64>,
+    /// Burst of the per-topic quota [default: one second's worth].
+    pub topic_publish_burst: Option<u32>,
+    /// Refusals (`rate_limited`) a connection may collect within
+    /// `rate_limited_window_ms` before it is closed with 4029. Generous:
+    /// a client that pipelines W publishes gets up to W refusals per
+    /// `retry_after_ms` even when it honours them (the SDKs space their
+    /// retries); one that ignores them at full speed passes 1000 within a
+    /// fraction of a second.
+    pub max_rate_limited: u32,
+    pub rate_limited_window_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            publish_rate: None,
+            publish_burst: None,
+            topic_publish_rate: None,
+            topic_publish_burst: None,
+            max_rate_limited: 1000,
+            rate_limited_window_ms: 10_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The per-connection quota, if any.
+    pub fn publish_limit(&self) -> Option<RateLimit> {
+        quota(self.publish_rate, self.publish_burst)
+    }
+
+    /// The per-topic quota, if any.
+    pub fn topic_publish_limit(&self) -> Option<RateLimit> {
+        quota(self.topic_publish_rate, self.topic_publish_burst)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.publish_rate.is_none() && self.publish_burst.is_some() {
+            return Err("limits.publish_burst needs limits.publish_rate".to_owned());
+        }
+        if self.topic_publish_rate.is_none() && self.topic_publish_burst.is_some() {
+            return Err("limits.topic_publish_burst needs limits.topic_publish_rate".to_owned());
+        }
+        if let Some(limit) = self.publish_limit() {
+            limit.validate("limits.publish_rate / publish_burst")?;
+        }
+        if let Some(limit) = self.topic_publish_limit() {
+            limit.validate("limits.topic_publish_rate / topic_publish_burst")?;
+        }
+        if self.max_rate_limited == 0 || self.rate_limited_window_ms == 0 {
+            return Err(
+                "limits.max_rate_limited and limits.rate_limited_window_ms must be positive"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn quota(rate: Option<f64>, burst: Option<u32>) -> Option<RateLimit> {
+    rate.map(|per_sec| RateLimit {
+        per_sec,
+        burst: burst.unwrap_or_else(|| crate::limits::default_burst(per_sec)),
+    })
+}
+
+/// The embedded store's fsync policy. Both make a commit durable before its
+/// PUBACK; they differ in who waits for the fsync.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    /// The WAL is synced on a separate thread while the writer applies the
+    /// next batch (`synchronous=NORMAL` plus the hub's own fsync).
+    #[default]
+    Pipelined,
+    /// `synchronous=FULL`: the writer waits for every sync itself.
+    Full,
+}
+/// Shortest static admin token accepted (a guessable one would open the ops
+/// API).
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
 /// `store` value selecting the embedded SQLite store in `data`.
 pub const EMBEDDED_STORE: &str = "embedded";
 
@@ -202,6 +417,13 @@ pub struct GroupDefaults {
     pub ack_timeout_ms: u64,
     pub max_deliver: u32,
     pub max_inflight: u32,
+    /// Bytes of unacknowledged group deliveries one connection may hold,
+    /// all its group subscriptions together (the per-connection outbound
+    /// bound for groups, next to `max_inflight` per subscription): past it
+    /// its groups wait for ACKs, i.e. a slow consumer makes its groups lag
+    /// and nothing is dropped. A subscription with nothing in flight always
+    /// gets one delivery, however large, so none can stall.
+    pub max_inflight_bytes: usize,
     /// Redelivery delay after a NACK without `delay_ms`:
     /// `nack_backoff_base_ms * 2^(attempt-1)`, capped at `nack_backoff_max_ms`.
     pub nack_backoff_base_ms: u64,
@@ -222,6 +444,7 @@ impl Default for GroupDefaults {
             ack_timeout_ms: 30_000,
             max_deliver: 5,
             max_inflight: 100,
+            max_inflight_bytes: 8 * 1024 * 1024,
             nack_backoff_base_ms: 200,
             nack_backoff_max_ms: 60_000,
             window: 10_000,
@@ -251,6 +474,9 @@ impl GroupDefaults {
             return Err(format!(
                 "groups.max_inflight must be within 1..={MAX_INFLIGHT_LIMIT}"
             ));
+        }
+        if self.max_inflight_bytes == 0 {
+            return Err("groups.max_inflight_bytes must be positive".to_owned());
         }
         if self.window < self.max_inflight as usize {
             return Err("groups.window must be at least groups.max_inflight".to_owned());
@@ -322,10 +548,41 @@ mod tests {
         assert!(err.contains("development mode"), "{err}");
 
         let mut short = parsed;
-        short.auth.jwt_secret = Some(crate::auth::Secret::new("short"));
+        short.auth.jwt_secret = Some(Secret::new("short"));
         let err = short.validate().unwrap_err();
         assert!(err.contains("at least 32"), "{err}");
         assert!(!err.contains("short"), "{err}");
+    }
+
+    #[test]
+    fn outbox_uris_name_a_database_and_a_collection() {
+        let parsed: HubConfig = toml::from_str(
+            "[[outbox]]\nuri = \"mongodb://db:27017/shop/outbox?replicaSet=rs0\"\nbatch_size = 7\n",
+        )
+        .unwrap();
+        assert_eq!(parsed.outbox[0].batch_size, 7);
+        assert_eq!(parsed.outbox[0].max_attempts, 10);
+        assert_eq!(
+            parsed.outbox[0].location(),
+            Ok(OutboxLocation {
+                client_uri: "mongodb://db:27017/shop?replicaSet=rs0".into(),
+                database: "shop".into(),
+                collection: "outbox".into(),
+            })
+        );
+        for bad in [
+            "mongodb://db/shop",
+            "mongodb://db//x",
+            "http://db/a/b",
+            "mongodb:///a/b",
+        ] {
+            let config = HubConfig {
+                outbox: vec![OutboxDrainConfig::new(bad)],
+                ..HubConfig::default()
+            };
+            let err = config.validate().unwrap_err();
+            assert!(err.contains("DB/COLLECTION"), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -351,6 +608,45 @@ mod tests {
             let err = with_store(bad).validate().unwrap_err();
             assert!(err.contains("mongodb://"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn limits_are_off_by_default_and_checked() {
+        let config = HubConfig::default();
+        assert_eq!(config.limits.publish_limit(), None);
+        assert_eq!(config.limits.topic_publish_limit(), None);
+        let parsed: HubConfig = toml::from_str(
+            "[limits]\npublish_rate = 2.5\ntopic_publish_rate = 100\ntopic_publish_burst = 7\n",
+        )
+        .unwrap();
+        parsed.validate().unwrap();
+        assert_eq!(
+            parsed.limits.publish_limit(),
+            Some(RateLimit {
+                per_sec: 2.5,
+                burst: 3
+            })
+        );
+        assert_eq!(parsed.limits.topic_publish_limit().unwrap().burst, 7);
+        for bad in [
+            "[limits]\npublish_rate = 0",
+            "[limits]\npublish_rate = -1",
+            "[limits]\npublish_burst = 5",
+            "[limits]\ntopic_publish_rate = 1\ntopic_publish_burst = 0",
+            "[limits]\nmax_rate_limited = 0",
+        ] {
+            let parsed: HubConfig = toml::from_str(bad).unwrap();
+            assert!(parsed.validate().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<HubConfig>("[limits]\npublish_per_sec = 1").is_err());
+    }
+
+    #[test]
+    fn sync_policy_is_pipelined_unless_told_full() {
+        assert_eq!(HubConfig::default().sync, SyncPolicy::Pipelined);
+        let full: HubConfig = toml::from_str("sync = \"full\"").unwrap();
+        assert_eq!(full.sync, SyncPolicy::Full);
+        assert!(toml::from_str::<HubConfig>("sync = \"never\"").is_err());
     }
 
     #[test]

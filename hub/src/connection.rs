@@ -1,5 +1,5 @@
 //! One WebSocket connection: a reader that decodes and answers client
-//! frames, and a writer task that drains the connection's [`Outbox`] and
+//! frames, and a writer task that drains the connection's [`SendQueue`] and
 //! flushes once per drain.
 //!
 //! Every frame is checked here — decoding, size, AUTH first, ACL — so the
@@ -11,7 +11,7 @@ use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -28,7 +28,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::authn::Authenticator;
 use crate::broker::{BrokerHandle, Command, ConnId, MemberOpts, SubscribeRequest};
 use crate::config::{HubConfig, MAX_ACK_TIMEOUT_MS, MAX_DELIVER_LIMIT, MAX_INFLIGHT_LIMIT};
-use crate::outbox::{CloseReason, Drained, Outbox, OutboxLimits};
+use crate::limits::{COUNTERS, RateLimit, Strikes, TokenBucket, TopicBuckets, retry_after_ms};
+use crate::metrics::{Metrics, encoded_op};
+use crate::send_queue::{CloseReason, Drained, SendQueue, SendQueueLimits};
 use crate::store::writer::StoreWriter;
 use crate::store::{Appended, GroupKey, NewEvent, StoreError};
 
@@ -49,11 +51,14 @@ pub(crate) struct Shared {
     pub broker: BrokerHandle,
     pub shutdown: watch::Receiver<bool>,
     pub next_conn_id: AtomicU64,
+    /// The per-topic publish quota, when configured.
+    pub topic_quota: Option<TopicBuckets>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
-    fn outbox_limits(&self) -> OutboxLimits {
-        OutboxLimits {
+    fn outbox_limits(&self) -> SendQueueLimits {
+        SendQueueLimits {
             live_frames: self.config.ephemeral_buffer_frames,
             live_bytes: self.config.ephemeral_buffer_bytes,
         }
@@ -87,7 +92,7 @@ enum ExpiryStep {
 struct Connection {
     id: ConnId,
     shared: Arc<Shared>,
-    outbox: Arc<Outbox>,
+    send_queue: Arc<SendQueue>,
     session: Option<Session>,
     /// (pattern, group) of each subscription, to bound them and to skip the
     /// broker for answers on connections without groups.
@@ -101,18 +106,36 @@ struct Connection {
     expiry: Option<(Instant, ExpiryStep)>,
     /// When the heartbeat first saw the connection closing.
     closing_seen: Option<Instant>,
+    /// This connection's publish quota (configured, or the token's `rate`
+    /// claim); `None`: unlimited.
+    publish_quota: Option<TokenBucket>,
+    /// Recent `rate_limited` refusals; too many close with 4029.
+    rate_strikes: Strikes,
+    /// Unacknowledged group-delivery bytes, shared by all this
+    /// connection's group subscriptions (the broker counts them).
+    group_bytes: Arc<AtomicUsize>,
 }
 
 /// Serves one upgraded WebSocket until it closes.
 pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let outbox = Arc::new(Outbox::new(shared.outbox_limits()));
+    let send_queue = Arc::new(SendQueue::new(shared.outbox_limits()));
+    let rate_strikes = Strikes::new(
+        shared.config.limits.max_rate_limited,
+        Duration::from_millis(shared.config.limits.rate_limited_window_ms),
+    );
     let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_loop(sink, Arc::clone(&outbox)));
+    shared.metrics.connections_total.inc();
+    shared.metrics.connections_open.inc();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        Arc::clone(&send_queue),
+        Arc::clone(&shared.metrics),
+    ));
     let mut connection = Connection {
         id,
         shared,
-        outbox,
+        send_queue,
         session: None,
         subscriptions: HashSet::new(),
         registered: false,
@@ -121,6 +144,9 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
         last_inbound: Instant::now(),
         expiry: None,
         closing_seen: None,
+        publish_quota: None,
+        rate_strikes,
+        group_bytes: Arc::default(),
     };
     tracing::debug!(conn = id, "connection opened");
     connection.read_loop(stream, writer).await;
@@ -131,24 +157,32 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
             .send(Command::Disconnected { conn: id })
             .await;
     }
+    connection.shared.metrics.connections_open.dec();
     tracing::debug!(conn = id, "connection closed");
 }
 
-/// Sends what the outbox holds, one flush per drain; ends after sending a
+/// Sends what the send queue holds, one flush per drain; ends after sending a
 /// close frame or on a socket error.
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>) {
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    send_queue: Arc<SendQueue>,
+    metrics: Arc<Metrics>,
+) {
     let mut batch = Vec::new();
     loop {
-        match outbox.drain(&mut batch).await {
+        match send_queue.drain(&mut batch).await {
             Drained::Frames => {
                 for message in batch.drain(..) {
+                    if let Message::Text(text) = &message {
+                        metrics.frames_out.inc(encoded_op(text));
+                    }
                     if sink.feed(message).await.is_err() {
-                        outbox.close(CloseReason::new(close::NORMAL, "socket error"));
+                        send_queue.close(CloseReason::new(close::NORMAL, "socket error"));
                         return;
                     }
                 }
                 if sink.flush().await.is_err() {
-                    outbox.close(CloseReason::new(close::NORMAL, "socket error"));
+                    send_queue.close(CloseReason::new(close::NORMAL, "socket error"));
                     return;
                 }
                 // Do not keep a burst's worth of capacity for an idle
@@ -214,7 +248,7 @@ impl Connection {
                 message = stream.next() => match message {
                     Some(Ok(message)) => {
                         self.last_inbound = Instant::now();
-                        if !self.outbox.is_closing() {
+                        if !self.send_queue.is_closing() {
                             self.on_message(message).await;
                         }
                     }
@@ -240,7 +274,7 @@ impl Connection {
     }
 
     fn heartbeat(&mut self, interval: Duration) -> Liveness {
-        if self.outbox.is_closing() {
+        if self.send_queue.is_closing() {
             // The close frame could not be written for a whole interval (a
             // peer that reads nothing fills the socket): stop waiting.
             return match self.closing_seen {
@@ -261,17 +295,18 @@ impl Connection {
         } else if silent >= interval {
             // A WebSocket ping: every client library answers it, including
             // ones that know nothing about protocol-level PING.
-            self.outbox.push_message(Message::Ping(Default::default()));
+            self.send_queue
+                .push_message(Message::Ping(Default::default()));
         }
         Liveness::Alive
     }
 
     fn close(&self, code: u16, reason: &str) {
-        self.outbox.close(CloseReason::new(code, reason));
+        self.send_queue.close(CloseReason::new(code, reason));
     }
 
     fn send(&self, frame: HubFrame) {
-        self.outbox.push(frames::encode(&frame));
+        self.send_queue.push(frames::encode(&frame));
     }
 
     fn send_error(&self, code: ErrorCode, msg: impl Into<String>, rid: Option<Rid>) {
@@ -305,8 +340,8 @@ impl Connection {
         // A client that sends requests without reading the answers waits
         // here instead of growing its queue.
         let limit = self.config().ephemeral_buffer_bytes * 2;
-        if self.outbox.queued_bytes() >= limit {
-            self.outbox.wait_below(limit).await;
+        if self.send_queue.queued_bytes() >= limit {
+            self.send_queue.wait_below(limit).await;
         }
         match message {
             Message::Text(text) => {
@@ -322,8 +357,12 @@ impl Connection {
                     return;
                 }
                 match ClientFrame::decode(&text) {
-                    Ok(frame) => self.on_frame(frame).await,
+                    Ok(frame) => {
+                        self.shared.metrics.frames_in.inc(frame.op());
+                        self.on_frame(frame).await;
+                    }
                     Err(e) => {
+                        self.shared.metrics.frames_in.inc("invalid");
                         let answer = e.to_error_frame();
                         self.bad_frame(answer.code, answer.msg, answer.rid);
                     }
@@ -479,6 +518,11 @@ impl Connection {
                     }
                 }
                 self.expiry = granted.expires_at.map(|exp| self.expiry_timer(exp, now));
+                self.set_publish_quota(
+                    granted
+                        .publish_limit
+                        .or_else(|| self.config().limits.publish_limit()),
+                );
                 self.session = Some(Session {
                     id: session_id.clone(),
                     policy: granted.policy,
@@ -509,6 +553,60 @@ impl Connection {
                 self.close(close::AUTH_FAILED, reason);
             }
         }
+    }
+
+    /// A re-AUTH with the same quota keeps the bucket (sending AUTH again
+    /// must not refill it); a different quota starts a new one.
+    fn set_publish_quota(&mut self, limit: Option<RateLimit>) {
+        if self.publish_quota.as_ref().map(TokenBucket::limit) != limit {
+            self.publish_quota =
+                limit.map(|limit| TokenBucket::new(limit, std::time::Instant::now()));
+        }
+    }
+
+    /// Takes a publish token from the connection's and the topic's quota;
+    /// refuses with `rate_limited` and `retry_after_ms` when either is
+    /// empty, and closes with 4029 a connection that keeps publishing
+    /// while refused.
+    fn admit_publish(&mut self, topic: &str, rid: Option<&Rid>) -> bool {
+        let now = std::time::Instant::now();
+        let admitted = match &self.shared.topic_quota {
+            Some(topics) => topics.try_take(topic, self.publish_quota.as_mut(), now),
+            None => self
+                .publish_quota
+                .as_mut()
+                .map_or(Ok(()), |bucket| bucket.try_take(now)),
+        };
+        let Err(wait) = admitted else {
+            return true;
+        };
+        COUNTERS.rate_limited();
+        let retry_after = retry_after_ms(wait);
+        let mut refusal = ErrorFrame::new(
+            ErrorCode::RateLimited,
+            format!("publish quota exceeded; retry after {retry_after} ms"),
+            rid.cloned(),
+        );
+        refusal.retry_after_ms = Some(retry_after);
+        self.send(HubFrame::Err(refusal));
+        if self.rate_strikes.record(now) {
+            // Come back once the quota has refilled: what waiting would
+            // have given, so reconnecting at once gains nothing.
+            let refill = self
+                .publish_quota
+                .as_mut()
+                .map_or(wait, |bucket| bucket.until_full(now).max(wait));
+            tracing::info!(
+                conn = self.id,
+                "closing a connection that keeps publishing while rate limited"
+            );
+            COUNTERS.rate_limit_close();
+            self.close(
+                close::RATE_LIMITED,
+                &format!(r#"{{"retry_after_ms":{}}}"#, retry_after_ms(refill)),
+            );
+        }
+        false
     }
 
     fn leeway_ms(&self) -> u64 {
@@ -592,6 +690,9 @@ impl Connection {
                 return;
             }
         };
+        if !self.admit_publish(event.topic.as_str(), rid.as_ref()) {
+            return;
+        }
         // Bound the commits one connection waits for.
         while self.publishes.len() >= self.config().max_pending_publishes {
             if let Some((rid, result)) = self.publishes.next().await {
@@ -660,6 +761,7 @@ impl Connection {
             max_inflight: opts.max_inflight.unwrap_or(defaults.max_inflight),
             ack_timeout_ms: opts.ack_timeout_ms.unwrap_or(defaults.ack_timeout_ms),
             max_deliver: opts.max_deliver.unwrap_or(defaults.max_deliver),
+            max_inflight_bytes: defaults.max_inflight_bytes,
         };
         let problem = if !(1..=MAX_INFLIGHT_LIMIT).contains(&member.max_inflight) {
             Some(format!(
@@ -706,11 +808,12 @@ impl Connection {
         let (registered, is_registered) = tokio::sync::oneshot::channel();
         let request = SubscribeRequest {
             conn: self.id,
-            outbox: Arc::clone(&self.outbox),
+            send_queue: Arc::clone(&self.send_queue),
             policy,
             pattern: topic,
             group,
             opts: member,
+            group_bytes: Arc::clone(&self.group_bytes),
             from: opts.from.unwrap_or(StartFrom::Latest),
             snapshot: opts.snapshot.unwrap_or(false),
             rid,
@@ -735,12 +838,12 @@ impl Connection {
             return;
         }
         let conn = self.id;
-        let outbox = Arc::clone(&self.outbox);
+        let send_queue = Arc::clone(&self.send_queue);
         self.shared
             .broker
             .send(Command::Unsubscribe {
                 conn,
-                outbox,
+                send_queue,
                 pattern: topic,
                 group,
                 rid,

@@ -10,4 +10,10 @@ pub enum HubError {
     Store(#[from] StoreError),
     #[error("network: {0}")]
     Io(#[from] std::io::Error),
+    #[error("outbox {uri}: {source}")]
+    Outbox {
+        uri: String,
+        #[source]
+        source: promhub::outbox::OutboxError,
+    },
 }

@@ -10,14 +10,21 @@ mod clock;
 pub mod config;
 mod connection;
 pub mod error;
-mod outbox;
+pub mod limits;
+pub mod metrics;
+mod ops;
+mod outbox_drain;
 pub mod replay;
+mod send_queue;
 mod server;
 pub mod store;
 
 pub use auth::{AuthConfig, AuthFailure, Authenticated, Verifier};
 pub use authn::{Authenticator, DevAuthenticator};
-pub use config::{GroupDefaults, HubConfig, StoreLocation};
+pub use config::{
+    GroupDefaults, HubConfig, LimitsConfig, OutboxDrainConfig, StoreLocation, SyncPolicy,
+};
 pub use connection::SERVER_NAME;
 pub use error::HubError;
+pub use metrics::{Metrics, OutboxGauges, OutboxSource};
 pub use server::{HubParts, run, run_with};

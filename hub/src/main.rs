@@ -1,10 +1,14 @@
 //! `promhub`: the hub binary.
 //!
-//! `promhub serve [--listen ADDR] [--data DIR] [--store embedded|mongodb://HOST:PORT/DB]
-//! [--config FILE] [--jwt-secret S | --jwks-url URL | --jwks-file PATH] [--dev-scopes S]`;
+//! `promhub serve [--listen ADDR] [--data DIR] [--store embedded|mongodb://HOST:PORT/DB] [--sync pipelined|full]
+//! [--config FILE] [--jwt-secret S | --jwks-url URL | --jwks-file PATH] [--dev-scopes S] [--admin-token T]
+//! [--publish-rate N [--publish-burst B]] [--topic-publish-rate N [--topic-publish-burst B]]`;
 //! every flag can also come from `PROMHUB_*` environment variables, and a
 //! TOML file gives the rest (flags and environment win over the file). The
 //! first line on stdout is `listening on ws://ADDR/PATH`, for scripts.
+//! `--admin-token` opens the ops API (`/ops`, `/metrics`, `/lag`, ...) to
+//! that bearer token besides JWTs with scope `admin`; without a JWT
+//! verifier it is the only way in.
 //!
 //! `promhub token --secret S --scopes "publish:a.* subscribe:b.**"` prints a
 //! development HS256 token (only the token) for a hub run with the same
@@ -16,8 +20,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use promhub_hub::HubConfig;
 use promhub_hub::auth::{AuthArgs, TokenArgs, run_token_command};
+use promhub_hub::{HubConfig, SyncPolicy};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -56,6 +60,9 @@ struct ServeArgs {
     /// [default: embedded]
     #[arg(long, env = "PROMHUB_STORE")]
     store: Option<String>,
+    /// fsync policy of the embedded store [default: pipelined]
+    #[arg(long, env = "PROMHUB_SYNC", value_enum)]
+    sync: Option<SyncPolicy>,
     /// TOML configuration file (any field of the hub configuration)
     #[arg(long, env = "PROMHUB_CONFIG")]
     config: Option<PathBuf>,
@@ -84,6 +91,34 @@ struct ServeArgs {
     /// process.state page) [default: none]
     #[arg(long, env = "PROMHUB_WWW")]
     www: Option<PathBuf>,
+    /// Drain this MongoDB outbox collection into the hub's log,
+    /// mongodb://HOST[:PORT]/DB/COLLECTION (repeatable; adds to the
+    /// config file's [[outbox]] tables)
+    #[arg(long = "drain-outbox", value_name = "URI")]
+    drain_outbox: Vec<String>,
+    /// PUBLISHes per second per connection (token bucket); a token's `rate`
+    /// claim overrides it [default: unlimited]
+    #[arg(long, env = "PROMHUB_PUBLISH_RATE")]
+    publish_rate: Option<f64>,
+    /// Burst of the per-connection quota [default: one second's worth]
+    #[arg(long, env = "PROMHUB_PUBLISH_BURST", requires = "publish_rate")]
+    publish_burst: Option<u32>,
+    /// PUBLISHes per second per topic, all connections together
+    /// [default: unlimited]
+    #[arg(long, env = "PROMHUB_TOPIC_PUBLISH_RATE")]
+    topic_publish_rate: Option<f64>,
+    /// Burst of the per-topic quota [default: one second's worth]
+    #[arg(
+        long,
+        env = "PROMHUB_TOPIC_PUBLISH_BURST",
+        requires = "topic_publish_rate"
+    )]
+    topic_publish_burst: Option<u32>,
+    /// Static admin token for the ops API (/ops, /metrics, /lag, ...; at
+    /// least 16 characters). Without it only JWTs with scope `admin` are
+    /// admitted, so in development mode the ops API is closed [default: none]
+    #[arg(long, env = "PROMHUB_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Token verification; none of these set means development mode.
     #[command(flatten)]
     auth: AuthArgs,
@@ -110,6 +145,9 @@ impl ServeArgs {
         if let Some(store) = self.store {
             config.store = store;
         }
+        if let Some(sync) = self.sync {
+            config.sync = sync;
+        }
         if let Some(scopes) = self.dev_scopes {
             config.dev_scopes = Some(scopes);
         }
@@ -128,8 +166,24 @@ impl ServeArgs {
         if let Some(ms) = self.expiring_notice_ms {
             config.expiring_notice_ms = ms;
         }
+        if let Some(token) = self.admin_token {
+            config.admin_token = Some(promhub_hub::auth::Secret::new(token));
+        }
         if let Some(dir) = self.www {
             config.www = Some(dir);
+        }
+        config.outbox.extend(
+            self.drain_outbox
+                .into_iter()
+                .map(promhub_hub::config::OutboxDrainConfig::new),
+        );
+        if let Some(rate) = self.publish_rate {
+            config.limits.publish_rate = Some(rate);
+            config.limits.publish_burst = self.publish_burst;
+        }
+        if let Some(rate) = self.topic_publish_rate {
+            config.limits.topic_publish_rate = Some(rate);
+            config.limits.topic_publish_burst = self.topic_publish_burst;
         }
         self.auth.apply(&mut config.auth);
         config.validate().map_err(anyhow::Error::msg)?;

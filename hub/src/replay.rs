@@ -61,6 +61,9 @@ pub struct ReplayState {
     pub authenticator: Arc<dyn Authenticator>,
 }
 
+/// The paths of these routes (the WebSocket endpoint may not use them).
+pub(crate) const PATHS: [&str; 3] = ["/events", "/events.ndjson", "/events/import"];
+
 pub fn router(state: ReplayState) -> Router {
     Router::new()
         .route("/events", get(events))

@@ -19,19 +19,23 @@ use tower_http::services::ServeDir;
 use crate::auth::Verifier;
 use crate::authn::{Authenticator, DevAuthenticator};
 use crate::broker::{self, BrokerSetup, HoldLimits};
-use crate::config::{HubConfig, StoreLocation};
+use crate::config::{HubConfig, StoreLocation, SyncPolicy};
 use crate::connection::{self, Shared};
 use crate::error::HubError;
+use crate::limits::TopicBuckets;
+use crate::metrics::Metrics;
+use crate::ops::{self, OpsState};
+use crate::outbox_drain;
 use crate::store::Store;
 use crate::store::mongo::{MongoOptions, MongoStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::writer::StoreWriter;
+use crate::store::writer::{StoreWriter, WriterOptions};
 
 /// WebSocket read buffer per connection: small, because idle connections
 /// are the common case (a frame larger than this is read in several steps).
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Frames are written to the socket once this much is buffered, or on
-/// flush (once per outbox drain).
+/// flush (once per send queue drain).
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Optional parts of a hub; `None` means the default (the store named by
@@ -41,6 +45,9 @@ const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 pub struct HubParts {
     pub store: Option<Arc<dyn Store>>,
     pub authenticator: Option<Arc<dyn Authenticator>>,
+    /// The hub's metrics (e.g. with outbox sources registered, see
+    /// [`Metrics::register_outbox_source`]); `None`: a fresh set.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Runs a hub on `listener` with the default parts until `shutdown`
@@ -61,7 +68,20 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HubError> {
     config.validate().map_err(HubError::Config)?;
+    if ops::PATHS.contains(&config.ws_path.as_str()) {
+        return Err(HubError::Config(format!(
+            "ws_path {:?} is taken by the ops API",
+            config.ws_path
+        )));
+    }
+    if crate::replay::PATHS.contains(&config.ws_path.as_str()) {
+        return Err(HubError::Config(format!(
+            "ws_path {:?} is taken by the replay API",
+            config.ws_path
+        )));
+    }
     let config = Arc::new(config);
+    let metrics = parts.metrics.unwrap_or_default();
     let authenticator = match parts.authenticator {
         Some(authenticator) => authenticator,
         None => configured_authenticator(&config).await?,
@@ -81,7 +101,13 @@ pub async fn run_with(
         None => open_store(&config).await?,
     };
     let head = store.last_seq().await?;
-    let (writer, committed) = StoreWriter::new(Arc::clone(&store));
+    let (writer, committed) = StoreWriter::with_options(
+        Arc::clone(&store),
+        WriterOptions {
+            metrics: Some(Arc::clone(&metrics)),
+            ..WriterOptions::default()
+        },
+    );
     let (broker, broker_task) = broker::spawn(BrokerSetup {
         store: Arc::clone(&store),
         writer: writer.clone(),
@@ -92,9 +118,12 @@ pub async fn run_with(
             bytes: config.ephemeral_buffer_bytes,
         },
         head,
+        metrics: Arc::clone(&metrics),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let drainers =
+        outbox_drain::spawn_drainers(&config.outbox, &writer, &metrics, &shutdown_rx).await?;
     let tracker = Arc::new(ConnectionTracker::default());
     let replay = crate::replay::router(crate::replay::ReplayState {
         store: Arc::clone(&store),
@@ -108,14 +137,31 @@ pub async fn run_with(
         broker: broker.clone(),
         shutdown: shutdown_rx.clone(),
         next_conn_id: AtomicU64::new(1),
+        topic_quota: config.limits.topic_publish_limit().map(TopicBuckets::new),
+        metrics: Arc::clone(&metrics),
     });
+    let ops_state = OpsState {
+        store: Arc::clone(&store),
+        broker: broker.clone(),
+        metrics,
+        authenticator: Arc::clone(&shared.authenticator),
+        admin_token: config.admin_token.clone(),
+        shutdown: shutdown_rx.clone(),
+    };
+    if config.admin_token.is_none() && shared.authenticator.is_development() {
+        tracing::warn!(
+            "the ops API (/ops, /metrics, /lag, ...) is closed: development mode has no \
+             JWT verifier; set --admin-token to use it"
+        );
+    }
     let mut app = Router::new()
         .route(&config.ws_path, get(upgrade))
         .with_state(GatewayState {
             shared,
             tracker: Arc::clone(&tracker),
         })
-        .merge(replay);
+        .merge(replay)
+        .merge(ops::router(ops_state));
     if let Some(dir) = &config.www {
         // Everything that is not the WebSocket path: files of `www`
         // (`/` is its index.html).
@@ -124,7 +170,7 @@ pub async fn run_with(
     }
     let listener = listener.tap_io(|tcp| {
         // Frames are small and latency matters; batching happens in the
-        // outbox, not in Nagle's algorithm.
+        // send queue, not in Nagle's algorithm.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
@@ -152,6 +198,13 @@ pub async fn run_with(
             open = tracker.open.load(Ordering::Relaxed),
             "connections still open after the shutdown grace period"
         );
+    }
+    // Outbox drainers finish the batch they are on (what they published is
+    // committed before they mark it sent).
+    for drainer in drainers {
+        if tokio::time::timeout(grace, drainer).await.is_err() {
+            tracing::warn!("an outbox drainer did not stop in time");
+        }
     }
     // Cursor moves and dead letters still in memory become durable.
     if tokio::time::timeout(grace, broker.shutdown())
@@ -222,6 +275,7 @@ async fn open_sqlite(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> {
     let dir = config.data.clone();
     let options = SqliteOptions {
         dedup_window: Duration::from_millis(config.dedup_window_ms),
+        pipelined_sync: config.sync == SyncPolicy::Pipelined,
         ..SqliteOptions::default()
     };
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, options))

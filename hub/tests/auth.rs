@@ -36,6 +36,7 @@ impl Authenticator for TokenTable {
             policy: Arc::new(policy),
             expires_at,
             subject: None,
+            publish_limit: None,
         })
     }
 }
@@ -47,6 +48,7 @@ async fn hub() -> TestHub {
         HubParts {
             store: None,
             authenticator: Some(Arc::new(TokenTable)),
+            ..HubParts::default()
         },
     )
     .await

@@ -132,6 +132,12 @@ async fn a_subscriber_that_does_not_read_is_closed_with_4009() {
     // The slow one gets what fitted in the buffers, then the close.
     let closed = slow.expect_close(total).await;
     assert_eq!(closed.code, 4009, "{closed:?}");
+    assert!(
+        promhub_hub::limits::COUNTERS
+            .snapshot()
+            .slow_consumer_closes
+            > 0
+    );
     fast.assert_alive_and_quiet().await;
     hub.stop().await.unwrap();
 }

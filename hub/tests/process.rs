@@ -166,12 +166,12 @@ async fn a_toml_config_file_is_read_and_flags_win_over_it() {
     let config = dir.path().join("promhub.toml");
     std::fs::write(
         &config,
-        "listen = \"127.0.0.1:0\"\nws_path = \"/events\"\nheartbeat_ms = 1234\n[groups]\nmax_deliver = 2\n",
+        "listen = \"127.0.0.1:0\"\nws_path = \"/stream\"\nheartbeat_ms = 1234\n[groups]\nmax_deliver = 2\n",
     )
     .unwrap();
     let config_arg = config.to_str().unwrap();
     let hub = HubProcess::spawn(dir.path(), &[], &["--config", config_arg]).await;
-    assert!(hub.url.ends_with("/events"), "{}", hub.url);
+    assert!(hub.url.ends_with("/stream"), "{}", hub.url);
     let mut client = Client::connect(&hub.url).await;
     assert_eq!(client.auth().await["heartbeat_ms"], 1234);
     hub.kill9().await;

@@ -447,3 +447,18 @@ async fn an_export_of_a_million_events_streams_in_constant_memory() {
     );
     hub.kill9().await;
 }
+
+#[tokio::test]
+async fn a_websocket_path_on_a_replay_route_is_refused_at_start() {
+    let data = common::data_dir();
+    let config = promhub_hub::HubConfig {
+        data: data.path().to_path_buf(),
+        ws_path: "/events".to_owned(),
+        ..promhub_hub::HubConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = promhub_hub::run(listener, config, std::future::pending())
+        .await
+        .expect_err("/events is the replay API's");
+    assert!(refused.to_string().contains("replay API"), "{refused}");
+}

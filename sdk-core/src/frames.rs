@@ -1,10 +1,11 @@
 //! Wire protocol v1 (protocol.md): every frame as a Rust type.
 //!
 //! Frames are JSON text objects tagged by `op`. Encoding is plain serde;
-//! decoding goes through [`ClientFrame::decode`] / [`HubFrame::decode`], which
-//! read `op` first and then the one struct it names. That two-step decode
-//! keeps payloads as raw JSON ([`Payload`]) — the hub never re-parses or
-//! re-encodes what publishers send — and lets an error carry the frame's
+//! decoding goes through [`ClientFrame::decode`], which reads `op` first and
+//! then the one struct it names, and [`HubFrame::decode`], which reads a
+//! frame in one pass (every client decodes every `EVENT`; see `hub_decode`).
+//! Both keep payloads as raw JSON ([`Payload`]) — the hub never re-parses or
+//! re-encodes what publishers send — and let an error carry the frame's
 //! `rid` so the peer can match it to its request.
 
 use std::borrow::Cow;
@@ -18,6 +19,8 @@ use serde_json::value::RawValue;
 
 use crate::object_only::{self, ObjectOnly};
 use crate::topic::{Pattern, Topic};
+
+mod hub_decode;
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -33,9 +36,11 @@ pub fn to_payload<T: Serialize + ?Sized>(value: &T) -> Result<Payload, serde_jso
 }
 
 /// Client-chosen request id, echoed in the answer.
+#[cfg_attr(feature = "ts", tsify::declare)]
 pub type Rid = String;
 
 /// Milliseconds since the Unix epoch.
+#[cfg_attr(feature = "ts", tsify::declare)]
 pub type Millis = u64;
 
 // ---------------------------------------------------------------------------
@@ -127,7 +132,9 @@ pub struct Auth {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(tsify::Tsify))]
 pub struct PublishOpts {
+    /// A plain object in JSON (and so in TypeScript), not a `Map`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", tsify(type = "Record<string, string>"))]
     pub headers: Option<BTreeMap<String, String>>,
     /// Latest-by-key key (e.g. `host:name:pid`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -491,7 +498,9 @@ pub struct Event {
     pub key: Option<String>,
     #[cfg_attr(feature = "ts", tsify(type = "unknown"))]
     pub payload: Payload,
+    /// A plain object in JSON (and so in TypeScript), not a `Map`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", tsify(type = "Record<string, string>"))]
     pub headers: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<String>>,
@@ -585,15 +594,13 @@ pub enum HubFrame {
 pub fn encode<T: Serialize>(frame: &T) -> String {
     // Frames contain only strings, numbers, maps with string keys and raw
     // JSON that was valid when it was parsed, so serialization cannot fail.
-    serde_json::to_string(frame).unwrap_or_else(|e| {
-        // Unreachable in practice; report rather than panic. Built as a
-        // `Value` so that the error text is escaped into valid JSON.
-        serde_json::json!({
-            "op": "ERR",
-            "code": "internal",
-            "msg": format!("encode failed: {e}"),
-        })
-        .to_string()
+    crate::json_text::to_string(frame).unwrap_or_else(|e| {
+        // Unreachable in practice; report rather than panic. The message
+        // goes through the string writer (which cannot fail) so that it is
+        // escaped into valid JSON.
+        let msg = crate::json_text::to_string(&format!("encode failed: {e}"))
+            .unwrap_or_else(|_| r#""encode failed""#.to_owned());
+        format!(r#"{{"op":"ERR","code":"internal","msg":{msg}}}"#)
     })
 }
 
@@ -686,20 +693,63 @@ struct Head {
     rid: Option<LooseString>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// A value kept when it is a JSON string and skipped otherwise. Written by
+/// hand rather than as an untagged enum: `#[serde(untagged)]` buffers the
+/// value into serde's generic `Content` tree first, which costs time and a
+/// lot of wasm code for two fields.
 enum LooseString {
     Text(String),
-    #[allow(dead_code)]
-    Other(IgnoredAny),
+    Other,
 }
 
 impl LooseString {
     fn into_text(self) -> Option<String> {
         match self {
             LooseString::Text(s) => Some(s),
-            LooseString::Other(_) => None,
+            LooseString::Other => None,
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for LooseString {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = LooseString;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LooseString, E> {
+                Ok(LooseString::Text(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<LooseString, E> {
+                Ok(LooseString::Text(v))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<LooseString, E> {
+                Ok(LooseString::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<LooseString, E> {
+                Ok(LooseString::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<LooseString, E> {
+                Ok(LooseString::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<LooseString, E> {
+                Ok(LooseString::Other)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<LooseString, E> {
+                Ok(LooseString::Other)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<LooseString, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(LooseString::Other)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<LooseString, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(LooseString::Other)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -711,12 +761,19 @@ enum HeadOp {
 }
 
 fn decode_head(text: &str) -> Result<(HeadOp, Option<Rid>), DecodeError> {
-    match serde_json::from_str::<ObjectOnly<Head>>(text) {
+    head_from(serde_json::from_str::<ObjectOnly<Head>>(text))
+}
+
+/// `op` and `rid` from a head as read (by serde_json or `json_text`).
+fn head_from<E: fmt::Display>(
+    read: Result<ObjectOnly<Head>, E>,
+) -> Result<(HeadOp, Option<Rid>), DecodeError> {
+    match read {
         Ok(ObjectOnly(head)) => {
             let op = match head.op {
                 None => HeadOp::Missing,
                 Some(LooseString::Text(name)) => HeadOp::Name(name),
-                Some(LooseString::Other(_)) => HeadOp::NotAString,
+                Some(LooseString::Other) => HeadOp::NotAString,
             };
             Ok((op, head.rid.and_then(LooseString::into_text)))
         }
@@ -754,7 +811,7 @@ fn unknown_op(op: HeadOp, rid: Option<Rid>) -> DecodeError {
         HeadOp::Missing => (None, "frame has no op".to_owned()),
         HeadOp::NotAString => (None, "frame's op is not a string".to_owned()),
         HeadOp::Name(op) => {
-            let message = format!("unknown op {op:?}");
+            let message = format!("unknown op {}", crate::json_text::Quoted(&op));
             (Some(op), message)
         }
     };
@@ -820,24 +877,9 @@ impl ClientFrame {
 
 impl HubFrame {
     /// Decodes one text frame from the hub. Never panics, whatever the input.
+    /// Reads the text once in the common case (see `hub_decode`).
     pub fn decode(text: &str) -> Result<HubFrame, DecodeError> {
-        let (op, rid) = decode_head(text)?;
-        let HeadOp::Name(name) = &op else {
-            return Err(unknown_op(op, rid));
-        };
-        let name = name.as_str();
-        Ok(match name {
-            "OK" => HubFrame::Ok(decode_body(text, name, &rid)?),
-            "ERR" => HubFrame::Err(decode_body(text, name, &rid)?),
-            "PUBACK" => HubFrame::Puback(decode_body(text, name, &rid)?),
-            "SUBACK" => HubFrame::Suback(decode_body(text, name, &rid)?),
-            "UNSUBACK" => HubFrame::Unsuback(decode_body(text, name, &rid)?),
-            "EVENT" => HubFrame::Event(decode_body(text, name, &rid)?),
-            "PING" => HubFrame::Ping(decode_body(text, name, &rid)?),
-            "PONG" => HubFrame::Pong(decode_body(text, name, &rid)?),
-            "EXPIRING" => HubFrame::Expiring(decode_body(text, name, &rid)?),
-            _ => return Err(unknown_op(op, rid)),
-        })
+        hub_decode::decode(text)
     }
 
     /// The `op` name, for logs and metrics.

@@ -7,6 +7,7 @@
 pub mod acl;
 pub mod client;
 pub mod frames;
+pub mod json_text;
 mod object_only;
 pub mod topic;
 

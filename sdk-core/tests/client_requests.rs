@@ -4,8 +4,8 @@ mod client_support;
 
 use client_support::*;
 use promhub_core::client::{
-    ClientConfig, ClientError, ClientEvent, QueueConfig, QueuePolicy, RequestError, RequestId,
-    Unmatched,
+    ClientConfig, ClientError, ClientEvent, ConnectionState, QueueConfig, QueuePolicy,
+    RequestError, RequestId, Unmatched,
 };
 use promhub_core::frames::{ErrorCode, ErrorFrame, PubAck, PublishOpts, SubscribeOpts, to_payload};
 use promhub_core::{Pattern, Topic};
@@ -126,7 +126,8 @@ fn refused_publishes_carry_the_hub_error() {
     let limited = publish(&mut h, "a.b", 2).unwrap();
     h.sent();
     h.hub(json!({"op": "ERR", "code": "forbidden", "msg": "no publish on secret.x", "rid": forbidden.to_string()}));
-    h.hub(json!({"op": "ERR", "code": "rate_limited", "msg": "slow down", "rid": limited.to_string(), "retry_after_ms": 250}));
+    // A wait past the request timeout is not waited out: reported.
+    h.hub(json!({"op": "ERR", "code": "rate_limited", "msg": "slow down", "rid": limited.to_string(), "retry_after_ms": 600_000}));
     let failures = publish_failures(&h.events());
     assert_eq!(
         failures,
@@ -142,7 +143,7 @@ fn refused_publishes_carry_the_hub_error() {
             (
                 limited,
                 RequestError::Refused(ErrorFrame {
-                    retry_after_ms: Some(250),
+                    retry_after_ms: Some(600_000),
                     ..ErrorFrame::new(
                         ErrorCode::RateLimited,
                         "slow down",
@@ -154,6 +155,90 @@ fn refused_publishes_carry_the_hub_error() {
     );
     assert_eq!(failures[0].1.code(), Some(ErrorCode::Forbidden));
     assert_eq!(h.core.pending_requests(), 0);
+}
+
+#[test]
+fn a_rate_limited_publish_is_sent_again_after_retry_after_ms() {
+    let mut h = Harness::connected(config());
+    let limited = publish(&mut h, "a.b", 1).unwrap();
+    let first = h.sent();
+    h.hub(json!({"op": "ERR", "code": "rate_limited", "msg": "slow down", "rid": limited.to_string(), "retry_after_ms": 250}));
+    // Nothing is reported and nothing sent while waiting.
+    assert!(h.events().is_empty());
+    assert_eq!(h.core.poll_timeout(), Some(h.now + 250));
+    h.advance(249);
+    assert!(h.sent().is_empty());
+    // A stale answer for the refused attempt matches nothing.
+    h.hub(json!({"op": "PUBACK", "rid": limited.to_string(), "id": "x", "seq": 1}));
+    assert!(matches!(
+        &h.events()[..],
+        [ClientEvent::Unmatched(Unmatched::Answer {
+            op: "PUBACK",
+            ..
+        })]
+    ));
+    h.advance(1);
+    assert_eq!(h.sent(), first, "the same frame, same rid");
+    h.hub(json!({"op": "PUBACK", "rid": limited.to_string(), "id": "e1", "seq": 9}));
+    assert!(matches!(
+        &h.events()[..],
+        [ClientEvent::PublishAcked { request, ack }] if *request == limited && ack.seq == 9
+    ));
+    assert_eq!(h.core.pending_requests(), 0);
+}
+
+#[test]
+fn publishes_refused_together_are_sent_again_spaced_by_the_wait() {
+    let mut h = Harness::connected(config());
+    let first = publish(&mut h, "a.b", 1).unwrap();
+    let second = publish(&mut h, "a.b", 2).unwrap();
+    h.sent();
+    for request in [first, second] {
+        h.hub(json!({"op": "ERR", "code": "rate_limited", "msg": "slow down", "rid": request.to_string(), "retry_after_ms": 100}));
+    }
+    h.advance(100);
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(rid(&sent[0]), first.to_string());
+    h.advance(99);
+    assert!(h.sent().is_empty());
+    h.advance(1);
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(rid(&sent[0]), second.to_string());
+}
+
+#[test]
+fn a_rate_limited_publish_waits_for_a_connection_when_the_socket_drops() {
+    let mut h = Harness::connected(config());
+    let limited = publish(&mut h, "a.b", 1).unwrap();
+    h.sent();
+    h.hub(json!({"op": "ERR", "code": "rate_limited", "msg": "slow down", "rid": limited.to_string(), "retry_after_ms": 100}));
+    // The connection drops during the wait: the publish is not on the
+    // wire, so it does not fail; it goes out after the next OK.
+    h.core.handle_socket_closed(h.now, Some(1001), "bye");
+    h.advance(100);
+    assert!(publish_failures(&h.events()).is_empty());
+    assert_eq!(h.core.queued_publishes(), 1);
+    // Reconnect (the first delay is well inside the request timeout).
+    for _ in 0..50 {
+        if h.core.state() == ConnectionState::Connecting {
+            break;
+        }
+        h.advance(100);
+    }
+    assert_eq!(h.core.state(), ConnectionState::Connecting);
+    h.open_and_auth();
+    h.welcome(HEARTBEAT_MS, None);
+    let sent = h.sent();
+    assert_eq!(ops(&sent), ["PUBLISH"]);
+    assert_eq!(rid(&sent[0]), limited.to_string());
+    // Refused again with a wait past the request timeout: reported.
+    h.hub(json!({"op": "ERR", "code": "rate_limited", "msg": "slow down", "rid": limited.to_string(), "retry_after_ms": 600_000}));
+    assert!(matches!(
+        &publish_failures(&h.events())[..],
+        [(request, RequestError::Refused(_))] if *request == limited
+    ));
 }
 
 #[test]

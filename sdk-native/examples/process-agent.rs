@@ -129,16 +129,23 @@ impl Tracker {
 }
 
 fn read_processes(system: &mut System) -> Vec<Sample> {
-    // CPU usage is the difference to the previous refresh; no threads
-    // (tasks), only processes.
+    // CPU usage is the difference to the previous refresh. Only processes:
+    // sysinfo lists every thread ("task") as a process of its own unless
+    // told not to read them, and marks threads (those of a process, and
+    // the kernel's own) with a `thread_kind`, which the filter drops in
+    // case any still come through.
     system.refresh_processes_specifics(
         ProcessesToUpdate::All,
         true,
-        ProcessRefreshKind::nothing().with_cpu().with_memory(),
+        ProcessRefreshKind::nothing()
+            .with_cpu()
+            .with_memory()
+            .without_tasks(),
     );
     system
         .processes()
         .values()
+        .filter(|process| process.thread_kind().is_none())
         .map(|process| Sample {
             pid: process.pid().as_u32(),
             name: process.name().to_string_lossy().into_owned(),
@@ -348,5 +355,36 @@ mod tests {
             "start time is Unix seconds"
         );
         assert!(own.cpu_percent >= 0.0);
+    }
+
+    /// Threads are not processes: none of this process's threads (Linux
+    /// lists them in /proc/self/task) may show up as a sample of its own.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn threads_are_not_listed_as_processes() {
+        let (stop, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || wait.recv());
+        let me = std::process::id();
+        let thread_ids: Vec<u32> = std::fs::read_dir("/proc/self/task")
+            .expect("/proc/self/task")
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&tid| tid != me)
+            .collect();
+        assert!(!thread_ids.is_empty(), "the spawned thread is listed");
+        let mut system = System::new();
+        read_processes(&mut system);
+        let samples = read_processes(&mut system);
+        stop.send(()).expect("thread waits");
+        thread
+            .join()
+            .expect("thread ends")
+            .expect("message received");
+        assert!(samples.iter().any(|s| s.pid == me), "the process is listed");
+        let listed: Vec<u32> = samples
+            .iter()
+            .map(|s| s.pid)
+            .filter(|pid| thread_ids.contains(pid))
+            .collect();
+        assert!(listed.is_empty(), "threads listed as processes: {listed:?}");
     }
 }

@@ -10,7 +10,6 @@ use promhub_core::topic::{Pattern, Topic};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tokio::time::Instant;
 
 use crate::Error;
 use crate::config::ClientConfig;
@@ -46,7 +45,6 @@ pub struct Client {
     link: Link,
     events: broadcast::Sender<ConnectionEvent>,
     state: watch::Receiver<ConnectionState>,
-    request_timeout: Duration,
 }
 
 impl fmt::Debug for Client {
@@ -105,7 +103,6 @@ impl Client {
             link: Link::new(commands, Arc::clone(&connection)),
             events: events.clone(),
             state,
-            request_timeout: Duration::from_millis(config.core.request_timeout_ms.max(1)),
         };
         let shared = Shared {
             events,
@@ -132,33 +129,18 @@ impl Client {
         opts: PublishOptions,
     ) -> Result<PubAck, Error> {
         let topic = Topic::parse(topic)?;
-        let deadline = Instant::now() + self.request_timeout;
-        loop {
-            let payload = to_payload(payload).map_err(Error::serialize)?;
-            let (reply, answered) = oneshot::channel();
-            self.link.send(Command::Publish {
-                topic: topic.clone(),
-                payload,
-                opts: opts.opts.clone(),
-                reply,
-            })?;
-            match answer(answered).await {
-                Err(Error::RateLimited {
-                    retry_after: Some(wait),
-                    msg,
-                }) => {
-                    if Instant::now() + wait >= deadline {
-                        return Err(Error::RateLimited {
-                            retry_after: Some(wait),
-                            msg,
-                        });
-                    }
-                    tracing::debug!(?wait, "publish rate limited; retrying");
-                    tokio::time::sleep(wait).await;
-                }
-                other => return other,
-            }
-        }
+        let payload = to_payload(payload).map_err(Error::serialize)?;
+        let (reply, answered) = oneshot::channel();
+        // `rate_limited` with a `retry_after_ms` inside the request timeout
+        // is retried by the core (shared with the browser SDK); only a
+        // refusal it cannot wait out reaches this answer.
+        self.link.send(Command::Publish {
+            topic,
+            payload,
+            opts: opts.opts,
+            reply,
+        })?;
+        answer(answered).await
     }
 
     /// Subscribes to `pattern` and returns once the hub confirmed

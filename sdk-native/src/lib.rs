@@ -66,6 +66,8 @@ mod events;
 pub mod idempotent;
 mod link;
 mod options;
+#[cfg(feature = "outbox")]
+pub mod outbox;
 mod subscription;
 
 pub use client::{Client, PubAck};

@@ -5,8 +5,8 @@ use std::rc::Rc;
 use js_sys::{Function, JSON, Promise};
 use promhub_core::client::ConnectionState;
 use promhub_core::frames::{Group, PublishOpts, SubscribeOpts};
+use promhub_core::json_text::Quoted;
 use promhub_core::{Pattern, Topic};
-use serde_json::value::RawValue;
 use tsify::Ts;
 use wasm_bindgen::prelude::*;
 
@@ -169,7 +169,7 @@ impl PromClient {
         opts: Option<Ts<PublishOpts>>,
     ) -> Result<Promise, JsValue> {
         let topic = Topic::parse(topic)
-            .map_err(|e| bad_request(format!("invalid topic {topic:?}: {e}")))?;
+            .map_err(|e| bad_request(format!("invalid topic {}: {e}", Quoted(topic))))?;
         let json = JSON::stringify(payload).map_err(|e| {
             bad_request(format!(
                 "payload is not JSON-serializable: {}",
@@ -179,7 +179,7 @@ impl PromClient {
         let json = json.as_string().ok_or_else(|| {
             bad_request("payload must be a JSON value (not undefined, a function or a symbol)")
         })?;
-        let payload = RawValue::from_string(json)
+        let payload = promhub_core::json_text::payload(&json)
             .map_err(|e| bad_request(format!("payload is not JSON: {e}")))?;
         let opts = match opts {
             Some(opts) => publish_opts(&opts.js_value())?,
@@ -208,10 +208,11 @@ impl PromClient {
         opts: Option<Ts<SubscribeOpts>>,
     ) -> Result<Promise, JsValue> {
         let parsed = Pattern::parse(pattern)
-            .map_err(|e| bad_request(format!("invalid pattern {pattern:?}: {e}")))?;
+            .map_err(|e| bad_request(format!("invalid pattern {}: {e}", Quoted(pattern))))?;
         let group = group
             .map(|name| {
-                Group::parse(&name).map_err(|e| bad_request(format!("invalid group {name:?}: {e}")))
+                Group::parse(&name)
+                    .map_err(|e| bad_request(format!("invalid group {}: {e}", Quoted(&name))))
             })
             .transpose()?;
         let handler: &Function = handler
@@ -268,14 +269,15 @@ fn websocket_url(url: &str) -> Result<String, JsValue> {
         Some(base) => web_sys::Url::new_with_base(url, base),
         None => web_sys::Url::new(url),
     }
-    .map_err(|_| bad_request(format!("invalid hub URL {url:?}")))?;
+    .map_err(|_| bad_request(format!("invalid hub URL {}", Quoted(url))))?;
     match parsed.protocol().as_str() {
         "ws:" | "wss:" => {}
         "http:" => parsed.set_protocol("ws:"),
         "https:" => parsed.set_protocol("wss:"),
         other => {
             return Err(bad_request(format!(
-                "hub URL {url:?} has scheme {other}; expected ws:, wss:, http: or https:"
+                "hub URL {} has scheme {other}; expected ws:, wss:, http: or https:",
+                Quoted(url)
             )));
         }
     }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use js_sys::{Array, Object, Reflect};
 use promhub_core::frames::{PublishOpts, StartFrom, SubscribeOpts};
+use promhub_core::json_text::Quoted;
 use wasm_bindgen::{JsCast, JsValue};
 
 use crate::errors::bad_request;
@@ -40,7 +41,8 @@ impl<'a> Fields<'a> {
             let key = key.as_string().unwrap_or_default();
             if !allowed.contains(&key.as_str()) {
                 return Err(bad_request(format!(
-                    "{what}: unknown field {key:?} (expected one of: {})",
+                    "{what}: unknown field {} (expected one of: {})",
+                    Quoted(&key),
                     allowed.join(", ")
                 )));
             }

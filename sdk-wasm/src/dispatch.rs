@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use promhub_core::client::{ClientEvent, ConnectionState, StateReason, Unmatched};
 use promhub_core::frames::{EventDelivery, Welcome};
+use promhub_core::json_text::Quoted;
 use wasm_bindgen::JsValue;
 
 use crate::bindings::{
@@ -191,9 +192,12 @@ impl Shared {
                 // Usually a late answer after a timeout: reported, but not
                 // worth a console line when nobody listens.
                 let message = match unmatched {
-                    Unmatched::Answer { op, rid } => {
-                        format!("{op} for no pending request (rid {rid:?})")
-                    }
+                    Unmatched::Answer { op, rid } => match rid {
+                        Some(rid) => {
+                            format!("{op} for no pending request (rid {})", Quoted(&rid))
+                        }
+                        None => format!("{op} for no pending request (no rid)"),
+                    },
                     Unmatched::Event {
                         topic, event_id, ..
                     } => format!("EVENT {event_id} for no subscription ({topic})"),
@@ -216,7 +220,7 @@ impl Shared {
             return;
         }
         // Not from a frame being handled (no such path today): re-encode.
-        let event_json = match serde_json::to_string(&delivery.event) {
+        let event_json = match promhub_core::json_text::to_string(&delivery.event) {
             Ok(json) => json,
             Err(e) => {
                 let failure = error("internal", &format!("cannot encode event: {e}"));

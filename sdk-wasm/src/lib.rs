@@ -32,5 +32,12 @@ pub use subscription::Subscription;
 
 use wasm_bindgen::prelude::wasm_bindgen;
 
+/// talc rather than Rust's default dlmalloc: a few KiB less wasm (the
+/// bundle has a size budget) and faster allocation. The client is
+/// single-threaded (no `atomics`).
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 #[wasm_bindgen(typescript_custom_section)]
 const TS_API: &str = include_str!("../ts/api.d.ts");

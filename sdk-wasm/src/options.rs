@@ -3,6 +3,7 @@
 
 use js_sys::Function;
 use promhub_core::client::{ClientConfig, QueuePolicy};
+use promhub_core::json_text::Quoted;
 use wasm_bindgen::{JsCast, JsValue};
 
 use crate::convert::Fields;
@@ -104,7 +105,8 @@ impl Options {
                 Some("fail_fast") => config.outbound_queue.policy = QueuePolicy::FailFast,
                 Some(other) => {
                     return Err(bad_request(format!(
-                        "options.queue.policy must be \"wait\" or \"fail_fast\", not {other:?}"
+                        "options.queue.policy must be \"wait\" or \"fail_fast\", not {}",
+                        Quoted(other)
                     )));
                 }
             }

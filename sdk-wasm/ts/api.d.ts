@@ -5,11 +5,6 @@
 // Names that mirror a wire frame keep the protocol's spelling (`caused_by`,
 // `max_inflight`, `delay_ms`); the client's own options are camelCase.
 
-/** Milliseconds since the Unix epoch (`promhub_core::frames::Millis`). */
-export type Millis = number;
-/** A request id (`promhub_core::frames::Rid`). */
-export type Rid = string;
-
 /** Where the connection stands. */
 export type ConnectionState =
   | "disconnected"
@@ -91,14 +86,16 @@ export interface StateEvent {
 export interface PromHubError extends Error {
   name: "PromHubError";
   code: string;
-  /** With `rate_limited`: when to try again. */
+  /**
+   * With `rate_limited`: when to try again. A refused `publish` is sent
+   * again after this wait on its own; it only fails with `rate_limited`
+   * when the wait would end after its request timeout.
+   */
   retryAfterMs?: number;
 }
 
 /** Options of `publish` (the `PUBLISH` frame's `opts`). */
-export type PublishOptions = Omit<PublishOpts, "headers"> & {
-  headers?: Record<string, string>;
-};
+export type PublishOptions = PublishOpts;
 
 /** Options of `subscribe` (the `SUBSCRIBE` frame's `opts`). */
 export type SubscribeOptions = SubscribeOpts;
@@ -112,9 +109,8 @@ export interface NackOptions {
 }
 
 /** An event as a handler receives it, with a typed payload. */
-export type PromEvent<T = unknown> = Omit<Event, "payload" | "headers"> & {
+export type PromEvent<T = unknown> = Omit<Event, "payload"> & {
   payload: T;
-  headers?: Record<string, string>;
 };
 
 /**

@@ -50,6 +50,12 @@ export async function correctUse(): Promise<void> {
     async (event: PromEvent<ProcessState>, ctx: DeliveryContext) => {
       const pid: number = event.payload.pid;
       const status: "running" | "exited" = event.payload.status;
+      // Headers are a plain object, times are numbers (the generated
+      // `Millis`), straight from the generated declarations.
+      const source: string | undefined = event.headers?.["source"];
+      const at: number = event.ts;
+      void source;
+      void at;
       if (ctx.attempt > 3) ctx.nack("too many attempts", { final: true });
       else if (pid < 0) ctx.nack("bad pid", { delay_ms: 1_000 });
       else ctx.working();
@@ -86,6 +92,11 @@ export async function wrongUse(client: PromClient): Promise<void> {
 
   // @ts-expect-error: headers are a string map
   await client.publish("a.b", 1, { headers: { n: 1 } });
+
+  await client.subscribe("process.state", null, (event) => {
+    // @ts-expect-error: headers are a plain object, not a Map
+    void event.headers?.get("source");
+  });
 
   // @ts-expect-error: unknown client option
   new PromClient("ws://h/ws", { reconect: true });

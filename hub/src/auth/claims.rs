@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 
 use super::strict_json::truncate;
 use super::{AuthFailure, Authenticated};
+use crate::limits::{RateLimit, default_burst};
 
 /// What the claims must satisfy; built once from the configuration.
 #[derive(Debug, Clone)]
@@ -64,6 +65,7 @@ pub(crate) fn check(
     }
 
     let policy = policy(claims, &rules.default_policy)?;
+    let publish_limit = rate(claims)?;
 
     let Some(exp_ms) = exp_ms else {
         return Err(AuthFailure::invalid(
@@ -86,6 +88,7 @@ pub(crate) fn check(
         policy,
         subject,
         expires_at: Some(exp_ms),
+        publish_limit,
     })
 }
 
@@ -133,6 +136,40 @@ fn audience(claims: &Map<String, Value>) -> Result<Option<Vec<String>>, AuthFail
             .map(Some),
         Some(_) => Err(invalid()),
     }
+}
+
+/// `rate`: `{"publish_per_sec": N, "burst": B}` (`burst` optional, one
+/// second's worth by default), the per-connection publish quota of this
+/// token's connections.
+fn rate(claims: &Map<String, Value>) -> Result<Option<RateLimit>, AuthFailure> {
+    let Some(value) = claims.get("rate") else {
+        return Ok(None);
+    };
+    let invalid = || {
+        AuthFailure::invalid(
+            "claim `rate` must be {\"publish_per_sec\": positive number, \"burst\"?: positive integer}",
+        )
+    };
+    let Value::Object(rate) = value else {
+        return Err(invalid());
+    };
+    if rate.keys().any(|k| k != "publish_per_sec" && k != "burst") {
+        return Err(invalid());
+    }
+    let per_sec = rate
+        .get("publish_per_sec")
+        .and_then(Value::as_f64)
+        .ok_or_else(invalid)?;
+    let burst = match rate.get("burst") {
+        None => default_burst(per_sec),
+        Some(burst) => burst
+            .as_u64()
+            .and_then(|b| u32::try_from(b).ok())
+            .ok_or_else(invalid)?,
+    };
+    let limit = RateLimit { per_sec, burst };
+    limit.validate("claim `rate`").map_err(|_| invalid())?;
+    Ok(Some(limit))
 }
 
 /// `policy` (object) if present, else `scopes` (array of strings), else
@@ -278,6 +315,46 @@ mod tests {
         assert!(check_json(json!({"exp": exp}), &r).is_err());
         assert!(check_json(json!({"exp": exp, "aud": []}), &r).is_err());
         assert!(check_json(json!({"exp": exp, "aud": ["x"]}), &r).is_err());
+    }
+
+    #[test]
+    fn rate_claim_is_the_publish_quota_and_is_type_checked() {
+        let exp = NOW_S + 60;
+        let none = check_json(json!({"exp": exp}), &rules()).unwrap();
+        assert_eq!(none.publish_limit, None);
+        let ok = check_json(
+            json!({"exp": exp, "rate": {"publish_per_sec": 20, "burst": 5}}),
+            &rules(),
+        )
+        .unwrap();
+        assert_eq!(
+            ok.publish_limit,
+            Some(RateLimit {
+                per_sec: 20.0,
+                burst: 5
+            })
+        );
+        let default_burst = check_json(
+            json!({"exp": exp, "rate": {"publish_per_sec": 0.5}}),
+            &rules(),
+        )
+        .unwrap();
+        assert_eq!(default_burst.publish_limit.unwrap().burst, 1);
+        for rate in [
+            json!(5),
+            json!(null),
+            json!({}),
+            json!({"publish_per_sec": 0}),
+            json!({"publish_per_sec": -3}),
+            json!({"publish_per_sec": "5"}),
+            json!({"publish_per_sec": 5, "burst": 0}),
+            json!({"publish_per_sec": 5, "burst": 1.5}),
+            json!({"publish_per_sec": 5, "bursts": 2}),
+        ] {
+            let err = check_json(json!({"exp": exp, "rate": rate.clone()}), &rules())
+                .expect_err(&rate.to_string());
+            assert_eq!(err.code, ErrorCode::JwtInvalid, "{rate}");
+        }
     }
 
     #[test]

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use promhub_core::acl::Policy;
 use promhub_core::frames::ErrorCode;
 
+use crate::limits::RateLimit;
+
 mod claims;
 pub mod config;
 pub mod jwks;
@@ -43,7 +45,7 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub const MIN_SECRET_BYTES: usize = 32;
 
 /// A verified token: what the connection may do and until when.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Authenticated {
     /// From the `policy`, `scopes` or `scope` claim, else the default scopes.
     pub policy: Arc<Policy>,
@@ -51,6 +53,9 @@ pub struct Authenticated {
     pub subject: Option<String>,
     /// The `exp` claim in milliseconds since the Unix epoch.
     pub expires_at: Option<u64>,
+    /// The `rate` claim: this token's per-connection publish quota, in
+    /// place of the configured one.
+    pub publish_limit: Option<RateLimit>,
 }
 
 /// Why a token was refused: `code` is one of `no_token`, `jwt_invalid`,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use promhub_core::Topic;
-use promhub_core::frames::Event;
+use promhub_core::frames::{Event, Millis};
 use serde_json::value::RawValue;
 
 #[derive(Debug)]
@@ -13,6 +13,8 @@ pub(crate) struct Committed {
     pub seq: u64,
     pub id: Arc<str>,
     pub topic: Topic,
+    /// The event's time (the ops API's lag in ms).
+    pub ts: Millis,
     /// The `event` object of an EVENT frame, as JSON text.
     pub json: Box<RawValue>,
 }
@@ -34,6 +36,7 @@ impl Committed {
             seq: event.seq,
             id: Arc::from(event.id.as_str()),
             topic: event.topic.clone(),
+            ts: event.ts,
             json,
         })
     }

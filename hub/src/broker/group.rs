@@ -1,6 +1,6 @@
 //! One durable consumer group (semantics.md §4), as a plain state machine
 //! owned by the broker task: no IO here except pushing frames into member
-//! outboxes, so every rule can be followed in one place.
+//! send queues, so every rule can be followed in one place.
 //!
 //! State: a `cursor` (every event with `seq <= cursor` is done), and a
 //! window of the matching events after it, each `Ready`, `Delayed` (NACKed,
@@ -13,15 +13,19 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use promhub_core::frames::{DeliveryCtx, Group as GroupName, encode_event_delivery};
 use promhub_core::{Action, Pattern, Policy};
 
 use super::committed::Committed;
 use crate::config::GroupDefaults;
-use crate::outbox::Outbox;
+use crate::limits::COUNTERS;
+use crate::metrics::GroupCounters;
+use crate::send_queue::SendQueue;
 use crate::store::writer::GroupUpdate;
-use crate::store::{DeadLetter, GroupKey, GroupProgress, GroupRecord};
+use crate::store::{DeadLetter, DeadLetterRef, GroupKey, GroupProgress, GroupRecord};
+use promhub_core::frames::Millis;
 
 pub(crate) type ConnId = u64;
 pub(crate) type GroupId = u32;
@@ -36,6 +40,64 @@ pub(crate) struct Effects<'a> {
     /// Milliseconds since the Unix epoch (what clients see).
     pub now_wall: u64,
     pub timers: &'a mut BTreeSet<TimerKey>,
+    pub counters: &'a GroupCounters,
+}
+
+/// Why a dead letter could not be replayed into its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ReplayRefused {
+    #[error("the group has no connected member to deliver to")]
+    NoMembers,
+    #[error("the event is already being delivered again")]
+    AlreadyPending,
+}
+
+/// A member as the ops API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MemberView {
+    pub conn: ConnId,
+    pub inflight: u32,
+    pub max_inflight: u32,
+}
+
+/// A loaded group's live state, for the ops API.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GroupView {
+    pub key: GroupKey,
+    pub cursor: u64,
+    pub members: Vec<MemberView>,
+    /// Events after the cursor that are done (acked out of order,
+    /// dead-lettered, hidden by the ACL), in seq order.
+    pub done_above: Vec<u64>,
+    /// The oldest event after the cursor that is not done, when the window
+    /// holds it: (seq, ts).
+    pub oldest_pending: Option<(u64, Millis)>,
+    /// Dead letters being delivered again.
+    pub replaying: usize,
+    /// ACKs and deliveries since the group was loaded (throughput).
+    pub acked: u64,
+    pub delivered: u64,
+}
+
+/// The entry of `seq` in the window or among replays, through field
+/// borrows only (so the group's other fields stay usable).
+macro_rules! entry_mut {
+    ($group:expr, $seq:expr) => {
+        if $group.window.contains_key(&$seq) {
+            $group.window.get_mut(&$seq)
+        } else {
+            $group.replays.get_mut(&$seq)
+        }
+    };
+}
+
+macro_rules! entry {
+    ($group:expr, $seq:expr) => {
+        $group
+            .window
+            .get(&$seq)
+            .or_else(|| $group.replays.get(&$seq))
+    };
 }
 
 /// Per-member limits (from SUBSCRIBE opts, else the group defaults).
@@ -44,26 +106,68 @@ pub(crate) struct MemberOpts {
     pub max_inflight: u32,
     pub ack_timeout_ms: u64,
     pub max_deliver: u32,
+    /// Bound on the bytes of unacknowledged group deliveries of the
+    /// member's connection (the group default `max_inflight_bytes`; not a
+    /// SUBSCRIBE option).
+    pub max_inflight_bytes: usize,
 }
 
 #[derive(Debug)]
 pub(crate) struct Member {
     pub conn: ConnId,
-    pub outbox: Arc<Outbox>,
+    pub send_queue: Arc<SendQueue>,
     pub policy: Arc<Policy>,
     pub opts: MemberOpts,
     inflight: u32,
+    /// Event bytes of the unacknowledged deliveries of the connection,
+    /// shared by its members of every group (only the broker task touches
+    /// it; atomic because it is shared).
+    inflight_bytes: Arc<AtomicUsize>,
 }
 
 impl Member {
-    pub fn new(conn: ConnId, outbox: Arc<Outbox>, policy: Arc<Policy>, opts: MemberOpts) -> Self {
+    pub fn new(
+        conn: ConnId,
+        send_queue: Arc<SendQueue>,
+        policy: Arc<Policy>,
+        opts: MemberOpts,
+    ) -> Self {
         Member {
             conn,
-            outbox,
+            send_queue,
             policy,
             opts,
             inflight: 0,
+            inflight_bytes: Arc::default(),
         }
+    }
+
+    /// Counts this member's unacknowledged bytes in the connection's
+    /// counter, which its other group subscriptions share.
+    pub fn sharing_bytes(mut self, connection_bytes: Arc<AtomicUsize>) -> Self {
+        self.inflight_bytes = connection_bytes;
+        self
+    }
+
+    fn add_bytes(&self, bytes: usize) {
+        self.inflight_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn remove_bytes(&self, bytes: usize) {
+        // Saturating: a miscount must not wrap into "never again".
+        let _ = self
+            .inflight_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                Some(held.saturating_sub(bytes))
+            });
+    }
+
+    /// Held back by the connection's byte bound. With nothing in flight a
+    /// member always gets one delivery (however large, and whatever its
+    /// connection's other groups hold), so it can never stall.
+    fn over_byte_bound(&self) -> bool {
+        self.inflight > 0
+            && self.inflight_bytes.load(Ordering::Relaxed) >= self.opts.max_inflight_bytes
     }
 }
 
@@ -81,6 +185,9 @@ struct Entry {
     /// Deliveries so far.
     attempts: u32,
     state: EntryState,
+    /// A dead letter replayed by the ops API: its dead-letter record is
+    /// removed when it is acknowledged (and replaced if it dies again).
+    replay: bool,
 }
 
 /// Where the group gets its next events from.
@@ -122,6 +229,10 @@ pub(crate) struct GroupState {
     fetched_upto: u64,
     source: Source,
     window: BTreeMap<u64, Entry>,
+    /// Replayed dead letters the window does not hold (at or below the
+    /// cursor, or skipped as done after a restart). They never hold the
+    /// cursor back.
+    replays: BTreeMap<u64, Entry>,
     /// Entries waiting for a member, in `seq` order.
     ready: BTreeSet<u64>,
     /// Inflight entries by event id, for ACK / NACK / WORKING.
@@ -135,6 +246,11 @@ pub(crate) struct GroupState {
     /// Done marks above the cursor not yet made durable.
     new_marks: Vec<u64>,
     dead_letters: Vec<DeadLetter>,
+    /// Replayed dead letters acknowledged since the last flush.
+    removed_dead_letters: Vec<DeadLetterRef>,
+    /// ACKs and deliveries since loaded, for the ops API's throughput.
+    acked: u64,
+    delivered: u64,
     dirty: bool,
 }
 
@@ -158,6 +274,7 @@ impl GroupState {
             fetched_upto: cursor,
             source: Source::Behind,
             window: BTreeMap::new(),
+            replays: BTreeMap::new(),
             ready: BTreeSet::new(),
             inflight_ids: HashMap::new(),
             members: Vec::new(),
@@ -169,8 +286,87 @@ impl GroupState {
                 .collect(),
             new_marks: Vec::new(),
             dead_letters: Vec::new(),
+            removed_dead_letters: Vec::new(),
+            acked: 0,
+            delivered: 0,
             dirty: false,
         }
+    }
+
+    /// The group's live state for the ops API.
+    pub fn view(&self) -> GroupView {
+        let cursor = self.cursor;
+        let mut done_above: Vec<u64> = self
+            .window
+            .iter()
+            .filter(|&(&seq, e)| seq > cursor && e.state == EntryState::Done)
+            .map(|(&seq, _)| seq)
+            .chain(self.restored_done.range(cursor + 1..).copied())
+            .collect();
+        done_above.sort_unstable();
+        done_above.dedup();
+        GroupView {
+            key: self.key.clone(),
+            cursor,
+            members: self
+                .members
+                .iter()
+                .map(|m| MemberView {
+                    conn: m.conn,
+                    inflight: m.inflight,
+                    max_inflight: m.opts.max_inflight,
+                })
+                .collect(),
+            done_above,
+            oldest_pending: self
+                .window
+                .values()
+                .find(|e| e.state != EntryState::Done)
+                .map(|e| (e.event.seq, e.event.ts)),
+            replaying: self.replays.len() + self.window.values().filter(|e| e.replay).count(),
+            acked: self.acked,
+            delivered: self.delivered,
+        }
+    }
+
+    /// Delivers a dead-lettered event again (the ops API's replay), with
+    /// attempts counted from 1.
+    pub fn replay(
+        &mut self,
+        event: Arc<Committed>,
+        fx: &mut Effects<'_>,
+    ) -> Result<(), ReplayRefused> {
+        if self.members.is_empty() {
+            return Err(ReplayRefused::NoMembers);
+        }
+        let seq = event.seq;
+        if let Some(entry) = self.window.get_mut(&seq) {
+            // Dead-lettered but the cursor has not passed it yet.
+            if entry.state != EntryState::Done || entry.replay {
+                return Err(ReplayRefused::AlreadyPending);
+            }
+            entry.state = EntryState::Ready;
+            entry.attempts = 0;
+            entry.replay = true;
+        } else {
+            match self.replays.entry(seq) {
+                std::collections::btree_map::Entry::Occupied(_) => {
+                    return Err(ReplayRefused::AlreadyPending);
+                }
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(Entry {
+                        event,
+                        attempts: 0,
+                        state: EntryState::Ready,
+                        replay: true,
+                    });
+                }
+            }
+        }
+        fx.counters.replays.inc();
+        self.ready.insert(seq);
+        self.pump(fx);
+        Ok(())
     }
 
     pub fn cursor(&self) -> u64 {
@@ -200,7 +396,7 @@ impl GroupState {
             Some(existing) => {
                 existing.opts = member.opts;
                 existing.policy = member.policy;
-                existing.outbox = member.outbox;
+                existing.send_queue = member.send_queue;
             }
             None => self.members.push(member),
         }
@@ -224,6 +420,11 @@ impl GroupState {
             .map(|(&seq, _)| seq)
             .collect();
         for seq in held {
+            // `release` no longer finds the member: give its bytes back to
+            // the connection here (its other groups go on).
+            if let Some(entry) = self.window.get(&seq) {
+                member.remove_bytes(entry.event.json.get().len());
+            }
             self.release(seq, fx);
             self.fail(seq, member.opts.max_deliver, "connection closed", fx);
         }
@@ -269,7 +470,10 @@ impl GroupState {
     /// already done.
     fn examine(&mut self, event: &Arc<Committed>) {
         self.fetched_upto = event.seq;
-        if !self.pattern.matches(&event.topic) || self.restored_done.contains(&event.seq) {
+        if !self.pattern.matches(&event.topic)
+            || self.restored_done.contains(&event.seq)
+            || self.replays.contains_key(&event.seq)
+        {
             return;
         }
         self.window.insert(
@@ -278,6 +482,7 @@ impl GroupState {
                 event: Arc::clone(event),
                 attempts: 0,
                 state: EntryState::Ready,
+                replay: false,
             },
         );
         self.ready.insert(event.seq);
@@ -339,7 +544,7 @@ impl GroupState {
             return;
         }
         while let Some(&seq) = self.ready.first() {
-            let Some(entry) = self.window.get(&seq) else {
+            let Some(entry) = entry!(self, seq) else {
                 self.ready.remove(&seq);
                 continue;
             };
@@ -347,6 +552,7 @@ impl GroupState {
             let count = self.members.len();
             let mut chosen = None;
             let mut anyone_allowed = false;
+            let mut held_by_bytes = false;
             for offset in 0..count {
                 let index = (self.next_member + offset) % count;
                 let member = &self.members[index];
@@ -357,10 +563,15 @@ impl GroupState {
                     continue;
                 }
                 anyone_allowed = true;
-                if member.inflight < member.opts.max_inflight {
-                    chosen = Some(index);
-                    break;
+                if member.inflight >= member.opts.max_inflight {
+                    continue;
                 }
+                if member.over_byte_bound() {
+                    held_by_bytes = true;
+                    continue;
+                }
+                chosen = Some(index);
+                break;
             }
             match chosen {
                 Some(index) => {
@@ -371,10 +582,16 @@ impl GroupState {
                 // acknowledged for this subscription.
                 None if !anyone_allowed => {
                     self.ready.remove(&seq);
-                    self.complete(seq);
+                    self.finish_unacknowledged(seq);
                 }
-                // Everyone allowed is at max_inflight: wait for an ACK.
-                None => break,
+                // Everyone allowed is at max_inflight (or their byte
+                // bound): wait for an ACK. The group lags, nothing is lost.
+                None => {
+                    if held_by_bytes {
+                        COUNTERS.group_lagging();
+                    }
+                    break;
+                }
             }
         }
         self.advance();
@@ -382,11 +599,16 @@ impl GroupState {
 
     fn deliver(&mut self, seq: u64, member_index: usize, fx: &mut Effects<'_>) {
         let member = &mut self.members[member_index];
-        let Some(entry) = self.window.get_mut(&seq) else {
+        let Some(entry) = entry_mut!(self, seq) else {
             return;
         };
         self.ready.remove(&seq);
         entry.attempts += 1;
+        fx.counters.deliveries.inc();
+        self.delivered += 1;
+        if entry.attempts > 1 {
+            fx.counters.redeliveries.inc();
+        }
         let due = fx.now_mono + member.opts.ack_timeout_ms;
         entry.state = EntryState::Inflight {
             conn: member.conn,
@@ -395,6 +617,7 @@ impl GroupState {
         fx.timers.insert((due, self.id, seq));
         self.inflight_ids.insert(Arc::clone(&entry.event.id), seq);
         member.inflight += 1;
+        member.add_bytes(entry.event.json.get().len());
         let ctx = DeliveryCtx {
             attempt: entry.attempts,
             ack_deadline: Some(fx.now_wall + member.opts.ack_timeout_ms),
@@ -403,13 +626,13 @@ impl GroupState {
         let frame = encode_event_delivery(&self.pattern, Some(&self.name), &entry.event.json, &ctx);
         // A closing connection drops the frame; its disconnect then puts the
         // event back.
-        member.outbox.push(frame);
+        member.send_queue.push(frame);
     }
 
     /// Takes an inflight entry back from its member (ACK, NACK, deadline,
     /// disconnect). Returns the holder.
     fn release(&mut self, seq: u64, fx: &mut Effects<'_>) -> Option<ConnId> {
-        let entry = self.window.get_mut(&seq)?;
+        let entry = entry_mut!(self, seq)?;
         let EntryState::Inflight { conn, due } = entry.state else {
             return None;
         };
@@ -420,6 +643,7 @@ impl GroupState {
         entry.state = EntryState::Ready;
         if let Some(member) = self.members.iter_mut().find(|m| m.conn == conn) {
             member.inflight = member.inflight.saturating_sub(1);
+            member.remove_bytes(entry.event.json.get().len());
         }
         Some(conn)
     }
@@ -434,7 +658,7 @@ impl GroupState {
     /// A delivery failed (deadline, disconnect): redeliver now, or dead-letter
     /// once `max_deliver` attempts are used up.
     fn fail(&mut self, seq: u64, max_deliver: u32, reason: &str, fx: &mut Effects<'_>) {
-        let Some(entry) = self.window.get(&seq) else {
+        let Some(entry) = entry!(self, seq) else {
             return;
         };
         if entry.attempts >= max_deliver {
@@ -445,7 +669,7 @@ impl GroupState {
     }
 
     fn dead_letter(&mut self, seq: u64, reason: &str, fx: &mut Effects<'_>) {
-        let Some(entry) = self.window.get(&seq) else {
+        let Some(entry) = entry!(self, seq) else {
             return;
         };
         tracing::info!(
@@ -460,17 +684,39 @@ impl GroupState {
             attempts: entry.attempts,
             dead_at: fx.now_wall,
         });
+        fx.counters.dead_letters.inc();
         self.dirty = true;
         self.ready.remove(&seq);
+        // A replay that died again: the new record replaces the old one.
+        self.finish_unacknowledged(seq);
+    }
+
+    /// Marks an entry done without an ACK (dead-lettered, or hidden from
+    /// every member): a replayed dead letter keeps its record.
+    fn finish_unacknowledged(&mut self, seq: u64) {
+        if let Some(entry) = entry_mut!(self, seq) {
+            entry.replay = false;
+        }
         self.complete(seq);
     }
 
     /// Marks an entry done (it stays in the window until the prefix before
-    /// it is done too).
+    /// it is done too; a replay outside the window is dropped). An
+    /// acknowledged replay removes its dead letter.
     fn complete(&mut self, seq: u64) {
-        if let Some(entry) = self.window.get_mut(&seq) {
+        let replayed = if let Some(entry) = self.window.get_mut(&seq) {
             entry.state = EntryState::Done;
             self.new_marks.push(seq);
+            self.dirty = true;
+            std::mem::take(&mut entry.replay)
+        } else {
+            self.replays.remove(&seq).is_some_and(|e| e.replay)
+        };
+        if replayed {
+            self.removed_dead_letters.push(DeadLetterRef {
+                key: self.key.clone(),
+                seq,
+            });
             self.dirty = true;
         }
     }
@@ -509,6 +755,8 @@ impl GroupState {
         let Some(&seq) = self.inflight_ids.get(id) else {
             return;
         };
+        fx.counters.acks.inc();
+        self.acked += 1;
         self.release(seq, fx);
         self.complete(seq);
         self.advance();
@@ -531,8 +779,9 @@ impl GroupState {
         let Some(holder) = self.release(seq, fx) else {
             return;
         };
+        fx.counters.nacks.inc();
         let max_deliver = self.holder_max_deliver(holder);
-        let attempts = self.window.get(&seq).map_or(0, |e| e.attempts);
+        let attempts = entry!(self, seq).map_or(0, |e| e.attempts);
         if final_ {
             self.dead_letter(seq, reason.unwrap_or("rejected (final NACK)"), fx);
         } else if attempts >= max_deliver {
@@ -543,7 +792,7 @@ impl GroupState {
                 .min(MAX_NACK_DELAY_MS);
             if delay == 0 {
                 self.ready.insert(seq);
-            } else if let Some(entry) = self.window.get_mut(&seq) {
+            } else if let Some(entry) = entry_mut!(self, seq) {
                 let due = fx.now_mono + delay;
                 entry.state = EntryState::Delayed { due };
                 fx.timers.insert((due, self.id, seq));
@@ -558,7 +807,7 @@ impl GroupState {
         let Some(&seq) = self.inflight_ids.get(id) else {
             return;
         };
-        let Some(entry) = self.window.get_mut(&seq) else {
+        let Some(entry) = entry_mut!(self, seq) else {
             return;
         };
         let EntryState::Inflight { conn, due } = entry.state else {
@@ -577,7 +826,7 @@ impl GroupState {
 
     /// A timer of this group fired: an ack deadline or a NACK delay.
     pub fn on_timer(&mut self, seq: u64, due: u64, fx: &mut Effects<'_>) {
-        let Some(entry) = self.window.get_mut(&seq) else {
+        let Some(entry) = entry_mut!(self, seq) else {
             return;
         };
         match entry.state {
@@ -619,7 +868,7 @@ impl GroupState {
                 done_above,
             }),
             dead_letters: std::mem::take(&mut self.dead_letters),
-            removed_dead_letters: Vec::new(),
+            removed_dead_letters: std::mem::take(&mut self.removed_dead_letters),
         })
     }
 
@@ -631,6 +880,9 @@ impl GroupState {
         let mut dead_letters = update.dead_letters;
         dead_letters.append(&mut self.dead_letters);
         self.dead_letters = dead_letters;
+        let mut removed = update.removed_dead_letters;
+        removed.append(&mut self.removed_dead_letters);
+        self.removed_dead_letters = removed;
         self.dirty = true;
     }
 }
@@ -638,7 +890,7 @@ impl GroupState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::{Drained, OutboxLimits};
+    use crate::send_queue::{Drained, SendQueueLimits};
     use promhub_core::frames::{Event, HubFrame};
     use promhub_core::{Topic, frames::to_payload};
 
@@ -664,11 +916,12 @@ mod tests {
     struct Harness {
         group: GroupState,
         timers: BTreeSet<TimerKey>,
+        counters: GroupCounters,
         now: u64,
     }
 
-    fn outbox() -> Arc<Outbox> {
-        Arc::new(Outbox::new(OutboxLimits {
+    fn send_queue() -> Arc<SendQueue> {
+        Arc::new(SendQueue::new(SendQueueLimits {
             live_frames: 1000,
             live_bytes: 1 << 20,
         }))
@@ -679,6 +932,7 @@ mod tests {
             max_inflight,
             ack_timeout_ms: 1000,
             max_deliver: 3,
+            max_inflight_bytes: 1 << 20,
         }
     }
 
@@ -696,6 +950,7 @@ mod tests {
             Harness {
                 group,
                 timers: BTreeSet::new(),
+                counters: GroupCounters::default(),
                 now: 0,
             }
         }
@@ -707,12 +962,13 @@ mod tests {
                     now_mono: self.now,
                     now_wall: 1_000_000 + self.now,
                     timers: &mut self.timers,
+                    counters: &self.counters,
                 },
             )
         }
 
-        fn join(&mut self, conn: ConnId, max_inflight: u32) -> Arc<Outbox> {
-            let out = outbox();
+        fn join(&mut self, conn: ConnId, max_inflight: u32) -> Arc<SendQueue> {
+            let out = send_queue();
             let member = Member::new(
                 conn,
                 Arc::clone(&out),
@@ -744,8 +1000,8 @@ mod tests {
         }
     }
 
-    /// (event id, attempt) of each EVENT queued in an outbox.
-    async fn deliveries(out: &Outbox) -> Vec<(String, u32)> {
+    /// (event id, attempt) of each EVENT queued in a send queue.
+    async fn deliveries(out: &SendQueue) -> Vec<(String, u32)> {
         let mut batch = Vec::new();
         if out.queued_bytes() == 0 {
             return vec![];
@@ -803,6 +1059,98 @@ mod tests {
         let (g, mut fx) = h.fx();
         g.ack("e2", &mut fx);
         assert_eq!(ids(&deliveries(&a).await), ["e3"]);
+    }
+
+    #[tokio::test]
+    async fn inflight_bytes_hold_a_member_back_and_the_group_lags_without_loss() {
+        let mut h = Harness::new(0);
+        let out = send_queue();
+        let one_event = event(1, "jobs.a").json.get().len();
+        // Room for two events' bytes, while max_inflight would allow ten.
+        let member = Member::new(
+            1,
+            Arc::clone(&out),
+            Arc::new(Policy::allow_all()),
+            MemberOpts {
+                max_inflight_bytes: 2 * one_event,
+                ..opts(10)
+            },
+        );
+        let (group, mut fx) = h.fx();
+        group.add_member(member, &mut fx);
+        let lagging_before = COUNTERS.snapshot().group_lagging;
+        h.live(&[
+            event(1, "jobs.a"),
+            event(2, "jobs.a"),
+            event(3, "jobs.a"),
+            event(4, "jobs.a"),
+        ]);
+        assert_eq!(ids(&deliveries(&out).await), ["e1", "e2"]);
+        assert!(COUNTERS.snapshot().group_lagging > lagging_before);
+        let (g, mut fx) = h.fx();
+        g.ack("e1", &mut fx);
+        assert_eq!(ids(&deliveries(&out).await), ["e3"]);
+        let (g, mut fx) = h.fx();
+        g.ack("e2", &mut fx);
+        g.ack("e3", &mut fx);
+        assert_eq!(ids(&deliveries(&out).await), ["e4"]);
+        let (g, mut fx) = h.fx();
+        g.ack("e4", &mut fx);
+        assert_eq!(g.cursor(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_connections_groups_share_its_byte_bound_and_get_bytes_back() {
+        let mut h = Harness::new(0);
+        let out = send_queue();
+        let one = event(1, "jobs.a").json.get().len();
+        // The connection's other groups already hold its whole allowance.
+        let connection_bytes = Arc::new(AtomicUsize::new(10 * one));
+        let member = Member::new(
+            1,
+            Arc::clone(&out),
+            Arc::new(Policy::allow_all()),
+            MemberOpts {
+                max_inflight_bytes: 10 * one,
+                ..opts(10)
+            },
+        )
+        .sharing_bytes(Arc::clone(&connection_bytes));
+        let (group, mut fx) = h.fx();
+        group.add_member(member, &mut fx);
+        h.live(&[event(1, "jobs.a"), event(2, "jobs.a"), event(3, "jobs.a")]);
+        // Nothing of this member is in flight: one delivery goes anyway.
+        assert_eq!(ids(&deliveries(&out).await), ["e1"]);
+        assert_eq!(connection_bytes.load(Ordering::Relaxed), 11 * one);
+        let (g, mut fx) = h.fx();
+        g.ack("e1", &mut fx);
+        assert_eq!(ids(&deliveries(&out).await), ["e2"]);
+        // Leaving the group gives its bytes back to the connection.
+        let (g, mut fx) = h.fx();
+        g.remove_member(1, &mut fx);
+        assert_eq!(connection_bytes.load(Ordering::Relaxed), 10 * one);
+    }
+
+    #[tokio::test]
+    async fn one_delivery_goes_however_large() {
+        let mut h = Harness::new(0);
+        let out = send_queue();
+        let member = Member::new(
+            1,
+            Arc::clone(&out),
+            Arc::new(Policy::allow_all()),
+            MemberOpts {
+                max_inflight_bytes: 1,
+                ..opts(10)
+            },
+        );
+        let (group, mut fx) = h.fx();
+        group.add_member(member, &mut fx);
+        h.live(&[event(1, "jobs.a"), event(2, "jobs.a")]);
+        assert_eq!(ids(&deliveries(&out).await), ["e1"]);
+        let (g, mut fx) = h.fx();
+        g.ack("e1", &mut fx);
+        assert_eq!(ids(&deliveries(&out).await), ["e2"]);
     }
 
     #[tokio::test]
@@ -876,7 +1224,7 @@ mod tests {
     #[tokio::test]
     async fn events_the_acl_hides_from_every_member_count_as_done() {
         let mut h = Harness::new(0);
-        let out = outbox();
+        let out = send_queue();
         let member = Member::new(
             1,
             Arc::clone(&out),
@@ -901,11 +1249,13 @@ mod tests {
         };
         let mut timers = BTreeSet::new();
         let mut group = GroupState::new(0, pattern, name, record, defaults());
-        let out = outbox();
+        let out = send_queue();
+        let counters = GroupCounters::default();
         let mut fx = Effects {
             now_mono: 0,
             now_wall: 0,
             timers: &mut timers,
+            counters: &counters,
         };
         group.add_member(
             Member::new(1, Arc::clone(&out), Arc::new(Policy::allow_all()), opts(10)),
@@ -930,6 +1280,66 @@ mod tests {
         // Caught up: live events flow in.
         group.on_live(&[event(13, "jobs.q")], &mut fx);
         assert_eq!(ids(&deliveries(&out).await), ["e13"]);
+    }
+
+    #[tokio::test]
+    async fn replayed_dead_letter_is_delivered_from_attempt_one_and_removed_on_ack() {
+        let mut h = Harness::new(0);
+        let a = h.join(1, 10);
+        h.live(&[event(1, "jobs.a"), event(2, "jobs.a")]);
+        assert_eq!(ids(&deliveries(&a).await), ["e1", "e2"]);
+        let (g, mut fx) = h.fx();
+        g.nack("e1", Some("bad"), None, true, &mut fx);
+        g.ack("e2", &mut fx);
+        assert_eq!(g.cursor(), 2);
+        assert_eq!(g.take_update().unwrap().dead_letters.len(), 1);
+        // Replayed below the cursor: delivered again, attempt 1.
+        g.replay(event(1, "jobs.a"), &mut fx).unwrap();
+        assert_eq!(
+            g.replay(event(1, "jobs.a"), &mut fx),
+            Err(ReplayRefused::AlreadyPending)
+        );
+        assert_eq!(g.view().replaying, 1);
+        assert_eq!(deliveries(&a).await, [("e1".to_owned(), 1)]);
+        let (g, mut fx) = h.fx();
+        g.ack("e1", &mut fx);
+        assert_eq!(g.cursor(), 2, "a replay never moves the cursor back");
+        let update = g.take_update().unwrap();
+        assert!(update.dead_letters.is_empty());
+        assert_eq!(update.removed_dead_letters.len(), 1);
+        assert_eq!(update.removed_dead_letters[0].seq, 1);
+        assert_eq!(g.view().replaying, 0);
+        assert_eq!(h.counters.replays.get(), 1);
+        assert_eq!(h.counters.dead_letters.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn replay_that_dies_again_keeps_a_dead_letter_and_needs_a_member() {
+        let mut h = Harness::new(0);
+        let (g, mut fx) = h.fx();
+        assert_eq!(
+            g.replay(event(1, "jobs.a"), &mut fx),
+            Err(ReplayRefused::NoMembers)
+        );
+        let a = h.join(1, 10);
+        // Dead-lettered while e1 still holds the cursor: replayed in the window.
+        h.live(&[event(1, "jobs.a"), event(2, "jobs.a")]);
+        deliveries(&a).await;
+        let (g, mut fx) = h.fx();
+        g.nack("e2", None, None, true, &mut fx);
+        assert_eq!(g.view().done_above, [2]);
+        g.replay(event(2, "jobs.a"), &mut fx).unwrap();
+        assert_eq!(deliveries(&a).await, [("e2".to_owned(), 1)]);
+        let (g, mut fx) = h.fx();
+        assert!(g.view().done_above.is_empty());
+        g.nack("e2", Some("still bad"), None, true, &mut fx);
+        g.ack("e1", &mut fx);
+        assert_eq!(g.cursor(), 2);
+        let update = g.take_update().unwrap();
+        assert_eq!(update.dead_letters.len(), 2);
+        assert_eq!(update.dead_letters[1].reason, "still bad");
+        assert_eq!(update.dead_letters[1].attempts, 1);
+        assert!(update.removed_dead_letters.is_empty());
     }
 
     #[tokio::test]

@@ -17,15 +17,16 @@ use promhub_core::{Action, Pattern, Policy};
 
 use super::committed::Committed;
 use super::group::ConnId;
-use crate::outbox::{LivePush, Outbox};
+use crate::limits::COUNTERS;
+use crate::send_queue::{LivePush, SendQueue};
 
 #[derive(Debug)]
 struct LiveSub {
     conn: ConnId,
-    outbox: Arc<Outbox>,
+    send_queue: Arc<SendQueue>,
     policy: Arc<Policy>,
     /// Set while the `snapshot` is being read: live events after `upto` are
-    /// held here (bounded like the outbox) and sent after the snapshot.
+    /// held here (bounded like the send queue) and sent after the snapshot.
     snapshot: Option<SnapshotHold>,
 }
 
@@ -43,7 +44,7 @@ struct PatternSubs {
 }
 
 /// Limits on frames held for a subscription waiting for its snapshot (the
-/// same as the outbox's live limits).
+/// same as the send queue's live limits).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HoldLimits {
     pub frames: usize,
@@ -82,7 +83,7 @@ impl LiveIndex {
         &mut self,
         conn: ConnId,
         pattern: &Pattern,
-        outbox: Arc<Outbox>,
+        send_queue: Arc<SendQueue>,
         policy: Arc<Policy>,
         snapshot_upto: Option<u64>,
     ) {
@@ -101,14 +102,14 @@ impl LiveIndex {
         match entry.subs.iter_mut().find(|s| s.conn == conn) {
             Some(existing) => {
                 existing.policy = policy;
-                existing.outbox = outbox;
+                existing.send_queue = send_queue;
                 if snapshot.is_some() {
                     existing.snapshot = snapshot;
                 }
             }
             None => entry.subs.push(LiveSub {
                 conn,
-                outbox,
+                send_queue,
                 policy,
                 snapshot,
             }),
@@ -169,11 +170,13 @@ impl LiveIndex {
             };
             // The snapshot was asked for and is bounded by the number of
             // keys: it is not subject to the live limits.
-            sub.outbox
+            sub.send_queue
                 .push(encode_event_delivery(pattern, None, &json, &ctx));
         }
-        if !hold.held.is_empty() {
-            sub.outbox.push_live_batch(hold.held);
+        if !hold.held.is_empty()
+            && sub.send_queue.push_live_batch(hold.held) == LivePush::Overflowed
+        {
+            COUNTERS.slow_consumer_close();
         }
     }
 
@@ -184,10 +187,12 @@ impl LiveIndex {
     }
 
     /// Queues every committed event for every live subscription it matches.
-    pub fn fan_out(&mut self, events: &[Arc<Committed>]) {
+    /// Returns how many EVENT frames were queued.
+    pub fn fan_out(&mut self, events: &[Arc<Committed>]) -> u64 {
         if self.exact.is_empty() && self.wildcard.is_empty() {
-            return;
+            return 0;
         }
+        let mut queued = 0;
         let limits = self.hold_limits;
         let mut frames: Vec<(&Committed, Utf8Bytes)> = Vec::new();
         for entry in self.exact.values_mut() {
@@ -197,7 +202,7 @@ impl LiveIndex {
                     frames.push((event, encode(&entry.pattern, event)));
                 }
             }
-            deliver(entry, &frames, limits);
+            queued += deliver(entry, &frames, limits);
         }
         for entry in self.wildcard.values_mut() {
             frames.clear();
@@ -206,8 +211,9 @@ impl LiveIndex {
                     frames.push((event, encode(&entry.pattern, event)));
                 }
             }
-            deliver(entry, &frames, limits);
+            queued += deliver(entry, &frames, limits);
         }
+        queued
     }
 }
 
@@ -222,10 +228,11 @@ fn encode(pattern: &Pattern, event: &Committed) -> Utf8Bytes {
 
 /// Queues `frames` (all matching `entry.pattern`) for each subscriber the
 /// ACL lets see them.
-fn deliver(entry: &mut PatternSubs, frames: &[(&Committed, Utf8Bytes)], limits: HoldLimits) {
+fn deliver(entry: &mut PatternSubs, frames: &[(&Committed, Utf8Bytes)], limits: HoldLimits) -> u64 {
     if frames.is_empty() {
-        return;
+        return 0;
     }
+    let mut queued = 0;
     // Subscribers usually share a policy (one Arc per token / dev mode), so
     // the per-event ACL decision is computed once per distinct policy.
     let mut cached: Option<(Arc<Policy>, Vec<Utf8Bytes>)> = None;
@@ -244,6 +251,7 @@ fn deliver(entry: &mut PatternSubs, frames: &[(&Committed, Utf8Bytes)], limits: 
         if allowed.is_empty() {
             continue;
         }
+        queued += allowed.len() as u64;
         match &mut sub.snapshot {
             Some(hold) => {
                 for frame in allowed {
@@ -252,25 +260,28 @@ fn deliver(entry: &mut PatternSubs, frames: &[(&Committed, Utf8Bytes)], limits: 
                 }
                 if hold.held.len() > limits.frames || hold.held_bytes > limits.bytes {
                     sub.snapshot = None;
-                    sub.outbox.close(crate::outbox::CloseReason::new(
-                        crate::outbox::SLOW_CONSUMER,
+                    COUNTERS.slow_consumer_close();
+                    sub.send_queue.close(crate::send_queue::CloseReason::new(
+                        crate::send_queue::SLOW_CONSUMER,
                         "slow consumer: live buffer overflowed during snapshot",
                     ));
                 }
             }
             None => {
-                if sub.outbox.push_live_batch(allowed.iter().cloned()) == LivePush::Overflowed {
+                if sub.send_queue.push_live_batch(allowed.iter().cloned()) == LivePush::Overflowed {
+                    COUNTERS.slow_consumer_close();
                     tracing::debug!(conn = sub.conn, "live buffer overflowed; closing with 4009");
                 }
             }
         }
     }
+    queued
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::{Drained, OutboxLimits};
+    use crate::send_queue::{Drained, SendQueueLimits};
     use promhub_core::Topic;
     use promhub_core::frames::{HubFrame, to_payload};
 
@@ -289,8 +300,8 @@ mod tests {
         }
     }
 
-    fn outbox(frames: usize) -> Arc<Outbox> {
-        Arc::new(Outbox::new(OutboxLimits {
+    fn send_queue(frames: usize) -> Arc<SendQueue> {
+        Arc::new(SendQueue::new(SendQueueLimits {
             live_frames: frames,
             live_bytes: 1 << 20,
         }))
@@ -301,7 +312,7 @@ mod tests {
         bytes: 1 << 20,
     };
 
-    async fn received(out: &Outbox) -> Vec<(String, String, Option<bool>)> {
+    async fn received(out: &SendQueue) -> Vec<(String, String, Option<bool>)> {
         if out.queued_bytes() == 0 && !out.is_closing() {
             return vec![];
         }
@@ -329,8 +340,8 @@ mod tests {
     #[tokio::test]
     async fn exact_and_wildcard_patterns_receive_matching_events_with_their_own_topic() {
         let mut index = LiveIndex::new(LIMITS);
-        let exact = outbox(100);
-        let wild = outbox(100);
+        let exact = send_queue(100);
+        let wild = send_queue(100);
         let policy = Arc::new(Policy::allow_all());
         index.subscribe(
             1,
@@ -368,8 +379,8 @@ mod tests {
     #[tokio::test]
     async fn delivery_checks_each_subscribers_own_policy() {
         let mut index = LiveIndex::new(LIMITS);
-        let open = outbox(100);
-        let narrow = outbox(100);
+        let open = send_queue(100);
+        let narrow = send_queue(100);
         let pattern = Pattern::parse("**").unwrap();
         index.subscribe(
             1,
@@ -388,8 +399,8 @@ mod tests {
     #[tokio::test]
     async fn overflow_closes_the_slow_subscriber_only() {
         let mut index = LiveIndex::new(LIMITS);
-        let slow = outbox(2);
-        let fast = outbox(100);
+        let slow = send_queue(2);
+        let fast = send_queue(100);
         let pattern = Pattern::parse("t").unwrap();
         let policy = Arc::new(Policy::allow_all());
         index.subscribe(1, &pattern, slow.clone(), policy.clone(), None);
@@ -405,7 +416,7 @@ mod tests {
     #[tokio::test]
     async fn snapshot_comes_first_then_held_live_events() {
         let mut index = LiveIndex::new(LIMITS);
-        let out = outbox(100);
+        let out = send_queue(100);
         let pattern = Pattern::parse("s.*").unwrap();
         index.subscribe(
             1,

@@ -16,6 +16,7 @@ mod live;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -27,14 +28,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use self::committed::Committed;
-pub(crate) use self::group::{ConnId, MemberOpts};
+pub(crate) use self::group::{ConnId, GroupView, MemberOpts, MemberView, ReplayRefused};
 use self::group::{Effects, FETCH_SCAN_LIMIT, GroupId, GroupState, Member, TimerKey};
 pub(crate) use self::live::HoldLimits;
 use self::live::LiveIndex;
 use crate::config::GroupDefaults;
-use crate::outbox::Outbox;
+use crate::metrics::{GroupCounters, Metrics};
+use crate::send_queue::SendQueue;
 use crate::store::writer::{CommittedEvents, GroupUpdate, StoreWriter};
 use crate::store::{GroupKey, GroupProgress, GroupRecord, Store, StoreError};
+use prometheus_client::metrics::counter::Counter;
 
 /// How long a group waits before retrying a failed store read.
 const FETCH_RETRY: Duration = Duration::from_secs(1);
@@ -45,11 +48,15 @@ const COMMANDS_PER_TURN: usize = 512;
 #[derive(Debug)]
 pub(crate) struct SubscribeRequest {
     pub conn: ConnId,
-    pub outbox: Arc<Outbox>,
+    pub send_queue: Arc<SendQueue>,
     pub policy: Arc<Policy>,
     pub pattern: Pattern,
     pub group: Option<GroupName>,
     pub opts: MemberOpts,
+    /// Unacknowledged group-delivery bytes of the whole connection, shared
+    /// by all its group subscriptions (bounded by
+    /// `MemberOpts::max_inflight_bytes`).
+    pub group_bytes: Arc<AtomicUsize>,
     pub from: StartFrom,
     pub snapshot: bool,
     pub rid: Option<Rid>,
@@ -73,7 +80,7 @@ pub(crate) enum Command {
     Subscribe(SubscribeRequest),
     Unsubscribe {
         conn: ConnId,
-        outbox: Arc<Outbox>,
+        send_queue: Arc<SendQueue>,
         pattern: Pattern,
         group: Option<GroupName>,
         rid: Option<Rid>,
@@ -116,6 +123,16 @@ pub(crate) enum Command {
     BarrierAt {
         seq: u64,
         done: oneshot::Sender<()>,
+    },
+    /// The live state of every loaded group (ops API).
+    Inspect {
+        reply: oneshot::Sender<Vec<GroupView>>,
+    },
+    /// Deliver a dead-lettered event to the group again (ops API).
+    Replay {
+        key: GroupKey,
+        event: Event,
+        reply: oneshot::Sender<Result<(), ReplayRefused>>,
     },
     /// Final flush, then the broker stops.
     Shutdown {
@@ -168,6 +185,27 @@ impl BrokerHandle {
         }
     }
 
+    /// The live state of every group loaded in memory (groups with members,
+    /// or with changes not yet durable). Empty when the broker stopped.
+    pub async fn inspect(&self) -> Vec<GroupView> {
+        let (reply, answer) = oneshot::channel();
+        if self.send(Command::Inspect { reply }).await {
+            answer.await.unwrap_or_default()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Delivers a dead-lettered event to its (loaded, connected) group
+    /// again. `None` when the broker stopped.
+    pub async fn replay(&self, key: GroupKey, event: Event) -> Option<Result<(), ReplayRefused>> {
+        let (reply, answer) = oneshot::channel();
+        if !self.send(Command::Replay { key, event, reply }).await {
+            return None;
+        }
+        answer.await.ok()
+    }
+
     /// Flushes group state and stops the broker.
     pub async fn shutdown(&self) {
         let (done, wait) = oneshot::channel();
@@ -187,6 +225,7 @@ pub(crate) struct BrokerSetup {
     pub hold_limits: HoldLimits,
     /// The newest seq in the store at start.
     pub head: u64,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Starts the broker task.
@@ -213,6 +252,8 @@ pub(crate) fn spawn(setup: BrokerSetup) -> (BrokerHandle, tokio::task::JoinHandl
         waiting_for_head: Vec::new(),
         shutdown: None,
         start: Instant::now(),
+        counters: setup.metrics.groups.clone(),
+        live_deliveries: setup.metrics.live_deliveries.clone(),
     };
     let task = tokio::spawn(broker.run(receiver, setup.committed));
     (BrokerHandle { commands }, task)
@@ -220,7 +261,7 @@ pub(crate) fn spawn(setup: BrokerSetup) -> (BrokerHandle, tokio::task::JoinHandl
 
 #[derive(Debug, Default)]
 struct ConnSubs {
-    outbox: Option<Arc<Outbox>>,
+    send_queue: Option<Arc<SendQueue>>,
     live: Vec<Pattern>,
     groups: Vec<GroupId>,
 }
@@ -251,6 +292,8 @@ struct Broker {
     waiting_for_head: Vec<(u64, oneshot::Sender<()>)>,
     shutdown: Option<oneshot::Sender<()>>,
     start: Instant,
+    counters: GroupCounters,
+    live_deliveries: Counter,
 }
 
 impl Broker {
@@ -308,11 +351,11 @@ impl Broker {
             Command::Subscribe(request) => self.subscribe(request),
             Command::Unsubscribe {
                 conn,
-                outbox,
+                send_queue,
                 pattern,
                 group,
                 rid,
-            } => self.unsubscribe(conn, &outbox, pattern, group, rid),
+            } => self.unsubscribe(conn, &send_queue, pattern, group, rid),
             Command::Ack { conn, key, id } => {
                 self.with_member_group(conn, &key, |group, fx| group.ack(&id, fx));
             }
@@ -356,6 +399,20 @@ impl Broker {
                 } else {
                     self.waiting_for_head.push((seq, done));
                 }
+            }
+            Command::Inspect { reply } => {
+                let _ = reply.send(self.groups.values().map(GroupState::view).collect());
+            }
+            Command::Replay { key, event, reply } => {
+                let result = match self.group_ids.get(&key) {
+                    Some(&gid) => {
+                        let committed = Committed::from_event(&event);
+                        self.with_group(gid, |group, fx| group.replay(committed, fx))
+                            .unwrap_or(Err(ReplayRefused::NoMembers))
+                    }
+                    None => Err(ReplayRefused::NoMembers),
+                };
+                let _ = reply.send(result);
             }
             Command::Shutdown { done } => {
                 self.shutdown = Some(done);
@@ -405,7 +462,7 @@ impl Broker {
         if let Some(last) = committed.last() {
             self.head = self.head.max(last.seq);
         }
-        self.live.fan_out(&committed);
+        self.live_deliveries.inc_by(self.live.fan_out(&committed));
         let gids: Vec<GroupId> = self.groups.keys().copied().collect();
         for gid in gids {
             self.with_group(gid, |group, fx| group.on_live(&committed, fx));
@@ -439,6 +496,7 @@ impl Broker {
             now_mono,
             now_wall,
             timers: &mut self.timers,
+            counters: &self.counters,
         };
         let result = f(group, &mut fx);
         let dirty = group.is_dirty();
@@ -493,7 +551,7 @@ impl Broker {
             let _ = registered.send(());
         }
         let conn = self.conns.entry(request.conn).or_default();
-        conn.outbox = Some(Arc::clone(&request.outbox));
+        conn.send_queue = Some(Arc::clone(&request.send_queue));
         let Some(group) = request.group.clone() else {
             self.subscribe_live(request);
             return;
@@ -529,7 +587,7 @@ impl Broker {
         }
         let head = self.head;
         reply(
-            &request.outbox,
+            &request.send_queue,
             HubFrame::Suback(SubAck {
                 rid: request.rid.clone(),
                 topic: request.pattern.clone(),
@@ -540,7 +598,7 @@ impl Broker {
         self.live.subscribe(
             request.conn,
             &request.pattern,
-            Arc::clone(&request.outbox),
+            Arc::clone(&request.send_queue),
             Arc::clone(&request.policy),
             request.snapshot.then_some(head),
         );
@@ -627,7 +685,7 @@ impl Broker {
             .unwrap_or_default();
         for request in waiting {
             reply(
-                &request.outbox,
+                &request.send_queue,
                 HubFrame::Err(ErrorFrame::new(
                     ErrorCode::Internal,
                     "the group's state could not be loaded; try again",
@@ -665,7 +723,7 @@ impl Broker {
         };
         // SUBACK goes out before any EVENT of the subscription.
         reply(
-            &request.outbox,
+            &request.send_queue,
             HubFrame::Suback(SubAck {
                 rid: request.rid.clone(),
                 topic: request.pattern.clone(),
@@ -677,14 +735,20 @@ impl Broker {
         if !conn.groups.contains(&gid) {
             conn.groups.push(gid);
         }
-        let member = Member::new(request.conn, request.outbox, request.policy, request.opts);
+        let member = Member::new(
+            request.conn,
+            request.send_queue,
+            request.policy,
+            request.opts,
+        )
+        .sharing_bytes(request.group_bytes);
         self.with_group(gid, |group, fx| group.add_member(member, fx));
     }
 
     fn unsubscribe(
         &mut self,
         conn: ConnId,
-        outbox: &Arc<Outbox>,
+        send_queue: &Arc<SendQueue>,
         pattern: Pattern,
         group: Option<GroupName>,
         rid: Option<Rid>,
@@ -712,7 +776,7 @@ impl Broker {
         // Unsubscribing is idempotent: the subscription is gone either way.
         if rid.is_some() {
             reply(
-                outbox,
+                send_queue,
                 HubFrame::Unsuback(UnsubAck {
                     rid,
                     topic: pattern,
@@ -886,8 +950,8 @@ impl Broker {
 }
 
 /// Queues an answer frame for a connection.
-fn reply(outbox: &Outbox, frame: HubFrame) {
-    outbox.push(frames::encode(&frame));
+fn reply(send_queue: &SendQueue, frame: HubFrame) {
+    send_queue.push(frames::encode(&frame));
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -534,6 +534,79 @@ pub(crate) async fn dead_letters(factory: &dyn StoreFactory) -> Result<()> {
     Ok(())
 }
 
+/// Counts and first events per pattern (the ops API's lag), checked against
+/// a brute-force count over the same events, also after a reopen.
+pub(crate) async fn matching_counts(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let topics = [
+        "a", "a.b", "a.c", "ab.c", "a.b.c", "x.y", "a.b", "a-b", "a.b", "x.a.b", "a.c",
+    ];
+    let mut seqs = Vec::new();
+    {
+        let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+        // Several batches, so per-topic counts continue across commits.
+        for chunk in topics.chunks(4) {
+            let events = chunk.iter().map(|t| event(t, None, t)).collect();
+            for appended in commit_events(store.as_ref(), events).await? {
+                seqs.push(stored(&appended)?.seq);
+            }
+        }
+        store.close().await?;
+    }
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    // One more after the reopen.
+    let extra = commit_events(store.as_ref(), vec![event("a.b", None, "late")]).await?;
+    seqs.push(stored(&extra[0])?.seq);
+    let all: Vec<(u64, Topic)> = seqs
+        .iter()
+        .zip(topics.iter().chain(std::iter::once(&"a.b")))
+        .map(|(&seq, t)| (seq, topic(t)))
+        .collect();
+    let head = *seqs.last().context("events")?;
+    for p in [
+        "a.b",
+        "a.*",
+        "a.**",
+        "**",
+        "*.b",
+        "a.**.c",
+        "x.*.b",
+        "nothing.here",
+        "ab.*",
+    ] {
+        let pat = pattern(p);
+        for after in std::iter::once(0)
+            .chain(seqs.iter().copied())
+            .chain([head + 5])
+        {
+            let expected = all
+                .iter()
+                .filter(|(seq, t)| *seq > after && pat.matches(t))
+                .count() as u64;
+            let counted = store.count_matching_after(&pat, after).await?;
+            ensure!(
+                counted == expected,
+                "{p} after {after}: counted {counted}, expected {expected}"
+            );
+            let first_expected = all
+                .iter()
+                .find(|(seq, t)| *seq > after && pat.matches(t))
+                .map(|(seq, _)| *seq);
+            let first = store.first_matching_after(&pat, after).await?;
+            ensure!(
+                first.as_ref().map(|e| e.seq) == first_expected,
+                "{p} first after {after}: {:?} vs {first_expected:?}",
+                first.map(|e| e.seq)
+            );
+            if let Some(first) = first {
+                ensure!(first.ts == 1_700_000_000_000 && pat.matches(&first.topic));
+            }
+        }
+    }
+    store.close().await?;
+    Ok(())
+}
+
 pub(crate) async fn survives_reopen(factory: &dyn StoreFactory) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let key = group_key("a.*", "g");
@@ -790,6 +863,7 @@ macro_rules! all_conformance_tests {
             read_after,
             group_progress,
             dead_letters,
+            matching_counts,
             survives_reopen,
             closed_store_errors,
             writer_concurrent_appends,

@@ -284,6 +284,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Number of events with `seq > after` (for lag).
     async fn count_after(&self, after: u64) -> Result<u64, StoreError>;
 
+    /// Number of events whose topic matches `pattern` with `seq > after`
+    /// (the ops API's `lag_events`). Answered from indexes: the cost grows
+    /// with the number of distinct matching topics, never with the length
+    /// of the log or of the lag.
+    async fn count_matching_after(&self, pattern: &Pattern, after: u64) -> Result<u64, StoreError>;
+
+    /// The first event whose topic matches `pattern` with `seq > after`
+    /// (the ops API's oldest unacknowledged event), from indexes like
+    /// [`Store::count_matching_after`].
+    async fn first_matching_after(
+        &self,
+        pattern: &Pattern,
+        after: u64,
+    ) -> Result<Option<Event>, StoreError>;
+
     /// Flushes and closes; later calls fail with [`StoreError::Closed`].
     async fn close(&self) -> Result<(), StoreError>;
 }

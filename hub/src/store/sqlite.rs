@@ -40,7 +40,7 @@ pub const DB_FILE: &str = "promhub.db";
 
 /// Bumped when the schema changes; [`SqliteStore::open`] refuses files
 /// written by a newer version instead of misreading them.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Tuning of the embedded store.
 #[derive(Debug, Clone)]
@@ -483,26 +483,53 @@ CREATE TABLE dead_letters (
 ) WITHOUT ROWID;
 ";
 
+/// Version 2: per-topic counts, so the ops API's lag is two index lookups
+/// per topic instead of a scan. `tord` is the event's ordinal within its
+/// topic (1, 2, ...): the number of a topic's events in `(a, b]` is
+/// `tord(last ≤ b) − tord(last ≤ a)`. `topics` lists every topic with its
+/// count and newest seq (to enumerate the topics a pattern matches).
+/// Existing events are numbered once by the migration.
+const SCHEMA_V2: &str = "
+ALTER TABLE events ADD COLUMN tord INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE topics (
+    topic    TEXT PRIMARY KEY,
+    events   INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+UPDATE events SET tord = numbered.n
+    FROM (SELECT seq, row_number() OVER (PARTITION BY topic ORDER BY seq) AS n FROM events)
+        AS numbered
+    WHERE events.seq = numbered.seq;
+INSERT INTO topics (topic, events, last_seq)
+    SELECT topic, max(tord), max(seq) FROM events GROUP BY topic;
+";
+
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(backend)?;
-    match version {
-        0 => {
-            let script = format!(
-                "BEGIN IMMEDIATE;\n{SCHEMA_V1}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;"
-            );
-            conn.execute_batch(&script).map_err(|e| {
-                // Leave no half-created schema behind.
-                let _ = conn.execute_batch("ROLLBACK");
-                StoreError::Backend(format!("cannot create the schema: {e}"))
-            })
+    let steps = match version {
+        0 => format!("{SCHEMA_V1}\n{SCHEMA_V2}"),
+        1 => SCHEMA_V2.to_owned(),
+        SCHEMA_VERSION => return Ok(()),
+        newer if newer > SCHEMA_VERSION => {
+            return Err(StoreError::Corrupt(format!(
+                "database schema version {newer} is newer than this hub supports ({SCHEMA_VERSION})"
+            )));
         }
-        SCHEMA_VERSION => Ok(()),
-        newer => Err(StoreError::Corrupt(format!(
-            "database schema version {newer} is newer than this hub supports ({SCHEMA_VERSION})"
-        ))),
-    }
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "database schema version {other} is unknown"
+            )));
+        }
+    };
+    let script =
+        format!("BEGIN IMMEDIATE;\n{steps}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;");
+    conn.execute_batch(&script).map_err(|e| {
+        // Leave no half-migrated schema behind.
+        let _ = conn.execute_batch("ROLLBACK");
+        StoreError::Backend(format!("cannot create or migrate the schema: {e}"))
+    })
 }
 
 fn wal_path(db: &Path) -> PathBuf {
@@ -687,8 +714,8 @@ impl SqliteWriter {
         {
             let mut insert_event = tx
                 .prepare_cached(
-                    "INSERT INTO events (seq, id, topic, ts, key, payload, headers, tags, caused_by, sid)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    "INSERT INTO events (seq, id, topic, ts, key, payload, headers, tags, caused_by, sid, tord)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(backend)?;
             let mut find_dedup = tx
@@ -706,6 +733,11 @@ impl SqliteWriter {
                      ON CONFLICT (topic, key) DO UPDATE SET seq = excluded.seq",
                 )
                 .map_err(backend)?;
+            let mut find_topic_count = tx
+                .prepare_cached("SELECT events FROM topics WHERE topic = ?1")
+                .map_err(backend)?;
+            // Per topic of the batch: (events so far, newest seq).
+            let mut topic_counts: HashMap<String, (i64, i64)> = HashMap::new();
             let mut batch_ids: HashMap<String, u64> = HashMap::new();
             for event in std::mem::take(&mut batch.events) {
                 if event.client_id {
@@ -726,6 +758,22 @@ impl SqliteWriter {
                     }
                 }
                 last_seq += 1;
+                let tord = match topic_counts.get_mut(event.topic.as_str()) {
+                    Some(count) => {
+                        *count = (count.0 + 1, last_seq);
+                        count.0
+                    }
+                    None => {
+                        let stored: i64 = find_topic_count
+                            .query_row([event.topic.as_str()], |row| row.get(0))
+                            .optional()
+                            .map_err(backend)?
+                            .unwrap_or(0);
+                        topic_counts
+                            .insert(event.topic.as_str().to_owned(), (stored + 1, last_seq));
+                        stored + 1
+                    }
+                };
                 let headers = event.headers.as_ref().map(to_json).transpose()?;
                 let tags = event.tags.as_ref().map(to_json).transpose()?;
                 let caused_by = event.caused_by.as_ref().map(to_json).transpose()?;
@@ -741,6 +789,7 @@ impl SqliteWriter {
                         tags,
                         caused_by,
                         event.sid,
+                        tord,
                     ])
                     .map_err(backend)?;
                 let seq = from_sql_int(last_seq);
@@ -756,6 +805,17 @@ impl SqliteWriter {
                         .map_err(backend)?;
                 }
                 outcome.push(Appended::Stored(event.into_stored(seq)));
+            }
+            let mut put_topic = tx
+                .prepare_cached(
+                    "INSERT INTO topics (topic, events, last_seq) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (topic) DO UPDATE SET events = excluded.events, last_seq = excluded.last_seq",
+                )
+                .map_err(backend)?;
+            for (topic, (count, newest)) in &topic_counts {
+                put_topic
+                    .execute(params![topic, count, newest])
+                    .map_err(backend)?;
             }
             if last_seq != first_seq {
                 tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'last_seq'")
@@ -863,6 +923,76 @@ fn from_json<T: serde::de::DeserializeOwned>(
             .map_err(|e| StoreError::Corrupt(format!("event {seq}: bad {column}: {e}")))
     })
     .transpose()
+}
+
+/// The topics `pattern` matches that have an event after `after` (from the
+/// `topics` table: one row per topic, never the log).
+fn topics_matching(
+    tx: &rusqlite::Transaction<'_>,
+    pattern: &Pattern,
+    after: i64,
+) -> Result<Vec<String>, StoreError> {
+    if let Some(topic) = pattern.as_topic() {
+        return Ok(vec![topic.as_str().to_owned()]);
+    }
+    let mut filter = TopicFilter::new(pattern);
+    let mut found = Vec::new();
+    let mut keep = |topic: String| {
+        if filter.matches(&topic) {
+            found.push(topic);
+        }
+    };
+    match literal_prefix(pattern) {
+        Some(prefix) => {
+            // The prefix itself, and every topic under `prefix.` ('/' sorts
+            // right after '.').
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT topic FROM topics WHERE last_seq > ?1
+                     AND (topic = ?2 OR (topic > ?3 AND topic < ?4))",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(
+                    params![after, prefix, format!("{prefix}."), format!("{prefix}/")],
+                    |row| row.get::<_, String>(0),
+                )
+                .map_err(backend)?;
+            for topic in rows {
+                keep(topic.map_err(backend)?);
+            }
+        }
+        None => {
+            let mut stmt = tx
+                .prepare_cached("SELECT topic FROM topics WHERE last_seq > ?1")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([after], |row| row.get::<_, String>(0))
+                .map_err(backend)?;
+            for topic in rows {
+                keep(topic.map_err(backend)?);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// How many events of `topic` have `seq <= upto`: the ordinal of the last
+/// one (an index lookup on `(topic, seq)`).
+fn topic_ordinal(
+    tx: &rusqlite::Transaction<'_>,
+    topic: &str,
+    upto: i64,
+) -> Result<i64, StoreError> {
+    tx.prepare_cached(
+        "SELECT tord FROM events WHERE topic = ?1 AND seq <= ?2 ORDER BY seq DESC LIMIT 1",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![topic, upto], |row| row.get(0))
+            .optional()
+    })
+    .map(Option::unwrap_or_default)
+    .map_err(backend)
 }
 
 const EVENT_COLUMNS: &str = "seq, id, topic, ts, key, payload, headers, tags, caused_by, sid";
@@ -1268,6 +1398,65 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn count_matching_after(&self, pattern: &Pattern, after: u64) -> Result<u64, StoreError> {
+        let pattern = pattern.clone();
+        self.read(move |tx, durable| {
+            let after = seq_to_sql(after);
+            if after >= durable {
+                return Ok(0);
+            }
+            let mut total = 0u64;
+            for topic in topics_matching(tx, &pattern, after)? {
+                let newer = topic_ordinal(tx, &topic, durable)?;
+                let older = topic_ordinal(tx, &topic, after)?;
+                total += from_sql_int(newer.saturating_sub(older));
+            }
+            Ok(total)
+        })
+        .await
+    }
+
+    async fn first_matching_after(
+        &self,
+        pattern: &Pattern,
+        after: u64,
+    ) -> Result<Option<Event>, StoreError> {
+        let pattern = pattern.clone();
+        self.read(move |tx, durable| {
+            let after = seq_to_sql(after);
+            let mut first: Option<i64> = None;
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT seq FROM events WHERE topic = ?1 AND seq > ?2 AND seq <= ?3
+                     ORDER BY seq LIMIT 1",
+                )
+                .map_err(backend)?;
+            for topic in topics_matching(tx, &pattern, after)? {
+                let seq: Option<i64> = stmt
+                    .query_row(params![topic, after, durable], |row| row.get(0))
+                    .optional()
+                    .map_err(backend)?;
+                if let Some(seq) = seq {
+                    first = Some(first.map_or(seq, |f| f.min(seq)));
+                }
+            }
+            let Some(seq) = first else {
+                return Ok(None);
+            };
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"
+                ))
+                .map_err(backend)?;
+            let mut rows = stmt.query([seq]).map_err(backend)?;
+            match rows.next().map_err(backend)? {
+                Some(row) => Ok(Some(event_from_row(row)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
     async fn close(&self) -> Result<(), StoreError> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
@@ -1430,6 +1619,66 @@ mod tests {
             Err(StoreError::Corrupt(msg)) => ensure!(msg.contains("99"), "{msg}"),
             other => anyhow::bail!("expected a schema error, got {other:?}"),
         }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_gets_topic_counts_on_open() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE))?;
+            conn.execute_batch(&format!("{SCHEMA_V1}\nPRAGMA user_version = 1;"))?;
+            for (seq, topic) in [(1, "a.b"), (2, "a.c"), (3, "a.b"), (4, "z")] {
+                conn.execute(
+                    "INSERT INTO events (seq, id, topic, ts, payload) VALUES (?1, ?2, ?3, 5, '1')",
+                    params![seq, format!("e{seq}"), topic],
+                )?;
+            }
+            conn.execute("UPDATE meta SET value = 4 WHERE name = 'last_seq'", [])?;
+        }
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default())?;
+        let a_star = Pattern::parse("a.*")?;
+        ensure!(store.count_matching_after(&a_star, 0).await? == 3);
+        ensure!(store.count_matching_after(&a_star, 1).await? == 2);
+        ensure!(
+            store
+                .count_matching_after(&Pattern::parse("a.b")?, 1)
+                .await?
+                == 1
+        );
+        // New events continue each topic's numbering.
+        store
+            .commit(CommitBatch {
+                events: vec![NewEvent {
+                    id: "n".into(),
+                    client_id: false,
+                    topic: Topic::parse("a.b")?,
+                    ts: 9,
+                    key: None,
+                    payload: RawValue::from_string("2".into())?,
+                    headers: None,
+                    tags: None,
+                    caused_by: None,
+                    sid: None,
+                }],
+                ..CommitBatch::default()
+            })
+            .await?;
+        ensure!(
+            store
+                .count_matching_after(&Pattern::parse("a.b")?, 0)
+                .await?
+                == 3
+        );
+        ensure!(
+            store
+                .count_matching_after(&Pattern::parse("**")?, 3)
+                .await?
+                == 2
+        );
+        let first = store.first_matching_after(&a_star, 3).await?;
+        ensure!(first.map(|e| e.seq) == Some(5));
+        store.close().await?;
         Ok(())
     }
 

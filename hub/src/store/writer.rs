@@ -17,7 +17,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
+use crate::metrics::Metrics;
 use futures_util::future::BoxFuture;
 use promhub_core::frames::Event;
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +41,8 @@ pub struct WriterOptions {
     /// Committed batches waiting for the fan-out consumer before the writer
     /// waits.
     pub committed_capacity: usize,
+    /// Where commit latency and stored / duplicate events are counted.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for WriterOptions {
@@ -48,6 +52,7 @@ impl Default for WriterOptions {
             max_batch_bytes: 4 * 1024 * 1024,
             queue_capacity: 16 * 1024,
             committed_capacity: 256,
+            metrics: None,
         }
     }
 }
@@ -90,7 +95,8 @@ impl StoreWriter {
     ) -> (StoreWriter, CommittedEvents) {
         let (requests, request_rx) = mpsc::channel(options.queue_capacity.max(1));
         let (committed_tx, committed_rx) = mpsc::channel(options.committed_capacity.max(1));
-        tokio::spawn(run(store, request_rx, committed_tx, options));
+        let metrics = options.metrics.clone();
+        tokio::spawn(run(store, request_rx, committed_tx, options, metrics));
         (StoreWriter { requests }, committed_rx)
     }
 
@@ -241,6 +247,7 @@ impl PendingBatch {
     /// Applies the batch; on success returns what the completer needs once
     /// it is durable. On failure answers every request with the error.
     async fn apply(self, store: &dyn Store) -> Option<Applied> {
+        let started = Instant::now();
         let PendingBatch {
             mut batch,
             event_replies,
@@ -270,6 +277,7 @@ impl PendingBatch {
         };
         match result {
             Ok(pending) => Some(Applied {
+                started,
                 outcome: pending.outcome.events,
                 durable: pending.durable,
                 replies,
@@ -302,6 +310,8 @@ impl Replies {
 
 /// A batch applied by the store, waiting to be durable.
 struct Applied {
+    /// When the store started applying it (commit latency).
+    started: Instant,
     outcome: Vec<Appended>,
     durable: BoxFuture<'static, Result<(), StoreError>>,
     replies: Replies,
@@ -318,9 +328,10 @@ async fn run(
     mut requests: mpsc::Receiver<Request>,
     committed: mpsc::Sender<Vec<Event>>,
     options: WriterOptions,
+    metrics: Option<Arc<Metrics>>,
 ) {
     let (applied_tx, applied_rx) = mpsc::channel(PIPELINE_DEPTH);
-    let completer = tokio::spawn(complete(applied_rx, committed));
+    let completer = tokio::spawn(complete(applied_rx, committed, metrics));
     let mut carried: Option<Request> = None;
     loop {
         let first = match carried.take() {
@@ -357,9 +368,14 @@ async fn run(
 
 /// Answers each batch once it is durable and hands its stored events to the
 /// fan-out, strictly in batch (= seq) order.
-async fn complete(mut applied: mpsc::Receiver<Applied>, committed: mpsc::Sender<Vec<Event>>) {
+async fn complete(
+    mut applied: mpsc::Receiver<Applied>,
+    committed: mpsc::Sender<Vec<Event>>,
+    metrics: Option<Arc<Metrics>>,
+) {
     let mut fan_out_gone = false;
     while let Some(Applied {
+        started,
         outcome,
         durable,
         replies,
@@ -368,6 +384,19 @@ async fn complete(mut applied: mpsc::Receiver<Applied>, committed: mpsc::Sender<
         if let Err(e) = durable.await {
             replies.fail(&e);
             continue;
+        }
+        if let Some(metrics) = &metrics {
+            metrics
+                .store_commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            let stored = outcome
+                .iter()
+                .filter(|a| matches!(a, Appended::Stored(_)))
+                .count() as u64;
+            metrics.publishes.inc_by(stored);
+            metrics
+                .duplicate_publishes
+                .inc_by(outcome.len() as u64 - stored);
         }
         let mut stored = Vec::with_capacity(outcome.len());
         for (appended, reply) in outcome.into_iter().zip(replies.events) {
@@ -498,6 +527,20 @@ mod tests {
         }
         async fn count_after(&self, after: u64) -> Result<u64, StoreError> {
             self.inner.count_after(after).await
+        }
+        async fn count_matching_after(
+            &self,
+            pattern: &Pattern,
+            after: u64,
+        ) -> Result<u64, StoreError> {
+            self.inner.count_matching_after(pattern, after).await
+        }
+        async fn first_matching_after(
+            &self,
+            pattern: &Pattern,
+            after: u64,
+        ) -> Result<Option<Event>, StoreError> {
+            self.inner.first_matching_after(pattern, after).await
         }
         async fn close(&self) -> Result<(), StoreError> {
             self.inner.close().await

@@ -1,6 +1,6 @@
 //! [`ClientCore`]: the connection, request and subscription state machine.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use serde::Deserialize;
 
@@ -12,9 +12,9 @@ use super::events::{
 use super::requests::{Pending, RequestTable};
 use super::subscriptions::{Registry, Subscription};
 use crate::frames::{
-    self, Auth, ClientFrame, DeliveryRef, ErrorFrame, EventDelivery, Group, HubFrame, Millis, Nack,
-    PROTOCOL_VERSION, Payload, Ping, Publish, PublishOpts, Subscribe, SubscribeOpts, Unsubscribe,
-    Welcome,
+    self, Auth, ClientFrame, DeliveryRef, ErrorCode, ErrorFrame, EventDelivery, Group, HubFrame,
+    Millis, Nack, PROTOCOL_VERSION, Payload, Ping, Publish, PublishOpts, Subscribe, SubscribeOpts,
+    Unsubscribe, Welcome,
 };
 use crate::topic::{Pattern, Topic};
 
@@ -66,6 +66,9 @@ pub struct ClientCore {
     awaiting_token: bool,
     /// Tokens refused in a row since the last `OK`.
     token_refusals: u32,
+    /// Publishes refused with `rate_limited`, to be sent again at the
+    /// given time: (due, rid).
+    rate_limited: BTreeSet<(u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -143,6 +146,7 @@ impl ClientCore {
             unix_offset_ms: 0,
             awaiting_token: false,
             token_refusals: 0,
+            rate_limited: BTreeSet::new(),
         }
     }
 
@@ -170,6 +174,7 @@ impl ClientCore {
             self.heartbeat_deadline(),
             self.token_timer.refresh_at,
             self.reconnect.at,
+            self.rate_limited.first().map(|&(due, _)| due),
         ]
         .into_iter()
         .flatten()
@@ -371,7 +376,10 @@ impl ClientCore {
     /// the next `OK`; refused with [`QueuePolicy::FailFast`]. If the
     /// connection drops before `PUBACK`, a publish with `opts.id` is sent
     /// again after the reconnect (the hub de-duplicates by id); one without
-    /// fails with [`RequestError::Disconnected`].
+    /// fails with [`RequestError::Disconnected`]. Refused with
+    /// `rate_limited` and a `retry_after_ms` that ends before the request
+    /// timeout: sent again after that wait (no event in between); otherwise
+    /// the refusal is reported.
     pub fn publish(
         &mut self,
         now: u64,
@@ -406,12 +414,8 @@ impl ClientCore {
         .encode();
         let deadline = now.saturating_add(self.config.request_timeout_ms);
         if connected {
-            // The text is kept only if it may have to be sent again.
-            let kept = if has_event_id {
-                text.clone()
-            } else {
-                String::new()
-            };
+            // Kept to be sent again after `rate_limited` (or a reconnect).
+            let kept = text.clone();
             self.send(now, text);
             self.requests.insert(
                 rid,
@@ -921,6 +925,7 @@ impl ClientCore {
         while let Some((rid, pending)) = self.requests.pop_due(now) {
             self.request_timed_out(now, rid, pending);
         }
+        self.resend_rate_limited(now);
         if let Some(deadline) = self.connect_deadline
             && deadline <= now
         {
@@ -988,6 +993,31 @@ impl ClientCore {
             if self.state == ConnectionState::Disconnected {
                 let attempt = self.reconnect.attempt;
                 self.start_connect(now, StateReason::Reconnect { attempt });
+            }
+        }
+    }
+
+    /// Sends rate-limited publishes whose wait is over (queues them when
+    /// not connected; ones that timed out or failed meanwhile are gone).
+    fn resend_rate_limited(&mut self, now: u64) {
+        while let Some(&(due, rid)) = self.rate_limited.first() {
+            if due > now {
+                break;
+            }
+            self.rate_limited.remove(&(due, rid));
+            let connected = self.state == ConnectionState::Connected;
+            let Some(Pending::Publish { text, sent, .. }) = self.requests.get_mut(rid) else {
+                continue;
+            };
+            if *sent || self.queue.contains(&rid) {
+                continue;
+            }
+            if connected {
+                *sent = true;
+                let text = text.clone();
+                self.send(now, text);
+            } else {
+                self.queue.push_back(rid);
             }
         }
     }
@@ -1077,20 +1107,11 @@ impl ClientCore {
 
     fn flush_queue(&mut self, now: u64) {
         while let Some(rid) = self.queue.pop_front() {
-            let Some(Pending::Publish {
-                text,
-                has_event_id,
-                sent,
-            }) = self.requests.get_mut(rid)
-            else {
+            let Some(Pending::Publish { text, sent, .. }) = self.requests.get_mut(rid) else {
                 continue;
             };
             *sent = true;
-            let text = if *has_event_id {
-                text.clone()
-            } else {
-                std::mem::take(text)
-            };
+            let text = text.clone();
             self.send(now, text);
         }
     }
@@ -1130,7 +1151,7 @@ impl ClientCore {
                     });
                 }
             }
-            HubFrame::Err(err) => self.handle_err(err),
+            HubFrame::Err(err) => self.handle_err(now, err),
             HubFrame::Puback(ack) => {
                 let rid = Self::own_rid(Some(&ack.rid));
                 match rid.and_then(|rid| self.take_sent(rid, is_publish)) {
@@ -1208,8 +1229,13 @@ impl ClientCore {
         self.requests.remove(rid).map(|pending| (rid, pending))
     }
 
-    fn handle_err(&mut self, err: ErrorFrame) {
+    fn handle_err(&mut self, now: u64, err: ErrorFrame) {
         let rid = Self::own_rid(err.rid.as_deref());
+        if let Some(rid) = rid
+            && self.retry_rate_limited(now, rid, &err)
+        {
+            return;
+        }
         let Some((rid, pending)) =
             rid.and_then(|rid| self.take_request(rid).map(|pending| (rid, pending)))
         else {
@@ -1235,6 +1261,41 @@ impl ClientCore {
             Pending::Ping => self.emit(ClientEvent::PingFailed { request, error }),
             Pending::CancelledSubscribe => {}
         }
+    }
+
+    /// A publish refused with `rate_limited` and `retry_after_ms` is sent
+    /// again after that wait, if its request timeout allows; true when it
+    /// was scheduled (nothing is reported then).
+    fn retry_rate_limited(&mut self, now: u64, rid: u64, err: &ErrorFrame) -> bool {
+        let (ErrorCode::RateLimited, Some(wait)) = (err.code, err.retry_after_ms) else {
+            return false;
+        };
+        // Spaced after the retries already waiting: refused together, sent
+        // again all at once they would mostly be refused again (and a
+        // client that keeps that up is closed with 4029). The hub's wait is
+        // about the time one token takes to come back.
+        let after_waiting = self
+            .rate_limited
+            .last()
+            .map_or(0, |&(due, _)| due.saturating_add(wait));
+        let due = now.saturating_add(wait).max(after_waiting);
+        if self
+            .requests
+            .deadline(rid)
+            .is_none_or(|deadline| due >= deadline)
+        {
+            return false;
+        }
+        let Some(Pending::Publish { sent, .. }) = self.requests.get_mut(rid) else {
+            return false;
+        };
+        if !*sent {
+            return false;
+        }
+        // Not on the wire until the resend (a late answer cannot match).
+        *sent = false;
+        self.rate_limited.insert((due, rid));
+        true
     }
 
     fn route_event(&mut self, delivery: EventDelivery) {
@@ -1299,7 +1360,7 @@ fn parse_retry_after(reason: &str) -> Option<u64> {
     }
     let reason = reason.trim();
     reason.parse::<u64>().ok().or_else(|| {
-        serde_json::from_str::<RetryAfter>(reason)
+        crate::json_text::from_str::<RetryAfter>(reason)
             .ok()
             .map(|parsed| parsed.retry_after_ms)
     })

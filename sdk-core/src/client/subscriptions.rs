@@ -6,7 +6,7 @@
 //! the subscription. The pair is kept as a tuple rather than the joined
 //! string: both halves may contain `::`, so joined keys could collide.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use super::events::SubscriptionId;
 use crate::frames::{Group, SubscribeOpts};
@@ -23,8 +23,11 @@ pub(crate) struct Subscription {
 
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    /// In creation order, which is also the resubscribe order.
-    by_id: BTreeMap<SubscriptionId, Subscription>,
+    /// Sorted by id: creation order, which is also the resubscribe order.
+    /// A sorted `Vec` rather than a `BTreeMap`: ids only grow and there are
+    /// few subscriptions, and the B-tree's code weighs on the browser SDK's
+    /// wasm size budget.
+    by_id: Vec<(SubscriptionId, Subscription)>,
     by_key: HashMap<(Pattern, Option<Group>), SubscriptionId>,
 }
 
@@ -38,29 +41,39 @@ impl Registry {
     pub(crate) fn insert(&mut self, id: SubscriptionId, sub: Subscription) {
         self.by_key
             .insert((sub.pattern.clone(), sub.group.clone()), id);
-        self.by_id.insert(id, sub);
+        match self.position(id) {
+            Ok(index) => self.by_id[index].1 = sub,
+            Err(index) => self.by_id.insert(index, (id, sub)),
+        }
     }
 
     pub(crate) fn remove(&mut self, id: SubscriptionId) -> Option<Subscription> {
-        let sub = self.by_id.remove(&id)?;
+        let index = self.position(id).ok()?;
+        let (_, sub) = self.by_id.remove(index);
         self.by_key
             .remove(&(sub.pattern.clone(), sub.group.clone()));
         Some(sub)
     }
 
     pub(crate) fn get(&self, id: SubscriptionId) -> Option<&Subscription> {
-        self.by_id.get(&id)
+        let index = self.position(id).ok()?;
+        Some(&self.by_id[index].1)
     }
 
     pub(crate) fn get_mut(&mut self, id: SubscriptionId) -> Option<&mut Subscription> {
-        self.by_id.get_mut(&id)
+        let index = self.position(id).ok()?;
+        Some(&mut self.by_id[index].1)
     }
 
     pub(crate) fn ids(&self) -> Vec<SubscriptionId> {
-        self.by_id.keys().copied().collect()
+        self.by_id.iter().map(|(id, _)| *id).collect()
     }
 
     pub(crate) fn len(&self) -> usize {
         self.by_id.len()
+    }
+
+    fn position(&self, id: SubscriptionId) -> Result<usize, usize> {
+        self.by_id.binary_search_by_key(&id, |(id, _)| *id)
     }
 }

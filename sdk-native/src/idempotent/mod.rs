@@ -4,7 +4,7 @@
 //!
 //! The id of every processed event is recorded in a dedupe store, in the
 //! same transaction as the handler's own writes where the store allows it
-//! ([`SqliteDedupe`]): then "the handler's effects are committed" and "the
+//! ([`SqliteDedupe`]; `MongoDedupe` on a replica set): then "the handler's effects are committed" and "the
 //! event is recorded as processed" are one fact, and a redelivery is only
 //! acknowledged. Records expire after a TTL (longer than any redelivery
 //! can take: the hub's dedup window, ack timeouts and backoff).
@@ -14,6 +14,12 @@ mod sqlite;
 
 #[cfg(feature = "sqlite")]
 pub use sqlite::{DedupeError, SqliteDedupe};
+
+#[cfg(feature = "outbox-mongodb")]
+mod mongo;
+
+#[cfg(feature = "outbox-mongodb")]
+pub use mongo::{MongoDedupe, MongoDedupeError, MongoDedupeOptions};
 
 use std::fmt;
 use std::time::Duration;

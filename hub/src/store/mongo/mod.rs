@@ -232,6 +232,7 @@ impl MongoStore {
         {
             let mut state = store.inner.writer.lock().await;
             store.repair(&mut state).await?;
+            store.fill_topics().await?;
         }
         tracing::info!(
             database = %db_name,
@@ -376,6 +377,7 @@ impl MongoStore {
         // The newest stored copy of each publisher id, with its time.
         let mut dedup: HashMap<String, (i64, DateTime)> = HashMap::new();
         let mut latest = Vec::new();
+        let mut topics: HashMap<String, i64> = HashMap::new();
         let mut highest = from;
         let mut repaired = 0u64;
         while let Some(doc) = cursor.try_next().await.map_err(backend)? {
@@ -390,10 +392,12 @@ impl MongoStore {
                     .unwrap_or_else(|_| DateTime::now());
                 dedup.insert(str_field(&doc, "id", &what)?.to_owned(), (seq, stored_at));
             }
+            let topic = str_field(&doc, "topic", &what)?;
             if let Ok(key) = doc.get_str("key") {
-                let topic = str_field(&doc, "topic", &what)?;
                 latest.push(latest_update(topic, key, seq));
             }
+            let newest = topics.entry(topic.to_owned()).or_insert(seq);
+            *newest = (*newest).max(seq);
         }
         // Never over a newer entry (the id stored again after its window).
         // Read first rather than filter on seq in the upsert: an upsert that
@@ -439,6 +443,7 @@ impl MongoStore {
             latest,
         )
         .await?;
+        self.record_topics(&topics).await?;
         let highest = highest.max(counter);
         if counter < highest || stored_applied < highest {
             // The counter must never hand out a seq that is already stored.
@@ -461,6 +466,94 @@ impl MongoStore {
         state.needs_repair = false;
         inner.durable_seq.fetch_max(highest, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// A database written by a hub without the `topics` collection gets it
+    /// filled once from the events (one pass at start, then marked done).
+    async fn fill_topics(&self) -> Result<(), StoreError> {
+        let meta = self.collection(queries::META);
+        if meta
+            .find_one(doc! { "_id": queries::TOPICS_COMPLETE })
+            .await
+            .map_err(backend)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let mut newest: HashMap<String, i64> = HashMap::new();
+        let mut cursor = self
+            .collection(queries::EVENTS)
+            .find(doc! {})
+            .projection(doc! { "topic": 1 })
+            .await
+            .map_err(backend)?;
+        while let Some(doc) = cursor.try_next().await.map_err(backend)? {
+            let seq = int_field(&doc, "_id", "an event")?;
+            let topic = str_field(&doc, "topic", "an event")?;
+            let entry = newest.entry(topic.to_owned()).or_insert(seq);
+            *entry = (*entry).max(seq);
+        }
+        if !newest.is_empty() {
+            tracing::info!(
+                topics = newest.len(),
+                "MongoDB store: listed the topics of existing events"
+            );
+        }
+        self.record_topics(&newest).await?;
+        meta.update_one(
+            doc! { "_id": queries::TOPICS_COMPLETE },
+            doc! { "$set": { "value": 1 } },
+        )
+        .upsert(true)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Records each topic's newest seq (topic → seq) in `topics`.
+    async fn record_topics(&self, newest: &HashMap<String, i64>) -> Result<(), StoreError> {
+        writes::run(
+            &self.inner.db,
+            &self.inner.write_concern,
+            Kind::Update,
+            queries::TOPICS,
+            newest
+                .iter()
+                .map(|(topic, &seq)| topic_update(topic, seq))
+                .collect(),
+        )
+        .await
+    }
+
+    /// The topics `pattern` matches with an event after `after`, from the
+    /// `topics` collection.
+    async fn topics_matching(
+        &self,
+        pattern: &Pattern,
+        after: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        if let Some(topic) = pattern.as_topic() {
+            return Ok(vec![topic.as_str().to_owned()]);
+        }
+        let mut filter = doc! { "last": { "$gt": after } };
+        if let Some(prefix) = literal_prefix(pattern) {
+            // `prefix` itself and `prefix.…` ('/' sorts right after '.').
+            filter.insert("_id", doc! { "$gte": &prefix, "$lt": format!("{prefix}/") });
+        }
+        let mut matcher = TopicFilter::new(pattern);
+        let topics = self
+            .find_all(
+                Query {
+                    collection: queries::TOPICS,
+                    filter,
+                    sort: None,
+                    limit: None,
+                    index: queries::ID_INDEX,
+                },
+                |doc| Ok(str_field(doc, "_id", "a topic entry")?.to_owned()),
+            )
+            .await?;
+        Ok(topics.into_iter().filter(|t| matcher.matches(t)).collect())
     }
 
     /// Which of these publisher ids are stored: within the window since
@@ -563,6 +656,7 @@ impl MongoStore {
             let mut dedup_replaces = Vec::new();
             // Per (topic, key) only the newest event of the batch counts.
             let mut latest: HashMap<(&str, &str), i64> = HashMap::new();
+            let mut topics: HashMap<&str, i64> = HashMap::new();
             let new_events = fates.iter().filter_map(|fate| match fate {
                 Fate::New(event) => Some(event),
                 _ => None,
@@ -584,6 +678,7 @@ impl MongoStore {
                 if let Some(key) = &event.key {
                     latest.insert((event.topic.as_str(), key.as_str()), seq);
                 }
+                topics.insert(event.topic.as_str(), seq);
             }
             self.collection(queries::EVENTS)
                 .insert_many(docs)
@@ -611,7 +706,11 @@ impl MongoStore {
                 )
                 .await
             };
-            let (dedup_written, latest_written) = tokio::join!(
+            let topics: Vec<Document> = topics
+                .into_iter()
+                .map(|(topic, seq)| topic_update(topic, seq))
+                .collect();
+            let (dedup_written, latest_written, topics_written) = tokio::join!(
                 dedup_written,
                 writes::run(
                     &inner.db,
@@ -620,9 +719,17 @@ impl MongoStore {
                     queries::LATEST,
                     latest,
                 ),
+                writes::run(
+                    &inner.db,
+                    &inner.write_concern,
+                    Kind::Update,
+                    queries::TOPICS,
+                    topics,
+                ),
             );
             dedup_written?;
             latest_written?;
+            topics_written?;
         }
         let mut outcome = Vec::with_capacity(fates.len());
         let mut new_index = 0usize;
@@ -795,6 +902,15 @@ fn dedup_update(id: &str, seq: i64, stored_at: DateTime, window_ms: i64) -> Docu
     writes::update(
         doc! { "_id": id },
         doc! { "$set": dedup_entry(seq, stored_at, window_ms) },
+        true,
+    )
+}
+
+/// Records that `topic` has an event at `seq` (`$max`: replaying is harmless).
+fn topic_update(topic: &str, seq: i64) -> Document {
+    writes::update(
+        doc! { "_id": topic },
+        doc! { "$max": { "last": seq } },
         true,
     )
 }
@@ -1056,6 +1172,57 @@ impl Store for MongoStore {
             )
             .await
             .map_err(backend)
+    }
+
+    async fn count_matching_after(&self, pattern: &Pattern, after: u64) -> Result<u64, StoreError> {
+        self.check_open()?;
+        let durable = self.durable();
+        if after >= durable {
+            return Ok(0);
+        }
+        let (after, durable) = (seq_to_bson(after), seq_to_bson(durable));
+        let mut total = 0;
+        // One index-range count per topic on `topic_seq`.
+        for topic in self.topics_matching(pattern, after).await? {
+            total += self
+                .collection(queries::EVENTS)
+                .count_documents(doc! { "topic": topic, "_id": { "$gt": after, "$lte": durable } })
+                .await
+                .map_err(backend)?;
+        }
+        Ok(total)
+    }
+
+    async fn first_matching_after(
+        &self,
+        pattern: &Pattern,
+        after: u64,
+    ) -> Result<Option<Event>, StoreError> {
+        self.check_open()?;
+        let durable = self.durable();
+        if after >= durable {
+            return Ok(None);
+        }
+        let (after_bson, durable_bson) = (seq_to_bson(after), seq_to_bson(durable));
+        let mut first: Option<i64> = None;
+        for topic in self.topics_matching(pattern, after_bson).await? {
+            let query = queries::topic_events_after(&topic, after_bson, durable_bson, 1);
+            let found = self
+                .collection(query.collection)
+                .find_one(query.filter)
+                .sort(doc! { "_id": 1 })
+                .projection(doc! { "_id": 1 })
+                .await
+                .map_err(backend)?;
+            if let Some(doc) = found {
+                let seq = int_field(&doc, "_id", "an event")?;
+                first = Some(first.map_or(seq, |f| f.min(seq)));
+            }
+        }
+        match first {
+            Some(seq) => self.get(from_bson_int(seq)).await,
+            None => Ok(None),
+        }
     }
 
     async fn close(&self) -> Result<(), StoreError> {

@@ -15,9 +15,15 @@ pub(super) const DEDUP: &str = "dedup";
 /// Consumer groups: `_id` = group id, `cursor`, `done` (marks above it).
 pub(super) const GROUPS: &str = "groups";
 pub(super) const DEAD_LETTERS: &str = "dead_letters";
+/// Every topic with the seq of its newest event: `_id` = topic, `last`
+/// (enumerates the topics a pattern matches without reading the log).
+pub(super) const TOPICS: &str = "topics";
 /// The seq counter (one document, `_id: "seq"`).
 pub(super) const META: &str = "meta";
 pub(super) const SEQ_COUNTER: &str = "seq";
+/// Marks a database whose `topics` collection lists every stored topic
+/// (written once after filling it from the events of an older hub).
+pub(super) const TOPICS_COMPLETE: &str = "topics";
 
 /// Name of the TTL index that expires de-duplication entries.
 pub(super) const DEDUP_EXPIRY_INDEX: &str = "expire_at_ttl";

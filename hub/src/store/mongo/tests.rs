@@ -97,6 +97,9 @@ async fn a_batch_cut_short_is_completed_at_the_next_start() -> Result<()> {
         .await?
         .context("latest k2")?;
     ensure!(latest.seq == first + 2);
+    // The topic list is repaired too (lag counts start from it).
+    let jobs = promhub_core::Pattern::parse("jobs.*")?;
+    ensure!(store.count_matching_after(&jobs, first).await? == 2);
     let out = commit(
         &store,
         vec![event("b", true, None), event("d", false, None)],
@@ -115,6 +118,32 @@ async fn a_batch_cut_short_is_completed_at_the_next_start() -> Result<()> {
         stored_seq(&out[1])? == first + 3,
         "seqs continue after the repaired batch"
     );
+    store.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_without_a_topic_list_gets_one_at_start() -> Result<()> {
+    let Some(server) = FerretDb::shared_or_skip("topic_list") else {
+        return Ok(());
+    };
+    let store = open(server, "topic_list").await?;
+    commit(
+        &store,
+        vec![event("a", false, None), event("b", false, None)],
+    )
+    .await?;
+    // What a hub from before the topic list left behind.
+    let db = store.inner.db.clone();
+    db.collection::<Document>(queries::TOPICS).drop().await?;
+    db.collection::<Document>(queries::META)
+        .delete_one(doc! { "_id": queries::TOPICS_COMPLETE })
+        .await?;
+    store.close().await?;
+    let store = open(server, "topic_list").await?;
+    let jobs = promhub_core::Pattern::parse("jobs.**")?;
+    ensure!(store.count_matching_after(&jobs, 0).await? == 2);
+    ensure!(store.first_matching_after(&jobs, 0).await?.map(|e| e.id) == Some("a".into()));
     store.close().await?;
     Ok(())
 }

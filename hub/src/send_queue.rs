@@ -35,7 +35,7 @@ impl CloseReason {
 
 /// Limits on live deliveries queued for one connection.
 #[derive(Debug, Clone, Copy)]
-pub struct OutboxLimits {
+pub struct SendQueueLimits {
     pub live_frames: usize,
     pub live_bytes: usize,
 }
@@ -67,20 +67,20 @@ pub enum Drained {
 }
 
 #[derive(Debug)]
-pub struct Outbox {
+pub struct SendQueue {
     state: Mutex<State>,
     wake_writer: Notify,
-    /// Wakes readers waiting for room (see [`Outbox::wait_below`]).
+    /// Wakes readers waiting for room (see [`SendQueue::wait_below`]).
     drained: Notify,
-    limits: OutboxLimits,
+    limits: SendQueueLimits,
 }
 
 /// The close code used when live deliveries overflow.
 pub const SLOW_CONSUMER: u16 = promhub_core::frames::close::SLOW_CONSUMER;
 
-impl Outbox {
-    pub fn new(limits: OutboxLimits) -> Self {
-        Outbox {
+impl SendQueue {
+    pub fn new(limits: SendQueueLimits) -> Self {
+        SendQueue {
             state: Mutex::new(State::default()),
             wake_writer: Notify::new(),
             drained: Notify::new(),
@@ -228,8 +228,8 @@ fn message_len(message: &Message) -> usize {
 mod tests {
     use super::*;
 
-    fn limits(frames: usize, bytes: usize) -> OutboxLimits {
-        OutboxLimits {
+    fn limits(frames: usize, bytes: usize) -> SendQueueLimits {
+        SendQueueLimits {
             live_frames: frames,
             live_bytes: bytes,
         }
@@ -237,25 +237,28 @@ mod tests {
 
     #[tokio::test]
     async fn drains_everything_queued_in_one_batch() {
-        let outbox = Outbox::new(limits(10, 1000));
-        assert!(outbox.push("a"));
-        assert_eq!(outbox.push_live("b".into()), LivePush::Queued);
+        let send_queue = SendQueue::new(limits(10, 1000));
+        assert!(send_queue.push("a"));
+        assert_eq!(send_queue.push_live("b".into()), LivePush::Queued);
         let mut batch = Vec::new();
-        assert!(matches!(outbox.drain(&mut batch).await, Drained::Frames));
+        assert!(matches!(
+            send_queue.drain(&mut batch).await,
+            Drained::Frames
+        ));
         assert_eq!(batch.len(), 2);
-        assert_eq!(outbox.queued_bytes(), 0);
+        assert_eq!(send_queue.queued_bytes(), 0);
     }
 
     #[tokio::test]
     async fn live_overflow_closes_with_4009_and_drops_the_queue() {
-        let outbox = Outbox::new(limits(2, 1000));
-        assert_eq!(outbox.push_live("1".into()), LivePush::Queued);
-        assert_eq!(outbox.push_live("2".into()), LivePush::Queued);
-        assert_eq!(outbox.push_live("3".into()), LivePush::Overflowed);
-        assert_eq!(outbox.push_live("4".into()), LivePush::Closed);
-        assert!(!outbox.push("answer"));
+        let send_queue = SendQueue::new(limits(2, 1000));
+        assert_eq!(send_queue.push_live("1".into()), LivePush::Queued);
+        assert_eq!(send_queue.push_live("2".into()), LivePush::Queued);
+        assert_eq!(send_queue.push_live("3".into()), LivePush::Overflowed);
+        assert_eq!(send_queue.push_live("4".into()), LivePush::Closed);
+        assert!(!send_queue.push("answer"));
         let mut batch = Vec::new();
-        match outbox.drain(&mut batch).await {
+        match send_queue.drain(&mut batch).await {
             Drained::Close(reason) => assert_eq!(reason.code, SLOW_CONSUMER),
             Drained::Frames => panic!("expected close, got {batch:?}"),
         }
@@ -264,21 +267,24 @@ mod tests {
 
     #[tokio::test]
     async fn byte_limit_applies_to_live_frames() {
-        let outbox = Outbox::new(limits(100, 5));
-        assert_eq!(outbox.push_live("abc".into()), LivePush::Queued);
-        assert_eq!(outbox.push_live("abc".into()), LivePush::Overflowed);
+        let send_queue = SendQueue::new(limits(100, 5));
+        assert_eq!(send_queue.push_live("abc".into()), LivePush::Queued);
+        assert_eq!(send_queue.push_live("abc".into()), LivePush::Overflowed);
     }
 
     #[tokio::test]
     async fn queued_frames_go_out_before_a_close() {
-        let outbox = Outbox::new(limits(10, 1000));
-        outbox.push("last words");
-        outbox.close(CloseReason::new(1001, "bye"));
+        let send_queue = SendQueue::new(limits(10, 1000));
+        send_queue.push("last words");
+        send_queue.close(CloseReason::new(1001, "bye"));
         let mut batch = Vec::new();
-        assert!(matches!(outbox.drain(&mut batch).await, Drained::Frames));
+        assert!(matches!(
+            send_queue.drain(&mut batch).await,
+            Drained::Frames
+        ));
         assert_eq!(batch.len(), 1);
         batch.clear();
-        match outbox.drain(&mut batch).await {
+        match send_queue.drain(&mut batch).await {
             Drained::Close(reason) => assert_eq!(reason.code, 1001),
             Drained::Frames => panic!("expected close"),
         }

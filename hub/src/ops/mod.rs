@@ -1,0 +1,451 @@
+//! The ops API (semantics.md §6): JSON endpoints, Prometheus metrics and
+//! the `/ops` dashboard, on the gateway's port.
+//!
+//! Every endpoint but the dashboard's static page needs an admin
+//! credential ([`auth::Admin`]): 401 without a valid one, 403 for a valid
+//! token without the `admin` scope. `/latest-by-key` also applies the
+//! caller's own subscribe ACL (known bug 9).
+
+mod auth;
+mod status;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use promhub_core::{Group, Pattern, Topic};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::watch;
+
+use self::auth::Admin;
+use self::status::{GroupStatus, lag, status};
+use crate::auth::Secret;
+use crate::authn::Authenticator;
+use crate::broker::{BrokerHandle, GroupView, ReplayRefused};
+use crate::metrics::{self, GroupLag, Metrics};
+use crate::store::{DeadLetter, GroupKey, GroupRecord, Store, StoreError};
+
+/// Most dead letters one `/dead-letters` page returns.
+const MAX_DEAD_LETTER_PAGE: usize = 1000;
+/// Groups whose lag one `/metrics` scrape computes at most (each costs a
+/// few index lookups).
+const MAX_GROUPS_PER_SCRAPE: usize = 1000;
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// What the ops handlers share.
+#[derive(Debug, Clone)]
+pub(crate) struct OpsState {
+    pub store: Arc<dyn Store>,
+    pub broker: BrokerHandle,
+    pub metrics: Arc<Metrics>,
+    pub authenticator: Arc<dyn Authenticator>,
+    pub admin_token: Option<Secret>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Paths the ops API serves (the WebSocket path must be another one).
+pub(crate) const PATHS: [&str; 10] = [
+    "/ops",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/cursors",
+    "/lag",
+    "/latest-by-key",
+    "/groups",
+    "/dead-letters",
+    "/dead-letters/replay",
+];
+
+/// The ops routes, to merge into the gateway's router.
+pub(crate) fn router(state: OpsState) -> Router {
+    Router::new()
+        .route("/ops", get(dashboard))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/cursors", get(cursors))
+        .route("/lag", get(lag_of_group))
+        .route("/latest-by-key", get(latest_by_key))
+        .route("/groups", get(groups))
+        .route("/dead-letters", get(dead_letters))
+        .route("/dead-letters/replay", post(replay))
+        .with_state(state)
+}
+
+/// An ops API failure, answered as `{"error": CODE, "message": ...}`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpsError {
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl IntoResponse for OpsError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            OpsError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            OpsError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            OpsError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            OpsError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            OpsError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            OpsError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            OpsError::Store(e) => {
+                tracing::warn!(error = %e, "ops API: store error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        let body = Json(json!({ "error": code, "message": self.to_string() }));
+        if status == StatusCode::UNAUTHORIZED {
+            (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+        } else {
+            (status, body).into_response()
+        }
+    }
+}
+
+fn bad_query(rejection: QueryRejection) -> OpsError {
+    OpsError::BadRequest(rejection.body_text())
+}
+
+fn parse_pattern(topic: &str) -> Result<Pattern, OpsError> {
+    Pattern::parse(topic).map_err(|e| OpsError::BadRequest(format!("topic {topic:?}: {e}")))
+}
+
+fn group_key(topic: &str, group: &str) -> Result<GroupKey, OpsError> {
+    let pattern = parse_pattern(topic)?;
+    let group =
+        Group::parse(group).map_err(|e| OpsError::BadRequest(format!("group {group:?}: {e}")))?;
+    Ok(GroupKey::new(&pattern, &group))
+}
+
+/// The broker's live view of every loaded group, by key.
+async fn views(state: &OpsState) -> HashMap<GroupKey, GroupView> {
+    state
+        .broker
+        .inspect()
+        .await
+        .into_iter()
+        .map(|v| (v.key.clone(), v))
+        .collect()
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD)
+}
+
+async fn healthz(_admin: Admin) -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(_admin: Admin, State(state): State<OpsState>) -> Result<Response, OpsError> {
+    if *state.shutdown.borrow() {
+        return Err(OpsError::Unavailable("the hub is shutting down".into()));
+    }
+    let last_seq = state
+        .store
+        .last_seq()
+        .await
+        .map_err(|e| OpsError::Unavailable(format!("the store is not reachable: {e}")))?;
+    Ok(Json(json!({ "status": "ready", "last_seq": last_seq })).into_response())
+}
+
+async fn metrics_text(_admin: Admin, State(state): State<OpsState>) -> Result<Response, OpsError> {
+    let records = state.store.groups().await?;
+    let views = views(&state).await;
+    let now = crate::clock::now_ms();
+    let mut lags = Vec::new();
+    for record in records.iter().take(MAX_GROUPS_PER_SCRAPE) {
+        let view = views.get(&record.key);
+        match lag(state.store.as_ref(), &record.key, view, Some(record), now).await {
+            Ok(lag) => lags.push(GroupLag {
+                pattern: record.key.pattern.clone(),
+                group: record.key.group.clone(),
+                lag_events: lag.events,
+                lag_secs: lag.ms as f64 / 1000.0,
+            }),
+            Err(e) => tracing::warn!(error = %e, group = %record.key.group, "lag for metrics"),
+        }
+    }
+    let text = state.metrics.encode(records.len(), lags);
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct TopicQuery {
+    topic: String,
+}
+
+#[derive(Debug, Serialize)]
+struct CursorsAnswer {
+    topic: String,
+    groups: Vec<GroupStatus>,
+}
+
+async fn cursors(
+    _admin: Admin,
+    State(state): State<OpsState>,
+    query: Result<Query<TopicQuery>, QueryRejection>,
+) -> Result<Json<CursorsAnswer>, OpsError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let pattern = parse_pattern(&query.topic)?;
+    let views = views(&state).await;
+    let now = crate::clock::now_ms();
+    let mut groups = Vec::new();
+    for record in state.store.groups().await? {
+        if record.key.pattern != pattern.as_str() {
+            continue;
+        }
+        let view = views.get(&record.key);
+        groups.push(status(state.store.as_ref(), &record.key, view, Some(&record), now).await?);
+    }
+    groups.sort_by(|a, b| a.group.cmp(&b.group));
+    Ok(Json(CursorsAnswer {
+        topic: query.topic,
+        groups,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct GroupQuery {
+    topic: String,
+    group: String,
+}
+
+/// The stored record and live view of one group; 404 when neither exists.
+async fn find_group(
+    state: &OpsState,
+    key: &GroupKey,
+) -> Result<(Option<GroupRecord>, Option<GroupView>), OpsError> {
+    let view = state
+        .broker
+        .inspect()
+        .await
+        .into_iter()
+        .find(|v| &v.key == key);
+    let record = state.store.load_group(key).await?;
+    if record.is_none() && view.is_none() {
+        return Err(OpsError::NotFound(format!(
+            "no group {:?} on {:?}",
+            key.group, key.pattern
+        )));
+    }
+    Ok((record, view))
+}
+
+async fn lag_of_group(
+    _admin: Admin,
+    State(state): State<OpsState>,
+    query: Result<Query<GroupQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, OpsError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let key = group_key(&query.topic, &query.group)?;
+    let (record, view) = find_group(&state, &key).await?;
+    let now = crate::clock::now_ms();
+    let lag = lag(
+        state.store.as_ref(),
+        &key,
+        view.as_ref(),
+        record.as_ref(),
+        now,
+    )
+    .await?;
+    let cursor = view
+        .as_ref()
+        .map(|v| v.cursor)
+        .or(record.as_ref().map(|r| r.cursor))
+        .unwrap_or(0);
+    Ok(Json(json!({
+        "topic": query.topic,
+        "group": query.group,
+        "cursor": cursor,
+        "lag_events": lag.events,
+        "lag_ms": lag.ms,
+        "oldest_pending_seq": lag.oldest_pending_seq,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct KeyQuery {
+    topic: String,
+    key: String,
+}
+
+async fn latest_by_key(
+    admin: Admin,
+    State(state): State<OpsState>,
+    query: Result<Query<KeyQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, OpsError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let topic = Topic::parse(&query.topic)
+        .map_err(|e| OpsError::BadRequest(format!("topic {:?}: {e}", query.topic)))?;
+    if !admin.may_read(&topic) {
+        return Err(OpsError::Forbidden(format!(
+            "the token may not subscribe to {:?}",
+            query.topic
+        )));
+    }
+    match state.store.latest_for_key(&topic, &query.key).await? {
+        Some(event) => Ok(Json(json!({ "event": event }))),
+        None => Err(OpsError::NotFound(format!(
+            "no event with key {:?} on {:?}",
+            query.key, query.topic
+        ))),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct GroupsAnswer {
+    /// Open WebSocket connections.
+    connections: i64,
+    /// Events stored since the hub started.
+    publishes: u64,
+    groups: Vec<GroupStatus>,
+}
+
+async fn groups(
+    _admin: Admin,
+    State(state): State<OpsState>,
+) -> Result<Json<GroupsAnswer>, OpsError> {
+    let mut views = views(&state).await;
+    let now = crate::clock::now_ms();
+    let mut groups = Vec::new();
+    for record in state.store.groups().await? {
+        let view = views.remove(&record.key);
+        groups.push(
+            status(
+                state.store.as_ref(),
+                &record.key,
+                view.as_ref(),
+                Some(&record),
+                now,
+            )
+            .await?,
+        );
+    }
+    groups.sort_by(|a, b| (&a.topic, &a.group).cmp(&(&b.topic, &b.group)));
+    Ok(Json(GroupsAnswer {
+        connections: state.metrics.connections_open.get(),
+        publishes: state.metrics.publishes.get(),
+        groups,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct DeadLetterQuery {
+    topic: String,
+    group: String,
+    /// Page after this seq (the last one of the previous page).
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+struct DeadLetterInfo {
+    seq: u64,
+    event_id: String,
+    reason: String,
+    attempts: u32,
+    dead_at: u64,
+}
+
+impl From<DeadLetter> for DeadLetterInfo {
+    fn from(d: DeadLetter) -> Self {
+        DeadLetterInfo {
+            seq: d.seq,
+            event_id: d.event_id,
+            reason: d.reason,
+            attempts: d.attempts,
+            dead_at: d.dead_at,
+        }
+    }
+}
+
+async fn dead_letters(
+    _admin: Admin,
+    State(state): State<OpsState>,
+    query: Result<Query<DeadLetterQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, OpsError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let key = group_key(&query.topic, &query.group)?;
+    let limit = query.limit.unwrap_or(100).clamp(1, MAX_DEAD_LETTER_PAGE);
+    let page: Vec<DeadLetterInfo> = state
+        .store
+        .dead_letters(&key, query.after, limit)
+        .await?
+        .into_iter()
+        .map(DeadLetterInfo::from)
+        .collect();
+    Ok(Json(json!({
+        "topic": query.topic,
+        "group": query.group,
+        "count": state.store.dead_letter_count(&key).await?,
+        "dead_letters": page,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayRequest {
+    topic: String,
+    group: String,
+    seq: u64,
+}
+
+async fn replay(
+    _admin: Admin,
+    State(state): State<OpsState>,
+    body: Result<Json<ReplayRequest>, JsonRejection>,
+) -> Result<Response, OpsError> {
+    let Json(request) = body.map_err(|e| OpsError::BadRequest(e.body_text()))?;
+    let key = group_key(&request.topic, &request.group)?;
+    let seq = request.seq;
+    let found = state
+        .store
+        .dead_letters(&key, seq.saturating_sub(1), 1)
+        .await?;
+    if seq == 0 || found.first().is_none_or(|d| d.seq != seq) {
+        return Err(OpsError::NotFound(format!(
+            "no dead letter {seq} in group {:?} on {:?}",
+            request.group, request.topic
+        )));
+    }
+    let event = state
+        .store
+        .get(seq)
+        .await?
+        .ok_or_else(|| OpsError::NotFound(format!("event {seq} is no longer retained")))?;
+    match state.broker.replay(key, event).await {
+        Some(Ok(())) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "replayed": seq, "topic": request.topic, "group": request.group })),
+        )
+            .into_response()),
+        Some(Err(refused @ ReplayRefused::NoMembers)) => Err(OpsError::Conflict(format!(
+            "{refused}: replay needs a connected member of the group"
+        ))),
+        Some(Err(refused @ ReplayRefused::AlreadyPending)) => {
+            Err(OpsError::Conflict(refused.to_string()))
+        }
+        None => Err(OpsError::Unavailable("the hub is shutting down".into())),
+    }
+}

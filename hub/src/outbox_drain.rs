@@ -1,0 +1,175 @@
+//! The hub drains configured MongoDB outbox collections into its own log
+//! (`[[outbox]]` / `--drain-outbox`), so an application in any language
+//! only inserts outbox documents in its transactions.
+//!
+//! Each collection gets one [`Drainer`] from `promhub::outbox` (claims,
+//! fencing, backoff, dead records, per-key order) whose sink commits
+//! through the hub's [`StoreWriter`], exactly as a `PUBLISH` with
+//! `opts.id` = the record's `_id`: the same de-duplication, the same
+//! durability before the record is marked sent. Configured by the
+//! operator, so no topic ACL applies; a record with a bad topic ends
+//! `dead` with the reason.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use promhub::outbox::mongo::MongoOutbox;
+use promhub::outbox::{
+    Drainer, DrainerOptions, OutboxError, OutboxMetrics, OutboxRecord, OutboxSink, PublishOutcome,
+    SinkError,
+};
+use promhub_core::Topic;
+use promhub_core::frames::to_payload;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::OutboxDrainConfig;
+use crate::error::HubError;
+use crate::metrics::{Metrics, OutboxGauges};
+use crate::store::writer::StoreWriter;
+use crate::store::{Appended, NewEvent};
+
+/// Publishes outbox records into the hub's own log.
+#[derive(Debug, Clone)]
+pub struct LogSink {
+    writer: StoreWriter,
+}
+
+impl LogSink {
+    pub fn new(writer: StoreWriter) -> Self {
+        LogSink { writer }
+    }
+}
+
+#[async_trait]
+impl OutboxSink for LogSink {
+    async fn publish(&self, record: &OutboxRecord) -> Result<PublishOutcome, SinkError> {
+        let topic = Topic::parse(&record.topic)
+            .map_err(|e| SinkError(format!("bad topic {:?}: {e}", record.topic)))?;
+        let payload = to_payload(&record.payload)
+            .map_err(|e| SinkError(format!("payload is not JSON: {e}")))?;
+        let event = NewEvent {
+            id: record.id.clone(),
+            client_id: true,
+            topic,
+            ts: record.created_at,
+            key: record.key.clone(),
+            payload,
+            headers: record.headers.clone(),
+            tags: None,
+            caused_by: None,
+            sid: None,
+        };
+        match self.writer.append(event).await {
+            Ok(Appended::Stored(event)) => Ok(PublishOutcome {
+                seq: event.seq,
+                duplicate: false,
+            }),
+            Ok(Appended::Duplicate { seq, .. }) => Ok(PublishOutcome {
+                seq,
+                duplicate: true,
+            }),
+            Err(e) => Err(SinkError(format!("the hub's store failed: {e}"))),
+        }
+    }
+}
+
+/// Opens every configured outbox (failing the start with the URI when one
+/// cannot be reached) and starts its drainer; they stop when `shutdown`
+/// turns true.
+pub async fn spawn_drainers(
+    outboxes: &[OutboxDrainConfig],
+    writer: &StoreWriter,
+    metrics: &Metrics,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>, HubError> {
+    let mut drainers = Vec::with_capacity(outboxes.len());
+    for config in outboxes {
+        let location = config.location().map_err(HubError::Config)?;
+        let failed = |source: OutboxError| HubError::Outbox {
+            uri: config.uri.clone(),
+            source,
+        };
+        let client = mongodb::Client::with_uri_str(&location.client_uri)
+            .await
+            .map_err(|e| failed(e.into()))?;
+        let retention = Duration::from_secs(config.retention_secs);
+        let store = MongoOutbox::open_for_draining(
+            &client.database(&location.database),
+            &location.collection,
+            retention,
+        )
+        .await
+        .map_err(failed)?;
+        let options = DrainerOptions {
+            batch_size: config.batch_size,
+            max_attempts: config.max_attempts,
+            retention,
+            ..DrainerOptions::default()
+        };
+        let store = Arc::new(store);
+        let drainer = Drainer::new(
+            Arc::clone(&store),
+            Arc::new(LogSink::new(writer.clone())),
+            options,
+        );
+        let gauges = Arc::new(Mutex::new(OutboxGauges::default()));
+        let source = format!("{}.{}", location.database, location.collection);
+        if let Err(error) = metrics.register_outbox_source(source, {
+            let gauges = Arc::clone(&gauges);
+            Arc::new(move || *gauges.lock().unwrap_or_else(PoisonError::into_inner))
+        }) {
+            tracing::warn!(%error, collection = %location.collection, "outbox not in /metrics");
+        }
+        drainers.push(tokio::spawn(refresh_gauges(
+            Arc::clone(drainer.metrics()),
+            store,
+            gauges,
+            shutdown.clone(),
+        )));
+        tracing::info!(
+            database = %location.database,
+            collection = %location.collection,
+            "draining the outbox collection into the log"
+        );
+        let mut shutdown = shutdown.clone();
+        drainers.push(tokio::spawn(async move {
+            drainer
+                .run(async move {
+                    let _ = shutdown.wait_for(|stop| *stop).await;
+                })
+                .await;
+        }));
+    }
+    Ok(drainers)
+}
+
+/// Keeps an outbox's gauges for /metrics fresh: a scrape must not wait for
+/// the store, so the backlog is read here once per interval.
+async fn refresh_gauges(
+    counters: Arc<OutboxMetrics>,
+    store: Arc<MongoOutbox>,
+    gauges: Arc<Mutex<OutboxGauges>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    const REFRESH: Duration = Duration::from_secs(1);
+    loop {
+        match counters.snapshot(&*store, crate::clock::now_ms()).await {
+            Ok(snapshot) => {
+                *gauges.lock().unwrap_or_else(PoisonError::into_inner) = OutboxGauges {
+                    backlog: snapshot.backlog,
+                    oldest_pending_age_secs: snapshot
+                        .oldest_unsent_age_ms
+                        .map_or(0.0, |ms| Duration::from_millis(ms).as_secs_f64()),
+                    dead: snapshot.dead_now,
+                };
+            }
+            Err(error) => tracing::debug!(%error, "reading the outbox backlog failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(REFRESH) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
