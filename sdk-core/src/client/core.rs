@@ -1,6 +1,6 @@
 //! [`ClientCore`]: the connection, request and subscription state machine.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 
 use serde::Deserialize;
 
@@ -67,8 +67,10 @@ pub struct ClientCore {
     /// Tokens refused in a row since the last `OK`.
     token_refusals: u32,
     /// Publishes refused with `rate_limited`, to be sent again at the
-    /// given time: (due, rid).
-    rate_limited: BTreeSet<(u64, u64)>,
+    /// given time: (due, rid), in due order (each new one is scheduled
+    /// after the last, so pushing at the back keeps the order; no B-tree,
+    /// which would cost the browser SDK's wasm a few KiB).
+    rate_limited: VecDeque<(u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -146,7 +148,7 @@ impl ClientCore {
             unix_offset_ms: 0,
             awaiting_token: false,
             token_refusals: 0,
-            rate_limited: BTreeSet::new(),
+            rate_limited: VecDeque::new(),
         }
     }
 
@@ -174,7 +176,7 @@ impl ClientCore {
             self.heartbeat_deadline(),
             self.token_timer.refresh_at,
             self.reconnect.at,
-            self.rate_limited.first().map(|&(due, _)| due),
+            self.rate_limited.front().map(|&(due, _)| due),
         ]
         .into_iter()
         .flatten()
@@ -1000,11 +1002,11 @@ impl ClientCore {
     /// Sends rate-limited publishes whose wait is over (queues them when
     /// not connected; ones that timed out or failed meanwhile are gone).
     fn resend_rate_limited(&mut self, now: u64) {
-        while let Some(&(due, rid)) = self.rate_limited.first() {
+        while let Some(&(due, rid)) = self.rate_limited.front() {
             if due > now {
                 break;
             }
-            self.rate_limited.remove(&(due, rid));
+            self.rate_limited.pop_front();
             let connected = self.state == ConnectionState::Connected;
             let Some(Pending::Publish { text, sent, .. }) = self.requests.get_mut(rid) else {
                 continue;
@@ -1276,7 +1278,7 @@ impl ClientCore {
         // about the time one token takes to come back.
         let after_waiting = self
             .rate_limited
-            .last()
+            .back()
             .map_or(0, |&(due, _)| due.saturating_add(wait));
         let due = now.saturating_add(wait).max(after_waiting);
         if self
@@ -1294,7 +1296,8 @@ impl ClientCore {
         }
         // Not on the wire until the resend (a late answer cannot match).
         *sent = false;
-        self.rate_limited.insert((due, rid));
+        // `due` is after every waiting one's (see above): the order holds.
+        self.rate_limited.push_back((due, rid));
         true
     }
 
