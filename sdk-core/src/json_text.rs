@@ -392,7 +392,7 @@ impl<'de> JsonText<'de> {
         Ok(())
     }
 
-    /// `\uXXXX` (and the low half of a surrogate pair).
+    /// A `\u` escape of four hex digits (and the low half of a surrogate pair).
     fn unicode_escape(&mut self, n: u16, out: &mut String) -> Result<(), JsonError> {
         let code = match n {
             0xDC00..=0xDFFF => return Err(self.error("lone leading surrogate in hex escape")),

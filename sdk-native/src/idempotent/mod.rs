@@ -21,7 +21,6 @@ mod mongo;
 #[cfg(feature = "outbox-mongodb")]
 pub use mongo::{MongoDedupe, MongoDedupeError, MongoDedupeOptions};
 
-use std::fmt;
 use std::time::Duration;
 
 use crate::{DeserializeError, Error};
@@ -91,7 +90,51 @@ impl DedupeOptions {
 }
 
 /// A NACK reason from an error, cut to a size the hub accepts.
-pub(crate) fn nack_reason(error: &dyn fmt::Display) -> String {
+#[cfg(any(feature = "sqlite", feature = "outbox-mongodb"))]
+fn nack_reason(error: &dyn std::fmt::Display) -> String {
     const MAX_REASON_CHARS: usize = 500;
     error.to_string().chars().take(MAX_REASON_CHARS).collect()
+}
+
+/// The payload of a delivery; one that is not a `T` is never processable,
+/// so it is dead-lettered rather than left to come back forever.
+#[cfg(any(feature = "sqlite", feature = "outbox-mongodb"))]
+pub(crate) async fn payload_or_term<T, E, S>(
+    payload: Result<T, DeserializeError>,
+    acker: crate::Acker,
+) -> Result<(T, crate::Acker), HandleError<E, S>> {
+    match payload {
+        Ok(payload) => Ok((payload, acker)),
+        Err(error) => {
+            let _ = acker.term(nack_reason(&error)).await;
+            Err(HandleError::Payload(error))
+        }
+    }
+}
+
+/// Answers the hub after a handling: ACK when processed (or already
+/// processed), NACK with the error as reason when it failed.
+#[cfg(any(feature = "sqlite", feature = "outbox-mongodb"))]
+pub(crate) async fn answer<R, E, S>(
+    acker: crate::Acker,
+    outcome: Result<Handled<R>, HandleError<E, S>>,
+) -> Result<Handled<R>, HandleError<E, S>>
+where
+    E: std::fmt::Display,
+    S: std::fmt::Display,
+{
+    match outcome {
+        Ok(handled) => match acker.ack().await {
+            Ok(()) => Ok(handled),
+            Err(error) => Err(HandleError::Ack(error)),
+        },
+        Err(error) => {
+            let reason = match &error {
+                HandleError::Handler(e) => nack_reason(e),
+                other => nack_reason(other),
+            };
+            let _ = acker.nack(reason, None).await;
+            Err(error)
+        }
+    }
 }

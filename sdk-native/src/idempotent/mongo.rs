@@ -14,7 +14,7 @@ use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION
 use mongodb::options::IndexOptions;
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 
-use super::{DedupeOptions, HandleError, Handled, nack_reason};
+use super::{DedupeOptions, HandleError, Handled, answer, payload_or_term};
 use crate::Delivery;
 use crate::outbox::OutboxError;
 use crate::outbox::mongo::check_transactions;
@@ -228,30 +228,12 @@ impl MongoDedupe {
         F: for<'s> FnMut(&'s mut ClientSession, Arc<T>) -> BoxFuture<'s, Result<R, E>>,
     {
         let (payload, event, acker) = delivery.into_parts();
-        let payload = match payload {
-            Ok(payload) => Arc::new(payload),
-            Err(error) => {
-                let _ = acker.term(nack_reason(&error)).await;
-                return Err(HandleError::Payload(error));
-            }
-        };
+        let (payload, acker) = payload_or_term(payload, acker).await?;
+        let payload = Arc::new(payload);
         let outcome = self
             .process(&event.id, |session| handler(session, Arc::clone(&payload)))
             .await;
-        match outcome {
-            Ok(handled) => match acker.ack().await {
-                Ok(()) => Ok(handled),
-                Err(error) => Err(HandleError::Ack(error)),
-            },
-            Err(error) => {
-                let reason = match &error {
-                    HandleError::Handler(e) => nack_reason(e),
-                    other => nack_reason(other),
-                };
-                let _ = acker.nack(reason, None).await;
-                Err(error)
-            }
-        }
+        answer(acker, outcome).await
     }
 
     /// Whether `event_id` is recorded as processed (and not expired).

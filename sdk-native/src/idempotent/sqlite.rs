@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use promhub_core::frames::Event;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::{DedupeOptions, HandleError, Handled, nack_reason};
+use super::{DedupeOptions, HandleError, Handled, answer, payload_or_term};
 use crate::Delivery;
 
 /// Expired ids are deleted at most this often (from inside `process`).
@@ -178,14 +178,7 @@ impl SqliteDedupe {
         F: FnOnce(&Transaction<'_>, &Event, &T) -> Result<R, E> + Send + 'static,
     {
         let (payload, event, acker) = delivery.into_parts();
-        let payload = match payload {
-            Ok(payload) => payload,
-            Err(error) => {
-                // Never processable: do not let it come back forever.
-                let _ = acker.term(nack_reason(&error)).await;
-                return Err(HandleError::Payload(error));
-            }
-        };
+        let (payload, acker) = payload_or_term(payload, acker).await?;
         let this = self.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             this.process(&event.id, |tx| handler(tx, &event, &payload))
@@ -196,20 +189,7 @@ impl SqliteDedupe {
                 join_error.to_string(),
             )))
         });
-        match outcome {
-            Ok(handled) => match acker.ack().await {
-                Ok(()) => Ok(handled),
-                Err(error) => Err(HandleError::Ack(error)),
-            },
-            Err(error) => {
-                let reason = match &error {
-                    HandleError::Handler(e) => nack_reason(e),
-                    other => nack_reason(other),
-                };
-                let _ = acker.nack(reason, None).await;
-                Err(error)
-            }
-        }
+        answer(acker, outcome).await
     }
 
     fn connection(&self) -> Result<MutexGuard<'_, Connection>, DedupeError> {
