@@ -159,6 +159,7 @@ async fn main() -> Result<()> {
                     },
                     cursor,
                     done_above: Vec::new(),
+                    attempts_above: None,
                 })
                 .collect(),
             ..CommitBatch::default()

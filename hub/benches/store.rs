@@ -413,6 +413,7 @@ fn progress(c: &mut Criterion) {
                                     key: key.clone(),
                                     cursor: c,
                                     done_above: vec![c + 2],
+                                    attempts_above: None,
                                 })
                                 .await
                                 .expect("progress");

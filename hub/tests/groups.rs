@@ -349,3 +349,58 @@ async fn group_state_survives_a_graceful_restart() {
     worker.assert_alive_and_quiet().await;
     hub.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn attempts_count_on_across_a_restart_and_an_idle_group() {
+    let dir = common::data_dir();
+    let mut hub = TestHub::start_in(dir.path(), |_| {}).await;
+    let mut publisher = hub.client().await;
+    let ids = publish_n(&mut publisher, "mail.out", 1).await;
+    let opts = json!({"from": "earliest", "max_inflight": 1});
+    let mut worker = hub.client().await;
+    worker
+        .subscribe("mail.*", Some("senders"), opts.clone())
+        .await;
+    let first = worker.recv_event().await;
+    assert_eq!(
+        (event_id(&first), first["ctx"]["attempt"].clone()),
+        (ids[0].clone(), json!(1))
+    );
+    // The worker dies before its ACK, then the hub restarts.
+    drop(worker);
+    drop(publisher);
+    hub.stop().await.unwrap();
+
+    let mut hub = TestHub::start_in(dir.path(), |_| {}).await;
+    let mut worker = hub.client().await;
+    worker
+        .subscribe("mail.*", Some("senders"), opts.clone())
+        .await;
+    let second = worker.recv_event().await;
+    assert_eq!(
+        (event_id(&second), second["ctx"]["attempt"].clone()),
+        (ids[0].clone(), json!(2))
+    );
+    // Dies again; the group has no member left (the hub may unload it).
+    drop(worker);
+    let mut worker = hub.client().await;
+    worker
+        .subscribe("mail.*", Some("senders"), opts.clone())
+        .await;
+    let third = worker.recv_event().await;
+    assert_eq!(
+        (event_id(&third), third["ctx"]["attempt"].clone()),
+        (ids[0].clone(), json!(3))
+    );
+    worker.ack(&third).await;
+    worker.assert_alive_and_quiet().await;
+    drop(worker);
+    hub.stop().await.unwrap();
+
+    // Done is done: nothing comes back after another restart.
+    let mut hub = TestHub::start_in(dir.path(), |_| {}).await;
+    let mut worker = hub.client().await;
+    worker.subscribe("mail.*", Some("senders"), opts).await;
+    worker.assert_alive_and_quiet().await;
+    hub.stop().await.unwrap();
+}

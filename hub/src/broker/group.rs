@@ -188,6 +188,9 @@ struct Entry {
     /// A dead letter replayed by the ops API: its dead-letter record is
     /// removed when it is acknowledged (and replaced if it dies again).
     replay: bool,
+    /// A delivery of it failed (NACK, deadline, disconnect): its attempts
+    /// are part of the group's durable state until it is done.
+    failed: bool,
 }
 
 /// Where the group gets its next events from.
@@ -243,6 +246,11 @@ pub(crate) struct GroupState {
     /// Done marks above the cursor loaded from the store: these events are
     /// skipped when read again.
     restored_done: BTreeSet<u64>,
+    /// Attempts used by failed events above the cursor, loaded from the
+    /// store and not read into the window yet.
+    restored_attempts: BTreeMap<u64, u32>,
+    /// The set of failed events' attempts changed since the last flush.
+    attempts_dirty: bool,
     /// Done marks above the cursor not yet made durable.
     new_marks: Vec<u64>,
     dead_letters: Vec<DeadLetter>,
@@ -284,6 +292,12 @@ impl GroupState {
                 .into_iter()
                 .filter(|&seq| seq > cursor)
                 .collect(),
+            restored_attempts: record
+                .attempts_above
+                .into_iter()
+                .filter(|&(seq, _)| seq > cursor)
+                .collect(),
+            attempts_dirty: false,
             new_marks: Vec::new(),
             dead_letters: Vec::new(),
             removed_dead_letters: Vec::new(),
@@ -348,6 +362,7 @@ impl GroupState {
             entry.state = EntryState::Ready;
             entry.attempts = 0;
             entry.replay = true;
+            entry.failed = false;
         } else {
             match self.replays.entry(seq) {
                 std::collections::btree_map::Entry::Occupied(_) => {
@@ -359,6 +374,7 @@ impl GroupState {
                         attempts: 0,
                         state: EntryState::Ready,
                         replay: true,
+                        failed: false,
                     });
                 }
             }
@@ -476,13 +492,16 @@ impl GroupState {
         {
             return;
         }
+        // A failed event of a group loaded again counts its attempts on.
+        let attempts = self.restored_attempts.remove(&event.seq).unwrap_or(0);
         self.window.insert(
             event.seq,
             Entry {
                 event: Arc::clone(event),
-                attempts: 0,
+                attempts,
                 state: EntryState::Ready,
                 replay: false,
+                failed: attempts > 0,
             },
         );
         self.ready.insert(event.seq);
@@ -658,6 +677,7 @@ impl GroupState {
     /// A delivery failed (deadline, disconnect): redeliver now, or dead-letter
     /// once `max_deliver` attempts are used up.
     fn fail(&mut self, seq: u64, max_deliver: u32, reason: &str, fx: &mut Effects<'_>) {
+        self.record_failure(seq);
         let Some(entry) = entry!(self, seq) else {
             return;
         };
@@ -665,6 +685,16 @@ impl GroupState {
             self.dead_letter(seq, reason, fx);
         } else {
             self.ready.insert(seq);
+        }
+    }
+
+    /// Makes a failed delivery's attempt count durable, so it survives the
+    /// group being loaded again.
+    fn record_failure(&mut self, seq: u64) {
+        if let Some(entry) = self.window.get_mut(&seq) {
+            entry.failed = true;
+            self.attempts_dirty = true;
+            self.dirty = true;
         }
     }
 
@@ -708,6 +738,9 @@ impl GroupState {
             entry.state = EntryState::Done;
             self.new_marks.push(seq);
             self.dirty = true;
+            if std::mem::take(&mut entry.failed) {
+                self.attempts_dirty = true;
+            }
             std::mem::take(&mut entry.replay)
         } else {
             self.replays.remove(&seq).is_some_and(|e| e.replay)
@@ -742,6 +775,14 @@ impl GroupState {
                 .is_some_and(|&first| first <= cursor)
             {
                 self.restored_done = self.restored_done.split_off(&(cursor + 1));
+            }
+            if self
+                .restored_attempts
+                .first_key_value()
+                .is_some_and(|(&first, _)| first <= cursor)
+            {
+                self.restored_attempts = self.restored_attempts.split_off(&(cursor + 1));
+                self.attempts_dirty = true;
             }
         }
     }
@@ -787,6 +828,7 @@ impl GroupState {
         } else if attempts >= max_deliver {
             self.dead_letter(seq, reason.unwrap_or("NACKed"), fx);
         } else {
+            self.record_failure(seq);
             let delay = delay_ms
                 .unwrap_or_else(|| self.defaults.nack_backoff_ms(attempts))
                 .min(MAX_NACK_DELAY_MS);
@@ -861,11 +903,24 @@ impl GroupState {
             .collect();
         done_above.sort_unstable();
         done_above.dedup();
+        let attempts_above = std::mem::take(&mut self.attempts_dirty).then(|| {
+            let mut attempts: Vec<(u64, u32)> = self
+                .window
+                .iter()
+                .filter(|(_, e)| e.failed && e.state != EntryState::Done)
+                .map(|(&seq, e)| (seq, e.attempts))
+                .chain(self.restored_attempts.iter().map(|(&seq, &n)| (seq, n)))
+                .filter(|&(seq, _)| seq > cursor)
+                .collect();
+            attempts.sort_unstable();
+            attempts
+        });
         Some(GroupUpdate {
             progress: Some(GroupProgress {
                 key: self.key.clone(),
                 cursor,
                 done_above,
+                attempts_above,
             }),
             dead_letters: std::mem::take(&mut self.dead_letters),
             removed_dead_letters: std::mem::take(&mut self.removed_dead_letters),
@@ -876,6 +931,10 @@ impl GroupState {
     pub fn restore_update(&mut self, update: GroupUpdate) {
         if let Some(progress) = update.progress {
             self.new_marks.extend(progress.done_above);
+            // The set is rebuilt from the current state at the next flush.
+            if progress.attempts_above.is_some() {
+                self.attempts_dirty = true;
+            }
         }
         let mut dead_letters = update.dead_letters;
         dead_letters.append(&mut self.dead_letters);
@@ -944,6 +1003,7 @@ mod tests {
                 key: GroupKey::new(&pattern, &name),
                 cursor,
                 done_above: vec![],
+                attempts_above: Vec::new(),
             };
             let mut group = GroupState::new(0, pattern, name, record, defaults());
             group.source = Source::Live;
@@ -1246,6 +1306,7 @@ mod tests {
             key: GroupKey::new(&pattern, &name),
             cursor: 1,
             done_above: vec![3],
+            attempts_above: Vec::new(),
         };
         let mut timers = BTreeSet::new();
         let mut group = GroupState::new(0, pattern, name, record, defaults());
@@ -1340,6 +1401,69 @@ mod tests {
         assert_eq!(update.dead_letters[1].reason, "still bad");
         assert_eq!(update.dead_letters[1].attempts, 1);
         assert!(update.removed_dead_letters.is_empty());
+    }
+
+    /// The attempts set a flush carries.
+    fn attempts_in(update: &GroupUpdate) -> Option<Vec<(u64, u32)>> {
+        update
+            .progress
+            .as_ref()
+            .and_then(|p| p.attempts_above.clone())
+    }
+
+    #[tokio::test]
+    async fn failed_attempts_are_durable_and_a_reloaded_group_counts_on() {
+        let mut h = Harness::new(0);
+        let a = h.join(1, 10);
+        h.live(&[event(1, "jobs.a"), event(2, "jobs.a"), event(3, "jobs.a")]);
+        assert_eq!(ids(&deliveries(&a).await), ["e1", "e2", "e3"]);
+        // A plain ACK does not touch the set.
+        let (g, mut fx) = h.fx();
+        g.ack("e1", &mut fx);
+        assert_eq!(attempts_in(&g.take_update().unwrap()), None);
+        // The member leaves holding e2 and e3 (a page closed before its ACK).
+        g.remove_member(1, &mut fx);
+        let update = g.take_update().unwrap();
+        assert_eq!(attempts_in(&update), Some(vec![(2, 1), (3, 1)]));
+        assert_eq!(update.progress.as_ref().unwrap().cursor, 1);
+
+        // The group is loaded again (evicted while idle, or a restart).
+        let pattern = Pattern::parse("jobs.*").unwrap();
+        let name = GroupName::parse("g").unwrap();
+        let record = GroupRecord {
+            key: GroupKey::new(&pattern, &name),
+            cursor: 1,
+            done_above: vec![],
+            attempts_above: vec![(2, 1), (3, 1)],
+        };
+        let mut reloaded = Harness::new(0);
+        reloaded.group = GroupState::new(0, pattern, name, record, defaults());
+        let b = reloaded.join(2, 10);
+        let (g, mut fx) = reloaded.fx();
+        let request = g.start_fetch().unwrap();
+        assert_eq!(request.after, 1);
+        g.on_fetched(&[event(2, "jobs.a")], 2, 3, &mut fx);
+        // e2 failed again and is already out for its third attempt; e3 is
+        // not read yet, and a flush now must keep its attempts.
+        g.nack("e2", None, Some(0), false, &mut fx);
+        let update = g.take_update().unwrap();
+        assert_eq!(attempts_in(&update), Some(vec![(2, 3), (3, 1)]));
+        g.start_fetch().unwrap();
+        g.on_fetched(&[event(3, "jobs.a")], 3, 3, &mut fx);
+        assert_eq!(
+            deliveries(&b).await,
+            [
+                ("e2".to_owned(), 2),
+                ("e2".to_owned(), 3),
+                ("e3".to_owned(), 2)
+            ]
+        );
+        // Done events leave the set.
+        g.ack("e2", &mut fx);
+        g.ack("e3", &mut fx);
+        let update = g.take_update().unwrap();
+        assert_eq!(attempts_in(&update), Some(vec![]));
+        assert_eq!(update.progress.unwrap().cursor, 3);
     }
 
     #[tokio::test]

@@ -647,6 +647,7 @@ impl Broker {
                             key: key.clone(),
                             cursor,
                             done_above: Vec::new(),
+                            attempts_above: None,
                         })
                         .await;
                     let _ = commands
@@ -669,6 +670,7 @@ impl Broker {
                     key: key.clone(),
                     cursor,
                     done_above: Vec::new(),
+                    attempts_above: Vec::new(),
                 };
                 self.open_group(key, record);
             }

@@ -420,6 +420,7 @@ pub(crate) async fn group_progress(factory: &dyn StoreFactory) -> Result<()> {
         key: key.clone(),
         cursor,
         done_above,
+        attempts_above: None,
     };
     store
         .commit(CommitBatch {
@@ -429,6 +430,7 @@ pub(crate) async fn group_progress(factory: &dyn StoreFactory) -> Result<()> {
                     key: other.clone(),
                     cursor: 0,
                     done_above: vec![],
+                    attempts_above: None,
                 },
             ],
             ..CommitBatch::default()
@@ -464,6 +466,7 @@ pub(crate) async fn group_progress(factory: &dyn StoreFactory) -> Result<()> {
                 key: far.clone(),
                 cursor: u64::MAX,
                 done_above: vec![u64::MAX],
+                attempts_above: None,
             }],
             ..CommitBatch::default()
         })
@@ -481,6 +484,64 @@ pub(crate) async fn group_progress(factory: &dyn StoreFactory) -> Result<()> {
             .iter()
             .any(|g| g.key == key && g.done_above == vec![9, 12])
     );
+    store.close().await?;
+    Ok(())
+}
+
+pub(crate) async fn group_attempts(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    let key = group_key("jobs.*", "workers");
+    let other = group_key("jobs.*", "auditors");
+    let progress = |key: &GroupKey, cursor, attempts_above| GroupProgress {
+        key: key.clone(),
+        cursor,
+        done_above: vec![],
+        attempts_above,
+    };
+    let commit = |progress: Vec<GroupProgress>| {
+        store.commit(CommitBatch {
+            progress,
+            ..CommitBatch::default()
+        })
+    };
+    // A new group records none.
+    commit(vec![progress(&key, 2, None), progress(&other, 0, None)]).await?;
+    let rec = store.load_group(&key).await?.context("created")?;
+    ensure!(rec.attempts_above.is_empty(), "{rec:?}");
+    // A set is stored (entries at or below the cursor ignored) and kept by
+    // progress that does not replace it.
+    commit(vec![progress(&key, 2, Some(vec![(2, 9), (4, 1), (7, 3)]))]).await?;
+    commit(vec![progress(&key, 3, None)]).await?;
+    let rec = store.load_group(&key).await?.context("exists")?;
+    ensure!(rec.attempts_above == vec![(4, 1), (7, 3)], "{rec:?}");
+    // The cursor passing an entry hides it; a new set replaces the old.
+    commit(vec![progress(&key, 4, None)]).await?;
+    let rec = store.load_group(&key).await?.context("exists")?;
+    ensure!(rec.attempts_above == vec![(7, 3)], "{rec:?}");
+    commit(vec![progress(&key, 4, Some(vec![(8, 2)]))]).await?;
+    let rec = store.load_group(&key).await?.context("exists")?;
+    ensure!(rec.attempts_above == vec![(8, 2)], "{rec:?}");
+    // Another group's set is its own; `groups` lists both.
+    commit(vec![progress(&other, 0, Some(vec![(1, 5)]))]).await?;
+    let groups = store.groups().await?;
+    let of = |k: &GroupKey| {
+        groups
+            .iter()
+            .find(|g| &g.key == k)
+            .map(|g| g.attempts_above.clone())
+    };
+    ensure!(of(&key) == Some(vec![(8, 2)]), "{groups:?}");
+    ensure!(of(&other) == Some(vec![(1, 5)]), "{groups:?}");
+    // An empty set clears it.
+    commit(vec![progress(&key, 4, Some(vec![]))]).await?;
+    let rec = store.load_group(&key).await?.context("exists")?;
+    ensure!(rec.attempts_above.is_empty(), "{rec:?}");
+    store.close().await?;
+    // Kept across a reopen.
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    let rec = store.load_group(&other).await?.context("reopened")?;
+    ensure!(rec.attempts_above == vec![(1, 5)], "{rec:?}");
     store.close().await?;
     Ok(())
 }
@@ -626,6 +687,7 @@ pub(crate) async fn survives_reopen(factory: &dyn StoreFactory) -> Result<()> {
                     key: key.clone(),
                     cursor: 1,
                     done_above: vec![4],
+                    attempts_above: None,
                 }],
                 dead_letters: vec![DeadLetter {
                     key: key.clone(),
@@ -769,11 +831,13 @@ pub(crate) async fn writer_group_updates(factory: &dyn StoreFactory) -> Result<(
         key: key.clone(),
         cursor: 2,
         done_above: vec![4, 6],
+        attempts_above: None,
     });
     let p2 = writer.record_progress(GroupProgress {
         key: key.clone(),
         cursor: 4,
         done_above: vec![8],
+        attempts_above: None,
     });
     let d = writer.update_group(GroupUpdate {
         dead_letters: vec![DeadLetter {
@@ -862,6 +926,7 @@ macro_rules! all_conformance_tests {
             latest_by_key,
             read_after,
             group_progress,
+            group_attempts,
             dead_letters,
             matching_counts,
             survives_reopen,

@@ -137,6 +137,14 @@ pub struct GroupProgress {
     pub key: GroupKey,
     pub cursor: u64,
     pub done_above: Vec<u64>,
+    /// Delivery attempts used by events after the cursor that are not done
+    /// and have failed at least once (NACK, ack deadline, disconnect), as
+    /// `(seq, attempts)`: a group loaded again (hub restart, or evicted while
+    /// nobody was subscribed) counts a redelivery on from there. `None`
+    /// keeps the stored set; `Some` replaces it (it changes only on failures
+    /// and on their later completion, so it is rarely sent). Entries at or
+    /// below the cursor are ignored when a group is loaded.
+    pub attempts_above: Option<Vec<(u64, u32)>>,
 }
 
 /// An event a group gave up on.
@@ -157,6 +165,9 @@ pub struct GroupRecord {
     pub cursor: u64,
     /// Events after the cursor that are done (acked or dead-lettered).
     pub done_above: Vec<u64>,
+    /// Attempts used by failed, not yet done events after the cursor, as
+    /// `(seq, attempts)` in `seq` order (see [`GroupProgress::attempts_above`]).
+    pub attempts_above: Vec<(u64, u32)>,
 }
 
 /// One group-commit batch: everything in it becomes durable together.

@@ -40,7 +40,7 @@ pub const DB_FILE: &str = "promhub.db";
 
 /// Bumped when the schema changes; [`SqliteStore::open`] refuses files
 /// written by a newer version instead of misreading them.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Tuning of the embedded store.
 #[derive(Debug, Clone)]
@@ -504,13 +504,27 @@ INSERT INTO topics (topic, events, last_seq)
     SELECT topic, max(tord), max(seq) FROM events GROUP BY topic;
 ";
 
+/// Version 3: delivery attempts used by failed events above a group's
+/// cursor (`GroupProgress::attempts_above`), so a redelivery after a restart
+/// or an idle group's eviction counts on instead of starting again at 1.
+const SCHEMA_V3: &str = "
+CREATE TABLE group_attempts (
+    pattern  TEXT NOT NULL,
+    grp      TEXT NOT NULL,
+    seq      INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    PRIMARY KEY (pattern, grp, seq)
+) WITHOUT ROWID;
+";
+
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(backend)?;
     let steps = match version {
-        0 => format!("{SCHEMA_V1}\n{SCHEMA_V2}"),
-        1 => SCHEMA_V2.to_owned(),
+        0 => format!("{SCHEMA_V1}\n{SCHEMA_V2}\n{SCHEMA_V3}"),
+        1 => format!("{SCHEMA_V2}\n{SCHEMA_V3}"),
+        2 => SCHEMA_V3.to_owned(),
         SCHEMA_VERSION => return Ok(()),
         newer if newer > SCHEMA_VERSION => {
             return Err(StoreError::Corrupt(format!(
@@ -530,6 +544,33 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         let _ = conn.execute_batch("ROLLBACK");
         StoreError::Backend(format!("cannot create or migrate the schema: {e}"))
     })
+}
+
+/// Replaces a group's recorded attempts with `attempts` (those above the
+/// cursor).
+fn replace_attempts(
+    tx: &rusqlite::Transaction<'_>,
+    key: &GroupKey,
+    cursor: i64,
+    attempts: &[(u64, u32)],
+) -> Result<(), StoreError> {
+    tx.prepare_cached("DELETE FROM group_attempts WHERE pattern = ?1 AND grp = ?2")
+        .and_then(|mut s| s.execute(params![key.pattern, key.group]))
+        .map_err(backend)?;
+    let mut put = tx
+        .prepare_cached(
+            "INSERT OR REPLACE INTO group_attempts (pattern, grp, seq, attempts)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(backend)?;
+    for &(seq, used) in attempts {
+        let seq = seq_to_sql(seq);
+        if seq > cursor {
+            put.execute(params![key.pattern, key.group, seq, used])
+                .map_err(backend)?;
+        }
+    }
+    Ok(())
 }
 
 fn wal_path(db: &Path) -> PathBuf {
@@ -871,6 +912,11 @@ fn apply_group_changes(
                         .execute(params![p.key.pattern, p.key.group, seq])
                         .map_err(backend)?;
                 }
+            }
+            // Rows at or below the cursor are ignored when loading; the
+            // group replaces its set when a failed event completes.
+            if let Some(attempts) = &p.attempts_above {
+                replace_attempts(tx, &p.key, cursor, attempts)?;
             }
         }
     }
@@ -1279,10 +1325,24 @@ impl Store for SqliteStore {
                 .map_err(backend)?
                 .map(|r| r.map(from_sql_int).map_err(backend))
                 .collect::<Result<Vec<_>, _>>()?;
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT seq, attempts FROM group_attempts
+                     WHERE pattern = ?1 AND grp = ?2 AND seq > ?3 ORDER BY seq",
+                )
+                .map_err(backend)?;
+            let attempts_above = stmt
+                .query_map(params![key.pattern, key.group, cursor], |row| {
+                    Ok((from_sql_int(row.get(0)?), row.get::<_, u32>(1)?))
+                })
+                .map_err(backend)?
+                .map(|r| r.map_err(backend))
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(Some(GroupRecord {
                 key,
                 cursor: from_sql_int(cursor),
                 done_above,
+                attempts_above,
             }))
         })
         .await
@@ -1307,6 +1367,7 @@ impl Store for SqliteStore {
                         key,
                         cursor,
                         done_above: Vec::new(),
+                        attempts_above: Vec::new(),
                     },
                 );
             }
@@ -1325,6 +1386,24 @@ impl Store for SqliteStore {
                 // A mark without its group row cannot be written by commit.
                 if let Some(record) = records.get_mut(&key) {
                     record.done_above.push(seq);
+                }
+            }
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT pattern, grp, seq, attempts FROM group_attempts
+                     ORDER BY pattern, grp, seq",
+                )
+                .map_err(backend)?;
+            let mut rows = stmt.query([]).map_err(backend)?;
+            while let Some(row) = rows.next().map_err(backend)? {
+                let key = GroupKey {
+                    pattern: row.get(0).map_err(backend)?,
+                    group: row.get(1).map_err(backend)?,
+                };
+                let seq = from_sql_int(row.get(2).map_err(backend)?);
+                let used: u32 = row.get(3).map_err(backend)?;
+                if let Some(record) = records.get_mut(&key).filter(|r| seq > r.cursor) {
+                    record.attempts_above.push((seq, used));
                 }
             }
             Ok(records.into_values().collect())

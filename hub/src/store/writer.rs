@@ -165,7 +165,10 @@ fn event_size(event: &NewEvent) -> usize {
 /// Rough size of a group update in a batch, for the byte bound.
 fn update_size(update: &GroupUpdate) -> usize {
     64 + update.progress.as_ref().map_or(0, |p| {
-        p.key.pattern.len() + p.key.group.len() + 8 * p.done_above.len()
+        p.key.pattern.len()
+            + p.key.group.len()
+            + 8 * p.done_above.len()
+            + 12 * p.attempts_above.as_ref().map_or(0, Vec::len)
     }) + update
         .dead_letters
         .iter()
@@ -235,6 +238,10 @@ impl PendingBatch {
                 let earlier = &mut self.batch.progress[i];
                 earlier.cursor = progress.cursor;
                 earlier.done_above.extend(progress.done_above);
+                // A newer replacement set wins; `None` keeps the earlier one.
+                if progress.attempts_above.is_some() {
+                    earlier.attempts_above = progress.attempts_above;
+                }
             }
             None => {
                 self.progress_index
@@ -259,6 +266,11 @@ impl PendingBatch {
             progress.done_above.retain(|&seq| seq > cursor);
             progress.done_above.sort_unstable();
             progress.done_above.dedup();
+            if let Some(attempts) = &mut progress.attempts_above {
+                attempts.retain(|&(seq, _)| seq > cursor);
+                attempts.sort_unstable();
+                attempts.dedup_by_key(|&mut (seq, _)| seq);
+            }
         }
         let expected = batch.events.len();
         let result = store.commit_pipelined(batch).await.and_then(|pending| {
@@ -625,6 +637,7 @@ mod tests {
                 },
                 cursor: 1,
                 done_above: vec![],
+                attempts_above: None,
             })
             .await
         }));
@@ -689,6 +702,7 @@ mod tests {
                     key,
                     cursor,
                     done_above: done,
+                    attempts_above: None,
                 })
                 .await
             }));

@@ -231,6 +231,32 @@ pub(super) fn int_list(doc: &Document, field: &str, what: &str) -> Result<Vec<i6
     }
 }
 
+/// A list of `{s: seq, n: attempts}` documents (a group's failed attempts).
+pub(super) fn attempt_pairs(
+    doc: &Document,
+    field: &str,
+    what: &str,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    let int = |entry: &Document, key: &str| match entry.get(key) {
+        Some(Bson::Int64(v)) => Some(*v),
+        Some(Bson::Int32(v)) => Some(i64::from(*v)),
+        _ => None,
+    };
+    match doc.get(field) {
+        None | Some(Bson::Null) => Ok(Vec::new()),
+        Some(Bson::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                Bson::Document(entry) => int(entry, "s")
+                    .zip(int(entry, "n"))
+                    .ok_or_else(|| corrupt_field(what, field)),
+                _ => Err(corrupt_field(what, field)),
+            })
+            .collect(),
+        Some(_) => Err(corrupt_field(what, field)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
