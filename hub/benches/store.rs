@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use promhub_core::frames::{Event, Payload};
+use promhub_core::frames::{Event, Millis, Payload};
 use promhub_core::{Pattern, Topic};
 use promhub_hub::store::mongo::test_server::FerretDb;
 use promhub_hub::store::mongo::{MongoOptions, MongoStore};
@@ -28,7 +28,7 @@ use promhub_hub::store::sqlite::{SqliteOptions, SqliteStore};
 use promhub_hub::store::writer::StoreWriter;
 use promhub_hub::store::{
     CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupProgress, GroupRecord, NewEvent,
-    PendingCommit, Store, StoreError,
+    PendingCommit, RetentionPolicy, Store, StoreError,
 };
 use serde_json::value::RawValue;
 
@@ -124,6 +124,14 @@ impl Store for Counting {
         after: u64,
     ) -> Result<Option<Event>, StoreError> {
         self.inner.first_matching_after(pattern, after).await
+    }
+    async fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now: Millis,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.inner.apply_retention(policy, now, limit).await
     }
     async fn close(&self) -> Result<(), StoreError> {
         self.inner.close().await

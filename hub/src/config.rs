@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{AuthConfig, Secret};
 use crate::limits::RateLimit;
+use crate::retention::RetentionConfig;
 
 /// Everything the hub can be told. `HubConfig::default()` is a working
 /// development setup: listen on 127.0.0.1:8090, data in `./data`, every
@@ -82,6 +83,9 @@ pub struct HubConfig {
     pub outbox: Vec<OutboxDrainConfig>,
     /// Publish quotas (TOML table `[limits]`); off by default.
     pub limits: LimitsConfig,
+    /// How long the log keeps events (TOML table `[retention]`, see
+    /// [`crate::retention`]); the default keeps everything.
+    pub retention: RetentionConfig,
     /// Static bearer token of the ops API (`/ops`, `/metrics`, `/lag`, ...)
     /// besides JWTs with scope `admin`. `None`: only such JWTs, so a hub
     /// in development mode has no way into the ops API at all.
@@ -198,6 +202,7 @@ impl Default for HubConfig {
             max_pending_publishes: 4096,
             outbox: Vec::new(),
             limits: LimitsConfig::default(),
+            retention: RetentionConfig::default(),
             admin_token: None,
         }
     }
@@ -275,6 +280,7 @@ impl HubConfig {
         }
         self.groups.validate()?;
         self.limits.validate()?;
+        self.retention.validate()?;
         if let Some(token) = &self.admin_token
             && token.expose().trim().chars().count() < MIN_ADMIN_TOKEN_CHARS
         {

@@ -15,6 +15,7 @@ pub mod metrics;
 mod ops;
 mod outbox_drain;
 pub mod replay;
+pub mod retention;
 mod send_queue;
 mod server;
 pub mod store;

@@ -114,6 +114,15 @@ struct ServeArgs {
         requires = "topic_publish_rate"
     )]
     topic_publish_burst: Option<u32>,
+    /// Remove events older than this many seconds (by their ts), every
+    /// topic; the config file's [retention] table has per-topic rules
+    /// [default: keep everything]
+    #[arg(long, env = "PROMHUB_RETENTION_MAX_AGE_SECS")]
+    retention_max_age_secs: Option<u64>,
+    /// Keep at most this many of each topic's newest events
+    /// [default: keep everything]
+    #[arg(long, env = "PROMHUB_RETENTION_MAX_EVENTS")]
+    retention_max_events: Option<u64>,
     /// Static admin token for the ops API (/ops, /metrics, /lag, ...; at
     /// least 16 characters). Without it only JWTs with scope `admin` are
     /// admitted, so in development mode the ops API is closed [default: none]
@@ -184,6 +193,12 @@ impl ServeArgs {
         if let Some(rate) = self.topic_publish_rate {
             config.limits.topic_publish_rate = Some(rate);
             config.limits.topic_publish_burst = self.topic_publish_burst;
+        }
+        if let Some(secs) = self.retention_max_age_secs {
+            config.retention.max_age_secs = Some(secs);
+        }
+        if let Some(count) = self.retention_max_events {
+            config.retention.max_events_per_topic = Some(count);
         }
         self.auth.apply(&mut config.auth);
         config.validate().map_err(anyhow::Error::msg)?;

@@ -153,6 +153,8 @@ pub struct Metrics {
     pub live_deliveries: Counter,
     pub groups: GroupCounters,
     pub store_commit_seconds: Histogram,
+    /// Events removed by the retention policy.
+    pub retention_removed: Counter,
     groups_known: Gauge,
     group_lag_events: Family<GroupLabels, Gauge>,
     group_lag_seconds: Family<GroupLabels, FloatGauge>,
@@ -315,6 +317,12 @@ impl Metrics {
             "Time of one group commit (applied and synced)",
             store_commit_seconds.clone(),
         );
+        let retention_removed = Counter::default();
+        registry.register(
+            "retention_removed_events",
+            "Events removed by the retention policy",
+            retention_removed.clone(),
+        );
         let groups_known = Gauge::default();
         registry.register(
             "groups",
@@ -369,6 +377,7 @@ impl Metrics {
             live_deliveries,
             groups,
             store_commit_seconds,
+            retention_removed,
             groups_known,
             group_lag_events,
             group_lag_seconds,

@@ -124,6 +124,13 @@ pub async fn run_with(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let drainers =
         outbox_drain::spawn_drainers(&config.outbox, &writer, &metrics, &shutdown_rx).await?;
+    let retention = crate::retention::spawn(
+        Arc::clone(&store),
+        &config.retention,
+        Arc::clone(&metrics),
+        shutdown_rx.clone(),
+    )
+    .map_err(HubError::Config)?;
     let tracker = Arc::new(ConnectionTracker::default());
     let replay = crate::replay::router(crate::replay::ReplayState {
         store: Arc::clone(&store),
@@ -205,6 +212,11 @@ pub async fn run_with(
         if tokio::time::timeout(grace, drainer).await.is_err() {
             tracing::warn!("an outbox drainer did not stop in time");
         }
+    }
+    if let Some(task) = retention
+        && tokio::time::timeout(grace, task).await.is_err()
+    {
+        tracing::warn!("the retention pass did not stop in time");
     }
     // Cursor moves and dead letters still in memory become durable.
     if tokio::time::timeout(grace, broker.shutdown())

@@ -16,8 +16,8 @@ use serde_json::value::RawValue;
 
 use super::writer::{GroupUpdate, StoreWriter};
 use super::{
-    Appended, CommitBatch, DeadLetter, DeadLetterRef, GroupKey, GroupProgress, NewEvent, Store,
-    StoreError,
+    Appended, CommitBatch, DeadLetter, DeadLetterRef, GroupKey, GroupProgress, NewEvent,
+    RetentionLimits, RetentionPolicy, Store, StoreError,
 };
 
 /// Opens a backend at a location. Opening the same location again must see
@@ -546,6 +546,166 @@ pub(crate) async fn group_attempts(factory: &dyn StoreFactory) -> Result<()> {
     Ok(())
 }
 
+pub(crate) async fn retention(factory: &dyn StoreFactory) -> Result<()> {
+    const T0: u64 = 1_700_000_000_000;
+    let dir = tempfile::tempdir()?;
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    let at = |topic_name: &str, key: &str, i: u64| {
+        let mut e = event(topic_name, Some(key), &format!("{topic_name}-{i}"));
+        e.ts = T0 + i * 1000;
+        e
+    };
+    // Interleaved: seqs of one topic are not consecutive.
+    let (mut app, mut web, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..10 {
+        let mut batch = vec![at(
+            "logs.app",
+            if i == 0 {
+                "old"
+            } else {
+                ["k0", "k1", "k2"][i as usize % 3]
+            },
+            i,
+        )];
+        if i < 5 {
+            batch.push(at("logs.web", "w", i));
+        }
+        if i < 3 {
+            batch.push(at("keep.me", "m", 0));
+        }
+        let seqs: Vec<u64> = commit_events(store.as_ref(), batch)
+            .await?
+            .iter()
+            .map(|a| stored(a).map(|e| e.seq))
+            .collect::<Result<_>>()?;
+        app.push(seqs[0]);
+        if i < 5 {
+            web.push(seqs[1]);
+        }
+        if i < 3 {
+            kept.push(seqs[seqs.len() - 1]);
+        }
+    }
+    let last = store.last_seq().await?;
+    let policy = RetentionPolicy {
+        default: RetentionLimits::default(),
+        rules: vec![
+            (
+                pattern("logs.app"),
+                RetentionLimits {
+                    max_events: Some(4),
+                    max_age_ms: None,
+                },
+            ),
+            (
+                pattern("logs.*"),
+                RetentionLimits {
+                    max_events: None,
+                    max_age_ms: Some(2500),
+                },
+            ),
+        ],
+    };
+    let now = T0 + 4500; // cutoff T0 + 2000: web events 0 and 1 are too old
+    ensure!(
+        store
+            .apply_retention(&RetentionPolicy::default(), now, 100)
+            .await?
+            == 0,
+        "default keeps all"
+    );
+    // 6 app + 2 web events go; `limit` bounds one call.
+    ensure!(
+        store.apply_retention(&policy, now, 5).await? == 5,
+        "bounded by limit"
+    );
+    ensure!(
+        store.apply_retention(&policy, now, 100).await? == 3,
+        "the rest"
+    );
+    ensure!(
+        store.apply_retention(&policy, now, 100).await? == 0,
+        "nothing left to remove"
+    );
+
+    let seqs_of = |events: Vec<Event>| events.into_iter().map(|e| e.seq).collect::<Vec<_>>();
+    let (read, _) = store
+        .read_after(0, Some(&pattern("logs.app")), 100, 1000)
+        .await?;
+    ensure!(seqs_of(read) == app[6..], "the newest 4 app events stay");
+    let (read, _) = store
+        .read_after(0, Some(&pattern("logs.web")), 100, 1000)
+        .await?;
+    ensure!(
+        seqs_of(read) == web[2..],
+        "web events younger than the cutoff stay"
+    );
+    let (read, _) = store
+        .read_after(0, Some(&pattern("keep.*")), 100, 1000)
+        .await?;
+    ensure!(
+        seqs_of(read) == kept,
+        "a topic without limits keeps everything"
+    );
+    ensure!(
+        store.get(app[0]).await?.is_none(),
+        "a removed event is gone"
+    );
+    ensure!(
+        store.first_seq().await? == Some(kept[0]),
+        "first_seq is the first retained"
+    );
+    ensure!(store.last_seq().await? == last, "last_seq stays");
+    ensure!(
+        store.count_after(0).await? == 10,
+        "count_after counts what is left"
+    );
+    // Lag counts from indexes over what is left, also from a removed cursor.
+    ensure!(store.count_matching_after(&pattern("logs.*"), 0).await? == 7);
+    ensure!(
+        store
+            .count_matching_after(&pattern("logs.app"), app[2])
+            .await?
+            == 4
+    );
+    ensure!(
+        store
+            .count_matching_after(&pattern("logs.app"), app[7])
+            .await?
+            == 2
+    );
+    ensure!(
+        store
+            .count_matching_after(&pattern("logs.web"), web[1])
+            .await?
+            == 3
+    );
+    let first = store.first_matching_after(&pattern("logs.*"), 0).await?;
+    ensure!(
+        first.map(|e| e.seq) == Some(app[6].min(web[2])),
+        "first matching"
+    );
+    // Latest-by-key forgets a key whose latest event is gone.
+    let latest = store.latest_by_key(&pattern("logs.app")).await?;
+    let keys: Vec<_> = latest.iter().filter_map(|e| e.key.clone()).collect();
+    ensure!(
+        keys.len() == 3 && !keys.contains(&"old".to_owned()),
+        "{keys:?}"
+    );
+    ensure!(
+        store
+            .latest_for_key(&topic("logs.app"), "old")
+            .await?
+            .is_none()
+    );
+    // Seqs are never reused, and a new event of a trimmed topic counts.
+    let next = commit_events(store.as_ref(), vec![at("logs.app", "k0", 20)]).await?;
+    ensure!(stored(&next[0])?.seq > last, "no seq reuse");
+    ensure!(store.count_matching_after(&pattern("logs.app"), 0).await? == 5);
+    store.close().await?;
+    Ok(())
+}
+
 pub(crate) async fn dead_letters(factory: &dyn StoreFactory) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
@@ -927,6 +1087,7 @@ macro_rules! all_conformance_tests {
             read_after,
             group_progress,
             group_attempts,
+            retention,
             dead_letters,
             matching_counts,
             survives_reopen,

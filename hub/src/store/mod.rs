@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use promhub_core::frames::{Event, Millis, Payload, PublishOpts};
 use promhub_core::{Group, Pattern, Topic};
+use serde::Deserialize;
 
 pub mod mongo;
 pub mod sqlite;
@@ -222,6 +223,67 @@ pub enum StoreError {
     Closed,
 }
 
+/// How much of one topic the log keeps (semantics.md §3). `None` keeps
+/// everything on that axis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionLimits {
+    /// Events whose `ts` is older than this are removed, oldest first.
+    pub max_age_ms: Option<u64>,
+    /// At most this many of the topic's newest events are kept.
+    pub max_events: Option<u64>,
+}
+
+impl RetentionLimits {
+    pub fn keeps_everything(&self) -> bool {
+        self.max_age_ms.is_none() && self.max_events.is_none()
+    }
+}
+
+/// Retention for every topic: the first rule whose pattern matches a topic
+/// gives its limits, else `default`. The default policy keeps everything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RetentionPolicy {
+    pub default: RetentionLimits,
+    pub rules: Vec<(Pattern, RetentionLimits)>,
+}
+
+impl RetentionPolicy {
+    pub fn limits_for(&self, topic: &Topic) -> RetentionLimits {
+        self.rules
+            .iter()
+            .find(|(pattern, _)| pattern.matches(topic))
+            .map_or(self.default, |&(_, limits)| limits)
+    }
+
+    pub fn keeps_everything(&self) -> bool {
+        self.default.keeps_everything() && self.rules.iter().all(|(_, l)| l.keeps_everything())
+    }
+
+    /// How many of a topic's oldest events go: `excess` beyond
+    /// `max_events`, and the leading run with `ts < now - max_age_ms`
+    /// (given the topic's oldest events in `seq` order). Retention removes
+    /// a prefix of each topic, so an event is removed only together with
+    /// every older event of its topic: one with a `ts` in the future holds
+    /// the age limit back for the events after it until the count limit
+    /// or its own age removes it.
+    pub fn prefix_to_remove(
+        limits: RetentionLimits,
+        retained: u64,
+        oldest_ts: impl IntoIterator<Item = Millis>,
+        now: Millis,
+    ) -> u64 {
+        let by_count = limits
+            .max_events
+            .map_or(0, |keep| retained.saturating_sub(keep));
+        let by_age = limits.max_age_ms.map_or(0, |age| {
+            let cutoff = now.saturating_sub(age);
+            oldest_ts.into_iter().take_while(|&ts| ts < cutoff).count() as u64
+        });
+        by_count.max(by_age)
+    }
+}
+
 /// Durable storage for the hub.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -309,6 +371,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         pattern: &Pattern,
         after: u64,
     ) -> Result<Option<Event>, StoreError>;
+
+    /// Removes what `policy` no longer keeps: per topic, a prefix of its
+    /// oldest events (see [`RetentionPolicy::prefix_to_remove`]), with the
+    /// latest-by-key entries that point at them. At most `limit` events per
+    /// call, so a large first pass does not hold the writer for long; call
+    /// again while it returns `limit`. Seqs are never reused, groups skip
+    /// what is gone, and lag counts only what is left.
+    async fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now: Millis,
+        limit: usize,
+    ) -> Result<u64, StoreError>;
 
     /// Flushes and closes; later calls fail with [`StoreError::Closed`].
     async fn close(&self) -> Result<(), StoreError>;

@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use promhub_core::frames::Event;
+use promhub_core::frames::{Event, Millis};
 use promhub_core::{Pattern, Topic};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use serde_json::value::RawValue;
@@ -31,8 +31,8 @@ use tokio::sync::{Semaphore, oneshot};
 
 use super::topic_filter::{TopicFilter, literal_prefix};
 use super::{
-    Appended, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupRecord, PendingCommit, Store,
-    StoreError,
+    Appended, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupRecord, PendingCommit,
+    RetentionPolicy, Store, StoreError,
 };
 
 /// File name of the database inside the data dir.
@@ -173,6 +173,12 @@ type DurableReply = oneshot::Sender<Result<(), StoreError>>;
 #[derive(Debug)]
 enum WriteCommand {
     Commit(CommitBatch, AppliedReply, DurableReply),
+    Retain {
+        policy: RetentionPolicy,
+        now: Millis,
+        limit: usize,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
 }
 
 impl SqliteStore {
@@ -714,6 +720,19 @@ impl SqliteWriter {
                         }
                     }
                 }
+                WriteCommand::Retain {
+                    policy,
+                    now,
+                    limit,
+                    reply,
+                } => {
+                    let result = if self.failed.load(Ordering::Acquire) {
+                        Err(sync_failed_error())
+                    } else {
+                        self.retain(&policy, now, limit)
+                    };
+                    let _ = reply.send(result);
+                }
             }
         }
         // Let every commit already applied finish syncing before closing.
@@ -877,6 +896,123 @@ impl SqliteWriter {
         tx.commit().map_err(backend)?;
         Ok((CommitOutcome { events: outcome }, from_sql_int(last_seq)))
     }
+
+    /// One retention pass (see [`Store::apply_retention`]) in one
+    /// transaction. The `topics` row stays (its counter keeps numbering
+    /// `tord`), so a topic's retained events keep consecutive ordinals.
+    fn retain(
+        &mut self,
+        policy: &RetentionPolicy,
+        now: Millis,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        /// Oldest events read at a time while looking for the end of the
+        /// expired prefix.
+        const PAGE: u64 = 1000;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let topics: Vec<(String, i64)> = tx
+            .prepare_cached("SELECT topic, events FROM topics ORDER BY topic")
+            .and_then(|mut s| {
+                s.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(backend)?;
+        let mut removed = 0u64;
+        for (name, counter) in topics {
+            let room = (limit as u64).saturating_sub(removed);
+            if room == 0 {
+                break;
+            }
+            let Ok(topic) = Topic::parse(&name) else {
+                continue;
+            };
+            let limits = policy.limits_for(&topic);
+            if limits.keeps_everything() {
+                continue;
+            }
+            let first: Option<(i64, i64)> = tx
+                .prepare_cached("SELECT tord, ts FROM events WHERE topic = ?1 ORDER BY seq LIMIT 1")
+                .and_then(|mut s| {
+                    s.query_row([&name], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .optional()
+                })
+                .map_err(backend)?;
+            let Some((first_tord, first_ts)) = first else {
+                continue;
+            };
+            // Retention removes prefixes, so the retained ordinals are
+            // consecutive: their count needs no scan.
+            let retained = from_sql_int(counter - first_tord + 1);
+            let by_count = RetentionPolicy::prefix_to_remove(limits, retained, [], now);
+            let age_due =
+                RetentionPolicy::prefix_to_remove(limits, 0, [from_sql_int(first_ts)], now) > 0;
+            if by_count == 0 && !age_due {
+                continue;
+            }
+            // Walk the oldest events until both prefixes end (or `room`).
+            let mut boundary = None;
+            let mut count = 0u64;
+            let mut age_run_open = age_due;
+            let mut after = i64::MIN;
+            let mut page = tx
+                .prepare_cached(
+                    "SELECT seq, ts FROM events WHERE topic = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )
+                .map_err(backend)?;
+            while count < room && (age_run_open || count < by_count) {
+                let want = (room - count).min(PAGE);
+                let rows: Vec<(i64, u64)> = page
+                    .query_map(params![name, after, want as i64], |row| {
+                        Ok((row.get(0)?, from_sql_int(row.get(1)?)))
+                    })
+                    .and_then(|rows| rows.collect())
+                    .map_err(backend)?;
+                let by_age = if age_run_open {
+                    RetentionPolicy::prefix_to_remove(
+                        super::RetentionLimits {
+                            max_events: None,
+                            ..limits
+                        },
+                        0,
+                        rows.iter().map(|&(_, ts)| ts),
+                        now,
+                    )
+                } else {
+                    0
+                };
+                let take = by_count
+                    .saturating_sub(count)
+                    .max(by_age)
+                    .min(rows.len() as u64);
+                if take == 0 {
+                    break;
+                }
+                count += take;
+                let last = rows[take as usize - 1].0;
+                boundary = Some(last);
+                after = last;
+                age_run_open &= by_age == rows.len() as u64;
+                if take < rows.len() as u64 || (rows.len() as u64) < want {
+                    break;
+                }
+            }
+            let Some(boundary) = boundary else {
+                continue;
+            };
+            tx.prepare_cached("DELETE FROM events WHERE topic = ?1 AND seq <= ?2")
+                .and_then(|mut s| s.execute(params![name, boundary]))
+                .map_err(backend)?;
+            tx.prepare_cached("DELETE FROM latest WHERE topic = ?1 AND seq <= ?2")
+                .and_then(|mut s| s.execute(params![name, boundary]))
+                .map_err(backend)?;
+            removed += count;
+        }
+        tx.commit().map_err(backend)?;
+        Ok(removed)
+    }
 }
 
 fn apply_group_changes(
@@ -1039,6 +1175,16 @@ fn topic_ordinal(
     })
     .map(Option::unwrap_or_default)
     .map_err(backend)
+}
+
+/// `tord` of a topic's first retained event.
+fn first_topic_ordinal(
+    tx: &rusqlite::Transaction<'_>,
+    topic: &str,
+) -> Result<Option<i64>, StoreError> {
+    tx.prepare_cached("SELECT tord FROM events WHERE topic = ?1 ORDER BY seq LIMIT 1")
+        .and_then(|mut s| s.query_row([topic], |row| row.get(0)).optional())
+        .map_err(backend)
 }
 
 const EVENT_COLUMNS: &str = "seq, id, topic, ts, key, payload, headers, tags, caused_by, sid";
@@ -1487,7 +1633,12 @@ impl Store for SqliteStore {
             let mut total = 0u64;
             for topic in topics_matching(tx, &pattern, after)? {
                 let newer = topic_ordinal(tx, &topic, durable)?;
-                let older = topic_ordinal(tx, &topic, after)?;
+                let older = match topic_ordinal(tx, &topic, after)? {
+                    // Nothing at or before `after` (never was, or removed by
+                    // retention): count from the first retained event.
+                    0 => first_topic_ordinal(tx, &topic)?.map_or(0, |first| first - 1),
+                    older => older,
+                };
                 total += from_sql_int(newer.saturating_sub(older));
             }
             Ok(total)
@@ -1534,6 +1685,33 @@ impl Store for SqliteStore {
             }
         })
         .await
+    }
+
+    async fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now: Millis,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.check_open()?;
+        if policy.keeps_everything() || limit == 0 {
+            return Ok(0);
+        }
+        let (reply, removed) = oneshot::channel();
+        {
+            let writer = lock(&self.inner.writer);
+            let writer = writer.as_ref().ok_or(StoreError::Closed)?;
+            writer
+                .commands
+                .send(WriteCommand::Retain {
+                    policy: policy.clone(),
+                    now,
+                    limit,
+                    reply,
+                })
+                .map_err(|_| writer_stopped())?;
+        }
+        removed.await.map_err(|_| writer_stopped())?
     }
 
     async fn close(&self) -> Result<(), StoreError> {

@@ -441,7 +441,8 @@ mod tests {
 
     use super::*;
     use crate::store::sqlite::{SqliteOptions, SqliteStore};
-    use crate::store::{CommitOutcome, GroupRecord};
+    use crate::store::{CommitOutcome, GroupRecord, RetentionPolicy};
+    use promhub_core::frames::Millis;
 
     /// A real SQLite store that records every batch, can hold commits at a
     /// gate (so requests queue up deterministically) and can fail a chosen
@@ -553,6 +554,14 @@ mod tests {
             after: u64,
         ) -> Result<Option<Event>, StoreError> {
             self.inner.first_matching_after(pattern, after).await
+        }
+        async fn apply_retention(
+            &self,
+            policy: &RetentionPolicy,
+            now: Millis,
+            limit: usize,
+        ) -> Result<u64, StoreError> {
+            self.inner.apply_retention(policy, now, limit).await
         }
         async fn close(&self) -> Result<(), StoreError> {
             self.inner.close().await

@@ -60,7 +60,7 @@ use mongodb::bson::{Bson, DateTime, Document, doc};
 use mongodb::error::{Error as MongoError, ErrorKind};
 use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, ReturnDocument, WriteConcern};
 use mongodb::{Client, Collection, Database, IndexModel};
-use promhub_core::frames::Event;
+use promhub_core::frames::{Event, Millis};
 use promhub_core::{Pattern, Topic};
 use tokio::sync::Mutex;
 
@@ -74,7 +74,7 @@ use self::writes::Kind;
 use super::topic_filter::{TopicFilter, literal_prefix};
 use super::{
     Appended, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupProgress, GroupRecord,
-    NewEvent, Store, StoreError,
+    NewEvent, RetentionLimits, RetentionPolicy, Store, StoreError,
 };
 
 /// Most ids in one `$in` list (keeps each query far below the 16 MiB
@@ -554,6 +554,89 @@ impl MongoStore {
             )
             .await?;
         Ok(topics.into_iter().filter(|t| matcher.matches(t)).collect())
+    }
+
+    /// Removes the prefix of one topic's events that `limits` no longer
+    /// keeps (at most `room`), and the latest-by-key entries pointing at
+    /// them. Returns how many events went.
+    async fn retain_topic(
+        &self,
+        topic: &str,
+        limits: RetentionLimits,
+        now: Millis,
+        room: u64,
+    ) -> Result<u64, StoreError> {
+        const PAGE: u64 = 1000;
+        let events = self.collection(queries::EVENTS);
+        let by_count = match limits.max_events {
+            Some(_) => {
+                let retained = events
+                    .count_documents(doc! { "topic": topic })
+                    .await
+                    .map_err(backend)?;
+                RetentionPolicy::prefix_to_remove(limits, retained, [], now)
+            }
+            None => 0,
+        };
+        let age_only = RetentionLimits {
+            max_events: None,
+            ..limits
+        };
+        let mut age_run_open = limits.max_age_ms.is_some();
+        let (mut count, mut boundary, mut after) = (0u64, None, i64::MIN);
+        while count < room && (age_run_open || count < by_count) {
+            let want = (room - count).min(PAGE);
+            let rows = self
+                .find_all(
+                    Query {
+                        collection: queries::EVENTS,
+                        filter: doc! { "topic": topic, "_id": { "$gt": after } },
+                        sort: Some(doc! { "_id": 1 }),
+                        limit: Some(want as i64),
+                        index: "topic_seq",
+                    },
+                    |doc| {
+                        Ok((
+                            int_field(doc, "_id", "an event")?,
+                            int_field(doc, "ts", "an event")? as u64,
+                        ))
+                    },
+                )
+                .await?;
+            let by_age = if age_run_open {
+                RetentionPolicy::prefix_to_remove(age_only, 0, rows.iter().map(|&(_, ts)| ts), now)
+            } else {
+                0
+            };
+            let take = by_count
+                .saturating_sub(count)
+                .max(by_age)
+                .min(rows.len() as u64);
+            if take == 0 {
+                break;
+            }
+            count += take;
+            let last = rows[take as usize - 1].0;
+            boundary = Some(last);
+            after = last;
+            age_run_open &= by_age == rows.len() as u64;
+            if take < rows.len() as u64 || (rows.len() as u64) < want {
+                break;
+            }
+        }
+        let Some(boundary) = boundary else {
+            return Ok(0);
+        };
+        events
+            .delete_many(doc! { "topic": topic, "_id": { "$lte": boundary } })
+            .await
+            .map_err(backend)?;
+        let (low, high) = topic_key_range(topic);
+        self.collection(queries::LATEST)
+            .delete_many(doc! { "_id": { "$gte": low, "$lt": high }, "seq": { "$lte": boundary } })
+            .await
+            .map_err(backend)?;
+        Ok(count)
     }
 
     /// Which of these publisher ids are stored: within the window since
@@ -1231,6 +1314,38 @@ impl Store for MongoStore {
             Some(seq) => self.get(from_bson_int(seq)).await,
             None => Ok(None),
         }
+    }
+
+    async fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now: Millis,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.check_open()?;
+        if policy.keeps_everything() || limit == 0 {
+            return Ok(0);
+        }
+        let topics = self
+            .find_all(queries::all(queries::TOPICS), |doc| {
+                Ok(str_field(doc, "_id", "a topic entry")?.to_owned())
+            })
+            .await?;
+        let mut removed = 0u64;
+        for name in topics {
+            let room = (limit as u64).saturating_sub(removed);
+            if room == 0 {
+                break;
+            }
+            let Ok(topic) = Topic::parse(&name) else {
+                continue;
+            };
+            let limits = policy.limits_for(&topic);
+            if !limits.keeps_everything() {
+                removed += self.retain_topic(&name, limits, now, room).await?;
+            }
+        }
+        Ok(removed)
     }
 
     async fn close(&self) -> Result<(), StoreError> {
