@@ -123,6 +123,8 @@ struct WriterThread {
     thread: JoinHandle<()>,
     /// Dropping it stops the checkpointer thread.
     checkpointer: Option<Checkpointer>,
+    /// The data dir's lock, held until the writer has finished.
+    dir_lock: std::fs::File,
 }
 
 /// Thread that checkpoints the WAL on its own connection, off the commit
@@ -188,6 +190,7 @@ impl SqliteStore {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Backend(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
+        let dir_lock = lock_data_dir(dir)?;
         let path = dir.join(DB_FILE);
         let conn = open_write_connection(&path, &options)?;
         let last_seq: i64 = conn
@@ -244,6 +247,7 @@ impl SqliteStore {
                     commands,
                     thread,
                     checkpointer,
+                    dir_lock,
                 })),
                 idle_readers: Mutex::new(Vec::new()),
                 read_permits,
@@ -577,6 +581,34 @@ fn replace_attempts(
         }
     }
     Ok(())
+}
+
+/// File locked (an OS advisory lock, released when the process dies) while
+/// a store has the data dir open.
+pub const LOCK_FILE: &str = "promhub.lock";
+
+/// Takes the data dir's lock: two hubs on one folder would each hand out
+/// seqs and never see the other's events live, so the second is refused.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
+            "data dir {} is in use by another promhub hub (or store); stop it or pick another --data",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Backend(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
 }
 
 fn wal_path(db: &Path) -> PathBuf {
@@ -1725,6 +1757,7 @@ impl Store for SqliteStore {
             commands,
             thread,
             checkpointer,
+            dir_lock,
         }) = writer
         {
             // Dropping the sender lets the thread finish the queued commits,
@@ -1742,6 +1775,8 @@ impl Store for SqliteStore {
                     .map_err(|_| StoreError::Backend("the checkpoint thread panicked".into()))?;
                 writer.map_err(|_| StoreError::Backend("the writer thread panicked".into()))
             })?;
+            // Another hub may open the folder now.
+            drop(dir_lock);
         }
         Ok(())
     }
@@ -1773,6 +1808,34 @@ mod tests {
     fn count(path: &Path, table: &str) -> Result<i64> {
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         Ok(conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?)
+    }
+
+    #[tokio::test]
+    async fn a_data_dir_is_used_by_one_store_at_a_time() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let first = SqliteStore::open(dir.path(), SqliteOptions::default())?;
+        let refused = SqliteStore::open(dir.path(), SqliteOptions::default())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        ensure!(
+            refused.contains("in use by another promhub hub"),
+            "{refused:?}"
+        );
+        // The refused open touched nothing: the first store still works.
+        let appended = first
+            .commit(CommitBatch {
+                events: vec![event("a", false)],
+                ..CommitBatch::default()
+            })
+            .await?;
+        ensure!(appended.events.len() == 1);
+        first.close().await?;
+        // Closed: the folder is free again (even while `first` is alive).
+        let second = SqliteStore::open(dir.path(), SqliteOptions::default())?;
+        ensure!(second.last_seq().await? == 1);
+        second.close().await?;
+        Ok(())
     }
 
     #[tokio::test]
