@@ -13,62 +13,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use promhub_core::frames::to_payload;
-use promhub_core::{Pattern, Topic};
+
+mod support;
+use promhub_core::Pattern;
 use promhub_hub::auth::Secret;
 use promhub_hub::store::sqlite::{SqliteOptions, SqliteStore};
-use promhub_hub::store::{CommitBatch, GroupKey, GroupProgress, NewEvent, Store};
+use promhub_hub::store::{CommitBatch, GroupKey, GroupProgress, Store};
 use promhub_hub::{HubConfig, HubParts};
+use support::{env_usize, fill, percentile};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 const REQUESTS: usize = 2_000;
-const BATCH: usize = 10_000;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn fill(store: &dyn Store, events: usize, topics: usize) -> Result<()> {
-    let started = Instant::now();
-    let mut written = 0;
-    while written < events {
-        let count = BATCH.min(events - written);
-        let batch = (0..count)
-            .map(|i| {
-                let n = written + i;
-                Ok(NewEvent {
-                    id: format!("e{n}"),
-                    client_id: false,
-                    topic: Topic::parse(&format!("bench.t{}", n % topics))?,
-                    ts: 1_700_000_000_000 + n as u64,
-                    key: None,
-                    payload: to_payload(&n)?,
-                    headers: None,
-                    tags: None,
-                    caused_by: None,
-                    sid: None,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        store
-            .commit(CommitBatch {
-                events: batch,
-                ..CommitBatch::default()
-            })
-            .await?;
-        written += count;
-    }
-    println!(
-        "filled {events} events over {topics} topics in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
 
 /// One keep-alive HTTP/1.1 connection.
 struct Http {
@@ -115,11 +72,6 @@ impl Http {
         self.reader.read_exact(&mut body).await?;
         Ok(String::from_utf8(body)?)
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index]
 }
 
 fn report(case: &str, mut times: Vec<Duration>, answer: &str) {
