@@ -106,6 +106,11 @@ pub struct OutboxDrainConfig {
     /// Sent records are deleted this long after being sent.
     #[serde(default = "OutboxDrainConfig::default_retention_secs")]
     pub retention_secs: u64,
+    /// Topics this collection may publish to, as token scopes
+    /// (`"publish:orders.**"`); a record outside them is dead at once.
+    /// `None`: any topic (the operator configured the collection).
+    #[serde(default)]
+    pub publish_scopes: Option<String>,
 }
 
 /// Where an outbox collection is.
@@ -124,7 +129,19 @@ impl OutboxDrainConfig {
             batch_size: Self::default_batch_size(),
             max_attempts: Self::default_max_attempts(),
             retention_secs: Self::default_retention_secs(),
+            publish_scopes: None,
         }
+    }
+
+    /// The policy of `publish_scopes`, if set.
+    pub fn publish_policy(&self) -> Result<Option<Policy>, String> {
+        self.publish_scopes
+            .as_deref()
+            .map(|scopes| {
+                Policy::from_scope_str(scopes)
+                    .map_err(|e| format!("outbox {:?}: publish_scopes: {e}", self.uri))
+            })
+            .transpose()
     }
 
     fn default_batch_size() -> usize {
@@ -248,6 +265,7 @@ impl HubConfig {
         self.store_location()?;
         for outbox in &self.outbox {
             outbox.location()?;
+            outbox.publish_policy()?;
             if outbox.batch_size == 0 || outbox.max_attempts == 0 {
                 return Err(format!(
                     "outbox {:?}: batch_size and max_attempts must be positive",

@@ -6,9 +6,10 @@
 //! fencing, backoff, dead records, per-key order) whose sink commits
 //! through the hub's [`StoreWriter`], exactly as a `PUBLISH` with
 //! `opts.id` = the record's `_id`: the same de-duplication, the same
-//! durability before the record is marked sent. Configured by the
-//! operator, so no topic ACL applies; a record with a bad topic ends
-//! `dead` with the reason.
+//! durability before the record is marked sent. A collection may be limited
+//! to topics with `publish_scopes` (the scope syntax of tokens); a record
+//! with a bad or disallowed topic, or a payload that is not JSON, is dead at
+//! once with the reason (permanent), a failing store is retried.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -19,8 +20,8 @@ use promhub::outbox::{
     Drainer, DrainerOptions, OutboxError, OutboxMetrics, OutboxRecord, OutboxSink, PublishOutcome,
     SinkError,
 };
-use promhub_core::Topic;
 use promhub_core::frames::to_payload;
+use promhub_core::{Action, Policy, Topic};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -34,11 +35,22 @@ use crate::store::{Appended, NewEvent};
 #[derive(Debug, Clone)]
 pub struct LogSink {
     writer: StoreWriter,
+    /// The topics this outbox may publish to (`None`: any).
+    allowed: Option<Arc<Policy>>,
 }
 
 impl LogSink {
     pub fn new(writer: StoreWriter) -> Self {
-        LogSink { writer }
+        LogSink {
+            writer,
+            allowed: None,
+        }
+    }
+
+    /// Only topics `policy` allows to publish are accepted.
+    pub fn limited_to(mut self, policy: Policy) -> Self {
+        self.allowed = Some(Arc::new(policy));
+        self
     }
 }
 
@@ -46,9 +58,16 @@ impl LogSink {
 impl OutboxSink for LogSink {
     async fn publish(&self, record: &OutboxRecord) -> Result<PublishOutcome, SinkError> {
         let topic = Topic::parse(&record.topic)
-            .map_err(|e| SinkError(format!("bad topic {:?}: {e}", record.topic)))?;
+            .map_err(|e| SinkError::permanent(format!("bad topic {:?}: {e}", record.topic)))?;
+        if let Some(policy) = &self.allowed
+            && !policy.allows(Action::Publish, &topic, None)
+        {
+            return Err(SinkError::permanent(format!(
+                "topic {topic} is not allowed by this outbox's publish_scopes"
+            )));
+        }
         let payload = to_payload(&record.payload)
-            .map_err(|e| SinkError(format!("payload is not JSON: {e}")))?;
+            .map_err(|e| SinkError::permanent(format!("payload is not JSON: {e}")))?;
         let event = NewEvent {
             id: record.id.clone(),
             client_id: true,
@@ -70,7 +89,7 @@ impl OutboxSink for LogSink {
                 seq,
                 duplicate: true,
             }),
-            Err(e) => Err(SinkError(format!("the hub's store failed: {e}"))),
+            Err(e) => Err(SinkError::transient(format!("the hub's store failed: {e}"))),
         }
     }
 }
@@ -109,11 +128,11 @@ pub async fn spawn_drainers(
             ..DrainerOptions::default()
         };
         let store = Arc::new(store);
-        let drainer = Drainer::new(
-            Arc::clone(&store),
-            Arc::new(LogSink::new(writer.clone())),
-            options,
-        );
+        let mut sink = LogSink::new(writer.clone());
+        if let Some(policy) = config.publish_policy().map_err(HubError::Config)? {
+            sink = sink.limited_to(policy);
+        }
+        let drainer = Drainer::new(Arc::clone(&store), Arc::new(sink), options);
         let gauges = Arc::new(Mutex::new(OutboxGauges::default()));
         let source = format!("{}.{}", location.database, location.collection);
         if let Err(error) = metrics.register_outbox_source(source, {

@@ -31,6 +31,14 @@ fn outbox_document(id: impl Into<mongodb::bson::Bson>, topic: &str, key: &str, n
     }
 }
 
+/// A record's `attempts`, whichever integer type the server stored.
+fn attempts(record: &Document) -> i64 {
+    record
+        .get_i64("attempts")
+        .or_else(|_| record.get_i32("attempts").map(i64::from))
+        .expect("attempts")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hub_drains_a_mongodb_outbox_into_its_log() {
     let Some(server) = FerretDb::shared_or_skip("the_hub_drains_a_mongodb_outbox_into_its_log")
@@ -46,13 +54,14 @@ async fn the_hub_drains_a_mongodb_outbox_into_its_log() {
         .collection::<Document>(&collection_name);
     let mut hub = TestHub::start_with(|config| {
         let mut drain = OutboxDrainConfig::new(format!("{}/{collection_name}", server.uri("shop")));
-        drain.max_attempts = 2;
+        // This application may only publish orders.
+        drain.publish_scopes = Some("publish:orders.**".to_owned());
         config.outbox = vec![drain];
         config.admin_token = Some(promhub_hub::auth::Secret::new(ADMIN_TOKEN));
     })
     .await;
     let mut subscriber = hub.client().await;
-    let suback = subscriber.subscribe("orders.**", None, Value::Null).await;
+    let suback = subscriber.subscribe("**", None, Value::Null).await;
     assert_eq!(suback["op"], "SUBACK", "{suback}");
     // An event the hub already has: the outbox record with its id is a
     // duplicate, absorbed by the hub's de-duplication.
@@ -77,6 +86,7 @@ async fn the_hub_drains_a_mongodb_outbox_into_its_log() {
             outbox_document(oid, "orders.created", "o-2", 2),
             outbox_document("already-published", "orders.created", "o-0", 0),
             outbox_document("bad-topic", "orders..created", "o-3", 3),
+            outbox_document("not-allowed", "billing.charged", "o-4", 4),
         ])
         .await
         .expect("the application inserts outbox documents");
@@ -97,7 +107,9 @@ async fn the_hub_drains_a_mongodb_outbox_into_its_log() {
         "an ObjectId is published as its hex"
     );
 
-    // Everything settles: three sent, the bad topic dead with the reason.
+    // Everything settles: three sent; the bad topic and the topic outside
+    // publish_scopes dead with the reason at their first attempt (a
+    // permanent refusal is not retried).
     let mut settled = false;
     for _ in 0..600 {
         let sent = outbox
@@ -108,7 +120,7 @@ async fn the_hub_drains_a_mongodb_outbox_into_its_log() {
             .count_documents(doc! { "status": "dead" })
             .await
             .unwrap();
-        if sent == 3 && dead == 1 {
+        if sent == 3 && dead == 2 {
             settled = true;
             break;
         }
@@ -126,8 +138,22 @@ async fn the_hub_drains_a_mongodb_outbox_into_its_log() {
             .contains("bad topic"),
         "{dead}"
     );
+    assert_eq!(attempts(&dead), 1, "{dead}");
+    let refused = outbox
+        .find_one(doc! { "_id": "not-allowed" })
+        .await
+        .unwrap()
+        .expect("dead record is kept");
+    assert!(
+        refused
+            .get_str("last_err")
+            .unwrap_or_default()
+            .contains("not allowed by this outbox's publish_scopes"),
+        "{refused}"
+    );
+    assert_eq!(attempts(&refused), 1, "{refused}");
 
-    // /metrics shows the drained outbox: nothing waiting, one dead (the
+    // /metrics shows the drained outbox: nothing waiting, two dead (the
     // gauges are refreshed every second).
     let source = format!("shop.{collection_name}");
     let mut exported = None;
@@ -139,7 +165,7 @@ async fn the_hub_drains_a_mongodb_outbox_into_its_log() {
         )
         .await;
         assert_eq!(response.status, 200, "{}", response.body);
-        let dead_line = format!("promhub_outbox_dead{{source=\"{source}\"}} 1");
+        let dead_line = format!("promhub_outbox_dead{{source=\"{source}\"}} 2");
         let backlog_line = format!("promhub_outbox_backlog{{source=\"{source}\"}} 0");
         if response.body.contains(&dead_line) && response.body.contains(&backlog_line) {
             exported = Some(response.body);
@@ -152,7 +178,8 @@ async fn the_hub_drains_a_mongodb_outbox_into_its_log() {
         "the outbox's gauges never reached /metrics"
     );
 
-    // Nothing else reached the subscriber: not the duplicate, not the bad one.
+    // Nothing else reached the subscriber: not the duplicate, not the
+    // refused ones.
     let sentinel = publisher
         .publish("orders.sentinel", json!(1), Value::Null)
         .await;

@@ -12,7 +12,9 @@ use futures_util::future::join_all;
 use promhub_core::frames::Millis;
 
 use super::metrics::OutboxMetrics;
-use super::{Backoff, OutboxError, OutboxRecord, OutboxSink, OutboxStore, PublishOutcome};
+use super::{
+    Backoff, OutboxError, OutboxRecord, OutboxSink, OutboxStore, PublishOutcome, SinkError,
+};
 
 /// How a drainer works.
 #[derive(Debug, Clone)]
@@ -65,7 +67,7 @@ pub struct BatchReport {
 /// The outcome of one record of a batch.
 enum Attempt {
     Published(PublishOutcome),
-    Failed(String),
+    Failed(SinkError),
     /// Not published: an earlier record of its key failed, or the lease ran
     /// out first.
     Skipped,
@@ -209,11 +211,15 @@ impl<S: OutboxStore, K: OutboxSink> Drainer<S, K> {
             OutboxMetrics::add(&self.metrics.duplicates, duplicates);
         }
         for (record, attempt) in records.iter().zip(&attempts) {
-            let Attempt::Failed(error) = attempt else {
+            let Attempt::Failed(failure) = attempt else {
                 continue;
             };
-            if record.attempts >= self.options.max_attempts {
-                tracing::warn!(id = %record.id, %error, attempts = record.attempts, "outbox record is dead");
+            let error = failure.message.as_str();
+            if failure.permanent || record.attempts >= self.options.max_attempts {
+                tracing::warn!(
+                    id = %record.id, %error, attempts = record.attempts,
+                    permanent = failure.permanent, "outbox record is dead"
+                );
                 let done = self.fenced(
                     &mut report,
                     1,
@@ -336,7 +342,7 @@ impl<S: OutboxStore, K: OutboxSink> Drainer<S, K> {
                         Ok(outcome) => Attempt::Published(outcome),
                         Err(e) => {
                             failed = true;
-                            Attempt::Failed(e.0)
+                            Attempt::Failed(e)
                         }
                     }
                 };

@@ -82,6 +82,8 @@ pub struct MemoryHub {
     pub failing: std::sync::atomic::AtomicBool,
     /// Fail about one publish in this many (0: never), pseudo-randomly.
     pub fail_one_in: AtomicU64,
+    /// Refuse records of this topic for good (like a forbidden topic).
+    pub rejected_topic: Mutex<Option<String>>,
 }
 
 impl MemoryHub {
@@ -103,10 +105,17 @@ impl OutboxSink for MemoryHub {
             key: record.key.clone(),
             at: std::time::Instant::now(),
         };
+        if self.rejected_topic.lock().unwrap().as_deref() == Some(record.topic.as_str()) {
+            self.attempts.lock().unwrap().push(published);
+            return Err(SinkError::permanent(format!(
+                "forbidden by the hub: no publish:{}",
+                record.topic
+            )));
+        }
         let one_in = self.fail_one_in.load(Ordering::Relaxed);
         if self.failing.load(Ordering::Relaxed) || (one_in > 0 && fastrand::u64(0..one_in) == 0) {
             self.attempts.lock().unwrap().push(published);
-            return Err(SinkError("broker unavailable".into()));
+            return Err(SinkError::transient("broker unavailable"));
         }
         self.attempts.lock().unwrap().push(published.clone());
         // Yield like a network call would, so lanes interleave.

@@ -49,6 +49,7 @@ on_every_store!(
     claim_takes_due_and_expired_records_and_fences_by_token,
     a_stale_drainers_mark_sent_is_rejected_and_counted,
     failures_back_off_then_dead_then_replay,
+    a_permanently_refused_record_is_dead_at_once,
     a_record_whose_leases_keep_expiring_ends_dead,
     sent_records_are_purged_after_retention,
     a_key_is_claimed_one_record_at_a_time,

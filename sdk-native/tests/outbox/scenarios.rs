@@ -208,6 +208,61 @@ pub async fn failures_back_off_then_dead_then_replay<S: OutboxStore>(store: S) {
     assert_eq!(store.replay_dead(Replay::All, now_ms()).await.unwrap(), 0);
 }
 
+/// A permanent refusal (a forbidden topic) makes the record dead at its
+/// first attempt, so the records after it in its key go on at once instead
+/// of waiting out a backoff sequence; replayed once allowed, it is sent.
+pub async fn a_permanently_refused_record_is_dead_at_once<S: OutboxStore>(store: S) {
+    let store = Arc::new(store);
+    let hub = Arc::new(MemoryHub::default());
+    *hub.rejected_topic.lock().unwrap() = Some("secret.audit".to_owned());
+    // Backoff long enough that a retry would stall the test's key.
+    let options = promhub::outbox::DrainerOptions {
+        backoff: promhub::outbox::Backoff {
+            base: Duration::from_secs(3600),
+            max: Duration::from_secs(3600),
+        },
+        ..fast_options(10)
+    };
+    let drainer = Drainer::new(Arc::clone(&store), Arc::clone(&hub), options);
+    let keyed = |topic: &str, n: usize| {
+        NewRecord::new(topic, &serde_json::json!({ "n": n }))
+            .expect("record")
+            .key("customer-1")
+    };
+    let refused = store
+        .enqueue(keyed("secret.audit", 1), now_ms())
+        .await
+        .expect("enqueue");
+    let next = store
+        .enqueue(keyed("orders.created", 2), now_ms())
+        .await
+        .expect("enqueue");
+    for _ in 0..100 {
+        drainer.drain_once().await.expect("drain");
+        if hub.log_ids() == std::slice::from_ref(&next) {
+            break;
+        }
+    }
+    assert_eq!(
+        hub.log_ids(),
+        std::slice::from_ref(&next),
+        "the key went on"
+    );
+    let dead = store.get(&refused).await.unwrap().expect("record");
+    assert_eq!((dead.status, dead.attempts), (Status::Dead, 1));
+    assert_eq!(
+        dead.last_err.as_deref(),
+        Some("forbidden by the hub: no publish:secret.audit")
+    );
+    let metrics = drainer.metrics().snapshot(&*store, now_ms()).await.unwrap();
+    assert_eq!((metrics.retries, metrics.dead), (0, 1));
+
+    *hub.rejected_topic.lock().unwrap() = None;
+    assert_eq!(store.replay_dead(Replay::All, now_ms()).await.unwrap(), 1);
+    drainer.drain_once().await.expect("drain");
+    assert_eq!(hub.log_ids(), [next, refused]);
+}
+
 /// A record whose claims keep expiring (it crashes every drainer) counts
 /// its attempts and ends dead without another publish.
 pub async fn a_record_whose_leases_keep_expiring_ends_dead<S: OutboxStore>(store: S) {
