@@ -111,7 +111,7 @@ async fn main() -> Result<()> {
                     },
                     cursor,
                     done_above: Vec::new(),
-                    attempts_above: None,
+                    attempt_changes: Vec::new(),
                 })
                 .collect(),
             ..CommitBatch::default()

@@ -421,7 +421,7 @@ fn progress(c: &mut Criterion) {
                                     key: key.clone(),
                                     cursor: c,
                                     done_above: vec![c + 2],
-                                    attempts_above: None,
+                                    attempt_changes: Vec::new(),
                                 })
                                 .await
                                 .expect("progress");

@@ -249,8 +249,8 @@ pub(crate) struct GroupState {
     /// Attempts used by failed events above the cursor, loaded from the
     /// store and not read into the window yet.
     restored_attempts: BTreeMap<u64, u32>,
-    /// The set of failed events' attempts changed since the last flush.
-    attempts_dirty: bool,
+    /// Attempts to record (`> 0`) or forget (`0`) at the next flush.
+    attempt_changes: BTreeMap<u64, u32>,
     /// Done marks above the cursor not yet made durable.
     new_marks: Vec<u64>,
     dead_letters: Vec<DeadLetter>,
@@ -297,7 +297,7 @@ impl GroupState {
                 .into_iter()
                 .filter(|&(seq, _)| seq > cursor)
                 .collect(),
-            attempts_dirty: false,
+            attempt_changes: BTreeMap::new(),
             new_marks: Vec::new(),
             dead_letters: Vec::new(),
             removed_dead_letters: Vec::new(),
@@ -693,7 +693,7 @@ impl GroupState {
     fn record_failure(&mut self, seq: u64) {
         if let Some(entry) = self.window.get_mut(&seq) {
             entry.failed = true;
-            self.attempts_dirty = true;
+            self.attempt_changes.insert(seq, entry.attempts);
             self.dirty = true;
         }
     }
@@ -739,7 +739,7 @@ impl GroupState {
             self.new_marks.push(seq);
             self.dirty = true;
             if std::mem::take(&mut entry.failed) {
-                self.attempts_dirty = true;
+                self.attempt_changes.insert(seq, 0);
             }
             std::mem::take(&mut entry.replay)
         } else {
@@ -781,8 +781,11 @@ impl GroupState {
                 .first_key_value()
                 .is_some_and(|(&first, _)| first <= cursor)
             {
-                self.restored_attempts = self.restored_attempts.split_off(&(cursor + 1));
-                self.attempts_dirty = true;
+                // Never read again (e.g. removed by retention): forget them.
+                let kept = self.restored_attempts.split_off(&(cursor + 1));
+                for (seq, _) in std::mem::replace(&mut self.restored_attempts, kept) {
+                    self.attempt_changes.insert(seq, 0);
+                }
             }
         }
     }
@@ -903,24 +906,14 @@ impl GroupState {
             .collect();
         done_above.sort_unstable();
         done_above.dedup();
-        let attempts_above = std::mem::take(&mut self.attempts_dirty).then(|| {
-            let mut attempts: Vec<(u64, u32)> = self
-                .window
-                .iter()
-                .filter(|(_, e)| e.failed && e.state != EntryState::Done)
-                .map(|(&seq, e)| (seq, e.attempts))
-                .chain(self.restored_attempts.iter().map(|(&seq, &n)| (seq, n)))
-                .filter(|&(seq, _)| seq > cursor)
-                .collect();
-            attempts.sort_unstable();
-            attempts
-        });
         Some(GroupUpdate {
             progress: Some(GroupProgress {
                 key: self.key.clone(),
                 cursor,
                 done_above,
-                attempts_above,
+                attempt_changes: std::mem::take(&mut self.attempt_changes)
+                    .into_iter()
+                    .collect(),
             }),
             dead_letters: std::mem::take(&mut self.dead_letters),
             removed_dead_letters: std::mem::take(&mut self.removed_dead_letters),
@@ -931,9 +924,9 @@ impl GroupState {
     pub fn restore_update(&mut self, update: GroupUpdate) {
         if let Some(progress) = update.progress {
             self.new_marks.extend(progress.done_above);
-            // The set is rebuilt from the current state at the next flush.
-            if progress.attempts_above.is_some() {
-                self.attempts_dirty = true;
+            // Changes made since the failed flush are newer.
+            for (seq, attempts) in progress.attempt_changes {
+                self.attempt_changes.entry(seq).or_insert(attempts);
             }
         }
         let mut dead_letters = update.dead_letters;
@@ -1403,12 +1396,13 @@ mod tests {
         assert!(update.removed_dead_letters.is_empty());
     }
 
-    /// The attempts set a flush carries.
-    fn attempts_in(update: &GroupUpdate) -> Option<Vec<(u64, u32)>> {
+    /// The attempt changes a flush carries.
+    fn attempts_in(update: &GroupUpdate) -> Vec<(u64, u32)> {
         update
             .progress
             .as_ref()
-            .and_then(|p| p.attempts_above.clone())
+            .map(|p| p.attempt_changes.clone())
+            .unwrap_or_default()
     }
 
     #[tokio::test]
@@ -1417,15 +1411,18 @@ mod tests {
         let a = h.join(1, 10);
         h.live(&[event(1, "jobs.a"), event(2, "jobs.a"), event(3, "jobs.a")]);
         assert_eq!(ids(&deliveries(&a).await), ["e1", "e2", "e3"]);
-        // A plain ACK does not touch the set.
+        // A plain ACK records nothing.
         let (g, mut fx) = h.fx();
         g.ack("e1", &mut fx);
-        assert_eq!(attempts_in(&g.take_update().unwrap()), None);
+        assert_eq!(attempts_in(&g.take_update().unwrap()), []);
         // The member leaves holding e2 and e3 (a page closed before its ACK).
         g.remove_member(1, &mut fx);
         let update = g.take_update().unwrap();
-        assert_eq!(attempts_in(&update), Some(vec![(2, 1), (3, 1)]));
+        assert_eq!(attempts_in(&update), [(2, 1), (3, 1)]);
         assert_eq!(update.progress.as_ref().unwrap().cursor, 1);
+        // A failed flush keeps them for the next one.
+        g.restore_update(update);
+        assert_eq!(attempts_in(&g.take_update().unwrap()), [(2, 1), (3, 1)]);
 
         // The group is loaded again (evicted while idle, or a restart).
         let pattern = Pattern::parse("jobs.*").unwrap();
@@ -1443,11 +1440,10 @@ mod tests {
         let request = g.start_fetch().unwrap();
         assert_eq!(request.after, 1);
         g.on_fetched(&[event(2, "jobs.a")], 2, 3, &mut fx);
-        // e2 failed again and is already out for its third attempt; e3 is
-        // not read yet, and a flush now must keep its attempts.
+        // e2 fails again (2 attempts used; already out for its third).
         g.nack("e2", None, Some(0), false, &mut fx);
         let update = g.take_update().unwrap();
-        assert_eq!(attempts_in(&update), Some(vec![(2, 3), (3, 1)]));
+        assert_eq!(attempts_in(&update), [(2, 2)]);
         g.start_fetch().unwrap();
         g.on_fetched(&[event(3, "jobs.a")], 3, 3, &mut fx);
         assert_eq!(
@@ -1458,11 +1454,11 @@ mod tests {
                 ("e3".to_owned(), 2)
             ]
         );
-        // Done events leave the set.
+        // Done events are forgotten.
         g.ack("e2", &mut fx);
         g.ack("e3", &mut fx);
         let update = g.take_update().unwrap();
-        assert_eq!(attempts_in(&update), Some(vec![]));
+        assert_eq!(attempts_in(&update), [(2, 0), (3, 0)]);
         assert_eq!(update.progress.unwrap().cursor, 3);
     }
 

@@ -647,7 +647,7 @@ impl Broker {
                             key: key.clone(),
                             cursor,
                             done_above: Vec::new(),
-                            attempts_above: None,
+                            attempt_changes: Vec::new(),
                         })
                         .await;
                     let _ = commands

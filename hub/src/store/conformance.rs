@@ -420,7 +420,7 @@ pub(crate) async fn group_progress(factory: &dyn StoreFactory) -> Result<()> {
         key: key.clone(),
         cursor,
         done_above,
-        attempts_above: None,
+        attempt_changes: Vec::new(),
     };
     store
         .commit(CommitBatch {
@@ -430,7 +430,7 @@ pub(crate) async fn group_progress(factory: &dyn StoreFactory) -> Result<()> {
                     key: other.clone(),
                     cursor: 0,
                     done_above: vec![],
-                    attempts_above: None,
+                    attempt_changes: Vec::new(),
                 },
             ],
             ..CommitBatch::default()
@@ -466,7 +466,7 @@ pub(crate) async fn group_progress(factory: &dyn StoreFactory) -> Result<()> {
                 key: far.clone(),
                 cursor: u64::MAX,
                 done_above: vec![u64::MAX],
-                attempts_above: None,
+                attempt_changes: Vec::new(),
             }],
             ..CommitBatch::default()
         })
@@ -493,11 +493,11 @@ pub(crate) async fn group_attempts(factory: &dyn StoreFactory) -> Result<()> {
     let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
     let key = group_key("jobs.*", "workers");
     let other = group_key("jobs.*", "auditors");
-    let progress = |key: &GroupKey, cursor, attempts_above| GroupProgress {
+    let progress = |key: &GroupKey, cursor, attempt_changes: Vec<(u64, u32)>| GroupProgress {
         key: key.clone(),
         cursor,
         done_above: vec![],
-        attempts_above,
+        attempt_changes,
     };
     let commit = |progress: Vec<GroupProgress>| {
         store.commit(CommitBatch {
@@ -506,24 +506,24 @@ pub(crate) async fn group_attempts(factory: &dyn StoreFactory) -> Result<()> {
         })
     };
     // A new group records none.
-    commit(vec![progress(&key, 2, None), progress(&other, 0, None)]).await?;
+    commit(vec![progress(&key, 2, vec![]), progress(&other, 0, vec![])]).await?;
     let rec = store.load_group(&key).await?.context("created")?;
     ensure!(rec.attempts_above.is_empty(), "{rec:?}");
-    // A set is stored (entries at or below the cursor ignored) and kept by
-    // progress that does not replace it.
-    commit(vec![progress(&key, 2, Some(vec![(2, 9), (4, 1), (7, 3)]))]).await?;
-    commit(vec![progress(&key, 3, None)]).await?;
+    // Recorded above the cursor (at or below it ignored), kept by progress
+    // that changes nothing, updated by a later change.
+    commit(vec![progress(&key, 2, vec![(2, 9), (4, 1), (7, 3)])]).await?;
+    commit(vec![progress(&key, 3, vec![])]).await?;
     let rec = store.load_group(&key).await?.context("exists")?;
     ensure!(rec.attempts_above == vec![(4, 1), (7, 3)], "{rec:?}");
-    // The cursor passing an entry hides it; a new set replaces the old.
-    commit(vec![progress(&key, 4, None)]).await?;
+    commit(vec![progress(&key, 3, vec![(4, 2)])]).await?;
     let rec = store.load_group(&key).await?.context("exists")?;
-    ensure!(rec.attempts_above == vec![(7, 3)], "{rec:?}");
-    commit(vec![progress(&key, 4, Some(vec![(8, 2)]))]).await?;
+    ensure!(rec.attempts_above == vec![(4, 2), (7, 3)], "{rec:?}");
+    // The cursor passing an entry hides it; 0 forgets one.
+    commit(vec![progress(&key, 4, vec![(7, 0), (8, 2)])]).await?;
     let rec = store.load_group(&key).await?.context("exists")?;
     ensure!(rec.attempts_above == vec![(8, 2)], "{rec:?}");
-    // Another group's set is its own; `groups` lists both.
-    commit(vec![progress(&other, 0, Some(vec![(1, 5)]))]).await?;
+    // Another group's attempts are its own; `groups` lists both.
+    commit(vec![progress(&other, 0, vec![(1, 5)])]).await?;
     let groups = store.groups().await?;
     let of = |k: &GroupKey| {
         groups
@@ -533,8 +533,8 @@ pub(crate) async fn group_attempts(factory: &dyn StoreFactory) -> Result<()> {
     };
     ensure!(of(&key) == Some(vec![(8, 2)]), "{groups:?}");
     ensure!(of(&other) == Some(vec![(1, 5)]), "{groups:?}");
-    // An empty set clears it.
-    commit(vec![progress(&key, 4, Some(vec![]))]).await?;
+    // Forgetting what was never recorded is harmless.
+    commit(vec![progress(&key, 4, vec![(8, 0), (99, 0)])]).await?;
     let rec = store.load_group(&key).await?.context("exists")?;
     ensure!(rec.attempts_above.is_empty(), "{rec:?}");
     store.close().await?;
@@ -847,7 +847,7 @@ pub(crate) async fn survives_reopen(factory: &dyn StoreFactory) -> Result<()> {
                     key: key.clone(),
                     cursor: 1,
                     done_above: vec![4],
-                    attempts_above: None,
+                    attempt_changes: Vec::new(),
                 }],
                 dead_letters: vec![DeadLetter {
                     key: key.clone(),
@@ -991,13 +991,13 @@ pub(crate) async fn writer_group_updates(factory: &dyn StoreFactory) -> Result<(
         key: key.clone(),
         cursor: 2,
         done_above: vec![4, 6],
-        attempts_above: None,
+        attempt_changes: Vec::new(),
     });
     let p2 = writer.record_progress(GroupProgress {
         key: key.clone(),
         cursor: 4,
         done_above: vec![8],
-        attempts_above: None,
+        attempt_changes: Vec::new(),
     });
     let d = writer.update_group(GroupUpdate {
         dead_letters: vec![DeadLetter {

@@ -138,14 +138,14 @@ pub struct GroupProgress {
     pub key: GroupKey,
     pub cursor: u64,
     pub done_above: Vec<u64>,
-    /// Delivery attempts used by events after the cursor that are not done
-    /// and have failed at least once (NACK, ack deadline, disconnect), as
-    /// `(seq, attempts)`: a group loaded again (hub restart, or evicted while
-    /// nobody was subscribed) counts a redelivery on from there. `None`
-    /// keeps the stored set; `Some` replaces it (it changes only on failures
-    /// and on their later completion, so it is rarely sent). Entries at or
-    /// below the cursor are ignored when a group is loaded.
-    pub attempts_above: Option<Vec<(u64, u32)>>,
+    /// Changes to the group's recorded delivery attempts, as `(seq,
+    /// attempts)`: a delivery that failed (NACK, ack deadline, disconnect)
+    /// records the attempts used so far, and `0` forgets an event that is
+    /// done. A group loaded again (hub restart, or evicted while nobody was
+    /// subscribed) counts a redelivery on from there. Usually empty: only
+    /// failures and their later completion change it. Entries at or below
+    /// the cursor are ignored when a group is loaded.
+    pub attempt_changes: Vec<(u64, u32)>,
 }
 
 /// An event a group gave up on.
@@ -167,7 +167,7 @@ pub struct GroupRecord {
     /// Events after the cursor that are done (acked or dead-lettered).
     pub done_above: Vec<u64>,
     /// Attempts used by failed, not yet done events after the cursor, as
-    /// `(seq, attempts)` in `seq` order (see [`GroupProgress::attempts_above`]).
+    /// `(seq, attempts)` in `seq` order (see [`GroupProgress::attempt_changes`]).
     pub attempts_above: Vec<(u64, u32)>,
 }
 

@@ -515,7 +515,7 @@ INSERT INTO topics (topic, events, last_seq)
 ";
 
 /// Version 3: delivery attempts used by failed events above a group's
-/// cursor (`GroupProgress::attempts_above`), so a redelivery after a restart
+/// cursor (`GroupProgress::attempt_changes`), so a redelivery after a restart
 /// or an idle group's eviction counts on instead of starting again at 1.
 const SCHEMA_V3: &str = "
 CREATE TABLE group_attempts (
@@ -556,29 +556,29 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     })
 }
 
-/// Replaces a group's recorded attempts with `attempts` (those above the
-/// cursor).
-fn replace_attempts(
+/// Records (`attempts > 0`) or forgets (`0`) attempts of a group's events.
+fn change_attempts(
     tx: &rusqlite::Transaction<'_>,
     key: &GroupKey,
-    cursor: i64,
-    attempts: &[(u64, u32)],
+    changes: &[(u64, u32)],
 ) -> Result<(), StoreError> {
-    tx.prepare_cached("DELETE FROM group_attempts WHERE pattern = ?1 AND grp = ?2")
-        .and_then(|mut s| s.execute(params![key.pattern, key.group]))
-        .map_err(backend)?;
     let mut put = tx
         .prepare_cached(
             "INSERT OR REPLACE INTO group_attempts (pattern, grp, seq, attempts)
              VALUES (?1, ?2, ?3, ?4)",
         )
         .map_err(backend)?;
-    for &(seq, used) in attempts {
+    let mut forget = tx
+        .prepare_cached("DELETE FROM group_attempts WHERE pattern = ?1 AND grp = ?2 AND seq = ?3")
+        .map_err(backend)?;
+    for &(seq, attempts) in changes {
         let seq = seq_to_sql(seq);
-        if seq > cursor {
-            put.execute(params![key.pattern, key.group, seq, used])
-                .map_err(backend)?;
+        if attempts == 0 {
+            forget.execute(params![key.pattern, key.group, seq])
+        } else {
+            put.execute(params![key.pattern, key.group, seq, attempts])
         }
+        .map_err(backend)?;
     }
     Ok(())
 }
@@ -1081,10 +1081,8 @@ fn apply_group_changes(
                         .map_err(backend)?;
                 }
             }
-            // Rows at or below the cursor are ignored when loading; the
-            // group replaces its set when a failed event completes.
-            if let Some(attempts) = &p.attempts_above {
-                replace_attempts(tx, &p.key, cursor, attempts)?;
+            if !p.attempt_changes.is_empty() {
+                change_attempts(tx, &p.key, &p.attempt_changes)?;
             }
         }
     }

@@ -15,7 +15,7 @@
 //! channel are bounded; a slow consumer of committed events slows the writer,
 //! which slows publishers. Nothing is dropped or reordered.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -168,7 +168,7 @@ fn update_size(update: &GroupUpdate) -> usize {
         p.key.pattern.len()
             + p.key.group.len()
             + 8 * p.done_above.len()
-            + 12 * p.attempts_above.as_ref().map_or(0, Vec::len)
+            + 12 * p.attempt_changes.len()
     }) + update
         .dead_letters
         .iter()
@@ -238,10 +238,8 @@ impl PendingBatch {
                 let earlier = &mut self.batch.progress[i];
                 earlier.cursor = progress.cursor;
                 earlier.done_above.extend(progress.done_above);
-                // A newer replacement set wins; `None` keeps the earlier one.
-                if progress.attempts_above.is_some() {
-                    earlier.attempts_above = progress.attempts_above;
-                }
+                // Applied in order: a later change of a seq wins.
+                earlier.attempt_changes.extend(progress.attempt_changes);
             }
             None => {
                 self.progress_index
@@ -266,10 +264,14 @@ impl PendingBatch {
             progress.done_above.retain(|&seq| seq > cursor);
             progress.done_above.sort_unstable();
             progress.done_above.dedup();
-            if let Some(attempts) = &mut progress.attempts_above {
-                attempts.retain(|&(seq, _)| seq > cursor);
-                attempts.sort_unstable();
-                attempts.dedup_by_key(|&mut (seq, _)| seq);
+            if !progress.attempt_changes.is_empty() {
+                // The last change of each seq; forgetting applies at any
+                // seq, recording only above the cursor.
+                let last: BTreeMap<u64, u32> = progress.attempt_changes.drain(..).collect();
+                progress.attempt_changes = last
+                    .into_iter()
+                    .filter(|&(seq, attempts)| attempts == 0 || seq > cursor)
+                    .collect();
             }
         }
         let expected = batch.events.len();
@@ -646,7 +648,7 @@ mod tests {
                 },
                 cursor: 1,
                 done_above: vec![],
-                attempts_above: None,
+                attempt_changes: Vec::new(),
             })
             .await
         }));
@@ -711,7 +713,7 @@ mod tests {
                     key,
                     cursor,
                     done_above: done,
-                    attempts_above: None,
+                    attempt_changes: Vec::new(),
                 })
                 .await
             }));

@@ -231,26 +231,27 @@ pub(super) fn int_list(doc: &Document, field: &str, what: &str) -> Result<Vec<i6
     }
 }
 
-/// A list of `{s: seq, n: attempts}` documents (a group's failed attempts).
-pub(super) fn attempt_pairs(
+/// A document mapping seqs (decimal keys) to attempts (a group's failed
+/// deliveries).
+pub(super) fn attempt_map(
     doc: &Document,
     field: &str,
     what: &str,
-) -> Result<Vec<(i64, i64)>, StoreError> {
-    let int = |entry: &Document, key: &str| match entry.get(key) {
-        Some(Bson::Int64(v)) => Some(*v),
-        Some(Bson::Int32(v)) => Some(i64::from(*v)),
-        _ => None,
-    };
+) -> Result<Vec<(u64, u32)>, StoreError> {
     match doc.get(field) {
         None | Some(Bson::Null) => Ok(Vec::new()),
-        Some(Bson::Array(items)) => items
+        Some(Bson::Document(entries)) => entries
             .iter()
-            .map(|item| match item {
-                Bson::Document(entry) => int(entry, "s")
-                    .zip(int(entry, "n"))
-                    .ok_or_else(|| corrupt_field(what, field)),
-                _ => Err(corrupt_field(what, field)),
+            .map(|(seq, attempts)| {
+                let attempts = match attempts {
+                    Bson::Int64(v) => u32::try_from(*v).ok(),
+                    Bson::Int32(v) => u32::try_from(*v).ok(),
+                    _ => None,
+                };
+                seq.parse::<u64>()
+                    .ok()
+                    .zip(attempts)
+                    .ok_or_else(|| corrupt_field(what, field))
             })
             .collect(),
         Some(_) => Err(corrupt_field(what, field)),

@@ -130,7 +130,7 @@ async fn hot_queries_are_served_by_indexes() -> Result<()> {
                 key: key.clone(),
                 cursor: 1,
                 done_above: vec![3],
-                attempts_above: None,
+                attempt_changes: Vec::new(),
             }],
             dead_letters: vec![DeadLetter {
                 key: key.clone(),

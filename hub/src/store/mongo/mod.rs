@@ -65,7 +65,7 @@ use promhub_core::{Pattern, Topic};
 use tokio::sync::Mutex;
 
 use self::codec::{
-    attempt_pairs, dead_letter_document, dead_letter_from_document, dead_letter_id, event_document,
+    attempt_map, dead_letter_document, dead_letter_from_document, dead_letter_id, event_document,
     event_from_document, from_bson_int, group_id, int_field, int_list, latest_id, seq_to_bson,
     str_field, topic_key_range,
 };
@@ -915,19 +915,22 @@ impl MongoStore {
                 let cursor = seq_to_bson(p.cursor);
                 let mut set =
                     doc! { "cursor": cursor, "pattern": &p.key.pattern, "group": &p.key.group };
-                // `attempts` (`{s: seq, n: attempts}` documents) is replaced
-                // whole when the group sends a new set; entries at or below
-                // the cursor are ignored when loading.
-                if let Some(attempts) = &p.attempts_above {
-                    let entries: Vec<Bson> = attempts
-                        .iter()
-                        .map(|&(seq, used)| (seq_to_bson(seq), i64::from(used)))
-                        .filter(|&(seq, _)| seq > cursor)
-                        .map(|(seq, used)| Bson::Document(doc! { "s": seq, "n": used }))
-                        .collect();
-                    set.insert("attempts", entries);
+                // `attempts` maps a seq (as a string key) to the attempts
+                // used; entries at or below the cursor are ignored when
+                // loading.
+                let mut unset = Document::new();
+                for &(seq, attempts) in &p.attempt_changes {
+                    let field = format!("attempts.{seq}");
+                    if attempts == 0 {
+                        unset.insert(field, "");
+                    } else {
+                        set.insert(field, i64::from(attempts));
+                    }
                 }
-                let update = doc! { "$set": set, "$pull": { "done": { "$lte": cursor } } };
+                let mut update = doc! { "$set": set, "$pull": { "done": { "$lte": cursor } } };
+                if !unset.is_empty() {
+                    update.insert("$unset", unset);
+                }
                 statements.push(writes::update(doc! { "_id": &gid }, update, true));
                 let marks: Vec<i64> = p
                     .done_above
@@ -1381,13 +1384,11 @@ fn group_record(key: GroupKey, doc: &Document) -> Result<GroupRecord, StoreError
         .collect();
     done_above.sort_unstable();
     done_above.dedup();
-    let mut attempts_above = attempt_pairs(doc, "attempts", "a group")?
+    let mut attempts_above = attempt_map(doc, "attempts", "a group")?
         .into_iter()
-        .map(|(seq, used)| (from_bson_int(seq), u32::try_from(used).unwrap_or(u32::MAX)))
         .filter(|&(seq, _)| seq > cursor)
         .collect::<Vec<_>>();
     attempts_above.sort_unstable();
-    attempts_above.dedup_by_key(|&mut (seq, _)| seq);
     Ok(GroupRecord {
         key,
         cursor,
