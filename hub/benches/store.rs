@@ -28,7 +28,7 @@ use promhub_hub::store::sqlite::{SqliteOptions, SqliteStore};
 use promhub_hub::store::writer::StoreWriter;
 use promhub_hub::store::{
     CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupProgress, GroupRecord, NewEvent,
-    PendingCommit, RetentionPolicy, Store, StoreError,
+    PendingCommit, RetentionPass, RetentionPolicy, Store, StoreError,
 };
 use serde_json::value::RawValue;
 
@@ -129,9 +129,13 @@ impl Store for Counting {
         &self,
         policy: &RetentionPolicy,
         now: Millis,
+        from: Option<&str>,
         limit: usize,
-    ) -> Result<u64, StoreError> {
-        self.inner.apply_retention(policy, now, limit).await
+    ) -> Result<RetentionPass, StoreError> {
+        self.inner.apply_retention(policy, now, from, limit).await
+    }
+    async fn count_present(&self, seqs: &[u64]) -> Result<u64, StoreError> {
+        self.inner.count_present(seqs).await
     }
     async fn close(&self) -> Result<(), StoreError> {
         self.inner.close().await

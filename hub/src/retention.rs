@@ -122,11 +122,12 @@ fn now_millis() -> Millis {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Applies the policy once: store calls of [`PASS_LIMIT`] until one removes
-/// less (or shutdown), each followed by a pause as long as the call took, so
-/// retention takes at most about half of the store's writer and publishes
-/// never queue behind more than one call. Returns the number of events
-/// removed.
+/// Applies the policy once over every topic: store calls of at most
+/// [`PASS_LIMIT`] events (and a bounded number of topics) until the last
+/// topic is done (or shutdown), each followed by a pause as long as the call
+/// took, so retention takes at most about half of the store's writer and
+/// publishes never queue behind more than one call. Returns the number of
+/// events removed.
 pub async fn apply_once(
     store: &dyn Store,
     policy: &RetentionPolicy,
@@ -134,12 +135,16 @@ pub async fn apply_once(
 ) -> Result<u64, crate::store::StoreError> {
     let now = now_millis();
     let mut total = 0;
+    let mut from: Option<String> = None;
     loop {
         let started = Instant::now();
-        let removed = store.apply_retention(policy, now, PASS_LIMIT).await?;
-        total += removed;
-        if removed < PASS_LIMIT as u64 || *shutdown.borrow() {
-            return Ok(total);
+        let pass = store
+            .apply_retention(policy, now, from.as_deref(), PASS_LIMIT)
+            .await?;
+        total += pass.removed;
+        match pass.next {
+            Some(next) if !*shutdown.borrow() => from = Some(next),
+            _ => return Ok(total),
         }
         tokio::time::sleep(started.elapsed().max(Duration::from_millis(1))).await;
     }

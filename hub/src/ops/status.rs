@@ -92,7 +92,15 @@ pub(crate) async fn lag(
     let (cursor, done_above) = progress(view, record);
     let done: HashSet<u64> = done_above.iter().copied().filter(|&s| s > cursor).collect();
     let after_cursor = store.count_matching_after(&pattern, cursor).await?;
-    let events = after_cursor.saturating_sub(done.len() as u64);
+    // Done marks of events retention removed are no longer in that count.
+    let done_counted = match done.len() {
+        0 => 0,
+        _ => {
+            let marks: Vec<u64> = done.iter().copied().collect();
+            store.count_present(&marks).await?
+        }
+    };
+    let events = after_cursor.saturating_sub(done_counted);
     let mut oldest = view.and_then(|v| v.oldest_pending);
     if oldest.is_none() && events > 0 {
         let mut after = cursor;

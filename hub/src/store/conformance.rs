@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use super::writer::{GroupUpdate, StoreWriter};
 use super::{
     Appended, CommitBatch, DeadLetter, DeadLetterRef, GroupKey, GroupProgress, NewEvent,
-    RetentionLimits, RetentionPolicy, Store, StoreError,
+    RETENTION_TOPICS_PER_CALL, RetentionLimits, RetentionPass, RetentionPolicy, Store, StoreError,
 };
 
 /// Opens a backend at a location. Opening the same location again must see
@@ -607,25 +607,33 @@ pub(crate) async fn retention(factory: &dyn StoreFactory) -> Result<()> {
         ],
     };
     let now = T0 + 4500; // cutoff T0 + 2000: web events 0 and 1 are too old
+    let pass = |removed, next: Option<&str>| RetentionPass {
+        removed,
+        next: next.map(str::to_owned),
+    };
+    let keep_all = RetentionPolicy::default();
+    let got = store.apply_retention(&keep_all, now, None, 100).await?;
+    ensure!(got == pass(0, None), "default keeps all: {got:?}");
+    // 6 app + 2 web events go. `limit` bounds one call, which says where
+    // the next one starts (topics in name order: keep.me, logs.app,
+    // logs.web).
+    let got = store.apply_retention(&policy, now, None, 5).await?;
+    ensure!(
+        got == pass(5, Some("logs.app")),
+        "bounded by limit: {got:?}"
+    );
+    let got = store
+        .apply_retention(&policy, now, Some("logs.app"), 100)
+        .await?;
+    ensure!(got == pass(3, None), "the rest: {got:?}");
+    let got = store.apply_retention(&policy, now, None, 100).await?;
+    ensure!(got == pass(0, None), "nothing left to remove: {got:?}");
+    // Lag subtracts done marks only for events still stored.
     ensure!(
         store
-            .apply_retention(&RetentionPolicy::default(), now, 100)
+            .count_present(&[app[0], app[5], app[6], web[4], last + 5])
             .await?
-            == 0,
-        "default keeps all"
-    );
-    // 6 app + 2 web events go; `limit` bounds one call.
-    ensure!(
-        store.apply_retention(&policy, now, 5).await? == 5,
-        "bounded by limit"
-    );
-    ensure!(
-        store.apply_retention(&policy, now, 100).await? == 3,
-        "the rest"
-    );
-    ensure!(
-        store.apply_retention(&policy, now, 100).await? == 0,
-        "nothing left to remove"
+            == 2
     );
 
     let seqs_of = |events: Vec<Event>| events.into_iter().map(|e| e.seq).collect::<Vec<_>>();
@@ -702,6 +710,43 @@ pub(crate) async fn retention(factory: &dyn StoreFactory) -> Result<()> {
     let next = commit_events(store.as_ref(), vec![at("logs.app", "k0", 20)]).await?;
     ensure!(stored(&next[0])?.seq > last, "no seq reuse");
     ensure!(store.count_matching_after(&pattern("logs.app"), 0).await? == 5);
+    store.close().await?;
+    Ok(())
+}
+
+pub(crate) async fn retention_visits_topics_in_bounded_calls(
+    factory: &dyn StoreFactory,
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    let topics = RETENTION_TOPICS_PER_CALL + 44;
+    let events = (0..topics)
+        .flat_map(|t| [0, 1].map(|i| event(&format!("many.t{t:04}"), None, &format!("{i}"))))
+        .collect();
+    commit_events(store.as_ref(), events).await?;
+    let policy = RetentionPolicy {
+        default: RetentionLimits {
+            max_age_ms: None,
+            max_events: Some(1),
+        },
+        rules: vec![],
+    };
+    // The first call stops at the topic budget and says where to go on.
+    let first = store.apply_retention(&policy, 0, None, 10_000).await?;
+    ensure!(
+        first.removed == RETENTION_TOPICS_PER_CALL as u64
+            && first.next.as_deref()
+                == Some(format!("many.t{RETENTION_TOPICS_PER_CALL:04}").as_str()),
+        "{first:?}"
+    );
+    let second = store
+        .apply_retention(&policy, 0, first.next.as_deref(), 10_000)
+        .await?;
+    ensure!(second.removed == 44 && second.next.is_none(), "{second:?}");
+    ensure!(
+        store.count_after(0).await? == topics as u64,
+        "one event per topic left"
+    );
     store.close().await?;
     Ok(())
 }
@@ -1088,6 +1133,7 @@ macro_rules! all_conformance_tests {
             group_progress,
             group_attempts,
             retention,
+            retention_visits_topics_in_bounded_calls,
             dead_letters,
             matching_counts,
             survives_reopen,

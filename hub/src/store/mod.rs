@@ -240,6 +240,18 @@ impl RetentionLimits {
     }
 }
 
+/// Topics one [`Store::apply_retention`] call looks at, at most.
+pub const RETENTION_TOPICS_PER_CALL: usize = 256;
+
+/// What one [`Store::apply_retention`] call did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionPass {
+    pub removed: u64,
+    /// The topic the next call starts from (inclusive); `None` when every
+    /// topic has been visited.
+    pub next: Option<String>,
+}
+
 /// Retention for every topic: the first rule whose pattern matches a topic
 /// gives its limits, else `default`. The default policy keeps everything.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -373,17 +385,25 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Option<Event>, StoreError>;
 
     /// Removes what `policy` no longer keeps: per topic, a prefix of its
-    /// oldest events (see [`RetentionPolicy::prefix_to_remove`]), with the
-    /// latest-by-key entries that point at them. At most `limit` events per
-    /// call, so a large first pass does not hold the writer for long; call
-    /// again while it returns `limit`. Seqs are never reused, groups skip
-    /// what is gone, and lag counts only what is left.
+    /// durable oldest events (see [`RetentionPolicy::prefix_to_remove`]),
+    /// with the latest-by-key entries that point at them. Topics are visited
+    /// in name order from `from` (inclusive; `None`: the first), at most
+    /// [`RETENTION_TOPICS_PER_CALL`] of them and at most `limit` events per
+    /// call, so no call holds the writer for long however many topics or
+    /// events there are; call again with the returned `next` until it is
+    /// `None`. Seqs are never reused, groups skip what is gone, and lag
+    /// counts only what is left.
     async fn apply_retention(
         &self,
         policy: &RetentionPolicy,
         now: Millis,
+        from: Option<&str>,
         limit: usize,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<RetentionPass, StoreError>;
+
+    /// How many of these seqs are stored (durable and not removed by
+    /// retention): lag subtracts only done marks of events that still count.
+    async fn count_present(&self, seqs: &[u64]) -> Result<u64, StoreError>;
 
     /// Flushes and closes; later calls fail with [`StoreError::Closed`].
     async fn close(&self) -> Result<(), StoreError>;

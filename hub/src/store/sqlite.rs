@@ -32,7 +32,7 @@ use tokio::sync::{Semaphore, oneshot};
 use super::topic_filter::{TopicFilter, literal_prefix};
 use super::{
     Appended, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupRecord, PendingCommit,
-    RetentionPolicy, Store, StoreError,
+    RETENTION_TOPICS_PER_CALL, RetentionPass, RetentionPolicy, Store, StoreError,
 };
 
 /// File name of the database inside the data dir.
@@ -123,8 +123,6 @@ struct WriterThread {
     thread: JoinHandle<()>,
     /// Dropping it stops the checkpointer thread.
     checkpointer: Option<Checkpointer>,
-    /// The data dir's lock, held until the writer has finished.
-    dir_lock: std::fs::File,
 }
 
 /// Thread that checkpoints the WAL on its own connection, off the commit
@@ -178,8 +176,9 @@ enum WriteCommand {
     Retain {
         policy: RetentionPolicy,
         now: Millis,
+        from: Option<String>,
         limit: usize,
-        reply: oneshot::Sender<Result<u64, StoreError>>,
+        reply: oneshot::Sender<Result<RetentionPass, StoreError>>,
     },
 }
 
@@ -227,6 +226,7 @@ impl SqliteStore {
             sync,
             durable_seq: Arc::clone(&durable_seq),
             failed,
+            dir_lock,
         };
         let thread = std::thread::Builder::new()
             .name("promhub-sqlite-writer".into())
@@ -247,7 +247,6 @@ impl SqliteStore {
                     commands,
                     thread,
                     checkpointer,
-                    dir_lock,
                 })),
                 idle_readers: Mutex::new(Vec::new()),
                 read_permits,
@@ -707,6 +706,9 @@ struct SqliteWriter {
     durable_seq: Arc<AtomicU64>,
     /// Set when a sync failed: every later commit fails.
     failed: Arc<AtomicBool>,
+    /// The data dir's lock: held by the thread that writes, released only
+    /// after its last write and checkpoint (however the store goes away).
+    dir_lock: std::fs::File,
 }
 
 impl SqliteWriter {
@@ -755,13 +757,14 @@ impl SqliteWriter {
                 WriteCommand::Retain {
                     policy,
                     now,
+                    from,
                     limit,
                     reply,
                 } => {
                     let result = if self.failed.load(Ordering::Acquire) {
                         Err(sync_failed_error())
                     } else {
-                        self.retain(&policy, now, limit)
+                        self.retain(&policy, now, from.as_deref(), limit)
                     };
                     let _ = reply.send(result);
                 }
@@ -785,6 +788,8 @@ impl SqliteWriter {
         if let Err((_, e)) = self.conn.close() {
             tracing::warn!(error = %e, "closing the store failed");
         }
+        // Another hub may open the folder now.
+        drop(self.dir_lock);
     }
 
     /// Applies one batch in one transaction; returns the outcome and the
@@ -929,33 +934,48 @@ impl SqliteWriter {
         Ok((CommitOutcome { events: outcome }, from_sql_int(last_seq)))
     }
 
-    /// One retention pass (see [`Store::apply_retention`]) in one
+    /// One retention call (see [`Store::apply_retention`]) in one
     /// transaction. The `topics` row stays (its counter keeps numbering
     /// `tord`), so a topic's retained events keep consecutive ordinals.
+    /// Only durable events are removed.
     fn retain(
         &mut self,
         policy: &RetentionPolicy,
         now: Millis,
+        from: Option<&str>,
         limit: usize,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<RetentionPass, StoreError> {
         /// Oldest events read at a time while looking for the end of the
         /// expired prefix.
         const PAGE: u64 = 1000;
+        let durable = seq_to_sql(self.durable_seq.load(Ordering::Acquire));
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
-        let topics: Vec<(String, i64)> = tx
-            .prepare_cached("SELECT topic, events FROM topics ORDER BY topic")
+        // One more than the budget: the extra one is where the next call
+        // starts.
+        let mut topics: Vec<(String, i64)> = tx
+            .prepare_cached(
+                "SELECT topic, events FROM topics WHERE topic >= ?1 ORDER BY topic LIMIT ?2",
+            )
             .and_then(|mut s| {
-                s.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-                    .collect::<Result<_, _>>()
+                s.query_map(
+                    params![from.unwrap_or(""), RETENTION_TOPICS_PER_CALL as i64 + 1],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )?
+                .collect()
             })
             .map_err(backend)?;
+        let mut next = (topics.len() > RETENTION_TOPICS_PER_CALL)
+            .then(|| topics.pop().map(|(name, _)| name))
+            .flatten();
         let mut removed = 0u64;
         for (name, counter) in topics {
             let room = (limit as u64).saturating_sub(removed);
             if room == 0 {
+                // Out of room: this topic is where the next call starts.
+                next = Some(name);
                 break;
             }
             let Ok(topic) = Topic::parse(&name) else {
@@ -966,9 +986,11 @@ impl SqliteWriter {
                 continue;
             }
             let first: Option<(i64, i64)> = tx
-                .prepare_cached("SELECT tord, ts FROM events WHERE topic = ?1 ORDER BY seq LIMIT 1")
+                .prepare_cached(
+                    "SELECT tord, ts FROM events WHERE topic = ?1 AND seq <= ?2 ORDER BY seq LIMIT 1",
+                )
                 .and_then(|mut s| {
-                    s.query_row([&name], |row| Ok((row.get(0)?, row.get(1)?)))
+                    s.query_row(params![name, durable], |row| Ok((row.get(0)?, row.get(1)?)))
                         .optional()
                 })
                 .map_err(backend)?;
@@ -991,13 +1013,14 @@ impl SqliteWriter {
             let mut after = i64::MIN;
             let mut page = tx
                 .prepare_cached(
-                    "SELECT seq, ts FROM events WHERE topic = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                    "SELECT seq, ts FROM events WHERE topic = ?1 AND seq > ?2 AND seq <= ?3
+                     ORDER BY seq LIMIT ?4",
                 )
                 .map_err(backend)?;
             while count < room && (age_run_open || count < by_count) {
                 let want = (room - count).min(PAGE);
                 let rows: Vec<(i64, u64)> = page
-                    .query_map(params![name, after, want as i64], |row| {
+                    .query_map(params![name, after, durable, want as i64], |row| {
                         Ok((row.get(0)?, from_sql_int(row.get(1)?)))
                     })
                     .and_then(|rows| rows.collect())
@@ -1041,9 +1064,14 @@ impl SqliteWriter {
                 .and_then(|mut s| s.execute(params![name, boundary]))
                 .map_err(backend)?;
             removed += count;
+            if count == room {
+                // Cut short: the topic may have more to remove.
+                next = Some(name);
+                break;
+            }
         }
         tx.commit().map_err(backend)?;
-        Ok(removed)
+        Ok(RetentionPass { removed, next })
     }
 }
 
@@ -1653,6 +1681,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn count_present(&self, seqs: &[u64]) -> Result<u64, StoreError> {
+        let seqs = seqs.to_vec();
+        self.read(move |tx, durable| {
+            let mut stmt = tx
+                .prepare_cached("SELECT 1 FROM events WHERE seq = ?1 AND seq <= ?2")
+                .map_err(backend)?;
+            let mut present = 0;
+            for seq in seqs {
+                if stmt
+                    .exists(params![seq_to_sql(seq), durable])
+                    .map_err(backend)?
+                {
+                    present += 1;
+                }
+            }
+            Ok(present)
+        })
+        .await
+    }
+
     async fn count_matching_after(&self, pattern: &Pattern, after: u64) -> Result<u64, StoreError> {
         let pattern = pattern.clone();
         self.read(move |tx, durable| {
@@ -1663,13 +1711,17 @@ impl Store for SqliteStore {
             let mut total = 0u64;
             for topic in topics_matching(tx, &pattern, after)? {
                 let newer = topic_ordinal(tx, &topic, durable)?;
+                if newer == 0 {
+                    // Nothing durable in this topic (any more).
+                    continue;
+                }
                 let older = match topic_ordinal(tx, &topic, after)? {
                     // Nothing at or before `after` (never was, or removed by
                     // retention): count from the first retained event.
                     0 => first_topic_ordinal(tx, &topic)?.map_or(0, |first| first - 1),
                     older => older,
                 };
-                total += from_sql_int(newer.saturating_sub(older));
+                total += from_sql_int((newer - older).max(0));
             }
             Ok(total)
         })
@@ -1721,11 +1773,12 @@ impl Store for SqliteStore {
         &self,
         policy: &RetentionPolicy,
         now: Millis,
+        from: Option<&str>,
         limit: usize,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<RetentionPass, StoreError> {
         self.check_open()?;
         if policy.keeps_everything() || limit == 0 {
-            return Ok(0);
+            return Ok(RetentionPass::default());
         }
         let (reply, removed) = oneshot::channel();
         {
@@ -1736,6 +1789,7 @@ impl Store for SqliteStore {
                 .send(WriteCommand::Retain {
                     policy: policy.clone(),
                     now,
+                    from: from.map(str::to_owned),
                     limit,
                     reply,
                 })
@@ -1755,7 +1809,6 @@ impl Store for SqliteStore {
             commands,
             thread,
             checkpointer,
-            dir_lock,
         }) = writer
         {
             // Dropping the sender lets the thread finish the queued commits,
@@ -1773,8 +1826,6 @@ impl Store for SqliteStore {
                     .map_err(|_| StoreError::Backend("the checkpoint thread panicked".into()))?;
                 writer.map_err(|_| StoreError::Backend("the writer thread panicked".into()))
             })?;
-            // Another hub may open the folder now.
-            drop(dir_lock);
         }
         Ok(())
     }

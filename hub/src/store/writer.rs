@@ -443,7 +443,7 @@ mod tests {
 
     use super::*;
     use crate::store::sqlite::{SqliteOptions, SqliteStore};
-    use crate::store::{CommitOutcome, GroupRecord, RetentionPolicy};
+    use crate::store::{CommitOutcome, GroupRecord, RetentionPass, RetentionPolicy};
     use promhub_core::frames::Millis;
 
     /// A real SQLite store that records every batch, can hold commits at a
@@ -561,9 +561,13 @@ mod tests {
             &self,
             policy: &RetentionPolicy,
             now: Millis,
+            from: Option<&str>,
             limit: usize,
-        ) -> Result<u64, StoreError> {
-            self.inner.apply_retention(policy, now, limit).await
+        ) -> Result<RetentionPass, StoreError> {
+            self.inner.apply_retention(policy, now, from, limit).await
+        }
+        async fn count_present(&self, seqs: &[u64]) -> Result<u64, StoreError> {
+            self.inner.count_present(seqs).await
         }
         async fn close(&self) -> Result<(), StoreError> {
             self.inner.close().await

@@ -49,7 +49,7 @@ mod explain;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -74,7 +74,8 @@ use self::writes::Kind;
 use super::topic_filter::{TopicFilter, literal_prefix};
 use super::{
     Appended, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupProgress, GroupRecord,
-    NewEvent, RetentionLimits, RetentionPolicy, Store, StoreError,
+    NewEvent, RETENTION_TOPICS_PER_CALL, RetentionLimits, RetentionPass, RetentionPolicy, Store,
+    StoreError,
 };
 
 /// Most ids in one `$in` list (keeps each query far below the 16 MiB
@@ -567,42 +568,55 @@ impl MongoStore {
         room: u64,
     ) -> Result<u64, StoreError> {
         const PAGE: u64 = 1000;
+        // Only durable events: a batch still being written is left alone.
+        let durable = seq_to_bson(self.durable());
         let events = self.collection(queries::EVENTS);
+        // `ts` of up to `limit` events after `after`, in seq order.
+        let oldest = |after: i64, limit: u64| {
+            let events = events.clone();
+            async move {
+                let mut cursor = events
+                    .find(doc! { "topic": topic, "_id": { "$gt": after, "$lte": durable } })
+                    .sort(doc! { "_id": 1 })
+                    .projection(doc! { "_id": 1, "ts": 1 })
+                    .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .await
+                    .map_err(backend)?;
+                let mut rows = Vec::new();
+                while let Some(doc) = cursor.try_next().await.map_err(backend)? {
+                    rows.push((
+                        int_field(&doc, "_id", "an event")?,
+                        int_field(&doc, "ts", "an event")? as u64,
+                    ));
+                }
+                Ok::<_, StoreError>(rows)
+            }
+        };
+        let age_only = RetentionLimits {
+            max_events: None,
+            ..limits
+        };
+        // Cheap checks first: the oldest event's age, then the count.
+        let mut age_run_open = match limits.max_age_ms {
+            Some(_) => oldest(i64::MIN, 1).await?.first().is_some_and(|&(_, ts)| {
+                RetentionPolicy::prefix_to_remove(age_only, 0, [ts], now) > 0
+            }),
+            None => false,
+        };
         let by_count = match limits.max_events {
             Some(_) => {
                 let retained = events
-                    .count_documents(doc! { "topic": topic })
+                    .count_documents(doc! { "topic": topic, "_id": { "$lte": durable } })
                     .await
                     .map_err(backend)?;
                 RetentionPolicy::prefix_to_remove(limits, retained, [], now)
             }
             None => 0,
         };
-        let age_only = RetentionLimits {
-            max_events: None,
-            ..limits
-        };
-        let mut age_run_open = limits.max_age_ms.is_some();
         let (mut count, mut boundary, mut after) = (0u64, None, i64::MIN);
         while count < room && (age_run_open || count < by_count) {
             let want = (room - count).min(PAGE);
-            let rows = self
-                .find_all(
-                    Query {
-                        collection: queries::EVENTS,
-                        filter: doc! { "topic": topic, "_id": { "$gt": after } },
-                        sort: Some(doc! { "_id": 1 }),
-                        limit: Some(want as i64),
-                        index: "topic_seq",
-                    },
-                    |doc| {
-                        Ok((
-                            int_field(doc, "_id", "an event")?,
-                            int_field(doc, "ts", "an event")? as u64,
-                        ))
-                    },
-                )
-                .await?;
+            let rows = oldest(after, want).await?;
             let by_age = if age_run_open {
                 RetentionPolicy::prefix_to_remove(age_only, 0, rows.iter().map(|&(_, ts)| ts), now)
             } else {
@@ -919,7 +933,10 @@ impl MongoStore {
                 // used; entries at or below the cursor are ignored when
                 // loading.
                 let mut unset = Document::new();
-                for &(seq, attempts) in &p.attempt_changes {
+                // The last change of each seq (a path can be set or unset,
+                // not both, in one update).
+                let changes: BTreeMap<u64, u32> = p.attempt_changes.iter().copied().collect();
+                for (seq, attempts) in changes {
                     let field = format!("attempts.{seq}");
                     if attempts == 0 {
                         unset.insert(field, "");
@@ -1323,32 +1340,75 @@ impl Store for MongoStore {
         &self,
         policy: &RetentionPolicy,
         now: Millis,
+        from: Option<&str>,
         limit: usize,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<RetentionPass, StoreError> {
         self.check_open()?;
         if policy.keeps_everything() || limit == 0 {
-            return Ok(0);
+            return Ok(RetentionPass::default());
         }
-        let topics = self
-            .find_all(queries::all(queries::TOPICS), |doc| {
-                Ok(str_field(doc, "_id", "a topic entry")?.to_owned())
-            })
+        // One more than the budget: the extra one is where the next call
+        // starts.
+        let mut topics = self
+            .find_all(
+                Query {
+                    collection: queries::TOPICS,
+                    filter: doc! { "_id": { "$gte": from.unwrap_or("") } },
+                    sort: Some(doc! { "_id": 1 }),
+                    limit: Some(RETENTION_TOPICS_PER_CALL as i64 + 1),
+                    index: queries::ID_INDEX,
+                },
+                |doc| Ok(str_field(doc, "_id", "a topic entry")?.to_owned()),
+            )
             .await?;
+        let mut next = (topics.len() > RETENTION_TOPICS_PER_CALL)
+            .then(|| topics.pop())
+            .flatten();
         let mut removed = 0u64;
         for name in topics {
             let room = (limit as u64).saturating_sub(removed);
             if room == 0 {
+                next = Some(name);
                 break;
             }
             let Ok(topic) = Topic::parse(&name) else {
                 continue;
             };
             let limits = policy.limits_for(&topic);
-            if !limits.keeps_everything() {
-                removed += self.retain_topic(&name, limits, now, room).await?;
+            if limits.keeps_everything() {
+                continue;
+            }
+            let count = self.retain_topic(&name, limits, now, room).await?;
+            removed += count;
+            if count == room {
+                // Cut short: the topic may have more to remove.
+                next = Some(name);
+                break;
             }
         }
-        Ok(removed)
+        Ok(RetentionPass { removed, next })
+    }
+
+    async fn count_present(&self, seqs: &[u64]) -> Result<u64, StoreError> {
+        self.check_open()?;
+        let durable = self.durable();
+        let mut present = 0;
+        for chunk in seqs.chunks(IN_CHUNK) {
+            let ids: Vec<i64> = chunk
+                .iter()
+                .filter(|&&seq| seq <= durable)
+                .map(|&seq| seq_to_bson(seq))
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            present += self
+                .collection(queries::EVENTS)
+                .count_documents(doc! { "_id": { "$in": ids } })
+                .await
+                .map_err(backend)?;
+        }
+        Ok(present)
     }
 
     async fn close(&self) -> Result<(), StoreError> {
