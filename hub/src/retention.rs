@@ -249,6 +249,64 @@ mod tests {
         assert!(bad("max_events = 3").contains("max_events"));
     }
 
+    /// Runs a walk over `ts` (seq = index + 1), reading pages as a store
+    /// would; returns the removal and the pages read.
+    fn walk(
+        limits: RetentionLimits,
+        ts: &[u64],
+        room: u64,
+        now: u64,
+    ) -> (Option<(u64, u64)>, usize) {
+        use crate::store::PrefixWalk;
+        let rows: Vec<(u64, u64)> = ts
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| (i as u64 + 1, t))
+            .collect();
+        let mut walk = PrefixWalk::new(limits, ts.len() as u64, ts.first().copied(), room, now);
+        let mut pages = 0;
+        while let Some((after, want)) = walk.next_page() {
+            let page: Vec<_> = rows
+                .iter()
+                .copied()
+                .filter(|&(seq, _)| seq > after)
+                .take(want as usize)
+                .collect();
+            walk.feed(&page);
+            pages += 1;
+        }
+        (walk.removal(), pages)
+    }
+
+    #[test]
+    fn a_prefix_walk_crosses_pages_and_stops_where_either_limit_ends() {
+        let count = |n| RetentionLimits {
+            max_age_ms: None,
+            max_events: Some(n),
+        };
+        let age = |ms| RetentionLimits {
+            max_age_ms: Some(ms),
+            max_events: None,
+        };
+        // 2,500 events, keep 300: 2,200 go over three pages.
+        let ts = vec![1; 2500];
+        assert_eq!(walk(count(300), &ts, 10_000, 10), (Some((2200, 2200)), 3));
+        // Bounded by room.
+        assert_eq!(walk(count(300), &ts, 1500, 10).0, Some((1500, 1500)));
+        // Age: the run of old events ends inside the second page.
+        let mut ts = vec![1; 1700];
+        ts.extend(vec![1_000; 800]);
+        assert_eq!(walk(age(100), &ts, 10_000, 1_000), (Some((1700, 1700)), 2));
+        // Nothing due: no page read at all.
+        assert_eq!(walk(age(100), &[1_000; 5], 10_000, 1_000), (None, 0));
+        // Both: the larger prefix wins.
+        let both = RetentionLimits {
+            max_age_ms: Some(100),
+            max_events: Some(2_400),
+        };
+        assert_eq!(walk(both, &ts, 10_000, 1_000).0, Some((1700, 1700)));
+    }
+
     #[test]
     fn prefix_to_remove_takes_the_larger_of_count_and_age() {
         let limits = RetentionLimits {

@@ -296,6 +296,103 @@ impl RetentionPolicy {
     }
 }
 
+/// Finds the prefix of one topic that retention removes, page by page, so
+/// both stores decide it the same way: the store reads the topic's oldest
+/// durable events (seq order) after [`PrefixWalk::next_page`]'s seq, hands
+/// them to [`PrefixWalk::feed`], and removes up to
+/// [`PrefixWalk::removal`]'s seq.
+#[derive(Debug)]
+pub struct PrefixWalk {
+    limits: RetentionLimits,
+    now: Millis,
+    /// Events over the count limit.
+    by_count: u64,
+    /// The leading run of events older than the age limit goes on.
+    age_run_open: bool,
+    room: u64,
+    count: u64,
+    boundary: u64,
+    last_want: u64,
+    done: bool,
+}
+
+impl PrefixWalk {
+    /// Oldest events read at a time.
+    const PAGE: u64 = 1000;
+
+    /// `retained`: the topic's durable events (0 if not counted because
+    /// there is no count limit); `oldest_ts`: its oldest event's `ts`;
+    /// `room`: remove at most this many.
+    pub fn new(
+        limits: RetentionLimits,
+        retained: u64,
+        oldest_ts: Option<Millis>,
+        room: u64,
+        now: Millis,
+    ) -> Self {
+        let age_only = RetentionLimits {
+            max_events: None,
+            ..limits
+        };
+        PrefixWalk {
+            limits,
+            now,
+            by_count: RetentionPolicy::prefix_to_remove(limits, retained, [], now),
+            age_run_open: RetentionPolicy::prefix_to_remove(age_only, 0, oldest_ts, now) > 0,
+            room,
+            count: 0,
+            boundary: 0,
+            last_want: 0,
+            done: false,
+        }
+    }
+
+    /// `(after, limit)` for the next page (`after` 0: from the start), or
+    /// `None` once the prefix is known.
+    pub fn next_page(&mut self) -> Option<(u64, u64)> {
+        if self.done
+            || self.count >= self.room
+            || !(self.age_run_open || self.count < self.by_count)
+        {
+            return None;
+        }
+        self.last_want = (self.room - self.count).min(Self::PAGE);
+        Some((self.boundary, self.last_want))
+    }
+
+    /// The page read for the last [`PrefixWalk::next_page`]: `(seq, ts)`.
+    pub fn feed(&mut self, rows: &[(u64, Millis)]) {
+        let by_age = if self.age_run_open {
+            let age_only = RetentionLimits {
+                max_events: None,
+                ..self.limits
+            };
+            RetentionPolicy::prefix_to_remove(age_only, 0, rows.iter().map(|&(_, ts)| ts), self.now)
+        } else {
+            0
+        };
+        let read = rows.len() as u64;
+        let take = self
+            .by_count
+            .saturating_sub(self.count)
+            .max(by_age)
+            .min(read);
+        if take == 0 {
+            self.done = true;
+            return;
+        }
+        self.count += take;
+        self.boundary = rows[take as usize - 1].0;
+        self.age_run_open &= by_age == read;
+        self.done = take < read || read < self.last_want;
+    }
+
+    /// `(last seq to remove, how many)`, if anything goes.
+    pub fn removal(&self) -> Option<(u64, u64)> {
+        (self.count > 0).then_some((self.boundary, self.count))
+    }
+}
+
 /// Durable storage for the hub.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {

@@ -32,7 +32,7 @@ use tokio::sync::{Semaphore, oneshot};
 use super::topic_filter::{TopicFilter, literal_prefix};
 use super::{
     Appended, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupRecord, PendingCommit,
-    RETENTION_TOPICS_PER_CALL, RetentionPass, RetentionPolicy, Store, StoreError,
+    PrefixWalk, RETENTION_TOPICS_PER_CALL, RetentionPass, RetentionPolicy, Store, StoreError,
 };
 
 /// File name of the database inside the data dir.
@@ -945,9 +945,6 @@ impl SqliteWriter {
         from: Option<&str>,
         limit: usize,
     ) -> Result<RetentionPass, StoreError> {
-        /// Oldest events read at a time while looking for the end of the
-        /// expired prefix.
-        const PAGE: u64 = 1000;
         let durable = seq_to_sql(self.durable_seq.load(Ordering::Acquire));
         let tx = self
             .conn
@@ -1000,63 +997,28 @@ impl SqliteWriter {
             // Retention removes prefixes, so the retained ordinals are
             // consecutive: their count needs no scan.
             let retained = from_sql_int(counter - first_tord + 1);
-            let by_count = RetentionPolicy::prefix_to_remove(limits, retained, [], now);
-            let age_due =
-                RetentionPolicy::prefix_to_remove(limits, 0, [from_sql_int(first_ts)], now) > 0;
-            if by_count == 0 && !age_due {
-                continue;
-            }
-            // Walk the oldest events until both prefixes end (or `room`).
-            let mut boundary = None;
-            let mut count = 0u64;
-            let mut age_run_open = age_due;
-            let mut after = i64::MIN;
+            let mut walk =
+                PrefixWalk::new(limits, retained, Some(from_sql_int(first_ts)), room, now);
             let mut page = tx
                 .prepare_cached(
                     "SELECT seq, ts FROM events WHERE topic = ?1 AND seq > ?2 AND seq <= ?3
                      ORDER BY seq LIMIT ?4",
                 )
                 .map_err(backend)?;
-            while count < room && (age_run_open || count < by_count) {
-                let want = (room - count).min(PAGE);
-                let rows: Vec<(i64, u64)> = page
-                    .query_map(params![name, after, durable, want as i64], |row| {
-                        Ok((row.get(0)?, from_sql_int(row.get(1)?)))
-                    })
+            while let Some((after, want)) = walk.next_page() {
+                let rows: Vec<(u64, u64)> = page
+                    .query_map(
+                        params![name, seq_to_sql(after), durable, want as i64],
+                        |row| Ok((from_sql_int(row.get(0)?), from_sql_int(row.get(1)?))),
+                    )
                     .and_then(|rows| rows.collect())
                     .map_err(backend)?;
-                let by_age = if age_run_open {
-                    RetentionPolicy::prefix_to_remove(
-                        super::RetentionLimits {
-                            max_events: None,
-                            ..limits
-                        },
-                        0,
-                        rows.iter().map(|&(_, ts)| ts),
-                        now,
-                    )
-                } else {
-                    0
-                };
-                let take = by_count
-                    .saturating_sub(count)
-                    .max(by_age)
-                    .min(rows.len() as u64);
-                if take == 0 {
-                    break;
-                }
-                count += take;
-                let last = rows[take as usize - 1].0;
-                boundary = Some(last);
-                after = last;
-                age_run_open &= by_age == rows.len() as u64;
-                if take < rows.len() as u64 || (rows.len() as u64) < want {
-                    break;
-                }
+                walk.feed(&rows);
             }
-            let Some(boundary) = boundary else {
+            let Some((boundary, count)) = walk.removal() else {
                 continue;
             };
+            let boundary = seq_to_sql(boundary);
             tx.prepare_cached("DELETE FROM events WHERE topic = ?1 AND seq <= ?2")
                 .and_then(|mut s| s.execute(params![name, boundary]))
                 .map_err(backend)?;
@@ -1233,6 +1195,14 @@ fn topic_ordinal(
     })
     .map(Option::unwrap_or_default)
     .map_err(backend)
+}
+
+/// The group key in columns 0 (pattern) and 1 (group) of a row.
+fn group_key_of(row: &Row<'_>) -> Result<GroupKey, StoreError> {
+    Ok(GroupKey {
+        pattern: row.get(0).map_err(backend)?,
+        group: row.get(1).map_err(backend)?,
+    })
 }
 
 /// `tord` of a topic's first retained event.
@@ -1560,10 +1530,7 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             let mut rows = stmt.query([]).map_err(backend)?;
             while let Some(row) = rows.next().map_err(backend)? {
-                let key = GroupKey {
-                    pattern: row.get(0).map_err(backend)?,
-                    group: row.get(1).map_err(backend)?,
-                };
+                let key = group_key_of(row)?;
                 let cursor = from_sql_int(row.get(2).map_err(backend)?);
                 records.insert(
                     key.clone(),
@@ -1582,10 +1549,7 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             let mut rows = stmt.query([]).map_err(backend)?;
             while let Some(row) = rows.next().map_err(backend)? {
-                let key = GroupKey {
-                    pattern: row.get(0).map_err(backend)?,
-                    group: row.get(1).map_err(backend)?,
-                };
+                let key = group_key_of(row)?;
                 let seq = from_sql_int(row.get(2).map_err(backend)?);
                 // A mark without its group row cannot be written by commit.
                 if let Some(record) = records.get_mut(&key) {
@@ -1600,10 +1564,7 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             let mut rows = stmt.query([]).map_err(backend)?;
             while let Some(row) = rows.next().map_err(backend)? {
-                let key = GroupKey {
-                    pattern: row.get(0).map_err(backend)?,
-                    group: row.get(1).map_err(backend)?,
-                };
+                let key = group_key_of(row)?;
                 let seq = from_sql_int(row.get(2).map_err(backend)?);
                 let used: u32 = row.get(3).map_err(backend)?;
                 if let Some(record) = records.get_mut(&key).filter(|r| seq > r.cursor) {

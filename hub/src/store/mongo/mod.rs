@@ -74,8 +74,8 @@ use self::writes::Kind;
 use super::topic_filter::{TopicFilter, literal_prefix};
 use super::{
     Appended, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupProgress, GroupRecord,
-    NewEvent, RETENTION_TOPICS_PER_CALL, RetentionLimits, RetentionPass, RetentionPolicy, Store,
-    StoreError,
+    NewEvent, PrefixWalk, RETENTION_TOPICS_PER_CALL, RetentionLimits, RetentionPass,
+    RetentionPolicy, Store, StoreError,
 };
 
 /// Most ids in one `$in` list (keeps each query far below the 16 MiB
@@ -567,16 +567,15 @@ impl MongoStore {
         now: Millis,
         room: u64,
     ) -> Result<u64, StoreError> {
-        const PAGE: u64 = 1000;
         // Only durable events: a batch still being written is left alone.
         let durable = seq_to_bson(self.durable());
         let events = self.collection(queries::EVENTS);
-        // `ts` of up to `limit` events after `after`, in seq order.
-        let oldest = |after: i64, limit: u64| {
+        // (seq, ts) of up to `limit` events after `after`, in seq order.
+        let oldest = |after: u64, limit: u64| {
             let events = events.clone();
             async move {
                 let mut cursor = events
-                    .find(doc! { "topic": topic, "_id": { "$gt": after, "$lte": durable } })
+                    .find(doc! { "topic": topic, "_id": { "$gt": seq_to_bson(after), "$lte": durable } })
                     .sort(doc! { "_id": 1 })
                     .projection(doc! { "_id": 1, "ts": 1 })
                     .limit(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -585,62 +584,34 @@ impl MongoStore {
                 let mut rows = Vec::new();
                 while let Some(doc) = cursor.try_next().await.map_err(backend)? {
                     rows.push((
-                        int_field(&doc, "_id", "an event")?,
-                        int_field(&doc, "ts", "an event")? as u64,
+                        from_bson_int(int_field(&doc, "_id", "an event")?),
+                        from_bson_int(int_field(&doc, "ts", "an event")?),
                     ));
                 }
                 Ok::<_, StoreError>(rows)
             }
         };
-        let age_only = RetentionLimits {
-            max_events: None,
-            ..limits
+        // Cheap reads first, each only when its limit is set: the oldest
+        // event's age, and the count.
+        let oldest_ts = match limits.max_age_ms {
+            Some(_) => oldest(0, 1).await?.first().map(|&(_, ts)| ts),
+            None => None,
         };
-        // Cheap checks first: the oldest event's age, then the count.
-        let mut age_run_open = match limits.max_age_ms {
-            Some(_) => oldest(i64::MIN, 1).await?.first().is_some_and(|&(_, ts)| {
-                RetentionPolicy::prefix_to_remove(age_only, 0, [ts], now) > 0
-            }),
-            None => false,
-        };
-        let by_count = match limits.max_events {
-            Some(_) => {
-                let retained = events
-                    .count_documents(doc! { "topic": topic, "_id": { "$lte": durable } })
-                    .await
-                    .map_err(backend)?;
-                RetentionPolicy::prefix_to_remove(limits, retained, [], now)
-            }
+        let retained = match limits.max_events {
+            Some(_) => events
+                .count_documents(doc! { "topic": topic, "_id": { "$lte": durable } })
+                .await
+                .map_err(backend)?,
             None => 0,
         };
-        let (mut count, mut boundary, mut after) = (0u64, None, i64::MIN);
-        while count < room && (age_run_open || count < by_count) {
-            let want = (room - count).min(PAGE);
-            let rows = oldest(after, want).await?;
-            let by_age = if age_run_open {
-                RetentionPolicy::prefix_to_remove(age_only, 0, rows.iter().map(|&(_, ts)| ts), now)
-            } else {
-                0
-            };
-            let take = by_count
-                .saturating_sub(count)
-                .max(by_age)
-                .min(rows.len() as u64);
-            if take == 0 {
-                break;
-            }
-            count += take;
-            let last = rows[take as usize - 1].0;
-            boundary = Some(last);
-            after = last;
-            age_run_open &= by_age == rows.len() as u64;
-            if take < rows.len() as u64 || (rows.len() as u64) < want {
-                break;
-            }
+        let mut walk = PrefixWalk::new(limits, retained, oldest_ts, room, now);
+        while let Some((after, want)) = walk.next_page() {
+            walk.feed(&oldest(after, want).await?);
         }
-        let Some(boundary) = boundary else {
+        let Some((boundary, count)) = walk.removal() else {
             return Ok(0);
         };
+        let boundary = seq_to_bson(boundary);
         events
             .delete_many(doc! { "topic": topic, "_id": { "$lte": boundary } })
             .await
