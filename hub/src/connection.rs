@@ -400,20 +400,22 @@ impl Connection {
             ClientFrame::Subscribe(subscribe) => self.subscribe(subscribe, policy).await,
             ClientFrame::Unsubscribe(unsubscribe) => self.unsubscribe(unsubscribe).await,
             ClientFrame::Ack(delivery) => {
+                let seq = delivery.seq;
                 if let Some((key, id)) = self.group_answer(delivery) {
                     let conn = self.id;
                     self.shared
                         .broker
-                        .send(Command::Ack { conn, key, id })
+                        .send(Command::Ack { conn, key, id, seq })
                         .await;
                 }
             }
             ClientFrame::Working(delivery) => {
+                let seq = delivery.seq;
                 if let Some((key, id)) = self.group_answer(delivery) {
                     let conn = self.id;
                     self.shared
                         .broker
-                        .send(Command::Working { conn, key, id })
+                        .send(Command::Working { conn, key, id, seq })
                         .await;
                 }
             }
@@ -450,6 +452,7 @@ impl Connection {
             topic: nack.topic,
             group: nack.group,
             id: nack.id,
+            seq: nack.seq,
         }) else {
             return;
         };
@@ -460,6 +463,7 @@ impl Connection {
                 conn,
                 key,
                 id,
+                seq: nack.seq,
                 reason: nack.reason,
                 delay_ms: nack.delay_ms,
                 final_: nack.final_.unwrap_or(false),

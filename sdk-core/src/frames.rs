@@ -315,6 +315,10 @@ pub struct DeliveryRef {
     pub group: Option<Group>,
     /// The event id.
     pub id: String,
+    /// The delivered event's `seq`: the hub finds the delivery by it when
+    /// given (else by `id`). The SDKs always send it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// `NACK`.
@@ -327,6 +331,9 @@ pub struct Nack {
     #[cfg_attr(feature = "ts", tsify(type = "string"))]
     pub group: Option<Group>,
     pub id: String,
+    /// As in [`DeliveryRef::seq`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -391,6 +398,8 @@ pub enum ErrorCode {
     Forbidden,
     NotFound,
     RateLimited,
+    /// A cap on subscriptions or groups was reached.
+    LimitExceeded,
     UnsupportedVersion,
     Internal,
     #[serde(other)]
@@ -409,6 +418,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::UnsupportedVersion => "unsupported_version",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
@@ -905,6 +915,10 @@ impl HubFrame {
 pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    /// A text frame that is not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A frame over the hard size limit (not read).
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
     pub const AUTH_FAILED: u16 = 4001;
     pub const FORBIDDEN: u16 = 4003;
     pub const PROTOCOL_VIOLATION: u16 = 4008;

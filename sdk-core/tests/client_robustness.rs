@@ -309,14 +309,14 @@ fn run(inputs: Vec<Input>) -> Result<(), TestCaseError> {
             }
             Input::Ack(i) => {
                 if !subs.is_empty() {
-                    let _ = h.core.ack(now, subs[i % subs.len()], "e");
+                    let _ = h.core.ack(now, subs[i % subs.len()], "e", 1);
                 }
             }
             Input::Nack(i) => {
                 if !subs.is_empty() {
                     let _ = h
                         .core
-                        .nack(now, subs[i % subs.len()], "e", None, Some(1), false);
+                        .nack(now, subs[i % subs.len()], "e", 1, None, Some(1), false);
                 }
             }
             Input::Ping => {

@@ -325,26 +325,27 @@ fn ack_nack_and_working_send_the_exact_frames() {
     let mut h = Harness::connected(config());
     let sub = subscribe(&mut h, "process.**", Some("ops"));
     h.sent();
-    h.core.ack(h.now, sub, "e-1").unwrap();
+    h.core.ack(h.now, sub, "e-1", 1).unwrap();
     h.core
         .nack(
             h.now,
             sub,
             "e-2",
+            2,
             Some("db down".to_owned()),
             Some(5_000),
             false,
         )
         .unwrap();
-    h.core.nack(h.now, sub, "e-3", None, None, true).unwrap();
-    h.core.working(h.now, sub, "e-4").unwrap();
+    h.core.nack(h.now, sub, "e-3", 3, None, None, true).unwrap();
+    h.core.working(h.now, sub, "e-4", 4).unwrap();
     assert_eq!(
         h.sent(),
         vec![
-            json!({"op": "ACK", "topic": "process.**", "group": "ops", "id": "e-1"}),
-            json!({"op": "NACK", "topic": "process.**", "group": "ops", "id": "e-2", "reason": "db down", "delay_ms": 5000}),
-            json!({"op": "NACK", "topic": "process.**", "group": "ops", "id": "e-3", "final": true}),
-            json!({"op": "WORKING", "topic": "process.**", "group": "ops", "id": "e-4"}),
+            json!({"op": "ACK", "topic": "process.**", "group": "ops", "id": "e-1", "seq": 1}),
+            json!({"op": "NACK", "topic": "process.**", "group": "ops", "id": "e-2", "seq": 2, "reason": "db down", "delay_ms": 5000}),
+            json!({"op": "NACK", "topic": "process.**", "group": "ops", "id": "e-3", "seq": 3, "final": true}),
+            json!({"op": "WORKING", "topic": "process.**", "group": "ops", "id": "e-4", "seq": 4}),
         ]
     );
 }
@@ -354,9 +355,9 @@ fn acks_of_ephemeral_subscriptions_send_nothing() {
     let mut h = Harness::connected(config());
     let live = subscribe(&mut h, "a.**", None);
     h.sent();
-    assert_eq!(h.core.ack(h.now, live, "e"), Ok(()));
-    assert_eq!(h.core.nack(h.now, live, "e", None, None, true), Ok(()));
-    assert_eq!(h.core.working(h.now, live, "e"), Ok(()));
+    assert_eq!(h.core.ack(h.now, live, "e", 1), Ok(()));
+    assert_eq!(h.core.nack(h.now, live, "e", 1, None, None, true), Ok(()));
+    assert_eq!(h.core.working(h.now, live, "e", 1), Ok(()));
     assert!(h.transmits().is_empty());
 }
 
@@ -366,9 +367,12 @@ fn acks_while_disconnected_are_refused_and_dropped() {
     let sub = subscribe(&mut h, "a.**", Some("g"));
     h.sent();
     h.core.handle_socket_closed(h.now, Some(1001), "");
-    assert_eq!(h.core.ack(h.now, sub, "e"), Err(ClientError::NotConnected));
     assert_eq!(
-        h.core.working(h.now, sub, "e"),
+        h.core.ack(h.now, sub, "e", 1),
+        Err(ClientError::NotConnected)
+    );
+    assert_eq!(
+        h.core.working(h.now, sub, "e", 1),
         Err(ClientError::NotConnected)
     );
     let delay = reconnects(&h.events())[0].1;
@@ -380,7 +384,7 @@ fn acks_while_disconnected_are_refused_and_dropped() {
     let unknown = sub;
     h.core.unsubscribe(h.now, unknown).unwrap();
     assert_eq!(
-        h.core.ack(h.now, unknown, "e"),
+        h.core.ack(h.now, unknown, "e", 1),
         Err(ClientError::UnknownSubscription(unknown))
     );
 }

@@ -217,7 +217,8 @@ fn design_note_prom_client_frames_decode() {
         DeliveryRef {
             topic: pattern("process.**"),
             group: Some(group("ops")),
-            id: "e1".into()
+            id: "e1".into(),
+            seq: None,
         }
     );
     let ClientFrame::Ack(ack) =
@@ -227,7 +228,7 @@ fn design_note_prom_client_frames_decode() {
     };
     assert_eq!(ack.group, None);
     let ClientFrame::Nack(nack) = ClientFrame::decode(
-        r#"{"op":"NACK","topic":"process.**","group":"ops","id":"e1","reason":"boom"}"#,
+        r#"{"op":"NACK","topic":"process.**","group":"ops","id":"e1","seq":12,"reason":"boom"}"#,
     )
     .unwrap() else {
         panic!("not NACK")
@@ -238,6 +239,7 @@ fn design_note_prom_client_frames_decode() {
             topic: pattern("process.**"),
             group: Some(group("ops")),
             id: "e1".into(),
+            seq: Some(12),
             reason: Some("boom".into()),
             delay_ms: None,
             final_: None
@@ -660,11 +662,13 @@ fn all_client_frames() -> Vec<ClientFrame> {
             topic: pattern("a.**"),
             group: Some(group("g")),
             id: "e1".into(),
+            seq: Some(7),
         }),
         ClientFrame::Nack(Nack {
             topic: pattern("a.**"),
             group: Some(group("g")),
             id: "e1".into(),
+            seq: Some(7),
             reason: Some("handler failed".into()),
             delay_ms: Some(250),
             final_: Some(true),
@@ -673,6 +677,7 @@ fn all_client_frames() -> Vec<ClientFrame> {
             topic: pattern("a.**"),
             group: None,
             id: "e2".into(),
+            seq: None,
         }),
         ClientFrame::Ping(Ping {
             rid: Some("p".into()),

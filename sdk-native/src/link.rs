@@ -37,6 +37,7 @@ pub(crate) enum Command {
     Settle {
         sub: SubscriptionId,
         event_id: String,
+        seq: u64,
         /// The connection the delivery came on (see [`Link::epoch`]).
         epoch: u64,
         kind: Settle,

@@ -186,6 +186,7 @@ impl<T: DeserializeOwned> Delivery<T> {
             acker: Acker {
                 target,
                 event_id: event.id.clone(),
+                seq: event.seq,
             },
             event,
             ctx: delivery.ctx,
@@ -297,6 +298,8 @@ pub struct Acker {
     /// `None` for an ephemeral subscription and once answered.
     target: Option<AckTarget>,
     event_id: String,
+    /// The delivered event's seq: every answer names it (protocol.md).
+    seq: u64,
 }
 
 struct AckTarget {
@@ -320,10 +323,15 @@ impl Acker {
         &self.event_id
     }
 
+    /// The (id, seq) this answers, taken out of the acker.
+    fn delivery(&mut self) -> (String, u64) {
+        (std::mem::take(&mut self.event_id), self.seq)
+    }
+
     /// See [`Delivery::ack`].
     pub fn ack(mut self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         let target = self.target.take();
-        Self::settle(target, std::mem::take(&mut self.event_id), Settle::Ack)
+        Self::settle(target, self.delivery(), Settle::Ack)
     }
 
     /// See [`Delivery::nack`].
@@ -338,7 +346,7 @@ impl Acker {
             delay_ms: delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             final_: false,
         };
-        Self::settle(target, std::mem::take(&mut self.event_id), kind)
+        Self::settle(target, self.delivery(), kind)
     }
 
     /// See [`Delivery::term`].
@@ -352,14 +360,14 @@ impl Acker {
             delay_ms: None,
             final_: true,
         };
-        Self::settle(target, std::mem::take(&mut self.event_id), kind)
+        Self::settle(target, self.delivery(), kind)
     }
 
     /// See [`Delivery::working`].
     pub fn working(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static + use<> {
         let result = match &self.target {
             None => Ok(()),
-            Some(target) => target.send(self.event_id.clone(), Settle::Working),
+            Some(target) => target.send((self.event_id.clone(), self.seq), Settle::Working),
         };
         std::future::ready(result)
     }
@@ -368,12 +376,12 @@ impl Acker {
     /// future; that future is ready at once.
     fn settle(
         target: Option<AckTarget>,
-        event_id: String,
+        delivery: (String, u64),
         kind: Settle,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         let result = match target {
             None => Ok(()),
-            Some(target) => target.send(event_id, kind),
+            Some(target) => target.send(delivery, kind),
         };
         std::future::ready(result)
     }
@@ -384,7 +392,7 @@ impl AckTarget {
     /// is connected, and (except for an `ACK`, which only saves a duplicate)
     /// the delivery came on the current connection. Otherwise the hub
     /// delivers the event again anyway, and the error says so.
-    fn send(&self, event_id: String, kind: Settle) -> Result<(), Error> {
+    fn send(&self, (event_id, seq): (String, u64), kind: Settle) -> Result<(), Error> {
         if !self.link.connected() {
             return Err(Error::NotConnected);
         }
@@ -394,6 +402,7 @@ impl AckTarget {
         self.link.send(Command::Settle {
             sub: self.sub,
             event_id,
+            seq,
             epoch: self.epoch,
             kind,
         })
@@ -408,6 +417,7 @@ impl Drop for Acker {
             let _ = target.link.send(Command::Settle {
                 sub: target.sub,
                 event_id: std::mem::take(&mut self.event_id),
+                seq: self.seq,
                 epoch: target.epoch,
                 kind: Settle::Nack {
                     reason: Some("dropped without an answer".to_owned()),

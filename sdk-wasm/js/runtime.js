@@ -69,14 +69,16 @@ function isThenable(value) {
  */
 class DeliveryContext {
   #eventId;
+  #seq;
   #settled = false;
 
-  constructor(subscription, eventId, attempt, ackDeadline, snapshot) {
+  constructor(subscription, eventId, seq, attempt, ackDeadline, snapshot) {
     this.subscription = subscription;
     this.attempt = attempt;
     if (ackDeadline !== undefined) this.ack_deadline = ackDeadline;
     if (snapshot) this.snapshot = true;
     this.#eventId = eventId;
+    this.#seq = seq;
   }
 
   get settled() {
@@ -86,18 +88,18 @@ class DeliveryContext {
   ack() {
     if (this.#settled) return false;
     this.#settled = true;
-    return this.subscription.ack(this.#eventId);
+    return this.subscription.ack(this.#eventId, this.#seq);
   }
 
   nack(reason, opts) {
     if (this.#settled) return false;
     this.#settled = true;
-    return this.subscription.nack(this.#eventId, reason, opts);
+    return this.subscription.nack(this.#eventId, this.#seq, reason, opts);
   }
 
   working() {
     if (this.#settled) return false;
-    return this.subscription.working(this.#eventId);
+    return this.subscription.working(this.#eventId, this.#seq);
   }
 }
 
@@ -215,7 +217,7 @@ export class Runtime {
    * reported to the error listeners.
    */
   #run(entry, event, attempt, ackDeadline, snapshot) {
-    const ctx = new DeliveryContext(entry.subscription, event.id, attempt, ackDeadline, snapshot);
+    const ctx = new DeliveryContext(entry.subscription, event.id, event.seq, attempt, ackDeadline, snapshot);
     let result;
     try {
       result = entry.handler(event, ctx);

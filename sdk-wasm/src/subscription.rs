@@ -72,10 +72,15 @@ impl Subscription {
     }
 
     /// Acknowledges an event of a durable group (handlers do this
-    /// themselves when they return). `false` when it could not be sent
-    /// (not connected, or unsubscribed): the hub then redelivers it.
-    pub fn ack(&self, event_id: &str) -> bool {
-        self.with_core(|core, now| core.ack(now, self.sub, event_id))
+    /// themselves when they return), named by its `id` and `seq` (the hub
+    /// settles only the delivery with that seq that this connection holds).
+    /// `false` when it could not be sent (not connected, unsubscribed, or
+    /// `seq` is not a seq): the hub then redelivers it.
+    pub fn ack(&self, event_id: &str, seq: f64) -> bool {
+        let Some(seq) = seq_from_js(seq) else {
+            return false;
+        };
+        self.with_core(|core, now| core.ack(now, self.sub, event_id, seq))
     }
 
     /// Refuses an event of a durable group: redelivered after
@@ -84,6 +89,7 @@ impl Subscription {
     pub fn nack(
         &self,
         event_id: &str,
+        seq: f64,
         #[wasm_bindgen(unchecked_optional_param_type = "string")] reason: Option<String>,
         #[wasm_bindgen(unchecked_optional_param_type = "NackOptions")] opts: Option<JsValue>,
     ) -> Result<bool, JsValue> {
@@ -91,17 +97,21 @@ impl Subscription {
         let opts = Fields::new(&opts, "nack options", &["delay_ms", "final"])?;
         let delay_ms = opts.u64("delay_ms")?;
         let final_ = opts.bool("final")?.unwrap_or(false);
-        Ok(
-            self.with_core(|core, now| {
-                core.nack(now, self.sub, event_id, reason, delay_ms, final_)
-            }),
-        )
+        let Some(seq) = seq_from_js(seq) else {
+            return Ok(false);
+        };
+        Ok(self.with_core(|core, now| {
+            core.nack(now, self.sub, event_id, seq, reason, delay_ms, final_)
+        }))
     }
 
     /// Pushes the ack deadline of an event of a durable group back by the
     /// group's ack timeout, for handlers that take long.
-    pub fn working(&self, event_id: &str) -> bool {
-        self.with_core(|core, now| core.working(now, self.sub, event_id))
+    pub fn working(&self, event_id: &str, seq: f64) -> bool {
+        let Some(seq) = seq_from_js(seq) else {
+            return false;
+        };
+        self.with_core(|core, now| core.working(now, self.sub, event_id, seq))
     }
 
     /// Stops the subscription: its handler gets no more events at once.
@@ -132,4 +142,11 @@ fn unsubscribe(shared: &Rc<Shared>, sub: SubscriptionId) -> Promise {
     shared.runtime.unregister(id);
     shared.drive();
     promise
+}
+
+/// An event's `seq` as JavaScript holds it (a number): a whole number
+/// within the exactly representable range, else `None`.
+fn seq_from_js(seq: f64) -> Option<u64> {
+    const MAX_SAFE: f64 = 9_007_199_254_740_991.0;
+    (seq.fract() == 0.0 && (0.0..=MAX_SAFE).contains(&seq)).then_some(seq as u64)
 }

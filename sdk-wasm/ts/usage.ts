@@ -63,7 +63,7 @@ export async function correctUse(): Promise<void> {
     },
     { from: "earliest", max_inflight: 10, snapshot: false },
   );
-  sub.ack("event-id");
+  sub.ack("event-id", 42);
   await sub.unsubscribe();
 
   // A live subscription; the handler's return value is free.

@@ -100,6 +100,16 @@ macro_rules! entry {
     };
 }
 
+/// An `ACK`, `NACK` or `WORKING` as the group sees it: who sent it and
+/// which delivery it names. It acts only on a delivery that connection
+/// holds (semantics.md §4), found by `seq` when the frame carried one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Settle<'a> {
+    pub conn: ConnId,
+    pub id: &'a str,
+    pub seq: Option<u64>,
+}
+
 /// Per-member limits (from SUBSCRIBE opts, else the group defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MemberOpts {
@@ -793,10 +803,30 @@ impl GroupState {
     // ---------------------------------------------------------------
     // Client answers
 
-    /// `ACK`: the event is done. Unknown or no longer inflight ids are
+    /// The seq of the delivery `settle` names, if its sender holds it: by
+    /// `seq` when given (the event there must have that id), else by id.
+    /// Anything else — another member's delivery, one already settled or
+    /// taken back, a seq that does not match the id — is ignored.
+    fn held(&self, settle: Settle<'_>) -> Option<u64> {
+        let seq = match settle.seq {
+            Some(seq) => seq,
+            None => *self.inflight_ids.get(settle.id)?,
+        };
+        let entry = entry!(self, seq)?;
+        match entry.state {
+            EntryState::Inflight { conn, .. }
+                if conn == settle.conn && *entry.event.id == *settle.id =>
+            {
+                Some(seq)
+            }
+            _ => None,
+        }
+    }
+
+    /// `ACK`: the event is done. Deliveries the sender does not hold are
     /// ignored (protocol.md).
-    pub fn ack(&mut self, id: &str, fx: &mut Effects<'_>) {
-        let Some(&seq) = self.inflight_ids.get(id) else {
+    pub fn ack(&mut self, settle: Settle<'_>, fx: &mut Effects<'_>) {
+        let Some(seq) = self.held(settle) else {
             return;
         };
         fx.counters.acks.inc();
@@ -811,13 +841,13 @@ impl GroupState {
     /// when final or out of attempts.
     pub fn nack(
         &mut self,
-        id: &str,
+        settle: Settle<'_>,
         reason: Option<&str>,
         delay_ms: Option<u64>,
         final_: bool,
         fx: &mut Effects<'_>,
     ) {
-        let Some(&seq) = self.inflight_ids.get(id) else {
+        let Some(seq) = self.held(settle) else {
             return;
         };
         let Some(holder) = self.release(seq, fx) else {
@@ -848,8 +878,8 @@ impl GroupState {
     }
 
     /// `WORKING`: push the ack deadline back by the holder's ack timeout.
-    pub fn working(&mut self, id: &str, fx: &mut Effects<'_>) {
-        let Some(&seq) = self.inflight_ids.get(id) else {
+    pub fn working(&mut self, settle: Settle<'_>, fx: &mut Effects<'_>) {
+        let Some(seq) = self.held(settle) else {
             return;
         };
         let Some(entry) = entry_mut!(self, seq) else {
@@ -1072,6 +1102,25 @@ mod tests {
             .collect()
     }
 
+    /// A settlement of `id` from the member that holds it (by id, as a
+    /// client that sends no seq).
+    fn holder<'a>(group: &GroupState, id: &'a str) -> Settle<'a> {
+        let conn = group
+            .inflight_ids
+            .get(id)
+            .and_then(|seq| group.window.get(seq).or_else(|| group.replays.get(seq)))
+            .and_then(|e| match e.state {
+                EntryState::Inflight { conn, .. } => Some(conn),
+                _ => None,
+            })
+            .unwrap_or(0);
+        Settle {
+            conn,
+            id,
+            seq: None,
+        }
+    }
+
     fn ids(list: &[(String, u32)]) -> Vec<&str> {
         list.iter().map(|(id, _)| id.as_str()).collect()
     }
@@ -1093,11 +1142,11 @@ mod tests {
         assert_eq!(ids(&got_b), ["e3"]);
         // Ack out of order: the cursor waits for e1.
         let (g, mut fx) = h.fx();
-        g.ack("e3", &mut fx);
+        g.ack(holder(g, "e3"), &mut fx);
         assert_eq!(g.cursor(), 0);
-        g.ack("e1", &mut fx);
+        g.ack(holder(g, "e1"), &mut fx);
         assert_eq!(g.cursor(), 3);
-        g.ack("e4", &mut fx);
+        g.ack(holder(g, "e4"), &mut fx);
         assert_eq!(g.cursor(), 4);
         let update = g.take_update().unwrap();
         assert_eq!(update.progress.unwrap().cursor, 4);
@@ -1110,7 +1159,7 @@ mod tests {
         h.live(&[event(1, "jobs.a"), event(2, "jobs.a"), event(3, "jobs.a")]);
         assert_eq!(ids(&deliveries(&a).await), ["e1", "e2"]);
         let (g, mut fx) = h.fx();
-        g.ack("e2", &mut fx);
+        g.ack(holder(g, "e2"), &mut fx);
         assert_eq!(ids(&deliveries(&a).await), ["e3"]);
     }
 
@@ -1141,14 +1190,14 @@ mod tests {
         assert_eq!(ids(&deliveries(&out).await), ["e1", "e2"]);
         assert!(COUNTERS.snapshot().group_lagging > lagging_before);
         let (g, mut fx) = h.fx();
-        g.ack("e1", &mut fx);
+        g.ack(holder(g, "e1"), &mut fx);
         assert_eq!(ids(&deliveries(&out).await), ["e3"]);
         let (g, mut fx) = h.fx();
-        g.ack("e2", &mut fx);
-        g.ack("e3", &mut fx);
+        g.ack(holder(g, "e2"), &mut fx);
+        g.ack(holder(g, "e3"), &mut fx);
         assert_eq!(ids(&deliveries(&out).await), ["e4"]);
         let (g, mut fx) = h.fx();
-        g.ack("e4", &mut fx);
+        g.ack(holder(g, "e4"), &mut fx);
         assert_eq!(g.cursor(), 4);
     }
 
@@ -1176,7 +1225,7 @@ mod tests {
         assert_eq!(ids(&deliveries(&out).await), ["e1"]);
         assert_eq!(connection_bytes.load(Ordering::Relaxed), 11 * one);
         let (g, mut fx) = h.fx();
-        g.ack("e1", &mut fx);
+        g.ack(holder(g, "e1"), &mut fx);
         assert_eq!(ids(&deliveries(&out).await), ["e2"]);
         // Leaving the group gives its bytes back to the connection.
         let (g, mut fx) = h.fx();
@@ -1202,7 +1251,7 @@ mod tests {
         h.live(&[event(1, "jobs.a"), event(2, "jobs.a")]);
         assert_eq!(ids(&deliveries(&out).await), ["e1"]);
         let (g, mut fx) = h.fx();
-        g.ack("e1", &mut fx);
+        g.ack(holder(g, "e1"), &mut fx);
         assert_eq!(ids(&deliveries(&out).await), ["e2"]);
     }
 
@@ -1214,11 +1263,11 @@ mod tests {
         assert_eq!(deliveries(&a).await, [("e1".to_owned(), 1)]);
         for attempt in 2..=3 {
             let (g, mut fx) = h.fx();
-            g.nack("e1", Some("boom"), Some(0), false, &mut fx);
+            g.nack(holder(g, "e1"), Some("boom"), Some(0), false, &mut fx);
             assert_eq!(deliveries(&a).await, [("e1".to_owned(), attempt)]);
         }
         let (g, mut fx) = h.fx();
-        g.nack("e1", Some("boom"), Some(0), false, &mut fx);
+        g.nack(holder(g, "e1"), Some("boom"), Some(0), false, &mut fx);
         assert!(deliveries(&a).await.is_empty());
         assert_eq!(g.cursor(), 1);
         let update = g.take_update().unwrap();
@@ -1228,13 +1277,66 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_the_holder_settles_a_delivery_and_a_given_seq_must_match() {
+        let mut h = Harness::new(0);
+        let a = h.join(1, 10);
+        let b = h.join(2, 10);
+        h.live(&[event(1, "jobs.a"), event(2, "jobs.a")]);
+        assert_eq!(ids(&deliveries(&a).await), ["e1"]);
+        assert_eq!(ids(&deliveries(&b).await), ["e2"]);
+        let (g, mut fx) = h.fx();
+        // Member 2 answers for e1, which member 1 holds: ignored, whether
+        // by id or by seq, and whatever the answer.
+        let foreign = |seq| Settle {
+            conn: 2,
+            id: "e1",
+            seq,
+        };
+        g.nack(foreign(None), Some("x"), None, true, &mut fx);
+        g.nack(foreign(Some(1)), Some("x"), None, true, &mut fx);
+        g.ack(foreign(Some(1)), &mut fx);
+        g.working(foreign(None), &mut fx);
+        assert_eq!(g.cursor(), 0);
+        assert!(g.dead_letters.is_empty());
+        // The holder with a seq that names another event: ignored too.
+        g.ack(
+            Settle {
+                conn: 1,
+                id: "e1",
+                seq: Some(2),
+            },
+            &mut fx,
+        );
+        assert_eq!(g.cursor(), 0);
+        // By seq, from the holder: settled.
+        g.ack(
+            Settle {
+                conn: 1,
+                id: "e1",
+                seq: Some(1),
+            },
+            &mut fx,
+        );
+        assert_eq!(g.cursor(), 1);
+        g.ack(
+            Settle {
+                conn: 2,
+                id: "e2",
+                seq: Some(2),
+            },
+            &mut fx,
+        );
+        assert_eq!(g.cursor(), 2);
+    }
+
+    #[tokio::test]
     async fn nack_delay_and_ack_deadline_use_timers() {
         let mut h = Harness::new(0);
         let a = h.join(1, 10);
         h.live(&[event(1, "jobs.a")]);
         deliveries(&a).await;
         let (g, mut fx) = h.fx();
-        g.nack("e1", None, Some(500), false, &mut fx);
+        g.nack(holder(g, "e1"), None, Some(500), false, &mut fx);
         h.now = 499;
         h.fire_due();
         assert!(deliveries(&a).await.is_empty());
@@ -1248,7 +1350,7 @@ mod tests {
         // WORKING pushes the deadline back.
         h.now = 2000;
         let (g, mut fx) = h.fx();
-        g.working("e1", &mut fx);
+        g.working(holder(g, "e1"), &mut fx);
         h.now = 2600;
         h.fire_due();
         assert!(deliveries(&a).await.is_empty());
@@ -1328,8 +1430,8 @@ mod tests {
         // Still behind (head 12 > 10): the next page starts after 10.
         assert_eq!(group.start_fetch().unwrap().after, 10);
         group.on_fetched(&[], 12, 12, &mut fx);
-        group.ack("e2", &mut fx);
-        group.ack("e4", &mut fx);
+        group.ack(holder(&group, "e2"), &mut fx);
+        group.ack(holder(&group, "e4"), &mut fx);
         assert_eq!(group.cursor(), 12);
         // Caught up: live events flow in.
         group.on_live(&[event(13, "jobs.q")], &mut fx);
@@ -1343,8 +1445,8 @@ mod tests {
         h.live(&[event(1, "jobs.a"), event(2, "jobs.a")]);
         assert_eq!(ids(&deliveries(&a).await), ["e1", "e2"]);
         let (g, mut fx) = h.fx();
-        g.nack("e1", Some("bad"), None, true, &mut fx);
-        g.ack("e2", &mut fx);
+        g.nack(holder(g, "e1"), Some("bad"), None, true, &mut fx);
+        g.ack(holder(g, "e2"), &mut fx);
         assert_eq!(g.cursor(), 2);
         assert_eq!(g.take_update().unwrap().dead_letters.len(), 1);
         // Replayed below the cursor: delivered again, attempt 1.
@@ -1356,7 +1458,7 @@ mod tests {
         assert_eq!(g.view().replaying, 1);
         assert_eq!(deliveries(&a).await, [("e1".to_owned(), 1)]);
         let (g, mut fx) = h.fx();
-        g.ack("e1", &mut fx);
+        g.ack(holder(g, "e1"), &mut fx);
         assert_eq!(g.cursor(), 2, "a replay never moves the cursor back");
         let update = g.take_update().unwrap();
         assert!(update.dead_letters.is_empty());
@@ -1380,14 +1482,14 @@ mod tests {
         h.live(&[event(1, "jobs.a"), event(2, "jobs.a")]);
         deliveries(&a).await;
         let (g, mut fx) = h.fx();
-        g.nack("e2", None, None, true, &mut fx);
+        g.nack(holder(g, "e2"), None, None, true, &mut fx);
         assert_eq!(g.view().done_above, [2]);
         g.replay(event(2, "jobs.a"), &mut fx).unwrap();
         assert_eq!(deliveries(&a).await, [("e2".to_owned(), 1)]);
         let (g, mut fx) = h.fx();
         assert!(g.view().done_above.is_empty());
-        g.nack("e2", Some("still bad"), None, true, &mut fx);
-        g.ack("e1", &mut fx);
+        g.nack(holder(g, "e2"), Some("still bad"), None, true, &mut fx);
+        g.ack(holder(g, "e1"), &mut fx);
         assert_eq!(g.cursor(), 2);
         let update = g.take_update().unwrap();
         assert_eq!(update.dead_letters.len(), 2);
@@ -1413,7 +1515,7 @@ mod tests {
         assert_eq!(ids(&deliveries(&a).await), ["e1", "e2", "e3"]);
         // A plain ACK records nothing.
         let (g, mut fx) = h.fx();
-        g.ack("e1", &mut fx);
+        g.ack(holder(g, "e1"), &mut fx);
         assert_eq!(attempts_in(&g.take_update().unwrap()), []);
         // The member leaves holding e2 and e3 (a page closed before its ACK).
         g.remove_member(1, &mut fx);
@@ -1441,7 +1543,7 @@ mod tests {
         assert_eq!(request.after, 1);
         g.on_fetched(&[event(2, "jobs.a")], 2, 3, &mut fx);
         // e2 fails again (2 attempts used; already out for its third).
-        g.nack("e2", None, Some(0), false, &mut fx);
+        g.nack(holder(g, "e2"), None, Some(0), false, &mut fx);
         let update = g.take_update().unwrap();
         assert_eq!(attempts_in(&update), [(2, 2)]);
         g.start_fetch().unwrap();
@@ -1455,8 +1557,8 @@ mod tests {
             ]
         );
         // Done events are forgotten.
-        g.ack("e2", &mut fx);
-        g.ack("e3", &mut fx);
+        g.ack(holder(g, "e2"), &mut fx);
+        g.ack(holder(g, "e3"), &mut fx);
         let update = g.take_update().unwrap();
         assert_eq!(attempts_in(&update), [(2, 0), (3, 0)]);
         assert_eq!(update.progress.unwrap().cursor, 3);
@@ -1469,8 +1571,8 @@ mod tests {
         h.live(&[event(1, "jobs.a"), event(2, "jobs.a")]);
         deliveries(&a).await;
         let (g, mut fx) = h.fx();
-        g.ack("e2", &mut fx);
-        g.nack("e1", None, None, true, &mut fx);
+        g.ack(holder(g, "e2"), &mut fx);
+        g.nack(holder(g, "e1"), None, None, true, &mut fx);
         let update = g.take_update().unwrap();
         assert!(g.take_update().is_none());
         g.restore_update(update);

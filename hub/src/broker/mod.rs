@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use self::committed::Committed;
 pub(crate) use self::group::{ConnId, GroupView, MemberOpts, MemberView, ReplayRefused};
-use self::group::{Effects, FETCH_SCAN_LIMIT, GroupId, GroupState, Member, TimerKey};
+use self::group::{Effects, FETCH_SCAN_LIMIT, GroupId, GroupState, Member, Settle, TimerKey};
 pub(crate) use self::live::HoldLimits;
 use self::live::LiveIndex;
 use crate::config::GroupDefaults;
@@ -89,11 +89,13 @@ pub(crate) enum Command {
         conn: ConnId,
         key: GroupKey,
         id: String,
+        seq: Option<u64>,
     },
     Nack {
         conn: ConnId,
         key: GroupKey,
         id: String,
+        seq: Option<u64>,
         reason: Option<String>,
         delay_ms: Option<u64>,
         final_: bool,
@@ -102,6 +104,7 @@ pub(crate) enum Command {
         conn: ConnId,
         key: GroupKey,
         id: String,
+        seq: Option<u64>,
     },
     /// A re-AUTH replaced the connection's policy. `applied` is answered
     /// once every later delivery is checked against it, so the connection
@@ -356,23 +359,27 @@ impl Broker {
                 group,
                 rid,
             } => self.unsubscribe(conn, &send_queue, pattern, group, rid),
-            Command::Ack { conn, key, id } => {
-                self.with_member_group(conn, &key, |group, fx| group.ack(&id, fx));
+            Command::Ack { conn, key, id, seq } => {
+                let settle = Settle { conn, id: &id, seq };
+                self.with_member_group(conn, &key, |group, fx| group.ack(settle, fx));
             }
             Command::Nack {
                 conn,
                 key,
                 id,
+                seq,
                 reason,
                 delay_ms,
                 final_,
             } => {
+                let settle = Settle { conn, id: &id, seq };
                 self.with_member_group(conn, &key, |group, fx| {
-                    group.nack(&id, reason.as_deref(), delay_ms, final_, fx);
+                    group.nack(settle, reason.as_deref(), delay_ms, final_, fx);
                 });
             }
-            Command::Working { conn, key, id } => {
-                self.with_member_group(conn, &key, |group, fx| group.working(&id, fx));
+            Command::Working { conn, key, id, seq } => {
+                let settle = Settle { conn, id: &id, seq };
+                self.with_member_group(conn, &key, |group, fx| group.working(settle, fx));
             }
             Command::PolicyChanged {
                 conn,

@@ -515,11 +515,16 @@ impl ClientCore {
     /// subscriptions: nothing to send, `Ok`. Not connected:
     /// [`ClientError::NotConnected`] and nothing is sent — the hub
     /// redelivers every unacknowledged event of a closed connection anyway.
+    ///
+    /// `seq` is the delivered event's: the hub settles the delivery this
+    /// connection holds with that seq (protocol.md), so an answer can never
+    /// act on another delivery of the same id.
     pub fn ack(
         &mut self,
         now: u64,
         sub: SubscriptionId,
         event_id: &str,
+        seq: u64,
     ) -> Result<(), ClientError> {
         if let Some((topic, group)) = self.delivery_target(sub)? {
             self.send_frame(
@@ -528,6 +533,7 @@ impl ClientCore {
                     topic,
                     group: Some(group),
                     id: event_id.to_owned(),
+                    seq: Some(seq),
                 }),
             );
         }
@@ -542,6 +548,7 @@ impl ClientCore {
         now: u64,
         sub: SubscriptionId,
         event_id: &str,
+        seq: u64,
         reason: Option<String>,
         delay_ms: Option<u64>,
         final_: bool,
@@ -553,6 +560,7 @@ impl ClientCore {
                     topic,
                     group: Some(group),
                     id: event_id.to_owned(),
+                    seq: Some(seq),
                     reason,
                     delay_ms,
                     final_: final_.then_some(true),
@@ -569,6 +577,7 @@ impl ClientCore {
         now: u64,
         sub: SubscriptionId,
         event_id: &str,
+        seq: u64,
     ) -> Result<(), ClientError> {
         if let Some((topic, group)) = self.delivery_target(sub)? {
             self.send_frame(
@@ -577,6 +586,7 @@ impl ClientCore {
                     topic,
                     group: Some(group),
                     id: event_id.to_owned(),
+                    seq: Some(seq),
                 }),
             );
         }

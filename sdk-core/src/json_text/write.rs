@@ -581,11 +581,12 @@ mod tests {
                     }),
                     rid: None,
                 }),
-                ClientFrame::Ack(DeliveryRef { topic: pattern.clone(), group: Some(group), id: text.clone() }),
+                ClientFrame::Ack(DeliveryRef { topic: pattern.clone(), group: Some(group), id: text.clone(), seq: Some(seq) }),
                 ClientFrame::Nack(Nack {
                     topic: pattern,
                     group: None,
                     id: text.clone(),
+                    seq: None,
                     reason: Some(text),
                     delay_ms: Some(seq),
                     final_: flag,

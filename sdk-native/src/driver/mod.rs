@@ -688,13 +688,14 @@ impl Driver {
             Command::Settle {
                 sub,
                 event_id,
+                seq,
                 epoch,
                 kind,
             } => {
                 // The handle already told the application what it could
                 // know; a connection lost since then means the hub delivers
                 // the event again, whatever the answer was.
-                if let Err(e) = self.settle(now, sub, &event_id, epoch, kind) {
+                if let Err(e) = self.settle(now, sub, (&event_id, seq), epoch, kind) {
                     tracing::debug!(%sub, event = %event_id, error = %e, "answer not sent");
                 }
             }
@@ -722,7 +723,7 @@ impl Driver {
         &mut self,
         now: u64,
         sub: SubscriptionId,
-        event_id: &str,
+        (event_id, seq): (&str, u64),
         epoch: u64,
         kind: Settle,
     ) -> Result<(), Error> {
@@ -734,13 +735,15 @@ impl Driver {
             return Err(Error::Disconnected);
         }
         let result = match kind {
-            Settle::Ack => self.core.ack(now, sub, event_id),
-            Settle::Working => self.core.working(now, sub, event_id),
+            Settle::Ack => self.core.ack(now, sub, event_id, seq),
+            Settle::Working => self.core.working(now, sub, event_id, seq),
             Settle::Nack {
                 reason,
                 delay_ms,
                 final_,
-            } => self.core.nack(now, sub, event_id, reason, delay_ms, final_),
+            } => self
+                .core
+                .nack(now, sub, event_id, seq, reason, delay_ms, final_),
         };
         result.map_err(Error::from)
     }
