@@ -72,8 +72,6 @@ pub struct HubConfig {
     /// token arrives with less time left). The close comes at `exp` plus the
     /// authenticator's leeway (`auth.jwt_leeway_secs`).
     pub expiring_notice_ms: u64,
-    /// Subscriptions one connection may hold at once.
-    pub max_subscriptions_per_connection: usize,
     /// Publishes of one connection waiting for their commit; more wait for
     /// room (back-pressure on a client that does not wait for PUBACKs).
     pub max_pending_publishes: usize,
@@ -86,6 +84,15 @@ pub struct HubConfig {
     /// How long the log keeps events (TOML table `[retention]`, see
     /// [`crate::retention`]); the default keeps everything.
     pub retention: RetentionConfig,
+    /// Browser origins allowed to open a WebSocket (`https://app.example`),
+    /// compared with the upgrade's `Origin` header; others get HTTP 403.
+    /// Empty: any origin (and requests without one, e.g. native clients,
+    /// are always allowed).
+    pub allowed_origins: Vec<String>,
+    /// PEM certificate chain and private key: the hub then speaks TLS
+    /// (`wss://`, `https://`) itself. Both or neither; re-read on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Static bearer token of the ops API (`/ops`, `/metrics`, `/lag`, ...)
     /// besides JWTs with scope `admin`. `None`: only such JWTs, so a hub
     /// in development mode has no way into the ops API at all.
@@ -215,11 +222,13 @@ impl Default for HubConfig {
             bad_frame_window_ms: 60_000,
             shutdown_grace_ms: 5_000,
             expiring_notice_ms: 30_000,
-            max_subscriptions_per_connection: 1024,
             max_pending_publishes: 4096,
             outbox: Vec::new(),
             limits: LimitsConfig::default(),
             retention: RetentionConfig::default(),
+            allowed_origins: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
             admin_token: None,
         }
     }
@@ -285,7 +294,7 @@ impl HubConfig {
         if self.ephemeral_buffer_frames == 0 || self.ephemeral_buffer_bytes == 0 {
             return Err("ephemeral buffer limits must be positive".to_owned());
         }
-        if self.max_subscriptions_per_connection == 0 || self.max_pending_publishes == 0 {
+        if self.max_pending_publishes == 0 {
             return Err("per-connection limits must be positive".to_owned());
         }
         if self.max_bad_frames == 0 {
@@ -295,6 +304,16 @@ impl HubConfig {
             && !dir.is_dir()
         {
             return Err(format!("www {} is not a directory", dir.display()));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("tls_cert and tls_key (--tls-cert, --tls-key) go together".to_owned());
+        }
+        for origin in &self.allowed_origins {
+            if origin.trim().is_empty() || origin.ends_with('/') {
+                return Err(format!(
+                    "allowed_origins: {origin:?} is not an origin (scheme://host[:port], no path)"
+                ));
+            }
         }
         self.groups.validate()?;
         self.limits.validate()?;
@@ -350,6 +369,31 @@ pub struct LimitsConfig {
     /// fraction of a second.
     pub max_rate_limited: u32,
     pub rate_limited_window_ms: u64,
+    /// Open connections (TCP, TLS or WebSocket: every accepted socket
+    /// counts); past it a new one gets HTTP 503 and is closed. `None`:
+    /// derived at start from the file-descriptor limit (which the hub
+    /// raises to its hard limit), leaving room for the store and logs.
+    pub max_connections: Option<usize>,
+    /// Open connections from one IP address; `None`: no per-address cap.
+    pub max_connections_per_ip: Option<usize>,
+    /// A socket must complete its HTTP request (the WebSocket upgrade, or
+    /// any request's headers) within this many ms, or it is closed.
+    pub upgrade_timeout_ms: u64,
+    /// A WebSocket must send AUTH within this many ms of the upgrade, or it
+    /// is closed with 4001.
+    pub auth_timeout_ms: u64,
+    /// Subscriptions (live and group) one connection may hold at once;
+    /// one more gets `ERR limit_exceeded`.
+    pub max_subscriptions_per_connection: usize,
+    /// Durable groups the hub keeps (stored); a SUBSCRIBE that would
+    /// create one more gets `ERR limit_exceeded`.
+    pub max_groups: usize,
+    /// Group subscriptions one connection may hold at once.
+    pub max_groups_per_connection: usize,
+    /// Bytes of event data all groups together may hold in memory: events
+    /// read ahead from the store and deliveries not yet acknowledged. Past
+    /// it groups wait (they lag; nothing is dropped).
+    pub group_buffer_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -361,6 +405,14 @@ impl Default for LimitsConfig {
             topic_publish_burst: None,
             max_rate_limited: 1000,
             rate_limited_window_ms: 10_000,
+            max_connections: None,
+            max_connections_per_ip: None,
+            upgrade_timeout_ms: 10_000,
+            auth_timeout_ms: 10_000,
+            max_subscriptions_per_connection: 1024,
+            max_groups: 100_000,
+            max_groups_per_connection: 128,
+            group_buffer_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -395,8 +447,31 @@ impl LimitsConfig {
                     .to_owned(),
             );
         }
+        let positive = [
+            ("max_connections", self.max_connections.unwrap_or(1)),
+            (
+                "max_connections_per_ip",
+                self.max_connections_per_ip.unwrap_or(1),
+            ),
+            ("upgrade_timeout_ms", to_usize(self.upgrade_timeout_ms)),
+            ("auth_timeout_ms", to_usize(self.auth_timeout_ms)),
+            (
+                "max_subscriptions_per_connection",
+                self.max_subscriptions_per_connection,
+            ),
+            ("max_groups", self.max_groups),
+            ("max_groups_per_connection", self.max_groups_per_connection),
+            ("group_buffer_bytes", self.group_buffer_bytes),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("limits.{name} must be positive"));
+        }
         Ok(())
     }
+}
+
+fn to_usize(value: u64) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
 }
 
 fn quota(rate: Option<f64>, burst: Option<u32>) -> Option<RateLimit> {

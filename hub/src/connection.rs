@@ -795,13 +795,14 @@ impl Connection {
             group.as_ref().map(|g| g.as_str().to_owned()),
         );
         if !self.subscriptions.contains(&key)
-            && self.subscriptions.len() >= self.config().max_subscriptions_per_connection
+            && self.subscriptions.len() >= self.config().limits.max_subscriptions_per_connection
         {
+            crate::refusals::count(crate::refusals::Refusal::SubscriptionCap);
             self.send_error(
-                ErrorCode::BadRequest,
+                ErrorCode::LimitExceeded,
                 format!(
-                    "at most {} subscriptions per connection",
-                    self.config().max_subscriptions_per_connection
+                    "at most {} subscriptions per connection (limits.max_subscriptions_per_connection)",
+                    self.config().limits.max_subscriptions_per_connection
                 ),
                 rid,
             );

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod metrics;
 mod ops;
 mod outbox_drain;
+pub mod refusals;
 pub mod replay;
 pub mod retention;
 mod send_queue;

@@ -123,6 +123,38 @@ struct ServeArgs {
     /// [default: keep everything]
     #[arg(long, env = "PROMHUB_RETENTION_MAX_EVENTS")]
     retention_max_events: Option<u64>,
+    /// Open connections at most; past it new ones get HTTP 503
+    /// [default: derived from the file-descriptor limit]
+    #[arg(long, env = "PROMHUB_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Open connections per client IP address at most [default: no cap]
+    #[arg(long, env = "PROMHUB_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
+    /// A socket must complete its HTTP request (the WebSocket upgrade)
+    /// within this many ms [default: 10000]
+    #[arg(long, env = "PROMHUB_UPGRADE_TIMEOUT_MS")]
+    upgrade_timeout_ms: Option<u64>,
+    /// A WebSocket must send AUTH within this many ms [default: 10000]
+    #[arg(long, env = "PROMHUB_AUTH_TIMEOUT_MS")]
+    auth_timeout_ms: Option<u64>,
+    /// Durable groups the hub keeps at most [default: 100000]
+    #[arg(long, env = "PROMHUB_MAX_GROUPS")]
+    max_groups: Option<usize>,
+    /// Bytes of event data all groups together hold in memory (read-ahead
+    /// and unacknowledged deliveries) [default: 33554432]
+    #[arg(long, env = "PROMHUB_GROUP_BUFFER_BYTES")]
+    group_buffer_bytes: Option<usize>,
+    /// Browser origins allowed to open a WebSocket, comma-separated
+    /// (https://app.example,https://ops.example) [default: any]
+    #[arg(long, env = "PROMHUB_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+    /// PEM certificate chain: serve TLS (wss://) with --tls-key; both are
+    /// re-read on SIGHUP [default: plain TCP]
+    #[arg(long, env = "PROMHUB_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "PROMHUB_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Static admin token for the ops API (/ops, /metrics, /lag, ...; at
     /// least 16 characters). Without it only JWTs with scope `admin` are
     /// admitted, so in development mode the ops API is closed [default: none]
@@ -199,6 +231,32 @@ impl ServeArgs {
         }
         if let Some(count) = self.retention_max_events {
             config.retention.max_events_per_topic = Some(count);
+        }
+        let limits = &mut config.limits;
+        if self.max_connections.is_some() {
+            limits.max_connections = self.max_connections;
+        }
+        if self.max_connections_per_ip.is_some() {
+            limits.max_connections_per_ip = self.max_connections_per_ip;
+        }
+        if let Some(ms) = self.upgrade_timeout_ms {
+            limits.upgrade_timeout_ms = ms;
+        }
+        if let Some(ms) = self.auth_timeout_ms {
+            limits.auth_timeout_ms = ms;
+        }
+        if let Some(count) = self.max_groups {
+            limits.max_groups = count;
+        }
+        if let Some(bytes) = self.group_buffer_bytes {
+            limits.group_buffer_bytes = bytes;
+        }
+        if !self.allowed_origins.is_empty() {
+            config.allowed_origins = self.allowed_origins;
+        }
+        if self.tls_cert.is_some() {
+            config.tls_cert = self.tls_cert;
+            config.tls_key = self.tls_key;
         }
         self.auth.apply(&mut config.auth);
         config.validate().map_err(anyhow::Error::msg)?;

@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 use crate::limits::{BackpressureSnapshot, COUNTERS};
+use crate::refusals::Refusal;
 
 /// Per-group lag series exported at most (the groups with the most lag).
 pub const MAX_GROUP_SERIES: usize = 50;
@@ -50,6 +51,11 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
     op: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhatLabel {
+    what: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -170,6 +176,9 @@ pub struct Metrics {
 /// Rate limiting and slow consumers (counted in `limits::COUNTERS`, moved
 /// into these counters at each scrape).
 struct BackpressureMetrics {
+    /// `refusals_total{what}`, one series per [`Refusal`].
+    refusals: Vec<(Refusal, Counter)>,
+    refusals_exported: Mutex<Vec<u64>>,
     rate_limited: Counter,
     rate_limit_closes: Counter,
     slow_consumer_closes: Counter,
@@ -179,7 +188,23 @@ struct BackpressureMetrics {
 
 impl BackpressureMetrics {
     fn register(registry: &mut Registry) -> Self {
+        let refusals_family = Family::<WhatLabel, Counter>::default();
+        registry.register(
+            "refusals",
+            "What the hub refused, cut or made wait to protect itself (semantics.md §4a), by what",
+            refusals_family.clone(),
+        );
         let metrics = BackpressureMetrics {
+            refusals: Refusal::ALL
+                .iter()
+                .map(|&what| {
+                    let label = WhatLabel {
+                        what: what.as_str(),
+                    };
+                    (what, refusals_family.get_or_create_owned(&label))
+                })
+                .collect(),
+            refusals_exported: Mutex::new(vec![0; Refusal::ALL.len()]),
             rate_limited: Counter::default(),
             rate_limit_closes: Counter::default(),
             slow_consumer_closes: Counter::default(),
@@ -228,6 +253,15 @@ impl BackpressureMetrics {
         self.group_lagging
             .inc_by(gained(now.group_lagging, exported.group_lagging));
         *exported = now;
+        let mut refusals_exported = self
+            .refusals_exported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ((what, counter), before) in self.refusals.iter().zip(refusals_exported.iter_mut()) {
+            let now = crate::refusals::total(*what);
+            counter.inc_by(gained(now, *before));
+            *before = now;
+        }
     }
 }
 

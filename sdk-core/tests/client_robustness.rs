@@ -7,7 +7,7 @@ mod client_support;
 use std::collections::BTreeMap;
 
 use client_support::*;
-use promhub_core::client::{ClientEvent, ConnectionState, RequestId, Transmit};
+use promhub_core::client::{ClientEvent, ConnectionState, Delivered, RequestId, Transmit};
 use promhub_core::frames::{PublishOpts, SubscribeOpts, to_payload};
 use promhub_core::{Group, Pattern, Topic};
 use proptest::prelude::*;
@@ -309,14 +309,21 @@ fn run(inputs: Vec<Input>) -> Result<(), TestCaseError> {
             }
             Input::Ack(i) => {
                 if !subs.is_empty() {
-                    let _ = h.core.ack(now, subs[i % subs.len()], "e", 1);
+                    let _ = h
+                        .core
+                        .ack(now, subs[i % subs.len()], Delivered { id: "e", seq: 1 });
                 }
             }
             Input::Nack(i) => {
                 if !subs.is_empty() {
-                    let _ = h
-                        .core
-                        .nack(now, subs[i % subs.len()], "e", 1, None, Some(1), false);
+                    let _ = h.core.nack(
+                        now,
+                        subs[i % subs.len()],
+                        Delivered { id: "e", seq: 1 },
+                        None,
+                        Some(1),
+                        false,
+                    );
                 }
             }
             Input::Ping => {

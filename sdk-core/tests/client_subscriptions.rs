@@ -5,10 +5,15 @@
 mod client_support;
 
 use client_support::*;
-use promhub_core::client::{ClientError, ClientEvent, RequestError, SubscriptionId, Unmatched};
+use promhub_core::client::{
+    ClientError, ClientEvent, Delivered, RequestError, SubscriptionId, Unmatched,
+};
 use promhub_core::frames::{ErrorCode, StartFrom, SubscribeOpts};
 use promhub_core::{Group, Pattern};
 use serde_json::{Value, json};
+
+/// A delivery for answers whose content does not matter.
+const E1: Delivered<'static> = Delivered { id: "e", seq: 1 };
 
 fn subscribe(h: &mut Harness, pattern: &str, group: Option<&str>) -> SubscriptionId {
     h.core
@@ -325,20 +330,32 @@ fn ack_nack_and_working_send_the_exact_frames() {
     let mut h = Harness::connected(config());
     let sub = subscribe(&mut h, "process.**", Some("ops"));
     h.sent();
-    h.core.ack(h.now, sub, "e-1", 1).unwrap();
+    h.core
+        .ack(h.now, sub, Delivered { id: "e-1", seq: 1 })
+        .unwrap();
     h.core
         .nack(
             h.now,
             sub,
-            "e-2",
-            2,
+            Delivered { id: "e-2", seq: 2 },
             Some("db down".to_owned()),
             Some(5_000),
             false,
         )
         .unwrap();
-    h.core.nack(h.now, sub, "e-3", 3, None, None, true).unwrap();
-    h.core.working(h.now, sub, "e-4", 4).unwrap();
+    h.core
+        .nack(
+            h.now,
+            sub,
+            Delivered { id: "e-3", seq: 3 },
+            None,
+            None,
+            true,
+        )
+        .unwrap();
+    h.core
+        .working(h.now, sub, Delivered { id: "e-4", seq: 4 })
+        .unwrap();
     assert_eq!(
         h.sent(),
         vec![
@@ -355,9 +372,9 @@ fn acks_of_ephemeral_subscriptions_send_nothing() {
     let mut h = Harness::connected(config());
     let live = subscribe(&mut h, "a.**", None);
     h.sent();
-    assert_eq!(h.core.ack(h.now, live, "e", 1), Ok(()));
-    assert_eq!(h.core.nack(h.now, live, "e", 1, None, None, true), Ok(()));
-    assert_eq!(h.core.working(h.now, live, "e", 1), Ok(()));
+    assert_eq!(h.core.ack(h.now, live, E1), Ok(()));
+    assert_eq!(h.core.nack(h.now, live, E1, None, None, true), Ok(()));
+    assert_eq!(h.core.working(h.now, live, E1), Ok(()));
     assert!(h.transmits().is_empty());
 }
 
@@ -367,12 +384,9 @@ fn acks_while_disconnected_are_refused_and_dropped() {
     let sub = subscribe(&mut h, "a.**", Some("g"));
     h.sent();
     h.core.handle_socket_closed(h.now, Some(1001), "");
+    assert_eq!(h.core.ack(h.now, sub, E1), Err(ClientError::NotConnected));
     assert_eq!(
-        h.core.ack(h.now, sub, "e", 1),
-        Err(ClientError::NotConnected)
-    );
-    assert_eq!(
-        h.core.working(h.now, sub, "e", 1),
+        h.core.working(h.now, sub, E1),
         Err(ClientError::NotConnected)
     );
     let delay = reconnects(&h.events())[0].1;
@@ -384,7 +398,7 @@ fn acks_while_disconnected_are_refused_and_dropped() {
     let unknown = sub;
     h.core.unsubscribe(h.now, unknown).unwrap();
     assert_eq!(
-        h.core.ack(h.now, unknown, "e", 1),
+        h.core.ack(h.now, unknown, E1),
         Err(ClientError::UnknownSubscription(unknown))
     );
 }

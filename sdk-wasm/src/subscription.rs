@@ -4,7 +4,7 @@
 use std::rc::{Rc, Weak};
 
 use js_sys::Promise;
-use promhub_core::client::SubscriptionId;
+use promhub_core::client::{Delivered, SubscriptionId};
 use wasm_bindgen::prelude::*;
 
 use crate::bindings::{PENDING_UNSUBSCRIBE, now_ms};
@@ -80,7 +80,7 @@ impl Subscription {
         let Some(seq) = seq_from_js(seq) else {
             return false;
         };
-        self.with_core(|core, now| core.ack(now, self.sub, event_id, seq))
+        self.with_core(|core, now| core.ack(now, self.sub, Delivered { id: event_id, seq }))
     }
 
     /// Refuses an event of a durable group: redelivered after
@@ -101,7 +101,14 @@ impl Subscription {
             return Ok(false);
         };
         Ok(self.with_core(|core, now| {
-            core.nack(now, self.sub, event_id, seq, reason, delay_ms, final_)
+            core.nack(
+                now,
+                self.sub,
+                Delivered { id: event_id, seq },
+                reason,
+                delay_ms,
+                final_,
+            )
         }))
     }
 
@@ -111,7 +118,7 @@ impl Subscription {
         let Some(seq) = seq_from_js(seq) else {
             return false;
         };
-        self.with_core(|core, now| core.working(now, self.sub, event_id, seq))
+        self.with_core(|core, now| core.working(now, self.sub, Delivered { id: event_id, seq }))
     }
 
     /// Stops the subscription: its handler gets no more events at once.

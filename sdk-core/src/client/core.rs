@@ -32,6 +32,14 @@ pub mod close_code {
     pub const PROTOCOL_VIOLATION: u16 = crate::frames::close::PROTOCOL_VIOLATION;
 }
 
+/// Names the delivery of a durable group an answer (`ACK`, `NACK`,
+/// `WORKING`) is for: the event's id and seq, as delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered<'a> {
+    pub id: &'a str,
+    pub seq: u64,
+}
+
 /// The sans-IO promhub client: feed it inputs, execute its outputs.
 ///
 /// See the [module documentation](super) for the driver contract and an
@@ -516,15 +524,14 @@ impl ClientCore {
     /// [`ClientError::NotConnected`] and nothing is sent — the hub
     /// redelivers every unacknowledged event of a closed connection anyway.
     ///
-    /// `seq` is the delivered event's: the hub settles the delivery this
-    /// connection holds with that seq (protocol.md), so an answer can never
-    /// act on another delivery of the same id.
+    /// The hub settles the delivery this connection holds with the
+    /// event's seq (protocol.md), so an answer can never act on another
+    /// delivery of the same id.
     pub fn ack(
         &mut self,
         now: u64,
         sub: SubscriptionId,
-        event_id: &str,
-        seq: u64,
+        delivered: Delivered<'_>,
     ) -> Result<(), ClientError> {
         if let Some((topic, group)) = self.delivery_target(sub)? {
             self.send_frame(
@@ -532,8 +539,8 @@ impl ClientCore {
                 &ClientFrame::Ack(DeliveryRef {
                     topic,
                     group: Some(group),
-                    id: event_id.to_owned(),
-                    seq: Some(seq),
+                    id: delivered.id.to_owned(),
+                    seq: Some(delivered.seq),
                 }),
             );
         }
@@ -547,8 +554,7 @@ impl ClientCore {
         &mut self,
         now: u64,
         sub: SubscriptionId,
-        event_id: &str,
-        seq: u64,
+        delivered: Delivered<'_>,
         reason: Option<String>,
         delay_ms: Option<u64>,
         final_: bool,
@@ -559,8 +565,8 @@ impl ClientCore {
                 &ClientFrame::Nack(Nack {
                     topic,
                     group: Some(group),
-                    id: event_id.to_owned(),
-                    seq: Some(seq),
+                    id: delivered.id.to_owned(),
+                    seq: Some(delivered.seq),
                     reason,
                     delay_ms,
                     final_: final_.then_some(true),
@@ -576,8 +582,7 @@ impl ClientCore {
         &mut self,
         now: u64,
         sub: SubscriptionId,
-        event_id: &str,
-        seq: u64,
+        delivered: Delivered<'_>,
     ) -> Result<(), ClientError> {
         if let Some((topic, group)) = self.delivery_target(sub)? {
             self.send_frame(
@@ -585,8 +590,8 @@ impl ClientCore {
                 &ClientFrame::Working(DeliveryRef {
                     topic,
                     group: Some(group),
-                    id: event_id.to_owned(),
-                    seq: Some(seq),
+                    id: delivered.id.to_owned(),
+                    seq: Some(delivered.seq),
                 }),
             );
         }

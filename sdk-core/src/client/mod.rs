@@ -155,7 +155,7 @@ mod requests;
 mod subscriptions;
 
 pub use self::config::{ClientConfig, HeartbeatConfig, QueueConfig, QueuePolicy, ReconnectConfig};
-pub use self::core::{ClientCore, close_code};
+pub use self::core::{ClientCore, Delivered, close_code};
 pub use self::events::{
     ClientError, ClientEvent, ConnectionState, RequestError, RequestId, StateReason,
     SubscriptionId, Transmit, Unmatched,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use promhub_core::client::{
-    ClientCore, ClientEvent, ConnectionState, ReconnectConfig, RequestId, StateReason,
+    ClientCore, ClientEvent, ConnectionState, Delivered, ReconnectConfig, RequestId, StateReason,
     SubscriptionId, Transmit,
 };
 use promhub_core::frames::Group;
@@ -734,16 +734,17 @@ impl Driver {
             // the truth (the event is processed) and saves a duplicate.
             return Err(Error::Disconnected);
         }
+        let delivered = Delivered { id: event_id, seq };
         let result = match kind {
-            Settle::Ack => self.core.ack(now, sub, event_id, seq),
-            Settle::Working => self.core.working(now, sub, event_id, seq),
+            Settle::Ack => self.core.ack(now, sub, delivered),
+            Settle::Working => self.core.working(now, sub, delivered),
             Settle::Nack {
                 reason,
                 delay_ms,
                 final_,
             } => self
                 .core
-                .nack(now, sub, event_id, seq, reason, delay_ms, final_),
+                .nack(now, sub, delivered, reason, delay_ms, final_),
         };
         result.map_err(Error::from)
     }
