@@ -27,8 +27,9 @@ use promhub_hub::store::mongo::{MongoOptions, MongoStore};
 use promhub_hub::store::sqlite::{SqliteOptions, SqliteStore};
 use promhub_hub::store::writer::StoreWriter;
 use promhub_hub::store::{
-    CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupProgress, GroupRecord, NewEvent,
-    PendingCommit, RetentionPass, RetentionPolicy, Store, StoreError,
+    CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupProgress, GroupRecord, LatestCursor,
+    LatestPage, NewEvent, PageLimits, PendingCommit, RetentionPass, RetentionPolicy, Store,
+    StoreError,
 };
 use serde_json::value::RawValue;
 
@@ -89,8 +90,13 @@ impl Store for Counting {
     async fn first_seq(&self) -> Result<Option<u64>, StoreError> {
         self.inner.first_seq().await
     }
-    async fn latest_by_key(&self, pattern: &Pattern) -> Result<Vec<Event>, StoreError> {
-        self.inner.latest_by_key(pattern).await
+    async fn latest_by_key_page(
+        &self,
+        pattern: &Pattern,
+        after: Option<&LatestCursor>,
+        limits: PageLimits,
+    ) -> Result<LatestPage, StoreError> {
+        self.inner.latest_by_key_page(pattern, after, limits).await
     }
     async fn latest_for_key(&self, topic: &Topic, key: &str) -> Result<Option<Event>, StoreError> {
         self.inner.latest_for_key(topic, key).await

@@ -171,7 +171,7 @@ async fn write_loop(
     let mut batch = Vec::new();
     loop {
         match send_queue.drain(&mut batch).await {
-            Drained::Frames => {
+            Drained::Frames(bytes) => {
                 for message in batch.drain(..) {
                     if let Message::Text(text) = &message {
                         metrics.frames_out.inc(encoded_op(text));
@@ -185,6 +185,7 @@ async fn write_loop(
                     send_queue.close(CloseReason::new(close::NORMAL, "socket error"));
                     return;
                 }
+                send_queue.written(bytes);
                 // Do not keep a burst's worth of capacity for an idle
                 // connection.
                 if batch.capacity() > 256 {

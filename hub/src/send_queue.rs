@@ -5,6 +5,10 @@
 //! drains everything queued at once and flushes the socket once per drain,
 //! so a burst of frames costs one write syscall, not one per frame.
 //!
+//! A frame counts against the bounds from the moment it is queued until the
+//! writer has written it to the socket, so frames the writer holds for a
+//! peer that does not read are counted too.
+//!
 //! Live (ephemeral) deliveries are bounded in frames and bytes: the hub
 //! never buffers without bound for a slow reader, it closes the connection
 //! with 4009 instead (semantics.md §4). Other frames (answers, group
@@ -53,6 +57,8 @@ pub enum LivePush {
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<Message>,
+    /// Bytes of the queued frames plus those the writer took and has not
+    /// written yet: what the connection holds, which the bounds apply to.
     bytes: usize,
     close: Option<CloseReason>,
 }
@@ -60,8 +66,9 @@ struct State {
 /// What the writer task should do next.
 #[derive(Debug)]
 pub enum Drained {
-    /// Send these frames, then flush.
-    Frames,
+    /// Send these frames (this many bytes), flush, then report them
+    /// [`SendQueue::written`].
+    Frames(usize),
     /// Send this close frame and stop (queued frames were sent before).
     Close(CloseReason),
 }
@@ -166,9 +173,23 @@ impl SendQueue {
         self.lock().close.is_some()
     }
 
-    /// Bytes currently queued.
+    /// Bytes queued or being written.
     pub fn queued_bytes(&self) -> usize {
         self.lock().bytes
+    }
+
+    /// True when no frame waits to be taken by the writer.
+    #[cfg(test)]
+    pub fn has_frames(&self) -> bool {
+        !self.lock().frames.is_empty()
+    }
+
+    /// The writer wrote and flushed `bytes` of what it took: room for more.
+    pub fn written(&self, bytes: usize) {
+        let mut state = self.lock();
+        state.bytes = state.bytes.saturating_sub(bytes);
+        drop(state);
+        self.drained.notify_waiters();
     }
 
     /// Waits until fewer than `bytes` are queued, or the connection closes.
@@ -188,22 +209,24 @@ impl SendQueue {
         }
     }
 
-    /// Waits for work and moves every queued frame into `batch`.
+    /// Waits for work and moves every queued frame into `batch`. Their
+    /// bytes still count against the bounds until the writer reports them
+    /// [`written`](Self::written): a peer that does not read holds at most
+    /// the bound, whether the frames wait here or in the writer.
     pub async fn drain(&self, batch: &mut Vec<Message>) -> Drained {
         loop {
             {
                 let mut state = self.lock();
                 if !state.frames.is_empty() {
+                    let start = batch.len();
                     batch.extend(state.frames.drain(..));
-                    state.bytes = 0;
                     // Do not keep a burst's worth of capacity for a
                     // connection that goes idle.
                     if state.frames.capacity() > 1024 {
                         state.frames.shrink_to(64);
                     }
                     drop(state);
-                    self.drained.notify_waiters();
-                    return Drained::Frames;
+                    return Drained::Frames(batch[start..].iter().map(message_len).sum());
                 }
                 if let Some(reason) = &state.close {
                     return Drained::Close(reason.clone());
@@ -241,11 +264,13 @@ mod tests {
         assert!(send_queue.push("a"));
         assert_eq!(send_queue.push_live("b".into()), LivePush::Queued);
         let mut batch = Vec::new();
-        assert!(matches!(
-            send_queue.drain(&mut batch).await,
-            Drained::Frames
-        ));
-        assert_eq!(batch.len(), 2);
+        let Drained::Frames(bytes) = send_queue.drain(&mut batch).await else {
+            panic!("expected frames");
+        };
+        assert_eq!((batch.len(), bytes), (2, 2));
+        // Taken by the writer, not written yet: still held.
+        assert_eq!(send_queue.queued_bytes(), 2);
+        send_queue.written(bytes);
         assert_eq!(send_queue.queued_bytes(), 0);
     }
 
@@ -260,9 +285,24 @@ mod tests {
         let mut batch = Vec::new();
         match send_queue.drain(&mut batch).await {
             Drained::Close(reason) => assert_eq!(reason.code, SLOW_CONSUMER),
-            Drained::Frames => panic!("expected close, got {batch:?}"),
+            Drained::Frames(_) => panic!("expected close, got {batch:?}"),
         }
         assert!(batch.is_empty());
+    }
+
+    #[tokio::test]
+    async fn frames_taken_by_the_writer_count_until_written() {
+        let send_queue = SendQueue::new(limits(100, 5));
+        assert_eq!(send_queue.push_live("abc".into()), LivePush::Queued);
+        let mut batch = Vec::new();
+        let Drained::Frames(bytes) = send_queue.drain(&mut batch).await else {
+            panic!("expected frames");
+        };
+        // The writer is stuck on a peer that does not read: the queue is
+        // empty but the connection still holds 3 bytes.
+        assert_eq!(send_queue.push_live("abc".into()), LivePush::Overflowed);
+        send_queue.written(bytes);
+        assert_eq!(send_queue.queued_bytes(), 0);
     }
 
     #[tokio::test]
@@ -280,13 +320,13 @@ mod tests {
         let mut batch = Vec::new();
         assert!(matches!(
             send_queue.drain(&mut batch).await,
-            Drained::Frames
+            Drained::Frames(_)
         ));
         assert_eq!(batch.len(), 1);
         batch.clear();
         match send_queue.drain(&mut batch).await {
             Drained::Close(reason) => assert_eq!(reason.code, 1001),
-            Drained::Frames => panic!("expected close"),
+            Drained::Frames(_) => panic!("expected close"),
         }
     }
 }

@@ -10,15 +10,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use promhub_core::frames::{DeliveryCtx, Event, encode_event_delivery};
-use promhub_core::{Action, Pattern, Policy};
+use promhub_core::{Action, Pattern, Policy, Topic};
 
 use super::committed::Committed;
 use super::group::ConnId;
 use crate::limits::COUNTERS;
-use crate::send_queue::{LivePush, SendQueue};
+use crate::refusals::{self, Refusal};
+use crate::send_queue::{CloseReason, LivePush, SLOW_CONSUMER, SendQueue};
 
 #[derive(Debug)]
 struct LiveSub {
@@ -30,11 +32,67 @@ struct LiveSub {
     snapshot: Option<SnapshotHold>,
 }
 
+/// A snapshot being sent: the live events after `upto` wait here (bounded
+/// like the send queue) until its last page is queued.
 #[derive(Debug)]
 struct SnapshotHold {
+    /// Tells this snapshot from a later one of the same subscription (a
+    /// SUBSCRIBE again with `snapshot` starts over).
+    id: u64,
     upto: u64,
     held: Vec<Utf8Bytes>,
     held_bytes: usize,
+    /// Set once the snapshot is finished, replaced, cut or unsubscribed:
+    /// its page reader stops reading.
+    cancelled: Arc<AtomicBool>,
+}
+
+impl SnapshotHold {
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+    }
+}
+
+/// What the page reader of a new snapshot needs.
+#[derive(Debug, Clone)]
+pub(crate) struct SnapshotTicket {
+    pub id: u64,
+    pub cancelled: Arc<AtomicBool>,
+}
+
+/// One latest-by-key event of a snapshot page, encoded as its EVENT frame
+/// for the subscription.
+#[derive(Debug)]
+pub(crate) struct SnapshotFrame {
+    pub seq: u64,
+    pub topic: Topic,
+    pub frame: Utf8Bytes,
+}
+
+impl SnapshotFrame {
+    /// The frame of `event` for a snapshot of `pattern`.
+    pub fn encode(pattern: &Pattern, event: &Event) -> Option<SnapshotFrame> {
+        let json = serde_json::value::to_raw_value(event).ok()?;
+        let ctx = DeliveryCtx {
+            attempt: 1,
+            ack_deadline: None,
+            snapshot: Some(true),
+        };
+        Some(SnapshotFrame {
+            seq: event.seq,
+            topic: event.topic.clone(),
+            frame: encode_event_delivery(pattern, None, &json, &ctx).into(),
+        })
+    }
+}
+
+/// Whether a snapshot goes on after a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SnapshotStep {
+    /// Read the next page.
+    Continue,
+    /// Finished, cut, or no longer wanted: read nothing more.
+    Stop,
 }
 
 #[derive(Debug)]
@@ -58,6 +116,7 @@ pub(crate) struct LiveIndex {
     /// Patterns with wildcards: each is matched against every event.
     wildcard: HashMap<String, PatternSubs>,
     hold_limits: HoldLimits,
+    next_snapshot: u64,
 }
 
 impl LiveIndex {
@@ -66,6 +125,7 @@ impl LiveIndex {
             exact: HashMap::new(),
             wildcard: HashMap::new(),
             hold_limits,
+            next_snapshot: 0,
         }
     }
 
@@ -78,7 +138,8 @@ impl LiveIndex {
     }
 
     /// Adds (or refreshes) a subscription. With `snapshot_upto`, live events
-    /// after that seq are held until [`LiveIndex::finish_snapshot`].
+    /// after that seq are held until the snapshot's last page
+    /// ([`LiveIndex::snapshot_page`]); the ticket is for its page reader.
     pub fn subscribe(
         &mut self,
         conn: ConnId,
@@ -86,7 +147,21 @@ impl LiveIndex {
         send_queue: Arc<SendQueue>,
         policy: Arc<Policy>,
         snapshot_upto: Option<u64>,
-    ) {
+    ) -> Option<SnapshotTicket> {
+        let snapshot = snapshot_upto.map(|upto| {
+            self.next_snapshot += 1;
+            SnapshotHold {
+                id: self.next_snapshot,
+                upto,
+                held: Vec::new(),
+                held_bytes: 0,
+                cancelled: Arc::default(),
+            }
+        });
+        let ticket = snapshot.as_ref().map(|hold| SnapshotTicket {
+            id: hold.id,
+            cancelled: Arc::clone(&hold.cancelled),
+        });
         let entry = self
             .table(pattern)
             .entry(pattern.as_str().to_owned())
@@ -94,16 +169,15 @@ impl LiveIndex {
                 pattern: pattern.clone(),
                 subs: Vec::new(),
             });
-        let snapshot = snapshot_upto.map(|upto| SnapshotHold {
-            upto,
-            held: Vec::new(),
-            held_bytes: 0,
-        });
         match entry.subs.iter_mut().find(|s| s.conn == conn) {
             Some(existing) => {
                 existing.policy = policy;
                 existing.send_queue = send_queue;
                 if snapshot.is_some() {
+                    // A new snapshot replaces one still being sent.
+                    if let Some(old) = existing.snapshot.take() {
+                        old.cancel();
+                    }
                     existing.snapshot = snapshot;
                 }
             }
@@ -114,6 +188,7 @@ impl LiveIndex {
                 snapshot,
             }),
         }
+        ticket
     }
 
     /// Removes a subscription; true if it existed.
@@ -121,7 +196,15 @@ impl LiveIndex {
         for table in [&mut self.exact, &mut self.wildcard] {
             if let Some(entry) = table.get_mut(pattern) {
                 let before = entry.subs.len();
-                entry.subs.retain(|s| s.conn != conn);
+                entry.subs.retain(|s| {
+                    if s.conn != conn {
+                        return true;
+                    }
+                    if let Some(hold) = &s.snapshot {
+                        hold.cancel();
+                    }
+                    false
+                });
                 let removed = entry.subs.len() != before;
                 if entry.subs.is_empty() {
                     table.remove(pattern);
@@ -144,46 +227,71 @@ impl LiveIndex {
         }
     }
 
-    /// The snapshot of a subscription was read: send the snapshot events
-    /// (those not newer than the subscription point), then what was held.
-    pub fn finish_snapshot(&mut self, conn: ConnId, pattern: &Pattern, events: &[Event]) {
-        let Some(entry) = self.table(pattern).get_mut(pattern.as_str()) else {
-            return;
-        };
-        let Some(sub) = entry.subs.iter_mut().find(|s| s.conn == conn) else {
-            return;
-        };
-        let Some(hold) = sub.snapshot.take() else {
-            return;
-        };
-        let ctx = DeliveryCtx {
-            attempt: 1,
-            ack_deadline: None,
-            snapshot: Some(true),
-        };
-        for event in events.iter().filter(|e| e.seq <= hold.upto) {
-            if !sub.policy.allows(Action::Subscribe, &event.topic, None) {
-                continue;
-            }
-            let Ok(json) = serde_json::value::to_raw_value(event) else {
-                continue;
-            };
-            // The snapshot was asked for and is bounded by the number of
-            // keys: it is not subject to the live limits.
-            sub.send_queue
-                .push(encode_event_delivery(pattern, None, &json, &ctx));
-        }
-        if !hold.held.is_empty()
-            && sub.send_queue.push_live_batch(hold.held) == LivePush::Overflowed
-        {
-            COUNTERS.slow_consumer_close();
-        }
+    /// The subscription `conn` holds on `pattern`, if it is still sending
+    /// snapshot `id`.
+    fn snapshot_sub(&mut self, conn: ConnId, pattern: &Pattern, id: u64) -> Option<&mut LiveSub> {
+        self.table(pattern)
+            .get_mut(pattern.as_str())?
+            .subs
+            .iter_mut()
+            .find(|s| s.conn == conn && s.snapshot.as_ref().is_some_and(|h| h.id == id))
     }
 
-    /// The snapshot could not be read: deliver what was held and carry on
+    /// A page of snapshot `id` was read: queue its events (those not newer
+    /// than the subscription point, and allowed by the subscriber's
+    /// current policy) under the same bound as live events — a reader that
+    /// has fallen that far behind is closed with 4009 — and after the
+    /// `last` page what was held meanwhile.
+    pub fn snapshot_page(
+        &mut self,
+        conn: ConnId,
+        pattern: &Pattern,
+        id: u64,
+        page: Vec<SnapshotFrame>,
+        last: bool,
+    ) -> SnapshotStep {
+        let Some(sub) = self.snapshot_sub(conn, pattern, id) else {
+            return SnapshotStep::Stop;
+        };
+        let Some(upto) = sub.snapshot.as_ref().map(|h| h.upto) else {
+            return SnapshotStep::Stop;
+        };
+        let policy = Arc::clone(&sub.policy);
+        let frames = page
+            .into_iter()
+            .filter(|f| f.seq <= upto && policy.allows(Action::Subscribe, &f.topic, None))
+            .map(|f| f.frame);
+        match sub.send_queue.push_live_batch(frames) {
+            LivePush::Queued => {}
+            LivePush::Overflowed => {
+                refusals::count(Refusal::SnapshotCut);
+                COUNTERS.slow_consumer_close();
+                tracing::debug!(conn, "snapshot reader fell behind; closing with 4009");
+                if let Some(hold) = sub.snapshot.take() {
+                    hold.cancel();
+                }
+                return SnapshotStep::Stop;
+            }
+            LivePush::Closed => {
+                if let Some(hold) = sub.snapshot.take() {
+                    hold.cancel();
+                }
+                return SnapshotStep::Stop;
+            }
+        }
+        if !last {
+            return SnapshotStep::Continue;
+        }
+        release_held(sub);
+        SnapshotStep::Stop
+    }
+
+    /// Snapshot `id` could not be read: deliver what was held and carry on
     /// live (the SUBACK was already sent).
-    pub fn abandon_snapshot(&mut self, conn: ConnId, pattern: &Pattern) {
-        self.finish_snapshot(conn, pattern, &[]);
+    pub fn abandon_snapshot(&mut self, conn: ConnId, pattern: &Pattern, id: u64) {
+        if let Some(sub) = self.snapshot_sub(conn, pattern, id) {
+            release_held(sub);
+        }
     }
 
     /// Queues every committed event for every live subscription it matches.
@@ -195,14 +303,22 @@ impl LiveIndex {
         let mut queued = 0;
         let limits = self.hold_limits;
         let mut frames: Vec<(&Committed, Utf8Bytes)> = Vec::new();
-        for entry in self.exact.values_mut() {
-            frames.clear();
-            for event in events {
-                if event.topic.as_str() == entry.pattern.as_str() {
+        if !self.exact.is_empty() {
+            // Exact patterns: one hash lookup per distinct topic of the
+            // batch, however many exact subscriptions there are.
+            let mut topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
+            topics.sort_unstable();
+            topics.dedup();
+            for topic in topics {
+                let Some(entry) = self.exact.get_mut(topic) else {
+                    continue;
+                };
+                frames.clear();
+                for event in events.iter().filter(|e| e.topic.as_str() == topic) {
                     frames.push((event, encode(&entry.pattern, event)));
                 }
+                queued += deliver(entry, &frames, limits);
             }
-            queued += deliver(entry, &frames, limits);
         }
         for entry in self.wildcard.values_mut() {
             frames.clear();
@@ -224,6 +340,18 @@ fn encode(pattern: &Pattern, event: &Committed) -> Utf8Bytes {
         &event.json,
         &DeliveryCtx::first(),
     ))
+}
+
+/// Ends a subscription's snapshot: what was held meanwhile is queued (under
+/// the live bound) and live events flow directly again.
+fn release_held(sub: &mut LiveSub) {
+    let Some(hold) = sub.snapshot.take() else {
+        return;
+    };
+    hold.cancel();
+    if !hold.held.is_empty() && sub.send_queue.push_live_batch(hold.held) == LivePush::Overflowed {
+        COUNTERS.slow_consumer_close();
+    }
 }
 
 /// Queues `frames` (all matching `entry.pattern`) for each subscriber the
@@ -259,10 +387,12 @@ fn deliver(entry: &mut PatternSubs, frames: &[(&Committed, Utf8Bytes)], limits: 
                     hold.held.push(frame.clone());
                 }
                 if hold.held.len() > limits.frames || hold.held_bytes > limits.bytes {
+                    hold.cancel();
                     sub.snapshot = None;
                     COUNTERS.slow_consumer_close();
-                    sub.send_queue.close(crate::send_queue::CloseReason::new(
-                        crate::send_queue::SLOW_CONSUMER,
+                    refusals::count(Refusal::SnapshotCut);
+                    sub.send_queue.close(CloseReason::new(
+                        SLOW_CONSUMER,
                         "slow consumer: live buffer overflowed during snapshot",
                     ));
                 }
@@ -313,12 +443,12 @@ mod tests {
     };
 
     async fn received(out: &SendQueue) -> Vec<(String, String, Option<bool>)> {
-        if out.queued_bytes() == 0 && !out.is_closing() {
+        if !out.has_frames() && !out.is_closing() {
             return vec![];
         }
         let mut batch = Vec::new();
         match out.drain(&mut batch).await {
-            Drained::Frames => {}
+            Drained::Frames(_) => {}
             Drained::Close(reason) => return vec![("close".into(), reason.code.to_string(), None)],
         }
         batch
@@ -418,23 +548,87 @@ mod tests {
         let mut index = LiveIndex::new(LIMITS);
         let out = send_queue(100);
         let pattern = Pattern::parse("s.*").unwrap();
-        index.subscribe(
-            1,
-            &pattern,
-            out.clone(),
-            Arc::new(Policy::allow_all()),
-            Some(5),
-        );
+        let ticket = index
+            .subscribe(
+                1,
+                &pattern,
+                out.clone(),
+                Arc::new(Policy::allow_all()),
+                Some(5),
+            )
+            .unwrap();
         index.fan_out(&committed(&[event(6, "s.a")]));
         assert!(received(&out).await.is_empty(), "held until the snapshot");
+        let page = |events: &[Event]| {
+            events
+                .iter()
+                .filter_map(|e| SnapshotFrame::encode(&pattern, e))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            index.snapshot_page(1, &pattern, ticket.id, page(&[event(1, "s.a")]), false),
+            SnapshotStep::Continue
+        );
         // The store may already see event 6; it is not part of the snapshot.
-        index.finish_snapshot(1, &pattern, &[event(2, "s.b"), event(6, "s.a")]);
+        assert_eq!(
+            index.snapshot_page(
+                1,
+                &pattern,
+                ticket.id,
+                page(&[event(2, "s.b"), event(6, "s.a")]),
+                true
+            ),
+            SnapshotStep::Stop
+        );
+        assert!(ticket.cancelled.load(Ordering::Acquire), "the reader stops");
         assert_eq!(
             received(&out).await,
             [
+                ("s.*".into(), "e1".into(), Some(true)),
                 ("s.*".into(), "e2".into(), Some(true)),
                 ("s.*".into(), "e6".into(), None)
             ]
+        );
+        // A late page of a finished snapshot is dropped.
+        assert_eq!(
+            index.snapshot_page(1, &pattern, ticket.id, page(&[event(3, "s.c")]), true),
+            SnapshotStep::Stop
+        );
+        assert!(received(&out).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_page_past_the_live_bound_closes_with_4009_and_a_new_snapshot_replaces_the_old()
+     {
+        let mut index = LiveIndex::new(LIMITS);
+        let out = send_queue(3);
+        let pattern = Pattern::parse("s.*").unwrap();
+        let policy = Arc::new(Policy::allow_all());
+        let first = index
+            .subscribe(1, &pattern, out.clone(), policy.clone(), Some(10))
+            .unwrap();
+        let second = index
+            .subscribe(1, &pattern, out.clone(), policy, Some(10))
+            .unwrap();
+        assert!(first.cancelled.load(Ordering::Acquire), "replaced");
+        let frames: Vec<_> = (1..=4)
+            .filter_map(|seq| SnapshotFrame::encode(&pattern, &event(seq, "s.a")))
+            .collect();
+        let cut_before = refusals::total(Refusal::SnapshotCut);
+        assert_eq!(
+            index.snapshot_page(1, &pattern, first.id, Vec::new(), true),
+            SnapshotStep::Stop,
+            "pages of the replaced snapshot are ignored"
+        );
+        assert_eq!(
+            index.snapshot_page(1, &pattern, second.id, frames, false),
+            SnapshotStep::Stop
+        );
+        assert!(second.cancelled.load(Ordering::Acquire));
+        assert!(refusals::total(Refusal::SnapshotCut) > cut_before);
+        assert_eq!(
+            received(&out).await,
+            [("close".into(), "4009".into(), None)]
         );
     }
 }

@@ -13,6 +13,7 @@
 mod committed;
 mod group;
 mod live;
+mod snapshot;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -31,7 +32,8 @@ use self::committed::Committed;
 pub(crate) use self::group::{ConnId, GroupView, MemberOpts, MemberView, ReplayRefused};
 use self::group::{Effects, FETCH_SCAN_LIMIT, GroupId, GroupState, Member, Settle, TimerKey};
 pub(crate) use self::live::HoldLimits;
-use self::live::LiveIndex;
+use self::live::{LiveIndex, SnapshotStep};
+use self::snapshot::{PageReads, SnapshotPage, SnapshotReader};
 use crate::config::GroupDefaults;
 use crate::metrics::{GroupCounters, Metrics};
 use crate::send_queue::SendQueue;
@@ -158,10 +160,9 @@ pub(crate) enum Command {
     RetryFetch {
         gid: GroupId,
     },
-    SnapshotRead {
-        conn: ConnId,
-        pattern: Pattern,
-        result: Result<Vec<Event>, StoreError>,
+    SnapshotPage {
+        reader: SnapshotReader,
+        result: Result<SnapshotPage, StoreError>,
     },
     Flushed {
         results: Vec<(GroupId, GroupUpdate, Result<(), StoreError>)>,
@@ -235,12 +236,18 @@ pub(crate) struct BrokerSetup {
 pub(crate) fn spawn(setup: BrokerSetup) -> (BrokerHandle, tokio::task::JoinHandle<()>) {
     let (commands, receiver) = mpsc::channel(16 * 1024);
     let broker = Broker {
-        store: setup.store,
+        store: Arc::clone(&setup.store),
         writer: setup.writer,
         commands: commands.clone(),
         defaults: setup.defaults,
         head: setup.head,
         live: LiveIndex::new(setup.hold_limits),
+        snapshot_reads: PageReads::new(
+            Arc::clone(&setup.store),
+            commands.clone(),
+            setup.hold_limits.frames,
+            setup.hold_limits.bytes,
+        ),
         groups: HashMap::new(),
         group_ids: HashMap::new(),
         next_group_id: 0,
@@ -278,6 +285,8 @@ struct Broker {
     /// Newest seq seen committed.
     head: u64,
     live: LiveIndex,
+    /// Reads snapshot pages for live subscriptions (see `snapshot.rs`).
+    snapshot_reads: PageReads,
     groups: HashMap<GroupId, GroupState>,
     group_ids: HashMap<GroupKey, GroupId>,
     next_group_id: GroupId,
@@ -433,17 +442,7 @@ impl Broker {
             } => self.group_created(key, cursor, result),
             Command::Fetched { gid, result } => self.fetched(gid, result),
             Command::RetryFetch { gid } => self.maybe_fetch(gid),
-            Command::SnapshotRead {
-                conn,
-                pattern,
-                result,
-            } => match result {
-                Ok(events) => self.live.finish_snapshot(conn, &pattern, &events),
-                Err(e) => {
-                    tracing::warn!(error = %e, pattern = %pattern, "snapshot read failed");
-                    self.live.abandon_snapshot(conn, &pattern);
-                }
-            },
+            Command::SnapshotPage { reader, result } => self.snapshot_page(reader, result),
             Command::Flushed { results } => self.flushed(results),
         }
     }
@@ -602,27 +601,41 @@ impl Broker {
                 from_seq: head + 1,
             }),
         );
-        self.live.subscribe(
+        let ticket = self.live.subscribe(
             request.conn,
             &request.pattern,
             Arc::clone(&request.send_queue),
             Arc::clone(&request.policy),
             request.snapshot.then_some(head),
         );
-        if request.snapshot {
-            let store = Arc::clone(&self.store);
-            let commands = self.commands.clone();
-            let (conn, pattern) = (request.conn, request.pattern);
-            tokio::spawn(async move {
-                let result = store.latest_by_key(&pattern).await;
-                let _ = commands
-                    .send(Command::SnapshotRead {
-                        conn,
-                        pattern,
-                        result,
-                    })
-                    .await;
-            });
+        if let Some(ticket) = ticket {
+            let reader =
+                SnapshotReader::new(request.conn, request.pattern, ticket, request.send_queue);
+            self.snapshot_reads.spawn(reader, None);
+        }
+    }
+
+    /// A snapshot page was read: queue it, then read the next one (once the
+    /// connection has room) or end the snapshot.
+    fn snapshot_page(&mut self, reader: SnapshotReader, result: Result<SnapshotPage, StoreError>) {
+        match result {
+            Ok(page) => {
+                let step = self.live.snapshot_page(
+                    reader.conn,
+                    &reader.pattern,
+                    reader.id,
+                    page.frames,
+                    page.next.is_none(),
+                );
+                if let (SnapshotStep::Continue, Some(next)) = (step, page.next) {
+                    self.snapshot_reads.spawn(reader, Some(next));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, pattern = %reader.pattern, "snapshot read failed");
+                self.live
+                    .abandon_snapshot(reader.conn, &reader.pattern, reader.id);
+            }
         }
     }
 

@@ -16,8 +16,9 @@ use serde_json::value::RawValue;
 
 use super::writer::{GroupUpdate, StoreWriter};
 use super::{
-    Appended, CommitBatch, DeadLetter, DeadLetterRef, GroupKey, GroupProgress, NewEvent,
-    RETENTION_TOPICS_PER_CALL, RetentionLimits, RetentionPass, RetentionPolicy, Store, StoreError,
+    Appended, CommitBatch, DeadLetter, DeadLetterRef, GroupKey, GroupProgress, LatestCursor,
+    NewEvent, PageLimits, RETENTION_TOPICS_PER_CALL, RetentionLimits, RetentionPass,
+    RetentionPolicy, Store, StoreError,
 };
 
 /// Opens a backend at a location. Opening the same location again must see
@@ -323,6 +324,115 @@ pub(crate) async fn latest_by_key(factory: &dyn StoreFactory) -> Result<()> {
             .await?
             .is_none()
     );
+    store.close().await?;
+    Ok(())
+}
+
+/// Every page of `latest_by_key_page` with `limits`, checking each page's
+/// bounds; the events in the order they came, and how many pages.
+async fn all_latest_pages(
+    store: &dyn Store,
+    pattern: &Pattern,
+    limits: PageLimits,
+) -> Result<(Vec<Event>, usize)> {
+    let (mut events, mut pages) = (Vec::new(), 0);
+    let mut after: Option<LatestCursor> = None;
+    loop {
+        pages += 1;
+        ensure!(pages < 1000, "paging does not end");
+        let page = store
+            .latest_by_key_page(pattern, after.as_ref(), limits)
+            .await?;
+        ensure!(page.events.len() <= limits.keys, "page over its key bound");
+        let bytes: usize = page.events.iter().map(|e| e.payload.get().len()).sum();
+        let last_bytes = page.events.last().map_or(0, |e| e.payload.get().len());
+        ensure!(
+            bytes - last_bytes < limits.bytes,
+            "page went on after reaching its byte bound"
+        );
+        if let (Some(next), Some(previous)) = (&page.next, &after) {
+            ensure!(next > previous, "the cursor moves forward");
+        }
+        events.extend(page.events);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok((events, pages)),
+        }
+    }
+}
+
+pub(crate) async fn latest_by_key_pages(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    let mut batch = Vec::new();
+    for t in ["a", "a.x", "a.y", "a-b", "b.x"] {
+        for k in 0..7 {
+            batch.push(event(t, Some(&format!("k{k}")), &format!("{t}/{k}/old")));
+            batch.push(event(t, Some(&format!("k{k}")), &format!("{t}/{k}")));
+        }
+    }
+    append_each(store.as_ref(), batch).await?;
+    let key_of = |e: &Event| {
+        (
+            e.topic.as_str().to_owned(),
+            e.key.clone().unwrap_or_default(),
+        )
+    };
+    for (pattern_text, expected) in [
+        ("a.*", 14),
+        ("a.**", 21),
+        ("a-b", 7),
+        ("**", 35),
+        ("*.x", 14),
+    ] {
+        let pattern = pattern(pattern_text);
+        let whole = store.latest_by_key(&pattern).await?;
+        ensure!(
+            whole.len() == expected,
+            "{pattern_text}: {} keys",
+            whole.len()
+        );
+        for limits in [
+            PageLimits {
+                keys: 3,
+                bytes: 1 << 20,
+                scan: 10_000,
+            },
+            PageLimits {
+                keys: 100,
+                bytes: 1,
+                scan: 10_000,
+            },
+            PageLimits {
+                keys: 100,
+                bytes: 1 << 20,
+                scan: 4,
+            },
+        ] {
+            let (paged, pages) = all_latest_pages(store.as_ref(), &pattern, limits).await?;
+            let keys: Vec<_> = paged.iter().map(key_of).collect();
+            let mut sorted = keys.clone();
+            sorted.sort();
+            sorted.dedup();
+            ensure!(
+                keys == sorted,
+                "{pattern_text} {limits:?}: (topic, key) order, each once"
+            );
+            let mut by_seq = paged.clone();
+            by_seq.sort_unstable_by_key(|e| e.seq);
+            ensure!(
+                by_seq == whole,
+                "{pattern_text} {limits:?}: the same latest events"
+            );
+            ensure!(
+                paged.iter().all(|e| !e.payload.get().contains("old")),
+                "only the latest event of each key"
+            );
+            if limits.bytes == 1 {
+                ensure!(pages >= expected, "one event per page at a 1-byte bound");
+            }
+        }
+    }
     store.close().await?;
     Ok(())
 }
@@ -1129,6 +1239,7 @@ macro_rules! all_conformance_tests {
             dedup_after_window,
             dedup_inside_batch,
             latest_by_key,
+            latest_by_key_pages,
             read_after,
             group_progress,
             group_attempts,

@@ -393,6 +393,45 @@ impl PrefixWalk {
     }
 }
 
+/// Where a page of latest-by-key entries continues: after this
+/// (topic, key), in (topic, key) order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LatestCursor {
+    pub topic: String,
+    pub key: String,
+}
+
+/// One page of [`Store::latest_by_key_page`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatestPage {
+    /// In (topic, key) order.
+    pub events: Vec<Event>,
+    /// Where the next page starts; `None` when this was the last.
+    pub next: Option<LatestCursor>,
+}
+
+/// Bounds on one page of latest-by-key entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimits {
+    /// Events in the page, at most.
+    pub keys: usize,
+    /// The page ends once its payloads reach this many bytes (it always
+    /// holds at least one event, however large).
+    pub bytes: usize,
+    /// Entries examined, at most (matching or not).
+    pub scan: usize,
+}
+
+impl Default for PageLimits {
+    fn default() -> Self {
+        PageLimits {
+            keys: 256,
+            bytes: 256 * 1024,
+            scan: 10_000,
+        }
+    }
+}
+
 /// Durable storage for the hub.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -438,9 +477,38 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The lowest retained `seq`, if any.
     async fn first_seq(&self) -> Result<Option<u64>, StoreError>;
 
+    /// One page of the latest event of every (topic, key) whose topic
+    /// matches `pattern`, in (topic, key) order, starting after `after`.
+    /// A page holds at most `limits.keys` events and stops once it holds
+    /// `limits.bytes` of payload (at least one event), and examines at most
+    /// `limits.scan` entries (a sparse pattern returns an empty page with a
+    /// cursor). [`LatestPage::next`] is `None` once nothing is left.
+    async fn latest_by_key_page(
+        &self,
+        pattern: &Pattern,
+        after: Option<&LatestCursor>,
+        limits: PageLimits,
+    ) -> Result<LatestPage, StoreError>;
+
     /// The latest event of every (topic, key) whose topic matches `pattern`,
-    /// in `seq` order.
-    async fn latest_by_key(&self, pattern: &Pattern) -> Result<Vec<Event>, StoreError>;
+    /// in `seq` order: every page of [`Store::latest_by_key_page`] at once.
+    /// For small sets (tests, tools); snapshots for clients are paged.
+    async fn latest_by_key(&self, pattern: &Pattern) -> Result<Vec<Event>, StoreError> {
+        let mut events = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .latest_by_key_page(pattern, after.as_ref(), PageLimits::default())
+                .await?;
+            events.extend(page.events);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        events.sort_unstable_by_key(|e| e.seq);
+        Ok(events)
+    }
 
     /// The latest event for one (topic, key).
     async fn latest_for_key(&self, topic: &Topic, key: &str) -> Result<Option<Event>, StoreError>;

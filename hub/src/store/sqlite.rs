@@ -31,8 +31,9 @@ use tokio::sync::{Semaphore, oneshot};
 
 use super::topic_filter::{TopicFilter, literal_prefix};
 use super::{
-    Appended, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupRecord, PendingCommit,
-    PrefixWalk, RETENTION_TOPICS_PER_CALL, RetentionPass, RetentionPolicy, Store, StoreError,
+    Appended, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupRecord, LatestCursor,
+    LatestPage, PageLimits, PendingCommit, PrefixWalk, RETENTION_TOPICS_PER_CALL, RetentionPass,
+    RetentionPolicy, Store, StoreError,
 };
 
 /// File name of the database inside the data dir.
@@ -1220,6 +1221,8 @@ const EVENT_COLUMNS: &str = "seq, id, topic, ts, key, payload, headers, tags, ca
 const EVENT_COLUMNS_E: &str =
     "e.seq, e.id, e.topic, e.ts, e.key, e.payload, e.headers, e.tags, e.caused_by, e.sid";
 const TOPIC_COLUMN: usize = 2;
+/// Columns in [`EVENT_COLUMNS_E`] (extra columns of a query follow them).
+const EVENT_COLUMN_COUNT: usize = 10;
 
 /// Decodes a row selected with [`EVENT_COLUMNS`].
 fn event_from_row(row: &Row<'_>) -> Result<Event, StoreError> {
@@ -1401,56 +1404,89 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn latest_by_key(&self, pattern: &Pattern) -> Result<Vec<Event>, StoreError> {
+    async fn latest_by_key_page(
+        &self,
+        pattern: &Pattern,
+        after: Option<&LatestCursor>,
+        limits: PageLimits,
+    ) -> Result<LatestPage, StoreError> {
         let pattern = pattern.clone();
+        let after = after.cloned();
         self.read(move |tx, durable| {
-            let mut events = Vec::new();
-            let mut collect = |sql: &str, args: &[&dyn rusqlite::ToSql], filter: bool| {
-                let mut topic_filter = TopicFilter::new(&pattern);
-                let mut stmt = tx.prepare_cached(sql).map_err(backend)?;
-                let mut rows = stmt.query(args).map_err(backend)?;
-                while let Some(row) = rows.next().map_err(backend)? {
-                    // A key whose newest event is still syncing is left out;
-                    // that event reaches live subscribers once durable.
-                    if row.get::<_, i64>(0).map_err(backend)? > durable {
-                        continue;
-                    }
-                    if filter {
-                        let topic = row
-                            .get_ref(TOPIC_COLUMN)
-                            .and_then(|v| v.as_str().map_err(Into::into))
-                            .map_err(backend)?;
-                        if !topic_filter.matches(topic) {
-                            continue;
-                        }
-                    }
-                    events.push(event_from_row(row)?);
+            // The entries in (topic, key) order from the primary key,
+            // narrowed to the topics that can match.
+            let mut conditions = Vec::new();
+            let mut args: Vec<String> = Vec::new();
+            let filter = match (pattern.as_topic(), literal_prefix(&pattern)) {
+                (Some(topic), _) => {
+                    args.push(topic.as_str().to_owned());
+                    conditions.push(format!("l.topic = ?{}", args.len()));
+                    false
                 }
-                Ok::<_, StoreError>(())
+                (None, Some(prefix)) => {
+                    // The prefix itself and every topic below it; others in
+                    // that range (`a-b` for `a`) are filtered out.
+                    args.push(prefix.clone());
+                    conditions.push(format!("l.topic >= ?{}", args.len()));
+                    args.push(format!("{prefix}/")); // '/' sorts right after '.'
+                    conditions.push(format!("l.topic < ?{}", args.len()));
+                    true
+                }
+                (None, None) => true,
             };
-            let join =
-                format!("SELECT {EVENT_COLUMNS_E} FROM latest l JOIN events e ON e.seq = l.seq");
-            if let Some(topic) = pattern.as_topic() {
-                collect(
-                    &format!("{join} WHERE l.topic = ?1"),
-                    &[&topic.as_str()],
-                    false,
-                )?;
-            } else if let Some(prefix) = literal_prefix(&pattern) {
-                // Only topics equal to the prefix or below it can match.
-                collect(&format!("{join} WHERE l.topic = ?1"), &[&prefix], true)?;
-                let low = format!("{prefix}.");
-                let high = format!("{prefix}/"); // '/' sorts right after '.'
-                collect(
-                    &format!("{join} WHERE l.topic >= ?1 AND l.topic < ?2"),
-                    &[&low, &high],
-                    true,
-                )?;
-            } else {
-                collect(&join, &[], true)?;
+            if let Some(after) = &after {
+                args.push(after.topic.clone());
+                args.push(after.key.clone());
+                conditions.push(format!(
+                    "(l.topic, l.key) > (?{}, ?{})",
+                    args.len() - 1,
+                    args.len()
+                ));
             }
-            events.sort_unstable_by_key(|e| e.seq);
-            Ok(events)
+            let filter_sql = if conditions.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", conditions.join(" AND "))
+            };
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS_E}, l.topic, l.key FROM latest l JOIN events e ON e.seq = l.seq
+                 {filter_sql} ORDER BY l.topic, l.key LIMIT {}",
+                limits.scan.max(1)
+            );
+            let mut stmt = tx.prepare_cached(&sql).map_err(backend)?;
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(args.iter()))
+                .map_err(backend)?;
+            let mut topic_filter = TopicFilter::new(&pattern);
+            let mut page = LatestPage::default();
+            let (mut examined, mut bytes) = (0, 0);
+            let mut last = None;
+            let mut full = false;
+            while let Some(row) = rows.next().map_err(backend)? {
+                examined += 1;
+                let topic: String = row.get(EVENT_COLUMN_COUNT).map_err(backend)?;
+                let key: String = row.get(EVENT_COLUMN_COUNT + 1).map_err(backend)?;
+                // A key whose newest event is still syncing is left out;
+                // that event reaches live subscribers once durable.
+                let wanted = row.get::<_, i64>(0).map_err(backend)? <= durable
+                    && (!filter || topic_filter.matches(&topic));
+                last = Some(LatestCursor { topic, key });
+                if wanted {
+                    let event = event_from_row(row)?;
+                    bytes += event.payload.get().len();
+                    page.events.push(event);
+                    if page.events.len() >= limits.keys || bytes >= limits.bytes {
+                        full = true;
+                        break;
+                    }
+                }
+            }
+            // More may follow when the page filled up or the scan hit its
+            // limit; an empty next page then ends it.
+            if full || examined >= limits.scan.max(1) {
+                page.next = last;
+            }
+            Ok(page)
         })
         .await
     }

@@ -513,8 +513,13 @@ mod tests {
         async fn first_seq(&self) -> Result<Option<u64>, StoreError> {
             self.inner.first_seq().await
         }
-        async fn latest_by_key(&self, pattern: &Pattern) -> Result<Vec<Event>, StoreError> {
-            self.inner.latest_by_key(pattern).await
+        async fn latest_by_key_page(
+            &self,
+            pattern: &Pattern,
+            after: Option<&crate::store::LatestCursor>,
+            limits: crate::store::PageLimits,
+        ) -> Result<crate::store::LatestPage, StoreError> {
+            self.inner.latest_by_key_page(pattern, after, limits).await
         }
         async fn latest_for_key(
             &self,

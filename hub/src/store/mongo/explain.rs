@@ -53,8 +53,16 @@ fn hot_queries() -> Vec<(&'static str, Query)> {
             queries::topic_events_after("orders.eu", 10, 1000, 500),
         ),
         (
-            "latest_by_key (one topic's keys)",
-            queries::latest_in_range(&low, &high),
+            "latest_by_key page (one topic's keys)",
+            queries::latest_page(Some((&low, false)), Some(&high), 256),
+        ),
+        (
+            "latest_by_key page (after a cursor)",
+            queries::latest_page(
+                Some((&latest_id("orders.eu", "k1"), true)),
+                Some(&high),
+                256,
+            ),
         ),
         (
             "latest_for_key",

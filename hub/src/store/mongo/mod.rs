@@ -74,13 +74,15 @@ use self::writes::Kind;
 use super::topic_filter::{TopicFilter, literal_prefix};
 use super::{
     Appended, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupProgress, GroupRecord,
-    NewEvent, PrefixWalk, RETENTION_TOPICS_PER_CALL, RetentionLimits, RetentionPass,
-    RetentionPolicy, Store, StoreError,
+    LatestCursor, LatestPage, NewEvent, PageLimits, PrefixWalk, RETENTION_TOPICS_PER_CALL,
+    RetentionLimits, RetentionPass, RetentionPolicy, Store, StoreError,
 };
 
 /// Most ids in one `$in` list (keeps each query far below the 16 MiB
 /// command limit).
 const IN_CHUNK: usize = 1000;
+/// Events read at once while filling a latest-by-key page.
+const LATEST_PAGE_CHUNK: usize = 16;
 
 /// Error code of an unsupported feature (FerretDB has no TTL indexes).
 const NOT_IMPLEMENTED: i32 = 238;
@@ -1129,49 +1131,98 @@ impl Store for MongoStore {
             .transpose()
     }
 
-    async fn latest_by_key(&self, pattern: &Pattern) -> Result<Vec<Event>, StoreError> {
+    async fn latest_by_key_page(
+        &self,
+        pattern: &Pattern,
+        after: Option<&LatestCursor>,
+        limits: PageLimits,
+    ) -> Result<LatestPage, StoreError> {
         self.check_open()?;
         let durable = seq_to_bson(self.durable());
-        let entry = |doc: &Document| -> Result<(String, i64), StoreError> {
-            Ok((
-                str_field(doc, "topic", "a latest-by-key entry")?.to_owned(),
-                int_field(doc, "seq", "a latest-by-key entry")?,
-            ))
-        };
-        let mut entries = Vec::new();
-        let filter = if let Some(topic) = pattern.as_topic() {
+        // The `_id` range holding the topics that can match.
+        let (low, high, filter) = if let Some(topic) = pattern.as_topic() {
             let (low, high) = topic_key_range(topic.as_str());
-            entries.extend(
-                self.find_all(queries::latest_in_range(&low, &high), entry)
-                    .await?,
-            );
-            false
+            (Some(low), Some(high), false)
         } else if let Some(prefix) = literal_prefix(pattern) {
-            // Only topics equal to the prefix or below it can match.
-            let (low, high) = topic_key_range(&prefix);
-            entries.extend(
-                self.find_all(queries::latest_in_range(&low, &high), entry)
-                    .await?,
-            );
-            let below = (format!("{prefix}."), format!("{prefix}/")); // '/' sorts right after '.'
-            entries.extend(
-                self.find_all(queries::latest_in_range(&below.0, &below.1), entry)
-                    .await?,
-            );
-            true
+            // The prefix itself and every topic below it; others in that
+            // range (`a-b` for `a`) are filtered out.
+            (
+                Some(format!("{prefix}\0")),
+                Some(format!("{prefix}/")),
+                true,
+            )
         } else {
-            entries.extend(self.find_all(queries::all(queries::LATEST), entry).await?);
-            true
+            (None, None, true)
         };
+        let after_id = after.map(|a| latest_id(&a.topic, &a.key));
+        let start = match (&after_id, &low) {
+            (Some(after), _) => Some((after.as_str(), true)),
+            (None, Some(low)) => Some((low.as_str(), false)),
+            (None, None) => None,
+        };
+        let scan = limits.scan.max(1);
+        let query = queries::latest_page(
+            start,
+            high.as_deref(),
+            i64::try_from(scan).unwrap_or(i64::MAX),
+        );
+        let entries = self
+            .find_all(query, |doc: &Document| {
+                let id = str_field(doc, "_id", "a latest-by-key entry")?;
+                let (topic, key) = id.split_once('\0').ok_or_else(|| {
+                    StoreError::Corrupt(format!("latest-by-key entry {id:?} has no key"))
+                })?;
+                let seq = int_field(doc, "seq", "a latest-by-key entry")?;
+                Ok((topic.to_owned(), key.to_owned(), seq))
+            })
+            .await?;
         let mut topic_filter = TopicFilter::new(pattern);
-        let seqs: Vec<i64> = entries
-            .into_iter()
-            // A key whose newest event is not fully written yet is left
-            // out; that event reaches live subscribers once it is.
-            .filter(|(topic, seq)| *seq <= durable && (!filter || topic_filter.matches(topic)))
-            .map(|(_, seq)| seq)
+        // A key whose newest event is not fully written yet is left out;
+        // that event reaches live subscribers once it is.
+        let wanted: Vec<(usize, i64)> = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, (topic, _, seq))| {
+                *seq <= durable && (!filter || topic_filter.matches(topic))
+            })
+            .map(|(i, (_, _, seq))| (i, *seq))
             .collect();
-        self.events_by_seq(&seqs).await
+        let cursor = |i: usize| {
+            let (topic, key, _) = &entries[i];
+            LatestCursor {
+                topic: topic.clone(),
+                key: key.clone(),
+            }
+        };
+        // Events are read a few at a time so a page of large events stops
+        // near its byte bound instead of reading them all.
+        let mut page = LatestPage::default();
+        let mut bytes = 0;
+        for chunk in wanted.chunks(LATEST_PAGE_CHUNK) {
+            let seqs: Vec<i64> = chunk.iter().map(|&(_, seq)| seq).collect();
+            let mut by_seq: HashMap<u64, Event> = self
+                .events_by_seq(&seqs)
+                .await?
+                .into_iter()
+                .map(|e| (e.seq, e))
+                .collect();
+            for &(i, seq) in chunk {
+                // Gone since the entry was read (retention): skip it.
+                let Some(event) = by_seq.remove(&from_bson_int(seq)) else {
+                    continue;
+                };
+                bytes += event.payload.get().len();
+                page.events.push(event);
+                if page.events.len() >= limits.keys || bytes >= limits.bytes {
+                    page.next = Some(cursor(i));
+                    return Ok(page);
+                }
+            }
+        }
+        if entries.len() >= scan {
+            page.next = Some(cursor(entries.len() - 1));
+        }
+        Ok(page)
     }
 
     async fn latest_for_key(&self, topic: &Topic, key: &str) -> Result<Option<Event>, StoreError> {

@@ -114,14 +114,27 @@ pub(super) fn topic_events_after(topic: &str, after: i64, upto: i64, limit: i64)
     }
 }
 
-/// Latest-by-key entries whose `_id` lies in `[low, high)` (the `_id`
-/// index): one topic's keys, or every topic under a prefix.
-pub(super) fn latest_in_range(low: &str, high: &str) -> Query {
+/// One page of latest-by-key entries in `_id` (topic, key) order, from
+/// `start` (exclusive when `after`) up to `high` (the `_id` index): one
+/// topic's keys, every topic under a prefix, or all of them.
+pub(super) fn latest_page(start: Option<(&str, bool)>, high: Option<&str>, limit: i64) -> Query {
+    let mut range = Document::new();
+    if let Some((start, after)) = start {
+        range.insert(if after { "$gt" } else { "$gte" }, start);
+    }
+    if let Some(high) = high {
+        range.insert("$lt", high);
+    }
+    let filter = if range.is_empty() {
+        Document::new()
+    } else {
+        doc! { "_id": range }
+    };
     Query {
         collection: LATEST,
-        filter: doc! { "_id": { "$gte": low, "$lt": high } },
-        sort: None,
-        limit: None,
+        filter,
+        sort: Some(doc! { "_id": 1 }),
+        limit: Some(limit),
         index: ID_INDEX,
     }
 }
