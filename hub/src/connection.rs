@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::Message;
 use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use promhub_core::frames::{
@@ -22,12 +22,19 @@ use promhub_core::frames::{
     Ping, PubAck, Publish, Rid, StartFrom, Subscribe, Unsubscribe, Welcome, close,
 };
 use promhub_core::{ErrorCode, Policy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{self as ws, Message as WireMessage};
 
 use crate::authn::Authenticator;
 use crate::broker::{BrokerHandle, Command, ConnId, MemberOpts, SubscribeRequest};
 use crate::config::{HubConfig, MAX_ACK_TIMEOUT_MS, MAX_DELIVER_LIMIT, MAX_INFLIGHT_LIMIT};
+use crate::gateway::caps::Slot;
+use crate::gateway::upgrade::WsStream;
 use crate::limits::{COUNTERS, RateLimit, Strikes, TokenBucket, TopicBuckets, retry_after_ms};
 use crate::metrics::{Metrics, encoded_op};
 use crate::send_queue::{CloseReason, Drained, SendQueue, SendQueueLimits};
@@ -39,6 +46,9 @@ const MAX_SEQ: u64 = i64::MAX as u64;
 /// After the hub sent a close frame, how long it waits for the client's
 /// close before dropping the socket.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// RFC 6455's close code for a protocol error (a frame that is not
+/// WebSocket: unmasked, reserved bits, unknown opcode, ...).
+const WS_PROTOCOL_ERROR: u16 = 1002;
 /// The server name announced in `OK`.
 pub const SERVER_NAME: &str = concat!("promhub/", env!("CARGO_PKG_VERSION"));
 
@@ -114,16 +124,34 @@ struct Connection {
     /// Unacknowledged group-delivery bytes, shared by all this
     /// connection's group subscriptions (the broker counts them).
     group_bytes: Arc<AtomicUsize>,
+    /// The connection is closed with 4001 unless an AUTH arrives by then
+    /// (`limits.auth_timeout_ms` after the upgrade); `None` once one did.
+    auth_deadline: Option<Instant>,
 }
 
-/// Serves one upgraded WebSocket until it closes.
-pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
+/// Why the reader stopped reading frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadEnd {
+    /// The socket ended or failed: nothing more to do.
+    Gone,
+    /// A frame the WebSocket layer cannot read (too big, not UTF-8, not
+    /// WebSocket): the close frame is queued, and what the client still
+    /// sends is read and dropped until it closes, so the close frame is
+    /// not lost in a reset.
+    Drain,
+}
+
+/// Serves one upgraded WebSocket until it closes. `slot` is its place
+/// under the connection caps, held until the socket is closed.
+pub(crate) async fn serve(socket: WsStream, shared: Arc<Shared>, slot: Arc<Slot>) {
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let send_queue = Arc::new(SendQueue::new(shared.outbox_limits()));
     let rate_strikes = Strikes::new(
         shared.config.limits.max_rate_limited,
         Duration::from_millis(shared.config.limits.rate_limited_window_ms),
     );
+    let auth_deadline =
+        Instant::now() + Duration::from_millis(shared.config.limits.auth_timeout_ms);
     let (sink, stream) = socket.split();
     shared.metrics.connections_total.inc();
     shared.metrics.connections_open.inc();
@@ -147,6 +175,7 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
         publish_quota: None,
         rate_strikes,
         group_bytes: Arc::default(),
+        auth_deadline: Some(auth_deadline),
     };
     tracing::debug!(conn = id, "connection opened");
     connection.read_loop(stream, writer).await;
@@ -159,15 +188,19 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
     }
     connection.shared.metrics.connections_open.dec();
     tracing::debug!(conn = id, "connection closed");
+    drop(slot);
 }
 
+type WsSink = SplitSink<WsStream, WireMessage>;
+
 /// Sends what the send queue holds, one flush per drain; ends after sending a
-/// close frame or on a socket error.
+/// close frame (returning the sink, so the reader can drain the socket) or
+/// on a socket error.
 async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
+    mut sink: WsSink,
     send_queue: Arc<SendQueue>,
     metrics: Arc<Metrics>,
-) {
+) -> Option<WsSink> {
     let mut batch = Vec::new();
     loop {
         match send_queue.drain(&mut batch).await {
@@ -176,14 +209,14 @@ async fn write_loop(
                     if let Message::Text(text) = &message {
                         metrics.frames_out.inc(encoded_op(text));
                     }
-                    if sink.feed(message).await.is_err() {
+                    if sink.feed(to_wire(message)).await.is_err() {
                         send_queue.close(CloseReason::new(close::NORMAL, "socket error"));
-                        return;
+                        return None;
                     }
                 }
                 if sink.flush().await.is_err() {
                     send_queue.close(CloseReason::new(close::NORMAL, "socket error"));
-                    return;
+                    return None;
                 }
                 // Do not keep a burst's worth of capacity for an idle
                 // connection.
@@ -193,13 +226,57 @@ async fn write_loop(
             }
             Drained::Close(reason) => {
                 let frame = CloseFrame {
-                    code: reason.code,
-                    reason: reason.reason.into(),
+                    code: CloseCode::from(reason.code),
+                    reason: Utf8Bytes::from(reason.reason.as_str()),
                 };
-                let _ = sink.send(Message::Close(Some(frame))).await;
-                return;
+                return match sink.send(WireMessage::Close(Some(frame))).await {
+                    Ok(()) => Some(sink),
+                    Err(_) => None,
+                };
             }
         }
+    }
+}
+
+/// A queued frame as tungstenite's message. Text goes out as a ready-made
+/// frame over the same bytes: the queue's text is valid UTF-8 already, and
+/// a broadcast frame is shared by every subscriber, so it is neither copied
+/// nor checked again per connection.
+fn to_wire(message: Message) -> WireMessage {
+    match message {
+        Message::Text(text) => WireMessage::Frame(Frame::message(
+            bytes::Bytes::from(text),
+            OpCode::Data(OpData::Text),
+            true,
+        )),
+        Message::Binary(data) => WireMessage::Binary(data),
+        Message::Ping(data) => WireMessage::Ping(data),
+        Message::Pong(data) => WireMessage::Pong(data),
+        Message::Close(frame) => WireMessage::Close(frame.map(|frame| CloseFrame {
+            code: CloseCode::from(frame.code),
+            reason: Utf8Bytes::from(frame.reason.as_str()),
+        })),
+    }
+}
+
+/// The close code for a read error the client caused, with what it is
+/// counted as; `None` when the socket itself ended or failed.
+fn close_for(error: &ws::Error) -> Option<(u16, &'static str, Option<crate::refusals::Refusal>)> {
+    use ws::error::{CapacityError, ProtocolError};
+    match error {
+        ws::Error::Capacity(CapacityError::MessageTooLong { .. }) => Some((
+            close::MESSAGE_TOO_BIG,
+            "frame too big",
+            Some(crate::refusals::Refusal::FrameTooBig),
+        )),
+        ws::Error::Utf8(_) => Some((
+            close::INVALID_PAYLOAD,
+            "text frame is not valid UTF-8",
+            Some(crate::refusals::Refusal::InvalidUtf8),
+        )),
+        ws::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        ws::Error::Protocol(_) => Some((WS_PROTOCOL_ERROR, "WebSocket protocol error", None)),
+        _ => None,
     }
 }
 
@@ -210,8 +287,8 @@ impl Connection {
 
     async fn read_loop(
         &mut self,
-        mut stream: SplitStream<WebSocket>,
-        mut writer: tokio::task::JoinHandle<()>,
+        mut stream: SplitStream<WsStream>,
+        mut writer: tokio::task::JoinHandle<Option<WsSink>>,
     ) {
         let heartbeat = Duration::from_millis(self.config().heartbeat_ms);
         let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
@@ -222,17 +299,24 @@ impl Connection {
             self.close(close::GOING_AWAY, "hub shutting down");
         }
         let mut writer_done = false;
+        let mut sink = None;
         let mut linger_until: Option<Instant> = None;
+        let mut read_end = None;
         loop {
             let expiry = self.expiry;
+            let auth_deadline = self.auth_deadline;
             tokio::select! {
                 biased;
-                _ = &mut writer, if !writer_done => {
+                written = &mut writer, if !writer_done => {
+                    writer_done = true;
+                    sink = written.ok().flatten();
+                    if read_end == Some(ReadEnd::Drain) {
+                        break;
+                    }
                     // The close frame is out (or the socket failed): wait a
                     // little for the client's close so that unread input
                     // does not turn our FIN into a reset that could swallow
                     // the close frame.
-                    writer_done = true;
                     linger_until = Some(Instant::now() + CLOSE_LINGER);
                 }
                 () = sleep_until(linger_until), if linger_until.is_some() => break,
@@ -245,16 +329,19 @@ impl Connection {
                 Some((rid, result)) = self.publishes.next(), if !self.publishes.is_empty() => {
                     self.publish_done(rid, result);
                 }
-                message = stream.next() => match message {
+                message = stream.next(), if read_end.is_none() => match message {
                     Some(Ok(message)) => {
                         self.last_inbound = Instant::now();
                         if !self.send_queue.is_closing() {
                             self.on_message(message).await;
                         }
                     }
-                    Some(Err(e)) => {
-                        tracing::debug!(conn = self.id, error = %e, "websocket read failed");
-                        break;
+                    Some(Err(error)) => {
+                        let end = self.on_read_error(&error);
+                        read_end = Some(end);
+                        if end == ReadEnd::Gone || writer_done {
+                            break;
+                        }
                     }
                     None => break,
                 },
@@ -266,11 +353,46 @@ impl Connection {
                 () = sleep_until(expiry.map(|(at, _)| at)), if expiry.is_some() => {
                     self.on_expiry();
                 }
+                () = sleep_until(auth_deadline), if auth_deadline.is_some() => {
+                    self.on_auth_deadline();
+                }
             }
         }
         if !writer_done {
             writer.abort();
         }
+        if read_end == Some(ReadEnd::Drain)
+            && let Some(sink) = sink
+        {
+            drain(stream, sink).await;
+        }
+    }
+
+    /// A frame the WebSocket layer refused: close with the code for it
+    /// (1009, 1007, 1002) and drain; a failed socket just ends.
+    fn on_read_error(&mut self, error: &ws::Error) -> ReadEnd {
+        let Some((code, reason, refusal)) = close_for(error) else {
+            tracing::debug!(conn = self.id, %error, "websocket read failed");
+            return ReadEnd::Gone;
+        };
+        if let Some(refusal) = refusal {
+            crate::refusals::count(refusal);
+        }
+        tracing::debug!(conn = self.id, %error, code, "closing after a frame that cannot be read");
+        self.close(code, reason);
+        ReadEnd::Drain
+    }
+
+    /// No AUTH within `limits.auth_timeout_ms`: close with 4001.
+    fn on_auth_deadline(&mut self) {
+        self.auth_deadline = None;
+        if self.session.is_some() || self.send_queue.is_closing() {
+            return;
+        }
+        crate::refusals::count(crate::refusals::Refusal::AuthDeadline);
+        let ms = self.config().limits.auth_timeout_ms;
+        tracing::debug!(conn = self.id, "no AUTH within the deadline");
+        self.close(close::AUTH_FAILED, &format!("no AUTH within {ms} ms"));
     }
 
     fn heartbeat(&mut self, interval: Duration) -> Liveness {
@@ -336,7 +458,7 @@ impl Connection {
         }
     }
 
-    async fn on_message(&mut self, message: Message) {
+    async fn on_message(&mut self, message: WireMessage) {
         // A client that sends requests without reading the answers waits
         // here instead of growing its queue.
         let limit = self.config().ephemeral_buffer_bytes * 2;
@@ -344,7 +466,7 @@ impl Connection {
             self.send_queue.wait_below(limit).await;
         }
         match message {
-            Message::Text(text) => {
+            WireMessage::Text(text) => {
                 let max = self.config().max_frame_bytes;
                 if text.len() > max {
                     self.bad_frame(
@@ -368,15 +490,17 @@ impl Connection {
                     }
                 }
             }
-            Message::Binary(_) => self.bad_frame(
+            WireMessage::Binary(_) => self.bad_frame(
                 ErrorCode::BadRequest,
                 "binary frames are not supported; send JSON text frames",
                 None,
             ),
             // The WebSocket layer answers pings itself; pongs only prove
             // the client is alive (`last_inbound`).
-            Message::Ping(_) | Message::Pong(_) => {}
-            Message::Close(_) => {}
+            WireMessage::Ping(_) | WireMessage::Pong(_) => {}
+            // A raw frame is never read; a close is answered by the
+            // WebSocket layer, which then ends the stream.
+            WireMessage::Close(_) | WireMessage::Frame(_) => {}
         }
     }
 
@@ -475,6 +599,8 @@ impl Connection {
     // AUTH
 
     async fn auth(&mut self, auth: Auth) {
+        // An AUTH arrived in time; a refused one closes below.
+        self.auth_deadline = None;
         let first = self.session.is_none();
         if let Some(v) = auth.v
             && v != PROTOCOL_VERSION
@@ -861,6 +987,29 @@ impl Connection {
 fn instant_in(ms: u64) -> Instant {
     const YEAR_MS: u64 = 365 * 24 * 60 * 60 * 1000;
     Instant::now() + Duration::from_millis(ms.min(YEAR_MS))
+}
+
+/// After a close frame that followed an unreadable frame: sends FIN and
+/// reads (and drops) whatever the client still sends until it closes, for
+/// at most [`CLOSE_LINGER`]. The WebSocket layer cannot be read any more
+/// (it stopped inside a frame), so this reads the socket under it; closing
+/// with unread input instead would answer with a reset, and a reset can
+/// destroy the close frame before the client reads it.
+async fn drain(stream: SplitStream<WsStream>, sink: WsSink) {
+    let Ok(mut socket) = stream.reunite(sink) else {
+        return;
+    };
+    let io = socket.get_mut();
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        let _ = io.shutdown().await;
+        let mut discard = vec![0u8; 16 * 1024];
+        while let Ok(read) = io.read(&mut discard).await {
+            if read == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
