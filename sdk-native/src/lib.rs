@@ -80,3 +80,7 @@ pub use subscription::{Acker, Delivery, Subscription};
 pub use promhub_core as core;
 pub use promhub_core::client::{ConnectionState, QueuePolicy};
 pub use promhub_core::frames::{ErrorCode, Event, StartFrom};
+/// The rustls this crate uses, for [`ClientConfig::tls_roots`] and
+/// [`ClientConfig::tls_config`].
+#[cfg(feature = "rustls")]
+pub use rustls;

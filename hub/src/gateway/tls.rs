@@ -109,8 +109,14 @@ fn load(
         )
     })?;
     CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        let why = match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                "the key does not belong to the (first) certificate".to_owned()
+            }
+            other => other.to_string(),
+        };
         format!(
-            "tls_cert {} / tls_key {}: {e}",
+            "tls_cert {} / tls_key {}: {why}",
             cert_path.display(),
             key_path.display()
         )
