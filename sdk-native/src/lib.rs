@@ -57,6 +57,15 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! ## `wss://`
+//!
+//! With the default `rustls` feature, `wss://` URLs work against hubs whose
+//! certificate comes from a public CA (webpki roots). For a hub with a
+//! certificate from a private CA, trust that CA with
+//! [`ClientConfig::tls_roots`], or pass a complete rustls setup with
+//! [`ClientConfig::tls_config`]; [`rustls`] is re-exported so the versions
+//! match.
 
 mod client;
 mod config;

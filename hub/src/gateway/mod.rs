@@ -42,9 +42,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::refusals::{self, Refusal};
 use caps::{Caps, MAX_REFUSING, Over, Slot};
 
-/// Largest request head (request line and headers) a client may send;
-/// hyper answers a bigger one with 431. Also bounds what a slow client
-/// can make the hub buffer per connection before its deadline.
+/// hyper's `max_buf_size`: its read buffer (a request head that does not
+/// fit gets 431; one read may overshoot by its allocation's spare
+/// capacity) and how much response it buffers before writing. Bounds what
+/// a slow client can make the hub buffer per connection before its
+/// deadline.
 const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 /// How long a 503 refusal may take: the TLS handshake (when on), writing
 /// the answer, and waiting for the client to close first.
