@@ -309,9 +309,8 @@ fn serve(config: HubConfig) -> anyhow::Result<()> {
         "ws"
     };
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
+        let listener =
+            listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         {
             let mut stdout = std::io::stdout().lock();
@@ -322,6 +321,25 @@ fn serve(config: HubConfig) -> anyhow::Result<()> {
         promhub_hub::run(listener, config, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// Pending connections the kernel queues for the accept loop (capped by
+/// `net.core.somaxconn`); tokio's default of 1024 overflows under a burst
+/// of connects, and the overflow is dropped (the client retries later).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // A restarted hub binds again while old connections linger in
+    // TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Resolves on SIGINT or SIGTERM.
