@@ -15,19 +15,18 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::Message;
-use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
+use futures_util::stream::{FuturesUnordered, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use promhub_core::frames::{
     self, Auth, ClientFrame, DeliveryRef, ErrorFrame, Expiring, HubFrame, Nack, PROTOCOL_VERSION,
     Ping, PubAck, Publish, Rid, StartFrom, Subscribe, Unsubscribe, Welcome, close,
 };
 use promhub_core::{ErrorCode, Policy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::{Frame, Utf8Bytes};
+use tokio_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self as ws, Message as WireMessage};
 
 use crate::authn::Authenticator;
@@ -35,6 +34,7 @@ use crate::broker::{BrokerHandle, Command, ConnId, MemberOpts, SubscribeRequest}
 use crate::config::{HubConfig, MAX_ACK_TIMEOUT_MS, MAX_DELIVER_LIMIT, MAX_INFLIGHT_LIMIT};
 use crate::gateway::caps::Slot;
 use crate::gateway::upgrade::WsStream;
+use crate::gateway::wire::{WsSink, close_for, drain, to_wire};
 use crate::limits::{COUNTERS, RateLimit, Strikes, TokenBucket, TopicBuckets, retry_after_ms};
 use crate::metrics::{Metrics, encoded_op};
 use crate::send_queue::{CloseReason, Drained, SendQueue, SendQueueLimits};
@@ -46,9 +46,6 @@ const MAX_SEQ: u64 = i64::MAX as u64;
 /// After the hub sent a close frame, how long it waits for the client's
 /// close before dropping the socket.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
-/// RFC 6455's close code for a protocol error (a frame that is not
-/// WebSocket: unmasked, reserved bits, unknown opcode, ...).
-const WS_PROTOCOL_ERROR: u16 = 1002;
 /// The server name announced in `OK`.
 pub const SERVER_NAME: &str = concat!("promhub/", env!("CARGO_PKG_VERSION"));
 
@@ -191,8 +188,6 @@ pub(crate) async fn serve(socket: WsStream, shared: Arc<Shared>, slot: Arc<Slot>
     drop(slot);
 }
 
-type WsSink = SplitSink<WsStream, WireMessage>;
-
 /// Sends what the send queue holds, one flush per drain; ends after sending a
 /// close frame (returning the sink, so the reader can drain the socket) or
 /// on a socket error.
@@ -235,48 +230,6 @@ async fn write_loop(
                 };
             }
         }
-    }
-}
-
-/// A queued frame as tungstenite's message. Text goes out as a ready-made
-/// frame over the same bytes: the queue's text is valid UTF-8 already, and
-/// a broadcast frame is shared by every subscriber, so it is neither copied
-/// nor checked again per connection.
-fn to_wire(message: Message) -> WireMessage {
-    match message {
-        Message::Text(text) => WireMessage::Frame(Frame::message(
-            bytes::Bytes::from(text),
-            OpCode::Data(OpData::Text),
-            true,
-        )),
-        Message::Binary(data) => WireMessage::Binary(data),
-        Message::Ping(data) => WireMessage::Ping(data),
-        Message::Pong(data) => WireMessage::Pong(data),
-        Message::Close(frame) => WireMessage::Close(frame.map(|frame| CloseFrame {
-            code: CloseCode::from(frame.code),
-            reason: Utf8Bytes::from(frame.reason.as_str()),
-        })),
-    }
-}
-
-/// The close code for a read error the client caused, with what it is
-/// counted as; `None` when the socket itself ended or failed.
-fn close_for(error: &ws::Error) -> Option<(u16, &'static str, Option<crate::refusals::Refusal>)> {
-    use ws::error::{CapacityError, ProtocolError};
-    match error {
-        ws::Error::Capacity(CapacityError::MessageTooLong { .. }) => Some((
-            close::MESSAGE_TOO_BIG,
-            "frame too big",
-            Some(crate::refusals::Refusal::FrameTooBig),
-        )),
-        ws::Error::Utf8(_) => Some((
-            close::INVALID_PAYLOAD,
-            "text frame is not valid UTF-8",
-            Some(crate::refusals::Refusal::InvalidUtf8),
-        )),
-        ws::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
-        ws::Error::Protocol(_) => Some((WS_PROTOCOL_ERROR, "WebSocket protocol error", None)),
-        _ => None,
     }
 }
 
@@ -364,7 +317,7 @@ impl Connection {
         if read_end == Some(ReadEnd::Drain)
             && let Some(sink) = sink
         {
-            drain(stream, sink).await;
+            drain(stream, sink, CLOSE_LINGER).await;
         }
     }
 
@@ -987,29 +940,6 @@ impl Connection {
 fn instant_in(ms: u64) -> Instant {
     const YEAR_MS: u64 = 365 * 24 * 60 * 60 * 1000;
     Instant::now() + Duration::from_millis(ms.min(YEAR_MS))
-}
-
-/// After a close frame that followed an unreadable frame: sends FIN and
-/// reads (and drops) whatever the client still sends until it closes, for
-/// at most [`CLOSE_LINGER`]. The WebSocket layer cannot be read any more
-/// (it stopped inside a frame), so this reads the socket under it; closing
-/// with unread input instead would answer with a reset, and a reset can
-/// destroy the close frame before the client reads it.
-async fn drain(stream: SplitStream<WsStream>, sink: WsSink) {
-    let Ok(mut socket) = stream.reunite(sink) else {
-        return;
-    };
-    let io = socket.get_mut();
-    let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        let _ = io.shutdown().await;
-        let mut discard = vec![0u8; 16 * 1024];
-        while let Ok(read) = io.read(&mut discard).await {
-            if read == 0 {
-                break;
-            }
-        }
-    })
-    .await;
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -20,6 +20,7 @@
 pub(crate) mod caps;
 pub mod tls;
 pub(crate) mod upgrade;
+pub(crate) mod wire;
 
 use std::io;
 use std::net::SocketAddr;
