@@ -590,3 +590,27 @@ fn dechunk(mut rest: &str) -> String {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_errors_past_the_descriptor_limit_are_logged_and_waited_out() {
+    // A cap set above what 256 descriptors allow: the hub warns at start,
+    // then runs out of descriptors under the flood. The accept loop must
+    // log that (rate-limited), pause, and serve again once sockets close.
+    let hub = Spawned::launch(Launch {
+        args: &["--max-connections", "1000", "--upgrade-timeout-ms", "60000"],
+        nofile: Some(256),
+        rust_log: None,
+    })
+    .await;
+    hub.wait_for_log("more than the file-descriptor limit leaves room for")
+        .await;
+    let flood = open_sockets(hub.addr, 300).await;
+    hub.wait_for_log("accept failed").await;
+    let log = hub.stderr();
+    assert!(log.contains("Too many open files"), "{log}");
+    // Logged at most once per 5 s, not once per failed accept.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(hub.stderr().matches("accept failed").count(), 1);
+    drop(flood);
+    round_trip_once_served(&hub.url).await;
+}
