@@ -22,6 +22,10 @@ function main() {
   if (!existsSync(process.env.CHROMIUM_PATH ?? "/usr/bin/chromium")) {
     ensureAptPackages(["chromium"]);
   }
+  // The TLS test makes its test CA with the openssl CLI.
+  if (!existsSync("/usr/bin/openssl")) {
+    ensureAptPackages(["openssl"]);
+  }
   ensureNodeModules();
   if (process.env.SKIP_BUILD !== "1") {
     if (!process.env.PROMHUB_BIN) {

@@ -237,9 +237,9 @@ impl Default for HubConfig {
 impl HubConfig {
     /// The largest frame the WebSocket layer reads at all. Frames between
     /// `max_frame_bytes` and this get `ERR too_large` and the connection
-    /// lives on; larger ones are refused by the WebSocket codec, which
-    /// closes the connection (reading them just to refuse them would let a
-    /// client make the hub buffer arbitrary amounts).
+    /// lives on; larger ones are refused by the WebSocket codec, and the
+    /// connection is closed with 1009 (reading them just to refuse them
+    /// would let a client make the hub buffer arbitrary amounts).
     pub fn hard_frame_limit(&self) -> usize {
         self.max_frame_bytes
             .saturating_mul(2)

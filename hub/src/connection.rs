@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
+use axum::extract::ws::Message;
+use futures_util::stream::{FuturesUnordered, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use promhub_core::frames::{
     self, Auth, ClientFrame, DeliveryRef, ErrorFrame, Expiring, HubFrame, Nack, PROTOCOL_VERSION,
@@ -24,10 +24,17 @@ use promhub_core::frames::{
 use promhub_core::{ErrorCode, Policy};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self as ws, Message as WireMessage};
 
 use crate::authn::Authenticator;
 use crate::broker::{BrokerHandle, Command, ConnId, MemberOpts, SubscribeRequest};
 use crate::config::{HubConfig, MAX_ACK_TIMEOUT_MS, MAX_DELIVER_LIMIT, MAX_INFLIGHT_LIMIT};
+use crate::gateway::caps::Slot;
+use crate::gateway::upgrade::WsStream;
+use crate::gateway::wire::{WsSink, close_for, drain, to_wire};
 use crate::limits::{COUNTERS, RateLimit, Strikes, TokenBucket, TopicBuckets, retry_after_ms};
 use crate::metrics::{Metrics, encoded_op};
 use crate::send_queue::{CloseReason, Drained, SendQueue, SendQueueLimits};
@@ -114,16 +121,34 @@ struct Connection {
     /// Unacknowledged group-delivery bytes, shared by all this
     /// connection's group subscriptions (the broker counts them).
     group_bytes: Arc<AtomicUsize>,
+    /// The connection is closed with 4001 unless an AUTH arrives by then
+    /// (`limits.auth_timeout_ms` after the upgrade); `None` once one did.
+    auth_deadline: Option<Instant>,
 }
 
-/// Serves one upgraded WebSocket until it closes.
-pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
+/// Why the reader stopped reading frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadEnd {
+    /// The socket ended or failed: nothing more to do.
+    Gone,
+    /// A frame the WebSocket layer cannot read (too big, not UTF-8, not
+    /// WebSocket): the close frame is queued, and what the client still
+    /// sends is read and dropped until it closes, so the close frame is
+    /// not lost in a reset.
+    Drain,
+}
+
+/// Serves one upgraded WebSocket until it closes. `slot` is its place
+/// under the connection caps, held until the socket is closed.
+pub(crate) async fn serve(socket: WsStream, shared: Arc<Shared>, slot: Arc<Slot>) {
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let send_queue = Arc::new(SendQueue::new(shared.outbox_limits()));
     let rate_strikes = Strikes::new(
         shared.config.limits.max_rate_limited,
         Duration::from_millis(shared.config.limits.rate_limited_window_ms),
     );
+    let auth_deadline =
+        Instant::now() + Duration::from_millis(shared.config.limits.auth_timeout_ms);
     let (sink, stream) = socket.split();
     shared.metrics.connections_total.inc();
     shared.metrics.connections_open.inc();
@@ -147,6 +172,7 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
         publish_quota: None,
         rate_strikes,
         group_bytes: Arc::default(),
+        auth_deadline: Some(auth_deadline),
     };
     tracing::debug!(conn = id, "connection opened");
     connection.read_loop(stream, writer).await;
@@ -159,15 +185,17 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
     }
     connection.shared.metrics.connections_open.dec();
     tracing::debug!(conn = id, "connection closed");
+    drop(slot);
 }
 
 /// Sends what the send queue holds, one flush per drain; ends after sending a
-/// close frame or on a socket error.
+/// close frame (returning the sink, so the reader can drain the socket) or
+/// on a socket error.
 async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
+    mut sink: WsSink,
     send_queue: Arc<SendQueue>,
     metrics: Arc<Metrics>,
-) {
+) -> Option<WsSink> {
     let mut batch = Vec::new();
     loop {
         match send_queue.drain(&mut batch).await {
@@ -176,14 +204,14 @@ async fn write_loop(
                     if let Message::Text(text) = &message {
                         metrics.frames_out.inc(encoded_op(text));
                     }
-                    if sink.feed(message).await.is_err() {
+                    if sink.feed(to_wire(message)).await.is_err() {
                         send_queue.close(CloseReason::new(close::NORMAL, "socket error"));
-                        return;
+                        return None;
                     }
                 }
                 if sink.flush().await.is_err() {
                     send_queue.close(CloseReason::new(close::NORMAL, "socket error"));
-                    return;
+                    return None;
                 }
                 send_queue.written(bytes);
                 // Do not keep a burst's worth of capacity for an idle
@@ -194,11 +222,13 @@ async fn write_loop(
             }
             Drained::Close(reason) => {
                 let frame = CloseFrame {
-                    code: reason.code,
-                    reason: reason.reason.into(),
+                    code: CloseCode::from(reason.code),
+                    reason: Utf8Bytes::from(reason.reason.as_str()),
                 };
-                let _ = sink.send(Message::Close(Some(frame))).await;
-                return;
+                return match sink.send(WireMessage::Close(Some(frame))).await {
+                    Ok(()) => Some(sink),
+                    Err(_) => None,
+                };
             }
         }
     }
@@ -211,8 +241,8 @@ impl Connection {
 
     async fn read_loop(
         &mut self,
-        mut stream: SplitStream<WebSocket>,
-        mut writer: tokio::task::JoinHandle<()>,
+        mut stream: SplitStream<WsStream>,
+        mut writer: tokio::task::JoinHandle<Option<WsSink>>,
     ) {
         let heartbeat = Duration::from_millis(self.config().heartbeat_ms);
         let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
@@ -223,17 +253,24 @@ impl Connection {
             self.close(close::GOING_AWAY, "hub shutting down");
         }
         let mut writer_done = false;
+        let mut sink = None;
         let mut linger_until: Option<Instant> = None;
+        let mut read_end = None;
         loop {
             let expiry = self.expiry;
+            let auth_deadline = self.auth_deadline;
             tokio::select! {
                 biased;
-                _ = &mut writer, if !writer_done => {
+                written = &mut writer, if !writer_done => {
+                    writer_done = true;
+                    sink = written.ok().flatten();
+                    if read_end == Some(ReadEnd::Drain) {
+                        break;
+                    }
                     // The close frame is out (or the socket failed): wait a
                     // little for the client's close so that unread input
                     // does not turn our FIN into a reset that could swallow
                     // the close frame.
-                    writer_done = true;
                     linger_until = Some(Instant::now() + CLOSE_LINGER);
                 }
                 () = sleep_until(linger_until), if linger_until.is_some() => break,
@@ -246,16 +283,19 @@ impl Connection {
                 Some((rid, result)) = self.publishes.next(), if !self.publishes.is_empty() => {
                     self.publish_done(rid, result);
                 }
-                message = stream.next() => match message {
+                message = stream.next(), if read_end.is_none() => match message {
                     Some(Ok(message)) => {
                         self.last_inbound = Instant::now();
                         if !self.send_queue.is_closing() {
                             self.on_message(message).await;
                         }
                     }
-                    Some(Err(e)) => {
-                        tracing::debug!(conn = self.id, error = %e, "websocket read failed");
-                        break;
+                    Some(Err(error)) => {
+                        let end = self.on_read_error(&error);
+                        read_end = Some(end);
+                        if end == ReadEnd::Gone || writer_done {
+                            break;
+                        }
                     }
                     None => break,
                 },
@@ -267,11 +307,46 @@ impl Connection {
                 () = sleep_until(expiry.map(|(at, _)| at)), if expiry.is_some() => {
                     self.on_expiry();
                 }
+                () = sleep_until(auth_deadline), if auth_deadline.is_some() => {
+                    self.on_auth_deadline();
+                }
             }
         }
         if !writer_done {
             writer.abort();
         }
+        if read_end == Some(ReadEnd::Drain)
+            && let Some(sink) = sink
+        {
+            drain(stream, sink, CLOSE_LINGER).await;
+        }
+    }
+
+    /// A frame the WebSocket layer refused: close with the code for it
+    /// (1009, 1007, 1002) and drain; a failed socket just ends.
+    fn on_read_error(&mut self, error: &ws::Error) -> ReadEnd {
+        let Some((code, reason, refusal)) = close_for(error) else {
+            tracing::debug!(conn = self.id, %error, "websocket read failed");
+            return ReadEnd::Gone;
+        };
+        if let Some(refusal) = refusal {
+            crate::refusals::count(refusal);
+        }
+        tracing::debug!(conn = self.id, %error, code, "closing after a frame that cannot be read");
+        self.close(code, reason);
+        ReadEnd::Drain
+    }
+
+    /// No AUTH within `limits.auth_timeout_ms`: close with 4001.
+    fn on_auth_deadline(&mut self) {
+        self.auth_deadline = None;
+        if self.session.is_some() || self.send_queue.is_closing() {
+            return;
+        }
+        crate::refusals::count(crate::refusals::Refusal::AuthDeadline);
+        let ms = self.config().limits.auth_timeout_ms;
+        tracing::debug!(conn = self.id, "no AUTH within the deadline");
+        self.close(close::AUTH_FAILED, &format!("no AUTH within {ms} ms"));
     }
 
     fn heartbeat(&mut self, interval: Duration) -> Liveness {
@@ -337,7 +412,7 @@ impl Connection {
         }
     }
 
-    async fn on_message(&mut self, message: Message) {
+    async fn on_message(&mut self, message: WireMessage) {
         // A client that sends requests without reading the answers waits
         // here instead of growing its queue.
         let limit = self.config().ephemeral_buffer_bytes * 2;
@@ -345,7 +420,7 @@ impl Connection {
             self.send_queue.wait_below(limit).await;
         }
         match message {
-            Message::Text(text) => {
+            WireMessage::Text(text) => {
                 let max = self.config().max_frame_bytes;
                 if text.len() > max {
                     self.bad_frame(
@@ -369,15 +444,17 @@ impl Connection {
                     }
                 }
             }
-            Message::Binary(_) => self.bad_frame(
+            WireMessage::Binary(_) => self.bad_frame(
                 ErrorCode::BadRequest,
                 "binary frames are not supported; send JSON text frames",
                 None,
             ),
             // The WebSocket layer answers pings itself; pongs only prove
             // the client is alive (`last_inbound`).
-            Message::Ping(_) | Message::Pong(_) => {}
-            Message::Close(_) => {}
+            WireMessage::Ping(_) | WireMessage::Pong(_) => {}
+            // A raw frame is never read; a close is answered by the
+            // WebSocket layer, which then ends the stream.
+            WireMessage::Close(_) | WireMessage::Frame(_) => {}
         }
     }
 
@@ -476,6 +553,8 @@ impl Connection {
     // AUTH
 
     async fn auth(&mut self, auth: Auth) {
+        // An AUTH arrived in time; a refused one closes below.
+        self.auth_deadline = None;
         let first = self.session.is_none();
         if let Some(v) = auth.v
             && v != PROTOCOL_VERSION

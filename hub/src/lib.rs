@@ -10,6 +10,7 @@ mod clock;
 pub mod config;
 mod connection;
 pub mod error;
+mod gateway;
 pub mod limits;
 pub mod metrics;
 mod ops;
@@ -28,5 +29,8 @@ pub use config::{
 };
 pub use connection::SERVER_NAME;
 pub use error::HubError;
+/// Checks that the configured TLS certificate and key load (the binary
+/// calls it before announcing `listening on`).
+pub use gateway::tls::check as check_tls;
 pub use metrics::{Metrics, OutboxGauges, OutboxSource};
 pub use server::{HubParts, run, run_with};

@@ -5,7 +5,9 @@
 //! [--publish-rate N [--publish-burst B]] [--topic-publish-rate N [--topic-publish-burst B]]`;
 //! every flag can also come from `PROMHUB_*` environment variables, and a
 //! TOML file gives the rest (flags and environment win over the file). The
-//! first line on stdout is `listening on ws://ADDR/PATH`, for scripts.
+//! first line on stdout is `listening on ws://ADDR/PATH` (`wss://` with
+//! `--tls-cert`/`--tls-key`), for scripts. SIGHUP re-reads the TLS
+//! certificate and key.
 //! `--admin-token` opens the ops API (`/ops`, `/metrics`, `/lag`, ...) to
 //! that bearer token besides JWTs with scope `admin`; without a JWT
 //! verifier it is the only way in.
@@ -298,20 +300,46 @@ fn serve(config: HubConfig) -> anyhow::Result<()> {
         .thread_name("promhub")
         .build()
         .context("starting the tokio runtime")?;
+    // A certificate that does not load fails the start before anything is
+    // announced.
+    promhub_hub::check_tls(&config).map_err(anyhow::Error::msg)?;
+    let scheme = if config.tls_cert.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
+        let listener =
+            listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         {
             let mut stdout = std::io::stdout().lock();
-            writeln!(stdout, "listening on ws://{addr}{}", config.ws_path)?;
+            writeln!(stdout, "listening on {scheme}://{addr}{}", config.ws_path)?;
             stdout.flush()?;
         }
         tracing::info!(%addr, data = %config.data.display(), "hub started");
         promhub_hub::run(listener, config, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// Pending connections the kernel queues for the accept loop (capped by
+/// `net.core.somaxconn`); tokio's default of 1024 overflows under a burst
+/// of connects, and the overflow is dropped (the client retries later).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // A restarted hub binds again while old connections linger in
+    // TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Resolves on SIGINT or SIGTERM.

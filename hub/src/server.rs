@@ -2,26 +2,22 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tower_http::services::ServeDir;
 
 use crate::auth::Verifier;
 use crate::authn::{Authenticator, DevAuthenticator};
 use crate::broker::{self, BrokerSetup, HoldLimits};
 use crate::config::{HubConfig, StoreLocation, SyncPolicy};
-use crate::connection::{self, Shared};
+use crate::connection::Shared;
 use crate::error::HubError;
+use crate::gateway::{self, Gateway, caps, tls};
 use crate::limits::TopicBuckets;
 use crate::metrics::Metrics;
 use crate::ops::{self, OpsState};
@@ -30,13 +26,6 @@ use crate::store::Store;
 use crate::store::mongo::{MongoOptions, MongoStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::writer::{StoreWriter, WriterOptions};
-
-/// WebSocket read buffer per connection: small, because idle connections
-/// are the common case (a frame larger than this is read in several steps).
-const READ_BUFFER_BYTES: usize = 4 * 1024;
-/// Frames are written to the socket once this much is buffered, or on
-/// flush (once per send queue drain).
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Optional parts of a hub; `None` means the default (the store named by
 /// `config.store`; the JWT verifier from `config.auth`, or development mode
@@ -80,6 +69,10 @@ pub async fn run_with(
             config.ws_path
         )));
     }
+    // Before the store opens: a wrong certificate path fails the start
+    // at once.
+    let tls = tls::acceptor(&config).map_err(HubError::Config)?;
+    let caps = connection_caps(&config);
     let config = Arc::new(config);
     let metrics = parts.metrics.unwrap_or_default();
     let authenticator = match parts.authenticator {
@@ -131,7 +124,6 @@ pub async fn run_with(
         shutdown_rx.clone(),
     )
     .map_err(HubError::Config)?;
-    let tracker = Arc::new(ConnectionTracker::default());
     let replay = crate::replay::router(crate::replay::ReplayState {
         store: Arc::clone(&store),
         writer: writer.clone(),
@@ -162,11 +154,8 @@ pub async fn run_with(
         );
     }
     let mut app = Router::new()
-        .route(&config.ws_path, get(upgrade))
-        .with_state(GatewayState {
-            shared,
-            tracker: Arc::clone(&tracker),
-        })
+        .route(&config.ws_path, get(gateway::upgrade::upgrade))
+        .with_state(shared)
         .merge(replay)
         .merge(ops::router(ops_state));
     if let Some(dir) = &config.www {
@@ -175,34 +164,38 @@ pub async fn run_with(
         tracing::info!(www = %dir.display(), "serving static files at /");
         app = app.fallback_service(ServeDir::new(dir));
     }
-    let listener = listener.tap_io(|tcp| {
-        // Frames are small and latency matters; batching happens in the
-        // send queue, not in Nagle's algorithm.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    let tls = match tls {
+        Some((acceptor, resolver)) => {
+            tls::reload_on_sighup(resolver, shutdown_rx.clone()).map_err(HubError::Config)?;
+            Some(acceptor)
         }
-    });
-    let stop_accepting = {
+        None => None,
+    };
+    tokio::spawn({
         let shutdown_tx = shutdown_tx.clone();
         async move {
             shutdown.await;
             tracing::info!("shutting down: closing connections");
             let _ = shutdown_tx.send(true);
         }
-    };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop_accepting)
-        .await?;
+    });
+    gateway::serve(Gateway {
+        listener,
+        app,
+        caps: Arc::clone(&caps),
+        tls,
+        upgrade_timeout: Duration::from_millis(config.limits.upgrade_timeout_ms),
+        shutdown: shutdown_rx.clone(),
+    })
+    .await;
 
-    // Connections were told to close with 1001; give them a moment.
+    // WebSockets were told to close with 1001, HTTP connections to end
+    // after their response; give them a moment.
     let _ = shutdown_tx.send(true);
     let grace = Duration::from_millis(config.shutdown_grace_ms);
-    if tokio::time::timeout(grace, tracker.wait_idle())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, caps.wait_idle()).await.is_err() {
         tracing::warn!(
-            open = tracker.open.load(Ordering::Relaxed),
+            open = caps.open(),
             "connections still open after the shutdown grace period"
         );
     }
@@ -297,59 +290,31 @@ async fn open_sqlite(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> {
     Ok(Arc::new(store))
 }
 
-#[derive(Debug, Clone)]
-struct GatewayState {
-    shared: Arc<Shared>,
-    tracker: Arc<ConnectionTracker>,
-}
-
-async fn upgrade(State(state): State<GatewayState>, ws: WebSocketUpgrade) -> Response {
-    if *state.shared.shutdown.borrow() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "hub shutting down").into_response();
-    }
-    let config = &state.shared.config;
-    let guard = state.tracker.enter();
-    let shared = Arc::clone(&state.shared);
-    ws.read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_message_size(config.hard_frame_limit())
-        .max_frame_size(config.hard_frame_limit())
-        .on_upgrade(move |socket| async move {
-            connection::serve(socket, shared).await;
-            drop(guard);
-        })
-}
-
-/// Counts open connections so shutdown can wait for them.
-#[derive(Debug, Default)]
-struct ConnectionTracker {
-    open: AtomicUsize,
-    idle: Notify,
-}
-
-struct TrackerGuard(Arc<ConnectionTracker>);
-
-impl ConnectionTracker {
-    fn enter(self: &Arc<Self>) -> TrackerGuard {
-        self.open.fetch_add(1, Ordering::AcqRel);
-        TrackerGuard(Arc::clone(self))
-    }
-
-    async fn wait_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if self.open.load(Ordering::Acquire) == 0 {
-                return;
+/// The connection caps: `limits.max_connections`, or the default derived
+/// from the file-descriptor limit (raised to the hard limit either way).
+fn connection_caps(config: &HubConfig) -> Arc<caps::Caps> {
+    let (derived, fd_limit) = caps::from_fd_limit();
+    let limits = &config.limits;
+    let max = match limits.max_connections {
+        Some(max) => {
+            if max > derived {
+                tracing::warn!(
+                    max_connections = max,
+                    fd_limit,
+                    fits = derived,
+                    "limits.max_connections is more than the file-descriptor limit leaves \
+                     room for; past it accepts fail (EMFILE) and wait"
+                );
             }
-            notified.await;
+            max
         }
-    }
-}
-
-impl Drop for TrackerGuard {
-    fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
+        None => derived,
+    };
+    tracing::info!(
+        max_connections = max,
+        max_connections_per_ip = ?limits.max_connections_per_ip,
+        fd_limit,
+        "connection caps"
+    );
+    caps::Caps::new(max, limits.max_connections_per_ip)
 }

@@ -32,6 +32,10 @@ pub struct ClientConfig {
     pub event_capacity: usize,
     /// Largest frame accepted from the hub.
     pub max_frame_bytes: usize,
+    /// TLS for `wss://` URLs; `None`: rustls with the webpki root
+    /// certificates (the public CAs).
+    #[cfg(feature = "rustls")]
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for ClientConfig {
@@ -46,6 +50,7 @@ impl fmt::Debug for ClientConfig {
             .field("token_provider", &self.token_provider.is_some())
             .field("event_capacity", &self.event_capacity)
             .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("custom_tls", &self.has_custom_tls())
             .finish()
     }
 }
@@ -71,7 +76,54 @@ impl ClientConfig {
             token_provider: None,
             event_capacity: 32,
             max_frame_bytes: 16 * 1024 * 1024,
+            #[cfg(feature = "rustls")]
+            tls: None,
         }
+    }
+
+    fn has_custom_tls(&self) -> bool {
+        #[cfg(feature = "rustls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "rustls"))]
+        false
+    }
+
+    /// Trusts exactly these root certificates for `wss://` instead of the
+    /// public CAs (webpki roots): for a hub whose certificate comes from a
+    /// private CA. Load the CA's PEM file with
+    /// [`rustls::pki_types::pem::PemObject`](crate::rustls::pki_types::pem::PemObject):
+    ///
+    /// ```no_run
+    /// use promhub::rustls::RootCertStore;
+    /// use promhub::rustls::pki_types::CertificateDer;
+    /// use promhub::rustls::pki_types::pem::PemObject;
+    ///
+    /// # fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut roots = RootCertStore::empty();
+    /// for cert in CertificateDer::pem_file_iter("ca.pem")? {
+    ///     roots.add(cert?)?;
+    /// }
+    /// let config = promhub::ClientConfig::new().token("eyJ...").tls_roots(roots);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "rustls")]
+    pub fn tls_roots(self, roots: rustls::RootCertStore) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports rustls' default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        self.tls_config(Arc::new(tls))
+    }
+
+    /// The complete rustls setup for `wss://` (roots, client certificates,
+    /// protocol versions), replacing the default (the public CAs).
+    #[cfg(feature = "rustls")]
+    pub fn tls_config(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Authenticates with this token (a JWT). To refresh it, call

@@ -57,6 +57,15 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! ## `wss://`
+//!
+//! With the default `rustls` feature, `wss://` URLs work against hubs whose
+//! certificate comes from a public CA (webpki roots). For a hub with a
+//! certificate from a private CA, trust that CA with
+//! [`ClientConfig::tls_roots`], or pass a complete rustls setup with
+//! [`ClientConfig::tls_config`]; [`rustls`] is re-exported so the versions
+//! match.
 
 mod client;
 mod config;
@@ -80,3 +89,7 @@ pub use subscription::{Acker, Delivery, Subscription};
 pub use promhub_core as core;
 pub use promhub_core::client::{ConnectionState, QueuePolicy};
 pub use promhub_core::frames::{ErrorCode, Event, StartFrom};
+/// The rustls this crate uses, for [`ClientConfig::tls_roots`] and
+/// [`ClientConfig::tls_config`].
+#[cfg(feature = "rustls")]
+pub use rustls;

@@ -8,6 +8,7 @@
 pub mod http;
 pub mod jwt;
 pub mod process;
+pub mod spawned;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

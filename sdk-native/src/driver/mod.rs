@@ -66,7 +66,7 @@ struct SubEntry {
 pub(crate) struct Driver {
     core: ClientCore,
     url: String,
-    max_frame_bytes: usize,
+    socket_options: socket::SocketOptions,
     provider: Option<TokenProvider>,
     /// The core's reconnect backoff, reused for a failing token provider.
     reconnect: ReconnectConfig,
@@ -104,7 +104,11 @@ impl Driver {
             reconnect: config.core.reconnect,
             core: ClientCore::new(config.core),
             url,
-            max_frame_bytes: config.max_frame_bytes,
+            socket_options: socket::SocketOptions {
+                max_frame_bytes: config.max_frame_bytes,
+                #[cfg(feature = "rustls")]
+                tls: config.tls,
+            },
             provider: config.token_provider,
             start: Instant::now(),
             commands,
@@ -295,9 +299,9 @@ impl Driver {
             _ => None,
         };
         let url = self.url.clone();
-        let max_frame_bytes = self.max_frame_bytes;
+        let options = self.socket_options.clone();
         self.opening = Some(Box::pin(async move {
-            let socket = socket::open(url, max_frame_bytes);
+            let socket = socket::open(url, options);
             match token {
                 None => Opened {
                     socket: socket.await,

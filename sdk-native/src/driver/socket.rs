@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -32,17 +32,35 @@ const MAX_WRITE_BATCH: usize = 512;
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// How sockets are opened (from [`ClientConfig`](crate::ClientConfig)).
+#[derive(Clone)]
+pub(crate) struct SocketOptions {
+    pub max_frame_bytes: usize,
+    /// The TLS setup for `wss://`; `None`: the webpki roots.
+    #[cfg(feature = "rustls")]
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
 /// Opens the WebSocket, with TCP_NODELAY: frames are small and batching
 /// happens in the writer, not in Nagle's algorithm.
-pub(crate) async fn open(url: String, max_frame_bytes: usize) -> Result<Socket, String> {
+pub(crate) async fn open(url: String, options: SocketOptions) -> Result<Socket, String> {
     let mut config = WebSocketConfig::default();
     config.read_buffer_size = READ_BUFFER_BYTES;
     config.write_buffer_size = WRITE_BUFFER_BYTES;
-    config.max_message_size = Some(max_frame_bytes);
-    config.max_frame_size = Some(max_frame_bytes);
-    let (ws, _response) = connect_async_with_config(url.as_str(), Some(config), true)
-        .await
-        .map_err(|e| e.to_string())?;
+    config.max_message_size = Some(options.max_frame_bytes);
+    config.max_frame_size = Some(options.max_frame_bytes);
+    #[cfg(feature = "rustls")]
+    let connected = tokio_tungstenite::connect_async_tls_with_config(
+        url.as_str(),
+        Some(config),
+        true,
+        options.tls.map(tokio_tungstenite::Connector::Rustls),
+    )
+    .await;
+    #[cfg(not(feature = "rustls"))]
+    let connected =
+        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true).await;
+    let (ws, _response) = connected.map_err(|e| e.to_string())?;
     Ok(Socket::new(ws))
 }
 

@@ -1,8 +1,9 @@
 // Test harness for the browser tests: a real hub process, a static file
 // server for the package and the test page, and headless Chromium driven
 // by playwright-core. Every wait is bounded; nothing asserts on timing.
-import { spawn } from "node:child_process";
-import { createReadStream, existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { createHash, X509Certificate } from "node:crypto";
+import { createReadStream, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { extname, join, normalize, sep } from "node:path";
@@ -31,7 +32,8 @@ export function tempDir(prefix) {
 
 /**
  * Starts `promhub serve` and resolves once it printed its
- * `listening on ws://…` line. `listen` defaults to a free port.
+ * `listening on ws://…` (or `wss://…` with TLS) line. `listen` defaults to
+ * a free port.
  */
 export function startHub({ dataDir, listen = "127.0.0.1:0", args = [], env = {} }) {
   const child = spawn(hubBinary(), ["serve", "--listen", listen, "--data", dataDir, ...args], {
@@ -52,17 +54,18 @@ export function startHub({ dataDir, listen = "127.0.0.1:0", args = [], env = {} 
     const lines = createInterface({ input: child.stdout });
     lines.once("line", (line) => {
       clearTimeout(timer);
-      const match = line.match(/^listening on (ws:\/\/(\S+?):(\d+)(\/\S*))$/);
+      const match = line.match(/^listening on ((wss?):\/\/(\S+?):(\d+)(\/\S*))$/);
       if (!match) {
         child.kill("SIGKILL");
         reject(new Error(`unexpected first line from the hub: ${line}\n${stderr}`));
         return;
       }
       lines.on("line", () => {});
+      const scheme = match[2] === "wss" ? "https" : "http";
       resolve({
         url: match[1],
-        port: Number(match[3]),
-        origin: `http://${match[2]}:${match[3]}`,
+        port: Number(match[4]),
+        origin: `${scheme}://${match[3]}:${match[4]}`,
         process: child,
         stderr: () => stderr,
         exited,
@@ -122,8 +125,11 @@ export function startStaticServer(root = ROOT) {
   });
 }
 
-/** Headless Chromium with a fresh profile. */
-export async function launchBrowser() {
+/**
+ * Headless Chromium with a fresh profile; `args` are added to its command
+ * line (e.g. `--ignore-certificate-errors-spki-list=…`).
+ */
+export async function launchBrowser({ args = [] } = {}) {
   if (!existsSync(CHROMIUM)) {
     throw new Error(`Chromium not found at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`);
   }
@@ -140,6 +146,7 @@ export async function launchBrowser() {
       "--disable-background-networking",
       "--disable-component-update",
       "--disable-sync",
+      ...args,
     ],
   });
   return {
@@ -174,4 +181,29 @@ export async function openTestPage(browser, origin) {
 /** A topic name of its own for each test. */
 export function uniqueTopic(prefix) {
   return `${prefix}.t${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
+}
+
+/**
+ * A private CA and a server certificate for `localhost` and 127.0.0.1
+ * signed by it, made with the openssl CLI in `dir`. Returns the PEM paths
+ * and `spki`: the base64 SHA-256 of the server certificate's public key,
+ * which Chromium's `--ignore-certificate-errors-spki-list` trusts (the
+ * browser's stand-in for installing the CA).
+ */
+export function makeTestCertificates(dir) {
+  const openssl = (args) => execFileSync("openssl", args, { cwd: dir, stdio: ["ignore", "ignore", "pipe"] });
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  openssl(["req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+    "-subj", "/CN=promhub test CA",
+    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"]);
+  openssl(["req", ...ec, "-keyout", "hub.key", "-out", "hub.csr", "-subj", "/CN=localhost"]);
+  writeFileSync(join(dir, "hub.ext"),
+    "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n");
+  openssl(["x509", "-req", "-in", "hub.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+    "-out", "hub.crt", "-days", "2", "-extfile", "hub.ext"]);
+  const cert = new X509Certificate(readFileSync(join(dir, "hub.crt")));
+  const spki = createHash("sha256")
+    .update(cert.publicKey.export({ type: "spki", format: "der" }))
+    .digest("base64");
+  return { ca: join(dir, "ca.crt"), cert: join(dir, "hub.crt"), key: join(dir, "hub.key"), spki };
 }
