@@ -29,6 +29,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavio
 use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, oneshot};
 
+mod schema;
+
+use self::schema::migrate;
 use super::topic_filter::{TopicFilter, literal_prefix};
 use super::{
     Appended, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupRecord, PendingCommit,
@@ -37,10 +40,6 @@ use super::{
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "promhub.db";
-
-/// Bumped when the schema changes; [`SqliteStore::open`] refuses files
-/// written by a newer version instead of misreading them.
-const SCHEMA_VERSION: i64 = 3;
 
 /// Tuning of the embedded store.
 #[derive(Debug, Clone)]
@@ -428,133 +427,6 @@ fn open_read_connection(path: &Path, options: &SqliteOptions) -> Result<Connecti
     Ok(conn)
 }
 
-const SCHEMA_V1: &str = "
-CREATE TABLE meta (
-    name  TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-) WITHOUT ROWID;
-INSERT INTO meta (name, value) VALUES ('last_seq', 0);
-
--- seq is the rowid: assigned from meta.last_seq, never by SQLite.
-CREATE TABLE events (
-    seq       INTEGER PRIMARY KEY,
-    id        TEXT NOT NULL,
-    topic     TEXT NOT NULL,
-    ts        INTEGER NOT NULL,
-    key       TEXT,
-    payload   TEXT NOT NULL,
-    headers   TEXT,
-    tags      TEXT,
-    caused_by TEXT,
-    sid       TEXT
-);
-CREATE INDEX events_by_topic ON events (topic, seq);
-
--- Publisher ids (opts.id) stored within the dedup window.
-CREATE TABLE dedup (
-    id        TEXT PRIMARY KEY,
-    seq       INTEGER NOT NULL,
-    stored_at INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX dedup_by_age ON dedup (stored_at);
-
-CREATE TABLE latest (
-    topic TEXT NOT NULL,
-    key   TEXT NOT NULL,
-    seq   INTEGER NOT NULL,
-    PRIMARY KEY (topic, key)
-) WITHOUT ROWID;
-
-CREATE TABLE groups (
-    pattern TEXT NOT NULL,
-    grp     TEXT NOT NULL,
-    cursor  INTEGER NOT NULL,
-    PRIMARY KEY (pattern, grp)
-) WITHOUT ROWID;
-
--- Events after a group's cursor that are already done.
-CREATE TABLE group_done (
-    pattern TEXT NOT NULL,
-    grp     TEXT NOT NULL,
-    seq     INTEGER NOT NULL,
-    PRIMARY KEY (pattern, grp, seq)
-) WITHOUT ROWID;
-
-CREATE TABLE dead_letters (
-    pattern  TEXT NOT NULL,
-    grp      TEXT NOT NULL,
-    seq      INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
-    reason   TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    dead_at  INTEGER NOT NULL,
-    PRIMARY KEY (pattern, grp, seq)
-) WITHOUT ROWID;
-";
-
-/// Version 2: per-topic counts, so the ops API's lag is two index lookups
-/// per topic instead of a scan. `tord` is the event's ordinal within its
-/// topic (1, 2, ...): the number of a topic's events in `(a, b]` is
-/// `tord(last ≤ b) − tord(last ≤ a)`. `topics` lists every topic with its
-/// count and newest seq (to enumerate the topics a pattern matches).
-/// Existing events are numbered once by the migration.
-const SCHEMA_V2: &str = "
-ALTER TABLE events ADD COLUMN tord INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE topics (
-    topic    TEXT PRIMARY KEY,
-    events   INTEGER NOT NULL,
-    last_seq INTEGER NOT NULL
-) WITHOUT ROWID;
-UPDATE events SET tord = numbered.n
-    FROM (SELECT seq, row_number() OVER (PARTITION BY topic ORDER BY seq) AS n FROM events)
-        AS numbered
-    WHERE events.seq = numbered.seq;
-INSERT INTO topics (topic, events, last_seq)
-    SELECT topic, max(tord), max(seq) FROM events GROUP BY topic;
-";
-
-/// Version 3: delivery attempts used by failed events above a group's
-/// cursor (`GroupProgress::attempt_changes`), so a redelivery after a restart
-/// or an idle group's eviction counts on instead of starting again at 1.
-const SCHEMA_V3: &str = "
-CREATE TABLE group_attempts (
-    pattern  TEXT NOT NULL,
-    grp      TEXT NOT NULL,
-    seq      INTEGER NOT NULL,
-    attempts INTEGER NOT NULL,
-    PRIMARY KEY (pattern, grp, seq)
-) WITHOUT ROWID;
-";
-
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(backend)?;
-    let steps = match version {
-        0 => format!("{SCHEMA_V1}\n{SCHEMA_V2}\n{SCHEMA_V3}"),
-        1 => format!("{SCHEMA_V2}\n{SCHEMA_V3}"),
-        2 => SCHEMA_V3.to_owned(),
-        SCHEMA_VERSION => return Ok(()),
-        newer if newer > SCHEMA_VERSION => {
-            return Err(StoreError::Corrupt(format!(
-                "database schema version {newer} is newer than this hub supports ({SCHEMA_VERSION})"
-            )));
-        }
-        other => {
-            return Err(StoreError::Corrupt(format!(
-                "database schema version {other} is unknown"
-            )));
-        }
-    };
-    let script =
-        format!("BEGIN IMMEDIATE;\n{steps}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;");
-    conn.execute_batch(&script).map_err(|e| {
-        // Leave no half-migrated schema behind.
-        let _ = conn.execute_batch("ROLLBACK");
-        StoreError::Backend(format!("cannot create or migrate the schema: {e}"))
-    })
-}
-
 /// Records (`attempts > 0`) or forgets (`0`) attempts of a group's events.
 fn change_attempts(
     tx: &rusqlite::Transaction<'_>,
@@ -815,13 +687,17 @@ impl SqliteWriter {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(backend)?;
+            // Per topic (semantics.md §3): the same id on another topic is
+            // another event.
             let mut find_dedup = tx
-                .prepare_cached("SELECT seq FROM dedup WHERE id = ?1 AND stored_at >= ?2")
+                .prepare_cached(
+                    "SELECT seq FROM dedup WHERE topic = ?1 AND id = ?2 AND stored_at >= ?3",
+                )
                 .map_err(backend)?;
             let mut put_dedup = tx
                 .prepare_cached(
-                    "INSERT INTO dedup (id, seq, stored_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, stored_at = excluded.stored_at",
+                    "INSERT INTO dedup (topic, id, seq, stored_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (topic, id) DO UPDATE SET seq = excluded.seq, stored_at = excluded.stored_at",
                 )
                 .map_err(backend)?;
             let mut put_latest = tx
@@ -835,16 +711,20 @@ impl SqliteWriter {
                 .map_err(backend)?;
             // Per topic of the batch: (events so far, newest seq).
             let mut topic_counts: HashMap<String, (i64, i64)> = HashMap::new();
-            let mut batch_ids: HashMap<String, u64> = HashMap::new();
+            // (topic, id) → seq of the publisher ids stored by this batch.
+            let mut batch_ids: HashMap<(String, String), u64> = HashMap::new();
             for event in std::mem::take(&mut batch.events) {
                 if event.client_id {
                     client_ids_in_batch += 1;
-                    let earlier = match batch_ids.get(&event.id) {
+                    let in_batch =
+                        batch_ids.get(&(event.topic.as_str().to_owned(), event.id.clone()));
+                    let earlier = match in_batch {
                         Some(&seq) => Some(seq),
                         None => find_dedup
-                            .query_row(params![event.id, bits_to_sql(window_start)], |row| {
-                                row.get::<_, i64>(0)
-                            })
+                            .query_row(
+                                params![event.topic.as_str(), event.id, bits_to_sql(window_start)],
+                                |row| row.get::<_, i64>(0),
+                            )
                             .optional()
                             .map_err(backend)?
                             .map(from_sql_int),
@@ -892,9 +772,14 @@ impl SqliteWriter {
                 let seq = from_sql_int(last_seq);
                 if event.client_id {
                     put_dedup
-                        .execute(params![event.id, last_seq, bits_to_sql(now)])
+                        .execute(params![
+                            event.topic.as_str(),
+                            event.id,
+                            last_seq,
+                            bits_to_sql(now)
+                        ])
                         .map_err(backend)?;
-                    batch_ids.insert(event.id.clone(), seq);
+                    batch_ids.insert((event.topic.as_str().to_owned(), event.id.clone()), seq);
                 }
                 if let Some(key) = &event.key {
                     put_latest
@@ -925,8 +810,8 @@ impl SqliteWriter {
         // so the table tracks the window instead of growing.
         let prune_limit = self.prune_per_commit.max(2 * client_ids_in_batch);
         tx.prepare_cached(
-            "DELETE FROM dedup WHERE id IN
-                (SELECT id FROM dedup WHERE stored_at < ?1 ORDER BY stored_at LIMIT ?2)",
+            "DELETE FROM dedup WHERE (topic, id) IN
+                (SELECT topic, id FROM dedup WHERE stored_at < ?1 ORDER BY stored_at LIMIT ?2)",
         )
         .and_then(|mut s| s.execute(params![bits_to_sql(window_start), prune_limit as i64]))
         .map_err(backend)?;
@@ -1926,88 +1811,6 @@ mod tests {
         ensure!(events.len() == 2 && upto == 2);
         ensure!(store.last_seq().await? == 2);
         ensure!(store.latest_for_key(&topic, "k").await?.map(|e| e.seq) == Some(2));
-        store.close().await?;
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn creates_a_versioned_wal_database_and_refuses_a_newer_schema() -> Result<()> {
-        let dir = tempfile::tempdir()?;
-        let store = SqliteStore::open(dir.path(), SqliteOptions::default())?;
-        let path = store.path().to_owned();
-        ensure!(path == dir.path().join(DB_FILE));
-        store.close().await?;
-        {
-            let conn = Connection::open(&path)?;
-            let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
-            ensure!(mode == "wal", "journal mode {mode}");
-            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            ensure!(version == SCHEMA_VERSION);
-            conn.execute_batch("PRAGMA user_version = 99")?;
-        }
-        match SqliteStore::open(dir.path(), SqliteOptions::default()) {
-            Err(StoreError::Corrupt(msg)) => ensure!(msg.contains("99"), "{msg}"),
-            other => anyhow::bail!("expected a schema error, got {other:?}"),
-        }
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn a_version_1_database_gets_topic_counts_on_open() -> Result<()> {
-        let dir = tempfile::tempdir()?;
-        {
-            let conn = Connection::open(dir.path().join(DB_FILE))?;
-            conn.execute_batch(&format!("{SCHEMA_V1}\nPRAGMA user_version = 1;"))?;
-            for (seq, topic) in [(1, "a.b"), (2, "a.c"), (3, "a.b"), (4, "z")] {
-                conn.execute(
-                    "INSERT INTO events (seq, id, topic, ts, payload) VALUES (?1, ?2, ?3, 5, '1')",
-                    params![seq, format!("e{seq}"), topic],
-                )?;
-            }
-            conn.execute("UPDATE meta SET value = 4 WHERE name = 'last_seq'", [])?;
-        }
-        let store = SqliteStore::open(dir.path(), SqliteOptions::default())?;
-        let a_star = Pattern::parse("a.*")?;
-        ensure!(store.count_matching_after(&a_star, 0).await? == 3);
-        ensure!(store.count_matching_after(&a_star, 1).await? == 2);
-        ensure!(
-            store
-                .count_matching_after(&Pattern::parse("a.b")?, 1)
-                .await?
-                == 1
-        );
-        // New events continue each topic's numbering.
-        store
-            .commit(CommitBatch {
-                events: vec![NewEvent {
-                    id: "n".into(),
-                    client_id: false,
-                    topic: Topic::parse("a.b")?,
-                    ts: 9,
-                    key: None,
-                    payload: RawValue::from_string("2".into())?,
-                    headers: None,
-                    tags: None,
-                    caused_by: None,
-                    sid: None,
-                }],
-                ..CommitBatch::default()
-            })
-            .await?;
-        ensure!(
-            store
-                .count_matching_after(&Pattern::parse("a.b")?, 0)
-                .await?
-                == 3
-        );
-        ensure!(
-            store
-                .count_matching_after(&Pattern::parse("**")?, 3)
-                .await?
-                == 2
-        );
-        let first = store.first_matching_after(&a_star, 3).await?;
-        ensure!(first.map(|e| e.seq) == Some(5));
         store.close().await?;
         Ok(())
     }
