@@ -132,10 +132,20 @@ pub async fn run_with(
     )
     .map_err(HubError::Config)?;
     let tracker = Arc::new(ConnectionTracker::default());
+    // One per-topic quota for every publish path (WebSocket and import).
+    let topic_quota = config
+        .limits
+        .topic_publish_limit()
+        .map(|limit| Arc::new(TopicBuckets::new(limit)));
     let replay = crate::replay::router(crate::replay::ReplayState {
         store: Arc::clone(&store),
         writer: writer.clone(),
         authenticator: Arc::clone(&authenticator),
+        import: Arc::new(crate::replay::ImportLimits::new(
+            &config.limits,
+            topic_quota.clone(),
+            config.max_frame_bytes,
+        )),
     });
     let shared = Arc::new(Shared {
         config: Arc::clone(&config),
@@ -144,7 +154,7 @@ pub async fn run_with(
         broker: broker.clone(),
         shutdown: shutdown_rx.clone(),
         next_conn_id: AtomicU64::new(1),
-        topic_quota: config.limits.topic_publish_limit().map(TopicBuckets::new),
+        topic_quota,
         metrics: Arc::clone(&metrics),
     });
     let ops_state = OpsState {
