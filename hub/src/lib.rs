@@ -29,4 +29,4 @@ pub use config::{
 pub use connection::SERVER_NAME;
 pub use error::HubError;
 pub use metrics::{Metrics, OutboxGauges, OutboxSource};
-pub use server::{HubParts, run, run_with};
+pub use server::{HubParts, open_store, run, run_with};

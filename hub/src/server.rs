@@ -279,7 +279,10 @@ async fn configured_authenticator(config: &HubConfig) -> Result<Arc<dyn Authenti
     Ok(Arc::new(verifier))
 }
 
-async fn open_store(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> {
+/// Opens the store `config` names (what [`run`] does when
+/// [`HubParts::store`] is `None`). The binary opens it before announcing
+/// anything, so a store that cannot open fails the start cleanly.
+pub async fn open_store(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> {
     match config.store_location().map_err(HubError::Config)? {
         StoreLocation::Embedded => open_sqlite(config).await,
         StoreLocation::Mongo(uri) => {
@@ -298,6 +301,7 @@ async fn open_sqlite(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> {
     let options = SqliteOptions {
         dedup_window: Duration::from_millis(config.dedup_window_ms),
         pipelined_sync: config.sync == SyncPolicy::Pipelined,
+        wal_limit_bytes: config.wal_limit_bytes,
         ..SqliteOptions::default()
     };
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, options))

@@ -30,13 +30,18 @@ use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, oneshot};
 
 mod schema;
+mod wal;
 
 use self::schema::migrate;
+use self::wal::{
+    Checkpointer, SyncRequest, SyncStage, Syncer, WalBound, open_wal, sync_failed_error, wal_path,
+};
 use super::topic_filter::{TopicFilter, literal_prefix};
 use super::{
     Appended, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupRecord, PendingCommit,
     PrefixWalk, RETENTION_TOPICS_PER_CALL, RetentionPass, RetentionPolicy, Store, StoreError,
 };
+use crate::refusals::{self, Refusal};
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "promhub.db";
@@ -60,8 +65,9 @@ pub struct SqliteOptions {
     pub mmap_size: u64,
     /// WAL pages after which a commit also checkpoints (copies the WAL into
     /// the database file). Larger means fewer, bigger checkpoints: a page
-    /// changed by many commits is copied once. Only used when
-    /// `checkpoint_interval` is zero.
+    /// changed by many commits is copied once. Used when
+    /// `checkpoint_interval` is zero; otherwise a commit checkpoints only
+    /// once the WAL passes `wal_limit_bytes`.
     pub wal_autocheckpoint_pages: u32,
     /// Checkpoint from a separate thread and connection this often
     /// (`PRAGMA wal_checkpoint(PASSIVE)`, which never blocks the writer)
@@ -75,7 +81,14 @@ pub struct SqliteOptions {
     /// commit counts as durable only after that fsync). `false` uses
     /// `synchronous=FULL`: the writer waits for every sync itself.
     pub pipelined_sync: bool,
+    /// The WAL file's bound: past it a checkpoint truncates it to zero
+    /// bytes (also SQLite's `journal_size_limit`). Recovering from a full
+    /// disk needs about this much free space (see `wal.rs`).
+    pub wal_limit_bytes: u64,
 }
+
+/// Default [`SqliteOptions::wal_limit_bytes`].
+pub const DEFAULT_WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for SqliteOptions {
     fn default() -> Self {
@@ -89,6 +102,7 @@ impl Default for SqliteOptions {
             wal_autocheckpoint_pages: 1000,
             checkpoint_interval: Duration::from_millis(200),
             pipelined_sync: true,
+            wal_limit_bytes: DEFAULT_WAL_LIMIT_BYTES,
         }
     }
 }
@@ -124,48 +138,6 @@ struct WriterThread {
     checkpointer: Option<Checkpointer>,
 }
 
-/// Thread that checkpoints the WAL on its own connection, off the commit
-/// path (see [`SqliteOptions::checkpoint_interval`]).
-#[derive(Debug)]
-struct Checkpointer {
-    stop: mpsc::Sender<()>,
-    thread: JoinHandle<()>,
-}
-
-impl Checkpointer {
-    fn start(path: &Path, options: &SqliteOptions) -> Result<Checkpointer, StoreError> {
-        let conn = Connection::open(path)
-            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
-        conn.busy_timeout(options.busy_timeout).map_err(backend)?;
-        // The checkpointer syncs the WAL before copying it and the database
-        // file after, so what it copies is durable before SQLite may reuse
-        // the WAL.
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(backend)?;
-        let interval = options.checkpoint_interval;
-        let (stop, stopped) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("promhub-sqlite-checkpoint".into())
-            .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        // Busy or failing checkpoints only let the WAL grow;
-                        // the next round tries again.
-                        tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
-                    }
-                }
-            })
-            .map_err(|e| StoreError::Backend(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(Checkpointer { stop, thread })
-    }
-
-    fn stop(self) -> std::thread::Result<()> {
-        drop(self.stop);
-        self.thread.join()
-    }
-}
-
 type AppliedReply = oneshot::Sender<Result<CommitOutcome, StoreError>>;
 type DurableReply = oneshot::Sender<Result<(), StoreError>>;
 
@@ -184,7 +156,24 @@ enum WriteCommand {
 impl SqliteStore {
     /// Opens (creating if needed) `promhub.db` in `dir` and starts the writer
     /// thread. Blocking: call it at start-up, not from a busy async task.
+    /// On a full disk the error is [`StoreError::DiskFull`], naming `dir`.
     pub fn open(dir: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        Self::open_inner(dir, options).map_err(|e| {
+            let (StoreError::DiskFull(cause) | StoreError::Backend(cause)) = &e else {
+                return e;
+            };
+            if matches!(e, StoreError::DiskFull(_)) || disk_is_full(dir) {
+                StoreError::DiskFull(format!(
+                    "no space left for the store in {} ({cause}); free some space and start again",
+                    dir.display()
+                ))
+            } else {
+                e
+            }
+        })
+    }
+
+    fn open_inner(dir: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Backend(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
@@ -218,6 +207,8 @@ impl SqliteStore {
             SyncStage::Inline
         };
         let (commands, receiver) = mpsc::channel();
+        let wal_bound = Arc::new(WalBound::new(&path, options.wal_limit_bytes));
+        let checkpoints_inline = options.checkpoint_interval.is_zero();
         let writer = SqliteWriter {
             conn,
             dedup_window_ms: duration_millis(options.dedup_window),
@@ -225,16 +216,18 @@ impl SqliteStore {
             sync,
             durable_seq: Arc::clone(&durable_seq),
             failed,
+            wal_bound: Arc::clone(&wal_bound),
+            checkpoints_inline,
             dir_lock,
         };
         let thread = std::thread::Builder::new()
             .name("promhub-sqlite-writer".into())
             .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
-        let checkpointer = if options.checkpoint_interval.is_zero() {
+        let checkpointer = if checkpoints_inline {
             None
         } else {
-            Some(Checkpointer::start(&path, &options)?)
+            Some(Checkpointer::start(&path, &options, wal_bound)?)
         };
         let read_permits = Semaphore::new(options.read_connections.max(1));
         Ok(SqliteStore {
@@ -331,7 +324,24 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        StoreError::DiskFull(e.to_string())
+    } else {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// Whether the file system holding `dir` has no room for a small write
+/// (to explain an open that failed with a vague "disk I/O error").
+fn disk_is_full(dir: &Path) -> bool {
+    use std::io::Write;
+    let probe = dir.join(".promhub-space-probe");
+    let result = std::fs::File::create(&probe).and_then(|mut file| {
+        file.write_all(&[0; 64 * 1024])?;
+        file.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe);
+    matches!(result, Err(e) if e.kind() == std::io::ErrorKind::StorageFull)
 }
 
 fn duration_millis(d: Duration) -> u64 {
@@ -399,16 +409,31 @@ fn open_write_connection(path: &Path, options: &SqliteOptions) -> Result<Connect
     };
     conn.pragma_update(None, "synchronous", synchronous)
         .map_err(backend)?;
+    // With a checkpointer thread, SQLite checkpoints inside a commit only
+    // when the WAL passes its bound between two rounds (a burst): the WAL
+    // then restarts (and is cut to `journal_size_limit`) instead of growing.
+    let page_size: i64 = conn
+        .pragma_query_value(None, "page_size", |row| row.get(0))
+        .map_err(backend)?;
+    let bound_pages = u32::try_from(options.wal_limit_bytes / from_sql_int(page_size).max(512))
+        .unwrap_or(u32::MAX);
     let autocheckpoint_pages = if options.checkpoint_interval.is_zero() {
-        options.wal_autocheckpoint_pages
+        options.wal_autocheckpoint_pages.min(bound_pages)
     } else {
-        0
-    };
+        bound_pages
+    }
+    .max(1);
     conn.pragma_update(None, "wal_autocheckpoint", autocheckpoint_pages)
         .map_err(backend)?;
-    // Keep the WAL file from staying huge after a burst.
-    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
-        .map_err(backend)?;
+    // Keep the WAL file from staying huge after a burst: cut back to the
+    // bound whenever SQLite restarts it (the checkpointer truncates it when
+    // it grows past the bound anyway, see `wal.rs`).
+    conn.pragma_update(
+        None,
+        "journal_size_limit",
+        i64::try_from(options.wal_limit_bytes).unwrap_or(i64::MAX),
+    )
+    .map_err(backend)?;
     migrate(&conn)?;
     Ok(conn)
 }
@@ -482,91 +507,8 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
-fn wal_path(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push("-wal");
-    PathBuf::from(name)
-}
-
-/// The WAL file, for the syncer's own fsync. SQLite keeps this same file
-/// (truncating, never deleting it) while the write connection is open.
-fn open_wal(db: &Path) -> Result<std::fs::File, StoreError> {
-    let path = wal_path(db);
-    std::fs::File::open(&path)
-        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))
-}
-
-/// Where a commit becomes durable.
-enum SyncStage {
-    /// `synchronous=FULL`: inside the commit itself.
-    Inline,
-    /// `synchronous=NORMAL`: on the syncer thread, after the commit.
-    Thread(Syncer),
-}
-
-/// A commit applied but not yet synced.
-struct SyncRequest {
-    last_seq: u64,
-    reply: DurableReply,
-}
-
-/// Thread that fsyncs the WAL for every commit handed to it. One fsync
-/// covers every commit that was applied before it started, so while it
-/// syncs, the writer applies the next batches and the next fsync covers
-/// them all.
-struct Syncer {
-    requests: mpsc::Sender<SyncRequest>,
-    thread: JoinHandle<()>,
-}
-
-impl Syncer {
-    fn start(
-        wal: std::fs::File,
-        durable_seq: Arc<AtomicU64>,
-        failed: Arc<AtomicBool>,
-        pause: Arc<Mutex<()>>,
-    ) -> Result<Syncer, StoreError> {
-        let (requests, receiver) = mpsc::channel::<SyncRequest>();
-        let thread = std::thread::Builder::new()
-            .name("promhub-sqlite-sync".into())
-            .spawn(move || {
-                while let Ok(first) = receiver.recv() {
-                    // Uncontended except when a test holds syncs back.
-                    drop(lock(&pause));
-                    let mut synced = vec![first];
-                    synced.extend(receiver.try_iter());
-                    let result = if failed.load(Ordering::Acquire) {
-                        Err(sync_failed_error())
-                    } else {
-                        wal.sync_data().map_err(|e| {
-                            // After a failed fsync the kernel may have dropped
-                            // the dirty pages: nothing written since can be
-                            // trusted, so the store stops accepting writes.
-                            failed.store(true, Ordering::Release);
-                            tracing::error!(error = %e, "syncing the WAL failed; the store stops writing");
-                            StoreError::Backend(format!("syncing the WAL failed: {e}"))
-                        })
-                    };
-                    if result.is_ok() {
-                        let newest = synced.iter().map(|r| r.last_seq).max().unwrap_or(0);
-                        durable_seq.fetch_max(newest, Ordering::AcqRel);
-                    }
-                    for request in synced {
-                        let _ = request.reply.send(result.clone());
-                    }
-                }
-            })
-            .map_err(|e| StoreError::Backend(format!("cannot start the sync thread: {e}")))?;
-        Ok(Syncer { requests, thread })
-    }
-}
-
 fn writer_stopped() -> StoreError {
     StoreError::Backend("the writer thread stopped".into())
-}
-
-fn sync_failed_error() -> StoreError {
-    StoreError::Backend("an earlier WAL sync failed; restart the hub".into())
 }
 
 /// The writer thread's state: the only write connection.
@@ -578,6 +520,10 @@ struct SqliteWriter {
     durable_seq: Arc<AtomicU64>,
     /// Set when a sync failed: every later commit fails.
     failed: Arc<AtomicBool>,
+    /// Told when a commit fails for lack of space.
+    wal_bound: Arc<WalBound>,
+    /// No checkpointer thread: the writer enforces the WAL bound itself.
+    checkpoints_inline: bool,
     /// The data dir's lock: held by the thread that writes, released only
     /// after its last write and checkpoint (however the store goes away).
     dir_lock: std::fs::File,
@@ -621,9 +567,18 @@ impl SqliteWriter {
                             let _ = applied.send(Ok(outcome));
                         }
                         Err(e) => {
+                            if let StoreError::DiskFull(_) = e {
+                                // Nothing of the batch was written; later
+                                // commits succeed once there is space.
+                                refusals::count(Refusal::DiskFull);
+                                self.wal_bound.report_disk_full();
+                            }
                             tracing::error!(error = %e, "store commit failed");
                             let _ = applied.send(Err(e));
                         }
+                    }
+                    if self.checkpoints_inline {
+                        self.wal_bound.enforce(&self.conn);
                     }
                 }
                 WriteCommand::Retain {
