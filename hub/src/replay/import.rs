@@ -442,7 +442,7 @@ mod tests {
 
     #[test]
     fn a_line_over_the_limit_is_dropped_as_it_arrives_and_the_next_one_is_read() {
-        let long = vec![b'x'; 25];
+        let long = [b'x'; 25];
         let (lines, held) = split(10, &[b"ok\n", &long[..8], &long[8..], b"xx\nnext\n"]);
         assert_eq!(lines, [text("ok"), Line::TooLarge(27), text("next")]);
         assert!(held <= 10, "held {held} bytes of a line over the limit");

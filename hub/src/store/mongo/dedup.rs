@@ -5,8 +5,9 @@
 //! writer deletes expired entries itself ([`MongoStore::prune_dedup`]), and
 //! every lookup checks the window anyway, since expiry runs late.
 //!
-//! Databases of older hubs keyed entries by the id alone; [`MongoStore::
-//! migrate_dedup`] moves them to their event's topic once, at start.
+//! Databases of older hubs keyed entries by the id alone;
+//! [`MongoStore::migrate_dedup`] moves them to their event's topic once,
+//! at start.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;

@@ -3,7 +3,7 @@
 //!
 //! Collections (see [`queries`] for their indexes): `events` (`_id` = seq),
 //! `latest` (`_id` = topic NUL key → seq), `dedup` (`_id` = topic NUL
-//! publisher id: de-duplication is per topic, see [`dedup`]),
+//! publisher id: de-duplication is per topic, see `dedup.rs`),
 //! `groups` (`_id` = group, cursor and done marks), `dead_letters`, and
 //! `meta` (the seq counter).
 //!
