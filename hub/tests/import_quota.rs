@@ -171,6 +171,10 @@ async fn an_import_is_held_to_the_callers_quota_and_a_new_request_gets_no_fresh_
         started.elapsed()
     );
     let resume_again = report["resume_from_line"].as_u64().expect("resume");
+    eprintln!(
+        "10/s quota: {imported} + {more} of 5000 lines imported by two requests in {:?}",
+        started.elapsed()
+    );
 
     // The store holds exactly the lines the reports say were imported.
     let ids = stored_ids(&hub, "imp.a").await;
