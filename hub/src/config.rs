@@ -30,6 +30,10 @@ pub struct HubConfig {
     pub store: String,
     /// How the embedded store makes commits durable (ignored by MongoDB).
     pub sync: SyncPolicy,
+    /// The embedded store's WAL file is truncated once it grows past this
+    /// (ignored by MongoDB); recovering from a full disk needs about this
+    /// much free space.
+    pub wal_limit_bytes: u64,
     /// HTTP path of the WebSocket endpoint.
     pub ws_path: String,
     /// Largest text frame the protocol accepts; larger ones get
@@ -201,6 +205,10 @@ impl OutboxDrainConfig {
     }
 }
 
+/// Smallest `wal_limit_bytes`: below it the WAL would be truncated almost
+/// every checkpoint, stalling writers each time.
+pub const MIN_WAL_LIMIT_BYTES: u64 = 1024 * 1024;
+
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
@@ -208,6 +216,7 @@ impl Default for HubConfig {
             data: PathBuf::from("./data"),
             store: EMBEDDED_STORE.to_owned(),
             sync: SyncPolicy::default(),
+            wal_limit_bytes: crate::store::sqlite::DEFAULT_WAL_LIMIT_BYTES,
             ws_path: "/ws".to_owned(),
             max_frame_bytes: promhub_core::frames::DEFAULT_MAX_FRAME_BYTES,
             heartbeat_ms: 15_000,
@@ -284,6 +293,11 @@ impl HubConfig {
         }
         if !self.ws_path.starts_with('/') {
             return Err(format!("ws_path {:?} must start with '/'", self.ws_path));
+        }
+        if self.wal_limit_bytes < MIN_WAL_LIMIT_BYTES {
+            return Err(format!(
+                "wal_limit_bytes must be at least {MIN_WAL_LIMIT_BYTES} (1 MiB)"
+            ));
         }
         if self.max_frame_bytes < 1024 {
             return Err("max_frame_bytes must be at least 1024".to_owned());

@@ -58,8 +58,9 @@ pub(crate) struct Shared {
     pub broker: BrokerHandle,
     pub shutdown: watch::Receiver<bool>,
     pub next_conn_id: AtomicU64,
-    /// The per-topic publish quota, when configured.
-    pub topic_quota: Option<TopicBuckets>,
+    /// The per-topic publish quota, when configured (shared with the
+    /// import).
+    pub topic_quota: Option<Arc<TopicBuckets>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -639,13 +640,17 @@ impl Connection {
         }
     }
 
-    /// A re-AUTH with the same quota keeps the bucket (sending AUTH again
-    /// must not refill it); a different quota starts a new one.
+    /// A re-AUTH never refills the bucket (semantics.md §3): under the
+    /// same quota it is kept, under another one (a token with another
+    /// `rate` claim) it keeps its current level, at most the new burst.
+    /// Only a connection that had no quota starts with a full one.
     fn set_publish_quota(&mut self, limit: Option<RateLimit>) {
-        if self.publish_quota.as_ref().map(TokenBucket::limit) != limit {
-            self.publish_quota =
-                limit.map(|limit| TokenBucket::new(limit, std::time::Instant::now()));
-        }
+        let now = std::time::Instant::now();
+        self.publish_quota = limit.map(|limit| match self.publish_quota.take() {
+            Some(bucket) if bucket.limit() == limit => bucket,
+            Some(bucket) => bucket.with_limit(limit, now),
+            None => TokenBucket::new(limit, now),
+        });
     }
 
     /// Takes a publish token from the connection's and the topic's quota;

@@ -33,4 +33,4 @@ pub use error::HubError;
 /// calls it before announcing `listening on`).
 pub use gateway::tls::check as check_tls;
 pub use metrics::{Metrics, OutboxGauges, OutboxSource};
-pub use server::{HubParts, run, run_with};
+pub use server::{HubParts, open_store, run, run_with};

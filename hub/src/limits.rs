@@ -5,6 +5,8 @@
 //!   (`retry_after_ms`).
 //! - [`TopicBuckets`]: one bucket per concrete topic, shared by every
 //!   connection (a quota on the topic, whoever publishes).
+//! - [`CallerBuckets`]: one bucket per HTTP caller of the import, kept
+//!   across requests (a request must not start with a full bucket).
 //! - [`Strikes`]: refusals of one connection in a sliding window; a
 //!   connection that keeps publishing while refused is closed with 4029.
 //! - [`COUNTERS`]: process-wide counts of refusals and slow-consumer
@@ -13,7 +15,9 @@
 //! Time is passed in (`Instant`), never read here, so the arithmetic is
 //! tested deterministically.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -73,6 +77,18 @@ impl TokenBucket {
 
     pub fn limit(&self) -> RateLimit {
         self.limit
+    }
+
+    /// This bucket under a new quota: it keeps its current level (at most
+    /// the new burst), so a new quota — a re-AUTH with another token, a
+    /// caller whose `rate` claim changed — never refills it.
+    pub fn with_limit(mut self, limit: RateLimit, now: Instant) -> TokenBucket {
+        self.refill(now);
+        TokenBucket {
+            limit,
+            tokens: self.tokens.min(f64::from(limit.burst)),
+            updated: now,
+        }
     }
 
     fn refill(&mut self, now: Instant) {
@@ -178,6 +194,113 @@ impl TopicBuckets {
     }
 
     /// Topics currently tracked.
+    pub fn len(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .buckets
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Who calls the import, as far as quotas go: the token's `sub` when it
+/// has one (every token of one subject shares a bucket), else the token
+/// itself. In development mode every token is accepted unverified, so the
+/// hub cannot tell callers apart: they share one bucket (a fresh made-up
+/// token must not buy a fresh bucket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Caller<'a> {
+    Development,
+    Subject(&'a str),
+    Token(&'a str),
+}
+
+/// Publish buckets of the import's callers, kept across requests: a
+/// caller's next request continues from the level its last one left.
+///
+/// Keyed by a hash of the [`Caller`] (keyed with a per-process random
+/// seed, so nobody can aim at a collision), so an entry costs the same
+/// whatever the subject or token. Like [`TopicBuckets`], refilled buckets
+/// are forgotten when the map reaches its sweep mark (a full bucket is a
+/// fresh one); what remains are callers that imported within the last
+/// `burst / rate` seconds. At most `max_callers` are tracked: past that a
+/// new caller is refused for a second rather than given an untracked
+/// bucket.
+#[derive(Debug)]
+pub struct CallerBuckets {
+    seed: RandomState,
+    max_callers: usize,
+    state: Mutex<CallerState>,
+}
+
+#[derive(Debug)]
+struct CallerState {
+    buckets: HashMap<u64, TokenBucket>,
+    sweep_at: usize,
+}
+
+/// Callers [`CallerBuckets::new`] tracks at most (about 100 bytes each).
+pub const MAX_IMPORT_CALLERS: usize = 100_000;
+/// How long a caller over [`MAX_IMPORT_CALLERS`] is told to wait.
+const CALLERS_FULL_WAIT: Duration = Duration::from_secs(1);
+
+impl CallerBuckets {
+    pub fn new(max_callers: usize) -> Self {
+        CallerBuckets {
+            seed: RandomState::new(),
+            max_callers: max_callers.max(1),
+            state: Mutex::new(CallerState {
+                buckets: HashMap::new(),
+                sweep_at: TOPIC_SWEEP_AT.min(max_callers.max(1)),
+            }),
+        }
+    }
+
+    /// Takes one publish token for `topic` from the caller's bucket (quota
+    /// `limit`; `None`: the caller is unlimited) and from the topic's
+    /// (when `topics` is given): both or neither. `Err` says how long until
+    /// both have one.
+    pub fn try_take(
+        &self,
+        caller: Caller<'_>,
+        limit: Option<RateLimit>,
+        topics: Option<&TopicBuckets>,
+        topic: &str,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        let Some(limit) = limit else {
+            return topics.map_or(Ok(()), |topics| topics.try_take(topic, None, now));
+        };
+        let key = self.seed.hash_one(caller);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = &mut *state;
+        if !state.buckets.contains_key(&key) && state.buckets.len() >= state.sweep_at {
+            state.buckets.retain(|_, bucket| !bucket.is_full(now));
+            state.sweep_at = (state.buckets.len() * 2)
+                .max(TOPIC_SWEEP_AT)
+                .min(self.max_callers);
+            if state.buckets.len() >= self.max_callers {
+                return Err(CALLERS_FULL_WAIT);
+            }
+        }
+        let bucket = state
+            .buckets
+            .entry(key)
+            .or_insert_with(|| TokenBucket::new(limit, now));
+        if bucket.limit() != limit {
+            *bucket = bucket.clone().with_limit(limit, now);
+        }
+        match topics {
+            Some(topics) => topics.try_take(topic, Some(bucket), now),
+            None => bucket.try_take(now),
+        }
+    }
+
+    /// Callers currently tracked.
     pub fn len(&self) -> usize {
         self.state
             .lock()
@@ -432,6 +555,137 @@ mod tests {
             .try_take("t.8", None, t0 + Duration::from_secs(1))
             .unwrap();
         assert_eq!(topics.len(), 1);
+    }
+
+    #[test]
+    fn a_new_limit_keeps_the_level_instead_of_refilling() {
+        let t0 = Instant::now();
+        let slow = RateLimit {
+            per_sec: 1.0,
+            burst: 3,
+        };
+        let mut bucket = TokenBucket::new(slow, t0);
+        for _ in 0..3 {
+            bucket.try_take(t0).unwrap();
+        }
+        // A bigger burst starts where the old bucket was: empty.
+        let big = RateLimit {
+            per_sec: 1.0,
+            burst: 100,
+        };
+        let mut bucket = bucket.with_limit(big, t0);
+        assert_eq!(bucket.try_take(t0), Err(ms(1000)));
+        // It refills at the new rate up to the new burst.
+        let later = t0 + Duration::from_secs(5);
+        for _ in 0..5 {
+            bucket.try_take(later).unwrap();
+        }
+        assert!(bucket.try_take(later).is_err());
+        // A smaller burst caps the level.
+        let mut full = TokenBucket::new(big, t0).with_limit(slow, t0);
+        for _ in 0..3 {
+            full.try_take(t0).unwrap();
+        }
+        assert!(full.try_take(t0).is_err());
+    }
+
+    #[test]
+    fn a_callers_bucket_lasts_across_calls_and_changes_of_its_limit() {
+        let t0 = Instant::now();
+        let callers = CallerBuckets::new(MAX_IMPORT_CALLERS);
+        let limit = RateLimit {
+            per_sec: 10.0,
+            burst: 2,
+        };
+        let alice = Caller::Subject("alice");
+        for _ in 0..2 {
+            callers.try_take(alice, Some(limit), None, "t", t0).unwrap();
+        }
+        assert_eq!(
+            callers.try_take(alice, Some(limit), None, "t", t0),
+            Err(ms(100))
+        );
+        // Another limit (another token of alice) does not refill.
+        let other = RateLimit {
+            per_sec: 10.0,
+            burst: 50,
+        };
+        assert!(callers.try_take(alice, Some(other), None, "t", t0).is_err());
+        // Other callers have their own bucket; a token is not a subject.
+        callers
+            .try_take(Caller::Token("alice"), Some(limit), None, "t", t0)
+            .unwrap();
+        callers
+            .try_take(Caller::Development, Some(limit), None, "t", t0)
+            .unwrap();
+        assert_eq!(callers.len(), 3);
+        // Unlimited callers take nothing and are not tracked.
+        callers
+            .try_take(Caller::Subject("root"), None, None, "t", t0)
+            .unwrap();
+        assert_eq!(callers.len(), 3);
+    }
+
+    #[test]
+    fn caller_and_topic_tokens_are_taken_together_or_not_at_all() {
+        let t0 = Instant::now();
+        let topics = TopicBuckets::new(RateLimit {
+            per_sec: 1.0,
+            burst: 1,
+        });
+        let callers = CallerBuckets::new(MAX_IMPORT_CALLERS);
+        let limit = RateLimit {
+            per_sec: 1.0,
+            burst: 2,
+        };
+        let bob = Caller::Subject("bob");
+        callers
+            .try_take(bob, Some(limit), Some(&topics), "a", t0)
+            .unwrap();
+        // The topic is empty: refused, and bob keeps his second token.
+        assert!(
+            callers
+                .try_take(bob, Some(limit), Some(&topics), "a", t0)
+                .is_err()
+        );
+        callers
+            .try_take(bob, Some(limit), Some(&topics), "b", t0)
+            .unwrap();
+        assert!(
+            callers
+                .try_take(bob, Some(limit), Some(&topics), "c", t0)
+                .is_err()
+        );
+        // Unlimited callers still meet the topic quota.
+        assert!(callers.try_take(bob, None, Some(&topics), "a", t0).is_err());
+    }
+
+    #[test]
+    fn callers_are_swept_and_capped() {
+        let t0 = Instant::now();
+        let callers = CallerBuckets::new(4);
+        let limit = RateLimit {
+            per_sec: 10.0,
+            burst: 1,
+        };
+        let names = ["a", "b", "c", "d", "e"];
+        for name in &names[..4] {
+            callers
+                .try_take(Caller::Subject(name), Some(limit), None, "t", t0)
+                .unwrap();
+        }
+        // Four empty buckets: a fifth caller is refused, not tracked.
+        assert_eq!(
+            callers.try_take(Caller::Subject("e"), Some(limit), None, "t", t0),
+            Err(CALLERS_FULL_WAIT)
+        );
+        assert_eq!(callers.len(), 4);
+        // Once they have refilled they are forgotten and room is made.
+        let later = t0 + Duration::from_secs(1);
+        callers
+            .try_take(Caller::Subject("e"), Some(limit), None, "t", later)
+            .unwrap();
+        assert_eq!(callers.len(), 1);
     }
 
     #[test]

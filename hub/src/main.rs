@@ -1,13 +1,15 @@
 //! `promhub`: the hub binary.
 //!
-//! `promhub serve [--listen ADDR] [--data DIR] [--store embedded|mongodb://HOST:PORT/DB] [--sync pipelined|full]
+//! `promhub serve [--listen ADDR] [--data DIR] [--store embedded|mongodb://HOST:PORT/DB] [--sync pipelined|full] [--wal-limit-bytes N]
 //! [--config FILE] [--jwt-secret S | --jwks-url URL | --jwks-file PATH] [--dev-scopes S] [--admin-token T]
 //! [--publish-rate N [--publish-burst B]] [--topic-publish-rate N [--topic-publish-burst B]]`;
 //! every flag can also come from `PROMHUB_*` environment variables, and a
 //! TOML file gives the rest (flags and environment win over the file). The
-//! first line on stdout is `listening on ws://ADDR/PATH` (`wss://` with
-//! `--tls-cert`/`--tls-key`), for scripts. SIGHUP re-reads the TLS
-//! certificate and key.
+//! store is opened (and the TLS certificate loaded) first; then the first
+//! line on stdout is `listening on ws://ADDR/PATH` (`wss://` with
+//! `--tls-cert`/`--tls-key`), for scripts (a store or certificate that
+//! cannot be loaded exits non-zero with nothing on stdout). SIGHUP re-reads
+//! the TLS certificate and key.
 //! `--admin-token` opens the ops API (`/ops`, `/metrics`, `/lag`, ...) to
 //! that bearer token besides JWTs with scope `admin`; without a JWT
 //! verifier it is the only way in.
@@ -65,6 +67,11 @@ struct ServeArgs {
     /// fsync policy of the embedded store [default: pipelined]
     #[arg(long, env = "PROMHUB_SYNC", value_enum)]
     sync: Option<SyncPolicy>,
+    /// The embedded store's WAL is truncated once it grows past this many
+    /// bytes; a full disk recovers once about this much is free
+    /// [default: 67108864]
+    #[arg(long, env = "PROMHUB_WAL_LIMIT_BYTES")]
+    wal_limit_bytes: Option<u64>,
     /// TOML configuration file (any field of the hub configuration)
     #[arg(long, env = "PROMHUB_CONFIG")]
     config: Option<PathBuf>,
@@ -191,6 +198,9 @@ impl ServeArgs {
         if let Some(sync) = self.sync {
             config.sync = sync;
         }
+        if let Some(bytes) = self.wal_limit_bytes {
+            config.wal_limit_bytes = bytes;
+        }
         if let Some(scopes) = self.dev_scopes {
             config.dev_scopes = Some(scopes);
         }
@@ -309,8 +319,19 @@ fn serve(config: HubConfig) -> anyhow::Result<()> {
         "ws"
     };
     runtime.block_on(async move {
-        let listener =
-            listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
+        // The store first: one that cannot be opened (a full disk, a data
+        // dir in use, an unreachable MongoDB) fails the start before
+        // anything is announced on stdout.
+        let store = promhub_hub::open_store(&config)
+            .await
+            .context("cannot open the store")?;
+        let listener = match listen(config.listen) {
+            Ok(listener) => listener,
+            Err(e) => {
+                let _ = store.close().await;
+                return Err(e).with_context(|| format!("binding {}", config.listen));
+            }
+        };
         let addr = listener.local_addr()?;
         {
             let mut stdout = std::io::stdout().lock();
@@ -318,7 +339,11 @@ fn serve(config: HubConfig) -> anyhow::Result<()> {
             stdout.flush()?;
         }
         tracing::info!(%addr, data = %config.data.display(), "hub started");
-        promhub_hub::run(listener, config, shutdown_signal()).await?;
+        let parts = promhub_hub::HubParts {
+            store: Some(store),
+            ..promhub_hub::HubParts::default()
+        };
+        promhub_hub::run_with(listener, config, parts, shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -8,7 +8,8 @@
 //! - `GET /events.ndjson?…`: the whole range, one event per line.
 //! - `POST /events/import` (NDJSON body, one event per line as exported):
 //!   each line is published again with its `id` as `opts.id`, so importing
-//!   twice within the dedup window stores nothing twice.
+//!   twice within the dedup window stores nothing twice; under the
+//!   caller's publish quotas (see [`import`]).
 //!
 //! Every request carries the caller's token (`Authorization: Bearer`),
 //! verified like a WebSocket `AUTH`: reading needs `subscribe` permission
@@ -21,20 +22,24 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, Request, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::{Stream, StreamExt};
 use promhub_core::acl::Action;
-use promhub_core::frames::{Event, Millis, Payload, PublishOpts};
-use promhub_core::{Pattern, Policy, Topic};
+use promhub_core::frames::{Event, Millis};
+use promhub_core::{Pattern, Policy};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::authn::Authenticator;
+use crate::authn::{Authenticated, Authenticator};
+use crate::store::Store;
 use crate::store::writer::StoreWriter;
-use crate::store::{Appended, NewEvent, Store};
+
+mod import;
+
+pub use import::ImportLimits;
 
 /// JSON pages hold at most this many events (`limit`), 100 by default.
 pub const MAX_PAGE_EVENTS: usize = 1000;
@@ -45,11 +50,6 @@ const CHUNK_EVENTS: usize = 1000;
 /// stops after this many and returns a cursor, so one request is bounded.
 const SCAN_ROWS: usize = 10_000;
 const PAGE_SCAN_ROWS: usize = 100_000;
-/// Import: events committed per batch, and the longest line accepted.
-const IMPORT_BATCH: usize = 500;
-const MAX_IMPORT_LINE_BYTES: usize = 2 * 1024 * 1024;
-/// Import errors reported in full (the count is always complete).
-const MAX_REPORTED_ERRORS: usize = 100;
 
 pub const NDJSON: &str = "application/x-ndjson";
 
@@ -59,6 +59,8 @@ pub struct ReplayState {
     pub store: Arc<dyn Store>,
     pub writer: StoreWriter,
     pub authenticator: Arc<dyn Authenticator>,
+    /// The import's publish quotas and line limit.
+    pub import: Arc<ImportLimits>,
 }
 
 /// The paths of these routes (the WebSocket endpoint may not use them).
@@ -68,7 +70,7 @@ pub fn router(state: ReplayState) -> Router {
     Router::new()
         .route("/events", get(events))
         .route("/events.ndjson", get(events_ndjson))
-        .route("/events/import", post(import))
+        .route("/events/import", post(import::import))
         .with_state(state)
 }
 
@@ -299,6 +301,16 @@ pub async fn caller_policy(
     authenticator: &dyn Authenticator,
     headers: &HeaderMap,
 ) -> Result<Arc<Policy>, ApiError> {
+    authenticate(authenticator, headers)
+        .await
+        .map(|(granted, _)| granted.policy)
+}
+
+/// What the caller's token grants, and the token itself.
+async fn authenticate(
+    authenticator: &dyn Authenticator,
+    headers: &HeaderMap,
+) -> Result<(Authenticated, Option<String>), ApiError> {
     let token = match headers.get(header::AUTHORIZATION) {
         None => None,
         Some(value) => {
@@ -315,160 +327,10 @@ pub async fn caller_policy(
     authenticator
         .authenticate(token, crate::clock::now_ms())
         .await
-        .map(|granted| granted.policy)
+        .map(|granted| (granted, token.map(str::to_owned)))
         .map_err(|failure| {
             ApiError::new(StatusCode::UNAUTHORIZED, failure.code.as_str(), failure.msg)
         })
-}
-
-// ---------------------------------------------------------------------------
-// Import
-
-/// One line of an import: an exported event (its `seq` is ignored: the
-/// event gets a new one).
-#[derive(Debug, Deserialize)]
-struct ImportedEvent {
-    id: String,
-    topic: String,
-    payload: Payload,
-    #[serde(default)]
-    ts: Option<Millis>,
-    #[serde(default)]
-    key: Option<String>,
-    #[serde(default)]
-    headers: Option<std::collections::BTreeMap<String, String>>,
-    #[serde(default)]
-    tags: Option<Vec<String>>,
-    #[serde(default)]
-    caused_by: Option<Vec<String>>,
-    #[serde(default)]
-    sid: Option<String>,
-    #[serde(default, rename = "seq")]
-    _seq: Option<u64>,
-}
-
-#[derive(Debug, Default, Serialize)]
-struct ImportReport {
-    /// Lines read (not counting blank ones).
-    lines: u64,
-    /// Events stored anew.
-    imported: u64,
-    /// Events already stored within the dedup window (not stored again).
-    duplicates: u64,
-    /// Lines refused; the first ones are listed in `errors`.
-    failed: u64,
-    errors: Vec<ImportError>,
-}
-
-#[derive(Debug, Serialize)]
-struct ImportError {
-    line: u64,
-    error: String,
-}
-
-impl ImportReport {
-    fn fail(&mut self, line: u64, error: impl Into<String>) {
-        self.failed += 1;
-        if self.errors.len() < MAX_REPORTED_ERRORS {
-            self.errors.push(ImportError {
-                line,
-                error: error.into(),
-            });
-        }
-    }
-}
-
-async fn import(State(state): State<ReplayState>, request: Request) -> Response {
-    let policy = match caller_policy(&*state.authenticator, request.headers()).await {
-        Ok(policy) => policy,
-        Err(error) => return error.into_response(),
-    };
-    let mut body = request.into_body().into_data_stream();
-    let mut report = ImportReport::default();
-    let mut pending: Vec<u8> = Vec::new();
-    let mut batch: Vec<(u64, NewEvent)> = Vec::new();
-    let mut line_no = 0u64;
-    loop {
-        let chunk = match body.next().await {
-            Some(Ok(chunk)) => Some(chunk),
-            Some(Err(error)) => {
-                return ApiError::bad_request(format!("reading the body: {error}")).into_response();
-            }
-            None => None,
-        };
-        let done = chunk.is_none();
-        if let Some(chunk) = chunk {
-            pending.extend_from_slice(&chunk);
-        } else if !pending.is_empty() {
-            // The last line may lack its newline.
-            pending.push(b'\n');
-        }
-        while let Some(end) = pending.iter().position(|byte| *byte == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            line_no += 1;
-            let text = line.trim_ascii();
-            if text.is_empty() {
-                continue;
-            }
-            report.lines += 1;
-            match parse_import_line(text, &policy) {
-                Ok(event) => batch.push((line_no, event)),
-                Err(error) => report.fail(line_no, error),
-            }
-            if batch.len() >= IMPORT_BATCH {
-                commit_imports(&state.writer, std::mem::take(&mut batch), &mut report).await;
-            }
-        }
-        if pending.len() > MAX_IMPORT_LINE_BYTES {
-            report.fail(line_no + 1, "line too long");
-            commit_imports(&state.writer, std::mem::take(&mut batch), &mut report).await;
-            return (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(report)).into_response();
-        }
-        if done {
-            break;
-        }
-    }
-    commit_imports(&state.writer, batch, &mut report).await;
-    axum::Json(report).into_response()
-}
-
-fn parse_import_line(text: &[u8], policy: &Policy) -> Result<NewEvent, String> {
-    let imported: ImportedEvent =
-        serde_json::from_slice(text).map_err(|e| format!("not an event: {e}"))?;
-    let topic = Topic::parse(&imported.topic).map_err(|e| format!("topic: {e}"))?;
-    if !policy.may_publish(&topic) {
-        return Err(format!("publishing to {topic} is not allowed"));
-    }
-    let opts = PublishOpts {
-        id: Some(imported.id),
-        ts: imported.ts,
-        key: imported.key,
-        headers: imported.headers,
-        tags: imported.tags,
-        caused_by: imported.caused_by,
-        sid: imported.sid,
-    };
-    NewEvent::from_publish(topic, imported.payload, opts, crate::clock::now_ms())
-        .map_err(|e| e.to_string())
-}
-
-/// Publishes a batch through the store writer (group commit, dedup by id,
-/// delivery to subscribers) and waits until every event is durable.
-async fn commit_imports(
-    writer: &StoreWriter,
-    batch: Vec<(u64, NewEvent)>,
-    report: &mut ImportReport,
-) {
-    let appends = batch
-        .into_iter()
-        .map(|(line, event)| async move { (line, writer.append(event).await) });
-    for (line, result) in futures_util::future::join_all(appends).await {
-        match result {
-            Ok(Appended::Stored(_)) => report.imported += 1,
-            Ok(Appended::Duplicate { .. }) => report.duplicates += 1,
-            Err(error) => report.fail(line, format!("store: {error}")),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -124,10 +124,20 @@ pub async fn run_with(
         shutdown_rx.clone(),
     )
     .map_err(HubError::Config)?;
+    // One per-topic quota for every publish path (WebSocket and import).
+    let topic_quota = config
+        .limits
+        .topic_publish_limit()
+        .map(|limit| Arc::new(TopicBuckets::new(limit)));
     let replay = crate::replay::router(crate::replay::ReplayState {
         store: Arc::clone(&store),
         writer: writer.clone(),
         authenticator: Arc::clone(&authenticator),
+        import: Arc::new(crate::replay::ImportLimits::new(
+            &config.limits,
+            topic_quota.clone(),
+            config.max_frame_bytes,
+        )),
     });
     let shared = Arc::new(Shared {
         config: Arc::clone(&config),
@@ -136,7 +146,7 @@ pub async fn run_with(
         broker: broker.clone(),
         shutdown: shutdown_rx.clone(),
         next_conn_id: AtomicU64::new(1),
-        topic_quota: config.limits.topic_publish_limit().map(TopicBuckets::new),
+        topic_quota,
         metrics: Arc::clone(&metrics),
     });
     let ops_state = OpsState {
@@ -262,7 +272,10 @@ async fn configured_authenticator(config: &HubConfig) -> Result<Arc<dyn Authenti
     Ok(Arc::new(verifier))
 }
 
-async fn open_store(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> {
+/// Opens the store `config` names (what [`run`] does when
+/// [`HubParts::store`] is `None`). The binary opens it before announcing
+/// anything, so a store that cannot open fails the start cleanly.
+pub async fn open_store(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> {
     match config.store_location().map_err(HubError::Config)? {
         StoreLocation::Embedded => open_sqlite(config).await,
         StoreLocation::Mongo(uri) => {
@@ -281,6 +294,7 @@ async fn open_sqlite(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> {
     let options = SqliteOptions {
         dedup_window: Duration::from_millis(config.dedup_window_ms),
         pipelined_sync: config.sync == SyncPolicy::Pipelined,
+        wal_limit_bytes: config.wal_limit_bytes,
         ..SqliteOptions::default()
     };
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, options))

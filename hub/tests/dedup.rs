@@ -66,3 +66,86 @@ async fn a_duplicate_opts_id_is_stored_once() {
     reader.assert_alive_and_quiet().await;
     hub.stop().await.unwrap();
 }
+
+/// Finding 5: de-duplication is per topic (semantics.md §3), so a token
+/// that may only publish to `evil.x` cannot make the victim's publish to
+/// `orders.created` a duplicate by choosing its `opts.id` first.
+#[tokio::test]
+async fn a_publisher_cannot_suppress_another_topics_event_by_choosing_its_id() {
+    use common::jwt::{SECRET, claims_at, hs};
+    use common::process::HubProcess;
+    use jsonwebtoken::Algorithm;
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |sub: &str, scope: &str| {
+        hs(
+            Algorithm::HS256,
+            &claims_at(now, json!({"sub": sub, "scope": scope})),
+        )
+    };
+    async fn client(hub: &HubProcess, token: &str) -> common::Client {
+        let mut client = common::Client::connect(&hub.url).await;
+        client
+            .send_json(json!({"op": "AUTH", "token": token}))
+            .await;
+        let ok = client.recv_json().await;
+        assert_eq!(ok["op"], "OK", "{ok}");
+        client
+    }
+
+    let dir = common::data_dir();
+    let hub = HubProcess::spawn(
+        dir.path(),
+        &[],
+        &["--listen", "127.0.0.1:0", "--jwt-secret", SECRET],
+    )
+    .await;
+    let mut subscriber = client(&hub, &token("audit", "subscribe:orders.*")).await;
+    let suback = subscriber
+        .subscribe("orders.created", None, json!(null))
+        .await;
+    assert_eq!(suback["op"], "SUBACK", "{suback}");
+
+    let mut evil = client(&hub, &token("mallory", "publish:evil.x")).await;
+    let refused = evil
+        .publish("orders.created", json!({"x": 0}), json!({"id": "order-42"}))
+        .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let planted = evil
+        .publish("evil.x", json!({"x": 1}), json!({"id": "order-42"}))
+        .await;
+    assert_eq!(planted["op"], "PUBACK", "{planted}");
+
+    let mut victim = client(&hub, &token("shop", "publish:orders.created")).await;
+    let ack = victim
+        .publish(
+            "orders.created",
+            json!({"order": 42}),
+            json!({"id": "order-42"}),
+        )
+        .await;
+    assert_eq!(ack["op"], "PUBACK", "{ack}");
+    assert!(ack.get("duplicate").is_none(), "suppressed: {ack}");
+    assert_ne!(ack["seq"], planted["seq"]);
+
+    let event = subscriber.recv_event().await;
+    assert_eq!(event["event"]["id"], "order-42");
+    assert_eq!(event["event"]["topic"], "orders.created");
+    assert_eq!(event["event"]["payload"], json!({"order": 42}));
+    assert_eq!(event["event"]["seq"], ack["seq"]);
+
+    // A real duplicate, on the same topic, still is one.
+    let again = victim
+        .publish(
+            "orders.created",
+            json!({"order": 42, "again": true}),
+            json!({"id": "order-42"}),
+        )
+        .await;
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["seq"], ack["seq"]);
+    subscriber.assert_alive_and_quiet().await;
+}

@@ -219,6 +219,10 @@ pub enum StoreError {
     Backend(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// No space left: nothing of the failed write was kept, and writing
+    /// works again once space is freed.
+    #[error("the disk is full: {0}")]
+    DiskFull(String),
     #[error("the store is closed")]
     Closed,
 }

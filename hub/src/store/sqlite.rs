@@ -15,7 +15,7 @@
 //! later deletes the newest events, and it stays right even if another
 //! process opened the same file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -25,23 +25,26 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use promhub_core::frames::{Event, Millis};
 use promhub_core::{Pattern, Topic};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, oneshot};
 
+mod schema;
+mod wal;
+mod writer;
+
+use self::schema::migrate;
+use self::wal::{Checkpointer, SyncStage, Syncer, WalBound, open_wal, wal_path};
+use self::writer::SqliteWriter;
 use super::topic_filter::{TopicFilter, literal_prefix};
 use super::{
-    Appended, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupRecord, LatestCursor,
-    LatestPage, PageLimits, PendingCommit, PrefixWalk, RETENTION_TOPICS_PER_CALL, RetentionPass,
+    CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupRecord, LatestCursor, LatestPage,
+    PageLimits, PendingCommit, RetentionPass,
     RetentionPolicy, Store, StoreError,
 };
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "promhub.db";
-
-/// Bumped when the schema changes; [`SqliteStore::open`] refuses files
-/// written by a newer version instead of misreading them.
-const SCHEMA_VERSION: i64 = 3;
 
 /// Tuning of the embedded store.
 #[derive(Debug, Clone)]
@@ -62,8 +65,9 @@ pub struct SqliteOptions {
     pub mmap_size: u64,
     /// WAL pages after which a commit also checkpoints (copies the WAL into
     /// the database file). Larger means fewer, bigger checkpoints: a page
-    /// changed by many commits is copied once. Only used when
-    /// `checkpoint_interval` is zero.
+    /// changed by many commits is copied once. Used when
+    /// `checkpoint_interval` is zero; otherwise a commit checkpoints only
+    /// once the WAL passes `wal_limit_bytes`.
     pub wal_autocheckpoint_pages: u32,
     /// Checkpoint from a separate thread and connection this often
     /// (`PRAGMA wal_checkpoint(PASSIVE)`, which never blocks the writer)
@@ -77,7 +81,14 @@ pub struct SqliteOptions {
     /// commit counts as durable only after that fsync). `false` uses
     /// `synchronous=FULL`: the writer waits for every sync itself.
     pub pipelined_sync: bool,
+    /// The WAL file's bound: past it a checkpoint truncates it to zero
+    /// bytes (also SQLite's `journal_size_limit`). Recovering from a full
+    /// disk needs about this much free space (see `wal.rs`).
+    pub wal_limit_bytes: u64,
 }
+
+/// Default [`SqliteOptions::wal_limit_bytes`].
+pub const DEFAULT_WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for SqliteOptions {
     fn default() -> Self {
@@ -91,6 +102,7 @@ impl Default for SqliteOptions {
             wal_autocheckpoint_pages: 1000,
             checkpoint_interval: Duration::from_millis(200),
             pipelined_sync: true,
+            wal_limit_bytes: DEFAULT_WAL_LIMIT_BYTES,
         }
     }
 }
@@ -126,48 +138,6 @@ struct WriterThread {
     checkpointer: Option<Checkpointer>,
 }
 
-/// Thread that checkpoints the WAL on its own connection, off the commit
-/// path (see [`SqliteOptions::checkpoint_interval`]).
-#[derive(Debug)]
-struct Checkpointer {
-    stop: mpsc::Sender<()>,
-    thread: JoinHandle<()>,
-}
-
-impl Checkpointer {
-    fn start(path: &Path, options: &SqliteOptions) -> Result<Checkpointer, StoreError> {
-        let conn = Connection::open(path)
-            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
-        conn.busy_timeout(options.busy_timeout).map_err(backend)?;
-        // The checkpointer syncs the WAL before copying it and the database
-        // file after, so what it copies is durable before SQLite may reuse
-        // the WAL.
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(backend)?;
-        let interval = options.checkpoint_interval;
-        let (stop, stopped) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("promhub-sqlite-checkpoint".into())
-            .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        // Busy or failing checkpoints only let the WAL grow;
-                        // the next round tries again.
-                        tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
-                    }
-                }
-            })
-            .map_err(|e| StoreError::Backend(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(Checkpointer { stop, thread })
-    }
-
-    fn stop(self) -> std::thread::Result<()> {
-        drop(self.stop);
-        self.thread.join()
-    }
-}
-
 type AppliedReply = oneshot::Sender<Result<CommitOutcome, StoreError>>;
 type DurableReply = oneshot::Sender<Result<(), StoreError>>;
 
@@ -186,7 +156,24 @@ enum WriteCommand {
 impl SqliteStore {
     /// Opens (creating if needed) `promhub.db` in `dir` and starts the writer
     /// thread. Blocking: call it at start-up, not from a busy async task.
+    /// On a full disk the error is [`StoreError::DiskFull`], naming `dir`.
     pub fn open(dir: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        Self::open_inner(dir, options).map_err(|e| {
+            let (StoreError::DiskFull(cause) | StoreError::Backend(cause)) = &e else {
+                return e;
+            };
+            if matches!(e, StoreError::DiskFull(_)) || disk_is_full(dir) {
+                StoreError::DiskFull(format!(
+                    "no space left for the store in {} ({cause}); free some space and start again",
+                    dir.display()
+                ))
+            } else {
+                e
+            }
+        })
+    }
+
+    fn open_inner(dir: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Backend(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
@@ -220,6 +207,8 @@ impl SqliteStore {
             SyncStage::Inline
         };
         let (commands, receiver) = mpsc::channel();
+        let wal_bound = Arc::new(WalBound::new(&path, options.wal_limit_bytes));
+        let checkpoints_inline = options.checkpoint_interval.is_zero();
         let writer = SqliteWriter {
             conn,
             dedup_window_ms: duration_millis(options.dedup_window),
@@ -227,16 +216,18 @@ impl SqliteStore {
             sync,
             durable_seq: Arc::clone(&durable_seq),
             failed,
+            wal_bound: Arc::clone(&wal_bound),
+            checkpoints_inline,
             dir_lock,
         };
         let thread = std::thread::Builder::new()
             .name("promhub-sqlite-writer".into())
             .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
-        let checkpointer = if options.checkpoint_interval.is_zero() {
+        let checkpointer = if checkpoints_inline {
             None
         } else {
-            Some(Checkpointer::start(&path, &options)?)
+            Some(Checkpointer::start(&path, &options, wal_bound)?)
         };
         let read_permits = Semaphore::new(options.read_connections.max(1));
         Ok(SqliteStore {
@@ -333,7 +324,24 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        StoreError::DiskFull(e.to_string())
+    } else {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// Whether the file system holding `dir` has no room for a small write
+/// (to explain an open that failed with a vague "disk I/O error").
+fn disk_is_full(dir: &Path) -> bool {
+    use std::io::Write;
+    let probe = dir.join(".promhub-space-probe");
+    let result = std::fs::File::create(&probe).and_then(|mut file| {
+        file.write_all(&[0; 64 * 1024])?;
+        file.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe);
+    matches!(result, Err(e) if e.kind() == std::io::ErrorKind::StorageFull)
 }
 
 fn duration_millis(d: Duration) -> u64 {
@@ -401,16 +409,31 @@ fn open_write_connection(path: &Path, options: &SqliteOptions) -> Result<Connect
     };
     conn.pragma_update(None, "synchronous", synchronous)
         .map_err(backend)?;
+    // With a checkpointer thread, SQLite checkpoints inside a commit only
+    // when the WAL passes its bound between two rounds (a burst): the WAL
+    // then restarts (and is cut to `journal_size_limit`) instead of growing.
+    let page_size: i64 = conn
+        .pragma_query_value(None, "page_size", |row| row.get(0))
+        .map_err(backend)?;
+    let bound_pages = u32::try_from(options.wal_limit_bytes / from_sql_int(page_size).max(512))
+        .unwrap_or(u32::MAX);
     let autocheckpoint_pages = if options.checkpoint_interval.is_zero() {
-        options.wal_autocheckpoint_pages
+        options.wal_autocheckpoint_pages.min(bound_pages)
     } else {
-        0
-    };
+        bound_pages
+    }
+    .max(1);
     conn.pragma_update(None, "wal_autocheckpoint", autocheckpoint_pages)
         .map_err(backend)?;
-    // Keep the WAL file from staying huge after a burst.
-    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
-        .map_err(backend)?;
+    // Keep the WAL file from staying huge after a burst: cut back to the
+    // bound whenever SQLite restarts it (the checkpointer truncates it when
+    // it grows past the bound anyway, see `wal.rs`).
+    conn.pragma_update(
+        None,
+        "journal_size_limit",
+        i64::try_from(options.wal_limit_bytes).unwrap_or(i64::MAX),
+    )
+    .map_err(backend)?;
     migrate(&conn)?;
     Ok(conn)
 }
@@ -427,160 +450,6 @@ fn open_read_connection(path: &Path, options: &SqliteOptions) -> Result<Connecti
             .map_err(backend)?;
     }
     Ok(conn)
-}
-
-const SCHEMA_V1: &str = "
-CREATE TABLE meta (
-    name  TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-) WITHOUT ROWID;
-INSERT INTO meta (name, value) VALUES ('last_seq', 0);
-
--- seq is the rowid: assigned from meta.last_seq, never by SQLite.
-CREATE TABLE events (
-    seq       INTEGER PRIMARY KEY,
-    id        TEXT NOT NULL,
-    topic     TEXT NOT NULL,
-    ts        INTEGER NOT NULL,
-    key       TEXT,
-    payload   TEXT NOT NULL,
-    headers   TEXT,
-    tags      TEXT,
-    caused_by TEXT,
-    sid       TEXT
-);
-CREATE INDEX events_by_topic ON events (topic, seq);
-
--- Publisher ids (opts.id) stored within the dedup window.
-CREATE TABLE dedup (
-    id        TEXT PRIMARY KEY,
-    seq       INTEGER NOT NULL,
-    stored_at INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX dedup_by_age ON dedup (stored_at);
-
-CREATE TABLE latest (
-    topic TEXT NOT NULL,
-    key   TEXT NOT NULL,
-    seq   INTEGER NOT NULL,
-    PRIMARY KEY (topic, key)
-) WITHOUT ROWID;
-
-CREATE TABLE groups (
-    pattern TEXT NOT NULL,
-    grp     TEXT NOT NULL,
-    cursor  INTEGER NOT NULL,
-    PRIMARY KEY (pattern, grp)
-) WITHOUT ROWID;
-
--- Events after a group's cursor that are already done.
-CREATE TABLE group_done (
-    pattern TEXT NOT NULL,
-    grp     TEXT NOT NULL,
-    seq     INTEGER NOT NULL,
-    PRIMARY KEY (pattern, grp, seq)
-) WITHOUT ROWID;
-
-CREATE TABLE dead_letters (
-    pattern  TEXT NOT NULL,
-    grp      TEXT NOT NULL,
-    seq      INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
-    reason   TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    dead_at  INTEGER NOT NULL,
-    PRIMARY KEY (pattern, grp, seq)
-) WITHOUT ROWID;
-";
-
-/// Version 2: per-topic counts, so the ops API's lag is two index lookups
-/// per topic instead of a scan. `tord` is the event's ordinal within its
-/// topic (1, 2, ...): the number of a topic's events in `(a, b]` is
-/// `tord(last ≤ b) − tord(last ≤ a)`. `topics` lists every topic with its
-/// count and newest seq (to enumerate the topics a pattern matches).
-/// Existing events are numbered once by the migration.
-const SCHEMA_V2: &str = "
-ALTER TABLE events ADD COLUMN tord INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE topics (
-    topic    TEXT PRIMARY KEY,
-    events   INTEGER NOT NULL,
-    last_seq INTEGER NOT NULL
-) WITHOUT ROWID;
-UPDATE events SET tord = numbered.n
-    FROM (SELECT seq, row_number() OVER (PARTITION BY topic ORDER BY seq) AS n FROM events)
-        AS numbered
-    WHERE events.seq = numbered.seq;
-INSERT INTO topics (topic, events, last_seq)
-    SELECT topic, max(tord), max(seq) FROM events GROUP BY topic;
-";
-
-/// Version 3: delivery attempts used by failed events above a group's
-/// cursor (`GroupProgress::attempt_changes`), so a redelivery after a restart
-/// or an idle group's eviction counts on instead of starting again at 1.
-const SCHEMA_V3: &str = "
-CREATE TABLE group_attempts (
-    pattern  TEXT NOT NULL,
-    grp      TEXT NOT NULL,
-    seq      INTEGER NOT NULL,
-    attempts INTEGER NOT NULL,
-    PRIMARY KEY (pattern, grp, seq)
-) WITHOUT ROWID;
-";
-
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(backend)?;
-    let steps = match version {
-        0 => format!("{SCHEMA_V1}\n{SCHEMA_V2}\n{SCHEMA_V3}"),
-        1 => format!("{SCHEMA_V2}\n{SCHEMA_V3}"),
-        2 => SCHEMA_V3.to_owned(),
-        SCHEMA_VERSION => return Ok(()),
-        newer if newer > SCHEMA_VERSION => {
-            return Err(StoreError::Corrupt(format!(
-                "database schema version {newer} is newer than this hub supports ({SCHEMA_VERSION})"
-            )));
-        }
-        other => {
-            return Err(StoreError::Corrupt(format!(
-                "database schema version {other} is unknown"
-            )));
-        }
-    };
-    let script =
-        format!("BEGIN IMMEDIATE;\n{steps}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;");
-    conn.execute_batch(&script).map_err(|e| {
-        // Leave no half-migrated schema behind.
-        let _ = conn.execute_batch("ROLLBACK");
-        StoreError::Backend(format!("cannot create or migrate the schema: {e}"))
-    })
-}
-
-/// Records (`attempts > 0`) or forgets (`0`) attempts of a group's events.
-fn change_attempts(
-    tx: &rusqlite::Transaction<'_>,
-    key: &GroupKey,
-    changes: &[(u64, u32)],
-) -> Result<(), StoreError> {
-    let mut put = tx
-        .prepare_cached(
-            "INSERT OR REPLACE INTO group_attempts (pattern, grp, seq, attempts)
-             VALUES (?1, ?2, ?3, ?4)",
-        )
-        .map_err(backend)?;
-    let mut forget = tx
-        .prepare_cached("DELETE FROM group_attempts WHERE pattern = ?1 AND grp = ?2 AND seq = ?3")
-        .map_err(backend)?;
-    for &(seq, attempts) in changes {
-        let seq = seq_to_sql(seq);
-        if attempts == 0 {
-            forget.execute(params![key.pattern, key.group, seq])
-        } else {
-            put.execute(params![key.pattern, key.group, seq, attempts])
-        }
-        .map_err(backend)?;
-    }
-    Ok(())
 }
 
 /// File locked (an OS advisory lock, released when the process dies) while
@@ -611,509 +480,8 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
-fn wal_path(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push("-wal");
-    PathBuf::from(name)
-}
-
-/// The WAL file, for the syncer's own fsync. SQLite keeps this same file
-/// (truncating, never deleting it) while the write connection is open.
-fn open_wal(db: &Path) -> Result<std::fs::File, StoreError> {
-    let path = wal_path(db);
-    std::fs::File::open(&path)
-        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))
-}
-
-/// Where a commit becomes durable.
-enum SyncStage {
-    /// `synchronous=FULL`: inside the commit itself.
-    Inline,
-    /// `synchronous=NORMAL`: on the syncer thread, after the commit.
-    Thread(Syncer),
-}
-
-/// A commit applied but not yet synced.
-struct SyncRequest {
-    last_seq: u64,
-    reply: DurableReply,
-}
-
-/// Thread that fsyncs the WAL for every commit handed to it. One fsync
-/// covers every commit that was applied before it started, so while it
-/// syncs, the writer applies the next batches and the next fsync covers
-/// them all.
-struct Syncer {
-    requests: mpsc::Sender<SyncRequest>,
-    thread: JoinHandle<()>,
-}
-
-impl Syncer {
-    fn start(
-        wal: std::fs::File,
-        durable_seq: Arc<AtomicU64>,
-        failed: Arc<AtomicBool>,
-        pause: Arc<Mutex<()>>,
-    ) -> Result<Syncer, StoreError> {
-        let (requests, receiver) = mpsc::channel::<SyncRequest>();
-        let thread = std::thread::Builder::new()
-            .name("promhub-sqlite-sync".into())
-            .spawn(move || {
-                while let Ok(first) = receiver.recv() {
-                    // Uncontended except when a test holds syncs back.
-                    drop(lock(&pause));
-                    let mut synced = vec![first];
-                    synced.extend(receiver.try_iter());
-                    let result = if failed.load(Ordering::Acquire) {
-                        Err(sync_failed_error())
-                    } else {
-                        wal.sync_data().map_err(|e| {
-                            // After a failed fsync the kernel may have dropped
-                            // the dirty pages: nothing written since can be
-                            // trusted, so the store stops accepting writes.
-                            failed.store(true, Ordering::Release);
-                            tracing::error!(error = %e, "syncing the WAL failed; the store stops writing");
-                            StoreError::Backend(format!("syncing the WAL failed: {e}"))
-                        })
-                    };
-                    if result.is_ok() {
-                        let newest = synced.iter().map(|r| r.last_seq).max().unwrap_or(0);
-                        durable_seq.fetch_max(newest, Ordering::AcqRel);
-                    }
-                    for request in synced {
-                        let _ = request.reply.send(result.clone());
-                    }
-                }
-            })
-            .map_err(|e| StoreError::Backend(format!("cannot start the sync thread: {e}")))?;
-        Ok(Syncer { requests, thread })
-    }
-}
-
 fn writer_stopped() -> StoreError {
     StoreError::Backend("the writer thread stopped".into())
-}
-
-fn sync_failed_error() -> StoreError {
-    StoreError::Backend("an earlier WAL sync failed; restart the hub".into())
-}
-
-/// The writer thread's state: the only write connection.
-struct SqliteWriter {
-    conn: Connection,
-    dedup_window_ms: u64,
-    prune_per_commit: usize,
-    sync: SyncStage,
-    durable_seq: Arc<AtomicU64>,
-    /// Set when a sync failed: every later commit fails.
-    failed: Arc<AtomicBool>,
-    /// The data dir's lock: held by the thread that writes, released only
-    /// after its last write and checkpoint (however the store goes away).
-    dir_lock: std::fs::File,
-}
-
-impl SqliteWriter {
-    fn run(mut self, commands: mpsc::Receiver<WriteCommand>) {
-        // Ends when the store is closed (sender dropped) after finishing every
-        // commit already queued.
-        while let Ok(command) = commands.recv() {
-            match command {
-                WriteCommand::Commit(batch, applied, durable) => {
-                    let result = if self.failed.load(Ordering::Acquire) {
-                        Err(sync_failed_error())
-                    } else {
-                        self.commit(batch)
-                    };
-                    match result {
-                        Ok((outcome, last_seq)) => {
-                            match &self.sync {
-                                SyncStage::Inline => {
-                                    self.durable_seq.fetch_max(last_seq, Ordering::AcqRel);
-                                    let _ = durable.send(Ok(()));
-                                }
-                                SyncStage::Thread(syncer) => {
-                                    let request = SyncRequest {
-                                        last_seq,
-                                        reply: durable,
-                                    };
-                                    if let Err(mpsc::SendError(request)) =
-                                        syncer.requests.send(request)
-                                    {
-                                        let _ = request.reply.send(Err(StoreError::Backend(
-                                            "the sync thread stopped".into(),
-                                        )));
-                                    }
-                                }
-                            }
-                            // The requester may have gone away; the commit
-                            // stands.
-                            let _ = applied.send(Ok(outcome));
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "store commit failed");
-                            let _ = applied.send(Err(e));
-                        }
-                    }
-                }
-                WriteCommand::Retain {
-                    policy,
-                    now,
-                    from,
-                    limit,
-                    reply,
-                } => {
-                    let result = if self.failed.load(Ordering::Acquire) {
-                        Err(sync_failed_error())
-                    } else {
-                        self.retain(&policy, now, from.as_deref(), limit)
-                    };
-                    let _ = reply.send(result);
-                }
-            }
-        }
-        // Let every commit already applied finish syncing before closing.
-        if let SyncStage::Thread(Syncer { requests, thread }) =
-            std::mem::replace(&mut self.sync, SyncStage::Inline)
-        {
-            drop(requests);
-            if thread.join().is_err() {
-                tracing::error!("the sync thread panicked");
-            }
-        }
-        if let Err(e) = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        {
-            tracing::warn!(error = %e, "final WAL checkpoint failed");
-        }
-        if let Err((_, e)) = self.conn.close() {
-            tracing::warn!(error = %e, "closing the store failed");
-        }
-        // Another hub may open the folder now.
-        drop(self.dir_lock);
-    }
-
-    /// Applies one batch in one transaction; returns the outcome and the
-    /// newest seq after it.
-    fn commit(&mut self, mut batch: CommitBatch) -> Result<(CommitOutcome, u64), StoreError> {
-        let now = now_millis();
-        let window_start = now.saturating_sub(self.dedup_window_ms);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend)?;
-        let mut outcome = Vec::with_capacity(batch.events.len());
-        let mut client_ids_in_batch = 0usize;
-        let first_seq: i64 = tx
-            .prepare_cached("SELECT value FROM meta WHERE name = 'last_seq'")
-            .and_then(|mut s| s.query_row([], |row| row.get(0)))
-            .map_err(backend)?;
-        let mut last_seq = first_seq;
-        {
-            let mut insert_event = tx
-                .prepare_cached(
-                    "INSERT INTO events (seq, id, topic, ts, key, payload, headers, tags, caused_by, sid, tord)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )
-                .map_err(backend)?;
-            let mut find_dedup = tx
-                .prepare_cached("SELECT seq FROM dedup WHERE id = ?1 AND stored_at >= ?2")
-                .map_err(backend)?;
-            let mut put_dedup = tx
-                .prepare_cached(
-                    "INSERT INTO dedup (id, seq, stored_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, stored_at = excluded.stored_at",
-                )
-                .map_err(backend)?;
-            let mut put_latest = tx
-                .prepare_cached(
-                    "INSERT INTO latest (topic, key, seq) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (topic, key) DO UPDATE SET seq = excluded.seq",
-                )
-                .map_err(backend)?;
-            let mut find_topic_count = tx
-                .prepare_cached("SELECT events FROM topics WHERE topic = ?1")
-                .map_err(backend)?;
-            // Per topic of the batch: (events so far, newest seq).
-            let mut topic_counts: HashMap<String, (i64, i64)> = HashMap::new();
-            let mut batch_ids: HashMap<String, u64> = HashMap::new();
-            for event in std::mem::take(&mut batch.events) {
-                if event.client_id {
-                    client_ids_in_batch += 1;
-                    let earlier = match batch_ids.get(&event.id) {
-                        Some(&seq) => Some(seq),
-                        None => find_dedup
-                            .query_row(params![event.id, bits_to_sql(window_start)], |row| {
-                                row.get::<_, i64>(0)
-                            })
-                            .optional()
-                            .map_err(backend)?
-                            .map(from_sql_int),
-                    };
-                    if let Some(seq) = earlier {
-                        outcome.push(Appended::Duplicate { id: event.id, seq });
-                        continue;
-                    }
-                }
-                last_seq += 1;
-                let tord = match topic_counts.get_mut(event.topic.as_str()) {
-                    Some(count) => {
-                        *count = (count.0 + 1, last_seq);
-                        count.0
-                    }
-                    None => {
-                        let stored: i64 = find_topic_count
-                            .query_row([event.topic.as_str()], |row| row.get(0))
-                            .optional()
-                            .map_err(backend)?
-                            .unwrap_or(0);
-                        topic_counts
-                            .insert(event.topic.as_str().to_owned(), (stored + 1, last_seq));
-                        stored + 1
-                    }
-                };
-                let headers = event.headers.as_ref().map(to_json).transpose()?;
-                let tags = event.tags.as_ref().map(to_json).transpose()?;
-                let caused_by = event.caused_by.as_ref().map(to_json).transpose()?;
-                insert_event
-                    .execute(params![
-                        last_seq,
-                        event.id,
-                        event.topic.as_str(),
-                        bits_to_sql(event.ts),
-                        event.key,
-                        event.payload.get(),
-                        headers,
-                        tags,
-                        caused_by,
-                        event.sid,
-                        tord,
-                    ])
-                    .map_err(backend)?;
-                let seq = from_sql_int(last_seq);
-                if event.client_id {
-                    put_dedup
-                        .execute(params![event.id, last_seq, bits_to_sql(now)])
-                        .map_err(backend)?;
-                    batch_ids.insert(event.id.clone(), seq);
-                }
-                if let Some(key) = &event.key {
-                    put_latest
-                        .execute(params![event.topic.as_str(), key, last_seq])
-                        .map_err(backend)?;
-                }
-                outcome.push(Appended::Stored(event.into_stored(seq)));
-            }
-            let mut put_topic = tx
-                .prepare_cached(
-                    "INSERT INTO topics (topic, events, last_seq) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (topic) DO UPDATE SET events = excluded.events, last_seq = excluded.last_seq",
-                )
-                .map_err(backend)?;
-            for (topic, (count, newest)) in &topic_counts {
-                put_topic
-                    .execute(params![topic, count, newest])
-                    .map_err(backend)?;
-            }
-            if last_seq != first_seq {
-                tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'last_seq'")
-                    .and_then(|mut s| s.execute([last_seq]))
-                    .map_err(backend)?;
-            }
-        }
-        apply_group_changes(&tx, &batch)?;
-        // Bounded pruning: at least as many as this batch could have added,
-        // so the table tracks the window instead of growing.
-        let prune_limit = self.prune_per_commit.max(2 * client_ids_in_batch);
-        tx.prepare_cached(
-            "DELETE FROM dedup WHERE id IN
-                (SELECT id FROM dedup WHERE stored_at < ?1 ORDER BY stored_at LIMIT ?2)",
-        )
-        .and_then(|mut s| s.execute(params![bits_to_sql(window_start), prune_limit as i64]))
-        .map_err(backend)?;
-        tx.commit().map_err(backend)?;
-        Ok((CommitOutcome { events: outcome }, from_sql_int(last_seq)))
-    }
-
-    /// One retention call (see [`Store::apply_retention`]) in one
-    /// transaction. The `topics` row stays (its counter keeps numbering
-    /// `tord`), so a topic's retained events keep consecutive ordinals.
-    /// Only durable events are removed.
-    fn retain(
-        &mut self,
-        policy: &RetentionPolicy,
-        now: Millis,
-        from: Option<&str>,
-        limit: usize,
-    ) -> Result<RetentionPass, StoreError> {
-        let durable = seq_to_sql(self.durable_seq.load(Ordering::Acquire));
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend)?;
-        // One more than the budget: the extra one is where the next call
-        // starts.
-        let mut topics: Vec<(String, i64)> = tx
-            .prepare_cached(
-                "SELECT topic, events FROM topics WHERE topic >= ?1 ORDER BY topic LIMIT ?2",
-            )
-            .and_then(|mut s| {
-                s.query_map(
-                    params![from.unwrap_or(""), RETENTION_TOPICS_PER_CALL as i64 + 1],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )?
-                .collect()
-            })
-            .map_err(backend)?;
-        let mut next = (topics.len() > RETENTION_TOPICS_PER_CALL)
-            .then(|| topics.pop().map(|(name, _)| name))
-            .flatten();
-        let mut removed = 0u64;
-        for (name, counter) in topics {
-            let room = (limit as u64).saturating_sub(removed);
-            if room == 0 {
-                // Out of room: this topic is where the next call starts.
-                next = Some(name);
-                break;
-            }
-            let Ok(topic) = Topic::parse(&name) else {
-                continue;
-            };
-            let limits = policy.limits_for(&topic);
-            if limits.keeps_everything() {
-                continue;
-            }
-            let first: Option<(i64, i64)> = tx
-                .prepare_cached(
-                    "SELECT tord, ts FROM events WHERE topic = ?1 AND seq <= ?2 ORDER BY seq LIMIT 1",
-                )
-                .and_then(|mut s| {
-                    s.query_row(params![name, durable], |row| Ok((row.get(0)?, row.get(1)?)))
-                        .optional()
-                })
-                .map_err(backend)?;
-            let Some((first_tord, first_ts)) = first else {
-                continue;
-            };
-            // Retention removes prefixes, so the retained ordinals are
-            // consecutive: their count needs no scan.
-            let retained = from_sql_int(counter - first_tord + 1);
-            let mut walk =
-                PrefixWalk::new(limits, retained, Some(from_sql_int(first_ts)), room, now);
-            let mut page = tx
-                .prepare_cached(
-                    "SELECT seq, ts FROM events WHERE topic = ?1 AND seq > ?2 AND seq <= ?3
-                     ORDER BY seq LIMIT ?4",
-                )
-                .map_err(backend)?;
-            while let Some((after, want)) = walk.next_page() {
-                let rows: Vec<(u64, u64)> = page
-                    .query_map(
-                        params![name, seq_to_sql(after), durable, want as i64],
-                        |row| Ok((from_sql_int(row.get(0)?), from_sql_int(row.get(1)?))),
-                    )
-                    .and_then(|rows| rows.collect())
-                    .map_err(backend)?;
-                walk.feed(&rows);
-            }
-            let Some((boundary, count)) = walk.removal() else {
-                continue;
-            };
-            let boundary = seq_to_sql(boundary);
-            tx.prepare_cached("DELETE FROM events WHERE topic = ?1 AND seq <= ?2")
-                .and_then(|mut s| s.execute(params![name, boundary]))
-                .map_err(backend)?;
-            tx.prepare_cached("DELETE FROM latest WHERE topic = ?1 AND seq <= ?2")
-                .and_then(|mut s| s.execute(params![name, boundary]))
-                .map_err(backend)?;
-            removed += count;
-            if count == room {
-                // Cut short: the topic may have more to remove.
-                next = Some(name);
-                break;
-            }
-        }
-        tx.commit().map_err(backend)?;
-        Ok(RetentionPass { removed, next })
-    }
-}
-
-fn apply_group_changes(
-    tx: &rusqlite::Transaction<'_>,
-    batch: &CommitBatch,
-) -> Result<(), StoreError> {
-    if !batch.progress.is_empty() {
-        let mut put_cursor = tx
-            .prepare_cached(
-                "INSERT INTO groups (pattern, grp, cursor) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (pattern, grp) DO UPDATE SET cursor = excluded.cursor",
-            )
-            .map_err(backend)?;
-        let mut drop_done = tx
-            .prepare_cached("DELETE FROM group_done WHERE pattern = ?1 AND grp = ?2 AND seq <= ?3")
-            .map_err(backend)?;
-        let mut add_done = tx
-            .prepare_cached(
-                "INSERT OR IGNORE INTO group_done (pattern, grp, seq) VALUES (?1, ?2, ?3)",
-            )
-            .map_err(backend)?;
-        for p in &batch.progress {
-            let cursor = seq_to_sql(p.cursor);
-            put_cursor
-                .execute(params![p.key.pattern, p.key.group, cursor])
-                .map_err(backend)?;
-            drop_done
-                .execute(params![p.key.pattern, p.key.group, cursor])
-                .map_err(backend)?;
-            for seq in p.done_above.iter().map(|&seq| seq_to_sql(seq)) {
-                if seq > cursor {
-                    add_done
-                        .execute(params![p.key.pattern, p.key.group, seq])
-                        .map_err(backend)?;
-                }
-            }
-            if !p.attempt_changes.is_empty() {
-                change_attempts(tx, &p.key, &p.attempt_changes)?;
-            }
-        }
-    }
-    if !batch.dead_letters.is_empty() {
-        let mut put = tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO dead_letters
-                    (pattern, grp, seq, event_id, reason, attempts, dead_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .map_err(backend)?;
-        for d in &batch.dead_letters {
-            put.execute(params![
-                d.key.pattern,
-                d.key.group,
-                seq_to_sql(d.seq),
-                d.event_id,
-                d.reason,
-                d.attempts,
-                bits_to_sql(d.dead_at),
-            ])
-            .map_err(backend)?;
-        }
-    }
-    if !batch.removed_dead_letters.is_empty() {
-        let mut delete = tx
-            .prepare_cached("DELETE FROM dead_letters WHERE pattern = ?1 AND grp = ?2 AND seq = ?3")
-            .map_err(backend)?;
-        for r in &batch.removed_dead_letters {
-            delete
-                .execute(params![r.key.pattern, r.key.group, seq_to_sql(r.seq)])
-                .map_err(backend)?;
-        }
-    }
-    Ok(())
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value)
-        .map_err(|e| StoreError::Backend(format!("cannot encode an event field: {e}")))
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(
@@ -1834,7 +1202,7 @@ mod tests {
     use promhub_core::frames::to_payload;
 
     use super::*;
-    use crate::store::NewEvent;
+    use crate::store::{Appended, NewEvent};
 
     fn event(id: &str, client_id: bool) -> NewEvent {
         NewEvent {
@@ -1962,88 +1330,6 @@ mod tests {
         ensure!(events.len() == 2 && upto == 2);
         ensure!(store.last_seq().await? == 2);
         ensure!(store.latest_for_key(&topic, "k").await?.map(|e| e.seq) == Some(2));
-        store.close().await?;
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn creates_a_versioned_wal_database_and_refuses_a_newer_schema() -> Result<()> {
-        let dir = tempfile::tempdir()?;
-        let store = SqliteStore::open(dir.path(), SqliteOptions::default())?;
-        let path = store.path().to_owned();
-        ensure!(path == dir.path().join(DB_FILE));
-        store.close().await?;
-        {
-            let conn = Connection::open(&path)?;
-            let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
-            ensure!(mode == "wal", "journal mode {mode}");
-            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            ensure!(version == SCHEMA_VERSION);
-            conn.execute_batch("PRAGMA user_version = 99")?;
-        }
-        match SqliteStore::open(dir.path(), SqliteOptions::default()) {
-            Err(StoreError::Corrupt(msg)) => ensure!(msg.contains("99"), "{msg}"),
-            other => anyhow::bail!("expected a schema error, got {other:?}"),
-        }
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn a_version_1_database_gets_topic_counts_on_open() -> Result<()> {
-        let dir = tempfile::tempdir()?;
-        {
-            let conn = Connection::open(dir.path().join(DB_FILE))?;
-            conn.execute_batch(&format!("{SCHEMA_V1}\nPRAGMA user_version = 1;"))?;
-            for (seq, topic) in [(1, "a.b"), (2, "a.c"), (3, "a.b"), (4, "z")] {
-                conn.execute(
-                    "INSERT INTO events (seq, id, topic, ts, payload) VALUES (?1, ?2, ?3, 5, '1')",
-                    params![seq, format!("e{seq}"), topic],
-                )?;
-            }
-            conn.execute("UPDATE meta SET value = 4 WHERE name = 'last_seq'", [])?;
-        }
-        let store = SqliteStore::open(dir.path(), SqliteOptions::default())?;
-        let a_star = Pattern::parse("a.*")?;
-        ensure!(store.count_matching_after(&a_star, 0).await? == 3);
-        ensure!(store.count_matching_after(&a_star, 1).await? == 2);
-        ensure!(
-            store
-                .count_matching_after(&Pattern::parse("a.b")?, 1)
-                .await?
-                == 1
-        );
-        // New events continue each topic's numbering.
-        store
-            .commit(CommitBatch {
-                events: vec![NewEvent {
-                    id: "n".into(),
-                    client_id: false,
-                    topic: Topic::parse("a.b")?,
-                    ts: 9,
-                    key: None,
-                    payload: RawValue::from_string("2".into())?,
-                    headers: None,
-                    tags: None,
-                    caused_by: None,
-                    sid: None,
-                }],
-                ..CommitBatch::default()
-            })
-            .await?;
-        ensure!(
-            store
-                .count_matching_after(&Pattern::parse("a.b")?, 0)
-                .await?
-                == 3
-        );
-        ensure!(
-            store
-                .count_matching_after(&Pattern::parse("**")?, 3)
-                .await?
-                == 2
-        );
-        let first = store.first_matching_after(&a_star, 3).await?;
-        ensure!(first.map(|e| e.seq) == Some(5));
         store.close().await?;
         Ok(())
     }

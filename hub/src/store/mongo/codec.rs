@@ -39,6 +39,13 @@ pub(super) fn latest_id(topic: &str, key: &str) -> String {
     format!("{topic}\0{key}")
 }
 
+/// `_id` of a de-duplication entry: publisher ids are de-duplicated per
+/// topic (semantics.md §3). Neither a topic nor an `opts.id` contains a
+/// control character, so the NUL separates them unambiguously.
+pub(super) fn dedup_id(topic: &str, id: &str) -> String {
+    format!("{topic}\0{id}")
+}
+
 /// The `_id` range `[low, high)` holding every latest-by-key entry of
 /// exactly `topic`.
 pub(super) fn topic_key_range(topic: &str) -> (String, String) {

@@ -15,7 +15,7 @@ use mongodb::bson::{Bson, Document, doc};
 use promhub_core::frames::to_payload;
 use promhub_core::{Pattern, Topic};
 
-use super::codec::{group_id, latest_id, topic_key_range};
+use super::codec::{dedup_id, group_id, latest_id, topic_key_range};
 use super::queries::{self, Query};
 use super::test_server::FerretDb;
 use super::{MongoStore, Store};
@@ -74,11 +74,14 @@ fn hot_queries() -> Vec<(&'static str, Query)> {
         ),
         (
             "dedup lookup (one id)",
-            queries::dedup_entries(&["client-1"]),
+            queries::dedup_entries(&[&dedup_id("orders.eu", "client-1")]),
         ),
         (
             "dedup lookup (a batch of ids)",
-            queries::dedup_entries(&["client-1", "client-2"]),
+            queries::dedup_entries(&[
+                &dedup_id("orders.eu", "client-1"),
+                &dedup_id("orders.us", "client-1"),
+            ]),
         ),
         ("group load", queries::group(&group_id(&group))),
         (

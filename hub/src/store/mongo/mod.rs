@@ -2,7 +2,8 @@
 //! with the same behaviour as the embedded store.
 //!
 //! Collections (see [`queries`] for their indexes): `events` (`_id` = seq),
-//! `latest` (`_id` = topic NUL key → seq), `dedup` (`_id` = publisher id),
+//! `latest` (`_id` = topic NUL key → seq), `dedup` (`_id` = topic NUL
+//! publisher id: de-duplication is per topic, see `dedup.rs`),
 //! `groups` (`_id` = group, cursor and done marks), `dead_letters`, and
 //! `meta` (the seq counter).
 //!
@@ -20,8 +21,8 @@
 //! 1. reserve the seqs (the counter also records `applied`, the highest seq
 //!    whose batch had finished completely, see below);
 //! 2. insert the events, in order (`ordered` insert);
-//! 3. de-duplication entries (inserted; the unique `_id` is the publisher
-//!    id) and latest-by-key (`$max` on seq, so replaying is harmless);
+//! 3. de-duplication entries (inserted; the unique `_id` is the topic and
+//!    the publisher id) and latest-by-key (`$max` on seq, so replaying is harmless);
 //! 4. dead letters, then group progress, then dead-letter removals (a dead
 //!    letter is never lost behind a cursor that passed it).
 //!
@@ -40,6 +41,7 @@
 //! [`StoreWriter`]: super::writer::StoreWriter
 
 mod codec;
+mod dedup;
 mod queries;
 pub mod test_server;
 mod writes;
@@ -65,10 +67,11 @@ use promhub_core::{Pattern, Topic};
 use tokio::sync::Mutex;
 
 use self::codec::{
-    attempt_map, dead_letter_document, dead_letter_from_document, dead_letter_id, event_document,
-    event_from_document, from_bson_int, group_id, int_field, int_list, latest_id, seq_to_bson,
-    str_field, topic_key_range,
+    attempt_map, dead_letter_document, dead_letter_from_document, dead_letter_id, dedup_id,
+    event_document, event_from_document, from_bson_int, group_id, int_field, int_list, latest_id,
+    seq_to_bson, str_field, topic_key_range,
 };
+use self::dedup::{dedup_entry, dedup_update};
 use self::queries::Query;
 use self::writes::Kind;
 use super::topic_filter::{TopicFilter, literal_prefix};
@@ -234,6 +237,7 @@ impl MongoStore {
         store.ensure_indexes().await?;
         {
             let mut state = store.inner.writer.lock().await;
+            store.migrate_dedup().await?;
             store.repair(&mut state).await?;
             store.fill_topics().await?;
         }
@@ -377,8 +381,8 @@ impl MongoStore {
             .projection(doc! { "id": 1, "cid": 1, "topic": 1, "key": 1, "at": 1 })
             .await
             .map_err(backend)?;
-        // The newest stored copy of each publisher id, with its time.
-        let mut dedup: HashMap<String, (i64, DateTime)> = HashMap::new();
+        // The newest stored copy of each (topic, publisher id).
+        let mut dedup: HashMap<String, dedup::Entry> = HashMap::new();
         let mut latest = Vec::new();
         let mut topics: HashMap<String, i64> = HashMap::new();
         let mut highest = from;
@@ -388,56 +392,28 @@ impl MongoStore {
             let what = format!("event {seq}");
             highest = highest.max(from_bson_int(seq));
             repaired += 1;
+            let topic = str_field(&doc, "topic", &what)?;
             if doc.get_bool("cid").unwrap_or(false) {
                 let stored_at = doc
                     .get_datetime("at")
                     .copied()
                     .unwrap_or_else(|_| DateTime::now());
-                dedup.insert(str_field(&doc, "id", &what)?.to_owned(), (seq, stored_at));
+                let entry = dedup::Entry {
+                    topic: topic.to_owned(),
+                    id: str_field(&doc, "id", &what)?.to_owned(),
+                    seq,
+                    stored_at,
+                };
+                dedup.insert(entry.key(), entry);
             }
-            let topic = str_field(&doc, "topic", &what)?;
             if let Ok(key) = doc.get_str("key") {
                 latest.push(latest_update(topic, key, seq));
             }
             let newest = topics.entry(topic.to_owned()).or_insert(seq);
             *newest = (*newest).max(seq);
         }
-        // Never over a newer entry (the id stored again after its window).
-        // Read first rather than filter on seq in the upsert: an upsert that
-        // matches nothing but finds the id taken fails, and FerretDB stops
-        // at the first failure even when told not to.
-        let ids: Vec<&str> = dedup.keys().map(String::as_str).collect();
-        let mut newer = HashSet::new();
-        for chunk in ids.chunks(IN_CHUNK) {
-            let existing = self
-                .find_all(queries::dedup_entries(chunk), |doc| {
-                    Ok((
-                        str_field(doc, "_id", "a dedup entry")?.to_owned(),
-                        int_field(doc, "seq", "a dedup entry")?,
-                    ))
-                })
-                .await?;
-            for (id, seq) in existing {
-                if dedup.get(&id).is_some_and(|&(ours, _)| seq >= ours) {
-                    newer.insert(id);
-                }
-            }
-        }
-        let window = duration_millis(self.inner.options.dedup_window);
-        let dedup: Vec<Document> = dedup
-            .iter()
-            .filter(|(id, _)| !newer.contains(id.as_str()))
-            .map(|(id, &(seq, stored_at))| dedup_update(id, seq, stored_at, window))
-            .collect();
+        self.restore_dedup(dedup.into_values().collect()).await?;
         let inner = &self.inner;
-        writes::run(
-            &inner.db,
-            &inner.write_concern,
-            Kind::Update,
-            queries::DEDUP,
-            dedup,
-        )
-        .await?;
         writes::run(
             &inner.db,
             &inner.write_concern,
@@ -626,40 +602,6 @@ impl MongoStore {
         Ok(count)
     }
 
-    /// Which of these publisher ids are stored: within the window since
-    /// `window_start` (id → seq), or only in an expired entry that expiry
-    /// has not deleted yet (a new copy replaces it).
-    async fn stored_ids(
-        &self,
-        ids: &[&str],
-        window_start: i64,
-    ) -> Result<(HashMap<String, u64>, HashSet<String>), StoreError> {
-        let mut known = HashMap::new();
-        let mut expired = HashSet::new();
-        for chunk in ids.chunks(IN_CHUNK) {
-            let entries = self
-                .find_all(queries::dedup_entries(chunk), |doc| {
-                    let stored_at = doc
-                        .get_datetime("stored_at")
-                        .map_err(|_| StoreError::Corrupt("a dedup entry has no stored_at".into()))?
-                        .timestamp_millis();
-                    let seq = from_bson_int(int_field(doc, "seq", "a dedup entry")?);
-                    let id = str_field(doc, "_id", "a dedup entry")?.to_owned();
-                    Ok((id, seq, stored_at))
-                })
-                .await?;
-            for (id, seq, stored_at) in entries {
-                // The explicit window check: expiry deletes entries late.
-                if stored_at >= window_start {
-                    known.insert(id, seq);
-                } else {
-                    expired.insert(id);
-                }
-            }
-        }
-        Ok((known, expired))
-    }
-
     /// Applies one batch (see the module docs for the order of writes).
     async fn apply(
         &self,
@@ -672,17 +614,22 @@ impl MongoStore {
         let window = duration_millis(inner.options.dedup_window);
         let window_start = now_ms.saturating_sub(window);
 
-        // Which publisher ids were stored within the window.
-        let client_ids: Vec<&str> = {
+        // Which (topic, publisher id)s were stored within the window.
+        let dedup_keys: Vec<Option<String>> = batch
+            .events
+            .iter()
+            .map(|e| e.client_id.then(|| dedup_id(e.topic.as_str(), &e.id)))
+            .collect();
+        let lookup: Vec<&str> = {
             let mut seen = HashSet::new();
-            batch
-                .events
+            dedup_keys
                 .iter()
-                .filter(|e| e.client_id && seen.insert(e.id.as_str()))
-                .map(|e| e.id.as_str())
+                .flatten()
+                .map(String::as_str)
+                .filter(|key| seen.insert(*key))
                 .collect()
         };
-        let (known, expired) = self.stored_ids(&client_ids, window_start).await?;
+        let (known, expired) = self.stored_ids(&lookup, window_start).await?;
 
         // Decide each event's fate before reserving seqs for the new ones.
         enum Fate {
@@ -690,25 +637,26 @@ impl MongoStore {
             Known(String, u64),
             /// A copy of the `n`-th new event of this batch.
             SameAs(String, usize),
-            New(NewEvent),
+            /// New, with its de-duplication key if it has a publisher id.
+            New(NewEvent, Option<String>),
         }
         let mut fates = Vec::with_capacity(batch.events.len());
         let mut in_batch: HashMap<String, usize> = HashMap::new();
         let mut new_count = 0usize;
-        for event in batch.events {
-            if event.client_id {
-                if let Some(&seq) = known.get(&event.id) {
+        for (event, key) in batch.events.into_iter().zip(dedup_keys) {
+            if let Some(key) = &key {
+                if let Some(&seq) = known.get(key) {
                     fates.push(Fate::Known(event.id, seq));
                     continue;
                 }
-                if let Some(&index) = in_batch.get(&event.id) {
+                if let Some(&index) = in_batch.get(key) {
                     fates.push(Fate::SameAs(event.id, index));
                     continue;
                 }
-                in_batch.insert(event.id.clone(), new_count);
+                in_batch.insert(key.clone(), new_count);
             }
             new_count += 1;
-            fates.push(Fate::New(event));
+            fates.push(Fate::New(event, key));
         }
 
         let first = if new_count > 0 {
@@ -728,20 +676,21 @@ impl MongoStore {
             let mut latest: HashMap<(&str, &str), i64> = HashMap::new();
             let mut topics: HashMap<&str, i64> = HashMap::new();
             let new_events = fates.iter().filter_map(|fate| match fate {
-                Fate::New(event) => Some(event),
+                Fate::New(event, key) => Some((event, key)),
                 _ => None,
             });
-            for (index, event) in new_events.enumerate() {
+            for (index, (event, dedup_key)) in new_events.enumerate() {
                 let seq = seq_of(index);
                 docs.push(event_document(seq, event, now));
                 let seq = seq_to_bson(seq);
-                if event.client_id {
-                    if expired.contains(&event.id) {
+                if let Some(dedup_key) = dedup_key {
+                    let topic = event.topic.as_str();
+                    if expired.contains(dedup_key) {
                         // An upsert: expiry may delete it meanwhile.
-                        dedup_replaces.push(dedup_update(&event.id, seq, now, window));
+                        dedup_replaces.push(dedup_update(dedup_key, topic, seq, now, window));
                     } else {
-                        let mut entry = dedup_entry(seq, now, window);
-                        entry.insert("_id", &event.id);
+                        let mut entry = dedup_entry(topic, seq, now, window);
+                        entry.insert("_id", dedup_key);
                         dedup_inserts.push(entry);
                     }
                 }
@@ -810,7 +759,7 @@ impl MongoStore {
                     id,
                     seq: seq_of(index),
                 },
-                Fate::New(event) => {
+                Fate::New(event, _) => {
                     let seq = seq_of(new_index);
                     new_index += 1;
                     Appended::Stored(event.into_stored(seq))
@@ -947,47 +896,6 @@ impl MongoStore {
         }
         Ok(())
     }
-
-    /// Deletes expired de-duplication entries, now and then, on a server
-    /// that has no TTL index to do it.
-    async fn prune_dedup(&self, state: &mut WriterState, now: DateTime) -> Result<(), StoreError> {
-        if self.inner.dedup_ttl.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let due = state
-            .last_prune
-            .is_none_or(|at| at.elapsed() >= self.inner.options.dedup_prune_interval);
-        if !due {
-            return Ok(());
-        }
-        state.last_prune = Some(Instant::now());
-        self.collection(queries::DEDUP)
-            .delete_many(doc! { "expire_at": { "$lt": now } })
-            .await
-            .map_err(backend)?;
-        Ok(())
-    }
-}
-
-/// A de-duplication entry (without its `_id`, the publisher id): stored as
-/// `seq` at `stored_at`.
-fn dedup_entry(seq: i64, stored_at: DateTime, window_ms: i64) -> Document {
-    doc! {
-        "seq": seq,
-        "stored_at": stored_at,
-        // Each entry's own expiry, for the TTL index.
-        "expire_at": stored_at.saturating_add_millis(window_ms),
-    }
-}
-
-/// Records (inserting or replacing) that publisher id `id` was stored as
-/// `seq` at `stored_at`.
-fn dedup_update(id: &str, seq: i64, stored_at: DateTime, window_ms: i64) -> Document {
-    writes::update(
-        doc! { "_id": id },
-        doc! { "$set": dedup_entry(seq, stored_at, window_ms) },
-        true,
-    )
 }
 
 /// Records that `topic` has an event at `seq` (`$max`: replaying is harmless).

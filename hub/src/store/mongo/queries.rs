@@ -10,7 +10,8 @@ use mongodb::options::IndexOptions;
 pub(super) const EVENTS: &str = "events";
 /// Latest event per (topic, key): `_id` = `topic NUL key`, `seq`.
 pub(super) const LATEST: &str = "latest";
-/// Publisher ids within the de-duplication window: `_id` = the id.
+/// Publisher ids within the de-duplication window: `_id` = `topic NUL id`
+/// (per-topic de-duplication), `topic`, `seq`, `stored_at`, `expire_at`.
 pub(super) const DEDUP: &str = "dedup";
 /// Consumer groups: `_id` = group id, `cursor`, `done` (marks above it).
 pub(super) const GROUPS: &str = "groups";
@@ -24,6 +25,9 @@ pub(super) const SEQ_COUNTER: &str = "seq";
 /// Marks a database whose `topics` collection lists every stored topic
 /// (written once after filling it from the events of an older hub).
 pub(super) const TOPICS_COMPLETE: &str = "topics";
+/// Marks a database whose de-duplication entries are all keyed by topic
+/// (written once after moving the entries of an older hub, keyed by id).
+pub(super) const DEDUP_BY_TOPIC: &str = "dedup_by_topic";
 
 /// Name of the TTL index that expires de-duplication entries.
 pub(super) const DEDUP_EXPIRY_INDEX: &str = "expire_at_ttl";
@@ -172,8 +176,9 @@ pub(super) fn events_by_seq(seqs: &[i64]) -> Query {
     }
 }
 
-/// De-duplication entries of these publisher ids (the `_id` index); the
-/// window is checked on the results, because expiry runs only now and then.
+/// De-duplication entries with these `_id`s ([`dedup_id`](super::codec::dedup_id):
+/// topic and publisher id; the `_id` index); the window is checked on the
+/// results, because expiry runs only now and then.
 pub(super) fn dedup_entries(ids: &[&str]) -> Query {
     let filter = match ids {
         // A single id as plain equality, which every server serves directly.

@@ -237,3 +237,94 @@ async fn expired_dedup_entries_are_deleted_without_ttl_indexes() -> Result<()> {
     store.close().await?;
     Ok(())
 }
+
+fn on_topic(topic: &str, id: &str) -> NewEvent {
+    NewEvent {
+        topic: Topic::parse(topic).expect("topic"),
+        ..event(id, true, None)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_entries_of_an_older_hub_move_to_their_topic() -> Result<()> {
+    let Some(server) = FerretDb::shared_or_skip("dedup_entries_of_an_older_hub") else {
+        return Ok(());
+    };
+    let store = open(server, "dedup_layout").await?;
+    let out = commit(
+        &store,
+        vec![
+            on_topic("orders.created", "order-42"),
+            on_topic("evil.x", "x-1"),
+        ],
+    )
+    .await?;
+    let (order, x) = (stored_seq(&out[0])?, stored_seq(&out[1])?);
+    store.close().await?;
+    // What an older hub leaves: entries keyed by the id alone, no topic,
+    // no marker; one of them points at an event retention removed.
+    let client = mongodb::Client::with_uri_str(server.uri("dedup_layout")).await?;
+    let db = client.database("dedup_layout");
+    let dedup = db.collection::<Document>(queries::DEDUP);
+    dedup.delete_many(doc! {}).await?;
+    db.collection::<Document>(queries::META)
+        .delete_one(doc! { "_id": queries::DEDUP_BY_TOPIC })
+        .await?;
+    let now = DateTime::now();
+    let old = |id: &str, seq: u64| {
+        doc! {
+            "_id": id, "seq": i64::try_from(seq).unwrap_or(i64::MAX), "stored_at": now,
+            "expire_at": now.saturating_add_millis(120_000),
+        }
+    };
+    dedup
+        .insert_many([old("order-42", order), old("x-1", x), old("gone", 999)])
+        .await?;
+
+    let store = open(server, "dedup_layout").await?;
+    ensure!(
+        dedup
+            .count_documents(doc! { "topic": { "$exists": false } })
+            .await?
+            == 0,
+        "every old entry moved or dropped"
+    );
+    ensure!(dedup.count_documents(doc! {}).await? == 2);
+    let out = commit(
+        &store,
+        vec![
+            on_topic("orders.created", "order-42"),
+            on_topic("evil.x", "order-42"),
+            on_topic("evil.x", "x-1"),
+            on_topic("orders.created", "gone"),
+        ],
+    )
+    .await?;
+    ensure!(
+        out[0]
+            == Appended::Duplicate {
+                id: "order-42".into(),
+                seq: order
+            },
+        "the moved entry guards its own topic: {out:?}"
+    );
+    stored_seq(&out[1]).context("the same id on another topic is another event")?;
+    ensure!(
+        out[2]
+            == Appended::Duplicate {
+                id: "x-1".into(),
+                seq: x
+            },
+        "{out:?}"
+    );
+    stored_seq(&out[3])?;
+    store.close().await?;
+    // Done once: the marker stays, so a later start does not scan again.
+    ensure!(
+        db.collection::<Document>(queries::META)
+            .count_documents(doc! { "_id": queries::DEDUP_BY_TOPIC })
+            .await?
+            == 1
+    );
+    Ok(())
+}
