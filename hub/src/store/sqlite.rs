@@ -39,8 +39,7 @@ use self::writer::SqliteWriter;
 use super::topic_filter::{TopicFilter, literal_prefix};
 use super::{
     CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupRecord, LatestCursor, LatestPage,
-    PageLimits, PendingCommit, RetentionPass,
-    RetentionPolicy, Store, StoreError,
+    PageLimits, PendingCommit, RetentionPass, RetentionPolicy, Store, StoreError,
 };
 
 /// File name of the database inside the data dir.
