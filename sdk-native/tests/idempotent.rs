@@ -82,7 +82,7 @@ fn crashing_consumer_entry() {
             let (payload, event, acker) = delivery.into_parts();
             let order = payload.expect("a number");
             dedupe
-                .process(&event.id, |tx| {
+                .process((&event).into(), |tx| {
                     tx.execute(
                         "INSERT INTO invoices (order_no, event_id) VALUES (?1, ?2)",
                         (order, &event.id),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use mongodb::bson::{Document, doc};
 use mongodb::{Client, Collection, Database};
 use promhub::idempotent::{
-    HandleError, Handled, MongoDedupe, MongoDedupeError, MongoDedupeOptions,
+    EventRef, HandleError, Handled, MongoDedupe, MongoDedupeError, MongoDedupeOptions,
 };
 use promhub_hub::store::mongo::test_server::FerretDb;
 
@@ -93,7 +93,7 @@ async fn without_transactions_each_id_is_still_handled_once() {
     let invoices = db.collection::<Document>(&unique("invoices"));
 
     let first = store
-        .process("e1", |session| {
+        .process(EventRef::new("t", "e1"), |session| {
             let invoices = invoices.clone();
             Box::pin(async move { invoice(&invoices, session, "e1").await })
         })
@@ -101,7 +101,7 @@ async fn without_transactions_each_id_is_still_handled_once() {
         .expect("process");
     assert_eq!(first, Handled::Processed(()));
     let second = store
-        .process("e1", |session| {
+        .process(EventRef::new("t", "e1"), |session| {
             let invoices = invoices.clone();
             Box::pin(async move { invoice(&invoices, session, "e1").await })
         })
@@ -109,18 +109,18 @@ async fn without_transactions_each_id_is_still_handled_once() {
         .expect("process");
     assert_eq!(second, Handled::AlreadyProcessed);
     assert_eq!(count(&invoices, "e1").await, 1);
-    assert!(store.is_processed("e1").await.unwrap());
+    assert!(store.is_processed(EventRef::new("t", "e1")).await.unwrap());
 
     // A failing handler records nothing: the next delivery runs it.
     let failed = store
-        .process("e2", |_session| {
+        .process(EventRef::new("t", "e2"), |_session| {
             Box::pin(async move { Err::<(), _>("the payment service is down") })
         })
         .await;
     assert!(matches!(failed, Err(HandleError::Handler(_))));
-    assert!(!store.is_processed("e2").await.unwrap());
+    assert!(!store.is_processed(EventRef::new("t", "e2")).await.unwrap());
     let retried = store
-        .process("e2", |session| {
+        .process(EventRef::new("t", "e2"), |session| {
             let invoices = invoices.clone();
             Box::pin(async move { invoice(&invoices, session, "e2").await })
         })
@@ -135,7 +135,7 @@ async fn without_transactions_each_id_is_still_handled_once() {
         .await
         .expect("open");
     let other = shipping
-        .process("e1", |_session| {
+        .process(EventRef::new("t", "e1"), |_session| {
             Box::pin(async move { Ok::<_, mongodb::error::Error>(()) })
         })
         .await
@@ -157,14 +157,14 @@ async fn expired_ids_are_purged_where_there_is_no_ttl_index() {
         .expect("open");
     for id in ["a", "b"] {
         store
-            .process(id, |_s| {
+            .process(EventRef::new("t", id), |_s| {
                 Box::pin(async move { Ok::<_, mongodb::error::Error>(()) })
             })
             .await
             .expect("process");
     }
     // A zero TTL: expired at once, so handled again and purgeable.
-    assert!(!store.is_processed("a").await.unwrap());
+    assert!(!store.is_processed(EventRef::new("t", "a")).await.unwrap());
     assert_eq!(store.purge_expired().await.unwrap(), 2);
     assert_eq!(store.purge_expired().await.unwrap(), 0);
 }
@@ -191,7 +191,7 @@ async fn in_a_transaction_the_id_and_the_handlers_writes_commit_or_roll_back_tog
 
     // The handler writes, then fails: its write and the id roll back.
     let failed = store
-        .process("e1", |session| {
+        .process(EventRef::new("t", "e1"), |session| {
             let invoices = invoices.clone();
             Box::pin(async move {
                 invoice(&invoices, session, "e1").await?;
@@ -201,11 +201,11 @@ async fn in_a_transaction_the_id_and_the_handlers_writes_commit_or_roll_back_tog
         .await;
     assert!(matches!(failed, Err(HandleError::Handler(_))));
     assert_eq!(count(&invoices, "e1").await, 0);
-    assert!(!store.is_processed("e1").await.unwrap());
+    assert!(!store.is_processed(EventRef::new("t", "e1")).await.unwrap());
 
     // Committed together; a second handling does nothing.
     let done = store
-        .process("e1", |session| {
+        .process(EventRef::new("t", "e1"), |session| {
             let invoices = invoices.clone();
             Box::pin(async move { invoice(&invoices, session, "e1").await })
         })
@@ -213,7 +213,7 @@ async fn in_a_transaction_the_id_and_the_handlers_writes_commit_or_roll_back_tog
         .expect("process");
     assert!(done.is_processed());
     let again = store
-        .process("e1", |session| {
+        .process(EventRef::new("t", "e1"), |session| {
             let invoices = invoices.clone();
             Box::pin(async move { invoice(&invoices, session, "e1").await })
         })

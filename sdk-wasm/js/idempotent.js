@@ -130,9 +130,9 @@ export class IndexedDbDedupeStore {
 }
 
 /**
- * Wraps a subscription handler so it runs once per event id. The wrapped
- * handler resolves (→ ACK) without calling `handler` for an id already
- * processed; a delivery of an id whose handling is still running waits for
+ * Wraps a subscription handler so it runs once per event (its topic and
+ * id). The wrapped handler resolves (→ ACK) without calling `handler` for an
+ * event already processed; a delivery of an id whose handling is still running waits for
  * it. A rejection records nothing (→ NACK, and the next delivery runs the
  * handler again).
  */
@@ -141,7 +141,10 @@ export function idempotent(handler, options = {}) {
   const store = options.store ?? new MemoryDedupeStore(options);
   const running = new Map();
   return async (event, ctx) => {
-    const id = event.id;
+    // An event is its topic and id: the hub de-duplicates per topic, so the
+    // same id on another topic is another event (a publisher of one topic
+    // must not make this handler skip another topic's event).
+    const id = `${event.topic}\u0000${event.id}`;
     // The same event delivered again while its handling runs: wait for
     // that one (done if it succeeded; if it failed, try again below).
     for (let earlier = running.get(id); earlier; earlier = running.get(id)) {

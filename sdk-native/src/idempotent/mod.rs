@@ -1,8 +1,13 @@
 //! Exactly-once-ish processing: a delivery's handler runs at most once per
-//! event id, even when the hub delivers the event again (a crash between
-//! the handler's commit and the `ACK`, a lost connection, an ack timeout).
+//! event, even when the hub delivers the event again (a crash between the
+//! handler's commit and the `ACK`, a lost connection, an ack timeout).
 //!
-//! The id of every processed event is recorded in a dedupe store, in the
+//! An event is named by its topic and id ([`EventRef`]): the hub
+//! de-duplicates publishes per topic, so the same id on two topics is two
+//! events, and a store keyed by id alone would let a publisher of one topic
+//! make a consumer skip another topic's event by choosing its id.
+//!
+//! Every processed event is recorded in a dedupe store, in the
 //! same transaction as the handler's own writes where the store allows it
 //! ([`SqliteDedupe`]; `MongoDedupe` on a replica set): then "the handler's effects are committed" and "the
 //! event is recorded as processed" are one fact, and a redelivery is only
@@ -23,7 +28,37 @@ pub use mongo::{MongoDedupe, MongoDedupeError, MongoDedupeOptions};
 
 use std::time::Duration;
 
+use promhub_core::frames::Event;
+
 use crate::{DeserializeError, Error};
+
+/// An event as the dedupe stores record it: its concrete topic and its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub topic: &'a str,
+    pub id: &'a str,
+}
+
+impl<'a> EventRef<'a> {
+    pub fn new(topic: &'a str, id: &'a str) -> Self {
+        EventRef { topic, id }
+    }
+
+    /// The key a store records: topic and id, NUL-separated (a topic holds
+    /// no control characters, so no two events share one).
+    pub(crate) fn record_key(&self) -> String {
+        format!("{}\0{}", self.topic, self.id)
+    }
+}
+
+impl<'a> From<&'a Event> for EventRef<'a> {
+    fn from(event: &'a Event) -> Self {
+        EventRef {
+            topic: event.topic.as_str(),
+            id: &event.id,
+        }
+    }
+}
 
 /// How long a processed event id is remembered by default: a week, far
 /// longer than redeliveries of one event are spread over.

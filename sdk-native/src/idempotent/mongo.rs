@@ -14,7 +14,7 @@ use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION
 use mongodb::options::IndexOptions;
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 
-use super::{DedupeOptions, HandleError, Handled, answer, payload_or_term};
+use super::{DedupeOptions, EventRef, HandleError, Handled, answer, payload_or_term};
 use crate::Delivery;
 use crate::outbox::OutboxError;
 use crate::outbox::mongo::check_transactions;
@@ -140,29 +140,27 @@ impl MongoDedupe {
         self.ttl_index
     }
 
-    /// Runs `handler` once per `event_id`: in one transaction with the
-    /// record of the id (retried as a whole on transient errors, so the
+    /// Runs `handler` once per `event`: in one transaction with its record
+    /// (retried as a whole on transient errors, so the
     /// handler must only write through the session it is given), or, when
     /// opened without transactions, records the id after it succeeded.
     pub async fn process<R, E, F>(
         &self,
-        event_id: &str,
+        event: EventRef<'_>,
         mut handler: F,
     ) -> Result<Handled<R>, HandleError<E, MongoDedupeError>>
     where
         F: for<'s> FnMut(&'s mut ClientSession) -> BoxFuture<'s, Result<R, E>>,
     {
         let store = |e: mongodb::error::Error| HandleError::Store(MongoDedupeError::from(e));
-        let id = record_id(&self.options.scope, event_id);
+        let id = record_id(&self.options.scope, &event);
         let mut session = self.client.start_session().await.map_err(store)?;
         if !self.transactions {
             if self.is_live(&id, &mut session).await.map_err(store)? {
                 return Ok(Handled::AlreadyProcessed);
             }
             let output = handler(&mut session).await.map_err(HandleError::Handler)?;
-            self.record(&id, event_id, &mut session)
-                .await
-                .map_err(store)?;
+            self.record(&id, event, &mut session).await.map_err(store)?;
             return Ok(Handled::Processed(output));
         }
         let mut tries = 0;
@@ -175,7 +173,7 @@ impl MongoDedupe {
                 }
                 // Written before the handler runs: a concurrent consumer
                 // handling the same id conflicts here and retries.
-                self.record(&id, event_id, &mut session).await?;
+                self.record(&id, event, &mut session).await?;
                 Ok::<_, mongodb::error::Error>(Some(()))
             }
             .await;
@@ -231,15 +229,17 @@ impl MongoDedupe {
         let (payload, acker) = payload_or_term(payload, acker).await?;
         let payload = Arc::new(payload);
         let outcome = self
-            .process(&event.id, |session| handler(session, Arc::clone(&payload)))
+            .process((&event).into(), |session| {
+                handler(session, Arc::clone(&payload))
+            })
             .await;
         answer(acker, outcome).await
     }
 
-    /// Whether `event_id` is recorded as processed (and not expired).
-    pub async fn is_processed(&self, event_id: &str) -> Result<bool, MongoDedupeError> {
+    /// Whether `event` is recorded as processed (and not expired).
+    pub async fn is_processed(&self, event: EventRef<'_>) -> Result<bool, MongoDedupeError> {
         let mut session = self.client.start_session().await?;
-        let id = record_id(&self.options.scope, event_id);
+        let id = record_id(&self.options.scope, &event);
         Ok(self.is_live(&id, &mut session).await?)
     }
 
@@ -271,7 +271,7 @@ impl MongoDedupe {
     async fn record(
         &self,
         id: &str,
-        event_id: &str,
+        event: EventRef<'_>,
         session: &mut ClientSession,
     ) -> Result<(), mongodb::error::Error> {
         let now = mongodb::bson::DateTime::now();
@@ -284,7 +284,8 @@ impl MongoDedupe {
                 doc! { "_id": id },
                 doc! { "$set": {
                     "scope": &self.options.scope,
-                    "event_id": event_id,
+                    "topic": event.topic,
+                    "event_id": event.id,
                     "processed_at": now,
                     "expires_at": expires_at,
                 } },
@@ -296,10 +297,10 @@ impl MongoDedupe {
     }
 }
 
-/// One document per (scope, event id); the scope's length keeps ids of
-/// different scopes apart whatever characters they contain.
-fn record_id(scope: &str, event_id: &str) -> String {
-    format!("{}:{scope}:{event_id}", scope.len())
+/// One document per (scope, topic, event id); the scope's length keeps ids
+/// of different scopes apart whatever characters they contain.
+fn record_id(scope: &str, event: &EventRef<'_>) -> String {
+    format!("{}:{scope}:{}", scope.len(), event.record_key())
 }
 
 async fn commit(session: &mut ClientSession) -> Result<(), mongodb::error::Error> {

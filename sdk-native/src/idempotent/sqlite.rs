@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use promhub_core::frames::Event;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use super::{DedupeOptions, HandleError, Handled, answer, payload_or_term};
+use super::{DedupeOptions, EventRef, HandleError, Handled, answer, payload_or_term};
 use crate::Delivery;
 
 /// Expired ids are deleted at most this often (from inside `process`).
@@ -25,8 +25,9 @@ pub enum DedupeError {
     Task(String),
 }
 
-/// Records processed event ids in the table `promhub_processed` of an
-/// SQLite database, in the handler's own transaction.
+/// Records processed events (by topic and id, see [`EventRef`]) in the
+/// table `promhub_processed` of an SQLite database, in the handler's own
+/// transaction.
 ///
 /// ```no_run
 /// # async fn example(mut orders: promhub::Subscription<serde_json::Value>) -> anyhow::Result<()> {
@@ -97,12 +98,12 @@ impl SqliteDedupe {
         })
     }
 
-    /// Runs `handler` in one transaction with the record of `event_id`,
-    /// unless the id is already recorded (and not expired). The handler's
-    /// error rolls everything back.
+    /// Runs `handler` in one transaction with the record of `event`, unless
+    /// it is already recorded (and not expired). The handler's error rolls
+    /// everything back.
     pub fn process<R, E>(
         &self,
-        event_id: &str,
+        event: EventRef<'_>,
         handler: impl FnOnce(&Transaction<'_>) -> Result<R, E>,
     ) -> Result<Handled<R>, HandleError<E, DedupeError>> {
         let now = unix_ms();
@@ -126,7 +127,7 @@ impl SqliteDedupe {
                      WHERE promhub_processed.expires_at <= ?3",
                 params![
                     self.inner.options.scope,
-                    event_id,
+                    event.record_key(),
                     now_i64(now),
                     now_i64(expires_at)
                 ],
@@ -141,14 +142,18 @@ impl SqliteDedupe {
         Ok(Handled::Processed(output))
     }
 
-    /// Whether `event_id` is recorded as processed (and not expired).
-    pub fn is_processed(&self, event_id: &str) -> Result<bool, DedupeError> {
+    /// Whether `event` is recorded as processed (and not expired).
+    pub fn is_processed(&self, event: EventRef<'_>) -> Result<bool, DedupeError> {
         let connection = self.connection()?;
         let found = connection
             .query_row(
                 "SELECT 1 FROM promhub_processed
                  WHERE scope = ?1 AND event_id = ?2 AND expires_at > ?3",
-                params![self.inner.options.scope, event_id, now_i64(unix_ms())],
+                params![
+                    self.inner.options.scope,
+                    event.record_key(),
+                    now_i64(unix_ms())
+                ],
                 |_| Ok(()),
             )
             .optional()?;
@@ -181,7 +186,7 @@ impl SqliteDedupe {
         let (payload, acker) = payload_or_term(payload, acker).await?;
         let this = self.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            this.process(&event.id, |tx| handler(tx, &event, &payload))
+            this.process((&event).into(), |tx| handler(tx, &event, &payload))
         })
         .await
         .unwrap_or_else(|join_error| {
@@ -251,7 +256,7 @@ mod tests {
         )
         .expect("open");
         dedupe
-            .process::<_, rusqlite::Error>("setup", |tx| {
+            .process::<_, rusqlite::Error>(EventRef::new("t", "setup"), |tx| {
                 tx.execute_batch("CREATE TABLE invoices (event_id TEXT PRIMARY KEY)")
             })
             .expect("setup");
@@ -272,11 +277,11 @@ mod tests {
     #[test]
     fn a_second_handling_of_the_same_id_does_not_run_the_handler() {
         let (_dir, dedupe) = store(DEFAULT_TTL_FOR_TESTS);
-        let first = dedupe.process("e1", |tx| invoice(tx, "e1")).unwrap();
+        let first = dedupe.process(E1, |tx| invoice(tx, "e1")).unwrap();
         assert_eq!(first, Handled::Processed(1));
         let mut ran = false;
         let second = dedupe
-            .process("e1", |tx| {
+            .process(E1, |tx| {
                 ran = true;
                 invoice(tx, "e1")
             })
@@ -284,22 +289,22 @@ mod tests {
         assert_eq!(second, Handled::AlreadyProcessed);
         assert!(!ran);
         assert_eq!(invoices(&dedupe), 1);
-        assert!(dedupe.is_processed("e1").unwrap());
-        assert!(!dedupe.is_processed("e2").unwrap());
+        assert!(dedupe.is_processed(E1).unwrap());
+        assert!(!dedupe.is_processed(EventRef::new("t", "e2")).unwrap());
     }
 
     #[test]
     fn a_failing_handler_rolls_back_its_writes_and_the_record() {
         let (_dir, dedupe) = store(DEFAULT_TTL_FOR_TESTS);
-        let failed = dedupe.process("e1", |tx| {
+        let failed = dedupe.process(E1, |tx| {
             invoice(tx, "e1")?;
             Err::<(), _>(rusqlite::Error::InvalidQuery)
         });
         assert!(matches!(failed, Err(HandleError::Handler(_))));
         assert_eq!(invoices(&dedupe), 0);
-        assert!(!dedupe.is_processed("e1").unwrap());
+        assert!(!dedupe.is_processed(E1).unwrap());
         // The next attempt runs the handler.
-        let retried = dedupe.process("e1", |tx| invoice(tx, "e1")).unwrap();
+        let retried = dedupe.process(E1, |tx| invoice(tx, "e1")).unwrap();
         assert!(retried.is_processed());
         assert_eq!(invoices(&dedupe), 1);
     }
@@ -311,19 +316,19 @@ mod tests {
             SqliteDedupe::open(dir.path().join("app.db"), DedupeOptions::new("shipping")).unwrap();
         assert!(
             billing
-                .process("e1", |_| Ok::<_, rusqlite::Error>(()))
+                .process(E1, |_| Ok::<_, rusqlite::Error>(()))
                 .unwrap()
                 .is_processed()
         );
         assert!(
             shipping
-                .process("e1", |_| Ok::<_, rusqlite::Error>(()))
+                .process(E1, |_| Ok::<_, rusqlite::Error>(()))
                 .unwrap()
                 .is_processed()
         );
         assert_eq!(
             billing
-                .process("e1", |_| Ok::<_, rusqlite::Error>(()))
+                .process(E1, |_| Ok::<_, rusqlite::Error>(()))
                 .unwrap(),
             Handled::AlreadyProcessed
         );
@@ -334,15 +339,15 @@ mod tests {
         let (_dir, dedupe) = store(Duration::ZERO);
         assert!(
             dedupe
-                .process("e1", |_| Ok::<_, rusqlite::Error>(()))
+                .process(E1, |_| Ok::<_, rusqlite::Error>(()))
                 .unwrap()
                 .is_processed()
         );
         // A zero TTL: the record expired at once.
-        assert!(!dedupe.is_processed("e1").unwrap());
+        assert!(!dedupe.is_processed(E1).unwrap());
         assert!(
             dedupe
-                .process("e1", |_| Ok::<_, rusqlite::Error>(()))
+                .process(E1, |_| Ok::<_, rusqlite::Error>(()))
                 .unwrap()
                 .is_processed()
         );
@@ -354,15 +359,39 @@ mod tests {
     #[test]
     fn the_record_survives_reopening() {
         let (dir, dedupe) = store(DEFAULT_TTL_FOR_TESTS);
-        dedupe.process("e1", |tx| invoice(tx, "e1")).unwrap();
+        dedupe.process(E1, |tx| invoice(tx, "e1")).unwrap();
         drop(dedupe);
         let reopened =
             SqliteDedupe::open(dir.path().join("app.db"), DedupeOptions::new("billing")).unwrap();
         assert_eq!(
-            reopened.process("e1", |tx| invoice(tx, "e1")).unwrap(),
+            reopened.process(E1, |tx| invoice(tx, "e1")).unwrap(),
             Handled::AlreadyProcessed
         );
     }
 
     const DEFAULT_TTL_FOR_TESTS: Duration = super::super::DEFAULT_TTL;
+    const E1: EventRef<'static> = EventRef {
+        topic: "t",
+        id: "e1",
+    };
+
+    #[test]
+    fn the_same_id_on_another_topic_is_another_event() {
+        let (_dir, dedupe) = store(DEFAULT_TTL_FOR_TESTS);
+        let planted = EventRef::new("orders.evil", "order-42");
+        assert!(
+            dedupe
+                .process(planted, |_| Ok::<_, rusqlite::Error>(()))
+                .unwrap()
+                .is_processed()
+        );
+        let victim = EventRef::new("orders.created", "order-42");
+        assert!(!dedupe.is_processed(victim).unwrap());
+        assert_eq!(
+            dedupe
+                .process(victim, |tx| invoice(tx, "order-42"))
+                .unwrap(),
+            Handled::Processed(1)
+        );
+    }
 }
