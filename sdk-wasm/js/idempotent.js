@@ -1,5 +1,5 @@
 // Exactly-once-ish handlers for the browser SDK: `idempotent(handler)` runs
-// `handler` at most once per event id, even when the hub delivers the event
+// `handler` at most once per event (topic and id), even when the hub delivers the event
 // again (the page reloaded or lost its connection after the handler's work
 // but before the ACK). Processed ids are kept in a dedupe store for a TTL:
 // in memory (one page's life) or in IndexedDB (survives reloads).

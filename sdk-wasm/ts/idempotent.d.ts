@@ -31,7 +31,7 @@ export interface IdempotentOptions {
   ttlMs?: number;
 }
 
-/** `handler`, run at most once per event id. */
+/** `handler`, run at most once per event (its topic and id). */
 export declare function idempotent<T = unknown>(
   handler: (event: PromEvent<T>, ctx: DeliveryContext) => unknown,
   options?: IdempotentOptions,

@@ -36,7 +36,7 @@ pub enum DedupeError {
 ///
 /// let dedupe = SqliteDedupe::open("shop.db", DedupeOptions::new("billing"))?;
 /// while let Some(delivery) = orders.next().await {
-///     // Runs once per event id; a redelivery is only acknowledged.
+///     // Runs once per event (topic and id); a redelivery is only acknowledged.
 ///     dedupe
 ///         .handle(delivery, |tx, event, order| {
 ///             tx.execute(
