@@ -57,6 +57,31 @@ export interface ClientOptions {
   clientName?: string;
   /** Seed of the reconnect jitter (tests). Default: random. */
   seed?: number;
+  /**
+   * The WebSocket constructor the client opens its sockets with, e.g.
+   * `WebSocket` from the `ws` package. Default: the global `WebSocket`;
+   * on Node.js 20 and 21, which have none, the `ws` package when it is
+   * installed. Without either, `new PromClient` throws a `bad_request`
+   * `PromHubError` that names this option.
+   */
+  WebSocket?: WebSocketConstructor;
+}
+
+/**
+ * What the client needs of a WebSocket constructor: the browser's, Node.js
+ * 22's global one and the `ws` package's all fit. Text frames must arrive
+ * as strings (`event.data`), close events carry `code` and `reason`.
+ */
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** The parts of a WebSocket the client uses. */
+export interface WebSocketLike {
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
 }
 
 /** What `onState` listeners receive. */
