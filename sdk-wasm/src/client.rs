@@ -19,9 +19,10 @@ use crate::options::Options;
 use crate::subscription::Subscription;
 
 /// A promhub client: one WebSocket to the hub, reconnected as needed.
-/// `publish`, `subscribe`, `onState` and `onError` are typed in the
-/// TypeScript section (generic over the payload).
-#[wasm_bindgen]
+/// Its TypeScript declaration is written by hand in `ts/api.d.ts` (the
+/// class is generic over a topic map, which generated declarations cannot
+/// express); keep the two in step.
+#[wasm_bindgen(skip_typescript)]
 #[derive(Debug)]
 pub struct PromClient {
     shared: Rc<Shared>,
