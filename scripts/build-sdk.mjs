@@ -104,8 +104,8 @@ function writePackageFiles() {
     main: "./index.js",
     module: "./index.js",
     types: "./index.d.ts",
-    // Node.js (and runtimes that take its condition: Deno, Bun, SSR
-    // bundles) gets node.js, which reads the wasm from the package's own
+    // Node.js (and whatever else takes its condition, e.g. SSR bundles)
+    // gets node.js, which reads the wasm from the package's own
     // file; browsers and bundlers get index.js, which fetches it by URL.
     exports: {
       ".": { types: "./index.d.ts", node: "./node.js", default: "./index.js" },
