@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// Builds the browser SDK into sdk-wasm/pkg/ (the npm package `promhub`):
+// Builds the SDK into sdk-wasm/pkg/ (the npm package `promhub`, for
+// browsers and Node.js):
 // release wasm → wasm-bindgen (web + bundler) → wasm-opt -Oz → esbuild
 // --minify (web glue) → package files → `tsc --noEmit` over the
 // declarations and the typed usage file → bundle budget. Installs what is missing (wasm target, the pinned
@@ -97,23 +98,32 @@ function writePackageFiles() {
     name: NAME,
     version,
     description:
-      "promhub browser client: publish and subscribe to a promhub event hub over WebSocket (WebAssembly, typed)",
+      "promhub client for browsers and Node.js: publish and subscribe to a promhub event hub over WebSocket (WebAssembly, typed)",
     license: "MIT OR Apache-2.0",
     type: "module",
     main: "./index.js",
     module: "./index.js",
     types: "./index.d.ts",
+    // Node.js (and whatever else takes its condition, e.g. SSR bundles)
+    // gets node.js, which reads the wasm from the package's own
+    // file; browsers and bundlers get index.js, which fetches it by URL.
     exports: {
-      ".": { types: "./index.d.ts", default: "./index.js" },
+      ".": { types: "./index.d.ts", node: "./node.js", default: "./index.js" },
       "./web": { types: "./web/promhub.d.ts", default: "./web/promhub.js" },
       "./bundler": { types: "./bundler/promhub.d.ts", default: "./bundler/promhub.js" },
       "./idempotent": { types: "./idempotent.d.ts", default: "./idempotent.js" },
       "./package.json": "./package.json",
     },
-    files: ["index.js", "index.d.ts", "idempotent.js", "idempotent.d.ts", "web/", "bundler/", "README.md"],
-    sideEffects: ["./index.js", "./bundler/promhub.js"],
-    keywords: ["promhub", "websocket", "pubsub", "events", "wasm"],
-    engines: { node: ">=18" },
+    files: ["index.js", "node.js", "index.d.ts", "idempotent.js", "idempotent.d.ts", "web/", "bundler/", "README.md"],
+    sideEffects: ["./index.js", "./node.js", "./bundler/promhub.js"],
+    keywords: ["promhub", "websocket", "pubsub", "events", "wasm", "node"],
+    // Node.js 20 and 21 have no global WebSocket: node.js uses the `ws`
+    // package when the application installed it (or takes any constructor
+    // as options.WebSocket). Node.js 22 and browsers need nothing.
+    peerDependencies: { ws: "^8.0.0" },
+    peerDependenciesMeta: { ws: { optional: true } },
+    // Node.js 20 is what the Node tests run on (sdk-wasm/tests/node).
+    engines: { node: ">=20" },
   };
   writeFileSync(join(PKG, "package.json"), `${JSON.stringify(pkg, null, 2)}\n`);
   // The default entry loads the wasm next to it (top-level await), so
@@ -128,12 +138,64 @@ await init({ module_or_path: new URL("./web/${NAME}_bg.wasm", import.meta.url) }
 export * from "./web/${NAME}.js";
 `,
   );
+  writeFileSync(join(PKG, "node.js"), nodeEntry(version));
   writeFileSync(join(PKG, "index.d.ts"), `export * from "./web/${NAME}.js";\n`);
   // Exactly-once-ish handlers (\`promhub/idempotent\`): plain JS, no wasm,
   // a separate entry so pages that do not use them do not download them.
   copyFileSync(join(SDK, "js", "idempotent.js"), join(PKG, "idempotent.js"));
   copyFileSync(join(SDK, "ts", "idempotent.d.ts"), join(PKG, "idempotent.d.ts"));
   copyFileSync(join(SDK, "README.md"), join(PKG, "README.md"));
+}
+
+/**
+ * The Node.js entry: the web glue, initialized synchronously from the
+ * package's own .wasm file (no fetch by URL, no top-level await), and a
+ * `PromClient` that defaults to the `ws` package where Node.js has no
+ * global WebSocket. Not minified: Node.js does not download it.
+ */
+function nodeEntry(version) {
+  return `// promhub ${version}, Node.js entry (package.json "exports" condition "node"):
+// loads the WebAssembly module from the package's own file, then re-exports
+// the API of the web build.
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+
+import { PromClient as WebPromClient, initSync } from "./web/${NAME}.js";
+
+initSync({ module: readFileSync(new URL("./web/${NAME}_bg.wasm", import.meta.url)) });
+
+export * from "./web/${NAME}.js";
+
+/** The \`ws\` package's WebSocket when the application installed it, else null. */
+let wsWebSocket;
+function installedWs() {
+  if (wsWebSocket === undefined) {
+    try {
+      wsWebSocket = createRequire(import.meta.url)("ws").WebSocket ?? null;
+    } catch (error) {
+      if (error?.code !== "MODULE_NOT_FOUND") throw error;
+      wsWebSocket = null;
+    }
+  }
+  return wsWebSocket;
+}
+
+/**
+ * PromClient, whose default WebSocket on Node.js 20 and 21 (no global one)
+ * is the \`ws\` package's, when installed. Without it, and without
+ * options.WebSocket, the constructor throws an error naming the option.
+ */
+export class PromClient extends WebPromClient {
+  constructor(url, options) {
+    const plain = options === undefined || options === null || typeof options === "object";
+    if (typeof globalThis.WebSocket !== "function" && plain && options?.WebSocket == null) {
+      const WebSocket = installedWs();
+      if (WebSocket !== null) options = { ...options, WebSocket };
+    }
+    super(url, options);
+  }
+}
+`;
 }
 
 /** Minifies an ES module in place (imports and exports keep their names). */

@@ -64,9 +64,9 @@ export function ensureWasmBindgen() {
   run("cargo", ["install", "wasm-bindgen-cli", "--version", version]);
 }
 
-/** The root npm dev dependencies (TypeScript, binaryen, esbuild, playwright-core). */
+/** The root npm dev dependencies (TypeScript, binaryen, esbuild, playwright-core, ws). */
 export function ensureNodeModules() {
-  const needed = ["typescript", "binaryen", "esbuild", "playwright-core"];
+  const needed = ["typescript", "binaryen", "esbuild", "playwright-core", "ws"];
   if (needed.every((name) => existsSync(join(ROOT, "node_modules", name, "package.json")))) return;
   step("installing npm dev dependencies (npm ci)");
   run("npm", ["ci", "--no-audit", "--no-fund"]);

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every promhub test from a fresh machine: installs what is missing
 # (Rust toolchain and targets, FerretDB, npm packages, wasm-bindgen-cli,
-# Chromium), then format, lint, unit, integration, MongoDB-store, wasm and
-# browser tests. Used as-is by CI (.ci/run).
+# Chromium), then format, lint, unit, integration, MongoDB-store, wasm,
+# Node.js and browser tests. Used as-is by CI (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -34,10 +34,14 @@ ensure_ferretdb
 step "tests"
 cargo test --workspace --locked
 
-step "browser SDK: build the npm package (wasm-bindgen, wasm-opt, tsc typing test, bundle check)"
+step "SDK: build the npm package and pack it (wasm-bindgen, wasm-opt, tsc typing test, bundle check, npm pack)"
 ensure_node
 ensure_npm_deps .
-npm run build:sdk
+npm run pack:sdk
+
+step "Node.js SDK tests (the packed package installed in a fresh project, against a real hub)"
+# The hub binary was built by cargo test above, the tarball by pack:sdk.
+SKIP_BUILD=1 npm run test:node
 
 step "browser tests (headless Chromium against a real hub)"
 npm run test:browser

@@ -270,6 +270,70 @@ function callListener(listener, value) {
 }
 
 /**
+ * The absolute ws:/wss: URL of the hub: a path (`/ws`) or an http(s) URL is
+ * resolved against the page, the way `fetch` resolves it.
+ */
+export function hubUrl(url) {
+  const quoted = JSON.stringify(url);
+  let parsed;
+  try {
+    parsed = new URL(url, globalThis.location?.href);
+  } catch {
+    throw new PromHubError("bad_request", `invalid hub URL ${quoted}`);
+  }
+  const scheme = parsed.protocol;
+  if (scheme === "http:" || scheme === "https:") parsed.protocol = scheme === "http:" ? "ws:" : "wss:";
+  else if (scheme !== "ws:" && scheme !== "wss:") {
+    throw new PromHubError("bad_request", `hub URL ${quoted} has scheme ${scheme}; expected ws:, wss:, http: or https:`);
+  }
+  return parsed.href;
+}
+
+/**
+ * The WebSocket constructor of a new client: `option`, else the global one.
+ * Node.js 20 and 21 have no global WebSocket (the package's Node.js entry
+ * passes the `ws` package's, when it is installed).
+ */
+export function webSocketConstructor(option) {
+  const WebSocket = option ?? globalThis.WebSocket;
+  if (typeof WebSocket === "function") return WebSocket;
+  throw new PromHubError(
+    "bad_request",
+    option === undefined
+      ? "this runtime has no global WebSocket: pass options.WebSocket (on Node.js 20 and 21, install the `ws` package, which promhub then uses)"
+      : "options.WebSocket must be a WebSocket constructor",
+  );
+}
+
+/**
+ * Opens a socket to `url` with `WebSocket` (the constructor the client was
+ * given) and routes its events to the client's callbacks.
+ */
+export function openSocket(WebSocket, url, onopen, onmessage, onclose) {
+  const socket = new WebSocket(url);
+  socket.onopen = onopen;
+  socket.onmessage = onmessage;
+  socket.onclose = onclose;
+  // A close event follows every error. `ws` (Node.js) throws an error event
+  // that nobody listens to, so one listener stays for the socket's life.
+  socket.onerror = ignore;
+  return socket;
+}
+
+/** Stops routing a socket's events to the client, then closes it. */
+export function closeSocket(socket, code, reason) {
+  socket.onopen = socket.onmessage = socket.onclose = null;
+  try {
+    socket.close(code, reason);
+  } catch {
+    // Refused code or reason (e.g. over 123 bytes): close without them.
+    socket.close();
+  }
+}
+
+function ignore() {}
+
+/**
  * Calls the application's token source and reports the outcome once, as
  * `done(token, undefined)` or `done(undefined, message)`. Accepts a string,
  * null/undefined (anonymous), or a promise of one.

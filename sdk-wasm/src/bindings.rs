@@ -1,8 +1,9 @@
-//! Imports from JavaScript: the clock, timers and the JS half of the client
-//! (`js/runtime.js`).
+//! Imports from JavaScript: the clock, timers, sockets and the JS half of
+//! the client (`js/runtime.js`).
 
 use js_sys::{Function, Promise};
 use wasm_bindgen::prelude::*;
+use web_sys::WebSocket;
 
 /// Kinds of pending promises kept by the runtime (`track`/`settle`).
 pub(crate) const PENDING_PUBLISH: u32 = 0;
@@ -104,6 +105,34 @@ extern "C" {
     /// `(undefined, message)` to `done`.
     #[wasm_bindgen(js_name = fetchToken)]
     pub(crate) fn fetch_token(source: &Function, done: &JsValue);
+
+    /// `options.WebSocket` (`undefined` if absent), else the global
+    /// `WebSocket`; throws a `PromHubError` naming the option when neither
+    /// is a constructor.
+    #[wasm_bindgen(catch, js_name = webSocketConstructor)]
+    pub(crate) fn web_socket_constructor(option: &JsValue) -> Result<Function, JsValue>;
+
+    /// The absolute `ws:`/`wss:` URL of `url`: paths and `http(s)` URLs
+    /// are resolved against the page, the way `fetch` resolves them.
+    /// Throws a `bad_request` `PromHubError` for anything else.
+    #[wasm_bindgen(catch, js_name = hubUrl)]
+    pub(crate) fn hub_url(url: &str) -> Result<String, JsValue>;
+
+    /// `new constructor(url)`, with the three callbacks as its `onopen`,
+    /// `onmessage` and `onclose`. Throws what the constructor throws.
+    #[wasm_bindgen(catch, js_name = openSocket)]
+    pub(crate) fn open_socket(
+        constructor: &Function,
+        url: &str,
+        onopen: &JsValue,
+        onmessage: &JsValue,
+        onclose: &JsValue,
+    ) -> Result<WebSocket, JsValue>;
+
+    /// Detaches the callbacks, then closes with `code` and `reason` (or
+    /// without them, if the socket refuses them).
+    #[wasm_bindgen(js_name = closeSocket)]
+    pub(crate) fn close_socket(socket: &WebSocket, code: u16, reason: &str);
 }
 
 #[wasm_bindgen]

@@ -10,7 +10,7 @@ use promhub_core::{Pattern, Topic};
 use tsify::Ts;
 use wasm_bindgen::prelude::*;
 
-use crate::bindings::{PENDING_PUBLISH, PENDING_SUBSCRIBE, describe_error, now_ms};
+use crate::bindings::{PENDING_PUBLISH, PENDING_SUBSCRIBE, describe_error, hub_url, now_ms};
 use crate::convert::{publish_opts, subscribe_opts};
 use crate::dispatch::state_name;
 use crate::driver::Shared;
@@ -19,9 +19,10 @@ use crate::options::Options;
 use crate::subscription::Subscription;
 
 /// A promhub client: one WebSocket to the hub, reconnected as needed.
-/// `publish`, `subscribe`, `onState` and `onError` are typed in the
-/// TypeScript section (generic over the payload).
-#[wasm_bindgen]
+/// Its TypeScript declaration is written by hand in `ts/api.d.ts` (the
+/// class is generic over a topic map, which generated declarations cannot
+/// express); keep the two in step.
+#[wasm_bindgen(skip_typescript)]
 #[derive(Debug)]
 pub struct PromClient {
     shared: Rc<Shared>,
@@ -36,7 +37,7 @@ impl PromClient {
         url: &str,
         #[wasm_bindgen(unchecked_optional_param_type = "ClientOptions")] options: Option<JsValue>,
     ) -> Result<PromClient, JsValue> {
-        let url = websocket_url(url)?;
+        let url = hub_url(url)?;
         let options = Options::parse(&options.unwrap_or(JsValue::UNDEFINED))?;
         Ok(PromClient {
             shared: Shared::new(url, options),
@@ -256,30 +257,4 @@ impl PromClient {
         self.shared.drive();
         Ok(promise)
     }
-}
-
-/// The absolute `ws:`/`wss:` URL for `url`: paths and `http(s)` URLs are
-/// resolved against the page, the way `fetch` resolves them.
-fn websocket_url(url: &str) -> Result<String, JsValue> {
-    let base = js_sys::Reflect::get(&js_sys::global(), &JsValue::from_str("location"))
-        .ok()
-        .and_then(|location| location.dyn_into::<js_sys::Object>().ok())
-        .map(|location| String::from(location.to_string()));
-    let parsed = match &base {
-        Some(base) => web_sys::Url::new_with_base(url, base),
-        None => web_sys::Url::new(url),
-    }
-    .map_err(|_| bad_request(format!("invalid hub URL {}", Quoted(url))))?;
-    match parsed.protocol().as_str() {
-        "ws:" | "wss:" => {}
-        "http:" => parsed.set_protocol("ws:"),
-        "https:" => parsed.set_protocol("wss:"),
-        other => {
-            return Err(bad_request(format!(
-                "hub URL {} has scheme {other}; expected ws:, wss:, http: or https:",
-                Quoted(url)
-            )));
-        }
-    }
-    Ok(parsed.href())
 }

@@ -1,5 +1,6 @@
-//! The driver: moves bytes and time between a browser `WebSocket`, one
-//! `setTimeout` timer and [`ClientCore`], following the contract in
+//! The driver: moves bytes and time between a `WebSocket` (made by the
+//! constructor the client was given), one `setTimeout` timer and
+//! [`ClientCore`], following the contract in
 //! `promhub_core::client`: feed an input with the current time, then
 //! execute every `Transmit`, hand every `ClientEvent` on, and re-arm the
 //! timer at `poll_timeout()`.
@@ -59,6 +60,8 @@ pub(crate) struct TokenFetch {
 pub(crate) struct Driver {
     pub(crate) core: ClientCore,
     url: String,
+    /// Makes the sockets: `options.WebSocket` or the global `WebSocket`.
+    websocket: Function,
     socket: Option<WebSocket>,
     timer: Option<Timer>,
     /// Subscriptions whose `subscribe()` promise waits for the first
@@ -146,6 +149,7 @@ impl Shared {
             driver: RefCell::new(Driver {
                 core,
                 url,
+                websocket: options.websocket,
                 socket: None,
                 timer: None,
                 unconfirmed: Vec::new(),
@@ -196,7 +200,7 @@ impl Shared {
                 Transmit::Text(text) => driver.send(&text),
                 Transmit::Close { code, reason } => {
                     if let Some(socket) = driver.socket.take() {
-                        close_socket(&socket, code, &reason);
+                        bindings::close_socket(&socket, code, &reason);
                     }
                 }
             }
@@ -214,6 +218,11 @@ impl Shared {
             .flatten()
             .min();
         let Some(deadline) = next else {
+            // Nothing to wait for (closed): no timer left behind, which on
+            // Node.js would keep the process alive until it fired.
+            if let Some(timer) = driver.timer.take() {
+                clear_timeout(&timer.handle);
+            }
             return;
         };
         if let Some(timer) = &driver.timer {
@@ -298,7 +307,8 @@ impl Shared {
                 return;
             }
             if let Some(socket) = driver.socket.take() {
-                detach(&socket);
+                // Closed already: this only stops its callbacks.
+                bindings::close_socket(&socket, promhub_core::client::close_code::NORMAL, "");
             }
             let now = now_ms();
             match event.code() {
@@ -419,15 +429,16 @@ impl Driver {
         // placed on the monotonic clock.
         self.core.set_unix_time(now, unix_ms());
         if let Some(old) = self.socket.take() {
-            close_socket(&old, promhub_core::client::close_code::NORMAL, "replaced");
+            bindings::close_socket(&old, promhub_core::client::close_code::NORMAL, "replaced");
         }
-        match WebSocket::new(&self.url) {
-            Ok(socket) => {
-                socket.set_onopen(Some(callbacks.open.as_ref().unchecked_ref()));
-                socket.set_onmessage(Some(callbacks.message.as_ref().unchecked_ref()));
-                socket.set_onclose(Some(callbacks.close.as_ref().unchecked_ref()));
-                self.socket = Some(socket);
-            }
+        match bindings::open_socket(
+            &self.websocket,
+            &self.url,
+            callbacks.open.as_ref(),
+            callbacks.message.as_ref(),
+            callbacks.close.as_ref(),
+        ) {
+            Ok(socket) => self.socket = Some(socket),
             Err(error) => {
                 let message = format!(
                     "cannot open a WebSocket to {}: {}",
@@ -449,7 +460,7 @@ impl Driver {
                 bindings::describe_error(&error)
             );
             if let Some(socket) = self.socket.take() {
-                close_socket(
+                bindings::close_socket(
                     &socket,
                     promhub_core::client::close_code::NORMAL,
                     "send failed",
@@ -478,28 +489,11 @@ impl Drop for Driver {
             clear_timeout(&timer.handle);
         }
         if let Some(socket) = self.socket.take() {
-            close_socket(
+            bindings::close_socket(
                 &socket,
                 promhub_core::client::close_code::NORMAL,
                 "client dropped",
             );
         }
-    }
-}
-
-/// Stops listening to a socket: after this, nothing it does reaches the
-/// machine.
-fn detach(socket: &WebSocket) {
-    socket.set_onopen(None);
-    socket.set_onmessage(None);
-    socket.set_onclose(None);
-    socket.set_onerror(None);
-}
-
-fn close_socket(socket: &WebSocket, code: u16, reason: &str) {
-    detach(socket);
-    if socket.close_with_code_and_reason(code, reason).is_err() {
-        // Browsers refuse some codes and reasons over 123 bytes.
-        let _ = socket.close();
     }
 }

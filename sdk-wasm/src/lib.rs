@@ -13,8 +13,10 @@
 //! - `dispatch`: machine events → promises, handlers and listeners;
 //! - `options`, `errors`, `bindings`: the JavaScript boundary.
 //!
-//! The TypeScript API (generic `publish<T>` / `subscribe<T>`) is in
-//! `ts/api.d.ts`, appended to the generated declarations.
+//! The TypeScript API of `PromClient` (generic over a topic map, or
+//! `publish<T>` / `subscribe<T>` per call) is written by hand in
+//! `ts/api.d.ts` and `ts/topics.d.ts`, appended to the generated
+//! declarations.
 
 pub mod client;
 pub mod subscription;
@@ -41,3 +43,6 @@ static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_all
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_API: &str = include_str!("../ts/api.d.ts");
+
+#[wasm_bindgen(typescript_custom_section)]
+const TS_TOPICS: &str = include_str!("../ts/topics.d.ts");

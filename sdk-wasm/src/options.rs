@@ -6,6 +6,7 @@ use promhub_core::client::{ClientConfig, QueuePolicy};
 use promhub_core::json_text::Quoted;
 use wasm_bindgen::{JsCast, JsValue};
 
+use crate::bindings::web_socket_constructor;
 use crate::convert::Fields;
 use crate::errors::bad_request;
 
@@ -14,6 +15,8 @@ use crate::errors::bad_request;
 pub(crate) struct Options {
     pub(crate) config: ClientConfig,
     pub(crate) get_token: Option<Function>,
+    /// The WebSocket constructor sockets are made with.
+    pub(crate) websocket: Function,
 }
 
 impl Options {
@@ -34,8 +37,11 @@ impl Options {
                 "queue",
                 "clientName",
                 "seed",
+                "WebSocket",
             ],
         )?;
+        let websocket =
+            web_socket_constructor(&fields.value("WebSocket").unwrap_or(JsValue::UNDEFINED))?;
         let get_token = fields
             .value("getToken")
             .map(|f| {
@@ -111,6 +117,10 @@ impl Options {
                 }
             }
         }
-        Ok(Options { config, get_token })
+        Ok(Options {
+            config,
+            get_token,
+            websocket,
+        })
     }
 }

@@ -57,6 +57,31 @@ export interface ClientOptions {
   clientName?: string;
   /** Seed of the reconnect jitter (tests). Default: random. */
   seed?: number;
+  /**
+   * The WebSocket constructor the client opens its sockets with, e.g.
+   * `WebSocket` from the `ws` package. Default: the global `WebSocket`;
+   * on Node.js 20 and 21, which have none, the `ws` package when it is
+   * installed. Without either, `new PromClient` throws a `bad_request`
+   * `PromHubError` that names this option.
+   */
+  WebSocket?: WebSocketConstructor;
+}
+
+/**
+ * What the client needs of a WebSocket constructor: the browser's, Node.js
+ * 22's global one and the `ws` package's all fit. Text frames must arrive
+ * as strings (`event.data`), close events carry `code` and `reason`.
+ */
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** The parts of a WebSocket the client uses. */
+export interface WebSocketLike {
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
 }
 
 /** What `onState` listeners receive. */
@@ -133,27 +158,95 @@ export interface DeliveryContext extends DeliveryCtx {
 
 export type Handler<T = unknown> = (event: PromEvent<T>, ctx: DeliveryContext) => unknown;
 
-export interface PromClient {
+/**
+ * A promhub client: one WebSocket to the hub, reconnected as needed.
+ *
+ * `Topics` (optional) maps topic names to payload types, e.g.
+ * `{ "orders.created": Order; "process.state": ProcessState }`: `publish`
+ * then accepts only those topics with their payload type, and a
+ * subscription's handler gets the events of the topics its pattern matches
+ * (see `TopicEvent`). Without it (`new PromClient(url)`), any topic is
+ * accepted and payload types are given per call (`publish<T>`,
+ * `subscribe<T>`).
+ */
+export class PromClient<Topics extends object = AnyTopics> {
+  /**
+   * `url`: the hub's WebSocket endpoint, e.g. `ws://127.0.0.1:8090/ws`.
+   * A path (`/ws`) or an `http(s)` URL is resolved against the page.
+   * Throws a `PromHubError` (`bad_request`) for a bad URL or option, and
+   * when there is no WebSocket constructor (see `ClientOptions.WebSocket`).
+   */
+  constructor(url: string, options?: ClientOptions);
+
+  /** Frees the client (closes its socket); the object is unusable after. */
+  free(): void;
+  [Symbol.dispose](): void;
+
+  /**
+   * Connects (and keeps reconnecting). Resolves once the hub accepted
+   * the connection; rejects when the client stops for good before that
+   * (`close()`, a refused token without `getToken`, reconnecting
+   * disabled or exhausted).
+   */
+  connect(): Promise<void>;
+
+  /**
+   * Closes the connection for good (code 1000) until `connect()`.
+   * Pending publishes fail; confirmed subscriptions are kept and
+   * restored by `connect()`.
+   */
+  close(): void;
+
+  /**
+   * Replaces the token: re-authenticates an open connection in place, or
+   * is used by the next connection (reconnecting at once if the hub had
+   * refused the previous token).
+   */
+  setToken(token?: string | null): void;
+
+  /** Where the connection stands. */
+  readonly state: ConnectionState;
+
+  /** Publishes waiting for a connection. */
+  readonly queuedPublishes: number;
+
   /**
    * Publishes `payload` (any JSON value) to `topic` (no wildcards).
    * Resolves with the hub's `PUBACK` once the event is durable; rejects
-   * with a `PromHubError` (`forbidden`, `timeout`, …).
+   * with a `PromHubError` (`forbidden`, `timeout`, …). With a topic map,
+   * `topic` is one of its topics and `payload` that topic's type.
    */
-  publish<T = unknown>(topic: string, payload: T, opts?: PublishOptions): Promise<PubAck>;
+  publish: [Topics] extends [AnyTopics]
+    ? <T = unknown>(topic: string, payload: T, opts?: PublishOptions) => Promise<PubAck>
+    : <K extends TopicName<Topics>>(
+        topic: K,
+        payload: Topics[K],
+        opts?: PublishOptions,
+      ) => Promise<PubAck>;
 
   /**
    * Subscribes `handler` to `pattern` (`*` one segment, `**` any). With a
    * `group`: a durable consumer group (at-least-once, acknowledged as
    * described on `DeliveryContext`); with `null`: a live subscription for
    * this connection. Resolves once the hub confirmed it; it then survives
-   * reconnects until `unsubscribe()`.
+   * reconnects until `unsubscribe()`. With a topic map, the pattern must
+   * match one of its topics, and the handler's event is a `TopicEvent`:
+   * its payload is the union of the matching topics' types, narrowed by
+   * `event.topic`.
    */
-  subscribe<T = unknown>(
-    pattern: string,
-    group: string | null,
-    handler: Handler<T>,
-    opts?: SubscribeOptions,
-  ): Promise<Subscription>;
+  subscribe: [Topics] extends [AnyTopics]
+    ? <T = unknown>(
+        pattern: string,
+        group: string | null,
+        handler: Handler<T>,
+        opts?: SubscribeOptions,
+      ) => Promise<Subscription>
+    : <P extends string>(
+        pattern: CheckedPattern<Topics, P>,
+        group: string | null,
+        handler: TopicHandler<Topics, P>,
+        opts?: SubscribeOptions,
+      ) => Promise<Subscription>;
 
   /** Calls `listener` on every connection change; returns its remover. */
   onState(listener: (event: StateEvent) => void): () => void;

@@ -10,6 +10,8 @@ import {
   type PubAck,
   type StateEvent,
   type Subscription,
+  type TopicEvent,
+  type WebSocketConstructor,
 } from "promhub";
 import { IndexedDbDedupeStore, idempotent } from "promhub/idempotent";
 
@@ -120,4 +122,157 @@ export async function once(client: PromClient): Promise<void> {
   });
   // @ts-expect-error: the store must be a DedupeStore
   idempotent(() => {}, { store: new Map() });
+}
+
+// ---------------------------------------------------------------------------
+// Typed topic maps: `new PromClient<Topics>()`.
+
+interface Order {
+  id: string;
+  total: number;
+}
+
+interface Cancellation {
+  id: string;
+  reason: string;
+}
+
+interface Topics {
+  "orders.created": Order;
+  "orders.cancelled": Cancellation;
+  "process.state": ProcessState;
+  "audit.user.login": { user: string };
+  // A family of topics with one payload type.
+  [tenant: `tenant.${string}.usage`]: { bytes: number };
+}
+
+export async function typedTopics(): Promise<void> {
+  const client = new PromClient<Topics>("ws://127.0.0.1:8090/ws");
+  const ack: PubAck = await client.publish("orders.created", { id: "o1", total: 12 }, { key: "o1" });
+  void ack;
+  await client.publish("process.state", { host: "h", name: "sh", pid: 1, cpu: 0, status: "exited" });
+  await client.publish("tenant.acme.usage", { bytes: 512 });
+
+  // One topic: the payload is its type.
+  await client.subscribe("orders.created", "billing", (event, ctx: DeliveryContext) => {
+    const total: number = event.payload.total;
+    const topic: "orders.created" = event.topic;
+    void total;
+    void topic;
+    ctx.working();
+  });
+
+  // A pattern: the union of the matching topics, narrowed by the topic.
+  await client.subscribe("orders.*", null, (event) => {
+    const id: string = event.payload.id;
+    if (event.topic === "orders.created") {
+      const total: number = event.payload.total;
+      void total;
+    } else {
+      const reason: string = event.payload.reason;
+      void reason;
+    }
+    void id;
+  });
+  await client.subscribe("*.created", null, (event: TopicEvent<Topics, "orders.created">) => {
+    void event.payload.total;
+  });
+  await client.subscribe("audit.**", null, (event) => {
+    const user: string = event.payload.user;
+    void user;
+  });
+  await client.subscribe("tenant.*.usage", null, (event) => {
+    const bytes: number = event.payload.bytes;
+    void bytes;
+  });
+
+  // A pattern known only at run time: every topic of the map.
+  const pattern: string = "orders.created";
+  await client.subscribe(pattern, null, (event) => {
+    if (event.topic === "process.state") void event.payload.pid;
+  });
+
+  // Exactly-once-ish handlers take the topic's payload type.
+  await client.subscribe(
+    "orders.created",
+    "billing",
+    idempotent(async (event) => {
+      const total: number = event.payload.total;
+      void total;
+    }),
+  );
+  client.close();
+}
+
+export async function typedTopicsWrongUse(client: PromClient<Topics>): Promise<void> {
+  // @ts-expect-error: total must be a number
+  await client.publish("orders.created", { id: "o1", total: "12" });
+
+  // @ts-expect-error: a Cancellation is not an Order
+  await client.publish("orders.created", { id: "o1", reason: "changed mind" });
+
+  // @ts-expect-error: not a topic of the map
+  await client.publish("orders.updated", { id: "o1", total: 1 });
+
+  // @ts-expect-error: the family's payload is { bytes: number }
+  await client.publish("tenant.acme.usage", { bytes: "many" });
+
+  // @ts-expect-error: no topic of the map matches this pattern
+  await client.subscribe("order.*", null, () => {});
+
+  await client.subscribe("orders.*", null, (event) => {
+    // @ts-expect-error: `total` is only on orders.created; narrow by topic first
+    void event.payload.total;
+  });
+
+  await client.subscribe("orders.cancelled", null, (event) => {
+    // @ts-expect-error: a Cancellation's reason is a string
+    const reason: number = event.payload.reason;
+    void reason;
+  });
+
+  // @ts-expect-error: the handler expects an Order, the topic carries a Cancellation
+  await client.subscribe("orders.cancelled", null, (event: PromEvent<Order>) => {
+    void event;
+  });
+}
+
+// Untyped clients still take any topic and per-call payload types.
+export async function untypedStillWorks(client: PromClient): Promise<void> {
+  await client.publish("anything.at.all", { free: true });
+  await client.publish<Order>("orders.created", { id: "o1", total: 1 });
+  // @ts-expect-error: the explicit payload type still checks
+  await client.publish<Order>("orders.created", { id: "o1", total: "1" });
+  await client.subscribe<Order>("orders.*", null, (event) => {
+    const total: number = event.payload.total;
+    void total;
+  });
+}
+
+// ---------------------------------------------------------------------------
+// The WebSocket option: any constructor of the browser's WebSocket shape.
+
+class FakeSocket {
+  onopen: ((event: unknown) => void) | null = null;
+  onmessage: ((event: { data: unknown }) => void) | null = null;
+  onclose: ((event: { code: number; reason: string }) => void) | null = null;
+  onerror: ((event: unknown) => void) | null = null;
+  constructor(readonly url: string) {}
+  send(data: string): void {
+    void data;
+  }
+  close(code?: number, reason?: string): void {
+    void code;
+    void reason;
+  }
+}
+
+export function webSocketOption(): void {
+  const browser: WebSocketConstructor = WebSocket;
+  new PromClient("ws://h/ws", { WebSocket: browser }).free();
+  new PromClient("ws://h/ws", { WebSocket: FakeSocket }).free();
+  // @ts-expect-error: not a constructor
+  new PromClient("ws://h/ws", { WebSocket: "ws" });
+  // @ts-expect-error: a constructor of something that cannot send
+  new PromClient("ws://h/ws", { WebSocket: class { close(): void {} } });
 }

@@ -333,4 +333,40 @@ describe("PromClient against a hub", () => {
     assert.match(result.badListener, /^PromHubError:bad_request:/);
     assert.equal(result.afterClose, "PromHubError:closed");
   });
+
+  test("hub URLs resolve against the page, and sockets come from options.WebSocket", async () => {
+    const page = await openTestPage(browser, files.origin);
+    const result = await page.evaluate(
+      async ({ url, options }) => {
+        const urls = [];
+        class CountingWebSocket extends WebSocket {
+          constructor(socketUrl) {
+            super(socketUrl);
+            urls.push(socketUrl);
+          }
+        }
+        // A path resolves against the page (the static server: no hub
+        // there, so only the URL of the socket it opens is checked).
+        const relative = new promhub.PromClient("/ws", { WebSocket: CountingWebSocket, reconnect: false });
+        relative.connect().catch(() => {});
+        relative.close();
+        relative.free();
+        const client = new promhub.PromClient(url.replace(/^ws:/, "http:"), {
+          ...options,
+          WebSocket: CountingWebSocket,
+        });
+        await client.connect();
+        const state = client.state;
+        client.close();
+        return { urls, state };
+      },
+      { url: hub.url, options: CLIENT_OPTIONS },
+    );
+    assert.equal(result.state, "connected");
+    assert.deepEqual(
+      result.urls,
+      [`${files.origin.replace(/^http:/, "ws:")}/ws`, hub.url],
+      "/ws resolved against the page, http: became ws:, and the sockets came from the option",
+    );
+  });
 });
