@@ -10,8 +10,10 @@
 //! `progress_flush_ms`) run in spawned tasks whose results come back as
 //! commands, so the broker never waits on IO.
 
+mod budget;
 mod committed;
 mod group;
+mod group_index;
 mod live;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -27,9 +29,11 @@ use promhub_core::{ErrorCode, Pattern, Policy};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use self::budget::GroupBudget;
 use self::committed::Committed;
 pub(crate) use self::group::{ConnId, GroupView, MemberOpts, MemberView, ReplayRefused};
 use self::group::{Effects, FETCH_SCAN_LIMIT, GroupId, GroupState, Member, Settle, TimerKey};
+use self::group_index::GroupIndex;
 pub(crate) use self::live::HoldLimits;
 use self::live::LiveIndex;
 use crate::config::GroupDefaults;
@@ -38,6 +42,25 @@ use crate::send_queue::SendQueue;
 use crate::store::writer::{CommittedEvents, GroupUpdate, StoreWriter};
 use crate::store::{GroupKey, GroupProgress, GroupRecord, Store, StoreError};
 use prometheus_client::metrics::counter::Counter;
+
+/// A loaded group with what it needs from the broker while it changes
+/// state (`Effects`), borrowing only those fields of the broker.
+macro_rules! group_and_effects {
+    ($broker:ident, $gid:expr) => {{
+        let now_mono = $broker.mono_ms();
+        let now_wall = crate::clock::now_ms();
+        $broker.groups.get_mut(&$gid).map(|group| {
+            let fx = Effects {
+                now_mono,
+                now_wall,
+                timers: &mut $broker.timers,
+                counters: &$broker.counters,
+                budget: &mut $broker.budget,
+            };
+            (group, fx)
+        })
+    }};
+}
 
 /// How long a group waits before retrying a failed store read.
 const FETCH_RETRY: Duration = Duration::from_secs(1);
@@ -60,10 +83,53 @@ pub(crate) struct SubscribeRequest {
     pub from: StartFrom,
     pub snapshot: bool,
     pub rid: Option<Rid>,
-    /// Fired once the broker has taken the subscription into account: the
+    /// Fired once the broker has taken the subscription into account (for
+    /// a group: once the group is open, or the SUBSCRIBE was refused): the
     /// connection waits for it before reading its next frame, so an event
-    /// published after this SUBSCRIBE (causally) is never missed.
-    pub registered: Option<oneshot::Sender<()>>,
+    /// published after this SUBSCRIBE (causally) is never missed, and a
+    /// refused subscription is not counted as one.
+    pub registered: Option<oneshot::Sender<Registration>>,
+}
+
+/// The broker's answer to [`Command::Inspect`].
+#[derive(Debug, Default)]
+pub(crate) struct Inspection {
+    pub groups: Vec<GroupView>,
+    pub buffer: BufferView,
+}
+
+/// The group buffer and the groups in memory, for the ops API.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub(crate) struct BufferView {
+    /// Bytes counted in the group buffer (bodies read ahead once each,
+    /// deliveries not yet settled, reservations for reads in flight).
+    pub bytes: usize,
+    /// `limits.group_buffer_bytes`.
+    pub limit: usize,
+    /// Event bodies held for their next delivery.
+    pub bodies: usize,
+    /// Groups waiting for room.
+    pub waiting: usize,
+    /// Groups loaded in memory, and those with members (they follow
+    /// live commits).
+    pub loaded_groups: usize,
+    pub following: usize,
+}
+
+/// What became of a SUBSCRIBE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Registration {
+    Subscribed,
+    /// Answered with an `ERR` (group cap, store failure).
+    Refused,
+}
+
+impl SubscribeRequest {
+    fn registered(&mut self, outcome: Registration) {
+        if let Some(registered) = self.registered.take() {
+            let _ = registered.send(outcome);
+        }
+    }
 }
 
 /// Subscriptions waiting for their group to be loaded or created.
@@ -127,9 +193,11 @@ pub(crate) enum Command {
         seq: u64,
         done: oneshot::Sender<()>,
     },
-    /// The live state of every loaded group (ops API).
+    /// The live state of the loaded groups among `keys`, or of every
+    /// loaded group (ops API).
     Inspect {
-        reply: oneshot::Sender<Vec<GroupView>>,
+        keys: Option<Vec<GroupKey>>,
+        reply: oneshot::Sender<Inspection>,
     },
     /// Deliver a dead-lettered event to the group again (ops API).
     Replay {
@@ -153,9 +221,16 @@ pub(crate) enum Command {
     },
     Fetched {
         gid: GroupId,
-        result: Result<(Vec<Event>, u64), StoreError>,
+        result: Result<(Vec<Arc<Committed>>, u64), StoreError>,
     },
     RetryFetch {
+        gid: GroupId,
+    },
+    BodiesRead {
+        gid: GroupId,
+        result: Result<Vec<Arc<Committed>>, StoreError>,
+    },
+    RetryBodies {
         gid: GroupId,
     },
     SnapshotRead {
@@ -188,14 +263,15 @@ impl BrokerHandle {
         }
     }
 
-    /// The live state of every group loaded in memory (groups with members,
-    /// or with changes not yet durable). Empty when the broker stopped.
-    pub async fn inspect(&self) -> Vec<GroupView> {
+    /// The live state of the groups loaded in memory (groups with members,
+    /// or with changes not yet durable) among `keys`, or of all of them.
+    /// Empty when the broker stopped.
+    pub async fn inspect(&self, keys: Option<Vec<GroupKey>>) -> Inspection {
         let (reply, answer) = oneshot::channel();
-        if self.send(Command::Inspect { reply }).await {
+        if self.send(Command::Inspect { keys, reply }).await {
             answer.await.unwrap_or_default()
         } else {
-            Vec::new()
+            Inspection::default()
         }
     }
 
@@ -229,6 +305,11 @@ pub(crate) struct BrokerSetup {
     /// The newest seq in the store at start.
     pub head: u64,
     pub metrics: Arc<Metrics>,
+    /// `limits.group_buffer_bytes`.
+    pub group_buffer_bytes: usize,
+    /// `limits.max_groups`, and the groups stored at start.
+    pub max_groups: usize,
+    pub stored_groups: u64,
 }
 
 /// Starts the broker task.
@@ -243,6 +324,12 @@ pub(crate) fn spawn(setup: BrokerSetup) -> (BrokerHandle, tokio::task::JoinHandl
         live: LiveIndex::new(setup.hold_limits),
         groups: HashMap::new(),
         group_ids: HashMap::new(),
+        group_index: GroupIndex::default(),
+        budget: GroupBudget::new(setup.group_buffer_bytes),
+        max_groups: setup.max_groups,
+        stored_groups: setup.stored_groups,
+        creating_groups: 0,
+        idle: HashSet::new(),
         next_group_id: 0,
         pending_groups: HashMap::new(),
         conns: HashMap::new(),
@@ -280,6 +367,16 @@ struct Broker {
     live: LiveIndex,
     groups: HashMap<GroupId, GroupState>,
     group_ids: HashMap<GroupKey, GroupId>,
+    /// Groups with members, by pattern: the ones a commit goes to.
+    group_index: GroupIndex,
+    /// The group buffer shared by every group.
+    budget: GroupBudget,
+    max_groups: usize,
+    /// Groups in the store, and creations in flight (the group cap).
+    stored_groups: u64,
+    creating_groups: u64,
+    /// Loaded groups without members: evicted once their state is durable.
+    idle: HashSet<GroupId>,
     next_group_id: GroupId,
     /// Subscriptions waiting for their group to be loaded or created.
     pending_groups: HashMap<GroupKey, PendingGroup>,
@@ -323,6 +420,7 @@ impl Broker {
                 () = sleep_until(wake), if wake.is_some() => {}
             }
             self.fire_timers();
+            self.wake_budget_waiters();
             self.maybe_flush();
             if self.shutdown.is_some() && !self.flush_in_flight && self.dirty.is_empty() {
                 if let Some(done) = self.shutdown.take() {
@@ -407,8 +505,25 @@ impl Broker {
                     self.waiting_for_head.push((seq, done));
                 }
             }
-            Command::Inspect { reply } => {
-                let _ = reply.send(self.groups.values().map(GroupState::view).collect());
+            Command::Inspect { keys, reply } => {
+                let groups = match keys {
+                    Some(keys) => keys
+                        .iter()
+                        .filter_map(|key| self.group_ids.get(key))
+                        .filter_map(|gid| self.groups.get(gid))
+                        .map(GroupState::view)
+                        .collect(),
+                    None => self.groups.values().map(GroupState::view).collect(),
+                };
+                let buffer = BufferView {
+                    bytes: self.budget.used(),
+                    limit: self.budget.limit(),
+                    bodies: self.budget.body_count(),
+                    waiting: self.budget.waiting(),
+                    loaded_groups: self.groups.len(),
+                    following: self.group_index.len(),
+                };
+                let _ = reply.send(Inspection { groups, buffer });
             }
             Command::Replay { key, event, reply } => {
                 let result = match self.group_ids.get(&key) {
@@ -433,6 +548,10 @@ impl Broker {
             } => self.group_created(key, cursor, result),
             Command::Fetched { gid, result } => self.fetched(gid, result),
             Command::RetryFetch { gid } => self.maybe_fetch(gid),
+            Command::BodiesRead { gid, result } => self.bodies_read(gid, result),
+            Command::RetryBodies { gid } => {
+                self.with_group(gid, |group, fx| group.pump(fx));
+            }
             Command::SnapshotRead {
                 conn,
                 pattern,
@@ -470,9 +589,9 @@ impl Broker {
             self.head = self.head.max(last.seq);
         }
         self.live_deliveries.inc_by(self.live.fan_out(&committed));
-        let gids: Vec<GroupId> = self.groups.keys().copied().collect();
-        for gid in gids {
-            self.with_group(gid, |group, fx| group.on_live(&committed, fx));
+        let upto = self.head;
+        for (gid, events) in self.group_index.matching(&committed) {
+            self.with_group(gid, |group, fx| group.on_live(&events, upto, fx));
         }
         if !self.waiting_for_head.is_empty() {
             let head = self.head;
@@ -496,22 +615,36 @@ impl Broker {
         gid: GroupId,
         f: impl FnOnce(&mut GroupState, &mut Effects<'_>) -> R,
     ) -> Option<R> {
-        let now_mono = self.mono_ms();
-        let now_wall = crate::clock::now_ms();
-        let group = self.groups.get_mut(&gid)?;
-        let mut fx = Effects {
-            now_mono,
-            now_wall,
-            timers: &mut self.timers,
-            counters: &self.counters,
-        };
+        let (group, mut fx) = group_and_effects!(self, gid)?;
         let result = f(group, &mut fx);
-        let dirty = group.is_dirty();
+        let (dirty, members) = (group.is_dirty(), group.has_members());
+        if members {
+            self.group_index.insert(gid, &group.pattern);
+            self.idle.remove(&gid);
+        } else {
+            self.group_index.remove(gid, &group.pattern);
+            self.idle.insert(gid);
+        }
         if dirty {
             self.mark_dirty(gid);
         }
         self.maybe_fetch(gid);
+        self.maybe_read_bodies(gid);
         Some(result)
+    }
+
+    /// Groups that waited for the group buffer get their turn, in order,
+    /// while there is room.
+    fn wake_budget_waiters(&mut self) {
+        if !self.budget.take_freed() {
+            return;
+        }
+        for _ in 0..self.budget.waiting() {
+            let Some(gid) = self.budget.next_waiter() else {
+                break;
+            };
+            self.with_group(gid, |group, fx| group.pump(fx));
+        }
     }
 
     /// Like [`Broker::with_group`] for a group `conn` is a member of;
@@ -553,10 +686,7 @@ impl Broker {
     // -----------------------------------------------------------------
     // Subscribe / unsubscribe
 
-    fn subscribe(&mut self, mut request: SubscribeRequest) {
-        if let Some(registered) = request.registered.take() {
-            let _ = registered.send(());
-        }
+    fn subscribe(&mut self, request: SubscribeRequest) {
         let conn = self.conns.entry(request.conn).or_default();
         conn.send_queue = Some(Arc::clone(&request.send_queue));
         let Some(group) = request.group.clone() else {
@@ -587,7 +717,8 @@ impl Broker {
         });
     }
 
-    fn subscribe_live(&mut self, request: SubscribeRequest) {
+    fn subscribe_live(&mut self, mut request: SubscribeRequest) {
+        request.registered(Registration::Subscribed);
         let conn = self.conns.entry(request.conn).or_default();
         if !conn.live.contains(&request.pattern) {
             conn.live.push(request.pattern.clone());
@@ -639,6 +770,20 @@ impl Broker {
                     self.pending_groups.remove(&key);
                     return;
                 };
+                if self.stored_groups + self.creating_groups >= self.max_groups as u64 {
+                    self.refuse_pending(
+                        &key,
+                        ErrorCode::LimitExceeded,
+                        &format!(
+                            "the hub keeps at most {} groups (limits.max_groups); \
+                             subscribe to an existing group",
+                            self.max_groups
+                        ),
+                    );
+                    crate::refusals::count(crate::refusals::Refusal::GroupCap);
+                    return;
+                }
+                self.creating_groups += 1;
                 let cursor = match first.from {
                     StartFrom::Latest => head,
                     StartFrom::Earliest => 0,
@@ -671,8 +816,10 @@ impl Broker {
     }
 
     fn group_created(&mut self, key: GroupKey, cursor: u64, result: Result<(), StoreError>) {
+        self.creating_groups = self.creating_groups.saturating_sub(1);
         match result {
             Ok(()) => {
+                self.stored_groups += 1;
                 let record = GroupRecord {
                     key: key.clone(),
                     cursor,
@@ -687,20 +834,26 @@ impl Broker {
 
     fn fail_pending(&mut self, key: &GroupKey, error: &StoreError) {
         tracing::error!(error = %error, pattern = %key.pattern, group = %key.group, "cannot open group");
+        self.refuse_pending(
+            key,
+            ErrorCode::Internal,
+            "the group's state could not be loaded; try again",
+        );
+    }
+
+    /// Answers every SUBSCRIBE waiting for a group with an `ERR`.
+    fn refuse_pending(&mut self, key: &GroupKey, code: ErrorCode, msg: &str) {
         let waiting = self
             .pending_groups
             .remove(key)
             .map(|p| p.waiting)
             .unwrap_or_default();
-        for request in waiting {
+        for mut request in waiting {
             reply(
                 &request.send_queue,
-                HubFrame::Err(ErrorFrame::new(
-                    ErrorCode::Internal,
-                    "the group's state could not be loaded; try again",
-                    request.rid,
-                )),
+                HubFrame::Err(ErrorFrame::new(code, msg, request.rid.take())),
             );
+            request.registered(Registration::Refused);
         }
     }
 
@@ -726,10 +879,11 @@ impl Broker {
         }
     }
 
-    fn join(&mut self, gid: GroupId, request: SubscribeRequest) {
+    fn join(&mut self, gid: GroupId, mut request: SubscribeRequest) {
         let Some(group) = self.groups.get(&gid) else {
             return;
         };
+        request.registered(Registration::Subscribed);
         // SUBACK goes out before any EVENT of the subscription.
         reply(
             &request.send_queue,
@@ -831,10 +985,10 @@ impl Broker {
     // Store pages for groups that are behind
 
     fn maybe_fetch(&mut self, gid: GroupId) {
-        let Some(group) = self.groups.get_mut(&gid) else {
+        let Some((group, mut fx)) = group_and_effects!(self, gid) else {
             return;
         };
-        let Some(request) = group.start_fetch() else {
+        let Some(request) = group.start_fetch(&mut fx) else {
             return;
         };
         let store = Arc::clone(&self.store);
@@ -842,31 +996,68 @@ impl Broker {
         let pattern = group.pattern.clone();
         tokio::spawn(async move {
             let result = store
-                .read_after(
+                .read_after_bounded(
                     request.after,
                     Some(&pattern),
                     request.limit,
+                    request.max_bytes,
                     FETCH_SCAN_LIMIT,
                 )
-                .await;
+                .await
+                // Serialized here, off the broker; the page is dropped at once.
+                .map(|(events, last)| (committed_all(events), last));
             let _ = commands.send(Command::Fetched { gid, result }).await;
         });
     }
 
-    fn fetched(&mut self, gid: GroupId, result: Result<(Vec<Event>, u64), StoreError>) {
+    /// Reads the bodies a group needs again (redeliveries, events that
+    /// were blocked), within the group buffer.
+    fn maybe_read_bodies(&mut self, gid: GroupId) {
+        let Some((group, mut fx)) = group_and_effects!(self, gid) else {
+            return;
+        };
+        let Some(seqs) = group.start_body_load(&mut fx) else {
+            return;
+        };
+        let store = Arc::clone(&self.store);
+        let commands = self.commands.clone();
+        tokio::spawn(async move {
+            let result = store.events_by_seq(&seqs).await.map(committed_all);
+            let _ = commands.send(Command::BodiesRead { gid, result }).await;
+        });
+    }
+
+    fn bodies_read(&mut self, gid: GroupId, result: Result<Vec<Arc<Committed>>, StoreError>) {
+        match result {
+            Ok(committed) => {
+                self.with_group(gid, |group, fx| group.on_bodies(&committed, fx));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading events to deliver again failed; retrying");
+                if let Some((group, mut fx)) = group_and_effects!(self, gid) {
+                    group.on_bodies_failed(&mut fx);
+                }
+                let commands = self.commands.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(FETCH_RETRY).await;
+                    let _ = commands.send(Command::RetryBodies { gid }).await;
+                });
+            }
+        }
+    }
+
+    fn fetched(&mut self, gid: GroupId, result: Result<(Vec<Arc<Committed>>, u64), StoreError>) {
         let head = self.head;
         match result {
-            Ok((events, last_examined)) => {
-                let committed: Vec<Arc<Committed>> =
-                    events.iter().map(Committed::from_event).collect();
+            Ok((committed, last_examined)) => {
                 self.with_group(gid, |group, fx| {
                     group.on_fetched(&committed, last_examined, head, fx);
                 });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "reading events for a group failed; retrying");
-                if let Some(group) = self.groups.get_mut(&gid) {
-                    group.on_fetch_failed();
+                if let Some((group, mut fx)) = group_and_effects!(self, gid) {
+                    group.on_fetch_failed(&mut fx);
                 }
                 let commands = self.commands.clone();
                 tokio::spawn(async move {
@@ -940,22 +1131,39 @@ impl Broker {
     }
 
     /// Forgets groups nobody is subscribed to once their state is durable;
-    /// they are loaded again from the store on the next SUBSCRIBE.
+    /// they are loaded again from the store on the next SUBSCRIBE. Only the
+    /// groups that lost their members are looked at, not every group.
     fn evict_idle_groups(&mut self) {
         let idle: Vec<GroupId> = self
-            .groups
+            .idle
             .iter()
-            .filter(|(gid, g)| {
-                !g.has_members() && !g.is_dirty() && !g.is_fetching() && !self.dirty.contains(gid)
+            .copied()
+            .filter(|gid| {
+                self.groups.get(gid).is_none_or(|g| {
+                    !g.has_members()
+                        && !g.is_dirty()
+                        && !g.is_reading()
+                        && !self.dirty.contains(gid)
+                })
             })
-            .map(|(&gid, _)| gid)
             .collect();
         for gid in idle {
+            self.idle.remove(&gid);
+            self.budget.forget(gid);
             if let Some(group) = self.groups.remove(&gid) {
                 self.group_ids.remove(&group.key);
             }
         }
     }
+}
+
+/// Stored events as the broker keeps them, each event dropped once
+/// serialized.
+fn committed_all(events: Vec<Event>) -> Vec<Arc<Committed>> {
+    events
+        .into_iter()
+        .map(|e| Committed::from_event(&e))
+        .collect()
 }
 
 /// Queues an answer frame for a connection.
