@@ -1,7 +1,10 @@
 //! The group state machine, driven by hand (no broker, no store).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use super::*;
-use crate::send_queue::{Drained, SendQueueLimits};
+use crate::send_queue::{Drained, SendQueue, SendQueueLimits};
+use crate::store::writer::GroupUpdate;
 use promhub_core::frames::{Event, HubFrame};
 use promhub_core::{Topic, frames::to_payload};
 
