@@ -500,3 +500,78 @@ async fn events_a_restricted_member_may_not_read_wait_for_a_member_that_may() {
     );
     assert_eq!(status["cursor"]["seq"], published[3].1, "{status}");
 }
+
+// ----------------------------------------------------------- ops pages
+
+#[tokio::test]
+async fn groups_are_listed_in_pages() {
+    let data = common::data_dir();
+    let hub = spawn_hub(&data, "", &[]).await;
+    let mut member = hub.client().await;
+    let keys = [
+        ("b.*", "x"),
+        ("a.*", "z"),
+        ("a.**", "a"),
+        ("a.*", "b"),
+        ("a", "q"),
+    ];
+    for (pattern, group) in keys {
+        let answer = subscribe_group(&mut member, pattern, group).await;
+        assert_eq!(answer["op"], "SUBACK", "{answer}");
+    }
+    let mut sorted: Vec<(String, String)> = keys
+        .iter()
+        .map(|(p, g)| ((*p).to_owned(), (*g).to_owned()))
+        .collect();
+    sorted.sort();
+
+    // All of them on the default page, with the total and no next page.
+    let all = admin_json(&hub.url, "/groups").await;
+    assert_eq!(all["total"], 5, "{all}");
+    assert_eq!(all["next_after"], Value::Null, "{all}");
+    assert_eq!(all["groups"].as_array().map(Vec::len), Some(5));
+    assert!(all["group_buffer"]["limit"].as_u64() > Some(0), "{all}");
+
+    // Pages of two, in (pattern, group) order, each continuing the last.
+    let mut seen = Vec::new();
+    let mut path = "/groups?limit=2".to_owned();
+    loop {
+        let page = admin_json(&hub.url, &path).await;
+        let groups = page["groups"].as_array().expect("groups");
+        assert!(groups.len() <= 2, "{page}");
+        assert_eq!(page["total"], 5);
+        seen.extend(groups.iter().map(|g| {
+            (
+                g["topic"].as_str().expect("topic").to_owned(),
+                g["group"].as_str().expect("group").to_owned(),
+            )
+        }));
+        match page["next_after"].as_str() {
+            Some(after) => path = format!("/groups?limit=2&after={}", after.replace(' ', "%20")),
+            None => break,
+        }
+        assert!(seen.len() <= 5, "pages end: {seen:?}");
+    }
+    assert_eq!(seen, sorted);
+
+    // A bad `after` is a clear 400.
+    for bad in ["nospace", "a..b%20g", "a.*%20"] {
+        let response = http::get(
+            &authority(&hub.url),
+            &format!("/groups?after={bad}"),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+        assert_eq!(response.status, 400, "{bad}: {}", response.body);
+        assert_eq!(response.json()["error"], "bad_request");
+    }
+    // /cursors lists one pattern's groups only.
+    let cursors = admin_json(&hub.url, "/cursors?topic=a.*").await;
+    let names: Vec<&str> = cursors["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| g["group"].as_str().expect("group"))
+        .collect();
+    assert_eq!(names, ["b", "z"]);
+}
