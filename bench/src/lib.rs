@@ -8,9 +8,11 @@
 //! - [`load`]: N publishers / M subscribers / G groups, bounded by a count
 //!   or a duration; throughput and HDR latency percentiles.
 //! - [`idle`]: memory per idle authenticated connection.
+//! - [`groups`]: many durable groups with connected members at once.
 //! - [`targets`]: the hub's performance targets, each measured and checked.
 //! - [`report`]: the results as JSON and as text.
 
+pub mod groups;
 pub mod idle;
 pub mod load;
 pub mod proc_stats;

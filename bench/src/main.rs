@@ -6,7 +6,7 @@
 //!   load     --publishers N --subscribers M --groups G --payload B --in-flight W
 //!            (--count C | --duration SECS) [--rate R] [--backlog] ...
 //!   idle     --connections N
-//!   targets  [publish consume fanout latency idle]
+//!   targets  [publish consume fanout latency idle groups group-memory]
 //! ```
 //!
 //! Text goes to stdout by default; `--json` prints one JSON document
@@ -67,7 +67,7 @@ enum Command {
     Idle(IdleArgs),
     /// The hub's performance targets, each measured and checked
     Targets {
-        /// Which (default: all): publish consume fanout latency idle
+        /// Which (default: all): publish consume fanout latency idle groups group-memory
         names: Vec<String>,
     },
 }

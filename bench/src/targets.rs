@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::groups::{self, GroupsOptions};
 use crate::idle::{self, IdleOptions};
-use crate::load::{self, LoadOptions};
+use crate::load::{self, LoadOptions, LoadReport};
 use crate::target::Hub;
 
 /// Where each target's hub comes from.
@@ -56,6 +57,8 @@ pub struct TargetResult {
     pub met: bool,
     /// The full report of the run.
     pub report: serde_json::Value,
+    /// The numbers behind `measured`, for people (printed under the line).
+    pub detail: Option<String>,
 }
 
 impl TargetResult {
@@ -79,11 +82,17 @@ impl TargetResult {
                 measured <= target
             },
             report: serde_json::to_value(report)?,
+            detail: None,
         })
     }
 
+    fn with_detail(mut self, detail: String) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
     pub fn line(&self) -> String {
-        format!(
+        let line = format!(
             "{:<44} {:>12.1} {:<14} target {} {:<10} {}",
             self.name,
             self.measured,
@@ -91,12 +100,24 @@ impl TargetResult {
             if self.at_least { ">=" } else { "<=" },
             self.target,
             if self.met { "met" } else { "NOT met" }
-        )
+        );
+        match &self.detail {
+            Some(detail) => format!("{line}\n    {detail}"),
+            None => line,
+        }
     }
 }
 
 /// Names accepted by [`run`].
-pub const ALL: [&str; 5] = ["publish", "consume", "fanout", "latency", "idle"];
+pub const ALL: [&str; 7] = [
+    "publish",
+    "consume",
+    "fanout",
+    "latency",
+    "idle",
+    "groups",
+    "group-memory",
+];
 
 /// Runs the named targets (all when empty), in order.
 pub async fn run(source: &HubSource, names: &[String]) -> Result<Vec<TargetResult>> {
@@ -114,6 +135,9 @@ pub async fn run(source: &HubSource, names: &[String]) -> Result<Vec<TargetResul
             "fanout" => Some(fanout(&hub).await?),
             "latency" => Some(latency(&hub).await?),
             "idle" if hub.pid.is_some() => Some(idle(&hub).await?),
+            "groups" => Some(many_groups(&hub).await?),
+            "group-memory" if hub.pid.is_some() => Some(group_memory(&hub).await?),
+            "group-memory" => None,
             "idle" => None,
             other => anyhow::bail!("unknown target {other}; known: {}", ALL.join(", ")),
         };
@@ -220,6 +244,135 @@ async fn idle(hub: &Hub) -> Result<TargetResult> {
         false,
         report,
     )
+}
+
+/// Publish latency (send to PUBACK, paced at 2,000 events/s, one group
+/// consuming) with 10,000 more groups whose members are connected (one
+/// connection each; 100 of them wildcard patterns), against the same
+/// without them: a commit should cost O(matching groups), not O(groups).
+/// Three rounds alternate the two (the groups' connections closed in
+/// between), and the medians of their p99s are compared, so a burst of
+/// other work on the machine does not decide the result alone.
+async fn many_groups(hub: &Hub) -> Result<TargetResult> {
+    const ROUNDS: usize = 3;
+    fn paced(topic: String) -> LoadOptions {
+        LoadOptions {
+            topic,
+            count: None,
+            duration: Some(Duration::from_secs(8)),
+            rate: Some(2_000.0),
+            subscribers: 1,
+            groups: 1,
+            in_flight: 64,
+            ..LoadOptions::default()
+        }
+    }
+    fn ms(report: &LoadReport, pick: fn(&crate::report::Percentiles) -> u64) -> f64 {
+        report
+            .publish_latency_us
+            .as_ref()
+            .map_or(f64::INFINITY, |p| pick(p) as f64 / 1000.0)
+    }
+    fn median(mut values: Vec<f64>) -> f64 {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    }
+    warm_up(hub).await?;
+    let mut one = Vec::new();
+    let mut many = Vec::new();
+    let mut opened = Vec::new();
+    for round in 0..ROUNDS {
+        one.push(load::run(hub, &paced(format!("bench.one{round}"))).await?);
+        let (open, report) = groups::open(hub, &GroupsOptions::default()).await?;
+        opened.push(report);
+        many.push(load::run(hub, &paced(format!("bench.many{round}"))).await?);
+        drop(open);
+        // Let the hub see the members go.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let first = opened[0].clone();
+    let p99 = |runs: &[LoadReport]| median(runs.iter().map(|r| ms(r, |p| p.p99)).collect());
+    let p50 = |runs: &[LoadReport]| median(runs.iter().map(|r| ms(r, |p| p.p50)).collect());
+    let each = |runs: &[LoadReport]| {
+        runs.iter()
+            .map(|r| format!("{:.2}", ms(r, |p| p.p99)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let ratio = p99(&many) / p99(&one);
+    let mib = |kib: Option<u64>| kib.map_or(f64::NAN, |k| k as f64 / 1024.0);
+    let detail = format!(
+        "send to PUBACK at 2,000/s, median of {ROUNDS} rounds: 1 group p50 {:.2} ms p99 {:.2} ms \
+         (p99s {}); with {} more groups on {} connections p50 {:.2} ms p99 {:.2} ms (p99s {}); \
+         hub RSS with them (first round) {:.1} -> {:.1} MiB ({:.0} bytes per group with its \
+         member connection)",
+        p50(&one),
+        p99(&one),
+        each(&one),
+        first.groups,
+        first.connections,
+        p50(&many),
+        p99(&many),
+        each(&many),
+        mib(first.rss_kib_before),
+        mib(first.rss_kib_after),
+        first.bytes_per_group.unwrap_or(f64::NAN),
+    );
+    #[derive(Serialize)]
+    struct Report {
+        one_group_p99_ms: f64,
+        many_groups_p99_ms: f64,
+        one_group: Vec<LoadReport>,
+        many_groups: Vec<LoadReport>,
+        opened: Vec<groups::GroupsReport>,
+    }
+    TargetResult::new(
+        "publish p99, 10,000 groups vs 1 group",
+        ratio,
+        "x",
+        2.0,
+        false,
+        Report {
+            one_group_p99_ms: p99(&one),
+            many_groups_p99_ms: p99(&many),
+            one_group: one,
+            many_groups: many,
+            opened,
+        },
+    )
+    .map(|result| result.with_detail(detail))
+}
+
+/// Hub memory per durable group: 10,000 groups with connected members,
+/// 100 groups per connection (so connections add little).
+async fn group_memory(hub: &Hub) -> Result<TargetResult> {
+    warm_up(hub).await?;
+    let options = GroupsOptions {
+        prefix: "memory".to_owned(),
+        exact: 10_000,
+        wildcard: 0,
+        groups_per_connection: 100,
+    };
+    let (open, report) = groups::open(hub, &options).await?;
+    drop(open);
+    let mib = |kib: Option<u64>| kib.map_or(f64::NAN, |k| k as f64 / 1024.0);
+    let detail = format!(
+        "hub RSS {:.1} -> {:.1} MiB for {} groups on {} connections (opened in {:.1} s)",
+        mib(report.rss_kib_before),
+        mib(report.rss_kib_after),
+        report.groups,
+        report.connections,
+        report.setup_seconds
+    );
+    TargetResult::new(
+        "memory per group (10,000, 100 per connection)",
+        report.bytes_per_group.unwrap_or(f64::INFINITY) / 1024.0,
+        "KiB",
+        4.0,
+        false,
+        report,
+    )
+    .map(|result| result.with_detail(detail))
 }
 
 /// Unmeasured traffic first: connections, caches, file growth.

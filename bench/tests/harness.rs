@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use promhub_bench::groups::{self, GroupsOptions};
 use promhub_bench::idle::{self, IdleOptions};
 use promhub_bench::load::{self, LoadOptions};
 use promhub_bench::report::Percentiles;
@@ -253,5 +254,50 @@ async fn the_binary_prints_json() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("only drives hubs on this machine"));
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_groups_open_with_their_members_and_are_listed_by_the_hub() {
+    let hub = TestHub::start(|c| {
+        c.admin_token = Some(promhub_hub::auth::Secret::new(
+            "harness-admin-token-0123456789",
+        ));
+    })
+    .await;
+    let options = GroupsOptions {
+        prefix: "harness".to_owned(),
+        exact: 23,
+        wildcard: 2,
+        groups_per_connection: 10,
+    };
+    let (open, report) = groups::open(&hub.target(), &options).await.unwrap();
+    assert_eq!((report.groups, report.connections), (25, 3));
+    assert!(report.rss_kib_after.unwrap() > 0 && report.bytes_per_group.is_some());
+    // Every group exists and has its member while the handle lives.
+    let authority = hub.url.trim_start_matches("ws://").trim_end_matches("/ws");
+    let mut stream = tokio::net::TcpStream::connect(authority).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(
+            format!(
+                "GET /groups?limit=1000 HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\
+                 Authorization: Bearer harness-admin-token-0123456789\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["total"], 25, "{body}");
+    let groups = body["groups"].as_array().unwrap();
+    assert!(
+        groups
+            .iter()
+            .all(|g| g["members"].as_array().unwrap().len() == 1)
+    );
+    drop(open);
     hub.stop().await;
 }

@@ -3,10 +3,10 @@
 //! of measurement code; see docs/sizing.md for the full harness).
 //!
 //! `cargo bench -p promhub-hub --bench hub [-- TARGET...]` with targets
-//! `publish`, `consume`, `fanout`, `latency`, `idle` (default: all), each
-//! on a fresh hub subprocess and store. `--url ws://...` targets an already
-//! running hub instead (then `idle` cannot read the hub's memory and is
-//! skipped).
+//! `publish`, `consume`, `fanout`, `latency`, `idle`, `groups`,
+//! `group-memory` (default: all), each on a fresh hub subprocess and store.
+//! `--url ws://...` targets an already running hub instead (then `idle` and
+//! `group-memory` cannot read the hub's memory and are skipped).
 
 use std::path::PathBuf;
 

@@ -70,16 +70,30 @@ impl Store for Counting {
             .fetch_add(batch.progress.len() as u64, Ordering::Relaxed);
         self.inner.commit_pipelined(batch).await
     }
-    async fn read_after(
+    async fn read_after_bounded(
         &self,
         after: u64,
         pattern: Option<&Pattern>,
         limit: usize,
+        max_bytes: usize,
         scan_limit: usize,
     ) -> Result<(Vec<Event>, u64), StoreError> {
         self.inner
-            .read_after(after, pattern, limit, scan_limit)
+            .read_after_bounded(after, pattern, limit, max_bytes, scan_limit)
             .await
+    }
+    async fn events_by_seq(&self, seqs: &[u64]) -> Result<Vec<Event>, StoreError> {
+        self.inner.events_by_seq(seqs).await
+    }
+    async fn groups_page(
+        &self,
+        after: Option<&GroupKey>,
+        limit: usize,
+    ) -> Result<Vec<GroupRecord>, StoreError> {
+        self.inner.groups_page(after, limit).await
+    }
+    async fn group_count(&self) -> Result<u64, StoreError> {
+        self.inner.group_count().await
     }
     async fn get(&self, seq: u64) -> Result<Option<Event>, StoreError> {
         self.inner.get(seq).await

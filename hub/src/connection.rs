@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self as ws, Message as WireMessage};
 
 use crate::authn::Authenticator;
-use crate::broker::{BrokerHandle, Command, ConnId, MemberOpts, SubscribeRequest};
+use crate::broker::{BrokerHandle, Command, ConnId, MemberOpts, Registration, SubscribeRequest};
 use crate::config::{HubConfig, MAX_ACK_TIMEOUT_MS, MAX_DELIVER_LIMIT, MAX_INFLIGHT_LIMIT};
 use crate::gateway::caps::Slot;
 use crate::gateway::upgrade::WsStream;
@@ -893,7 +893,28 @@ impl Connection {
             );
             return;
         }
-        self.subscriptions.insert(key);
+        if key.1.is_some() && !self.subscriptions.contains(&key) {
+            let max = self.config().limits.max_groups_per_connection;
+            if self
+                .subscriptions
+                .iter()
+                .filter(|(_, g)| g.is_some())
+                .count()
+                >= max
+            {
+                crate::refusals::count(crate::refusals::Refusal::GroupsPerConnection);
+                self.send_error(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "at most {max} group subscriptions per connection \
+                         (limits.max_groups_per_connection)"
+                    ),
+                    rid,
+                );
+                return;
+            }
+        }
+        self.subscriptions.insert(key.clone());
         self.registered = true;
         let (registered, is_registered) = tokio::sync::oneshot::channel();
         let request = SubscribeRequest {
@@ -909,8 +930,11 @@ impl Connection {
             rid,
             registered: Some(registered),
         };
-        if self.shared.broker.send(Command::Subscribe(request)).await {
-            let _ = is_registered.await;
+        if self.shared.broker.send(Command::Subscribe(request)).await
+            && is_registered.await == Ok(Registration::Refused)
+        {
+            // The broker answered with an ERR: not a subscription.
+            self.subscriptions.remove(&key);
         }
     }
 

@@ -94,6 +94,7 @@ pub async fn run_with(
         None => open_store(&config).await?,
     };
     let head = store.last_seq().await?;
+    let stored_groups = store.group_count().await?;
     let (writer, committed) = StoreWriter::with_options(
         Arc::clone(&store),
         WriterOptions {
@@ -112,6 +113,9 @@ pub async fn run_with(
         },
         head,
         metrics: Arc::clone(&metrics),
+        group_buffer_bytes: config.limits.group_buffer_bytes,
+        max_groups: config.limits.max_groups,
+        stored_groups,
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -3,28 +3,32 @@
 //! send queues, so every rule can be followed in one place.
 //!
 //! State: a `cursor` (every event with `seq <= cursor` is done), and a
-//! window of the matching events after it, each `Ready`, `Delayed` (NACKed,
-//! waiting for its redelivery time), `Inflight` (held by one member until
-//! its ack deadline) or `Done` (acknowledged, dead-lettered or skipped by the
-//! ACL). The cursor moves only over a fully done prefix. The window is
-//! filled from live commits while the group is caught up, and from store
-//! pages when it is behind (new group from `earliest`, restart, or a full
-//! window).
+//! window of the matching events after it, each `Ready`, `Blocked` (no
+//! connected member may read it: it waits for one that may, semantics.md
+//! §2), `Delayed` (NACKed, waiting for its redelivery time), `Inflight`
+//! (held by one member until its ack deadline) or `Done` (acknowledged or
+//! dead-lettered). The cursor moves only over a fully done prefix.
+//!
+//! The window keeps metadata; an event's body is held (in the shared group
+//! buffer, [`GroupBudget`]) only from when it is read for a delivery until
+//! it goes out: the frame carries it then, and a redelivery reads it from
+//! the store again. The window is filled from live commits while the group
+//! is caught up and from store pages when it is behind (new group from
+//! `earliest`, restart, members that fell behind), never beyond what its
+//! members can soon take (see `fill.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use promhub_core::frames::{DeliveryCtx, Group as GroupName, encode_event_delivery};
-use promhub_core::{Action, Pattern, Policy};
+use promhub_core::{Action, Pattern, Policy, Topic};
 
+use super::budget::GroupBudget;
 use super::committed::Committed;
 use crate::config::GroupDefaults;
 use crate::limits::COUNTERS;
 use crate::metrics::GroupCounters;
-use crate::send_queue::SendQueue;
-use crate::store::writer::GroupUpdate;
-use crate::store::{DeadLetter, DeadLetterRef, GroupKey, GroupProgress, GroupRecord};
+use crate::store::{DeadLetter, DeadLetterRef, GroupKey, GroupRecord};
 use promhub_core::frames::Millis;
 
 pub(crate) type ConnId = u64;
@@ -41,6 +45,8 @@ pub(crate) struct Effects<'a> {
     pub now_wall: u64,
     pub timers: &'a mut BTreeSet<TimerKey>,
     pub counters: &'a GroupCounters,
+    /// The group buffer shared by every group.
+    pub budget: &'a mut GroupBudget,
 }
 
 /// Why a dead letter could not be replayed into its group.
@@ -66,14 +72,21 @@ pub(crate) struct GroupView {
     pub key: GroupKey,
     pub cursor: u64,
     pub members: Vec<MemberView>,
-    /// Events after the cursor that are done (acked out of order,
-    /// dead-lettered, hidden by the ACL), in seq order.
+    /// Events after the cursor that are done (acked out of order or
+    /// dead-lettered), in seq order.
     pub done_above: Vec<u64>,
     /// The oldest event after the cursor that is not done, when the window
     /// holds it: (seq, ts).
     pub oldest_pending: Option<(u64, Millis)>,
     /// Dead letters being delivered again.
     pub replaying: usize,
+    /// Events no connected member may read (semantics.md §2): pending
+    /// until a member that may read them joins.
+    pub blocked: usize,
+    /// The oldest of them.
+    pub oldest_blocked: Option<u64>,
+    /// Bytes the group holds in the group buffer.
+    pub buffered_bytes: usize,
     /// ACKs and deliveries since the group was loaded (throughput).
     pub acked: u64,
     pub delivered: u64,
@@ -110,88 +123,32 @@ pub(crate) struct Settle<'a> {
     pub seq: Option<u64>,
 }
 
-/// Per-member limits (from SUBSCRIBE opts, else the group defaults).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct MemberOpts {
-    pub max_inflight: u32,
-    pub ack_timeout_ms: u64,
-    pub max_deliver: u32,
-    /// Bound on the bytes of unacknowledged group deliveries of the
-    /// member's connection (the group default `max_inflight_bytes`; not a
-    /// SUBSCRIBE option).
-    pub max_inflight_bytes: usize,
-}
-
-#[derive(Debug)]
-pub(crate) struct Member {
-    pub conn: ConnId,
-    pub send_queue: Arc<SendQueue>,
-    pub policy: Arc<Policy>,
-    pub opts: MemberOpts,
-    inflight: u32,
-    /// Event bytes of the unacknowledged deliveries of the connection,
-    /// shared by its members of every group (only the broker task touches
-    /// it; atomic because it is shared).
-    inflight_bytes: Arc<AtomicUsize>,
-}
-
-impl Member {
-    pub fn new(
-        conn: ConnId,
-        send_queue: Arc<SendQueue>,
-        policy: Arc<Policy>,
-        opts: MemberOpts,
-    ) -> Self {
-        Member {
-            conn,
-            send_queue,
-            policy,
-            opts,
-            inflight: 0,
-            inflight_bytes: Arc::default(),
-        }
-    }
-
-    /// Counts this member's unacknowledged bytes in the connection's
-    /// counter, which its other group subscriptions share.
-    pub fn sharing_bytes(mut self, connection_bytes: Arc<AtomicUsize>) -> Self {
-        self.inflight_bytes = connection_bytes;
-        self
-    }
-
-    fn add_bytes(&self, bytes: usize) {
-        self.inflight_bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    fn remove_bytes(&self, bytes: usize) {
-        // Saturating: a miscount must not wrap into "never again".
-        let _ = self
-            .inflight_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
-                Some(held.saturating_sub(bytes))
-            });
-    }
-
-    /// Held back by the connection's byte bound. With nothing in flight a
-    /// member always gets one delivery (however large, and whatever its
-    /// connection's other groups hold), so it can never stall.
-    fn over_byte_bound(&self) -> bool {
-        self.inflight > 0
-            && self.inflight_bytes.load(Ordering::Relaxed) >= self.opts.max_inflight_bytes
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EntryState {
     Ready,
-    Delayed { due: u64 },
-    Inflight { conn: ConnId, due: u64 },
+    /// No connected member may read it (ACL): pending until one may.
+    Blocked,
+    Delayed {
+        due: u64,
+    },
+    Inflight {
+        conn: ConnId,
+        due: u64,
+    },
     Done,
 }
 
+/// One event after the cursor (or a replayed dead letter).
 #[derive(Debug)]
 struct Entry {
-    event: Arc<Committed>,
+    id: Arc<str>,
+    topic: Topic,
+    ts: Millis,
+    /// Bytes of the event's JSON: what a delivery costs in the group buffer.
+    size: usize,
+    /// The event, while the group holds it for its next delivery (counted
+    /// in the group buffer); `None` once it went out, or while blocked.
+    body: Option<Arc<Committed>>,
     /// Deliveries so far.
     attempts: u32,
     state: EntryState,
@@ -201,6 +158,22 @@ struct Entry {
     /// A delivery of it failed (NACK, deadline, disconnect): its attempts
     /// are part of the group's durable state until it is done.
     failed: bool,
+}
+
+impl Entry {
+    fn new(event: &Committed, attempts: u32) -> Self {
+        Entry {
+            id: Arc::clone(&event.id),
+            topic: event.topic.clone(),
+            ts: event.ts,
+            size: event.json.get().len(),
+            body: None,
+            attempts,
+            state: EntryState::Ready,
+            replay: false,
+            failed: attempts > 0,
+        }
+    }
 }
 
 /// Where the group gets its next events from.
@@ -213,17 +186,6 @@ enum Source {
     /// A store read is in flight.
     Fetching,
 }
-
-/// A page to read from the store for a group that is behind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FetchRequest {
-    pub after: u64,
-    pub limit: usize,
-}
-
-/// Events read per store page, and rows a sparse pattern may scan per page.
-const FETCH_PAGE: usize = 1000;
-pub(crate) const FETCH_SCAN_LIMIT: usize = 20_000;
 
 /// Longest NACK delay honoured (a client cannot park an event for ever).
 const MAX_NACK_DELAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -248,11 +210,24 @@ pub(crate) struct GroupState {
     replays: BTreeMap<u64, Entry>,
     /// Entries waiting for a member, in `seq` order.
     ready: BTreeSet<u64>,
+    /// Entries no member may read now.
+    blocked: BTreeSet<u64>,
     /// Inflight entries by event id, for ACK / NACK / WORKING.
     inflight_ids: HashMap<Arc<str>, u64>,
     members: Vec<Member>,
     /// Round-robin position for load sharing.
     next_member: usize,
+    /// Bytes this group holds in the group buffer (bodies, deliveries,
+    /// reservations for reads in flight).
+    held: usize,
+    /// Of which deliveries not yet settled.
+    inflight_bytes: usize,
+    /// Of which reserved for the store read in flight.
+    reserved: usize,
+    /// The next ready entry has no body: read it from the store.
+    wants_bodies: bool,
+    /// Bodies being read from the store (their seqs and reserved bytes).
+    loading: Option<(Vec<u64>, usize)>,
     /// Done marks above the cursor loaded from the store: these events are
     /// skipped when read again.
     restored_done: BTreeSet<u64>,
@@ -294,9 +269,15 @@ impl GroupState {
             window: BTreeMap::new(),
             replays: BTreeMap::new(),
             ready: BTreeSet::new(),
+            blocked: BTreeSet::new(),
             inflight_ids: HashMap::new(),
             members: Vec::new(),
             next_member: 0,
+            held: 0,
+            inflight_bytes: 0,
+            reserved: 0,
+            wants_bodies: false,
+            loading: None,
             restored_done: record
                 .done_above
                 .into_iter()
@@ -344,10 +325,13 @@ impl GroupState {
             done_above,
             oldest_pending: self
                 .window
-                .values()
-                .find(|e| e.state != EntryState::Done)
-                .map(|e| (e.event.seq, e.event.ts)),
+                .iter()
+                .find(|(_, e)| e.state != EntryState::Done)
+                .map(|(&seq, e)| (seq, e.ts)),
             replaying: self.replays.len() + self.window.values().filter(|e| e.replay).count(),
+            blocked: self.blocked.len(),
+            oldest_blocked: self.blocked.first().copied(),
+            buffered_bytes: self.held,
             acked: self.acked,
             delivered: self.delivered,
         }
@@ -379,15 +363,17 @@ impl GroupState {
                     return Err(ReplayRefused::AlreadyPending);
                 }
                 std::collections::btree_map::Entry::Vacant(slot) => {
-                    slot.insert(Entry {
-                        event,
-                        attempts: 0,
-                        state: EntryState::Ready,
-                        replay: true,
-                        failed: false,
-                    });
+                    let mut entry = Entry::new(&event, 0);
+                    entry.replay = true;
+                    slot.insert(entry);
                 }
             }
+        }
+        // The operator's event is at hand: hold it (a replay is not refused
+        // for want of room).
+        let body = fx.budget.hold_body(self.id, &mut self.held, &event, true);
+        if let Some(entry) = entry_mut!(self, seq) {
+            entry.body = body;
         }
         fx.counters.replays.inc();
         self.ready.insert(seq);
@@ -412,8 +398,8 @@ impl GroupState {
     }
 
     /// True while a store read for this group is in flight.
-    pub fn is_fetching(&self) -> bool {
-        self.source == Source::Fetching
+    pub fn is_reading(&self) -> bool {
+        self.source == Source::Fetching || self.loading.is_some()
     }
 
     /// Adds a member, or updates the options and policy of an existing one.
@@ -426,6 +412,8 @@ impl GroupState {
             }
             None => self.members.push(member),
         }
+        // The newcomer may read what nobody could.
+        self.unblock();
         self.pump(fx);
     }
 
@@ -442,126 +430,45 @@ impl GroupState {
         let held: Vec<u64> = self
             .window
             .iter()
+            .chain(self.replays.iter())
             .filter(|(_, e)| matches!(e.state, EntryState::Inflight { conn: c, .. } if c == conn))
             .map(|(&seq, _)| seq)
             .collect();
         for seq in held {
             // `release` no longer finds the member: give its bytes back to
             // the connection here (its other groups go on).
-            if let Some(entry) = self.window.get(&seq) {
-                member.remove_bytes(entry.event.json.get().len());
+            if let Some(entry) = entry!(self, seq) {
+                member.remove_bytes(entry.size);
             }
             self.release(seq, fx);
             self.fail(seq, member.opts.max_deliver, "connection closed", fx);
         }
-        self.pump(fx);
+        if self.members.is_empty() {
+            self.on_last_member_gone(fx);
+        } else {
+            self.pump(fx);
+        }
     }
 
     pub fn set_policy(&mut self, conn: ConnId, policy: &Arc<Policy>, fx: &mut Effects<'_>) {
         if let Some(member) = self.members.iter_mut().find(|m| m.conn == conn) {
             member.policy = Arc::clone(policy);
+            self.unblock();
             self.pump(fx);
         }
     }
 
-    // ---------------------------------------------------------------
-    // Filling the window
-
-    /// Appends live commits (in `seq` order) while caught up.
-    pub fn on_live(&mut self, events: &[Arc<Committed>], fx: &mut Effects<'_>) {
-        if self.source != Source::Live {
-            return;
-        }
-        // Without members nobody needs the events now; read them from the
-        // store when someone subscribes instead of holding them in memory.
-        if self.members.is_empty() {
-            self.source = Source::Behind;
-            return;
-        }
-        for event in events {
-            if event.seq <= self.fetched_upto {
-                continue;
-            }
-            if self.window.len() >= self.defaults.window {
-                self.source = Source::Behind;
-                break;
-            }
-            self.examine(event);
-        }
-        self.advance();
-        self.pump(fx);
-    }
-
-    /// Puts one examined event in the window when it matches and is not
-    /// already done.
-    fn examine(&mut self, event: &Arc<Committed>) {
-        self.fetched_upto = event.seq;
-        if !self.pattern.matches(&event.topic)
-            || self.restored_done.contains(&event.seq)
-            || self.replays.contains_key(&event.seq)
-        {
-            return;
-        }
-        // A failed event of a group loaded again counts its attempts on.
-        let attempts = self.restored_attempts.remove(&event.seq).unwrap_or(0);
-        self.window.insert(
-            event.seq,
-            Entry {
-                event: Arc::clone(event),
-                attempts,
-                state: EntryState::Ready,
-                replay: false,
-                failed: attempts > 0,
-            },
-        );
-        self.ready.insert(event.seq);
-    }
-
-    /// The next store page to read, if the group is behind, has members and
-    /// room in its window. Marks the group as fetching.
-    pub fn start_fetch(&mut self) -> Option<FetchRequest> {
-        if self.source != Source::Behind || self.members.is_empty() {
-            return None;
-        }
-        let room = self.defaults.window.saturating_sub(self.window.len());
-        if room == 0 {
-            return None;
-        }
-        self.source = Source::Fetching;
-        Some(FetchRequest {
-            after: self.fetched_upto,
-            limit: room.min(FETCH_PAGE),
-        })
-    }
-
-    /// A store page arrived: `events` matched the pattern, and every seq up
-    /// to `last_examined` was looked at. `head` is the newest seq the broker
-    /// has seen committed.
-    pub fn on_fetched(
-        &mut self,
-        events: &[Arc<Committed>],
-        last_examined: u64,
-        head: u64,
-        fx: &mut Effects<'_>,
-    ) {
-        for event in events {
-            if event.seq > self.fetched_upto {
-                self.examine(event);
+    /// Blocked entries get another look (a member joined or its policy
+    /// changed): the next pump blocks again those nobody may read.
+    fn unblock(&mut self) {
+        for seq in std::mem::take(&mut self.blocked) {
+            if let Some(entry) = entry_mut!(self, seq)
+                && entry.state == EntryState::Blocked
+            {
+                entry.state = EntryState::Ready;
+                self.ready.insert(seq);
             }
         }
-        self.fetched_upto = self.fetched_upto.max(last_examined);
-        self.source = if self.fetched_upto >= head {
-            Source::Live
-        } else {
-            Source::Behind
-        };
-        self.advance();
-        self.pump(fx);
-    }
-
-    /// A store read failed: try again later.
-    pub fn on_fetch_failed(&mut self) {
-        self.source = Source::Behind;
     }
 
     // ---------------------------------------------------------------
@@ -577,7 +484,7 @@ impl GroupState {
                 self.ready.remove(&seq);
                 continue;
             };
-            let topic = &entry.event.topic;
+            let topic = &entry.topic;
             let count = self.members.len();
             let mut chosen = None;
             let mut anyone_allowed = false;
@@ -603,15 +510,24 @@ impl GroupState {
                 break;
             }
             match chosen {
-                Some(index) => {
-                    self.next_member = index + 1;
-                    self.deliver(seq, index, fx);
+                // Its body was given out with an earlier delivery: read it
+                // again (in order: nothing after it goes first).
+                Some(_) if entry.body.is_none() => {
+                    self.wants_bodies = true;
+                    break;
                 }
-                // semantics.md §2: an event no member may see counts as
-                // acknowledged for this subscription.
+                Some(index) => {
+                    if !self.deliver(seq, index, fx) {
+                        // The group buffer is full: wait for room.
+                        break;
+                    }
+                    self.next_member = index + 1;
+                }
+                // semantics.md §2: no connected member may read it; it stays
+                // pending (holding the cursor) until one that may joins.
                 None if !anyone_allowed => {
                     self.ready.remove(&seq);
-                    self.finish_unacknowledged(seq);
+                    self.block(seq, fx);
                 }
                 // Everyone allowed is at max_inflight (or their byte
                 // bound): wait for an ACK. The group lags, nothing is lost.
@@ -626,11 +542,38 @@ impl GroupState {
         self.advance();
     }
 
-    fn deliver(&mut self, seq: u64, member_index: usize, fx: &mut Effects<'_>) {
-        let member = &mut self.members[member_index];
+    fn block(&mut self, seq: u64, fx: &mut Effects<'_>) {
         let Some(entry) = entry_mut!(self, seq) else {
             return;
         };
+        entry.state = EntryState::Blocked;
+        if entry.body.take().is_some() {
+            fx.budget.release_body(&mut self.held, seq, entry.size);
+        }
+        self.blocked.insert(seq);
+    }
+
+    /// Sends a ready entry (with its body) to a member; false when the
+    /// group buffer has no room for it.
+    fn deliver(&mut self, seq: u64, member_index: usize, fx: &mut Effects<'_>) -> bool {
+        let member = &mut self.members[member_index];
+        // `pump` reads a missing body first.
+        let Some(entry) = entry_mut!(self, seq).filter(|e| e.body.is_some()) else {
+            return true;
+        };
+        if !fx.budget.start_delivery(
+            self.id,
+            &mut self.held,
+            self.inflight_bytes,
+            seq,
+            entry.size,
+        ) {
+            return false;
+        }
+        let Some(body) = entry.body.take() else {
+            return true;
+        };
+        self.inflight_bytes += entry.size;
         self.ready.remove(&seq);
         entry.attempts += 1;
         fx.counters.deliveries.inc();
@@ -644,18 +587,19 @@ impl GroupState {
             due,
         };
         fx.timers.insert((due, self.id, seq));
-        self.inflight_ids.insert(Arc::clone(&entry.event.id), seq);
+        self.inflight_ids.insert(Arc::clone(&entry.id), seq);
         member.inflight += 1;
-        member.add_bytes(entry.event.json.get().len());
+        member.add_bytes(entry.size);
         let ctx = DeliveryCtx {
             attempt: entry.attempts,
             ack_deadline: Some(fx.now_wall + member.opts.ack_timeout_ms),
             snapshot: None,
         };
-        let frame = encode_event_delivery(&self.pattern, Some(&self.name), &entry.event.json, &ctx);
+        let frame = encode_event_delivery(&self.pattern, Some(&self.name), &body.json, &ctx);
         // A closing connection drops the frame; its disconnect then puts the
         // event back.
         member.send_queue.push(frame);
+        true
     }
 
     /// Takes an inflight entry back from its member (ACK, NACK, deadline,
@@ -666,13 +610,15 @@ impl GroupState {
             return None;
         };
         fx.timers.remove(&(due, self.id, seq));
-        if self.inflight_ids.get(&entry.event.id) == Some(&seq) {
-            self.inflight_ids.remove(&entry.event.id);
+        if self.inflight_ids.get(&entry.id) == Some(&seq) {
+            self.inflight_ids.remove(&entry.id);
         }
         entry.state = EntryState::Ready;
+        self.inflight_bytes = self.inflight_bytes.saturating_sub(entry.size);
+        fx.budget.end_delivery(&mut self.held, entry.size);
         if let Some(member) = self.members.iter_mut().find(|m| m.conn == conn) {
             member.inflight = member.inflight.saturating_sub(1);
-            member.remove_bytes(entry.event.json.get().len());
+            member.remove_bytes(entry.size);
         }
         Some(conn)
     }
@@ -719,7 +665,7 @@ impl GroupState {
         self.dead_letters.push(DeadLetter {
             key: self.key.clone(),
             seq,
-            event_id: entry.event.id.to_string(),
+            event_id: entry.id.to_string(),
             reason: reason.to_owned(),
             attempts: entry.attempts,
             dead_at: fx.now_wall,
@@ -728,24 +674,29 @@ impl GroupState {
         self.dirty = true;
         self.ready.remove(&seq);
         // A replay that died again: the new record replaces the old one.
-        self.finish_unacknowledged(seq);
+        self.finish_unacknowledged(seq, fx);
     }
 
-    /// Marks an entry done without an ACK (dead-lettered, or hidden from
-    /// every member): a replayed dead letter keeps its record.
-    fn finish_unacknowledged(&mut self, seq: u64) {
+    /// Marks an entry done without an ACK (dead-lettered, or gone from the
+    /// store before its redelivery): a replayed dead letter keeps its record.
+    fn finish_unacknowledged(&mut self, seq: u64, fx: &mut Effects<'_>) {
         if let Some(entry) = entry_mut!(self, seq) {
             entry.replay = false;
         }
-        self.complete(seq);
+        self.complete(seq, fx);
     }
 
     /// Marks an entry done (it stays in the window until the prefix before
     /// it is done too; a replay outside the window is dropped). An
     /// acknowledged replay removes its dead letter.
-    fn complete(&mut self, seq: u64) {
+    fn complete(&mut self, seq: u64, fx: &mut Effects<'_>) {
+        self.ready.remove(&seq);
+        self.blocked.remove(&seq);
         let replayed = if let Some(entry) = self.window.get_mut(&seq) {
             entry.state = EntryState::Done;
+            if entry.body.take().is_some() {
+                fx.budget.release_body(&mut self.held, seq, entry.size);
+            }
             self.new_marks.push(seq);
             self.dirty = true;
             if std::mem::take(&mut entry.failed) {
@@ -753,7 +704,15 @@ impl GroupState {
             }
             std::mem::take(&mut entry.replay)
         } else {
-            self.replays.remove(&seq).is_some_and(|e| e.replay)
+            match self.replays.remove(&seq) {
+                Some(entry) => {
+                    if entry.body.is_some() {
+                        fx.budget.release_body(&mut self.held, seq, entry.size);
+                    }
+                    entry.replay
+                }
+                None => false,
+            }
         };
         if replayed {
             self.removed_dead_letters.push(DeadLetterRef {
@@ -799,785 +758,13 @@ impl GroupState {
             }
         }
     }
-
-    // ---------------------------------------------------------------
-    // Client answers
-
-    /// The seq of the delivery `settle` names, if its sender holds it: by
-    /// `seq` when given (the event there must have that id), else by id.
-    /// Anything else — another member's delivery, one already settled or
-    /// taken back, a seq that does not match the id — is ignored.
-    fn held(&self, settle: Settle<'_>) -> Option<u64> {
-        let seq = match settle.seq {
-            Some(seq) => seq,
-            None => *self.inflight_ids.get(settle.id)?,
-        };
-        let entry = entry!(self, seq)?;
-        match entry.state {
-            EntryState::Inflight { conn, .. }
-                if conn == settle.conn && *entry.event.id == *settle.id =>
-            {
-                Some(seq)
-            }
-            _ => None,
-        }
-    }
-
-    /// `ACK`: the event is done. Deliveries the sender does not hold are
-    /// ignored (protocol.md).
-    pub fn ack(&mut self, settle: Settle<'_>, fx: &mut Effects<'_>) {
-        let Some(seq) = self.held(settle) else {
-            return;
-        };
-        fx.counters.acks.inc();
-        self.acked += 1;
-        self.release(seq, fx);
-        self.complete(seq);
-        self.advance();
-        self.pump(fx);
-    }
-
-    /// `NACK`: redeliver after `delay_ms` (or the backoff), or dead-letter
-    /// when final or out of attempts.
-    pub fn nack(
-        &mut self,
-        settle: Settle<'_>,
-        reason: Option<&str>,
-        delay_ms: Option<u64>,
-        final_: bool,
-        fx: &mut Effects<'_>,
-    ) {
-        let Some(seq) = self.held(settle) else {
-            return;
-        };
-        let Some(holder) = self.release(seq, fx) else {
-            return;
-        };
-        fx.counters.nacks.inc();
-        let max_deliver = self.holder_max_deliver(holder);
-        let attempts = entry!(self, seq).map_or(0, |e| e.attempts);
-        if final_ {
-            self.dead_letter(seq, reason.unwrap_or("rejected (final NACK)"), fx);
-        } else if attempts >= max_deliver {
-            self.dead_letter(seq, reason.unwrap_or("NACKed"), fx);
-        } else {
-            self.record_failure(seq);
-            let delay = delay_ms
-                .unwrap_or_else(|| self.defaults.nack_backoff_ms(attempts))
-                .min(MAX_NACK_DELAY_MS);
-            if delay == 0 {
-                self.ready.insert(seq);
-            } else if let Some(entry) = entry_mut!(self, seq) {
-                let due = fx.now_mono + delay;
-                entry.state = EntryState::Delayed { due };
-                fx.timers.insert((due, self.id, seq));
-            }
-        }
-        self.advance();
-        self.pump(fx);
-    }
-
-    /// `WORKING`: push the ack deadline back by the holder's ack timeout.
-    pub fn working(&mut self, settle: Settle<'_>, fx: &mut Effects<'_>) {
-        let Some(seq) = self.held(settle) else {
-            return;
-        };
-        let Some(entry) = entry_mut!(self, seq) else {
-            return;
-        };
-        let EntryState::Inflight { conn, due } = entry.state else {
-            return;
-        };
-        let timeout = self
-            .members
-            .iter()
-            .find(|m| m.conn == conn)
-            .map_or(self.defaults.ack_timeout_ms, |m| m.opts.ack_timeout_ms);
-        let new_due = fx.now_mono + timeout;
-        fx.timers.remove(&(due, self.id, seq));
-        fx.timers.insert((new_due, self.id, seq));
-        entry.state = EntryState::Inflight { conn, due: new_due };
-    }
-
-    /// A timer of this group fired: an ack deadline or a NACK delay.
-    pub fn on_timer(&mut self, seq: u64, due: u64, fx: &mut Effects<'_>) {
-        let Some(entry) = entry_mut!(self, seq) else {
-            return;
-        };
-        match entry.state {
-            EntryState::Inflight { conn, due: d } if d == due => {
-                let max_deliver = self.holder_max_deliver(conn);
-                self.release(seq, fx);
-                self.fail(seq, max_deliver, "ack deadline passed", fx);
-            }
-            EntryState::Delayed { due: d } if d == due => {
-                entry.state = EntryState::Ready;
-                self.ready.insert(seq);
-            }
-            _ => return,
-        }
-        self.advance();
-        self.pump(fx);
-    }
-
-    // ---------------------------------------------------------------
-    // Durability
-
-    /// The progress and dead letters not yet made durable, if any.
-    pub fn take_update(&mut self) -> Option<GroupUpdate> {
-        if !self.dirty {
-            return None;
-        }
-        self.dirty = false;
-        let cursor = self.cursor;
-        let mut done_above: Vec<u64> = std::mem::take(&mut self.new_marks)
-            .into_iter()
-            .filter(|&seq| seq > cursor)
-            .collect();
-        done_above.sort_unstable();
-        done_above.dedup();
-        Some(GroupUpdate {
-            progress: Some(GroupProgress {
-                key: self.key.clone(),
-                cursor,
-                done_above,
-                attempt_changes: std::mem::take(&mut self.attempt_changes)
-                    .into_iter()
-                    .collect(),
-            }),
-            dead_letters: std::mem::take(&mut self.dead_letters),
-            removed_dead_letters: std::mem::take(&mut self.removed_dead_letters),
-        })
-    }
-
-    /// A flush failed: keep its content for the next one.
-    pub fn restore_update(&mut self, update: GroupUpdate) {
-        if let Some(progress) = update.progress {
-            self.new_marks.extend(progress.done_above);
-            // Changes made since the failed flush are newer.
-            for (seq, attempts) in progress.attempt_changes {
-                self.attempt_changes.entry(seq).or_insert(attempts);
-            }
-        }
-        let mut dead_letters = update.dead_letters;
-        dead_letters.append(&mut self.dead_letters);
-        self.dead_letters = dead_letters;
-        let mut removed = update.removed_dead_letters;
-        removed.append(&mut self.removed_dead_letters);
-        self.removed_dead_letters = removed;
-        self.dirty = true;
-    }
 }
+
+mod answers;
+mod fill;
+mod member;
+pub(crate) use fill::FETCH_SCAN_LIMIT;
+pub(crate) use member::{Member, MemberOpts};
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::send_queue::{Drained, SendQueueLimits};
-    use promhub_core::frames::{Event, HubFrame};
-    use promhub_core::{Topic, frames::to_payload};
-
-    fn defaults() -> Arc<GroupDefaults> {
-        Arc::new(GroupDefaults::default())
-    }
-
-    fn event(seq: u64, topic: &str) -> Arc<Committed> {
-        Committed::from_event(&Event {
-            id: format!("e{seq}"),
-            seq,
-            topic: Topic::parse(topic).unwrap(),
-            ts: 1,
-            key: None,
-            payload: to_payload(&seq).unwrap(),
-            headers: None,
-            tags: None,
-            caused_by: None,
-            sid: None,
-        })
-    }
-
-    struct Harness {
-        group: GroupState,
-        timers: BTreeSet<TimerKey>,
-        counters: GroupCounters,
-        now: u64,
-    }
-
-    fn send_queue() -> Arc<SendQueue> {
-        Arc::new(SendQueue::new(SendQueueLimits {
-            live_frames: 1000,
-            live_bytes: 1 << 20,
-        }))
-    }
-
-    fn opts(max_inflight: u32) -> MemberOpts {
-        MemberOpts {
-            max_inflight,
-            ack_timeout_ms: 1000,
-            max_deliver: 3,
-            max_inflight_bytes: 1 << 20,
-        }
-    }
-
-    impl Harness {
-        fn new(cursor: u64) -> Self {
-            let pattern = Pattern::parse("jobs.*").unwrap();
-            let name = GroupName::parse("g").unwrap();
-            let record = GroupRecord {
-                key: GroupKey::new(&pattern, &name),
-                cursor,
-                done_above: vec![],
-                attempts_above: Vec::new(),
-            };
-            let mut group = GroupState::new(0, pattern, name, record, defaults());
-            group.source = Source::Live;
-            Harness {
-                group,
-                timers: BTreeSet::new(),
-                counters: GroupCounters::default(),
-                now: 0,
-            }
-        }
-
-        fn fx(&mut self) -> (&mut GroupState, Effects<'_>) {
-            (
-                &mut self.group,
-                Effects {
-                    now_mono: self.now,
-                    now_wall: 1_000_000 + self.now,
-                    timers: &mut self.timers,
-                    counters: &self.counters,
-                },
-            )
-        }
-
-        fn join(&mut self, conn: ConnId, max_inflight: u32) -> Arc<SendQueue> {
-            let out = send_queue();
-            let member = Member::new(
-                conn,
-                Arc::clone(&out),
-                Arc::new(Policy::allow_all()),
-                opts(max_inflight),
-            );
-            let (group, mut fx) = self.fx();
-            group.add_member(member, &mut fx);
-            out
-        }
-
-        fn live(&mut self, events: &[Arc<Committed>]) {
-            let (group, mut fx) = self.fx();
-            group.on_live(events, &mut fx);
-        }
-
-        fn fire_due(&mut self) {
-            let due: Vec<TimerKey> = self
-                .timers
-                .iter()
-                .copied()
-                .filter(|&(d, _, _)| d <= self.now)
-                .collect();
-            for (d, _, seq) in due {
-                self.timers.remove(&(d, 0, seq));
-                let (group, mut fx) = self.fx();
-                group.on_timer(seq, d, &mut fx);
-            }
-        }
-    }
-
-    /// (event id, attempt) of each EVENT queued in a send queue.
-    async fn deliveries(out: &SendQueue) -> Vec<(String, u32)> {
-        let mut batch = Vec::new();
-        if !out.has_frames() {
-            return vec![];
-        }
-        assert!(matches!(out.drain(&mut batch).await, Drained::Frames(_)));
-        batch
-            .into_iter()
-            .map(|m| match m {
-                axum::extract::ws::Message::Text(t) => match HubFrame::decode(&t).unwrap() {
-                    HubFrame::Event(e) => (e.event.id, e.ctx.attempt),
-                    other => panic!("unexpected {other:?}"),
-                },
-                other => panic!("unexpected {other:?}"),
-            })
-            .collect()
-    }
-
-    /// A settlement of `id` from the member that holds it (by id, as a
-    /// client that sends no seq).
-    fn holder<'a>(group: &GroupState, id: &'a str) -> Settle<'a> {
-        let conn = group
-            .inflight_ids
-            .get(id)
-            .and_then(|seq| group.window.get(seq).or_else(|| group.replays.get(seq)))
-            .and_then(|e| match e.state {
-                EntryState::Inflight { conn, .. } => Some(conn),
-                _ => None,
-            })
-            .unwrap_or(0);
-        Settle {
-            conn,
-            id,
-            seq: None,
-        }
-    }
-
-    fn ids(list: &[(String, u32)]) -> Vec<&str> {
-        list.iter().map(|(id, _)| id.as_str()).collect()
-    }
-
-    #[tokio::test]
-    async fn members_share_events_in_order_and_cursor_moves_over_done_prefix() {
-        let mut h = Harness::new(0);
-        let a = h.join(1, 10);
-        let b = h.join(2, 10);
-        h.live(&[
-            event(1, "jobs.x"),
-            event(2, "other"),
-            event(3, "jobs.y"),
-            event(4, "jobs.z"),
-        ]);
-        let got_a = deliveries(&a).await;
-        let got_b = deliveries(&b).await;
-        assert_eq!(ids(&got_a), ["e1", "e4"]);
-        assert_eq!(ids(&got_b), ["e3"]);
-        // Ack out of order: the cursor waits for e1.
-        let (g, mut fx) = h.fx();
-        g.ack(holder(g, "e3"), &mut fx);
-        assert_eq!(g.cursor(), 0);
-        g.ack(holder(g, "e1"), &mut fx);
-        assert_eq!(g.cursor(), 3);
-        g.ack(holder(g, "e4"), &mut fx);
-        assert_eq!(g.cursor(), 4);
-        let update = g.take_update().unwrap();
-        assert_eq!(update.progress.unwrap().cursor, 4);
-    }
-
-    #[tokio::test]
-    async fn max_inflight_holds_back_until_ack() {
-        let mut h = Harness::new(0);
-        let a = h.join(1, 2);
-        h.live(&[event(1, "jobs.a"), event(2, "jobs.a"), event(3, "jobs.a")]);
-        assert_eq!(ids(&deliveries(&a).await), ["e1", "e2"]);
-        let (g, mut fx) = h.fx();
-        g.ack(holder(g, "e2"), &mut fx);
-        assert_eq!(ids(&deliveries(&a).await), ["e3"]);
-    }
-
-    #[tokio::test]
-    async fn inflight_bytes_hold_a_member_back_and_the_group_lags_without_loss() {
-        let mut h = Harness::new(0);
-        let out = send_queue();
-        let one_event = event(1, "jobs.a").json.get().len();
-        // Room for two events' bytes, while max_inflight would allow ten.
-        let member = Member::new(
-            1,
-            Arc::clone(&out),
-            Arc::new(Policy::allow_all()),
-            MemberOpts {
-                max_inflight_bytes: 2 * one_event,
-                ..opts(10)
-            },
-        );
-        let (group, mut fx) = h.fx();
-        group.add_member(member, &mut fx);
-        let lagging_before = COUNTERS.snapshot().group_lagging;
-        h.live(&[
-            event(1, "jobs.a"),
-            event(2, "jobs.a"),
-            event(3, "jobs.a"),
-            event(4, "jobs.a"),
-        ]);
-        assert_eq!(ids(&deliveries(&out).await), ["e1", "e2"]);
-        assert!(COUNTERS.snapshot().group_lagging > lagging_before);
-        let (g, mut fx) = h.fx();
-        g.ack(holder(g, "e1"), &mut fx);
-        assert_eq!(ids(&deliveries(&out).await), ["e3"]);
-        let (g, mut fx) = h.fx();
-        g.ack(holder(g, "e2"), &mut fx);
-        g.ack(holder(g, "e3"), &mut fx);
-        assert_eq!(ids(&deliveries(&out).await), ["e4"]);
-        let (g, mut fx) = h.fx();
-        g.ack(holder(g, "e4"), &mut fx);
-        assert_eq!(g.cursor(), 4);
-    }
-
-    #[tokio::test]
-    async fn a_connections_groups_share_its_byte_bound_and_get_bytes_back() {
-        let mut h = Harness::new(0);
-        let out = send_queue();
-        let one = event(1, "jobs.a").json.get().len();
-        // The connection's other groups already hold its whole allowance.
-        let connection_bytes = Arc::new(AtomicUsize::new(10 * one));
-        let member = Member::new(
-            1,
-            Arc::clone(&out),
-            Arc::new(Policy::allow_all()),
-            MemberOpts {
-                max_inflight_bytes: 10 * one,
-                ..opts(10)
-            },
-        )
-        .sharing_bytes(Arc::clone(&connection_bytes));
-        let (group, mut fx) = h.fx();
-        group.add_member(member, &mut fx);
-        h.live(&[event(1, "jobs.a"), event(2, "jobs.a"), event(3, "jobs.a")]);
-        // Nothing of this member is in flight: one delivery goes anyway.
-        assert_eq!(ids(&deliveries(&out).await), ["e1"]);
-        assert_eq!(connection_bytes.load(Ordering::Relaxed), 11 * one);
-        let (g, mut fx) = h.fx();
-        g.ack(holder(g, "e1"), &mut fx);
-        assert_eq!(ids(&deliveries(&out).await), ["e2"]);
-        // Leaving the group gives its bytes back to the connection.
-        let (g, mut fx) = h.fx();
-        g.remove_member(1, &mut fx);
-        assert_eq!(connection_bytes.load(Ordering::Relaxed), 10 * one);
-    }
-
-    #[tokio::test]
-    async fn one_delivery_goes_however_large() {
-        let mut h = Harness::new(0);
-        let out = send_queue();
-        let member = Member::new(
-            1,
-            Arc::clone(&out),
-            Arc::new(Policy::allow_all()),
-            MemberOpts {
-                max_inflight_bytes: 1,
-                ..opts(10)
-            },
-        );
-        let (group, mut fx) = h.fx();
-        group.add_member(member, &mut fx);
-        h.live(&[event(1, "jobs.a"), event(2, "jobs.a")]);
-        assert_eq!(ids(&deliveries(&out).await), ["e1"]);
-        let (g, mut fx) = h.fx();
-        g.ack(holder(g, "e1"), &mut fx);
-        assert_eq!(ids(&deliveries(&out).await), ["e2"]);
-    }
-
-    #[tokio::test]
-    async fn nack_redelivers_with_next_attempt_and_dead_letters_at_max_deliver() {
-        let mut h = Harness::new(0);
-        let a = h.join(1, 10);
-        h.live(&[event(1, "jobs.a")]);
-        assert_eq!(deliveries(&a).await, [("e1".to_owned(), 1)]);
-        for attempt in 2..=3 {
-            let (g, mut fx) = h.fx();
-            g.nack(holder(g, "e1"), Some("boom"), Some(0), false, &mut fx);
-            assert_eq!(deliveries(&a).await, [("e1".to_owned(), attempt)]);
-        }
-        let (g, mut fx) = h.fx();
-        g.nack(holder(g, "e1"), Some("boom"), Some(0), false, &mut fx);
-        assert!(deliveries(&a).await.is_empty());
-        assert_eq!(g.cursor(), 1);
-        let update = g.take_update().unwrap();
-        assert_eq!(update.dead_letters.len(), 1);
-        assert_eq!(update.dead_letters[0].attempts, 3);
-        assert_eq!(update.dead_letters[0].reason, "boom");
-    }
-
-    #[tokio::test]
-    async fn only_the_holder_settles_a_delivery_and_a_given_seq_must_match() {
-        let mut h = Harness::new(0);
-        let a = h.join(1, 10);
-        let b = h.join(2, 10);
-        h.live(&[event(1, "jobs.a"), event(2, "jobs.a")]);
-        assert_eq!(ids(&deliveries(&a).await), ["e1"]);
-        assert_eq!(ids(&deliveries(&b).await), ["e2"]);
-        let (g, mut fx) = h.fx();
-        // Member 2 answers for e1, which member 1 holds: ignored, whether
-        // by id or by seq, and whatever the answer.
-        let foreign = |seq| Settle {
-            conn: 2,
-            id: "e1",
-            seq,
-        };
-        g.nack(foreign(None), Some("x"), None, true, &mut fx);
-        g.nack(foreign(Some(1)), Some("x"), None, true, &mut fx);
-        g.ack(foreign(Some(1)), &mut fx);
-        g.working(foreign(None), &mut fx);
-        assert_eq!(g.cursor(), 0);
-        assert!(g.dead_letters.is_empty());
-        // The holder with a seq that names another event: ignored too.
-        g.ack(
-            Settle {
-                conn: 1,
-                id: "e1",
-                seq: Some(2),
-            },
-            &mut fx,
-        );
-        assert_eq!(g.cursor(), 0);
-        // By seq, from the holder: settled.
-        g.ack(
-            Settle {
-                conn: 1,
-                id: "e1",
-                seq: Some(1),
-            },
-            &mut fx,
-        );
-        assert_eq!(g.cursor(), 1);
-        g.ack(
-            Settle {
-                conn: 2,
-                id: "e2",
-                seq: Some(2),
-            },
-            &mut fx,
-        );
-        assert_eq!(g.cursor(), 2);
-    }
-
-    #[tokio::test]
-    async fn nack_delay_and_ack_deadline_use_timers() {
-        let mut h = Harness::new(0);
-        let a = h.join(1, 10);
-        h.live(&[event(1, "jobs.a")]);
-        deliveries(&a).await;
-        let (g, mut fx) = h.fx();
-        g.nack(holder(g, "e1"), None, Some(500), false, &mut fx);
-        h.now = 499;
-        h.fire_due();
-        assert!(deliveries(&a).await.is_empty());
-        h.now = 500;
-        h.fire_due();
-        assert_eq!(deliveries(&a).await, [("e1".to_owned(), 2)]);
-        // Not acknowledged within 1000 ms: delivered again.
-        h.now = 1500;
-        h.fire_due();
-        assert_eq!(deliveries(&a).await, [("e1".to_owned(), 3)]);
-        // WORKING pushes the deadline back.
-        h.now = 2000;
-        let (g, mut fx) = h.fx();
-        g.working(holder(g, "e1"), &mut fx);
-        h.now = 2600;
-        h.fire_due();
-        assert!(deliveries(&a).await.is_empty());
-        h.now = 3000;
-        h.fire_due();
-        // Third attempt timed out with max_deliver 3: dead.
-        assert!(deliveries(&a).await.is_empty());
-        assert_eq!(h.group.cursor(), 1);
-    }
-
-    #[tokio::test]
-    async fn disconnect_hands_inflight_events_to_other_members() {
-        let mut h = Harness::new(0);
-        let a = h.join(1, 10);
-        h.live(&[event(1, "jobs.a"), event(2, "jobs.a")]);
-        assert_eq!(ids(&deliveries(&a).await), ["e1", "e2"]);
-        let b = h.join(2, 10);
-        let (g, mut fx) = h.fx();
-        g.remove_member(1, &mut fx);
-        assert_eq!(
-            deliveries(&b).await,
-            [("e1".to_owned(), 2), ("e2".to_owned(), 2)]
-        );
-    }
-
-    #[tokio::test]
-    async fn events_the_acl_hides_from_every_member_count_as_done() {
-        let mut h = Harness::new(0);
-        let out = send_queue();
-        let member = Member::new(
-            1,
-            Arc::clone(&out),
-            Arc::new(Policy::from_scope_str("subscribe:jobs.a").unwrap()),
-            opts(10),
-        );
-        let (g, mut fx) = h.fx();
-        g.add_member(member, &mut fx);
-        h.live(&[event(1, "jobs.b"), event(2, "jobs.a")]);
-        assert_eq!(ids(&deliveries(&out).await), ["e2"]);
-        assert_eq!(h.group.cursor(), 1);
-    }
-
-    #[tokio::test]
-    async fn restored_done_marks_are_skipped_and_fetch_pages_fill_the_window() {
-        let pattern = Pattern::parse("jobs.*").unwrap();
-        let name = GroupName::parse("g").unwrap();
-        let record = GroupRecord {
-            key: GroupKey::new(&pattern, &name),
-            cursor: 1,
-            done_above: vec![3],
-            attempts_above: Vec::new(),
-        };
-        let mut timers = BTreeSet::new();
-        let mut group = GroupState::new(0, pattern, name, record, defaults());
-        let out = send_queue();
-        let counters = GroupCounters::default();
-        let mut fx = Effects {
-            now_mono: 0,
-            now_wall: 0,
-            timers: &mut timers,
-            counters: &counters,
-        };
-        group.add_member(
-            Member::new(1, Arc::clone(&out), Arc::new(Policy::allow_all()), opts(10)),
-            &mut fx,
-        );
-        let request = group.start_fetch().unwrap();
-        assert_eq!(request.after, 1);
-        assert!(group.start_fetch().is_none(), "one fetch at a time");
-        group.on_fetched(
-            &[event(2, "jobs.a"), event(3, "jobs.a"), event(4, "jobs.a")],
-            10,
-            12,
-            &mut fx,
-        );
-        assert_eq!(ids(&deliveries(&out).await), ["e2", "e4"]);
-        // Still behind (head 12 > 10): the next page starts after 10.
-        assert_eq!(group.start_fetch().unwrap().after, 10);
-        group.on_fetched(&[], 12, 12, &mut fx);
-        group.ack(holder(&group, "e2"), &mut fx);
-        group.ack(holder(&group, "e4"), &mut fx);
-        assert_eq!(group.cursor(), 12);
-        // Caught up: live events flow in.
-        group.on_live(&[event(13, "jobs.q")], &mut fx);
-        assert_eq!(ids(&deliveries(&out).await), ["e13"]);
-    }
-
-    #[tokio::test]
-    async fn replayed_dead_letter_is_delivered_from_attempt_one_and_removed_on_ack() {
-        let mut h = Harness::new(0);
-        let a = h.join(1, 10);
-        h.live(&[event(1, "jobs.a"), event(2, "jobs.a")]);
-        assert_eq!(ids(&deliveries(&a).await), ["e1", "e2"]);
-        let (g, mut fx) = h.fx();
-        g.nack(holder(g, "e1"), Some("bad"), None, true, &mut fx);
-        g.ack(holder(g, "e2"), &mut fx);
-        assert_eq!(g.cursor(), 2);
-        assert_eq!(g.take_update().unwrap().dead_letters.len(), 1);
-        // Replayed below the cursor: delivered again, attempt 1.
-        g.replay(event(1, "jobs.a"), &mut fx).unwrap();
-        assert_eq!(
-            g.replay(event(1, "jobs.a"), &mut fx),
-            Err(ReplayRefused::AlreadyPending)
-        );
-        assert_eq!(g.view().replaying, 1);
-        assert_eq!(deliveries(&a).await, [("e1".to_owned(), 1)]);
-        let (g, mut fx) = h.fx();
-        g.ack(holder(g, "e1"), &mut fx);
-        assert_eq!(g.cursor(), 2, "a replay never moves the cursor back");
-        let update = g.take_update().unwrap();
-        assert!(update.dead_letters.is_empty());
-        assert_eq!(update.removed_dead_letters.len(), 1);
-        assert_eq!(update.removed_dead_letters[0].seq, 1);
-        assert_eq!(g.view().replaying, 0);
-        assert_eq!(h.counters.replays.get(), 1);
-        assert_eq!(h.counters.dead_letters.get(), 1);
-    }
-
-    #[tokio::test]
-    async fn replay_that_dies_again_keeps_a_dead_letter_and_needs_a_member() {
-        let mut h = Harness::new(0);
-        let (g, mut fx) = h.fx();
-        assert_eq!(
-            g.replay(event(1, "jobs.a"), &mut fx),
-            Err(ReplayRefused::NoMembers)
-        );
-        let a = h.join(1, 10);
-        // Dead-lettered while e1 still holds the cursor: replayed in the window.
-        h.live(&[event(1, "jobs.a"), event(2, "jobs.a")]);
-        deliveries(&a).await;
-        let (g, mut fx) = h.fx();
-        g.nack(holder(g, "e2"), None, None, true, &mut fx);
-        assert_eq!(g.view().done_above, [2]);
-        g.replay(event(2, "jobs.a"), &mut fx).unwrap();
-        assert_eq!(deliveries(&a).await, [("e2".to_owned(), 1)]);
-        let (g, mut fx) = h.fx();
-        assert!(g.view().done_above.is_empty());
-        g.nack(holder(g, "e2"), Some("still bad"), None, true, &mut fx);
-        g.ack(holder(g, "e1"), &mut fx);
-        assert_eq!(g.cursor(), 2);
-        let update = g.take_update().unwrap();
-        assert_eq!(update.dead_letters.len(), 2);
-        assert_eq!(update.dead_letters[1].reason, "still bad");
-        assert_eq!(update.dead_letters[1].attempts, 1);
-        assert!(update.removed_dead_letters.is_empty());
-    }
-
-    /// The attempt changes a flush carries.
-    fn attempts_in(update: &GroupUpdate) -> Vec<(u64, u32)> {
-        update
-            .progress
-            .as_ref()
-            .map(|p| p.attempt_changes.clone())
-            .unwrap_or_default()
-    }
-
-    #[tokio::test]
-    async fn failed_attempts_are_durable_and_a_reloaded_group_counts_on() {
-        let mut h = Harness::new(0);
-        let a = h.join(1, 10);
-        h.live(&[event(1, "jobs.a"), event(2, "jobs.a"), event(3, "jobs.a")]);
-        assert_eq!(ids(&deliveries(&a).await), ["e1", "e2", "e3"]);
-        // A plain ACK records nothing.
-        let (g, mut fx) = h.fx();
-        g.ack(holder(g, "e1"), &mut fx);
-        assert_eq!(attempts_in(&g.take_update().unwrap()), []);
-        // The member leaves holding e2 and e3 (a page closed before its ACK).
-        g.remove_member(1, &mut fx);
-        let update = g.take_update().unwrap();
-        assert_eq!(attempts_in(&update), [(2, 1), (3, 1)]);
-        assert_eq!(update.progress.as_ref().unwrap().cursor, 1);
-        // A failed flush keeps them for the next one.
-        g.restore_update(update);
-        assert_eq!(attempts_in(&g.take_update().unwrap()), [(2, 1), (3, 1)]);
-
-        // The group is loaded again (evicted while idle, or a restart).
-        let pattern = Pattern::parse("jobs.*").unwrap();
-        let name = GroupName::parse("g").unwrap();
-        let record = GroupRecord {
-            key: GroupKey::new(&pattern, &name),
-            cursor: 1,
-            done_above: vec![],
-            attempts_above: vec![(2, 1), (3, 1)],
-        };
-        let mut reloaded = Harness::new(0);
-        reloaded.group = GroupState::new(0, pattern, name, record, defaults());
-        let b = reloaded.join(2, 10);
-        let (g, mut fx) = reloaded.fx();
-        let request = g.start_fetch().unwrap();
-        assert_eq!(request.after, 1);
-        g.on_fetched(&[event(2, "jobs.a")], 2, 3, &mut fx);
-        // e2 fails again (2 attempts used; already out for its third).
-        g.nack(holder(g, "e2"), None, Some(0), false, &mut fx);
-        let update = g.take_update().unwrap();
-        assert_eq!(attempts_in(&update), [(2, 2)]);
-        g.start_fetch().unwrap();
-        g.on_fetched(&[event(3, "jobs.a")], 3, 3, &mut fx);
-        assert_eq!(
-            deliveries(&b).await,
-            [
-                ("e2".to_owned(), 2),
-                ("e2".to_owned(), 3),
-                ("e3".to_owned(), 2)
-            ]
-        );
-        // Done events are forgotten.
-        g.ack(holder(g, "e2"), &mut fx);
-        g.ack(holder(g, "e3"), &mut fx);
-        let update = g.take_update().unwrap();
-        assert_eq!(attempts_in(&update), [(2, 0), (3, 0)]);
-        assert_eq!(update.progress.unwrap().cursor, 3);
-    }
-
-    #[tokio::test]
-    async fn failed_flush_keeps_marks_and_dead_letters() {
-        let mut h = Harness::new(0);
-        let a = h.join(1, 10);
-        h.live(&[event(1, "jobs.a"), event(2, "jobs.a")]);
-        deliveries(&a).await;
-        let (g, mut fx) = h.fx();
-        g.ack(holder(g, "e2"), &mut fx);
-        g.nack(holder(g, "e1"), None, None, true, &mut fx);
-        let update = g.take_update().unwrap();
-        assert!(g.take_update().is_none());
-        g.restore_update(update);
-        let again = g.take_update().unwrap();
-        assert_eq!(again.dead_letters.len(), 1);
-        assert_eq!(again.progress.unwrap().cursor, 2);
-    }
-}
+mod tests;

@@ -10,8 +10,11 @@
 //! `progress_flush_ms`) run in spawned tasks whose results come back as
 //! commands, so the broker never waits on IO.
 
+mod budget;
 mod committed;
 mod group;
+mod group_index;
+mod groups;
 mod live;
 mod snapshot;
 
@@ -20,17 +23,18 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use promhub_core::frames::{
-    self, ErrorFrame, Event, Group as GroupName, HubFrame, Rid, StartFrom, SubAck, UnsubAck,
+    self, Event, Group as GroupName, HubFrame, Rid, StartFrom, SubAck, UnsubAck,
 };
-use promhub_core::{ErrorCode, Pattern, Policy};
+use promhub_core::{Pattern, Policy};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use self::budget::GroupBudget;
 use self::committed::Committed;
 pub(crate) use self::group::{ConnId, GroupView, MemberOpts, MemberView, ReplayRefused};
-use self::group::{Effects, FETCH_SCAN_LIMIT, GroupId, GroupState, Member, Settle, TimerKey};
+use self::group::{GroupId, GroupState, Settle, TimerKey};
+use self::group_index::GroupIndex;
 pub(crate) use self::live::HoldLimits;
 use self::live::{LiveIndex, SnapshotStep};
 use self::snapshot::{PageReads, SnapshotPage, SnapshotReader};
@@ -38,11 +42,9 @@ use crate::config::GroupDefaults;
 use crate::metrics::{GroupCounters, Metrics};
 use crate::send_queue::SendQueue;
 use crate::store::writer::{CommittedEvents, GroupUpdate, StoreWriter};
-use crate::store::{GroupKey, GroupProgress, GroupRecord, Store, StoreError};
+use crate::store::{GroupKey, GroupRecord, Store, StoreError};
 use prometheus_client::metrics::counter::Counter;
 
-/// How long a group waits before retrying a failed store read.
-const FETCH_RETRY: Duration = Duration::from_secs(1);
 /// Commands handled per wake-up before timers get a look.
 const COMMANDS_PER_TURN: usize = 512;
 
@@ -62,10 +64,53 @@ pub(crate) struct SubscribeRequest {
     pub from: StartFrom,
     pub snapshot: bool,
     pub rid: Option<Rid>,
-    /// Fired once the broker has taken the subscription into account: the
+    /// Fired once the broker has taken the subscription into account (for
+    /// a group: once the group is open, or the SUBSCRIBE was refused): the
     /// connection waits for it before reading its next frame, so an event
-    /// published after this SUBSCRIBE (causally) is never missed.
-    pub registered: Option<oneshot::Sender<()>>,
+    /// published after this SUBSCRIBE (causally) is never missed, and a
+    /// refused subscription is not counted as one.
+    pub registered: Option<oneshot::Sender<Registration>>,
+}
+
+/// The broker's answer to [`Command::Inspect`].
+#[derive(Debug, Default)]
+pub(crate) struct Inspection {
+    pub groups: Vec<GroupView>,
+    pub buffer: BufferView,
+}
+
+/// The group buffer and the groups in memory, for the ops API.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub(crate) struct BufferView {
+    /// Bytes counted in the group buffer (bodies read ahead once each,
+    /// deliveries not yet settled, reservations for reads in flight).
+    pub bytes: usize,
+    /// `limits.group_buffer_bytes`.
+    pub limit: usize,
+    /// Event bodies held for their next delivery.
+    pub bodies: usize,
+    /// Groups waiting for room.
+    pub waiting: usize,
+    /// Groups loaded in memory, and those with members (they follow
+    /// live commits).
+    pub loaded_groups: usize,
+    pub following: usize,
+}
+
+/// What became of a SUBSCRIBE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Registration {
+    Subscribed,
+    /// Answered with an `ERR` (group cap, store failure).
+    Refused,
+}
+
+impl SubscribeRequest {
+    fn registered(&mut self, outcome: Registration) {
+        if let Some(registered) = self.registered.take() {
+            let _ = registered.send(outcome);
+        }
+    }
 }
 
 /// Subscriptions waiting for their group to be loaded or created.
@@ -129,9 +174,11 @@ pub(crate) enum Command {
         seq: u64,
         done: oneshot::Sender<()>,
     },
-    /// The live state of every loaded group (ops API).
+    /// The live state of the loaded groups among `keys`, or of every
+    /// loaded group (ops API).
     Inspect {
-        reply: oneshot::Sender<Vec<GroupView>>,
+        keys: Option<Vec<GroupKey>>,
+        reply: oneshot::Sender<Inspection>,
     },
     /// Deliver a dead-lettered event to the group again (ops API).
     Replay {
@@ -155,9 +202,16 @@ pub(crate) enum Command {
     },
     Fetched {
         gid: GroupId,
-        result: Result<(Vec<Event>, u64), StoreError>,
+        result: Result<(Vec<Arc<Committed>>, u64), StoreError>,
     },
     RetryFetch {
+        gid: GroupId,
+    },
+    BodiesRead {
+        gid: GroupId,
+        result: Result<Vec<Arc<Committed>>, StoreError>,
+    },
+    RetryBodies {
         gid: GroupId,
     },
     SnapshotPage {
@@ -189,14 +243,15 @@ impl BrokerHandle {
         }
     }
 
-    /// The live state of every group loaded in memory (groups with members,
-    /// or with changes not yet durable). Empty when the broker stopped.
-    pub async fn inspect(&self) -> Vec<GroupView> {
+    /// The live state of the groups loaded in memory (groups with members,
+    /// or with changes not yet durable) among `keys`, or of all of them.
+    /// Empty when the broker stopped.
+    pub async fn inspect(&self, keys: Option<Vec<GroupKey>>) -> Inspection {
         let (reply, answer) = oneshot::channel();
-        if self.send(Command::Inspect { reply }).await {
+        if self.send(Command::Inspect { keys, reply }).await {
             answer.await.unwrap_or_default()
         } else {
-            Vec::new()
+            Inspection::default()
         }
     }
 
@@ -230,6 +285,11 @@ pub(crate) struct BrokerSetup {
     /// The newest seq in the store at start.
     pub head: u64,
     pub metrics: Arc<Metrics>,
+    /// `limits.group_buffer_bytes`.
+    pub group_buffer_bytes: usize,
+    /// `limits.max_groups`, and the groups stored at start.
+    pub max_groups: usize,
+    pub stored_groups: u64,
 }
 
 /// Starts the broker task.
@@ -250,6 +310,12 @@ pub(crate) fn spawn(setup: BrokerSetup) -> (BrokerHandle, tokio::task::JoinHandl
         ),
         groups: HashMap::new(),
         group_ids: HashMap::new(),
+        group_index: GroupIndex::default(),
+        budget: GroupBudget::new(setup.group_buffer_bytes),
+        max_groups: setup.max_groups,
+        stored_groups: setup.stored_groups,
+        creating_groups: 0,
+        idle: HashSet::new(),
         next_group_id: 0,
         pending_groups: HashMap::new(),
         conns: HashMap::new(),
@@ -289,6 +355,16 @@ struct Broker {
     snapshot_reads: PageReads,
     groups: HashMap<GroupId, GroupState>,
     group_ids: HashMap<GroupKey, GroupId>,
+    /// Groups with members, by pattern: the ones a commit goes to.
+    group_index: GroupIndex,
+    /// The group buffer shared by every group.
+    budget: GroupBudget,
+    max_groups: usize,
+    /// Groups in the store, and creations in flight (the group cap).
+    stored_groups: u64,
+    creating_groups: u64,
+    /// Loaded groups without members: evicted once their state is durable.
+    idle: HashSet<GroupId>,
     next_group_id: GroupId,
     /// Subscriptions waiting for their group to be loaded or created.
     pending_groups: HashMap<GroupKey, PendingGroup>,
@@ -332,6 +408,7 @@ impl Broker {
                 () = sleep_until(wake), if wake.is_some() => {}
             }
             self.fire_timers();
+            self.wake_budget_waiters();
             self.maybe_flush();
             if self.shutdown.is_some() && !self.flush_in_flight && self.dirty.is_empty() {
                 if let Some(done) = self.shutdown.take() {
@@ -416,8 +493,25 @@ impl Broker {
                     self.waiting_for_head.push((seq, done));
                 }
             }
-            Command::Inspect { reply } => {
-                let _ = reply.send(self.groups.values().map(GroupState::view).collect());
+            Command::Inspect { keys, reply } => {
+                let groups = match keys {
+                    Some(keys) => keys
+                        .iter()
+                        .filter_map(|key| self.group_ids.get(key))
+                        .filter_map(|gid| self.groups.get(gid))
+                        .map(GroupState::view)
+                        .collect(),
+                    None => self.groups.values().map(GroupState::view).collect(),
+                };
+                let buffer = BufferView {
+                    bytes: self.budget.used(),
+                    limit: self.budget.limit(),
+                    bodies: self.budget.body_count(),
+                    waiting: self.budget.waiting(),
+                    loaded_groups: self.groups.len(),
+                    following: self.group_index.len(),
+                };
+                let _ = reply.send(Inspection { groups, buffer });
             }
             Command::Replay { key, event, reply } => {
                 let result = match self.group_ids.get(&key) {
@@ -442,6 +536,10 @@ impl Broker {
             } => self.group_created(key, cursor, result),
             Command::Fetched { gid, result } => self.fetched(gid, result),
             Command::RetryFetch { gid } => self.maybe_fetch(gid),
+            Command::BodiesRead { gid, result } => self.bodies_read(gid, result),
+            Command::RetryBodies { gid } => {
+                self.with_group(gid, |group, fx| group.pump(fx));
+            }
             Command::SnapshotPage { reader, result } => self.snapshot_page(reader, result),
             Command::Flushed { results } => self.flushed(results),
         }
@@ -469,9 +567,9 @@ impl Broker {
             self.head = self.head.max(last.seq);
         }
         self.live_deliveries.inc_by(self.live.fan_out(&committed));
-        let gids: Vec<GroupId> = self.groups.keys().copied().collect();
-        for gid in gids {
-            self.with_group(gid, |group, fx| group.on_live(&committed, fx));
+        let upto = self.head;
+        for (gid, events) in self.group_index.matching(&committed) {
+            self.with_group(gid, |group, fx| group.on_live(&events, upto, fx));
         }
         if !self.waiting_for_head.is_empty() {
             let head = self.head;
@@ -486,76 +584,9 @@ impl Broker {
     }
 
     // -----------------------------------------------------------------
-    // Groups: access helpers
-
-    /// Runs `f` on a group with its effects, then takes care of what may
-    /// follow: a store read when it fell behind, a flush when it changed.
-    fn with_group<R>(
-        &mut self,
-        gid: GroupId,
-        f: impl FnOnce(&mut GroupState, &mut Effects<'_>) -> R,
-    ) -> Option<R> {
-        let now_mono = self.mono_ms();
-        let now_wall = crate::clock::now_ms();
-        let group = self.groups.get_mut(&gid)?;
-        let mut fx = Effects {
-            now_mono,
-            now_wall,
-            timers: &mut self.timers,
-            counters: &self.counters,
-        };
-        let result = f(group, &mut fx);
-        let dirty = group.is_dirty();
-        if dirty {
-            self.mark_dirty(gid);
-        }
-        self.maybe_fetch(gid);
-        Some(result)
-    }
-
-    /// Like [`Broker::with_group`] for a group `conn` is a member of;
-    /// ignored otherwise (answers for unknown subscriptions are ignored).
-    fn with_member_group(
-        &mut self,
-        conn: ConnId,
-        key: &GroupKey,
-        f: impl FnOnce(&mut GroupState, &mut Effects<'_>),
-    ) {
-        let Some(&gid) = self.group_ids.get(key) else {
-            return;
-        };
-        if !self.groups.get(&gid).is_some_and(|g| g.is_member(conn)) {
-            return;
-        }
-        self.with_group(gid, f);
-    }
-
-    fn mark_dirty(&mut self, gid: GroupId) {
-        self.dirty.insert(gid);
-        if self.flush_due.is_none() {
-            self.flush_due =
-                Some(Instant::now() + Duration::from_millis(self.defaults.progress_flush_ms));
-        }
-    }
-
-    fn fire_timers(&mut self) {
-        let now = self.mono_ms();
-        while let Some(&(due, gid, seq)) = self.timers.first() {
-            if due > now {
-                break;
-            }
-            self.timers.pop_first();
-            self.with_group(gid, |group, fx| group.on_timer(seq, due, fx));
-        }
-    }
-
-    // -----------------------------------------------------------------
     // Subscribe / unsubscribe
 
-    fn subscribe(&mut self, mut request: SubscribeRequest) {
-        if let Some(registered) = request.registered.take() {
-            let _ = registered.send(());
-        }
+    fn subscribe(&mut self, request: SubscribeRequest) {
         let conn = self.conns.entry(request.conn).or_default();
         conn.send_queue = Some(Arc::clone(&request.send_queue));
         let Some(group) = request.group.clone() else {
@@ -586,7 +617,8 @@ impl Broker {
         });
     }
 
-    fn subscribe_live(&mut self, request: SubscribeRequest) {
+    fn subscribe_live(&mut self, mut request: SubscribeRequest) {
+        request.registered(Registration::Subscribed);
         let conn = self.conns.entry(request.conn).or_default();
         if !conn.live.contains(&request.pattern) {
             conn.live.push(request.pattern.clone());
@@ -637,134 +669,6 @@ impl Broker {
                     .abandon_snapshot(reader.conn, &reader.pattern, reader.id);
             }
         }
-    }
-
-    fn group_loaded(&mut self, key: GroupKey, result: Result<Option<GroupRecord>, StoreError>) {
-        match result {
-            Ok(Some(record)) => self.open_group(key, record),
-            Ok(None) => {
-                let Some((first, head)) = self
-                    .pending_groups
-                    .get(&key)
-                    .and_then(|p| p.waiting.first().map(|first| (first, p.head)))
-                else {
-                    // Everyone waiting left; nothing to create.
-                    self.pending_groups.remove(&key);
-                    return;
-                };
-                let cursor = match first.from {
-                    StartFrom::Latest => head,
-                    StartFrom::Earliest => 0,
-                    StartFrom::Seq(seq) => seq.saturating_sub(1),
-                };
-                // The group exists once it is durable: SUBACK waits for it,
-                // so a restart never moves a new group's starting point.
-                let writer = self.writer.clone();
-                let commands = self.commands.clone();
-                tokio::spawn(async move {
-                    let result = writer
-                        .record_progress(GroupProgress {
-                            key: key.clone(),
-                            cursor,
-                            done_above: Vec::new(),
-                            attempt_changes: Vec::new(),
-                        })
-                        .await;
-                    let _ = commands
-                        .send(Command::GroupCreated {
-                            key,
-                            cursor,
-                            result,
-                        })
-                        .await;
-                });
-            }
-            Err(e) => self.fail_pending(&key, &e),
-        }
-    }
-
-    fn group_created(&mut self, key: GroupKey, cursor: u64, result: Result<(), StoreError>) {
-        match result {
-            Ok(()) => {
-                let record = GroupRecord {
-                    key: key.clone(),
-                    cursor,
-                    done_above: Vec::new(),
-                    attempts_above: Vec::new(),
-                };
-                self.open_group(key, record);
-            }
-            Err(e) => self.fail_pending(&key, &e),
-        }
-    }
-
-    fn fail_pending(&mut self, key: &GroupKey, error: &StoreError) {
-        tracing::error!(error = %error, pattern = %key.pattern, group = %key.group, "cannot open group");
-        let waiting = self
-            .pending_groups
-            .remove(key)
-            .map(|p| p.waiting)
-            .unwrap_or_default();
-        for request in waiting {
-            reply(
-                &request.send_queue,
-                HubFrame::Err(ErrorFrame::new(
-                    ErrorCode::Internal,
-                    "the group's state could not be loaded; try again",
-                    request.rid,
-                )),
-            );
-        }
-    }
-
-    fn open_group(&mut self, key: GroupKey, record: GroupRecord) {
-        let waiting = self
-            .pending_groups
-            .remove(&key)
-            .map(|p| p.waiting)
-            .unwrap_or_default();
-        let Some(first) = waiting.first() else {
-            return;
-        };
-        let (Some(name), pattern) = (first.group.clone(), first.pattern.clone()) else {
-            return;
-        };
-        let gid = self.next_group_id;
-        self.next_group_id = self.next_group_id.wrapping_add(1);
-        let state = GroupState::new(gid, pattern, name, record, Arc::clone(&self.defaults));
-        self.groups.insert(gid, state);
-        self.group_ids.insert(key, gid);
-        for request in waiting {
-            self.join(gid, request);
-        }
-    }
-
-    fn join(&mut self, gid: GroupId, request: SubscribeRequest) {
-        let Some(group) = self.groups.get(&gid) else {
-            return;
-        };
-        // SUBACK goes out before any EVENT of the subscription.
-        reply(
-            &request.send_queue,
-            HubFrame::Suback(SubAck {
-                rid: request.rid.clone(),
-                topic: request.pattern.clone(),
-                group: request.group.clone(),
-                from_seq: group.cursor() + 1,
-            }),
-        );
-        let conn = self.conns.entry(request.conn).or_default();
-        if !conn.groups.contains(&gid) {
-            conn.groups.push(gid);
-        }
-        let member = Member::new(
-            request.conn,
-            request.send_queue,
-            request.policy,
-            request.opts,
-        )
-        .sharing_bytes(request.group_bytes);
-        self.with_group(gid, |group, fx| group.add_member(member, fx));
     }
 
     fn unsubscribe(
@@ -837,136 +741,6 @@ impl Broker {
         }
         for gid in subs.groups {
             self.with_group(gid, |group, fx| group.remove_member(conn, fx));
-        }
-    }
-
-    // -----------------------------------------------------------------
-    // Store pages for groups that are behind
-
-    fn maybe_fetch(&mut self, gid: GroupId) {
-        let Some(group) = self.groups.get_mut(&gid) else {
-            return;
-        };
-        let Some(request) = group.start_fetch() else {
-            return;
-        };
-        let store = Arc::clone(&self.store);
-        let commands = self.commands.clone();
-        let pattern = group.pattern.clone();
-        tokio::spawn(async move {
-            let result = store
-                .read_after(
-                    request.after,
-                    Some(&pattern),
-                    request.limit,
-                    FETCH_SCAN_LIMIT,
-                )
-                .await;
-            let _ = commands.send(Command::Fetched { gid, result }).await;
-        });
-    }
-
-    fn fetched(&mut self, gid: GroupId, result: Result<(Vec<Event>, u64), StoreError>) {
-        let head = self.head;
-        match result {
-            Ok((events, last_examined)) => {
-                let committed: Vec<Arc<Committed>> =
-                    events.iter().map(Committed::from_event).collect();
-                self.with_group(gid, |group, fx| {
-                    group.on_fetched(&committed, last_examined, head, fx);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "reading events for a group failed; retrying");
-                if let Some(group) = self.groups.get_mut(&gid) {
-                    group.on_fetch_failed();
-                }
-                let commands = self.commands.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(FETCH_RETRY).await;
-                    let _ = commands.send(Command::RetryFetch { gid }).await;
-                });
-            }
-        }
-    }
-
-    // -----------------------------------------------------------------
-    // Making group state durable
-
-    fn maybe_flush(&mut self) {
-        let Some(due) = self.flush_due else {
-            return;
-        };
-        if self.flush_in_flight || Instant::now() < due {
-            return;
-        }
-        self.flush_due = None;
-        let mut updates = Vec::new();
-        for gid in std::mem::take(&mut self.dirty) {
-            if let Some(update) = self.groups.get_mut(&gid).and_then(GroupState::take_update) {
-                updates.push((gid, update));
-            }
-        }
-        if updates.is_empty() {
-            for done in self.waiting_for_next_flush.drain(..) {
-                let _ = done.send(());
-            }
-            return;
-        }
-        self.flush_in_flight = true;
-        self.waiting_for_current_flush = std::mem::take(&mut self.waiting_for_next_flush);
-        let writer = self.writer.clone();
-        let commands = self.commands.clone();
-        tokio::spawn(async move {
-            // One request per group: each group's dead letters are durable
-            // together with the cursor that passes them.
-            let results = join_all(updates.into_iter().map(|(gid, update)| {
-                let writer = writer.clone();
-                async move {
-                    let result = writer.update_group(update.clone()).await;
-                    (gid, update, result)
-                }
-            }))
-            .await;
-            let _ = commands.send(Command::Flushed { results }).await;
-        });
-    }
-
-    fn flushed(&mut self, results: Vec<(GroupId, GroupUpdate, Result<(), StoreError>)>) {
-        self.flush_in_flight = false;
-        for (gid, update, result) in results {
-            if let Err(e) = result {
-                tracing::error!(error = %e, "saving group progress failed; will retry");
-                if let Some(group) = self.groups.get_mut(&gid) {
-                    group.restore_update(update);
-                    self.mark_dirty(gid);
-                }
-            }
-        }
-        for done in self.waiting_for_current_flush.drain(..) {
-            let _ = done.send(());
-        }
-        if !self.waiting_for_next_flush.is_empty() {
-            self.flush_due = Some(Instant::now());
-        }
-        self.evict_idle_groups();
-    }
-
-    /// Forgets groups nobody is subscribed to once their state is durable;
-    /// they are loaded again from the store on the next SUBSCRIBE.
-    fn evict_idle_groups(&mut self) {
-        let idle: Vec<GroupId> = self
-            .groups
-            .iter()
-            .filter(|(gid, g)| {
-                !g.has_members() && !g.is_dirty() && !g.is_fetching() && !self.dirty.contains(gid)
-            })
-            .map(|(&gid, _)| gid)
-            .collect();
-        for gid in idle {
-            if let Some(group) = self.groups.remove(&gid) {
-                self.group_ids.remove(&group.key);
-            }
         }
     }
 }

@@ -27,12 +27,16 @@ use self::auth::Admin;
 use self::status::{GroupStatus, lag, status};
 use crate::auth::Secret;
 use crate::authn::Authenticator;
-use crate::broker::{BrokerHandle, GroupView, ReplayRefused};
+use crate::broker::{BrokerHandle, BufferView, GroupView, ReplayRefused};
 use crate::metrics::{self, GroupLag, Metrics};
 use crate::store::{DeadLetter, GroupKey, GroupRecord, Store, StoreError};
 
 /// Most dead letters one `/dead-letters` page returns.
 const MAX_DEAD_LETTER_PAGE: usize = 1000;
+/// Groups one `/groups` page returns by default, and at most (each costs a
+/// few index lookups).
+const DEFAULT_GROUPS_PAGE: usize = 100;
+const MAX_GROUPS_PAGE: usize = 1000;
 /// Groups whose lag one `/metrics` scrape computes at most (each costs a
 /// few index lookups).
 const MAX_GROUPS_PER_SCRAPE: usize = 1000;
@@ -137,12 +141,14 @@ fn group_key(topic: &str, group: &str) -> Result<GroupKey, OpsError> {
     Ok(GroupKey::new(&pattern, &group))
 }
 
-/// The broker's live view of every loaded group, by key.
-async fn views(state: &OpsState) -> HashMap<GroupKey, GroupView> {
+/// The broker's live view of the loaded groups among `keys` (all when
+/// `None`), by key.
+async fn views(state: &OpsState, keys: Option<Vec<GroupKey>>) -> HashMap<GroupKey, GroupView> {
     state
         .broker
-        .inspect()
+        .inspect(keys)
         .await
+        .groups
         .into_iter()
         .map(|v| (v.key.clone(), v))
         .collect()
@@ -170,7 +176,7 @@ async fn readyz(_admin: Admin, State(state): State<OpsState>) -> Result<Response
 
 async fn metrics_text(_admin: Admin, State(state): State<OpsState>) -> Result<Response, OpsError> {
     let records = state.store.groups().await?;
-    let views = views(&state).await;
+    let views = views(&state, None).await;
     let now = crate::clock::now_ms();
     let mut lags = Vec::new();
     for record in records.iter().take(MAX_GROUPS_PER_SCRAPE) {
@@ -207,13 +213,39 @@ async fn cursors(
 ) -> Result<Json<CursorsAnswer>, OpsError> {
     let Query(query) = query.map_err(bad_query)?;
     let pattern = parse_pattern(&query.topic)?;
-    let views = views(&state).await;
+    // The groups of one pattern, page by page in key order: never every
+    // group of the hub.
+    let mut records = Vec::new();
+    let mut after = GroupKey {
+        pattern: pattern.as_str().to_owned(),
+        group: String::new(),
+    };
+    loop {
+        let page = state
+            .store
+            .groups_page(Some(&after), MAX_GROUPS_PAGE)
+            .await?;
+        let mut ended = page.len() < MAX_GROUPS_PAGE;
+        for record in page {
+            if record.key.pattern != pattern.as_str() {
+                ended = true;
+                break;
+            }
+            records.push(record);
+        }
+        match records.last() {
+            Some(last) if !ended => after = last.key.clone(),
+            _ => break,
+        }
+    }
+    let views = views(
+        &state,
+        Some(records.iter().map(|r| r.key.clone()).collect()),
+    )
+    .await;
     let now = crate::clock::now_ms();
     let mut groups = Vec::new();
-    for record in state.store.groups().await? {
-        if record.key.pattern != pattern.as_str() {
-            continue;
-        }
+    for record in records {
         let view = views.get(&record.key);
         groups.push(status(state.store.as_ref(), &record.key, view, Some(&record), now).await?);
     }
@@ -237,10 +269,11 @@ async fn find_group(
 ) -> Result<(Option<GroupRecord>, Option<GroupView>), OpsError> {
     let view = state
         .broker
-        .inspect()
+        .inspect(Some(vec![key.clone()]))
         .await
+        .groups
         .into_iter()
-        .find(|v| &v.key == key);
+        .next();
     let record = state.store.load_group(key).await?;
     if record.is_none() && view.is_none() {
         return Err(OpsError::NotFound(format!(
@@ -280,6 +313,8 @@ async fn lag_of_group(
         "lag_events": lag.events,
         "lag_ms": lag.ms,
         "oldest_pending_seq": lag.oldest_pending_seq,
+        "blocked": lag.blocked,
+        "oldest_blocked_seq": lag.oldest_blocked_seq,
     })))
 }
 
@@ -318,34 +353,84 @@ struct GroupsAnswer {
     connections: i64,
     /// Events stored since the hub started.
     publishes: u64,
+    /// Stored groups (all pages).
+    total: u64,
+    /// One page of groups in (pattern, group) order.
     groups: Vec<GroupStatus>,
+    /// `after` for the next page; `null` on the last one.
+    next_after: Option<String>,
+    /// The group buffer shared by every group.
+    group_buffer: BufferView,
+}
+
+#[derive(Debug, Deserialize)]
+struct GroupsQuery {
+    /// Groups per page (default 100, at most 1000).
+    limit: Option<usize>,
+    /// The page after this group, as `PATTERN GROUP` (the previous page's
+    /// `next_after`; neither contains whitespace).
+    after: Option<String>,
+}
+
+/// `PATTERN GROUP` → the group key.
+fn parse_after(after: &str) -> Result<GroupKey, OpsError> {
+    let (topic, group) = after.split_once(' ').ok_or_else(|| {
+        OpsError::BadRequest(format!(
+            "after {after:?}: expected \"PATTERN GROUP\" (a page's next_after)"
+        ))
+    })?;
+    group_key(topic, group)
 }
 
 async fn groups(
     _admin: Admin,
     State(state): State<OpsState>,
+    query: Result<Query<GroupsQuery>, QueryRejection>,
 ) -> Result<Json<GroupsAnswer>, OpsError> {
-    let mut views = views(&state).await;
+    let Query(query) = query.map_err(bad_query)?;
+    let limit = query
+        .limit
+        .unwrap_or(DEFAULT_GROUPS_PAGE)
+        .clamp(1, MAX_GROUPS_PAGE);
+    let after = query.after.as_deref().map(parse_after).transpose()?;
+    let records = state.store.groups_page(after.as_ref(), limit).await?;
+    let inspection = state
+        .broker
+        .inspect(Some(records.iter().map(|r| r.key.clone()).collect()))
+        .await;
+    let mut views: HashMap<GroupKey, GroupView> = inspection
+        .groups
+        .into_iter()
+        .map(|v| (v.key.clone(), v))
+        .collect();
     let now = crate::clock::now_ms();
-    let mut groups = Vec::new();
-    for record in state.store.groups().await? {
+    let mut groups = Vec::with_capacity(records.len());
+    for record in &records {
         let view = views.remove(&record.key);
         groups.push(
             status(
                 state.store.as_ref(),
                 &record.key,
                 view.as_ref(),
-                Some(&record),
+                Some(record),
                 now,
             )
             .await?,
         );
     }
-    groups.sort_by(|a, b| (&a.topic, &a.group).cmp(&(&b.topic, &b.group)));
+    let next_after = match records.last() {
+        Some(last) if records.len() == limit => {
+            Some(format!("{} {}", last.key.pattern, last.key.group))
+        }
+        _ => None,
+    };
     Ok(Json(GroupsAnswer {
         connections: state.metrics.connections_open.get(),
         publishes: state.metrics.publishes.get(),
+        total: state.store.group_count().await?,
         groups,
+        next_after,
+        group_buffer: inspection.buffer,
     }))
 }
 

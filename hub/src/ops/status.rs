@@ -57,6 +57,15 @@ pub(crate) struct GroupStatus {
     pub dead_letters: u64,
     /// Dead letters being delivered again.
     pub replaying: usize,
+    /// Events no connected member may read (semantics.md §2): they stay
+    /// pending, counted in the lag and holding the cursor, until a member
+    /// whose policy allows them connects. 0 for a group not loaded.
+    pub blocked: usize,
+    /// The oldest of them.
+    pub oldest_blocked_seq: Option<u64>,
+    /// Bytes the group holds in the group buffer (bodies read ahead,
+    /// deliveries not yet settled).
+    pub buffered_bytes: usize,
     /// ACKs and deliveries since the broker loaded the group.
     pub acked: u64,
     pub delivered: u64,
@@ -68,6 +77,9 @@ pub(crate) struct Lag {
     pub events: u64,
     pub ms: u64,
     pub oldest_pending_seq: Option<u64>,
+    /// Of the events counted, those no connected member may read.
+    pub blocked: usize,
+    pub oldest_blocked_seq: Option<u64>,
 }
 
 /// Cursor and done marks: the broker's live ones for a loaded group, else
@@ -120,6 +132,8 @@ pub(crate) async fn lag(
         events,
         ms: oldest.map_or(0, |(_, ts)| now.saturating_sub(ts)),
         oldest_pending_seq: oldest.map(|(seq, _)| seq),
+        blocked: view.map_or(0, |v| v.blocked),
+        oldest_blocked_seq: view.and_then(|v| v.oldest_blocked),
     })
 }
 
@@ -154,6 +168,9 @@ pub(crate) async fn status(
         members,
         dead_letters: store.dead_letter_count(key).await?,
         replaying: view.map_or(0, |v| v.replaying),
+        blocked: lag.blocked,
+        oldest_blocked_seq: lag.oldest_blocked_seq,
+        buffered_bytes: view.map_or(0, |v| v.buffered_bytes),
         acked: view.map_or(0, |v| v.acked),
         delivered: view.map_or(0, |v| v.delivered),
     })

@@ -601,6 +601,146 @@ pub(crate) async fn read_after(factory: &dyn StoreFactory) -> Result<()> {
     Ok(())
 }
 
+pub(crate) async fn read_after_bounded(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    let mut events = Vec::new();
+    for i in 0..12 {
+        let t = if i % 2 == 0 { "big.a" } else { "big.b" };
+        events.push(event(t, None, &"x".repeat(1000 + i)));
+    }
+    let out = commit_events(store.as_ref(), events).await?;
+    let seqs: Vec<u64> = out
+        .iter()
+        .map(|a| stored(a).map(|e| e.seq))
+        .collect::<Result<_>>()?;
+    let one = {
+        let (first, _) = store.read_after(0, None, 1, 1).await?;
+        super::event_bytes(first.first().context("an event")?)
+    };
+    ensure!(one > 1000, "the payload counts: {one}");
+    // Every pattern shape stops at the event that reaches the byte bound
+    // and continues from there.
+    for p in [None, Some(pattern("big.a")), Some(pattern("big.*"))] {
+        let matching: Vec<u64> = match &p {
+            Some(p) if p.as_str() == "big.a" => seqs.iter().copied().step_by(2).collect(),
+            _ => seqs.clone(),
+        };
+        let (page, upto) = store
+            .read_after_bounded(0, p.as_ref(), 100, 3 * one, 100)
+            .await?;
+        ensure!(
+            page.len() == 3,
+            "{p:?}: three events reach 3 x {one} bytes, got {}",
+            page.len()
+        );
+        ensure!(page.iter().map(|e| e.seq).eq(matching[..3].iter().copied()));
+        ensure!(
+            upto == page[2].seq,
+            "{p:?}: continue after the last returned"
+        );
+        // One byte: exactly one event, however large.
+        let (page, upto) = store
+            .read_after_bounded(upto, p.as_ref(), 100, 1, 100)
+            .await?;
+        ensure!(page.len() == 1 && page[0].seq == matching[3] && upto == matching[3]);
+        // The count limit still applies, and no bound reads to the end.
+        let (page, _) = store
+            .read_after_bounded(0, p.as_ref(), 2, usize::MAX, 100)
+            .await?;
+        ensure!(page.len() == 2);
+        let (page, upto) = store
+            .read_after_bounded(0, p.as_ref(), 100, usize::MAX, 100)
+            .await?;
+        ensure!(page.len() == matching.len() && upto == *seqs.last().unwrap());
+    }
+    store.close().await?;
+    Ok(())
+}
+
+pub(crate) async fn events_by_seq(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    let seqs = append_each(
+        store.as_ref(),
+        (0..5)
+            .map(|i| event("jobs.a", None, &format!("{i}")))
+            .collect(),
+    )
+    .await?;
+    // Any order in, seq order out; unknown and duplicate seqs are left out.
+    let found = store
+        .events_by_seq(&[seqs[3], 0, seqs[1], seqs[3], seqs[4] + 100])
+        .await?;
+    ensure!(
+        found.iter().map(|e| e.seq).eq([seqs[1], seqs[3]]),
+        "{:?}",
+        found.iter().map(|e| e.seq).collect::<Vec<_>>()
+    );
+    let (all, _) = store.read_after(0, None, 10, 10).await?;
+    ensure!(found[0] == all[1] && found[1] == all[3], "the whole event");
+    ensure!(store.events_by_seq(&[]).await?.is_empty());
+    store.close().await?;
+    Ok(())
+}
+
+pub(crate) async fn groups_paged(factory: &dyn StoreFactory) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
+    ensure!(store.group_count().await? == 0);
+    ensure!(store.groups_page(None, 10).await?.is_empty());
+    // Created out of order; pages come in (pattern, group) order.
+    let keys = [
+        ("b.*", "x"),
+        ("a.*", "z"),
+        ("a.**", "a"),
+        ("a.*", "b"),
+        ("a", "q"),
+    ];
+    let progress = keys
+        .iter()
+        .enumerate()
+        .map(|(i, (p, g))| GroupProgress {
+            key: group_key(p, g),
+            cursor: i as u64,
+            done_above: vec![100 + i as u64],
+            attempt_changes: vec![(200, 2)],
+        })
+        .collect();
+    store
+        .commit(CommitBatch {
+            progress,
+            ..CommitBatch::default()
+        })
+        .await?;
+    ensure!(store.group_count().await? == 5);
+    let mut sorted: Vec<GroupKey> = keys.iter().map(|(p, g)| group_key(p, g)).collect();
+    sorted.sort();
+    let mut seen = Vec::new();
+    let mut after: Option<GroupKey> = None;
+    loop {
+        let page = store.groups_page(after.as_ref(), 2).await?;
+        ensure!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some(last.key.clone());
+        seen.extend(page);
+    }
+    ensure!(
+        seen.iter().map(|r| &r.key).eq(sorted.iter()),
+        "{:?}",
+        seen.iter().map(|r| &r.key).collect::<Vec<_>>()
+    );
+    // The same records as one group's load.
+    for record in &seen {
+        ensure!(Some(record) == store.load_group(&record.key).await?.as_ref());
+        ensure!(record.done_above.len() == 1 && record.attempts_above == vec![(200, 2)]);
+    }
+    let rest = store.groups_page(Some(&group_key("a.*", "b")), 100).await?;
+    ensure!(rest.iter().map(|r| &r.key).eq(sorted[2..].iter()));
+    store.close().await?;
+    Ok(())
+}
+
 pub(crate) async fn group_progress(factory: &dyn StoreFactory) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let store = factory.open(dir.path(), DEFAULT_WINDOW).await?;
@@ -1323,7 +1463,10 @@ macro_rules! all_conformance_tests {
             latest_by_key,
             latest_by_key_pages,
             read_after,
+            read_after_bounded,
+            events_by_seq,
             group_progress,
+            groups_paged,
             group_attempts,
             retention,
             retention_visits_topics_in_bounded_calls,

@@ -436,6 +436,26 @@ impl Default for PageLimits {
     }
 }
 
+/// The size [`Store::read_after_bounded`] counts for an event: its
+/// payload, id, topic, key and metadata, as they appear in a delivery.
+pub fn event_bytes(event: &Event) -> usize {
+    let strings = |list: &Option<Vec<String>>| {
+        list.as_ref()
+            .map_or(0, |l| l.iter().map(|s| s.len() + 3).sum::<usize>())
+    };
+    let headers = event.headers.as_ref().map_or(0, |h| {
+        h.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>()
+    });
+    event.payload.get().len()
+        + event.id.len()
+        + event.topic.as_str().len()
+        + event.key.as_ref().map_or(0, String::len)
+        + event.sid.as_ref().map_or(0, String::len)
+        + strings(&event.tags)
+        + strings(&event.caused_by)
+        + headers
+}
+
 /// Durable storage for the hub.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -470,7 +490,30 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         pattern: Option<&Pattern>,
         limit: usize,
         scan_limit: usize,
+    ) -> Result<(Vec<Event>, u64), StoreError> {
+        self.read_after_bounded(after, pattern, limit, usize::MAX, scan_limit)
+            .await
+    }
+
+    /// [`Store::read_after`] that also stops after the event that brings
+    /// the [`event_bytes`] of the events returned to `max_bytes` or more
+    /// (so one event is returned however large it is): a consumer group
+    /// reads ahead within its share of the group buffer, not a fixed count
+    /// of events of any size.
+    async fn read_after_bounded(
+        &self,
+        after: u64,
+        pattern: Option<&Pattern>,
+        limit: usize,
+        max_bytes: usize,
+        scan_limit: usize,
     ) -> Result<(Vec<Event>, u64), StoreError>;
+
+    /// The retained, durable events among `seqs`, in `seq` order (seqs
+    /// that are unknown, removed by retention or not durable yet are left
+    /// out). A group reads the bodies of redeliveries this way: it does not
+    /// keep an event it has handed to a member.
+    async fn events_by_seq(&self, seqs: &[u64]) -> Result<Vec<Event>, StoreError>;
 
     /// The event with this `seq`, if retained.
     async fn get(&self, seq: u64) -> Result<Option<Event>, StoreError>;
@@ -522,6 +565,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Every known group.
     async fn groups(&self) -> Result<Vec<GroupRecord>, StoreError>;
+
+    /// At most `limit` groups whose key sorts after `after` (all when
+    /// `None`), in key order (pattern, then group name): the ops API pages
+    /// through many groups without loading them all.
+    async fn groups_page(
+        &self,
+        after: Option<&GroupKey>,
+        limit: usize,
+    ) -> Result<Vec<GroupRecord>, StoreError>;
+
+    /// Number of stored groups (the hub's `limits.max_groups`).
+    async fn group_count(&self) -> Result<u64, StoreError>;
 
     /// Dead letters of one group with `seq > after_seq`, in `seq` order, at
     /// most `limit` (page with the last `seq` returned).

@@ -39,7 +39,7 @@ use self::writer::SqliteWriter;
 use super::topic_filter::{TopicFilter, literal_prefix};
 use super::{
     CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupRecord, LatestCursor, LatestPage,
-    PageLimits, PendingCommit, RetentionPass, RetentionPolicy, Store, StoreError,
+    PageLimits, PendingCommit, RetentionPass, RetentionPolicy, Store, StoreError, event_bytes,
 };
 
 /// File name of the database inside the data dir.
@@ -573,6 +573,42 @@ fn group_key_of(row: &Row<'_>) -> Result<GroupKey, StoreError> {
     })
 }
 
+/// A group's record: its cursor with the done marks and recorded attempts
+/// above it.
+fn group_record_in(
+    tx: &rusqlite::Transaction<'_>,
+    key: GroupKey,
+    cursor: i64,
+) -> Result<GroupRecord, StoreError> {
+    let mut stmt = tx
+        .prepare_cached("SELECT seq FROM group_done WHERE pattern = ?1 AND grp = ?2 ORDER BY seq")
+        .map_err(backend)?;
+    let done_above = stmt
+        .query_map(params![key.pattern, key.group], |row| row.get::<_, i64>(0))
+        .map_err(backend)?
+        .map(|r| r.map(from_sql_int).map_err(backend))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT seq, attempts FROM group_attempts
+             WHERE pattern = ?1 AND grp = ?2 AND seq > ?3 ORDER BY seq",
+        )
+        .map_err(backend)?;
+    let attempts_above = stmt
+        .query_map(params![key.pattern, key.group, cursor], |row| {
+            Ok((from_sql_int(row.get(0)?), row.get::<_, u32>(1)?))
+        })
+        .map_err(backend)?
+        .map(|r| r.map_err(backend))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(GroupRecord {
+        key,
+        cursor: from_sql_int(cursor),
+        done_above,
+        attempts_above,
+    })
+}
+
 /// `tord` of a topic's first retained event.
 fn first_topic_ordinal(
     tx: &rusqlite::Transaction<'_>,
@@ -641,11 +677,12 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn read_after(
+    async fn read_after_bounded(
         &self,
         after: u64,
         pattern: Option<&Pattern>,
         limit: usize,
+        max_bytes: usize,
         scan_limit: usize,
     ) -> Result<(Vec<Event>, u64), StoreError> {
         if limit == 0 {
@@ -685,10 +722,16 @@ impl Store for SqliteStore {
                         }
                     }
                     .map_err(backend)?;
+                    let mut bytes = 0usize;
                     while let Some(row) = rows.next().map_err(backend)? {
-                        events.push(event_from_row(row)?);
+                        let event = event_from_row(row)?;
+                        bytes = bytes.saturating_add(event_bytes(&event));
+                        events.push(event);
+                        if bytes >= max_bytes {
+                            break;
+                        }
                     }
-                    if events.len() == limit {
+                    if events.len() == limit || bytes >= max_bytes {
                         let last = events.last().map_or(after, |e| e.seq);
                         return Ok((events, last));
                     }
@@ -710,6 +753,7 @@ impl Store for SqliteStore {
                         .map_err(backend)?;
                     let mut examined = 0usize;
                     let mut last_examined = after;
+                    let mut bytes = 0usize;
                     while let Some(row) = rows.next().map_err(backend)? {
                         examined += 1;
                         last_examined = from_sql_int(row.get::<_, i64>(0).map_err(backend)?);
@@ -720,8 +764,10 @@ impl Store for SqliteStore {
                             .and_then(|v| v.as_str().map_err(Into::into))
                             .map_err(backend)?;
                         if filter.matches(topic) {
-                            events.push(event_from_row(row)?);
-                            if events.len() == limit {
+                            let event = event_from_row(row)?;
+                            bytes = bytes.saturating_add(event_bytes(&event));
+                            events.push(event);
+                            if events.len() == limit || bytes >= max_bytes {
                                 return Ok((events, last_examined));
                             }
                         }
@@ -734,6 +780,30 @@ impl Store for SqliteStore {
             // The scan reached the durable end of the log: everything up to
             // it has been examined.
             Ok((events, from_sql_int(durable).max(after)))
+        })
+        .await
+    }
+
+    async fn events_by_seq(&self, seqs: &[u64]) -> Result<Vec<Event>, StoreError> {
+        let mut seqs = seqs.to_vec();
+        seqs.sort_unstable();
+        seqs.dedup();
+        self.read(move |tx, durable| {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1 AND seq <= ?2"
+                ))
+                .map_err(backend)?;
+            let mut events = Vec::with_capacity(seqs.len());
+            for seq in seqs {
+                let mut rows = stmt
+                    .query(params![seq_to_sql(seq), durable])
+                    .map_err(backend)?;
+                if let Some(row) = rows.next().map_err(backend)? {
+                    events.push(event_from_row(row)?);
+                }
+            }
+            Ok(events)
         })
         .await
     }
@@ -889,38 +959,66 @@ impl Store for SqliteStore {
                         .optional()
                 })
                 .map_err(backend)?;
-            let Some(cursor) = cursor else {
-                return Ok(None);
-            };
-            let mut stmt = tx
-                .prepare_cached(
-                    "SELECT seq FROM group_done WHERE pattern = ?1 AND grp = ?2 ORDER BY seq",
-                )
+            match cursor {
+                Some(cursor) => group_record_in(tx, key, cursor).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn groups_page(
+        &self,
+        after: Option<&GroupKey>,
+        limit: usize,
+    ) -> Result<Vec<GroupRecord>, StoreError> {
+        let after = after.cloned();
+        let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |tx, _| {
+            let mut page = Vec::new();
+            {
+                let mut stmt;
+                let mut rows = match &after {
+                    // The primary key's order: one index range, whatever
+                    // the number of groups.
+                    Some(after) => {
+                        stmt = tx
+                            .prepare_cached(
+                                "SELECT pattern, grp, cursor FROM groups
+                                 WHERE (pattern, grp) > (?1, ?2)
+                                 ORDER BY pattern, grp LIMIT ?3",
+                            )
+                            .map_err(backend)?;
+                        stmt.query(params![after.pattern, after.group, limit_sql])
+                    }
+                    None => {
+                        stmt = tx
+                            .prepare_cached(
+                                "SELECT pattern, grp, cursor FROM groups
+                                 ORDER BY pattern, grp LIMIT ?1",
+                            )
+                            .map_err(backend)?;
+                        stmt.query(params![limit_sql])
+                    }
+                }
                 .map_err(backend)?;
-            let done_above = stmt
-                .query_map(params![key.pattern, key.group], |row| row.get::<_, i64>(0))
-                .map_err(backend)?
-                .map(|r| r.map(from_sql_int).map_err(backend))
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut stmt = tx
-                .prepare_cached(
-                    "SELECT seq, attempts FROM group_attempts
-                     WHERE pattern = ?1 AND grp = ?2 AND seq > ?3 ORDER BY seq",
-                )
-                .map_err(backend)?;
-            let attempts_above = stmt
-                .query_map(params![key.pattern, key.group, cursor], |row| {
-                    Ok((from_sql_int(row.get(0)?), row.get::<_, u32>(1)?))
-                })
-                .map_err(backend)?
-                .map(|r| r.map_err(backend))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Some(GroupRecord {
-                key,
-                cursor: from_sql_int(cursor),
-                done_above,
-                attempts_above,
-            }))
+                while let Some(row) = rows.next().map_err(backend)? {
+                    page.push((group_key_of(row)?, row.get::<_, i64>(2).map_err(backend)?));
+                }
+            }
+            page.into_iter()
+                .map(|(key, cursor)| group_record_in(tx, key, cursor))
+                .collect()
+        })
+        .await
+    }
+
+    async fn group_count(&self) -> Result<u64, StoreError> {
+        self.read(|tx, _| {
+            tx.prepare_cached("SELECT count(*) FROM groups")
+                .and_then(|mut s| s.query_row([], |row| row.get::<_, i64>(0)))
+                .map(from_sql_int)
+                .map_err(backend)
         })
         .await
     }

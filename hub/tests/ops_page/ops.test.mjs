@@ -145,6 +145,10 @@ test("log in, watch a group's lag move during a burst, replay a dead letter", as
       null,
       { timeout: WAIT_MS },
     );
+    // One page of groups (the hub pages /groups), with the total.
+    assert.equal(await dashboard.textContent('[data-testid="group-count"]'), "1");
+    assert.equal(await dashboard.textContent('[data-testid="page-info"]'), "groups 1–1 of 1");
+    assert.equal(await dashboard.isDisabled('[data-testid="page-next"]'), true);
 
     // A burst while the consumer is paused: the lag chart rises.
     await clients.evaluate((count) => window.ops.publish(count, {}), BURST);

@@ -84,6 +84,7 @@ fn hot_queries() -> Vec<(&'static str, Query)> {
             ]),
         ),
         ("group load", queries::group(&group_id(&group))),
+        ("groups page", queries::groups_after(Some(&group), 100)),
         (
             "dead letters of a group",
             queries::dead_letters_after(&group_id(&group), 0, 100),

@@ -78,7 +78,7 @@ use super::topic_filter::{TopicFilter, literal_prefix};
 use super::{
     Appended, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupProgress, GroupRecord,
     LatestCursor, LatestPage, NewEvent, PageLimits, PrefixWalk, RETENTION_TOPICS_PER_CALL,
-    RetentionLimits, RetentionPass, RetentionPolicy, Store, StoreError,
+    RetentionLimits, RetentionPass, RetentionPolicy, Store, StoreError, event_bytes,
 };
 
 /// Most ids in one `$in` list (keeps each query far below the 16 MiB
@@ -342,7 +342,7 @@ impl MongoStore {
     }
 
     /// The events with these seqs (any order in, seq order out).
-    async fn events_by_seq(&self, seqs: &[i64]) -> Result<Vec<Event>, StoreError> {
+    async fn events_with_seqs(&self, seqs: &[i64]) -> Result<Vec<Event>, StoreError> {
         let mut events = Vec::with_capacity(seqs.len());
         for chunk in seqs.chunks(IN_CHUNK) {
             events.extend(
@@ -936,11 +936,12 @@ impl Store for MongoStore {
         result
     }
 
-    async fn read_after(
+    async fn read_after_bounded(
         &self,
         after: u64,
         pattern: Option<&Pattern>,
         limit: usize,
+        max_bytes: usize,
         scan_limit: usize,
     ) -> Result<(Vec<Event>, u64), StoreError> {
         self.check_open()?;
@@ -961,8 +962,24 @@ impl Store for MongoStore {
                     Some(topic) => queries::topic_events_after(topic.as_str(), lo, hi, limit_bson),
                     None => queries::events_after(lo, hi, limit_bson),
                 };
-                let events = self.find_all(query, event_from_document).await?;
-                if events.len() == limit {
+                let mut cursor = self
+                    .collection(query.collection)
+                    .find(query.filter)
+                    .sort(query.sort.unwrap_or_default())
+                    .limit(query.limit.unwrap_or(0))
+                    .await
+                    .map_err(backend)?;
+                let mut events = Vec::new();
+                let mut bytes = 0usize;
+                while let Some(doc) = cursor.try_next().await.map_err(backend)? {
+                    let event = event_from_document(&doc)?;
+                    bytes = bytes.saturating_add(event_bytes(&event));
+                    events.push(event);
+                    if bytes >= max_bytes {
+                        break;
+                    }
+                }
+                if events.len() == limit || bytes >= max_bytes {
                     let last = events.last().map_or(after, |e| e.seq);
                     return Ok((events, last));
                 }
@@ -986,12 +1003,15 @@ impl Store for MongoStore {
                 let mut events = Vec::new();
                 let mut examined = 0usize;
                 let mut last_examined = after;
+                let mut bytes = 0usize;
                 while let Some(doc) = cursor.try_next().await.map_err(backend)? {
                     examined += 1;
                     last_examined = from_bson_int(int_field(&doc, "_id", "an event")?);
                     if filter.matches(str_field(&doc, "topic", "an event")?) {
-                        events.push(event_from_document(&doc)?);
-                        if events.len() == limit {
+                        let event = event_from_document(&doc)?;
+                        bytes = bytes.saturating_add(event_bytes(&event));
+                        events.push(event);
+                        if events.len() == limit || bytes >= max_bytes {
                             return Ok((events, last_examined));
                         }
                     }
@@ -1002,6 +1022,19 @@ impl Store for MongoStore {
                 Ok((events, durable))
             }
         }
+    }
+
+    async fn events_by_seq(&self, seqs: &[u64]) -> Result<Vec<Event>, StoreError> {
+        self.check_open()?;
+        let durable = self.durable();
+        let mut wanted: Vec<i64> = seqs
+            .iter()
+            .filter(|&&seq| seq > 0 && seq <= durable)
+            .map(|&seq| seq_to_bson(seq))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        self.events_with_seqs(&wanted).await
     }
 
     async fn get(&self, seq: u64) -> Result<Option<Event>, StoreError> {
@@ -1109,7 +1142,7 @@ impl Store for MongoStore {
         for chunk in wanted.chunks(LATEST_PAGE_CHUNK) {
             let seqs: Vec<i64> = chunk.iter().map(|&(_, seq)| seq).collect();
             let mut by_seq: HashMap<u64, Event> = self
-                .events_by_seq(&seqs)
+                .events_with_seqs(&seqs)
                 .await?
                 .into_iter()
                 .map(|e| (e.seq, e))
@@ -1172,6 +1205,34 @@ impl Store for MongoStore {
             .await?;
         records.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(records)
+    }
+
+    async fn groups_page(
+        &self,
+        after: Option<&GroupKey>,
+        limit: usize,
+    ) -> Result<Vec<GroupRecord>, StoreError> {
+        self.check_open()?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.find_all(queries::groups_after(after, limit), |doc| {
+            let key = GroupKey {
+                pattern: str_field(doc, "pattern", "a group")?.to_owned(),
+                group: str_field(doc, "group", "a group")?.to_owned(),
+            };
+            group_record(key, doc)
+        })
+        .await
+    }
+
+    async fn group_count(&self) -> Result<u64, StoreError> {
+        self.check_open()?;
+        self.collection(queries::GROUPS)
+            .count_documents(doc! {})
+            .await
+            .map_err(backend)
     }
 
     async fn dead_letters(

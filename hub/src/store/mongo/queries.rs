@@ -50,6 +50,14 @@ pub(super) fn secondary_indexes() -> Vec<(&'static str, IndexModel)> {
                 .build(),
         ),
         (
+            GROUPS,
+            // The ops API's pages of groups in (pattern, group) order.
+            IndexModel::builder()
+                .keys(doc! { "pattern": 1, "group": 1 })
+                .options(named("pattern_group"))
+                .build(),
+        ),
+        (
             DEAD_LETTERS,
             // One group's dead letters in seq order, and their count.
             IndexModel::builder()
@@ -202,6 +210,25 @@ pub(super) fn group(group_id: &str) -> Query {
         sort: None,
         limit: Some(1),
         index: ID_INDEX,
+    }
+}
+
+/// Groups after `after` in (pattern, group) order (the `pattern_group`
+/// index).
+pub(super) fn groups_after(after: Option<&crate::store::GroupKey>, limit: i64) -> Query {
+    let filter = match after {
+        Some(key) => doc! { "$or": [
+            { "pattern": { "$gt": &key.pattern } },
+            { "pattern": &key.pattern, "group": { "$gt": &key.group } },
+        ] },
+        None => Document::new(),
+    };
+    Query {
+        collection: GROUPS,
+        filter,
+        sort: Some(doc! { "pattern": 1, "group": 1 }),
+        limit: Some(limit),
+        index: "pattern_group",
     }
 }
 
