@@ -868,6 +868,12 @@ impl Connection {
             Some(format!("opts.from must be at most {MAX_SEQ}"))
         } else if group.is_some() && opts.snapshot == Some(true) {
             Some("opts.snapshot is only for subscriptions without a group".to_owned())
+        } else if opts.snapshot == Some(true)
+            && !matches!(opts.from, None | Some(StartFrom::Latest))
+        {
+            // One catch-up at a time: the latest of every key, or the log
+            // from a seq (a resuming client asks for the log).
+            Some("opts.snapshot and opts.from cannot be combined".to_owned())
         } else {
             None
         };

@@ -1,6 +1,11 @@
 //! Ephemeral (live) subscriptions: an index from pattern to the connections
 //! subscribed with it, and the fan-out of committed events.
 //!
+//! A subscription may first catch up from the store — a snapshot
+//! (`opts.snapshot`) or the log from `opts.from` — page by page (see
+//! `catch_up.rs`); meanwhile its live events are held (bounded like the send
+//! queue) and follow the last page, so nothing is missed or repeated.
+//!
 //! Fan-out cost is kept per *pattern*, not per subscriber: an EVENT frame's
 //! `topic` is the subscription pattern and live deliveries carry no group or
 //! attempt, so every subscriber of one pattern receives byte-identical
@@ -27,58 +32,62 @@ struct LiveSub {
     conn: ConnId,
     send_queue: Arc<SendQueue>,
     policy: Arc<Policy>,
-    /// Set while the `snapshot` is being read: live events after `upto` are
-    /// held here (bounded like the send queue) and sent after the snapshot.
-    snapshot: Option<SnapshotHold>,
+    /// Set while the subscription catches up from the store: live events
+    /// after `upto` are held here and sent after the last page.
+    catch_up: Option<CatchUpHold>,
+    /// Live events below this seq are not delivered (a SUBSCRIBE `from` a
+    /// seq the hub has not reached yet).
+    from_seq: u64,
 }
 
-/// A snapshot being sent: the live events after `upto` wait here (bounded
+/// A catch-up being sent: the live events after `upto` wait here (bounded
 /// like the send queue) until its last page is queued.
 #[derive(Debug)]
-struct SnapshotHold {
-    /// Tells this snapshot from a later one of the same subscription (a
-    /// SUBSCRIBE again with `snapshot` starts over).
+struct CatchUpHold {
+    /// Tells this catch-up from a later one of the same subscription (a
+    /// SUBSCRIBE again starts over).
     id: u64,
     upto: u64,
     held: Vec<Utf8Bytes>,
     held_bytes: usize,
-    /// Set once the snapshot is finished, replaced, cut or unsubscribed:
+    /// Set once the catch-up is finished, replaced, cut or unsubscribed:
     /// its page reader stops reading.
     cancelled: Arc<AtomicBool>,
 }
 
-impl SnapshotHold {
+impl CatchUpHold {
     fn cancel(&self) {
         self.cancelled.store(true, Ordering::Release);
     }
 }
 
-/// What the page reader of a new snapshot needs.
+/// What the page reader of a new catch-up needs.
 #[derive(Debug, Clone)]
-pub(crate) struct SnapshotTicket {
+pub(crate) struct CatchUpTicket {
     pub id: u64,
     pub cancelled: Arc<AtomicBool>,
 }
 
-/// One latest-by-key event of a snapshot page, encoded as its EVENT frame
-/// for the subscription.
+/// One event of a catch-up page, encoded as its EVENT frame for the
+/// subscription.
 #[derive(Debug)]
-pub(crate) struct SnapshotFrame {
+pub(crate) struct CatchUpFrame {
     pub seq: u64,
     pub topic: Topic,
     pub frame: Utf8Bytes,
 }
 
-impl SnapshotFrame {
-    /// The frame of `event` for a snapshot of `pattern`.
-    pub fn encode(pattern: &Pattern, event: &Event) -> Option<SnapshotFrame> {
+impl CatchUpFrame {
+    /// The frame of `event` for a subscription to `pattern`; a snapshot's
+    /// frames carry `ctx.snapshot`.
+    pub fn encode(pattern: &Pattern, event: &Event, snapshot: bool) -> Option<CatchUpFrame> {
         let json = serde_json::value::to_raw_value(event).ok()?;
         let ctx = DeliveryCtx {
             attempt: 1,
             ack_deadline: None,
-            snapshot: Some(true),
+            snapshot: snapshot.then_some(true),
         };
-        Some(SnapshotFrame {
+        Some(CatchUpFrame {
             seq: event.seq,
             topic: event.topic.clone(),
             frame: encode_event_delivery(pattern, None, &json, &ctx).into(),
@@ -86,9 +95,9 @@ impl SnapshotFrame {
     }
 }
 
-/// Whether a snapshot goes on after a page.
+/// Whether a catch-up goes on after a page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SnapshotStep {
+pub(crate) enum CatchUpStep {
     /// Read the next page.
     Continue,
     /// Finished, cut, or no longer wanted: read nothing more.
@@ -101,8 +110,8 @@ struct PatternSubs {
     subs: Vec<LiveSub>,
 }
 
-/// Limits on frames held for a subscription waiting for its snapshot (the
-/// same as the send queue's live limits).
+/// Limits on frames held for a subscription catching up (the same as the
+/// send queue's live limits).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HoldLimits {
     pub frames: usize,
@@ -116,7 +125,7 @@ pub(crate) struct LiveIndex {
     /// Patterns with wildcards: each is matched against every event.
     wildcard: HashMap<String, PatternSubs>,
     hold_limits: HoldLimits,
-    next_snapshot: u64,
+    next_catch_up: u64,
 }
 
 impl LiveIndex {
@@ -125,7 +134,7 @@ impl LiveIndex {
             exact: HashMap::new(),
             wildcard: HashMap::new(),
             hold_limits,
-            next_snapshot: 0,
+            next_catch_up: 0,
         }
     }
 
@@ -137,28 +146,30 @@ impl LiveIndex {
         }
     }
 
-    /// Adds (or refreshes) a subscription. With `snapshot_upto`, live events
-    /// after that seq are held until the snapshot's last page
-    /// ([`LiveIndex::snapshot_page`]); the ticket is for its page reader.
+    /// Adds (or refreshes) a subscription. With `catch_up_upto`, live events
+    /// after that seq are held until the catch-up's last page
+    /// ([`LiveIndex::catch_up_page`]); the ticket is for its page reader.
+    /// Live events below `from_seq` are not delivered.
     pub fn subscribe(
         &mut self,
         conn: ConnId,
         pattern: &Pattern,
         send_queue: Arc<SendQueue>,
         policy: Arc<Policy>,
-        snapshot_upto: Option<u64>,
-    ) -> Option<SnapshotTicket> {
-        let snapshot = snapshot_upto.map(|upto| {
-            self.next_snapshot += 1;
-            SnapshotHold {
-                id: self.next_snapshot,
+        catch_up_upto: Option<u64>,
+        from_seq: u64,
+    ) -> Option<CatchUpTicket> {
+        let catch_up = catch_up_upto.map(|upto| {
+            self.next_catch_up += 1;
+            CatchUpHold {
+                id: self.next_catch_up,
                 upto,
                 held: Vec::new(),
                 held_bytes: 0,
                 cancelled: Arc::default(),
             }
         });
-        let ticket = snapshot.as_ref().map(|hold| SnapshotTicket {
+        let ticket = catch_up.as_ref().map(|hold| CatchUpTicket {
             id: hold.id,
             cancelled: Arc::clone(&hold.cancelled),
         });
@@ -173,19 +184,21 @@ impl LiveIndex {
             Some(existing) => {
                 existing.policy = policy;
                 existing.send_queue = send_queue;
-                if snapshot.is_some() {
-                    // A new snapshot replaces one still being sent.
-                    if let Some(old) = existing.snapshot.take() {
+                existing.from_seq = from_seq;
+                if catch_up.is_some() {
+                    // A new catch-up replaces one still being sent.
+                    if let Some(old) = existing.catch_up.take() {
                         old.cancel();
                     }
-                    existing.snapshot = snapshot;
+                    existing.catch_up = catch_up;
                 }
             }
             None => entry.subs.push(LiveSub {
                 conn,
                 send_queue,
                 policy,
-                snapshot,
+                catch_up,
+                from_seq,
             }),
         }
         ticket
@@ -200,7 +213,7 @@ impl LiveIndex {
                     if s.conn != conn {
                         return true;
                     }
-                    if let Some(hold) = &s.snapshot {
+                    if let Some(hold) = &s.catch_up {
                         hold.cancel();
                     }
                     false
@@ -227,34 +240,39 @@ impl LiveIndex {
         }
     }
 
-    /// The subscription `conn` holds on `pattern`, if it is still sending
-    /// snapshot `id`.
-    fn snapshot_sub(&mut self, conn: ConnId, pattern: &Pattern, id: u64) -> Option<&mut LiveSub> {
+    /// The subscription `conn` holds on `pattern`, if it is still catching
+    /// up with catch-up `id`.
+    fn catch_up_sub(&mut self, conn: ConnId, pattern: &Pattern, id: u64) -> Option<&mut LiveSub> {
         self.table(pattern)
             .get_mut(pattern.as_str())?
             .subs
             .iter_mut()
-            .find(|s| s.conn == conn && s.snapshot.as_ref().is_some_and(|h| h.id == id))
+            .find(|s| s.conn == conn && s.catch_up.as_ref().is_some_and(|h| h.id == id))
     }
 
-    /// A page of snapshot `id` was read: queue its events (those not newer
+    /// True while catch-up `id` of that subscription is wanted.
+    pub fn catching_up(&mut self, conn: ConnId, pattern: &Pattern, id: u64) -> bool {
+        self.catch_up_sub(conn, pattern, id).is_some()
+    }
+
+    /// A page of catch-up `id` was read: queue its events (those not newer
     /// than the subscription point, and allowed by the subscriber's
     /// current policy) under the same bound as live events — a reader that
     /// has fallen that far behind is closed with 4009 — and after the
     /// `last` page what was held meanwhile.
-    pub fn snapshot_page(
+    pub fn catch_up_page(
         &mut self,
         conn: ConnId,
         pattern: &Pattern,
         id: u64,
-        page: Vec<SnapshotFrame>,
+        page: Vec<CatchUpFrame>,
         last: bool,
-    ) -> SnapshotStep {
-        let Some(sub) = self.snapshot_sub(conn, pattern, id) else {
-            return SnapshotStep::Stop;
+    ) -> CatchUpStep {
+        let Some(sub) = self.catch_up_sub(conn, pattern, id) else {
+            return CatchUpStep::Stop;
         };
-        let Some(upto) = sub.snapshot.as_ref().map(|h| h.upto) else {
-            return SnapshotStep::Stop;
+        let Some(upto) = sub.catch_up.as_ref().map(|h| h.upto) else {
+            return CatchUpStep::Stop;
         };
         let policy = Arc::clone(&sub.policy);
         let frames = page
@@ -266,32 +284,24 @@ impl LiveIndex {
             LivePush::Overflowed => {
                 refusals::count(Refusal::SnapshotCut);
                 COUNTERS.slow_consumer_close();
-                tracing::debug!(conn, "snapshot reader fell behind; closing with 4009");
-                if let Some(hold) = sub.snapshot.take() {
+                tracing::debug!(conn, "catching-up reader fell behind; closing with 4009");
+                if let Some(hold) = sub.catch_up.take() {
                     hold.cancel();
                 }
-                return SnapshotStep::Stop;
+                return CatchUpStep::Stop;
             }
             LivePush::Closed => {
-                if let Some(hold) = sub.snapshot.take() {
+                if let Some(hold) = sub.catch_up.take() {
                     hold.cancel();
                 }
-                return SnapshotStep::Stop;
+                return CatchUpStep::Stop;
             }
         }
         if !last {
-            return SnapshotStep::Continue;
+            return CatchUpStep::Continue;
         }
         release_held(sub);
-        SnapshotStep::Stop
-    }
-
-    /// Snapshot `id` could not be read: deliver what was held and carry on
-    /// live (the SUBACK was already sent).
-    pub fn abandon_snapshot(&mut self, conn: ConnId, pattern: &Pattern, id: u64) {
-        if let Some(sub) = self.snapshot_sub(conn, pattern, id) {
-            release_held(sub);
-        }
+        CatchUpStep::Stop
     }
 
     /// Queues every committed event for every live subscription it matches.
@@ -342,10 +352,10 @@ fn encode(pattern: &Pattern, event: &Committed) -> Utf8Bytes {
     ))
 }
 
-/// Ends a subscription's snapshot: what was held meanwhile is queued (under
+/// Ends a subscription's catch-up: what was held meanwhile is queued (under
 /// the live bound) and live events flow directly again.
 fn release_held(sub: &mut LiveSub) {
-    let Some(hold) = sub.snapshot.take() else {
+    let Some(hold) = sub.catch_up.take() else {
         return;
     };
     hold.cancel();
@@ -363,42 +373,51 @@ fn deliver(entry: &mut PatternSubs, frames: &[(&Committed, Utf8Bytes)], limits: 
     let mut queued = 0;
     // Subscribers usually share a policy (one Arc per token / dev mode), so
     // the per-event ACL decision is computed once per distinct policy.
-    let mut cached: Option<(Arc<Policy>, Vec<Utf8Bytes>)> = None;
+    let mut cached: Option<(Arc<Policy>, Vec<usize>)> = None;
     for sub in &mut entry.subs {
         let allowed = match &cached {
             Some((policy, allowed)) if Arc::ptr_eq(policy, &sub.policy) => allowed,
             _ => {
-                let allowed = frames
-                    .iter()
-                    .filter(|(event, _)| sub.policy.allows(Action::Subscribe, &event.topic, None))
-                    .map(|(_, frame)| frame.clone())
+                let allowed = (0..frames.len())
+                    .filter(|&i| {
+                        sub.policy
+                            .allows(Action::Subscribe, &frames[i].0.topic, None)
+                    })
                     .collect();
                 &cached.insert((Arc::clone(&sub.policy), allowed)).1
             }
         };
-        if allowed.is_empty() {
+        let from_seq = sub.from_seq;
+        let mut allowed = allowed
+            .iter()
+            .filter(|&&i| frames[i].0.seq >= from_seq)
+            .map(|&i| &frames[i].1)
+            .peekable();
+        if allowed.peek().is_none() {
             continue;
         }
-        queued += allowed.len() as u64;
-        match &mut sub.snapshot {
+        match &mut sub.catch_up {
             Some(hold) => {
                 for frame in allowed {
+                    queued += 1;
                     hold.held_bytes += frame.len();
                     hold.held.push(frame.clone());
                 }
                 if hold.held.len() > limits.frames || hold.held_bytes > limits.bytes {
                     hold.cancel();
-                    sub.snapshot = None;
+                    sub.catch_up = None;
                     COUNTERS.slow_consumer_close();
                     refusals::count(Refusal::SnapshotCut);
                     sub.send_queue.close(CloseReason::new(
                         SLOW_CONSUMER,
-                        "slow consumer: live buffer overflowed during snapshot",
+                        "slow consumer: live buffer overflowed while catching up",
                     ));
                 }
             }
             None => {
-                if sub.send_queue.push_live_batch(allowed.iter().cloned()) == LivePush::Overflowed {
+                let batch: Vec<Utf8Bytes> = allowed.cloned().collect();
+                queued += batch.len() as u64;
+                if sub.send_queue.push_live_batch(batch) == LivePush::Overflowed {
                     COUNTERS.slow_consumer_close();
                     tracing::debug!(conn = sub.conn, "live buffer overflowed; closing with 4009");
                 }
@@ -479,6 +498,7 @@ mod tests {
             exact.clone(),
             policy.clone(),
             None,
+            0,
         );
         index.subscribe(
             2,
@@ -486,6 +506,7 @@ mod tests {
             wild.clone(),
             policy,
             None,
+            0,
         );
         index.fan_out(&committed(&[
             event(1, "a.b"),
@@ -518,9 +539,10 @@ mod tests {
             open.clone(),
             Arc::new(Policy::allow_all()),
             None,
+            0,
         );
         let policy = Arc::new(Policy::from_scope_str("subscribe:x.*").unwrap());
-        index.subscribe(2, &pattern, narrow.clone(), policy, None);
+        index.subscribe(2, &pattern, narrow.clone(), policy, None, 0);
         index.fan_out(&committed(&[event(1, "x.y"), event(2, "z")]));
         assert_eq!(received(&open).await.len(), 2);
         assert_eq!(received(&narrow).await, [("**".into(), "e1".into(), None)]);
@@ -533,8 +555,8 @@ mod tests {
         let fast = send_queue(100);
         let pattern = Pattern::parse("t").unwrap();
         let policy = Arc::new(Policy::allow_all());
-        index.subscribe(1, &pattern, slow.clone(), policy.clone(), None);
-        index.subscribe(2, &pattern, fast.clone(), policy, None);
+        index.subscribe(1, &pattern, slow.clone(), policy.clone(), None, 0);
+        index.subscribe(2, &pattern, fast.clone(), policy, None, 0);
         index.fan_out(&committed(&[event(1, "t"), event(2, "t"), event(3, "t")]));
         assert_eq!(
             received(&slow).await,
@@ -555,6 +577,7 @@ mod tests {
                 out.clone(),
                 Arc::new(Policy::allow_all()),
                 Some(5),
+                0,
             )
             .unwrap();
         index.fan_out(&committed(&[event(6, "s.a")]));
@@ -562,23 +585,23 @@ mod tests {
         let page = |events: &[Event]| {
             events
                 .iter()
-                .filter_map(|e| SnapshotFrame::encode(&pattern, e))
+                .filter_map(|e| CatchUpFrame::encode(&pattern, e, true))
                 .collect::<Vec<_>>()
         };
         assert_eq!(
-            index.snapshot_page(1, &pattern, ticket.id, page(&[event(1, "s.a")]), false),
-            SnapshotStep::Continue
+            index.catch_up_page(1, &pattern, ticket.id, page(&[event(1, "s.a")]), false),
+            CatchUpStep::Continue
         );
         // The store may already see event 6; it is not part of the snapshot.
         assert_eq!(
-            index.snapshot_page(
+            index.catch_up_page(
                 1,
                 &pattern,
                 ticket.id,
                 page(&[event(2, "s.b"), event(6, "s.a")]),
                 true
             ),
-            SnapshotStep::Stop
+            CatchUpStep::Stop
         );
         assert!(ticket.cancelled.load(Ordering::Acquire), "the reader stops");
         assert_eq!(
@@ -591,8 +614,8 @@ mod tests {
         );
         // A late page of a finished snapshot is dropped.
         assert_eq!(
-            index.snapshot_page(1, &pattern, ticket.id, page(&[event(3, "s.c")]), true),
-            SnapshotStep::Stop
+            index.catch_up_page(1, &pattern, ticket.id, page(&[event(3, "s.c")]), true),
+            CatchUpStep::Stop
         );
         assert!(received(&out).await.is_empty());
     }
@@ -605,24 +628,24 @@ mod tests {
         let pattern = Pattern::parse("s.*").unwrap();
         let policy = Arc::new(Policy::allow_all());
         let first = index
-            .subscribe(1, &pattern, out.clone(), policy.clone(), Some(10))
+            .subscribe(1, &pattern, out.clone(), policy.clone(), Some(10), 0)
             .unwrap();
         let second = index
-            .subscribe(1, &pattern, out.clone(), policy, Some(10))
+            .subscribe(1, &pattern, out.clone(), policy, Some(10), 0)
             .unwrap();
         assert!(first.cancelled.load(Ordering::Acquire), "replaced");
         let frames: Vec<_> = (1..=4)
-            .filter_map(|seq| SnapshotFrame::encode(&pattern, &event(seq, "s.a")))
+            .filter_map(|seq| CatchUpFrame::encode(&pattern, &event(seq, "s.a"), true))
             .collect();
         let cut_before = refusals::total(Refusal::SnapshotCut);
         assert_eq!(
-            index.snapshot_page(1, &pattern, first.id, Vec::new(), true),
-            SnapshotStep::Stop,
+            index.catch_up_page(1, &pattern, first.id, Vec::new(), true),
+            CatchUpStep::Stop,
             "pages of the replaced snapshot are ignored"
         );
         assert_eq!(
-            index.snapshot_page(1, &pattern, second.id, frames, false),
-            SnapshotStep::Stop
+            index.catch_up_page(1, &pattern, second.id, frames, false),
+            CatchUpStep::Stop
         );
         assert!(second.cancelled.load(Ordering::Acquire));
         assert!(refusals::total(Refusal::SnapshotCut) > cut_before);

@@ -5,18 +5,19 @@
 //! One owner means no locks on the delivery path and a single, obvious
 //! order of events: committed batches arrive in `seq` order and are applied
 //! to the live index and to every group before the next command. Store
-//! reads (group state, pages for groups that are behind, snapshots) and
+//! reads (group state, pages for groups that are behind, catch-ups of live
+//! subscriptions) and
 //! group writes (cursor moves, dead letters, coalesced every
 //! `progress_flush_ms`) run in spawned tasks whose results come back as
 //! commands, so the broker never waits on IO.
 
 mod budget;
+mod catch_up;
 mod committed;
 mod group;
 mod group_index;
 mod groups;
 mod live;
-mod snapshot;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -31,13 +32,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use self::budget::GroupBudget;
+use self::catch_up::{CatchUpPage, CatchUpReader, PageReads, PendingSuback, Source};
 use self::committed::Committed;
 pub(crate) use self::group::{ConnId, GroupView, MemberOpts, MemberView, ReplayRefused};
 use self::group::{GroupId, GroupState, Settle, TimerKey};
 use self::group_index::GroupIndex;
 pub(crate) use self::live::HoldLimits;
-use self::live::{LiveIndex, SnapshotStep};
-use self::snapshot::{PageReads, SnapshotPage, SnapshotReader};
+use self::live::{CatchUpStep, LiveIndex};
 use crate::config::GroupDefaults;
 use crate::metrics::{GroupCounters, Metrics};
 use crate::send_queue::SendQueue;
@@ -214,9 +215,9 @@ pub(crate) enum Command {
     RetryBodies {
         gid: GroupId,
     },
-    SnapshotPage {
-        reader: SnapshotReader,
-        result: Result<SnapshotPage, StoreError>,
+    CatchUpPage {
+        reader: CatchUpReader,
+        result: Result<CatchUpPage, StoreError>,
     },
     Flushed {
         results: Vec<(GroupId, GroupUpdate, Result<(), StoreError>)>,
@@ -302,7 +303,7 @@ pub(crate) fn spawn(setup: BrokerSetup) -> (BrokerHandle, tokio::task::JoinHandl
         defaults: setup.defaults,
         head: setup.head,
         live: LiveIndex::new(setup.hold_limits),
-        snapshot_reads: PageReads::new(
+        catch_up_reads: PageReads::new(
             Arc::clone(&setup.store),
             commands.clone(),
             setup.hold_limits.frames,
@@ -351,8 +352,8 @@ struct Broker {
     /// Newest seq seen committed.
     head: u64,
     live: LiveIndex,
-    /// Reads snapshot pages for live subscriptions (see `snapshot.rs`).
-    snapshot_reads: PageReads,
+    /// Reads the pages live subscriptions catch up with (see `catch_up.rs`).
+    catch_up_reads: PageReads,
     groups: HashMap<GroupId, GroupState>,
     group_ids: HashMap<GroupKey, GroupId>,
     /// Groups with members, by pattern: the ones a commit goes to.
@@ -540,7 +541,7 @@ impl Broker {
             Command::RetryBodies { gid } => {
                 self.with_group(gid, |group, fx| group.pump(fx));
             }
-            Command::SnapshotPage { reader, result } => self.snapshot_page(reader, result),
+            Command::CatchUpPage { reader, result } => self.catch_up_page(reader, result),
             Command::Flushed { results } => self.flushed(results),
         }
     }
@@ -624,50 +625,108 @@ impl Broker {
             conn.live.push(request.pattern.clone());
         }
         let head = self.head;
-        reply(
-            &request.send_queue,
-            HubFrame::Suback(SubAck {
-                rid: request.rid.clone(),
-                topic: request.pattern.clone(),
-                group: None,
-                from_seq: head + 1,
-            }),
-        );
+        // `from` a seq the log holds: catch up from the store first (the
+        // SUBACK then comes with the first page, once it is known where
+        // complete delivery starts); a snapshot likewise; else live only.
+        let from = match request.from {
+            StartFrom::Latest => None,
+            StartFrom::Earliest => Some(1),
+            StartFrom::Seq(seq) => Some(seq.max(1)),
+        };
+        let (catch_up, from_seq) = match from {
+            Some(from) if from <= head => (
+                Some(Source::Log {
+                    after: from - 1,
+                    upto: head,
+                }),
+                0,
+            ),
+            Some(from) => (None, from),
+            None if request.snapshot => (Some(Source::Snapshot(None)), 0),
+            None => (None, 0),
+        };
+        let answered_now = !matches!(catch_up, Some(Source::Log { .. }));
+        if answered_now {
+            reply(
+                &request.send_queue,
+                HubFrame::Suback(SubAck {
+                    rid: request.rid.clone(),
+                    topic: request.pattern.clone(),
+                    group: None,
+                    from_seq: from_seq.max(head + 1),
+                }),
+            );
+        }
         let ticket = self.live.subscribe(
             request.conn,
             &request.pattern,
             Arc::clone(&request.send_queue),
             Arc::clone(&request.policy),
-            request.snapshot.then_some(head),
+            catch_up.as_ref().map(|_| head),
+            from_seq,
         );
-        if let Some(ticket) = ticket {
-            let reader =
-                SnapshotReader::new(request.conn, request.pattern, ticket, request.send_queue);
-            self.snapshot_reads.spawn(reader, None);
+        if let (Some(ticket), Some(source)) = (ticket, catch_up) {
+            let suback = (!answered_now).then(|| PendingSuback {
+                rid: request.rid,
+                from: from.unwrap_or(1),
+            });
+            let reader = CatchUpReader::new(
+                request.conn,
+                request.pattern,
+                ticket,
+                request.send_queue,
+                source,
+                suback,
+            );
+            self.catch_up_reads.spawn(reader, None);
         }
     }
 
-    /// A snapshot page was read: queue it, then read the next one (once the
-    /// connection has room) or end the snapshot.
-    fn snapshot_page(&mut self, reader: SnapshotReader, result: Result<SnapshotPage, StoreError>) {
-        match result {
-            Ok(page) => {
-                let step = self.live.snapshot_page(
-                    reader.conn,
-                    &reader.pattern,
-                    reader.id,
-                    page.frames,
-                    page.next.is_none(),
-                );
-                if let (SnapshotStep::Continue, Some(next)) = (step, page.next) {
-                    self.snapshot_reads.spawn(reader, Some(next));
-                }
-            }
+    /// A catch-up page was read: answer the SUBSCRIBE if it waited for it,
+    /// queue the page, then read the next one (once the connection has
+    /// room) or end the catch-up.
+    fn catch_up_page(
+        &mut self,
+        mut reader: CatchUpReader,
+        result: Result<CatchUpPage, StoreError>,
+    ) {
+        if !self
+            .live
+            .catching_up(reader.conn, &reader.pattern, reader.id)
+        {
+            return;
+        }
+        let page = match result {
+            Ok(page) => page,
             Err(e) => {
-                tracing::warn!(error = %e, pattern = %reader.pattern, "snapshot read failed");
-                self.live
-                    .abandon_snapshot(reader.conn, &reader.pattern, reader.id);
+                // Skipping the page would be a silent gap: read it again
+                // (the live events held meanwhile stay within their bound).
+                tracing::warn!(error = %e, pattern = %reader.pattern, "catch-up read failed; retrying");
+                self.catch_up_reads.retry(reader);
+                return;
             }
+        };
+        if let (Some(pending), Some(from_seq)) = (reader.suback.take(), page.from_seq) {
+            reply(
+                &reader.send_queue,
+                HubFrame::Suback(SubAck {
+                    rid: pending.rid,
+                    topic: reader.pattern.clone(),
+                    group: None,
+                    from_seq,
+                }),
+            );
+        }
+        let step = self.live.catch_up_page(
+            reader.conn,
+            &reader.pattern,
+            reader.id,
+            page.frames,
+            page.next.is_none(),
+        );
+        if let (CatchUpStep::Continue, Some(next)) = (step, page.next) {
+            reader.source = next;
+            self.catch_up_reads.spawn(reader, None);
         }
     }
 

@@ -959,6 +959,22 @@ pub(crate) async fn retention(factory: &dyn StoreFactory) -> Result<()> {
     ensure!(got == pass(3, None), "the rest: {got:?}");
     let got = store.apply_retention(&policy, now, None, 100).await?;
     ensure!(got == pass(0, None), "nothing left to remove: {got:?}");
+    // What a reader resuming at a seq missed: the last seq retention took
+    // from a matching topic, if at or after that seq.
+    for (text, from, expected) in [
+        ("logs.app", 1, Some(app[5])),
+        ("logs.app", app[5], Some(app[5])),
+        ("logs.app", app[5] + 1, None),
+        ("logs.*", web[1], Some(app[5])),
+        ("*.web", 1, Some(web[1])),
+        ("*.web", web[1] + 1, None),
+        ("keep.me", 1, None),
+        ("**", 1, Some(app[5])),
+        ("nothing.*", 1, None),
+    ] {
+        let got = store.removed_since(&pattern(text), from).await?;
+        ensure!(got == expected, "removed_since({text}, {from}) = {got:?}");
+    }
     // Lag subtracts done marks only for events still stored.
     ensure!(
         store

@@ -629,6 +629,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// retention): lag subtracts only done marks of events that still count.
     async fn count_present(&self, seqs: &[u64]) -> Result<u64, StoreError>;
 
+    /// The highest seq at or after `from` that retention removed from a
+    /// topic matching `pattern`, if any: a reader resuming at `from` missed
+    /// the events up to it. Every backend records, per topic, the last seq
+    /// its retention removed.
+    async fn removed_since(&self, pattern: &Pattern, from: u64) -> Result<Option<u64>, StoreError>;
+
     /// Flushes and closes; later calls fail with [`StoreError::Closed`].
     async fn close(&self) -> Result<(), StoreError>;
 }

@@ -1163,6 +1163,30 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn removed_since(&self, pattern: &Pattern, from: u64) -> Result<Option<u64>, StoreError> {
+        let pattern = pattern.clone();
+        self.read(move |tx, _durable| {
+            let from = seq_to_sql(from);
+            let mut removed_upto = tx
+                .prepare_cached("SELECT removed_upto FROM topics WHERE topic = ?1")
+                .map_err(backend)?;
+            let mut highest: Option<i64> = None;
+            // A topic that lost events at or after `from` had one after it.
+            for topic in topics_matching(tx, &pattern, from.saturating_sub(1))? {
+                let removed: i64 = removed_upto
+                    .query_row([&topic], |row| row.get(0))
+                    .optional()
+                    .map_err(backend)?
+                    .unwrap_or(0);
+                if removed >= from {
+                    highest = highest.max(Some(removed));
+                }
+            }
+            Ok(highest.map(from_sql_int))
+        })
+        .await
+    }
+
     async fn count_matching_after(&self, pattern: &Pattern, after: u64) -> Result<u64, StoreError> {
         let pattern = pattern.clone();
         self.read(move |tx, durable| {

@@ -588,6 +588,13 @@ mod tests {
         async fn count_present(&self, seqs: &[u64]) -> Result<u64, StoreError> {
             self.inner.count_present(seqs).await
         }
+        async fn removed_since(
+            &self,
+            pattern: &Pattern,
+            from: u64,
+        ) -> Result<Option<u64>, StoreError> {
+            self.inner.removed_since(pattern, from).await
+        }
         async fn close(&self) -> Result<(), StoreError> {
             self.inner.close().await
         }

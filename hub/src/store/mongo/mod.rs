@@ -590,6 +590,15 @@ impl MongoStore {
             return Ok(0);
         };
         let boundary = seq_to_bson(boundary);
+        // Recorded before the events go: a crash in between can only make
+        // `removed_since` report a loss a moment early, never miss one.
+        self.collection(queries::TOPICS)
+            .update_one(
+                doc! { "_id": topic },
+                doc! { "$max": { "removed_upto": boundary } },
+            )
+            .await
+            .map_err(backend)?;
         events
             .delete_many(doc! { "topic": topic, "_id": { "$lte": boundary } })
             .await
@@ -1274,6 +1283,41 @@ impl Store for MongoStore {
             )
             .await
             .map_err(backend)
+    }
+
+    async fn removed_since(&self, pattern: &Pattern, from: u64) -> Result<Option<u64>, StoreError> {
+        self.check_open()?;
+        let from = seq_to_bson(from);
+        let mut filter = doc! { "removed_upto": { "$gte": from } };
+        if let Some(topic) = pattern.as_topic() {
+            filter.insert("_id", topic.as_str());
+        } else if let Some(prefix) = literal_prefix(pattern) {
+            // `prefix` itself and `prefix.…` ('/' sorts right after '.').
+            filter.insert("_id", doc! { "$gte": &prefix, "$lt": format!("{prefix}/") });
+        }
+        let mut matcher = TopicFilter::new(pattern);
+        let removed = self
+            .find_all(
+                Query {
+                    collection: queries::TOPICS,
+                    filter,
+                    sort: None,
+                    limit: None,
+                    index: queries::ID_INDEX,
+                },
+                |doc| {
+                    Ok((
+                        str_field(doc, "_id", "a topic entry")?.to_owned(),
+                        int_field(doc, "removed_upto", "a topic entry")?,
+                    ))
+                },
+            )
+            .await?;
+        Ok(removed
+            .into_iter()
+            .filter(|(topic, _)| matcher.matches(topic))
+            .map(|(_, removed)| from_bson_int(removed))
+            .max())
     }
 
     async fn count_matching_after(&self, pattern: &Pattern, after: u64) -> Result<u64, StoreError> {

@@ -372,6 +372,11 @@ impl SqliteWriter {
             tx.prepare_cached("DELETE FROM latest WHERE topic = ?1 AND seq <= ?2")
                 .and_then(|mut s| s.execute(params![name, boundary]))
                 .map_err(backend)?;
+            tx.prepare_cached(
+                "UPDATE topics SET removed_upto = max(removed_upto, ?2) WHERE topic = ?1",
+            )
+            .and_then(|mut s| s.execute(params![name, boundary]))
+            .map_err(backend)?;
             removed += count;
             if count == room {
                 // Cut short: the topic may have more to remove.
