@@ -1,20 +1,24 @@
 //! [`ClientCore`]: the connection, request and subscription state machine.
+//! Deliveries and their answers are in `deliveries`, tokens in `token`.
+
+mod deliveries;
+mod token;
 
 use std::collections::VecDeque;
 
 use serde::Deserialize;
 
+use self::token::TokenFetch;
 use super::config::{ClientConfig, QueuePolicy};
 use super::events::{
-    ClientError, ClientEvent, ConnectionState, RequestError, RequestId, StateReason,
+    ClientError, ClientEvent, ConnectionState, DeliveryTag, RequestError, RequestId, StateReason,
     SubscriptionId, Transmit, Unmatched,
 };
 use super::requests::{Pending, RequestTable};
 use super::subscriptions::{Registry, Subscription};
 use crate::frames::{
-    self, Auth, ClientFrame, DeliveryRef, ErrorCode, ErrorFrame, EventDelivery, Group, HubFrame,
-    Millis, Nack, PROTOCOL_VERSION, Payload, Ping, Publish, PublishOpts, Subscribe, SubscribeOpts,
-    Unsubscribe, Welcome,
+    self, Auth, ClientFrame, ErrorCode, ErrorFrame, Group, HubFrame, Millis, PROTOCOL_VERSION,
+    Payload, Ping, Publish, PublishOpts, Subscribe, SubscribeOpts, Unsubscribe, Welcome,
 };
 use crate::topic::{Pattern, Topic};
 
@@ -33,11 +37,14 @@ pub mod close_code {
 }
 
 /// Names the delivery of a durable group an answer (`ACK`, `NACK`,
-/// `WORKING`) is for: the event's id and seq, as delivered.
+/// `WORKING`) is for: the event's id and seq, and the tag of the
+/// [`ClientEvent::Delivery`] that handed it out (for ephemeral
+/// subscriptions, whose answers send nothing, any tag will do).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered<'a> {
     pub id: &'a str,
     pub seq: u64,
+    pub tag: DeliveryTag,
 }
 
 /// The sans-IO promhub client: feed it inputs, execute its outputs.
@@ -79,6 +86,11 @@ pub struct ClientCore {
     /// after the last, so pushing at the back keeps the order; no B-tree,
     /// which would cost the browser SDK's wasm a few KiB).
     rate_limited: VecDeque<(u64, u64)>,
+    tokens: TokenFetch,
+    /// The last [`DeliveryTag`] handed out.
+    last_tag: u64,
+    /// The first tag of the current connection (tags below it are stale).
+    live_tags_from: u64,
 }
 
 #[derive(Debug, Default)]
@@ -126,6 +138,7 @@ enum Lost {
     ConnectTimeout,
     AuthTimeout,
     HeartbeatTimeout,
+    TokenFetchFailed(String),
 }
 
 /// Upper bound of timer passes in one `handle_timeout` call. One pass fires
@@ -139,6 +152,7 @@ impl ClientCore {
         ClientCore {
             rng: fastrand::Rng::with_seed(config.seed),
             token: config.token.clone(),
+            tokens: TokenFetch::new(config.token.is_some()),
             config,
             state: ConnectionState::Disconnected,
             last_rid: 0,
@@ -157,6 +171,8 @@ impl ClientCore {
             awaiting_token: false,
             token_refusals: 0,
             rate_limited: VecDeque::new(),
+            last_tag: 0,
+            live_tags_from: 1,
         }
     }
 
@@ -185,6 +201,7 @@ impl ClientCore {
             self.token_timer.refresh_at,
             self.reconnect.at,
             self.rate_limited.front().map(|&(due, _)| due),
+            self.tokens.retry_at,
         ]
         .into_iter()
         .flatten()
@@ -253,16 +270,20 @@ impl ClientCore {
         }
     }
 
-    /// The socket asked for by [`Transmit::Connect`] is open: sends `AUTH`.
+    /// The socket asked for by [`Transmit::Connect`] is open: sends `AUTH`
+    /// — once the token source answered, when the attempt waits for a
+    /// token (until then the state stays `Connecting` and the connect
+    /// timeout runs on).
     pub fn handle_socket_open(&mut self, now: u64) {
         if self.state != ConnectionState::Connecting {
             tracing::debug!(state = ?self.state, "socket open ignored: no connection attempt");
             return;
         }
-        self.connect_deadline = None;
-        self.auth = AuthState::default();
-        self.set_state(ConnectionState::Authenticating, StateReason::SocketOpened);
-        self.send_auth(now);
+        if self.tokens.for_connect {
+            self.tokens.socket_open = true;
+            return;
+        }
+        self.authenticate(now);
     }
 
     /// The socket closed (or the connection attempt was refused with a
@@ -325,40 +346,6 @@ impl ClientCore {
         }
     }
 
-    /// Replaces the token. Connected: sends `AUTH` on the open connection
-    /// (`OK` → [`ClientEvent::TokenRefreshed`]; `ERR` → the hub closes).
-    /// Authenticating: sent right after `OK`. Otherwise used by the next
-    /// `AUTH` — and if the hub had refused the previous token (4001/4003),
-    /// this reconnects (unless reconnecting is disabled): at once after the
-    /// first refusal, after a reconnect delay
-    /// ([`ReconnectConfig::delay_bounds`](super::ReconnectConfig::delay_bounds)
-    /// of the refusals in a row) after later ones, so that a token source
-    /// that keeps handing out a bad token cannot make the client hammer the
-    /// hub.
-    pub fn set_token(&mut self, now: u64, token: Option<String>) {
-        self.token = token;
-        match self.state {
-            ConnectionState::Connected => self.send_token_refresh(now),
-            ConnectionState::Authenticating => self.auth.refresh_after_ok = true,
-            ConnectionState::Closed if self.awaiting_token && self.config.reconnect.enabled => {
-                self.awaiting_token = false;
-                self.reconnect.attempt = 0;
-                if self.token_refusals <= 1 {
-                    self.start_connect(now, StateReason::TokenUpdated);
-                } else {
-                    let attempt = self.token_refusals - 1;
-                    let (floor, cap) = self.config.reconnect.delay_bounds(attempt);
-                    let delay_ms = self.rng.u64(floor..=cap);
-                    self.reconnect.attempt = attempt;
-                    self.reconnect.at = Some(now.saturating_add(delay_ms));
-                    self.set_state(ConnectionState::Disconnected, StateReason::TokenUpdated);
-                    self.emit(ClientEvent::Reconnecting { attempt, delay_ms });
-                }
-            }
-            _ => {}
-        }
-    }
-
     /// Closes for good: [`Transmit::Close`] with 1000 if a socket is open or
     /// opening, state `Closed`, no reconnect. Requests on the wire fail with
     /// [`RequestError::Disconnected`], queued ones with
@@ -366,6 +353,7 @@ impl ClientCore {
     /// [`connect`](Self::connect) restores them.
     pub fn close(&mut self, _now: u64) {
         self.awaiting_token = false;
+        self.stop_token_retries();
         if self.state == ConnectionState::Closed {
             return;
         }
@@ -468,15 +456,8 @@ impl ClientCore {
         }
         self.last_sub += 1;
         let sub = SubscriptionId(self.last_sub);
-        self.subs.insert(
-            sub,
-            Subscription {
-                pattern,
-                group,
-                opts,
-                pending_rid: None,
-            },
-        );
+        self.subs
+            .insert(sub, Subscription::new(pattern, group, opts));
         if self.state == ConnectionState::Connected {
             self.send_subscribe(now, sub);
         }
@@ -517,85 +498,6 @@ impl ClientCore {
         self.requests
             .insert(rid, deadline, Pending::Unsubscribe { sub });
         Ok(Some(RequestId(rid)))
-    }
-
-    /// Acknowledges an event of a durable group (`ACK`). Ephemeral
-    /// subscriptions: nothing to send, `Ok`. Not connected:
-    /// [`ClientError::NotConnected`] and nothing is sent — the hub
-    /// redelivers every unacknowledged event of a closed connection anyway.
-    ///
-    /// The hub settles the delivery this connection holds with the
-    /// event's seq (protocol.md), so an answer can never act on another
-    /// delivery of the same id.
-    pub fn ack(
-        &mut self,
-        now: u64,
-        sub: SubscriptionId,
-        delivered: Delivered<'_>,
-    ) -> Result<(), ClientError> {
-        if let Some((topic, group)) = self.delivery_target(sub)? {
-            self.send_frame(
-                now,
-                &ClientFrame::Ack(DeliveryRef {
-                    topic,
-                    group: Some(group),
-                    id: delivered.id.to_owned(),
-                    seq: Some(delivered.seq),
-                }),
-            );
-        }
-        Ok(())
-    }
-
-    /// Refuses an event of a durable group (`NACK`): redelivered after
-    /// `delay_ms` (or the group's backoff), or dead-lettered now when
-    /// `final_`. Same rules as [`ack`](Self::ack) otherwise.
-    pub fn nack(
-        &mut self,
-        now: u64,
-        sub: SubscriptionId,
-        delivered: Delivered<'_>,
-        reason: Option<String>,
-        delay_ms: Option<u64>,
-        final_: bool,
-    ) -> Result<(), ClientError> {
-        if let Some((topic, group)) = self.delivery_target(sub)? {
-            self.send_frame(
-                now,
-                &ClientFrame::Nack(Nack {
-                    topic,
-                    group: Some(group),
-                    id: delivered.id.to_owned(),
-                    seq: Some(delivered.seq),
-                    reason,
-                    delay_ms,
-                    final_: final_.then_some(true),
-                }),
-            );
-        }
-        Ok(())
-    }
-
-    /// Pushes an event's ack deadline back (`WORKING`). Same rules as
-    /// [`ack`](Self::ack).
-    pub fn working(
-        &mut self,
-        now: u64,
-        sub: SubscriptionId,
-        delivered: Delivered<'_>,
-    ) -> Result<(), ClientError> {
-        if let Some((topic, group)) = self.delivery_target(sub)? {
-            self.send_frame(
-                now,
-                &ClientFrame::Working(DeliveryRef {
-                    topic,
-                    group: Some(group),
-                    id: delivered.id.to_owned(),
-                    seq: Some(delivered.seq),
-                }),
-            );
-        }
-        Ok(())
     }
 
     /// Sends a `PING`; [`ClientEvent::Pong`] or [`ClientEvent::PingFailed`]
@@ -691,6 +593,16 @@ impl ClientCore {
         self.connect_deadline = Some(now.saturating_add(self.config.connect_timeout_ms));
         self.transmits.push_back(Transmit::Connect);
         self.set_state(ConnectionState::Connecting, reason);
+        self.fetch_token_for_connect();
+    }
+
+    /// The socket is open and the token at hand: `AUTH`.
+    fn authenticate(&mut self, now: u64) {
+        self.connect_deadline = None;
+        self.auth = AuthState::default();
+        self.tokens.fresh = false;
+        self.set_state(ConnectionState::Authenticating, StateReason::SocketOpened);
+        self.send_auth(now);
     }
 
     fn auth_frame(&self) -> ClientFrame {
@@ -713,13 +625,13 @@ impl ClientCore {
     }
 
     fn send_subscribe(&mut self, now: u64, sub: SubscriptionId) {
-        let Some(entry) = self.subs.get(sub) else {
+        let Some(entry) = self.subs.get_mut(sub) else {
             return;
         };
         let frame_without_rid = Subscribe {
             topic: entry.pattern.clone(),
             group: entry.group.clone(),
-            opts: Some(entry.opts.clone()),
+            opts: Some(entry.next_subscribe_opts()),
             rid: None,
         };
         let rid = self.next_rid();
@@ -748,6 +660,13 @@ impl ClientCore {
         self.heartbeat.pong_deadline = None;
         self.heartbeat.ping_rid = None;
         self.token_timer.refresh_at = None;
+        self.tokens.for_connect = false;
+        self.tokens.socket_open = false;
+        // The hub takes back every delivery of a closed connection.
+        for sub in self.subs.iter_mut() {
+            sub.held.clear();
+        }
+        self.live_tags_from = self.last_tag + 1;
     }
 
     /// The client closes the socket itself.
@@ -799,13 +718,14 @@ impl ClientCore {
             (None, Lost::ConnectTimeout) => StateReason::ConnectTimeout,
             (None, Lost::AuthTimeout) => StateReason::AuthTimeout,
             (None, Lost::HeartbeatTimeout) => StateReason::HeartbeatTimeout,
+            (None, Lost::TokenFetchFailed(msg)) => StateReason::TokenFetchFailed(msg),
         };
         if terminal {
             self.enter_closed(reason);
             if needs_token {
                 self.awaiting_token = true;
                 self.token_refusals = self.token_refusals.saturating_add(1);
-                self.emit(ClientEvent::TokenRefreshNeeded { expires_at: None });
+                self.need_token(None);
             }
         } else {
             self.schedule_reconnect(now, reason, retry_after);
@@ -999,10 +919,9 @@ impl ClientCore {
             && deadline <= now
         {
             self.token_timer.refresh_at = None;
-            self.emit(ClientEvent::TokenRefreshNeeded {
-                expires_at: self.token_timer.expires_at,
-            });
+            self.need_token(self.token_timer.expires_at);
         }
+        self.fire_token_retry(now);
         if let Some(deadline) = self.reconnect.at
             && deadline <= now
         {
@@ -1186,10 +1105,17 @@ impl ClientCore {
                 let rid = Self::own_rid(ack.rid.as_deref());
                 match rid.and_then(|rid| self.take_sent(rid, is_subscribe)) {
                     Some((_, Pending::Subscribe { sub })) => {
+                        let mut gap = None;
                         if let Some(entry) = self.subs.get_mut(sub) {
                             entry.pending_rid = None;
+                            if entry.group.is_none() {
+                                gap = entry.resume.confirmed(ack.from_seq);
+                            }
                         }
                         self.emit(ClientEvent::Subscribed { sub, ack });
+                        if let Some(gap) = gap {
+                            self.emit(ClientEvent::Gap { sub, gap });
+                        }
                     }
                     Some(_) => {}
                     None => self.emit(ClientEvent::Unmatched(Unmatched::Answer {
@@ -1230,9 +1156,7 @@ impl ClientCore {
             }
             HubFrame::Expiring(expiring) => {
                 self.token_timer.refresh_at = None;
-                self.emit(ClientEvent::TokenRefreshNeeded {
-                    expires_at: Some(expiring.expires_at),
-                });
+                self.need_token(Some(expiring.expires_at));
             }
         }
     }
@@ -1314,39 +1238,6 @@ impl ClientCore {
         // `due` is after every waiting one's (see above): the order holds.
         self.rate_limited.push_back((due, rid));
         true
-    }
-
-    fn route_event(&mut self, delivery: EventDelivery) {
-        match self.subs.find(&delivery.topic, delivery.group.as_ref()) {
-            Some(sub) => self.emit(ClientEvent::Delivery {
-                sub,
-                delivery: Box::new(delivery),
-            }),
-            None => self.emit(ClientEvent::Unmatched(Unmatched::Event {
-                topic: delivery.topic,
-                group: delivery.group,
-                event_id: delivery.event.id,
-            })),
-        }
-    }
-
-    /// Where an ACK/NACK/WORKING goes: `None` for an ephemeral
-    /// subscription (the hub ignores those acknowledgements).
-    fn delivery_target(
-        &self,
-        sub: SubscriptionId,
-    ) -> Result<Option<(Pattern, Group)>, ClientError> {
-        let entry = self
-            .subs
-            .get(sub)
-            .ok_or(ClientError::UnknownSubscription(sub))?;
-        let Some(group) = entry.group.clone() else {
-            return Ok(None);
-        };
-        if self.state != ConnectionState::Connected {
-            return Err(ClientError::NotConnected);
-        }
-        Ok(Some((entry.pattern.clone(), group)))
     }
 }
 
