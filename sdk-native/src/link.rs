@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use promhub_core::client::{DeliveryTag, Gap, SubscriptionId};
+use promhub_core::client::{Answer, DeliveryTag, Gap, SubscriptionId};
 use promhub_core::frames::{EventDelivery, Group, Payload, PublishOpts, SubscribeOpts};
 use promhub_core::topic::{Pattern, Topic};
 use tokio::sync::{mpsc, oneshot};
@@ -40,7 +40,7 @@ pub(crate) enum Command {
         seq: u64,
         /// The core's tag of the delivery being answered.
         tag: DeliveryTag,
-        kind: Settle,
+        answer: Answer,
         /// The core's verdict (`None`: nobody waits for it).
         reply: Option<Reply<()>>,
     },
@@ -52,18 +52,6 @@ pub(crate) enum Command {
     Close {
         reply: oneshot::Sender<()>,
     },
-}
-
-/// How a delivery of a durable group is answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Settle {
-    Ack,
-    Nack {
-        reason: Option<String>,
-        delay_ms: Option<u64>,
-        final_: bool,
-    },
-    Working,
 }
 
 /// The driver's answer to a subscribe, once the hub sent `SUBACK`.

@@ -11,7 +11,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures_util::Stream;
-use promhub_core::client::{DeliveryTag, Gap, SubscriptionId};
+use promhub_core::client::{Answer, DeliveryTag, Gap, SubscriptionId};
 use promhub_core::frames::{DeliveryCtx, Event, Group, Millis};
 use promhub_core::topic::{Pattern, Topic};
 use serde::de::DeserializeOwned;
@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
 use crate::error::DeserializeError;
-use crate::link::{Command, Link, RawDelivery, Reply, Settle, Subscribed, answer};
+use crate::link::{Command, Link, RawDelivery, Reply, Subscribed, answer};
 
 /// The events of one subscription, as a [`Stream`] of [`Delivery`]s with
 /// payloads deserialized into `T`.
@@ -351,7 +351,7 @@ impl Acker {
     /// See [`Delivery::ack`].
     pub fn ack(mut self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         let target = self.target.take();
-        Self::settle(target, self.delivery(), Settle::Ack)
+        Self::settle(target, self.delivery(), Answer::Ack)
     }
 
     /// See [`Delivery::nack`].
@@ -361,12 +361,12 @@ impl Acker {
         delay: Option<Duration>,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         let target = self.target.take();
-        let kind = Settle::Nack {
+        let answer = Answer::Nack {
             reason: Some(reason.into()),
             delay_ms: delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             final_: false,
         };
-        Self::settle(target, self.delivery(), kind)
+        Self::settle(target, self.delivery(), answer)
     }
 
     /// See [`Delivery::term`].
@@ -375,12 +375,12 @@ impl Acker {
         reason: impl Into<String>,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         let target = self.target.take();
-        let kind = Settle::Nack {
+        let answer = Answer::Nack {
             reason: Some(reason.into()),
             delay_ms: None,
             final_: true,
         };
-        Self::settle(target, self.delivery(), kind)
+        Self::settle(target, self.delivery(), answer)
     }
 
     /// See [`Delivery::working`].
@@ -390,7 +390,7 @@ impl Acker {
             target
                 .send(
                     (self.event_id.clone(), self.seq),
-                    Settle::Working,
+                    Answer::Working,
                     Some(reply),
                 )
                 .map(|()| answered)
@@ -403,11 +403,13 @@ impl Acker {
     fn settle(
         target: Option<AckTarget>,
         delivery: (String, u64),
-        kind: Settle,
+        answer: Answer,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         let sent = target.map(|target| {
             let (reply, answered) = oneshot::channel();
-            target.send(delivery, kind, Some(reply)).map(|()| answered)
+            target
+                .send(delivery, answer, Some(reply))
+                .map(|()| answered)
         });
         verdict(sent)
     }
@@ -431,7 +433,7 @@ impl AckTarget {
     fn send(
         &self,
         (event_id, seq): (String, u64),
-        kind: Settle,
+        answer: Answer,
         reply: Option<Reply<()>>,
     ) -> Result<(), Error> {
         self.link.send(Command::Settle {
@@ -439,7 +441,7 @@ impl AckTarget {
             event_id,
             seq,
             tag: self.tag,
-            kind,
+            answer,
             reply,
         })
     }
@@ -450,12 +452,12 @@ impl Drop for Acker {
         if let Some(target) = self.target.take() {
             // Best effort: if the client is gone, so is the connection, and
             // the hub delivers the event again anyway.
-            let kind = Settle::Nack {
+            let answer = Answer::Nack {
                 reason: Some("dropped without an answer".to_owned()),
                 delay_ms: None,
                 final_: false,
             };
-            let _ = target.send((std::mem::take(&mut self.event_id), self.seq), kind, None);
+            let _ = target.send((std::mem::take(&mut self.event_id), self.seq), answer, None);
         }
     }
 }

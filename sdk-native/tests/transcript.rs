@@ -198,6 +198,12 @@ struct Player {
     url: String,
     settings: Value,
     client: Option<Client>,
+    events: Option<promhub::EventStream>,
+    /// Gaps on deliveries, per subscription pattern: the events stream
+    /// must report the same ones.
+    gaps: Vec<(String, promhub::Gap)>,
+    /// Subscription pattern per name.
+    topics: HashMap<String, String>,
     /// Subscribing, per name: the SUBACK to wait for, and the deliveries.
     subscribing: HashMap<String, oneshot::Receiver<Result<(), Error>>>,
     deliveries: HashMap<String, mpsc::UnboundedReceiver<Delivery<Value>>>,
@@ -213,6 +219,9 @@ impl Player {
             url,
             settings: settings.clone(),
             client: None,
+            events: None,
+            gaps: Vec::new(),
+            topics: HashMap::new(),
             subscribing: HashMap::new(),
             deliveries: HashMap::new(),
             readers: Vec::new(),
@@ -241,7 +250,10 @@ impl Player {
             .unwrap_or_default();
         let tokens = Arc::new(Mutex::new(tokens));
         let ms = |key: &str| Duration::from_millis(settings["reconnect"][key].as_u64().expect(key));
-        ClientConfig::new()
+        let mut config = ClientConfig::new();
+        // The events stream is read at the end: room for all of them.
+        config.event_capacity = 1024;
+        config
             .client_name(settings["clientName"].as_str().expect("clientName"))
             .reconnect_delay(ms("minDelayMs"), ms("maxDelayMs"))
             .token_provider(move || {
@@ -267,6 +279,7 @@ impl Player {
             "connect" => {
                 let client =
                     Client::connect_lazy(self.url.as_str(), self.config()).expect("client");
+                self.events = Some(client.events());
                 self.client = Some(client);
             }
             "connected" => guard(
@@ -337,6 +350,7 @@ impl Player {
         let topic = step["topic"].as_str().expect("topic").to_owned();
         let group = step["group"].as_str().map(str::to_owned);
         let opts: SubscribeOpts = serde_json::from_value(step["opts"].clone()).unwrap_or_default();
+        self.topics.insert(name.clone(), topic.clone());
         let (subscribed, waiting) = oneshot::channel();
         let (deliveries, received) = mpsc::unbounded_channel();
         self.subscribing.insert(name.clone(), waiting);
@@ -377,6 +391,9 @@ impl Player {
             step["snapshot"].as_bool().unwrap_or(false),
             "{at}"
         );
+        if let Some(gap) = delivery.gap() {
+            self.gaps.push((self.topics[name].clone(), gap));
+        }
         let gap = delivery
             .gap()
             .map(|gap| serde_json::json!({"from": gap.from, "to": gap.to}));
@@ -386,8 +403,22 @@ impl Player {
         }
     }
 
-    /// Nothing was delivered beyond what the script received.
+    /// Nothing was delivered beyond what the script received, and the
+    /// events stream reported every gap the deliveries carried.
     async fn finish(mut self) {
+        let events: Vec<promhub::ConnectionEvent> = match self.events.take() {
+            // Ends after `Closed`.
+            Some(events) => guard("events", events.collect()).await,
+            None => Vec::new(),
+        };
+        let reported: Vec<(String, promhub::Gap)> = events
+            .into_iter()
+            .filter_map(|event| match event {
+                promhub::ConnectionEvent::Gap { topic, gap } => Some((topic, gap)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reported, self.gaps, "gaps on the events stream");
         for reader in self.readers.drain(..) {
             guard("reader", reader).await.expect("reader");
         }

@@ -31,6 +31,7 @@
 use std::collections::VecDeque;
 
 use super::events::DeliveryTag;
+use super::requests::sorted_position;
 
 /// The largest `max_inflight` the hub accepts (hub `MAX_INFLIGHT_LIMIT`).
 pub const MAX_INFLIGHT_LIMIT: usize = 10_000;
@@ -51,14 +52,7 @@ pub(crate) struct HeldDeliveries {
 
 impl HeldDeliveries {
     fn position(&self, seq: u64) -> Result<usize, usize> {
-        // Fast paths: a new (largest) seq, and the answer to the oldest.
-        match (self.entries.front(), self.entries.back()) {
-            (None, _) => return Err(0),
-            (_, Some(last)) if seq > last.seq => return Err(self.entries.len()),
-            (Some(first), _) if seq == first.seq => return Ok(0),
-            _ => {}
-        }
-        self.entries.binary_search_by_key(&seq, |held| held.seq)
+        sorted_position(&self.entries, seq, |held| held.seq)
     }
 
     /// Records a delivery (replacing an earlier delivery of the same seq);

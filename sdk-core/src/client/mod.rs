@@ -186,7 +186,7 @@ mod requests;
 mod subscriptions;
 
 pub use self::config::{ClientConfig, HeartbeatConfig, QueueConfig, QueuePolicy, ReconnectConfig};
-pub use self::core::{ClientCore, Delivered, close_code};
+pub use self::core::{Answer, ClientCore, Delivered, close_code};
 pub use self::events::{
     ClientError, ClientEvent, ConnectionState, DeliveryTag, Gap, RequestError, RequestId,
     StateReason, SubscriptionId, Transmit, Unmatched,

@@ -29,7 +29,7 @@ use crate::Error;
 use crate::client::PubAck;
 use crate::config::{ClientConfig, TokenProvider};
 use crate::events::ConnectionEvent;
-use crate::link::{Command, ConnectionInfo, RawDelivery, Reply, Settle, Subscribed};
+use crate::link::{Command, ConnectionInfo, RawDelivery, Reply, Subscribed};
 
 /// Commands (or incoming frames) handled before the outputs are drained:
 /// many publishes become one batch of writes and one flush.
@@ -586,7 +586,7 @@ impl Driver {
                 event_id,
                 seq,
                 tag,
-                kind,
+                answer,
                 reply,
             } => {
                 let delivered = Delivered {
@@ -594,7 +594,12 @@ impl Driver {
                     seq,
                     tag,
                 };
-                let result = self.settle(now, sub, delivered, kind);
+                // The core decides whether the answer may go out
+                // (connected, and the delivery held by this connection).
+                let result = self
+                    .core
+                    .answer(now, sub, delivered, answer)
+                    .map_err(Error::from);
                 match reply {
                     Some(reply) => {
                         let _ = reply.send(result);
@@ -621,29 +626,6 @@ impl Driver {
                 self.stop("closed by the application");
             }
         }
-    }
-
-    /// The core decides whether the answer may go out (connected, and the
-    /// delivery held by the current connection).
-    fn settle(
-        &mut self,
-        now: u64,
-        sub: SubscriptionId,
-        delivered: Delivered<'_>,
-        kind: Settle,
-    ) -> Result<(), Error> {
-        let result = match kind {
-            Settle::Ack => self.core.ack(now, sub, delivered),
-            Settle::Working => self.core.working(now, sub, delivered),
-            Settle::Nack {
-                reason,
-                delay_ms,
-                final_,
-            } => self
-                .core
-                .nack(now, sub, delivered, reason, delay_ms, final_),
-        };
-        result.map_err(Error::from)
     }
 }
 

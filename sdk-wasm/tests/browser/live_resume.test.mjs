@@ -15,32 +15,14 @@ import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 
-import {
-  launchBrowser,
-  openTestPage,
-  startHub,
-  startStaticServer,
-  tempDir,
-  uniqueTopic,
-} from "./harness.mjs";
+import { openTestPage, startHub, tempDir, uniqueTopic, useBrowser } from "./harness.mjs";
 
 const NEEDS_EPHEMERAL_FROM =
   process.env.PROMHUB_TEST_EPHEMERAL_FROM === "1"
     ? false
     : "needs the hub to honour opts.from on live subscriptions (issue 14, hub part); enable once it lands";
 
-let files;
-let browser;
-
-before(async () => {
-  files = await startStaticServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await files?.close();
-});
+const session = useBrowser();
 
 /** SIGKILL: no close frames, no final flush. */
 async function kill(hub) {
@@ -64,7 +46,7 @@ describe("live subscriptions resume where they stopped", () => {
   test("nothing missed, nothing repeated across a hub restart", { skip: NEEDS_EPHEMERAL_FROM }, async () => {
     hub = await startHub({ dataDir });
     const listen = `127.0.0.1:${hub.port}`;
-    const page = await openTestPage(browser, files.origin);
+    const page = await openTestPage(session.browser, session.files.origin);
     const topic = uniqueTopic("test.resume");
     await page.evaluate(
       async ({ url, topic }) => {
@@ -146,7 +128,7 @@ describe("a gap retention made is reported", () => {
     const args = ["--config", configFile];
     hub = await startHub({ dataDir: join(dataDir, "store"), args });
     const listen = `127.0.0.1:${hub.port}`;
-    const page = await openTestPage(browser, files.origin);
+    const page = await openTestPage(session.browser, session.files.origin);
     const topic = uniqueTopic("test.gap");
     await page.evaluate(
       async ({ url, topic }) => {

@@ -8,26 +8,15 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
-import { ROOT, launchBrowser, openTestPage, startStaticServer } from "./harness.mjs";
+import { ROOT, openTestPage, useBrowser } from "./harness.mjs";
 import { listenWebSocket } from "./ws-peer.mjs";
 
 /** Every wait is bounded: a hang becomes a failure, never a timing assertion. */
 const HANG_GUARD_MS = 30_000;
 
-let files;
-let browser;
-
-before(async () => {
-  files = await startStaticServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await files?.close();
-});
+const session = useBrowser();
 
 test("reconnect, stale NACK after a redelivery, token retries and live resume", async () => {
   await play("reconnect.json");
@@ -36,7 +25,7 @@ test("reconnect, stale NACK after a redelivery, token retries and live resume", 
 async function play(name) {
   const script = JSON.parse(readFileSync(join(ROOT, "tests", "transcripts", name), "utf8"));
   const hub = await ScriptedHub.start();
-  const page = await openTestPage(browser, files.origin);
+  const page = await openTestPage(session.browser, session.files.origin);
   const recorded = [];
   try {
     for (const [index, step] of script.steps.entries()) {

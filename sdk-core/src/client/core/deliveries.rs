@@ -9,14 +9,20 @@ use crate::client::events::{
 };
 use crate::frames::{ClientFrame, DeliveryRef, EventDelivery, Nack};
 
-/// An answer to a delivery.
-enum Answer {
+/// An answer to a delivery of a durable group, for
+/// [`ClientCore::answer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Processed (`ACK`).
     Ack,
+    /// Not processed (`NACK`): redelivered after `delay_ms` (or the
+    /// group's backoff), or dead-lettered now when `final_`.
     Nack {
         reason: Option<String>,
         delay_ms: Option<u64>,
         final_: bool,
     },
+    /// Still working on it (`WORKING`): pushes the ack deadline back.
     Working,
 }
 
@@ -81,12 +87,14 @@ impl ClientCore {
         DeliveryTag(self.live_tags_from)
     }
 
-    /// Sends an answer for a delivery of a durable group, if it may go
-    /// out: nothing for an ephemeral subscription (the hub ignores their
+    /// Answers a delivery of a durable group, if the answer may go out:
+    /// nothing for an ephemeral subscription (the hub ignores their
     /// acknowledgements); refused when not connected, or when the current
-    /// connection does not hold the delivery. `ACK` and `NACK` settle it
-    /// (it is no longer held), `WORKING` does not.
-    fn answer(
+    /// connection does not hold the delivery (see [`ack`](Self::ack)).
+    /// `ACK` and `NACK` settle it (it is no longer held), `WORKING` does
+    /// not. [`ack`](Self::ack), [`nack`](Self::nack) and
+    /// [`working`](Self::working) are shorthands.
+    pub fn answer(
         &mut self,
         now: u64,
         sub: SubscriptionId,

@@ -4,6 +4,8 @@
 mod deliveries;
 mod token;
 
+pub use self::deliveries::Answer;
+
 use std::collections::VecDeque;
 
 use serde::Deserialize;
