@@ -88,6 +88,24 @@ fn a_slow_source_is_bounded_by_the_connect_timeout() {
 }
 
 #[test]
+fn a_source_that_never_answers_is_asked_again_by_the_next_attempt() {
+    let mut h = Harness::new(with_source());
+    h.core.connect(h.now);
+    assert_eq!(h.transmits(), vec![Transmit::Connect, Transmit::FetchToken]);
+    h.core.handle_socket_open(h.now);
+    // No answer: the connect timeout gives the attempt up.
+    h.advance(10_000);
+    assert_eq!(last_reason(&h.events()), Some(StateReason::ConnectTimeout));
+    h.transmits();
+    let delay = h.core.poll_timeout().unwrap();
+    h.advance_to(delay);
+    assert_eq!(h.transmits(), vec![Transmit::Connect, Transmit::FetchToken]);
+    h.core.handle_token(h.now, Some("second".to_owned()));
+    h.core.handle_socket_open(h.now);
+    assert_eq!(h.sent()[0]["token"], "second");
+}
+
+#[test]
 fn a_source_that_fails_while_connecting_gives_the_attempt_up() {
     let mut h = Harness::new(with_source());
     h.core.connect(h.now);

@@ -502,8 +502,7 @@ impl ClientCore {
         self.heartbeat.pong_deadline = None;
         self.heartbeat.ping_rid = None;
         self.token_timer.refresh_at = None;
-        self.tokens.for_connect = false;
-        self.tokens.socket_open = false;
+        self.tokens.give_up_connect();
         // The hub takes back every delivery of a closed connection.
         for sub in self.subs.iter_mut() {
             sub.held.clear();

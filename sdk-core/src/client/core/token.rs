@@ -36,6 +36,16 @@ impl TokenFetch {
             ..TokenFetch::default()
         }
     }
+
+    /// The connection attempt is over. If it was waiting for the source,
+    /// the next one asks again rather than wait for an answer that may
+    /// never come (a late answer is still taken).
+    pub(super) fn give_up_connect(&mut self) {
+        if std::mem::take(&mut self.for_connect) {
+            self.in_flight = false;
+        }
+        self.socket_open = false;
+    }
 }
 
 impl ClientCore {
