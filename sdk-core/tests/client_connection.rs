@@ -703,3 +703,103 @@ fn connect_while_waiting_to_reconnect_connects_now() {
     h.core.connect(h.now);
     assert!(h.transmits().is_empty());
 }
+
+#[test]
+fn every_reason_has_one_text_and_its_close_code() {
+    use promhub_core::frames::ErrorCode;
+    let cases = [
+        (
+            StateReason::UserRequested,
+            "requested by the application",
+            None,
+        ),
+        (
+            StateReason::Reconnect { attempt: 3 },
+            "reconnect attempt 3",
+            None,
+        ),
+        (StateReason::TokenUpdated, "new token", None),
+        (
+            StateReason::SocketOpened,
+            "socket open, authenticating",
+            None,
+        ),
+        (StateReason::Authenticated, "authenticated", None),
+        (
+            StateReason::SocketClosed {
+                code: Some(1001),
+                reason: "hub shutting down".to_owned(),
+            },
+            "socket closed (1001: hub shutting down)",
+            Some(1001),
+        ),
+        (
+            StateReason::SocketClosed {
+                code: Some(4009),
+                reason: String::new(),
+            },
+            "socket closed (4009)",
+            Some(4009),
+        ),
+        (
+            StateReason::SocketClosed {
+                code: None,
+                reason: String::new(),
+            },
+            "socket closed",
+            None,
+        ),
+        (
+            StateReason::SocketError("connection reset".to_owned()),
+            "connection reset",
+            None,
+        ),
+        (
+            StateReason::TerminalClose {
+                code: 4003,
+                reason: "banned".to_owned(),
+            },
+            "closed by the hub (4003: banned)",
+            Some(4003),
+        ),
+        (
+            StateReason::TerminalClose {
+                code: 1000,
+                reason: String::new(),
+            },
+            "closed by the hub (1000)",
+            Some(1000),
+        ),
+        (
+            StateReason::AuthRefused {
+                code: ErrorCode::JwtInvalid,
+                msg: "bad signature".to_owned(),
+                close_code: Some(4001),
+            },
+            "authentication refused: jwt_invalid: bad signature",
+            Some(4001),
+        ),
+        (StateReason::ConnectTimeout, "connect timeout", None),
+        (StateReason::AuthTimeout, "no answer to AUTH in time", None),
+        (StateReason::HeartbeatTimeout, "heartbeat timeout", None),
+        (
+            StateReason::ProtocolViolation("v2".to_owned()),
+            "protocol violation: v2",
+            None,
+        ),
+        (
+            StateReason::ReconnectExhausted { attempts: 5 },
+            "gave up after 5 reconnect attempts",
+            None,
+        ),
+        (
+            StateReason::TokenFetchFailed("down".to_owned()),
+            "no token: down",
+            None,
+        ),
+    ];
+    for (reason, text, code) in cases {
+        assert_eq!(reason.to_string(), text, "{reason:?}");
+        assert_eq!(reason.close_code(), code, "{reason:?}");
+    }
+}

@@ -7,7 +7,9 @@ mod client_support;
 use std::collections::BTreeMap;
 
 use client_support::*;
-use promhub_core::client::{ClientEvent, ConnectionState, Delivered, RequestId, Transmit};
+use promhub_core::client::{
+    ClientEvent, ConnectionState, Delivered, DeliveryTag, RequestId, Transmit,
+};
 use promhub_core::frames::{PublishOpts, SubscribeOpts, to_payload};
 use promhub_core::{Group, Pattern, Topic};
 use proptest::prelude::*;
@@ -309,9 +311,12 @@ fn run(inputs: Vec<Input>) -> Result<(), TestCaseError> {
             }
             Input::Ack(i) => {
                 if !subs.is_empty() {
-                    let _ = h
-                        .core
-                        .ack(now, subs[i % subs.len()], Delivered { id: "e", seq: 1 });
+                    let delivered = Delivered {
+                        id: "e",
+                        seq: 1,
+                        tag: DeliveryTag::from_u64(i as u64 % 4),
+                    };
+                    let _ = h.core.ack(now, subs[i % subs.len()], delivered);
                 }
             }
             Input::Nack(i) => {
@@ -319,7 +324,11 @@ fn run(inputs: Vec<Input>) -> Result<(), TestCaseError> {
                     let _ = h.core.nack(
                         now,
                         subs[i % subs.len()],
-                        Delivered { id: "e", seq: 1 },
+                        Delivered {
+                            id: "e",
+                            seq: 1,
+                            tag: DeliveryTag::from_u64(i as u64 % 4),
+                        },
                         None,
                         Some(1),
                         false,

@@ -6,14 +6,18 @@ mod client_support;
 
 use client_support::*;
 use promhub_core::client::{
-    ClientError, ClientEvent, Delivered, RequestError, SubscriptionId, Unmatched,
+    ClientError, ClientEvent, Delivered, DeliveryTag, RequestError, SubscriptionId, Unmatched,
 };
 use promhub_core::frames::{ErrorCode, StartFrom, SubscribeOpts};
 use promhub_core::{Group, Pattern};
 use serde_json::{Value, json};
 
 /// A delivery for answers whose content does not matter.
-const E1: Delivered<'static> = Delivered { id: "e", seq: 1 };
+const E1: Delivered<'static> = Delivered {
+    id: "e",
+    seq: 1,
+    tag: DeliveryTag::from_u64(0),
+};
 
 fn subscribe(h: &mut Harness, pattern: &str, group: Option<&str>) -> SubscriptionId {
     h.core
@@ -29,7 +33,7 @@ fn subscribe(h: &mut Harness, pattern: &str, group: Option<&str>) -> Subscriptio
 fn event(topic: &str, group: Option<&str>, id: &str) -> Value {
     let mut frame = json!({
         "op": "EVENT", "topic": topic,
-        "event": {"id": id, "seq": 1, "topic": "process.state", "ts": 1, "payload": {"x": 1}},
+        "event": {"id": id, "seq": 5, "topic": "process.state", "ts": 1, "payload": {"x": 1}},
         "ctx": {"attempt": 1},
     });
     if let Some(group) = group {
@@ -51,7 +55,7 @@ fn deliveries(events: &[ClientEvent]) -> Vec<(SubscriptionId, String)> {
     events
         .iter()
         .filter_map(|event| match event {
-            ClientEvent::Delivery { sub, delivery } => Some((*sub, delivery.event.id.clone())),
+            ClientEvent::Delivery { sub, delivery, .. } => Some((*sub, delivery.event.id.clone())),
             _ => None,
         })
         .collect()
@@ -325,19 +329,48 @@ fn a_pending_unsubscribe_completes_when_the_socket_drops() {
     assert!(h.events().contains(&ClientEvent::Unsubscribed { sub }));
 }
 
+/// Hands the client an EVENT for a durable subscription; the tag of the
+/// delivery.
+fn deliver(h: &mut Harness, pattern: &str, group: &str, id: &str, seq: u64) -> DeliveryTag {
+    let mut frame = event(pattern, Some(group), id);
+    frame["event"]["seq"] = json!(seq);
+    h.hub(frame);
+    match &h.events()[..] {
+        [ClientEvent::Delivery { tag: Some(tag), .. }] => *tag,
+        other => panic!("expected one durable delivery, got {other:?}"),
+    }
+}
+
 #[test]
 fn ack_nack_and_working_send_the_exact_frames() {
     let mut h = Harness::connected(config());
     let sub = subscribe(&mut h, "process.**", Some("ops"));
-    h.sent();
+    let sent = h.sent();
+    h.hub(suback(&sent[0]));
+    h.events();
+    let tags: Vec<DeliveryTag> = (1..=4)
+        .map(|n| deliver(&mut h, "process.**", "ops", &format!("e-{n}"), n))
+        .collect();
     h.core
-        .ack(h.now, sub, Delivered { id: "e-1", seq: 1 })
+        .ack(
+            h.now,
+            sub,
+            Delivered {
+                id: "e-1",
+                seq: 1,
+                tag: tags[0],
+            },
+        )
         .unwrap();
     h.core
         .nack(
             h.now,
             sub,
-            Delivered { id: "e-2", seq: 2 },
+            Delivered {
+                id: "e-2",
+                seq: 2,
+                tag: tags[1],
+            },
             Some("db down".to_owned()),
             Some(5_000),
             false,
@@ -347,14 +380,26 @@ fn ack_nack_and_working_send_the_exact_frames() {
         .nack(
             h.now,
             sub,
-            Delivered { id: "e-3", seq: 3 },
+            Delivered {
+                id: "e-3",
+                seq: 3,
+                tag: tags[2],
+            },
             None,
             None,
             true,
         )
         .unwrap();
     h.core
-        .working(h.now, sub, Delivered { id: "e-4", seq: 4 })
+        .working(
+            h.now,
+            sub,
+            Delivered {
+                id: "e-4",
+                seq: 4,
+                tag: tags[3],
+            },
+        )
         .unwrap();
     assert_eq!(
         h.sent(),

@@ -142,7 +142,9 @@ impl ClientConfig {
     /// connection and its subscriptions stay up. After the hub refused a
     /// token (close 4001/4003) the client waits for the provider to yield a
     /// new one before it reconnects; a failing provider is retried with the
-    /// reconnect backoff.
+    /// reconnect backoff (jittered; a connection attempt that waited for the
+    /// token is given up and retried as a whole). `promhub-core` decides all
+    /// of it, so the browser SDK's `getToken` follows the same rules.
     pub fn token_provider<F, Fut, E>(mut self, provider: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,

@@ -51,7 +51,10 @@ pub enum Error {
     #[error("no answer from the hub within the request timeout")]
     TimedOut,
     /// The connection dropped before the answer: the hub may or may not
-    /// have processed the request.
+    /// have processed the request. For an answer to a delivery
+    /// ([`Delivery::ack`](crate::Delivery::ack), …): the delivery came on a
+    /// connection that has dropped, or the hub has delivered the event
+    /// again since; nothing was sent, and the hub delivers it again.
     #[error("connection lost before the answer; the outcome is unknown")]
     Disconnected,
     /// Not connected, and the call cannot wait for a connection (a publish
@@ -130,6 +133,9 @@ impl From<ClientError> for Error {
             // The subscription is gone (unsubscribed, or refused on a
             // resubscribe): nothing can be sent for it any more.
             ClientError::UnknownSubscription(_) => Error::Closed,
+            // The delivery came on a connection that has dropped (or was
+            // delivered again since): the hub delivers the event again.
+            ClientError::NotHeld { .. } => Error::Disconnected,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use futures_util::stream::{self, BoxStream};
+use promhub_core::client::Gap;
 use promhub_core::frames::{ErrorCode, Millis};
 use tokio::sync::broadcast;
 
@@ -44,7 +45,8 @@ pub enum ConnectionEvent {
     TokenRefreshNeeded { expires_at: Option<Millis> },
     /// The hub accepted a fresh token on the open connection.
     TokenRefreshed { expires_at: Option<Millis> },
-    /// The token provider failed; it is asked again after a backoff delay.
+    /// The token provider failed; it is asked again after a backoff delay
+    /// (or with the next connection attempt).
     TokenError { message: String },
     /// The application reads this subscription more slowly than events
     /// arrive: its buffer was full and `dropped` deliveries in all were
@@ -55,6 +57,13 @@ pub enum ConnectionEvent {
         group: Option<String>,
         dropped: u64,
     },
+    /// A live subscription (pattern `topic`) resumed after a reconnect, but
+    /// the hub could not deliver every event published while it was away:
+    /// its retention had removed the seqs in `gap`. The next
+    /// [`Delivery`](crate::Delivery) of the subscription carries the same
+    /// gap ([`Delivery::gap`](crate::Delivery::gap)), in order with the
+    /// events.
+    Gap { topic: String, gap: Gap },
     /// The hub refused to restore this subscription after a reconnect (for
     /// example after a token change took the permission away). Its stream
     /// has ended.

@@ -4,7 +4,9 @@
 //! A [`Client`] is a cheap, cloneable handle to one driver task that owns
 //! the WebSocket and the sans-IO protocol state machine from
 //! [`promhub_core`]: it reconnects with jittered, capped backoff, restores
-//! every subscription (durable groups continue from the hub's cursor),
+//! every subscription (durable groups continue from the hub's cursor, live
+//! ones from the seq after the last one delivered, with no duplicate, and
+//! a [`Gap`] when the hub could no longer deliver what was missed),
 //! refreshes the token in band and keeps the connection alive with
 //! heartbeats.
 //!
@@ -87,7 +89,7 @@ pub use options::{DEFAULT_SUBSCRIPTION_BUFFER, PublishOptions, SubscribeOptions}
 pub use subscription::{Acker, Delivery, Subscription};
 
 pub use promhub_core as core;
-pub use promhub_core::client::{ConnectionState, QueuePolicy};
+pub use promhub_core::client::{ConnectionState, Gap, QueuePolicy};
 pub use promhub_core::frames::{ErrorCode, Event, StartFrom};
 /// The rustls this crate uses, for [`ClientConfig::tls_roots`] and
 /// [`ClientConfig::tls_config`].

@@ -1,10 +1,10 @@
 //! What the application side ([`Client`](crate::Client), subscriptions,
 //! deliveries) sends to the driver task, and how.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use promhub_core::client::SubscriptionId;
+use promhub_core::client::{Answer, DeliveryTag, Gap, SubscriptionId};
 use promhub_core::frames::{EventDelivery, Group, Payload, PublishOpts, SubscribeOpts};
 use promhub_core::topic::{Pattern, Topic};
 use tokio::sync::{mpsc, oneshot};
@@ -38,9 +38,11 @@ pub(crate) enum Command {
         sub: SubscriptionId,
         event_id: String,
         seq: u64,
-        /// The connection the delivery came on (see [`Link::epoch`]).
-        epoch: u64,
-        kind: Settle,
+        /// The core's tag of the delivery being answered.
+        tag: DeliveryTag,
+        answer: Answer,
+        /// The core's verdict (`None`: nobody waits for it).
+        reply: Option<Reply<()>>,
     },
     Ping {
         reply: Reply<std::time::Duration>,
@@ -50,18 +52,6 @@ pub(crate) enum Command {
     Close {
         reply: oneshot::Sender<()>,
     },
-}
-
-/// How a delivery of a durable group is answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Settle {
-    Ack,
-    Nack {
-        reason: Option<String>,
-        delay_ms: Option<u64>,
-        final_: bool,
-    },
-    Working,
 }
 
 /// The driver's answer to a subscribe, once the hub sent `SUBACK`.
@@ -74,20 +64,22 @@ pub(crate) struct Subscribed {
     pub(crate) ended: Arc<Mutex<Option<Error>>>,
 }
 
-/// An `EVENT` on its way to a subscription.
+/// An `EVENT` on its way to a subscription, as the core handed it out.
 #[derive(Debug)]
 pub(crate) struct RawDelivery {
-    pub(crate) epoch: u64,
     pub(crate) delivery: Box<EventDelivery>,
+    /// Durable groups: names this delivery in its answer.
+    pub(crate) tag: Option<DeliveryTag>,
+    /// Live subscriptions: seqs the hub could not deliver before this one.
+    pub(crate) gap: Option<Gap>,
 }
 
 /// What the handles may know about the connection without asking the
-/// driver. Written by the driver only.
+/// driver. Written by the driver only, from the core.
 #[derive(Debug, Default)]
 pub(crate) struct ConnectionInfo {
-    /// Counts successful connections (`OK`s).
-    pub(crate) epoch: AtomicU64,
-    pub(crate) connected: AtomicBool,
+    /// The core's [`ClientCore::live_tags_from`](promhub_core::ClientCore::live_tags_from).
+    pub(crate) live_tags_from: AtomicU64,
 }
 
 /// The channel to the driver task, plus what is known about the connection.
@@ -112,15 +104,11 @@ impl Link {
         self.commands.send(command).map_err(|_| Error::Closed)
     }
 
-    /// The number of the current connection. A delivery of a durable group
-    /// from an older connection is stale: the hub took it back when that
-    /// connection closed and delivers it again.
-    pub(crate) fn epoch(&self) -> u64 {
-        self.connection.epoch.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn connected(&self) -> bool {
-        self.connection.connected.load(Ordering::Acquire)
+    /// Is this durable delivery from a connection that has closed? The hub
+    /// took it back and delivers the event again (the core refuses any
+    /// answer to it).
+    pub(crate) fn is_stale(&self, tag: DeliveryTag) -> bool {
+        tag.as_u64() < self.connection.live_tags_from.load(Ordering::Acquire)
     }
 }
 

@@ -11,7 +11,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures_util::Stream;
-use promhub_core::client::SubscriptionId;
+use promhub_core::client::{Answer, DeliveryTag, Gap, SubscriptionId};
 use promhub_core::frames::{DeliveryCtx, Event, Group, Millis};
 use promhub_core::topic::{Pattern, Topic};
 use serde::de::DeserializeOwned;
@@ -20,14 +20,17 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
 use crate::error::DeserializeError;
-use crate::link::{Command, Link, RawDelivery, Settle, Subscribed, answer};
+use crate::link::{Command, Link, RawDelivery, Reply, Subscribed, answer};
 
 /// The events of one subscription, as a [`Stream`] of [`Delivery`]s with
 /// payloads deserialized into `T`.
 ///
 /// The subscription survives reconnects: the client subscribes again after
-/// every reconnect, and a durable group continues from the hub's cursor.
-/// Dropping it unsubscribes. The stream ends when the hub drops the
+/// every reconnect. A durable group continues from the hub's cursor; a live
+/// subscription resumes from the seq after the last one it delivered, so
+/// nothing published meanwhile is missed and nothing comes twice — unless
+/// the hub's retention removed some of it, which the next delivery reports
+/// ([`Delivery::gap`]). Dropping it unsubscribes. The stream ends when the hub drops the
 /// subscription for good ([`end_reason`](Self::end_reason) says why) or the
 /// client closes.
 pub struct Subscription<T> {
@@ -128,8 +131,9 @@ impl<T: DeserializeOwned> Stream for Subscription<T> {
             };
             // A durable delivery from a connection that has since dropped
             // was taken back by the hub, which delivers it again on the new
-            // connection: handing out both would only make a duplicate.
-            if self.group.is_some() && raw.epoch != self.link.epoch() {
+            // connection (the core would refuse its answer): handing out
+            // both would only make a duplicate.
+            if raw.tag.is_some_and(|tag| self.link.is_stale(tag)) {
                 tracing::trace!(event = %raw.delivery.event.id, "stale delivery skipped");
                 continue;
             }
@@ -144,15 +148,16 @@ impl<T: DeserializeOwned> Stream for Subscription<T> {
 /// unanswered NACKs it. For an ephemeral subscription the answers do
 /// nothing (the hub does not track them).
 ///
-/// The answers are sent when they are called (they have no reply on the
-/// wire); the returned future is ready at once and says whether the answer
-/// could go out: [`Error::NotConnected`], or [`Error::Disconnected`] for a
-/// delivery made on a connection that has since dropped, mean it did not,
-/// and the hub delivers the event again.
+/// The answers are handed to the client when they are called (they have no
+/// reply on the wire); the returned future says whether the answer went
+/// out: [`Error::NotConnected`], or [`Error::Disconnected`] for a delivery
+/// made on a connection that has since dropped (or delivered again since),
+/// mean it did not, and the hub delivers the event again.
 pub struct Delivery<T> {
     payload: Result<T, DeserializeError>,
     event: Event,
     ctx: DeliveryCtx,
+    gap: Option<Gap>,
     acker: Acker,
 }
 
@@ -168,7 +173,7 @@ impl<T: fmt::Debug> fmt::Debug for Delivery<T> {
 
 impl<T: DeserializeOwned> Delivery<T> {
     fn new(raw: RawDelivery, sub: SubscriptionId, link: &Link) -> Self {
-        let RawDelivery { epoch, delivery } = raw;
+        let RawDelivery { delivery, tag, gap } = raw;
         let delivery = *delivery;
         let event = delivery.event;
         let payload =
@@ -176,13 +181,14 @@ impl<T: DeserializeOwned> Delivery<T> {
                 event_id: event.id.clone(),
                 source: Arc::new(source),
             });
-        let target = delivery.group.is_some().then(|| AckTarget {
+        let target = tag.map(|tag| AckTarget {
             link: link.clone(),
             sub,
-            epoch,
+            tag,
         });
         Delivery {
             payload,
+            gap,
             acker: Acker {
                 target,
                 event_id: event.id.clone(),
@@ -252,15 +258,28 @@ impl<T> Delivery<T> {
         self.ctx.snapshot.unwrap_or(false)
     }
 
+    /// Live subscriptions: events this subscription may have missed just
+    /// before this one. After a reconnect the client resumes from the seq
+    /// after the last one it delivered; when the hub's retention had
+    /// removed some of the events since, it cannot deliver them, and the
+    /// first delivery after that says which seqs are missing (the same gap
+    /// is also reported at once as
+    /// [`ConnectionEvent::Gap`](crate::ConnectionEvent::Gap)). `None`
+    /// otherwise, and always for durable groups (whose cursor lives in the
+    /// hub).
+    pub fn gap(&self) -> Option<Gap> {
+        self.gap
+    }
+
     /// Splits the delivery into its payload, its event and the [`Acker`]
     /// that answers it (which NACKs when dropped unanswered).
     pub fn into_parts(self) -> (Result<T, DeserializeError>, Event, Acker) {
         (self.payload, self.event, self.acker)
     }
 
-    /// Processed: the hub moves the group past it. (An `ACK` for a delivery
-    /// of a connection that has dropped is still sent: it saves a
-    /// duplicate when it arrives.)
+    /// Processed: the hub moves the group past it. Not sent for a delivery
+    /// of a connection that has dropped ([`Error::Disconnected`]): the hub
+    /// ignores it and delivers the event again anyway.
     pub fn ack(self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         self.acker.ack()
     }
@@ -305,7 +324,8 @@ pub struct Acker {
 struct AckTarget {
     link: Link,
     sub: SubscriptionId,
-    epoch: u64,
+    /// The core's name for this delivery.
+    tag: DeliveryTag,
 }
 
 impl fmt::Debug for Acker {
@@ -331,7 +351,7 @@ impl Acker {
     /// See [`Delivery::ack`].
     pub fn ack(mut self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         let target = self.target.take();
-        Self::settle(target, self.delivery(), Settle::Ack)
+        Self::settle(target, self.delivery(), Answer::Ack)
     }
 
     /// See [`Delivery::nack`].
@@ -341,12 +361,12 @@ impl Acker {
         delay: Option<Duration>,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         let target = self.target.take();
-        let kind = Settle::Nack {
+        let answer = Answer::Nack {
             reason: Some(reason.into()),
             delay_ms: delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             final_: false,
         };
-        Self::settle(target, self.delivery(), kind)
+        Self::settle(target, self.delivery(), answer)
     }
 
     /// See [`Delivery::term`].
@@ -355,56 +375,74 @@ impl Acker {
         reason: impl Into<String>,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         let target = self.target.take();
-        let kind = Settle::Nack {
+        let answer = Answer::Nack {
             reason: Some(reason.into()),
             delay_ms: None,
             final_: true,
         };
-        Self::settle(target, self.delivery(), kind)
+        Self::settle(target, self.delivery(), answer)
     }
 
     /// See [`Delivery::working`].
     pub fn working(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static + use<> {
-        let result = match &self.target {
-            None => Ok(()),
-            Some(target) => target.send((self.event_id.clone(), self.seq), Settle::Working),
-        };
-        std::future::ready(result)
+        let sent = self.target.as_ref().map(|target| {
+            let (reply, answered) = oneshot::channel();
+            target
+                .send(
+                    (self.event_id.clone(), self.seq),
+                    Answer::Working,
+                    Some(reply),
+                )
+                .map(|()| answered)
+        });
+        verdict(sent)
     }
 
-    /// Sends the answer now, so that it cannot be lost with the returned
-    /// future; that future is ready at once.
+    /// Hands the answer to the driver now, so that it cannot be lost with
+    /// the returned future, which resolves with the core's verdict.
     fn settle(
         target: Option<AckTarget>,
         delivery: (String, u64),
-        kind: Settle,
+        answer: Answer,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        let result = match target {
-            None => Ok(()),
-            Some(target) => target.send(delivery, kind),
-        };
-        std::future::ready(result)
+        let sent = target.map(|target| {
+            let (reply, answered) = oneshot::channel();
+            target
+                .send(delivery, answer, Some(reply))
+                .map(|()| answered)
+        });
+        verdict(sent)
+    }
+}
+
+/// The core's verdict on an answer handed to the driver (`None`: nothing
+/// to answer, an ephemeral delivery).
+async fn verdict(
+    sent: Option<Result<oneshot::Receiver<Result<(), Error>>, Error>>,
+) -> Result<(), Error> {
+    match sent {
+        None => Ok(()),
+        Some(Err(e)) => Err(e),
+        Some(Ok(answered)) => answer(answered).await,
     }
 }
 
 impl AckTarget {
-    /// Hands the answer to the driver, when it can still matter: the client
-    /// is connected, and (except for an `ACK`, which only saves a duplicate)
-    /// the delivery came on the current connection. Otherwise the hub
-    /// delivers the event again anyway, and the error says so.
-    fn send(&self, (event_id, seq): (String, u64), kind: Settle) -> Result<(), Error> {
-        if !self.link.connected() {
-            return Err(Error::NotConnected);
-        }
-        if kind != Settle::Ack && self.epoch != self.link.epoch() {
-            return Err(Error::Disconnected);
-        }
+    /// Hands the answer to the driver; the core decides whether it goes
+    /// out (connected, and the delivery held by the current connection).
+    fn send(
+        &self,
+        (event_id, seq): (String, u64),
+        answer: Answer,
+        reply: Option<Reply<()>>,
+    ) -> Result<(), Error> {
         self.link.send(Command::Settle {
             sub: self.sub,
             event_id,
             seq,
-            epoch: self.epoch,
-            kind,
+            tag: self.tag,
+            answer,
+            reply,
         })
     }
 }
@@ -414,17 +452,12 @@ impl Drop for Acker {
         if let Some(target) = self.target.take() {
             // Best effort: if the client is gone, so is the connection, and
             // the hub delivers the event again anyway.
-            let _ = target.link.send(Command::Settle {
-                sub: target.sub,
-                event_id: std::mem::take(&mut self.event_id),
-                seq: self.seq,
-                epoch: target.epoch,
-                kind: Settle::Nack {
-                    reason: Some("dropped without an answer".to_owned()),
-                    delay_ms: None,
-                    final_: false,
-                },
-            });
+            let answer = Answer::Nack {
+                reason: Some("dropped without an answer".to_owned()),
+                delay_ms: None,
+                final_: false,
+            };
+            let _ = target.send((std::mem::take(&mut self.event_id), self.seq), answer, None);
         }
     }
 }

@@ -1,6 +1,6 @@
 // The JavaScript half of the promhub browser client: what is cheaper or only
 // possible on the JS side of the boundary. Every EVENT passes through
-// `deliver` (one call per event), so it stays small and allocation-light.
+// `deliverFrame` (one call per event), so it stays small and allocation-light.
 // No protocol logic lives here: the Rust side (promhub-core's ClientCore)
 // decides everything; this file calls handlers and listeners.
 
@@ -63,20 +63,24 @@ function isThenable(value) {
 
 /**
  * The `ctx` a handler receives: the delivery context of the EVENT frame
- * (`attempt`, `ack_deadline`, `snapshot`) plus explicit acknowledgement.
+ * (`attempt`, `ack_deadline`, `snapshot`), the delivery's `tag`, a `gap`
+ * the machine reported before this event, plus explicit acknowledgement.
  * The first of ack/nack wins; the automatic one after the handler settles
- * is skipped when the handler already chose.
+ * is skipped when the handler already chose. Whether an answer may go out
+ * is the machine's call (promhub-core): false when it did not.
  */
 class DeliveryContext {
   #eventId;
   #seq;
   #settled = false;
 
-  constructor(subscription, eventId, seq, attempt, ackDeadline, snapshot) {
+  constructor(subscription, eventId, seq, attempt, ackDeadline, snapshot, tag, gapFrom, gapTo) {
     this.subscription = subscription;
     this.attempt = attempt;
     if (ackDeadline !== undefined) this.ack_deadline = ackDeadline;
     if (snapshot) this.snapshot = true;
+    this.tag = tag;
+    if (gapFrom !== undefined) this.gap = { from: gapFrom, to: gapTo };
     this.#eventId = eventId;
     this.#seq = seq;
   }
@@ -88,18 +92,18 @@ class DeliveryContext {
   ack() {
     if (this.#settled) return false;
     this.#settled = true;
-    return this.subscription.ack(this.#eventId, this.#seq);
+    return this.subscription.ack(this.#eventId, this.#seq, this.tag);
   }
 
   nack(reason, opts) {
     if (this.#settled) return false;
     this.#settled = true;
-    return this.subscription.nack(this.#eventId, this.#seq, reason, opts);
+    return this.subscription.nack(this.#eventId, this.#seq, this.tag, reason, opts);
   }
 
   working() {
     if (this.#settled) return false;
-    return this.subscription.working(this.#eventId, this.#seq);
+    return this.subscription.working(this.#eventId, this.#seq, this.tag);
   }
 }
 
@@ -195,19 +199,23 @@ export class Runtime {
    * Rust side; parsed here once more by the engine's JSON.parse, which is
    * cheaper than re-encoding the event in wasm).
    */
-  deliverFrame(id, frameText) {
+  deliverFrame(id, frameText, tag, gapFrom, gapTo) {
     const entry = this.subscriptions.get(id);
     if (entry === undefined) return;
     const frame = JSON.parse(frameText);
     const ctx = frame.ctx;
-    this.#run(entry, frame.event, ctx.attempt, ctx.ack_deadline, ctx.snapshot === true);
-  }
-
-  /** Same, from the event re-encoded as JSON by the Rust side. */
-  deliver(id, eventJson, attempt, ackDeadline, snapshot) {
-    const entry = this.subscriptions.get(id);
-    if (entry === undefined) return;
-    this.#run(entry, JSON.parse(eventJson), attempt, ackDeadline, snapshot);
+    const context = new DeliveryContext(
+      entry.subscription,
+      frame.event.id,
+      frame.event.seq,
+      ctx.attempt,
+      ctx.ack_deadline,
+      ctx.snapshot === true,
+      tag,
+      gapFrom,
+      gapTo,
+    );
+    this.#run(entry, frame.event, context);
   }
 
   /**
@@ -216,8 +224,7 @@ export class Runtime {
    * subscriptions have nothing to acknowledge; a failing handler is
    * reported to the error listeners.
    */
-  #run(entry, event, attempt, ackDeadline, snapshot) {
-    const ctx = new DeliveryContext(entry.subscription, event.id, event.seq, attempt, ackDeadline, snapshot);
+  #run(entry, event, ctx) {
     let result;
     try {
       result = entry.handler(event, ctx);

@@ -63,19 +63,17 @@ extern "C" {
     #[wasm_bindgen(method, js_name = emitError)]
     pub(crate) fn emit_error(this: &Runtime, error: &JsValue, quiet: bool);
 
-    /// One event to its handler, from the EVENT frame's own text.
+    /// One event to its handler, from the EVENT frame's own text. `tag`
+    /// names the delivery in its answer (durable groups; 0 otherwise);
+    /// `gap_from..=gap_to`: seqs the hub could not deliver before it.
     #[wasm_bindgen(method, js_name = deliverFrame)]
-    pub(crate) fn deliver_frame(this: &Runtime, id: f64, frame_text: &JsValue);
-
-    /// One event to its handler, from the event re-encoded as JSON.
-    #[wasm_bindgen(method)]
-    pub(crate) fn deliver(
+    pub(crate) fn deliver_frame(
         this: &Runtime,
         id: f64,
-        event_json: &str,
-        attempt: u32,
-        ack_deadline: Option<f64>,
-        snapshot: bool,
+        frame_text: &JsValue,
+        tag: f64,
+        gap_from: Option<f64>,
+        gap_to: Option<f64>,
     );
 
     #[wasm_bindgen(js_name = makeError)]

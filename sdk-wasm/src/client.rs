@@ -50,28 +50,14 @@ impl PromClient {
     /// disabled or exhausted).
     #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
     pub fn connect(&self) -> Promise {
-        let fetch_token_first = {
+        {
             let mut driver = self.shared.driver.borrow_mut();
-            driver.stopped_by_user = false;
             if driver.core.state() == ConnectionState::Connected {
                 return Promise::resolve(&JsValue::UNDEFINED);
             }
-            let idle = matches!(
-                driver.core.state(),
-                ConnectionState::Disconnected | ConnectionState::Closed
-            );
-            if idle && driver.get_token.is_some() && !driver.token.have_token {
-                driver.token.connect_when_ready = true;
-                true
-            } else {
-                driver.core.connect(now_ms());
-                false
-            }
-        };
-        let promise = self.shared.runtime.wait_connected();
-        if fetch_token_first {
-            self.shared.start_token_fetch();
+            driver.core.connect(now_ms());
         }
+        let promise = self.shared.runtime.wait_connected();
         self.shared.drive();
         promise
     }
@@ -127,11 +113,11 @@ impl PromClient {
     /// refused the previous token).
     #[wasm_bindgen(js_name = setToken)]
     pub fn set_token(&self, token: Option<String>) {
-        {
-            let mut driver = self.shared.driver.borrow_mut();
-            driver.token.have_token = true;
-            driver.core.set_token(now_ms(), token);
-        }
+        self.shared
+            .driver
+            .borrow_mut()
+            .core
+            .set_token(now_ms(), token);
         self.shared.drive();
     }
 
@@ -139,13 +125,7 @@ impl PromClient {
     /// Pending publishes fail; confirmed subscriptions are kept and
     /// restored by `connect()`.
     pub fn close(&self) {
-        {
-            let mut driver = self.shared.driver.borrow_mut();
-            driver.stopped_by_user = true;
-            driver.token.connect_when_ready = false;
-            driver.token.retry_at = None;
-            driver.core.close(now_ms());
-        }
+        self.shared.driver.borrow_mut().core.close(now_ms());
         self.shared.drive();
     }
 

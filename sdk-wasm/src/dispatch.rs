@@ -3,7 +3,9 @@
 
 use std::rc::Rc;
 
-use promhub_core::client::{ClientEvent, ConnectionState, StateReason, Unmatched};
+use promhub_core::client::{
+    ClientEvent, ConnectionState, DeliveryTag, Gap, StateReason, Unmatched,
+};
 use promhub_core::frames::{EventDelivery, Welcome};
 use promhub_core::json_text::Quoted;
 use wasm_bindgen::JsValue;
@@ -63,49 +65,17 @@ pub(crate) fn state_name(state: ConnectionState) -> &'static str {
     }
 }
 
-/// Words for a state change, and the close code behind it if any.
-fn describe(reason: &StateReason) -> (String, Option<u16>) {
-    match reason {
-        StateReason::UserRequested => ("requested by the application".to_owned(), None),
-        StateReason::Reconnect { attempt } => (format!("reconnect attempt {attempt}"), None),
-        StateReason::TokenUpdated => ("new token".to_owned(), None),
-        StateReason::SocketOpened => ("socket open, authenticating".to_owned(), None),
-        StateReason::Authenticated => ("authenticated".to_owned(), None),
-        StateReason::SocketClosed { code, reason } => {
-            let text = match (code, reason.is_empty()) {
-                (Some(code), true) => format!("socket closed ({code})"),
-                (Some(code), false) => format!("socket closed ({code}: {reason})"),
-                (None, true) => "socket closed".to_owned(),
-                (None, false) => format!("socket closed ({reason})"),
-            };
-            (text, *code)
-        }
-        StateReason::SocketError(message) => (message.clone(), None),
-        StateReason::TerminalClose { code, reason } => {
-            (format!("closed by the hub ({code}: {reason})"), Some(*code))
-        }
-        StateReason::AuthRefused {
-            code,
-            msg,
-            close_code,
-        } => (
-            format!("authentication refused: {code}: {msg}"),
-            *close_code,
-        ),
-        StateReason::ConnectTimeout => ("connect timeout".to_owned(), None),
-        StateReason::AuthTimeout => ("no answer to AUTH in time".to_owned(), None),
-        StateReason::HeartbeatTimeout => ("heartbeat timeout".to_owned(), None),
-        StateReason::ProtocolViolation(message) => (format!("protocol violation: {message}"), None),
-        StateReason::ReconnectExhausted { attempts } => {
-            (format!("gave up after {attempts} reconnect attempts"), None)
-        }
-    }
-}
-
 impl Shared {
     pub(crate) fn dispatch(self: &Rc<Self>, event: ClientEvent) {
         match event {
-            ClientEvent::Delivery { sub, delivery } => self.deliver(sub.as_u64(), &delivery),
+            ClientEvent::Delivery {
+                sub,
+                delivery,
+                tag,
+                gap,
+            } => self.deliver(sub.as_u64(), &delivery, tag, gap),
+            // Handed to the handler with the next event (`ctx.gap`).
+            ClientEvent::Gap { .. } => {}
             ClientEvent::StateChanged { state, reason } => self.state_changed(state, &reason),
             ClientEvent::Connected(welcome) => self.connected(welcome),
             ClientEvent::Reconnecting { attempt, delay_ms } => {
@@ -169,6 +139,10 @@ impl Shared {
                 }
             }
             ClientEvent::TokenRefreshNeeded { .. } => self.token_needed(),
+            ClientEvent::TokenFetchFailed { message, .. } => {
+                let failure = error("token_failed", &format!("getToken failed: {message}"));
+                self.runtime.emit_error(&failure, false);
+            }
             ClientEvent::TokenRefreshed { expires_at } => {
                 let mut event = StateEvent::new("connected", "token refreshed".to_owned());
                 event.expires_at = expires_at;
@@ -209,33 +183,35 @@ impl Shared {
 
     /// The hot path: one `EVENT` to its handler. The handler gets the
     /// event parsed by the engine's `JSON.parse` from the frame's own text
-    /// (no re-encoding in wasm, no second string copy); the payload is the
-    /// publisher's JSON either way.
-    fn deliver(&self, id: u64, delivery: &EventDelivery) {
+    /// (no re-encoding in wasm, no second string copy): the payload is the
+    /// publisher's JSON.
+    fn deliver(
+        &self,
+        id: u64,
+        delivery: &EventDelivery,
+        tag: Option<DeliveryTag>,
+        gap: Option<Gap>,
+    ) {
+        // Tags and seqs stay far below 2^53: exact as JS numbers.
+        let tag = tag.map_or(0.0, |tag| tag.as_u64() as f64);
+        let gap_from = gap.map(|gap| gap.from as f64);
+        let gap_to = gap.map(|gap| gap.to as f64);
         // Cloned out (a reference, not the text): no borrow is held while
         // the handler runs.
         let frame = self.current_frame.borrow().clone();
         if let Some(frame) = frame {
-            self.runtime.deliver_frame(id as f64, &frame);
+            self.runtime
+                .deliver_frame(id as f64, &frame, tag, gap_from, gap_to);
             return;
         }
-        // Not from a frame being handled (no such path today): re-encode.
-        let event_json = match promhub_core::json_text::to_string(&delivery.event) {
-            Ok(json) => json,
-            Err(e) => {
-                let failure = error("internal", &format!("cannot encode event: {e}"));
-                self.runtime.emit_error(&failure, false);
-                return;
-            }
-        };
-        let ctx = &delivery.ctx;
-        self.runtime.deliver(
-            id as f64,
-            &event_json,
-            ctx.attempt,
-            ctx.ack_deadline.map(|ms| ms as f64),
-            ctx.snapshot.unwrap_or(false),
+        // Every delivery comes out of `handle_text` for the frame being
+        // handled (one EVENT frame, at most one delivery), so this cannot
+        // happen; reported rather than re-encoding the event in wasm.
+        let failure = error(
+            "internal",
+            &format!("delivery of seq {} outside its frame", delivery.event.seq),
         );
+        self.runtime.emit_error(&failure, false);
     }
 
     fn state_changed(self: &Rc<Self>, state: ConnectionState, reason: &StateReason) {
@@ -243,7 +219,7 @@ impl Shared {
             // Reported with the hub's welcome, which follows at once.
             return;
         }
-        let (text, code) = describe(reason);
+        let text = reason.to_string();
         if matches!(
             state,
             ConnectionState::Closed | ConnectionState::Disconnected
@@ -251,7 +227,7 @@ impl Shared {
             self.driver.borrow_mut().last_close_reason = text.clone();
         }
         let mut event = StateEvent::new(state_name(state), text);
-        event.code = code;
+        event.code = reason.close_code();
         self.runtime.emit_state(&event.into_js());
     }
 
@@ -264,9 +240,9 @@ impl Shared {
         self.runtime.settle_connected(true, &JsValue::UNDEFINED);
     }
 
-    fn token_needed(self: &Rc<Self>) {
+    fn token_needed(&self) {
         if self.driver.borrow().get_token.is_some() {
-            self.start_token_fetch();
+            // The machine asks `getToken` itself.
             return;
         }
         let failure = error(

@@ -31,27 +31,11 @@ const ABNORMAL_CLOSURE: u16 = 1006;
 const NO_STATUS: u16 = 1005;
 /// `setTimeout` takes a signed 32-bit delay.
 const MAX_TIMER_DELAY_MS: u64 = i32::MAX as u64;
-/// Retry delays after `getToken` fails: doubling from the first to the cap.
-const TOKEN_RETRY_FIRST_MS: u64 = 500;
-const TOKEN_RETRY_MAX_MS: u64 = 30_000;
 
 #[derive(Debug)]
 struct Timer {
     deadline: u64,
     handle: JsValue,
-}
-
-/// Where the token from `getToken` stands.
-#[derive(Debug, Default)]
-pub(crate) struct TokenFetch {
-    pub(crate) in_flight: bool,
-    /// `connect()` is waiting for the first token before opening a socket.
-    pub(crate) connect_when_ready: bool,
-    /// A token (or deliberate anonymity) was obtained at least once.
-    pub(crate) have_token: bool,
-    failures: u32,
-    /// Driver ms of the next attempt after a failure.
-    pub(crate) retry_at: Option<u64>,
 }
 
 /// Everything mutable. Only borrowed for short stretches with no
@@ -67,10 +51,8 @@ pub(crate) struct Driver {
     /// Subscriptions whose `subscribe()` promise waits for the first
     /// `SUBACK` (the promises themselves are kept by the runtime).
     pub(crate) unconfirmed: Vec<SubscriptionId>,
+    /// The application's token source; the machine says when to call it.
     pub(crate) get_token: Option<Function>,
-    pub(crate) token: TokenFetch,
-    /// `close()` was called and `connect()` not since.
-    pub(crate) stopped_by_user: bool,
     /// Why the client last entered `closed`, for promises that end there.
     pub(crate) last_close_reason: String,
 }
@@ -139,12 +121,8 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(url: String, options: Options) -> Rc<Shared> {
-        let mut core = ClientCore::new(options.config.clone());
+        let mut core = ClientCore::new(options.config);
         core.set_unix_time(now_ms(), unix_ms());
-        let token = TokenFetch {
-            have_token: options.config.token.is_some(),
-            ..TokenFetch::default()
-        };
         Rc::new_cyclic(|weak| Shared {
             driver: RefCell::new(Driver {
                 core,
@@ -154,8 +132,6 @@ impl Shared {
                 timer: None,
                 unconfirmed: Vec::new(),
                 get_token: options.get_token,
-                token,
-                stopped_by_user: false,
                 last_close_reason: String::new(),
             }),
             runtime: Runtime::new(),
@@ -193,16 +169,36 @@ impl Shared {
     }
 
     fn flush_transmits(&self) {
-        let mut driver = self.driver.borrow_mut();
-        while let Some(transmit) = driver.core.poll_transmit() {
-            match transmit {
-                Transmit::Connect => driver.open_socket(&self.callbacks),
-                Transmit::Text(text) => driver.send(&text),
-                Transmit::Close { code, reason } => {
-                    if let Some(socket) = driver.socket.take() {
-                        bindings::close_socket(&socket, code, &reason);
+        loop {
+            // `getToken` is application code: called with nothing borrowed.
+            let fetch_from = {
+                let mut driver = self.driver.borrow_mut();
+                let mut fetch_from = None;
+                while let Some(transmit) = driver.core.poll_transmit() {
+                    match transmit {
+                        Transmit::Connect => driver.open_socket(&self.callbacks),
+                        Transmit::Text(text) => driver.send(&text),
+                        Transmit::Close { code, reason } => {
+                            if let Some(socket) = driver.socket.take() {
+                                bindings::close_socket(&socket, code, &reason);
+                            }
+                        }
+                        Transmit::FetchToken => {
+                            fetch_from = Some(driver.get_token.clone());
+                            break;
+                        }
                     }
                 }
+                fetch_from
+            };
+            match fetch_from {
+                None => return,
+                Some(Some(source)) => bindings::fetch_token(&source, self.callbacks.token.as_ref()),
+                Some(None) => self
+                    .driver
+                    .borrow_mut()
+                    .core
+                    .handle_token_error(now_ms(), "no getToken option"),
             }
         }
     }
@@ -213,11 +209,7 @@ impl Shared {
     /// for every frame that moves the heartbeat deadline.
     fn arm_timer(&self) {
         let mut driver = self.driver.borrow_mut();
-        let next = [driver.core.poll_timeout(), driver.token.retry_at]
-            .into_iter()
-            .flatten()
-            .min();
-        let Some(deadline) = next else {
+        let Some(deadline) = driver.core.poll_timeout() else {
             // Nothing to wait for (closed): no timer left behind, which on
             // Node.js would keep the process alive until it fired.
             if let Some(timer) = driver.timer.take() {
@@ -242,19 +234,10 @@ impl Shared {
     }
 
     fn on_timer(self: &Rc<Self>) {
-        let now = now_ms();
-        let fetch_token = {
+        {
             let mut driver = self.driver.borrow_mut();
             driver.timer = None;
-            let due = driver.token.retry_at.is_some_and(|at| at <= now);
-            if due {
-                driver.token.retry_at = None;
-            }
-            driver.core.handle_timeout(now);
-            due
-        };
-        if fetch_token {
-            self.start_token_fetch();
+            driver.core.handle_timeout(now_ms());
         }
         self.drive();
     }
@@ -326,55 +309,18 @@ impl Shared {
     }
 
     // ------------------------------------------------------------------
-    // Tokens
-
-    /// Asks `getToken` for a token, unless a request is already out.
-    pub(crate) fn start_token_fetch(self: &Rc<Self>) {
-        let source = {
-            let mut driver = self.driver.borrow_mut();
-            if driver.token.in_flight {
-                return;
-            }
-            let Some(source) = driver.get_token.clone() else {
-                return;
-            };
-            driver.token.in_flight = true;
-            driver.token.retry_at = None;
-            source
-        };
-        bindings::fetch_token(&source, self.callbacks.token.as_ref());
-    }
+    // Tokens: the machine asks (`Transmit::FetchToken`) and retries.
 
     fn on_token(self: &Rc<Self>, token: Option<String>) {
-        {
-            let mut driver = self.driver.borrow_mut();
-            driver.token.in_flight = false;
-            driver.token.failures = 0;
-            driver.token.have_token = true;
-            let now = now_ms();
-            driver.core.set_token(now, token);
-            if std::mem::take(&mut driver.token.connect_when_ready) {
-                driver.core.connect(now);
-            }
-        }
+        self.driver.borrow_mut().core.handle_token(now_ms(), token);
         self.drive();
     }
 
     fn on_token_failed(self: &Rc<Self>, message: String) {
-        {
-            let mut driver = self.driver.borrow_mut();
-            driver.token.in_flight = false;
-            if !driver.stopped_by_user {
-                driver.token.failures = driver.token.failures.saturating_add(1);
-                let shift = (driver.token.failures - 1).min(16);
-                let delay = TOKEN_RETRY_FIRST_MS
-                    .saturating_mul(1 << shift)
-                    .min(TOKEN_RETRY_MAX_MS);
-                driver.token.retry_at = Some(now_ms().saturating_add(delay));
-            }
-        }
-        let error = crate::errors::error("token_failed", &format!("getToken failed: {message}"));
-        self.runtime.emit_error(&error, false);
+        self.driver
+            .borrow_mut()
+            .core
+            .handle_token_error(now_ms(), &message);
         self.drive();
     }
 
@@ -387,13 +333,7 @@ impl Shared {
     fn settle_if_stopped(self: &Rc<Self>) {
         let (unconfirmed, reason) = {
             let mut driver = self.driver.borrow_mut();
-            if driver.core.state() != ConnectionState::Closed {
-                return;
-            }
-            let token_coming = driver.token.in_flight
-                || driver.token.retry_at.is_some()
-                || driver.token.connect_when_ready;
-            if token_coming && !driver.stopped_by_user {
+            if driver.core.state() != ConnectionState::Closed || driver.core.waiting_for_token() {
                 return;
             }
             if driver.unconfirmed.is_empty() && !self.runtime.has_connect_waiters() {

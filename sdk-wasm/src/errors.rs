@@ -19,6 +19,7 @@ pub(crate) fn client_error(err: &ClientError) -> JsValue {
         ClientError::QueueFull { .. } => "queue_full",
         ClientError::AlreadySubscribed(_) => "already_subscribed",
         ClientError::UnknownSubscription(_) => "unknown_subscription",
+        ClientError::NotHeld { .. } => "not_held",
     };
     error(code, &err.to_string())
 }

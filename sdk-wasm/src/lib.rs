@@ -3,8 +3,10 @@
 //! `promhub`.
 //!
 //! Everything the protocol needs (handshake, request ids and timeouts,
-//! queueing, resubscribe, heartbeats, token refresh, reconnect backoff)
-//! happens in `promhub-core`; this crate moves WebSocket frames, time and
+//! queueing, resubscribe and gapless resume, which answers to deliveries
+//! may go out, heartbeats, token refresh and `getToken` retries, reconnect
+//! backoff, the words for state changes) happens in `promhub-core`, shared
+//! with the native SDK; this crate moves WebSocket frames, time, tokens and
 //! JavaScript values in and out:
 //!
 //! - [`client`]: the `PromClient` class;

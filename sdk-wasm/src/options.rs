@@ -117,6 +117,8 @@ impl Options {
                 }
             }
         }
+        // The machine asks `getToken` when it needs a token, and retries it.
+        config.token_source = get_token.is_some();
         Ok(Options {
             config,
             get_token,

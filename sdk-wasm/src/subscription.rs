@@ -4,7 +4,7 @@
 use std::rc::{Rc, Weak};
 
 use js_sys::Promise;
-use promhub_core::client::{Delivered, SubscriptionId};
+use promhub_core::client::{Delivered, DeliveryTag, SubscriptionId};
 use wasm_bindgen::prelude::*;
 
 use crate::bindings::{PENDING_UNSUBSCRIBE, now_ms};
@@ -72,15 +72,17 @@ impl Subscription {
     }
 
     /// Acknowledges an event of a durable group (handlers do this
-    /// themselves when they return), named by its `id` and `seq` (the hub
-    /// settles only the delivery with that seq that this connection holds).
-    /// `false` when it could not be sent (not connected, unsubscribed, or
-    /// `seq` is not a seq): the hub then redelivers it.
-    pub fn ack(&self, event_id: &str, seq: f64) -> bool {
-        let Some(seq) = seq_from_js(seq) else {
+    /// themselves when they return, and `ctx.ack()` is the usual way),
+    /// named by its `id`, `seq` and the delivery's `tag` (`ctx.tag`).
+    /// `false` when it was not sent — not connected, unsubscribed, or a
+    /// delivery the current connection does not hold (it came on a
+    /// connection that has closed, was answered already, or was delivered
+    /// again since): the hub then redelivers the event if it must.
+    pub fn ack(&self, event_id: &str, seq: f64, tag: f64) -> bool {
+        let Some(delivered) = delivered(event_id, seq, tag) else {
             return false;
         };
-        self.with_core(|core, now| core.ack(now, self.sub, Delivered { id: event_id, seq }))
+        self.with_core(|core, now| core.ack(now, self.sub, delivered))
     }
 
     /// Refuses an event of a durable group: redelivered after
@@ -90,6 +92,7 @@ impl Subscription {
         &self,
         event_id: &str,
         seq: f64,
+        tag: f64,
         #[wasm_bindgen(unchecked_optional_param_type = "string")] reason: Option<String>,
         #[wasm_bindgen(unchecked_optional_param_type = "NackOptions")] opts: Option<JsValue>,
     ) -> Result<bool, JsValue> {
@@ -97,28 +100,20 @@ impl Subscription {
         let opts = Fields::new(&opts, "nack options", &["delay_ms", "final"])?;
         let delay_ms = opts.u64("delay_ms")?;
         let final_ = opts.bool("final")?.unwrap_or(false);
-        let Some(seq) = seq_from_js(seq) else {
+        let Some(delivered) = delivered(event_id, seq, tag) else {
             return Ok(false);
         };
-        Ok(self.with_core(|core, now| {
-            core.nack(
-                now,
-                self.sub,
-                Delivered { id: event_id, seq },
-                reason,
-                delay_ms,
-                final_,
-            )
-        }))
+        Ok(self
+            .with_core(|core, now| core.nack(now, self.sub, delivered, reason, delay_ms, final_)))
     }
 
     /// Pushes the ack deadline of an event of a durable group back by the
     /// group's ack timeout, for handlers that take long.
-    pub fn working(&self, event_id: &str, seq: f64) -> bool {
-        let Some(seq) = seq_from_js(seq) else {
+    pub fn working(&self, event_id: &str, seq: f64, tag: f64) -> bool {
+        let Some(delivered) = delivered(event_id, seq, tag) else {
             return false;
         };
-        self.with_core(|core, now| core.working(now, self.sub, Delivered { id: event_id, seq }))
+        self.with_core(|core, now| core.working(now, self.sub, delivered))
     }
 
     /// Stops the subscription: its handler gets no more events at once.
@@ -151,9 +146,18 @@ fn unsubscribe(shared: &Rc<Shared>, sub: SubscriptionId) -> Promise {
     promise
 }
 
-/// An event's `seq` as JavaScript holds it (a number): a whole number
-/// within the exactly representable range, else `None`.
-fn seq_from_js(seq: f64) -> Option<u64> {
+/// The delivery an answer names, from JavaScript numbers: `None` unless
+/// `seq` and `tag` are whole numbers within the exactly representable
+/// range.
+fn delivered(id: &str, seq: f64, tag: f64) -> Option<Delivered<'_>> {
+    Some(Delivered {
+        id,
+        seq: u64_from_js(seq)?,
+        tag: DeliveryTag::from_u64(u64_from_js(tag)?),
+    })
+}
+
+fn u64_from_js(value: f64) -> Option<u64> {
     const MAX_SAFE: f64 = 9_007_199_254_740_991.0;
-    (seq.fract() == 0.0 && (0.0..=MAX_SAFE).contains(&seq)).then_some(seq as u64)
+    (value.fract() == 0.0 && (0.0..=MAX_SAFE).contains(&value)).then_some(value as u64)
 }

@@ -33,10 +33,14 @@ export interface ClientOptions {
   /** JWT for `AUTH`; absent means anonymous (or ask `getToken`). */
   token?: string | null;
   /**
-   * Where fresh tokens come from: called before the first connection when
-   * `token` is absent, before the token expires (`tokenRefreshMarginMs`),
-   * on the hub's `EXPIRING`, and after the hub refused a token. A failure
-   * is reported to `onError` and retried with backoff.
+   * Where fresh tokens come from: called before every connection attempt
+   * (unless a token arrived since the last one: `token`, `setToken`, or an
+   * earlier answer), before the token expires (`tokenRefreshMarginMs`), on
+   * the hub's `EXPIRING`, and after the hub refused a token. A failure is
+   * reported to `onError` (`token_failed`) and retried: a connection
+   * attempt that waited for the token is given up and retried with the
+   * reconnect backoff; a refresh is asked again after that same jittered
+   * backoff.
    */
   getToken?: () => TokenResult | Promise<TokenResult>;
   /** `false`: never reconnect on its own. Default: on, with the defaults below. */
@@ -133,6 +137,17 @@ export interface NackOptions {
   final?: boolean;
 }
 
+/**
+ * Seqs a live subscription may have missed (inclusive): after a reconnect
+ * the client resumes from the seq after the last one it delivered, and the
+ * hub's retention had removed these. The range counts every seq in the
+ * hub's log, so some of them may be events of other topics.
+ */
+export interface Gap {
+  from: number;
+  to: number;
+}
+
 /** An event as a handler receives it, with a typed payload. */
 export type PromEvent<T = unknown> = Omit<Event, "payload"> & {
   payload: T;
@@ -147,9 +162,22 @@ export type PromEvent<T = unknown> = Omit<Event, "payload"> & {
  */
 export interface DeliveryContext extends DeliveryCtx {
   readonly subscription: Subscription;
+  /** Names this delivery in `subscription.ack/nack/working` (durable groups; 0 for live ones). */
+  readonly tag: number;
+  /**
+   * Live subscriptions: set on the first event after a resume that could
+   * not deliver everything published while the client was away (the hub's
+   * retention removed `gap`). Events are otherwise never missed or
+   * repeated across reconnects.
+   */
+  readonly gap?: Gap;
   /** True once `ack` or `nack` was called (by you or automatically). */
   readonly settled: boolean;
-  /** `false` if it could not be sent (not connected; the hub redelivers). */
+  /**
+   * `false` if it was not sent: not connected, or a delivery of a
+   * connection that has closed (or delivered again since) — the hub
+   * redelivers it.
+   */
   ack(): boolean;
   nack(reason?: string, opts?: NackOptions): boolean;
   /** Pushes the ack deadline back by the group's ack timeout. */

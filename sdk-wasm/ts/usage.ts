@@ -65,11 +65,24 @@ export async function correctUse(): Promise<void> {
     },
     { from: "earliest", max_inflight: 10, snapshot: false },
   );
-  sub.ack("event-id", 42);
+  sub.ack("event-id", 42, 7);
   await sub.unsubscribe();
 
-  // A live subscription; the handler's return value is free.
-  await client.subscribe("process.state", null, (event) => event.payload, { snapshot: true });
+  // A live subscription; the handler's return value is free. A gap is
+  // reported on the first event after a resume that could not deliver
+  // everything.
+  await client.subscribe(
+    "process.state",
+    null,
+    (event, ctx) => {
+      if (ctx.gap !== undefined) {
+        const missed: number = ctx.gap.to - ctx.gap.from + 1;
+        void missed;
+      }
+      return event.payload;
+    },
+    { snapshot: true },
+  );
   stopState();
   client.close();
 }

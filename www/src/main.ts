@@ -1,8 +1,10 @@
 // The live process.state page: subscribes with `snapshot` (the current
 // table at once, from the hub's latest-by-key store), then applies live
-// events. Query parameters: `hub` (WebSocket URL; default: this origin's
+// events. After a reconnect the subscription resumes where it stopped (the
+// events published meanwhile come first); when the hub could no longer
+// deliver all of them (`ctx.gap`), the page takes a fresh snapshot. Query parameters: `hub` (WebSocket URL; default: this origin's
 // /ws) and `exitedTtlMs` (how long exited processes stay; default 60000).
-import { PromClient, type PromEvent } from "promhub";
+import { PromClient, type DeliveryContext, type PromEvent, type Subscription } from "promhub";
 
 import { ProcessTable, type ProcessState } from "./processes";
 import { ConnectionView, TableView } from "./view";
@@ -50,15 +52,32 @@ const client = new PromClient(hubUrl, { reconnect: { minDelayMs: 500, maxDelayMs
 client.onState((event) => connection.update(event));
 client.onError((error) => console.warn(`promhub: ${error.code}: ${error.message}`));
 
-function onEvent(event: PromEvent<ProcessState>): void {
+let subscription: Promise<Subscription> | null = null;
+
+function subscribe(): Promise<Subscription> {
+  subscription = client.subscribe<ProcessState>(TOPIC, null, onEvent, { snapshot: true });
+  return subscription;
+}
+
+/** Events were lost for good: start over from the latest of every key. */
+async function resnapshot(): Promise<void> {
+  const old = await subscription;
+  await old?.unsubscribe();
+  await subscribe();
+}
+
+function onEvent(event: PromEvent<ProcessState>, ctx: DeliveryContext): void {
+  if (ctx.gap !== undefined) {
+    resnapshot().catch((error: unknown) => console.warn("promhub: cannot take a fresh snapshot", error));
+  }
   if (table.apply(event.key, event.payload, event.ts, Date.now())) scheduleRender();
 }
 
 async function start(): Promise<void> {
   // Subscribed before connecting: the SUBSCRIBE goes out right after the
-  // hub accepts the connection, and again after every reconnect (with a
-  // fresh snapshot).
-  const subscribed = client.subscribe<ProcessState>(TOPIC, null, onEvent, { snapshot: true });
+  // hub accepts the connection, and again after every reconnect (resuming
+  // where it stopped).
+  const subscribed = subscribe();
   await client.connect();
   await subscribed;
   document.body.dataset.subscribed = "true";

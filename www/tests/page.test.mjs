@@ -152,6 +152,7 @@ test("the connection indicator shows the reconnect countdown while the hub is do
   hub = await startHub({ dataDir, listen: `127.0.0.1:${port}`, args: ["--www", DIST] });
   await page.waitForSelector('#connection[data-state="connected"]', { timeout: WAIT_MS });
   assert.equal(await page.textContent("#connection"), "connected");
-  // The rows come back from the new connection's snapshot.
+  // The rows are there after the reconnect (the subscription resumed, or
+  // took a fresh snapshot after a gap).
   await page.waitForSelector("#processes tbody tr", { timeout: WAIT_MS });
 });

@@ -24,7 +24,17 @@ pub struct ClientConfig {
     pub outbound_queue: QueueConfig,
     /// Ask the application for a fresh token this long before it expires.
     pub token_refresh_margin_ms: u64,
-    /// Seed of the reconnect jitter; fixed seeds make runs reproducible.
+    /// The driver has a token source (a function that yields tokens): the
+    /// machine asks it with [`Transmit::FetchToken`](super::Transmit::FetchToken)
+    /// before every connection attempt (unless a token arrived since the
+    /// last one), whenever the token must be refreshed, and after the hub
+    /// refused one; a failing source is asked again with the reconnect
+    /// backoff. Without one, the application answers
+    /// [`ClientEvent::TokenRefreshNeeded`](super::ClientEvent::TokenRefreshNeeded)
+    /// with [`set_token`](super::ClientCore::set_token).
+    pub token_source: bool,
+    /// Seed of the reconnect and token-retry jitter; fixed seeds make runs
+    /// reproducible.
     pub seed: u64,
 }
 
@@ -39,6 +49,7 @@ impl Default for ClientConfig {
             reconnect: ReconnectConfig::default(),
             outbound_queue: QueueConfig::default(),
             token_refresh_margin_ms: 30_000,
+            token_source: false,
             seed: 0x5eed,
         }
     }

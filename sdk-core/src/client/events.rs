@@ -41,7 +41,62 @@ impl fmt::Display for SubscriptionId {
     }
 }
 
-/// Something the driver must do on the socket, in the order polled.
+/// Names one delivery of a durable group: handed out with
+/// [`ClientEvent::Delivery`] and given back in the answer
+/// ([`Delivered::tag`](super::Delivered::tag)), so that the machine can
+/// tell it from an earlier or a later delivery of the same event. Tags are
+/// unique for the machine's life and grow with every delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeliveryTag(pub(crate) u64);
+
+impl DeliveryTag {
+    /// The tag as a number (at most 2^53 in any realistic life, so it also
+    /// fits a JavaScript number).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// A tag from [`as_u64`](Self::as_u64), e.g. after a trip through
+    /// JavaScript. A number the machine never handed out names no delivery.
+    pub const fn from_u64(value: u64) -> Self {
+        DeliveryTag(value)
+    }
+}
+
+/// Seqs a live subscription may have missed: the hub could not deliver
+/// `from..=to` when it resumed the subscription after a reconnect (its
+/// retention had removed those events). The range counts every seq in the
+/// hub's log, not only the ones that matched the subscription, so some or
+/// all of them may be events of other topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Gap {
+    /// First seq that may be missing.
+    pub from: u64,
+    /// Last seq that may be missing (inclusive).
+    pub to: u64,
+}
+
+impl Gap {
+    /// One range covering both (nothing was delivered in between).
+    pub(crate) fn merge(self, other: Gap) -> Gap {
+        Gap {
+            from: self.from.min(other.from),
+            to: self.to.max(other.to),
+        }
+    }
+}
+
+impl fmt::Display for Gap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.from == self.to {
+            write!(f, "seq {}", self.from)
+        } else {
+            write!(f, "seqs {} to {}", self.from, self.to)
+        }
+    }
+}
+
+/// Something the driver must do, in the order polled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transmit {
     /// Open a new WebSocket to the hub, then report
@@ -54,6 +109,14 @@ pub enum Transmit {
     /// code and reason. The machine already considers the socket gone: the
     /// driver must not report anything more about it.
     Close { code: u16, reason: String },
+    /// Ask the application's token source (only when
+    /// [`ClientConfig::token_source`](super::ClientConfig::token_source) is
+    /// set) for a token, then report
+    /// [`handle_token`](super::ClientCore::handle_token) or
+    /// [`handle_token_error`](super::ClientCore::handle_token_error). At
+    /// most one request is out at a time; the machine decides when to ask
+    /// again after a failure.
+    FetchToken,
 }
 
 /// Where the connection stands.
@@ -113,6 +176,63 @@ pub enum StateReason {
     ProtocolViolation(String),
     /// `max_attempts` reconnects failed in a row.
     ReconnectExhausted { attempts: u32 },
+    /// The token source failed while a connection attempt waited for its
+    /// token; the attempt is given up (and retried like any other).
+    TokenFetchFailed(String),
+}
+
+impl StateReason {
+    /// The WebSocket close code behind the change, if there was one.
+    pub fn close_code(&self) -> Option<u16> {
+        match self {
+            StateReason::SocketClosed { code, .. } => *code,
+            StateReason::TerminalClose { code, .. } => Some(*code),
+            StateReason::AuthRefused { close_code, .. } => *close_code,
+            _ => None,
+        }
+    }
+}
+
+/// The one text of every reason, used by both SDKs (the native
+/// `ConnectionEvent::Disconnected.reason`, the browser's
+/// `StateEvent.reason`).
+impl fmt::Display for StateReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateReason::UserRequested => f.write_str("requested by the application"),
+            StateReason::Reconnect { attempt } => write!(f, "reconnect attempt {attempt}"),
+            StateReason::TokenUpdated => f.write_str("new token"),
+            StateReason::SocketOpened => f.write_str("socket open, authenticating"),
+            StateReason::Authenticated => f.write_str("authenticated"),
+            StateReason::SocketClosed { code, reason } => {
+                f.write_str("socket closed")?;
+                match (code, reason.is_empty()) {
+                    (Some(code), true) => write!(f, " ({code})"),
+                    (Some(code), false) => write!(f, " ({code}: {reason})"),
+                    (None, true) => Ok(()),
+                    (None, false) => write!(f, " ({reason})"),
+                }
+            }
+            StateReason::SocketError(message) => f.write_str(message),
+            StateReason::TerminalClose { code, reason } if reason.is_empty() => {
+                write!(f, "closed by the hub ({code})")
+            }
+            StateReason::TerminalClose { code, reason } => {
+                write!(f, "closed by the hub ({code}: {reason})")
+            }
+            StateReason::AuthRefused { code, msg, .. } => {
+                write!(f, "authentication refused: {code}: {msg}")
+            }
+            StateReason::ConnectTimeout => f.write_str("connect timeout"),
+            StateReason::AuthTimeout => f.write_str("no answer to AUTH in time"),
+            StateReason::HeartbeatTimeout => f.write_str("heartbeat timeout"),
+            StateReason::ProtocolViolation(message) => write!(f, "protocol violation: {message}"),
+            StateReason::ReconnectExhausted { attempts } => {
+                write!(f, "gave up after {attempts} reconnect attempts")
+            }
+            StateReason::TokenFetchFailed(message) => write!(f, "no token: {message}"),
+        }
+    }
 }
 
 /// Why a request failed.
@@ -169,6 +289,14 @@ pub enum ClientError {
     /// No such subscription (never made, or unsubscribed).
     #[error("unknown subscription {0}")]
     UnknownSubscription(SubscriptionId),
+    /// The answer names a delivery the current connection does not hold:
+    /// it came on a connection that has closed, was answered already, or
+    /// the hub has delivered the event again since (a newer tag). Nothing
+    /// is sent — the hub ignores such answers, and a late `NACK` or
+    /// `WORKING` must not act on the newer delivery. The hub delivers the
+    /// event again if it still needs an answer.
+    #[error("delivery of seq {seq} on {sub} is not held by the current connection")]
+    NotHeld { sub: SubscriptionId, seq: u64 },
 }
 
 /// A well-formed frame from the hub that matches nothing this client waits
@@ -234,15 +362,36 @@ pub enum ClientEvent {
         sub: SubscriptionId,
         error: RequestError,
     },
+    /// An event for a subscription. `tag` (durable groups only) names
+    /// this delivery in its answer. `gap`: the hub could not deliver these
+    /// seqs just before this event (the same gap was reported with
+    /// [`ClientEvent::Gap`] when it became known).
     Delivery {
         sub: SubscriptionId,
         delivery: Box<EventDelivery>,
+        tag: Option<DeliveryTag>,
+        gap: Option<Gap>,
+    },
+    /// A live subscription resumed after a reconnect, but the hub could not
+    /// fill the whole gap: events in `gap` may have been missed. The next
+    /// delivery of the subscription carries the same gap.
+    Gap {
+        sub: SubscriptionId,
+        gap: Gap,
     },
     /// Call [`set_token`](super::ClientCore::set_token) with a fresh token:
     /// the current one expires at `expires_at` (Unix ms), or was refused
     /// (`None`).
     TokenRefreshNeeded {
         expires_at: Option<Millis>,
+    },
+    /// The token source failed ([`handle_token_error`](super::ClientCore::handle_token_error)).
+    /// `retry_in_ms`: when it is asked again; `None` when nothing waits for
+    /// a token any more, or when the connection attempt that waited for it
+    /// was given up (the reconnect asks again).
+    TokenFetchFailed {
+        message: String,
+        retry_in_ms: Option<u64>,
     },
     /// The hub accepted the token given to `set_token` on the open
     /// connection.

@@ -3,9 +3,12 @@
 //!
 //! [`ClientCore`] owns everything a client must get right — the `AUTH`
 //! handshake, request ids and timeouts, the subscription registry and
-//! resubscribe, the outbound queue, heartbeats, token refresh and reconnect
-//! with jittered backoff — and a driver (tokio for native apps,
-//! wasm-bindgen in the browser) only moves bytes and time in and out.
+//! resubscribe, gapless resume of live subscriptions, which answers to
+//! deliveries may go out, the outbound queue, heartbeats, token refresh
+//! and the token source's retries, reconnect with jittered backoff, the
+//! words for every state change — and a driver (tokio for native apps,
+//! wasm-bindgen in the browser) only moves bytes, time and tokens in and
+//! out, so both SDKs behave alike by construction.
 //!
 //! # Driver contract
 //!
@@ -23,13 +26,18 @@
 //!   [`handle_text`](ClientCore::handle_text),
 //!   [`handle_socket_closed`](ClientCore::handle_socket_closed),
 //!   [`handle_socket_error`](ClientCore::handle_socket_error);
+//! - the token source's answers (when
+//!   [`ClientConfig::token_source`] is set):
+//!   [`handle_token`](ClientCore::handle_token),
+//!   [`handle_token_error`](ClientCore::handle_token_error);
 //! - the clock: [`handle_timeout`](ClientCore::handle_timeout) once `now`
 //!   reaches [`poll_timeout`](ClientCore::poll_timeout).
 //!
 //! After every input, the driver drains the outputs:
 //! 1. [`poll_transmit`](ClientCore::poll_transmit) until `None`, executing
 //!    each [`Transmit`] in order: `Connect` opens a new socket, `Text` sends
-//!    on the current one, `Close` closes it.
+//!    on the current one, `Close` closes it, `FetchToken` calls the token
+//!    source.
 //! 2. [`poll_event`](ClientCore::poll_event) until `None`, handing each
 //!    [`ClientEvent`] to the application.
 //! 3. [`poll_timeout`](ClientCore::poll_timeout) to re-arm its one timer.
@@ -59,6 +67,20 @@
 //!   the `topic` and `group` the hub echoes. After every `OK` every
 //!   registered subscription is sent again, and answered with
 //!   [`ClientEvent::Subscribed`] or [`ClientEvent::SubscribeFailed`].
+//! - **Gapless live resume**: a live (ephemeral) subscription remembers the
+//!   seq after the last event it delivered (or its first `SUBACK.from_seq`
+//!   while it has delivered none) and resubscribes `from` it, without
+//!   `snapshot`; events it delivered already are dropped; a
+//!   `SUBACK.from_seq` later than asked means the hub's retention removed
+//!   the rest: [`ClientEvent::Gap`], and the same [`Gap`] on the next
+//!   [`ClientEvent::Delivery`]. Snapshot events pass as they are.
+//! - **Answers to deliveries** of durable groups name the delivery by its
+//!   [`DeliveryTag`] ([`Delivered`]). The machine holds the deliveries of
+//!   the current connection (at most `max_inflight` per subscription, see
+//!   [`MAX_INFLIGHT_LIMIT`]); an `ACK`/`NACK`/`WORKING` for any other —
+//!   one of a closed connection, one answered already, one the hub has
+//!   delivered again since — is refused with [`ClientError::NotHeld`] and
+//!   not sent, so a late `NACK` can never act on a newer delivery.
 //! - **Reconnect**: delays are drawn from
 //!   [`ReconnectConfig::delay_bounds`]; the attempt counter resets on `OK`.
 //!   Terminal close codes (1000, 4001, 4003, 4008) end in
@@ -73,7 +95,15 @@
 //! - **Token**: `OK.expires_at` minus `token_refresh_margin_ms`, an
 //!   `EXPIRING` frame, or a refused token emit
 //!   [`ClientEvent::TokenRefreshNeeded`]; [`set_token`](ClientCore::set_token)
-//!   re-authenticates in-band.
+//!   re-authenticates in-band. With a token source
+//!   ([`ClientConfig::token_source`]) the machine also asks it
+//!   ([`Transmit::FetchToken`]) then, and before every connection attempt
+//!   (in parallel with opening the socket; `AUTH` waits for the token);
+//!   a failure gives that attempt up (the reconnect asks again) or, for a
+//!   refresh, asks again after the reconnect backoff, jittered from
+//!   [`ClientConfig::seed`].
+//! - **Words**: every [`StateReason`] has one text (its `Display`) and
+//!   [`StateReason::close_code`], used by both SDKs.
 //!
 //! # Example
 //!
@@ -121,7 +151,7 @@
 //!         match transmit {
 //!             Transmit::Connect => opened = true,
 //!             Transmit::Text(text) => incoming.extend(scripted_hub(&text)),
-//!             Transmit::Close { .. } => {}
+//!             Transmit::Close { .. } | Transmit::FetchToken => {}
 //!         }
 //!     }
 //!     if opened {
@@ -151,12 +181,14 @@
 mod config;
 mod core;
 mod events;
+mod held;
 mod requests;
 mod subscriptions;
 
 pub use self::config::{ClientConfig, HeartbeatConfig, QueueConfig, QueuePolicy, ReconnectConfig};
-pub use self::core::{ClientCore, Delivered, close_code};
+pub use self::core::{Answer, ClientCore, Delivered, close_code};
 pub use self::events::{
-    ClientError, ClientEvent, ConnectionState, RequestError, RequestId, StateReason,
-    SubscriptionId, Transmit, Unmatched,
+    ClientError, ClientEvent, ConnectionState, DeliveryTag, Gap, RequestError, RequestId,
+    StateReason, SubscriptionId, Transmit, Unmatched,
 };
+pub use self::held::MAX_INFLIGHT_LIMIT;

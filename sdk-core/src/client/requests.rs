@@ -58,17 +58,27 @@ pub(crate) struct RequestTable {
     deadlines: BinaryHeap<Reverse<(u64, u64)>>,
 }
 
+/// Where `key` is (`Ok`) or would go (`Err`) in `entries`, sorted by
+/// `key_of`, like `binary_search_by_key`, with a fast path for the common
+/// cases of the tables that keep entries in the order they are made: a new
+/// (largest) key, and the oldest entry.
+pub(crate) fn sorted_position<T>(
+    entries: &VecDeque<T>,
+    key: u64,
+    key_of: fn(&T) -> u64,
+) -> Result<usize, usize> {
+    match (entries.front(), entries.back()) {
+        (None, _) => return Err(0),
+        (_, Some(last)) if key > key_of(last) => return Err(entries.len()),
+        (Some(first), _) if key == key_of(first) => return Ok(0),
+        _ => {}
+    }
+    entries.binary_search_by_key(&key, key_of)
+}
+
 impl RequestTable {
     fn position(&self, rid: u64) -> Result<usize, usize> {
-        // Fast path for the common cases: a new (largest) rid, and the
-        // answer to the oldest request.
-        match (self.entries.front(), self.entries.back()) {
-            (None, _) => return Err(0),
-            (_, Some(last)) if rid > last.rid => return Err(self.entries.len()),
-            (Some(first), _) if rid == first.rid => return Ok(0),
-            _ => {}
-        }
-        self.entries.binary_search_by_key(&rid, |entry| entry.rid)
+        sorted_position(&self.entries, rid, |entry| entry.rid)
     }
 
     pub(crate) fn insert(&mut self, rid: u64, deadline: u64, pending: Pending) {

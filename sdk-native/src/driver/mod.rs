@@ -1,9 +1,10 @@
 //! The driver task: a thin tokio loop around the sans-IO
 //! [`ClientCore`]. It moves bytes (one WebSocket at a time), time (one
-//! `sleep_until` at the core's `poll_timeout`) and application requests into
-//! the core, and hands the core's events to the application. Every protocol
-//! decision — rids, pending requests, backoff, heartbeat, resubscribe,
-//! token timing — is the core's.
+//! `sleep_until` at the core's `poll_timeout`), tokens from the provider and
+//! application requests into the core, and hands the core's events to the
+//! application. Every protocol decision — rids, pending requests, backoff,
+//! heartbeat, resubscribe and resume, token timing and retries, which
+//! answers may go out — is the core's.
 
 mod socket;
 
@@ -15,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use promhub_core::client::{
-    ClientCore, ClientEvent, ConnectionState, Delivered, ReconnectConfig, RequestId, StateReason,
-    SubscriptionId, Transmit,
+    ClientCore, ClientEvent, ConnectionState, Delivered, RequestId, StateReason, SubscriptionId,
+    Transmit,
 };
 use promhub_core::frames::Group;
 use promhub_core::topic::Pattern;
@@ -28,7 +29,7 @@ use crate::Error;
 use crate::client::PubAck;
 use crate::config::{ClientConfig, TokenProvider};
 use crate::events::ConnectionEvent;
-use crate::link::{Command, ConnectionInfo, RawDelivery, Reply, Settle, Subscribed};
+use crate::link::{Command, ConnectionInfo, RawDelivery, Reply, Subscribed};
 
 /// Commands (or incoming frames) handled before the outputs are drained:
 /// many publishes become one batch of writes and one flush.
@@ -42,13 +43,6 @@ pub(crate) struct Shared {
     pub(crate) events: broadcast::Sender<ConnectionEvent>,
     pub(crate) state: watch::Sender<ConnectionState>,
     pub(crate) connection: Arc<ConnectionInfo>,
-}
-
-/// A socket being opened, with the token fetched in parallel when there is
-/// a provider.
-struct Opened {
-    socket: Result<Socket, String>,
-    token: Option<Result<String, String>>,
 }
 
 /// The driver's side of one subscription.
@@ -68,22 +62,13 @@ pub(crate) struct Driver {
     url: String,
     socket_options: socket::SocketOptions,
     provider: Option<TokenProvider>,
-    /// The core's reconnect backoff, reused for a failing token provider.
-    reconnect: ReconnectConfig,
     /// The core's clock: ms since this instant.
     start: Instant,
     commands: mpsc::UnboundedReceiver<Command>,
     shared: Shared,
     socket: Option<Socket>,
-    opening: Option<BoxFuture<Opened>>,
+    opening: Option<BoxFuture<Result<Socket, String>>>,
     token_fetch: Option<BoxFuture<Result<String, String>>>,
-    /// The core asked for a token and has not got one yet.
-    token_wanted: bool,
-    /// A token fetched for the next connection: do not fetch another.
-    token_fresh: bool,
-    /// When to ask a failing token provider again.
-    token_retry_at: Option<Instant>,
-    token_failures: u32,
     publishes: HashMap<RequestId, Reply<PubAck>>,
     subs: HashMap<SubscriptionId, SubEntry>,
     unsubscribes: HashMap<SubscriptionId, Reply<()>>,
@@ -100,9 +85,11 @@ impl Driver {
         commands: mpsc::UnboundedReceiver<Command>,
         shared: Shared,
     ) -> Self {
+        let mut core = config.core;
+        // The core asks the provider for tokens (and retries it) itself.
+        core.token_source = config.token_provider.is_some();
         Driver {
-            reconnect: config.core.reconnect,
-            core: ClientCore::new(config.core),
+            core: ClientCore::new(core),
             url,
             socket_options: socket::SocketOptions {
                 max_frame_bytes: config.max_frame_bytes,
@@ -116,10 +103,6 @@ impl Driver {
             socket: None,
             opening: None,
             token_fetch: None,
-            token_wanted: false,
-            token_fresh: false,
-            token_retry_at: None,
-            token_failures: 0,
             publishes: HashMap::new(),
             subs: HashMap::new(),
             unsubscribes: HashMap::new(),
@@ -156,7 +139,7 @@ impl Driver {
             if self.stopping {
                 break;
             }
-            let deadline = self.next_deadline();
+            let deadline = self.core.poll_timeout().map(|ms| self.instant(ms));
             if let Some(deadline) = deadline {
                 timer.as_mut().reset(deadline);
             }
@@ -193,17 +176,19 @@ impl Driver {
                 }
                 token = poll_slot(&mut self.token_fetch) => {
                     self.token_fetch = None;
-                    self.handle_token(token);
+                    let now = self.now();
+                    match token {
+                        Ok(token) => self.core.handle_token(now, Some(token)),
+                        Err(message) => self.core.handle_token_error(now, &message),
+                    }
                 }
-                () = &mut timer, if deadline.is_some() => self.handle_timer(),
+                () = &mut timer, if deadline.is_some() => {
+                    let now = self.now();
+                    self.core.handle_timeout(now);
+                }
             }
         }
         self.finish();
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        let core = self.core.poll_timeout().map(|ms| self.instant(ms));
-        [core, self.token_retry_at].into_iter().flatten().min()
     }
 
     /// Executes every transmit and hands out every event, until the core
@@ -255,10 +240,6 @@ impl Driver {
             let _ = reply.send(Err(Error::Closed));
         }
         self.shared.state.send_replace(ConnectionState::Closed);
-        self.shared
-            .connection
-            .connected
-            .store(false, Ordering::Release);
         let _ = self.shared.events.send(ConnectionEvent::Closed {
             reason: "client closed".to_owned(),
         });
@@ -285,6 +266,19 @@ impl Driver {
                     socket.close(code, reason);
                 }
             }
+            Transmit::FetchToken => match &self.provider {
+                Some(provider) => {
+                    let fetch = provider();
+                    self.token_fetch =
+                        Some(Box::pin(
+                            async move { fetch.await.map_err(|e| e.to_string()) },
+                        ));
+                }
+                None => {
+                    let now = self.now();
+                    self.core.handle_token_error(now, "no token provider");
+                }
+            },
         }
     }
 
@@ -294,36 +288,15 @@ impl Driver {
             // The core asks for a new socket only after the old one is gone.
             socket.discard();
         }
-        let token = match &self.provider {
-            Some(provider) if !std::mem::take(&mut self.token_fresh) => Some(provider()),
-            _ => None,
-        };
         let url = self.url.clone();
         let options = self.socket_options.clone();
-        self.opening = Some(Box::pin(async move {
-            let socket = socket::open(url, options);
-            match token {
-                None => Opened {
-                    socket: socket.await,
-                    token: None,
-                },
-                Some(token) => {
-                    let (socket, token) = tokio::join!(socket, token);
-                    Opened {
-                        socket,
-                        token: Some(token.map_err(|e| e.to_string())),
-                    }
-                }
-            }
-        }));
+        self.opening = Some(Box::pin(socket::open(url, options)));
     }
 
     fn dispatch(&mut self, event: ClientEvent) {
         match event {
             ClientEvent::StateChanged { state, reason } => self.state_changed(state, reason),
             ClientEvent::Connected(welcome) => {
-                self.shared.connection.epoch.fetch_add(1, Ordering::AcqRel);
-                self.token_failures = 0;
                 self.emit(ConnectionEvent::Connected {
                     session: welcome.session,
                     server: welcome.server,
@@ -364,14 +337,25 @@ impl Driver {
                     let _ = reply.send(Err(error.into()));
                 }
             }
-            ClientEvent::Delivery { sub, delivery } => self.deliver(sub, delivery),
+            ClientEvent::Delivery {
+                sub,
+                delivery,
+                tag,
+                gap,
+            } => self.deliver(sub, RawDelivery { delivery, tag, gap }),
+            ClientEvent::Gap { sub, gap } => {
+                if let Some(entry) = self.subs.get(&sub) {
+                    let topic = entry.pattern.to_string();
+                    self.emit(ConnectionEvent::Gap { topic, gap });
+                }
+            }
             ClientEvent::TokenRefreshNeeded { expires_at } => {
                 self.emit(ConnectionEvent::TokenRefreshNeeded { expires_at });
-                self.token_wanted = true;
-                self.fetch_token();
+            }
+            ClientEvent::TokenFetchFailed { message, .. } => {
+                self.emit(ConnectionEvent::TokenError { message });
             }
             ClientEvent::TokenRefreshed { expires_at } => {
-                self.token_failures = 0;
                 self.emit(ConnectionEvent::TokenRefreshed { expires_at });
             }
             ClientEvent::ServerError(err) => {
@@ -397,10 +381,11 @@ impl Driver {
 
     fn state_changed(&mut self, state: ConnectionState, reason: StateReason) {
         self.shared.state.send_replace(state);
+        // Deliveries of a connection that has closed are stale from now on.
         self.shared
             .connection
-            .connected
-            .store(state == ConnectionState::Connected, Ordering::Release);
+            .live_tags_from
+            .store(self.core.live_tags_from().as_u64(), Ordering::Release);
         match state {
             ConnectionState::Connecting => {
                 let attempt = match reason {
@@ -410,32 +395,22 @@ impl Driver {
                 self.emit(ConnectionEvent::Connecting { attempt });
             }
             ConnectionState::Disconnected | ConnectionState::Closed => {
-                let (code, text) = match reason {
+                match &reason {
                     // The application's own close, or a new token that
                     // waits for its reconnect delay: no connection ended.
                     StateReason::UserRequested | StateReason::TokenUpdated => return,
-                    StateReason::AuthRefused {
-                        code,
-                        msg,
-                        close_code,
-                    } => {
-                        let text = format!("authentication refused: {code} ({msg})");
-                        self.emit(ConnectionEvent::AuthRefused { code, msg });
-                        (close_code, text)
+                    StateReason::AuthRefused { code, msg, .. } => {
+                        self.emit(ConnectionEvent::AuthRefused {
+                            code: *code,
+                            msg: msg.clone(),
+                        });
                     }
-                    StateReason::SocketClosed { code, reason } => (code, reason),
-                    StateReason::TerminalClose { code, reason } => (Some(code), reason),
-                    StateReason::SocketError(msg) => (None, msg),
-                    StateReason::ConnectTimeout => (None, "connect timeout".to_owned()),
-                    StateReason::AuthTimeout => (None, "no answer to AUTH".to_owned()),
-                    StateReason::HeartbeatTimeout => (None, "heartbeat timeout".to_owned()),
-                    StateReason::ProtocolViolation(msg) => (None, msg),
-                    StateReason::ReconnectExhausted { attempts } => {
-                        (None, format!("gave up after {attempts} reconnect attempts"))
-                    }
-                    other => (None, format!("{other:?}")),
-                };
-                self.emit(ConnectionEvent::Disconnected { code, reason: text });
+                    _ => {}
+                }
+                self.emit(ConnectionEvent::Disconnected {
+                    code: reason.close_code(),
+                    reason: reason.to_string(),
+                });
             }
             ConnectionState::Authenticating | ConnectionState::Connected => {}
         }
@@ -483,12 +458,11 @@ impl Driver {
         }
     }
 
-    fn deliver(&mut self, sub: SubscriptionId, delivery: Box<promhub_core::frames::EventDelivery>) {
-        let epoch = self.shared.connection.epoch.load(Ordering::Acquire);
+    fn deliver(&mut self, sub: SubscriptionId, raw: RawDelivery) {
         let Some(entry) = self.subs.get_mut(&sub) else {
             return;
         };
-        match entry.sender.try_send(RawDelivery { epoch, delivery }) {
+        match entry.sender.try_send(raw) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 entry.dropped += 1;
@@ -518,90 +492,12 @@ impl Driver {
     }
 
     // ------------------------------------------------------------------
-    // Tokens
-
-    fn fetch_token(&mut self) {
-        if self.token_fetch.is_some() {
-            return;
-        }
-        let Some(provider) = &self.provider else {
-            return;
-        };
-        self.token_retry_at = None;
-        let fetch = provider();
-        self.token_fetch = Some(Box::pin(
-            async move { fetch.await.map_err(|e| e.to_string()) },
-        ));
-    }
-
-    fn handle_token(&mut self, token: Result<String, String>) {
-        match token {
-            Ok(token) => {
-                self.token_wanted = false;
-                self.token_failures = 0;
-                let now = self.now();
-                // Connected: sent in-band now. Otherwise the next AUTH uses
-                // it, so the next connection need not fetch another.
-                self.token_fresh = !matches!(
-                    self.core.state(),
-                    ConnectionState::Connected | ConnectionState::Authenticating
-                );
-                self.core.set_token(now, Some(token));
-            }
-            Err(message) => {
-                self.emit(ConnectionEvent::TokenError { message });
-                self.token_failures = self.token_failures.saturating_add(1);
-                self.token_retry_at = Some(Instant::now() + self.token_retry_delay());
-            }
-        }
-    }
-
-    /// The reconnect backoff, for a failing token provider.
-    fn token_retry_delay(&self) -> Duration {
-        let (floor, cap) = self.reconnect.delay_bounds(self.token_failures.max(1));
-        Duration::from_millis(fastrand::u64(floor..=cap))
-    }
-
-    // ------------------------------------------------------------------
     // Inputs
 
-    fn handle_timer(&mut self) {
-        let now_instant = Instant::now();
-        if self.token_retry_at.is_some_and(|at| at <= now_instant) {
-            self.token_retry_at = None;
-            if self.token_wanted {
-                self.fetch_token();
-            }
-        }
+    fn handle_opened(&mut self, opened: Result<Socket, String>) {
         let now = self.now();
-        self.core.handle_timeout(now);
-    }
-
-    fn handle_opened(&mut self, opened: Opened) {
-        let now = self.now();
-        let token = match opened.token {
-            Some(Ok(token)) => Some(token),
-            Some(Err(message)) => {
-                self.emit(ConnectionEvent::TokenError {
-                    message: message.clone(),
-                });
-                if let Ok(socket) = opened.socket {
-                    socket.close(
-                        promhub_core::client::close_code::NORMAL,
-                        "no token".to_owned(),
-                    );
-                }
-                self.core
-                    .handle_socket_error(now, &format!("token provider failed: {message}"));
-                return;
-            }
-            None => None,
-        };
-        match opened.socket {
+        match opened {
             Ok(socket) => {
-                if let Some(token) = token {
-                    self.core.set_token(now, Some(token));
-                }
                 self.socket = Some(socket);
                 self.core.handle_socket_open(now);
             }
@@ -693,14 +589,30 @@ impl Driver {
                 sub,
                 event_id,
                 seq,
-                epoch,
-                kind,
+                tag,
+                answer,
+                reply,
             } => {
-                // The handle already told the application what it could
-                // know; a connection lost since then means the hub delivers
-                // the event again, whatever the answer was.
-                if let Err(e) = self.settle(now, sub, (&event_id, seq), epoch, kind) {
-                    tracing::debug!(%sub, event = %event_id, error = %e, "answer not sent");
+                let delivered = Delivered {
+                    id: &event_id,
+                    seq,
+                    tag,
+                };
+                // The core decides whether the answer may go out
+                // (connected, and the delivery held by this connection).
+                let result = self
+                    .core
+                    .answer(now, sub, delivered, answer)
+                    .map_err(Error::from);
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send(result);
+                    }
+                    None => {
+                        if let Err(e) = result {
+                            tracing::debug!(%sub, event = %event_id, error = %e, "answer not sent");
+                        }
+                    }
                 }
             }
             Command::Ping { reply } => match self.core.ping(now) {
@@ -711,46 +623,13 @@ impl Driver {
                     let _ = reply.send(Err(e.into()));
                 }
             },
-            Command::SetToken(token) => {
-                self.token_wanted = false;
-                self.core.set_token(now, token);
-            }
+            Command::SetToken(token) => self.core.set_token(now, token),
             Command::Reconnect => self.core.connect(now),
             Command::Close { reply } => {
                 self.close_replies.push(reply);
                 self.stop("closed by the application");
             }
         }
-    }
-
-    fn settle(
-        &mut self,
-        now: u64,
-        sub: SubscriptionId,
-        (event_id, seq): (&str, u64),
-        epoch: u64,
-        kind: Settle,
-    ) -> Result<(), Error> {
-        if epoch != self.shared.connection.epoch.load(Ordering::Acquire) && kind != Settle::Ack {
-            // The delivery came on a connection that has closed: the hub
-            // took it back, and may have handed it out again, so a NACK or
-            // WORKING now would act on that new delivery. An ACK still says
-            // the truth (the event is processed) and saves a duplicate.
-            return Err(Error::Disconnected);
-        }
-        let delivered = Delivered { id: event_id, seq };
-        let result = match kind {
-            Settle::Ack => self.core.ack(now, sub, delivered),
-            Settle::Working => self.core.working(now, sub, delivered),
-            Settle::Nack {
-                reason,
-                delay_ms,
-                final_,
-            } => self
-                .core
-                .nack(now, sub, delivered, reason, delay_ms, final_),
-        };
-        result.map_err(Error::from)
     }
 }
 

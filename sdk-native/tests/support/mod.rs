@@ -61,7 +61,8 @@ pub struct TestHub {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), promhub_hub::HubError>>>,
-    _dir: tempfile::TempDir,
+    /// The store's dir, when the hub owns it.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestHub {
@@ -72,14 +73,29 @@ impl TestHub {
     /// Starts a hub with a fresh data dir; `tweak` adjusts the config.
     pub async fn start_with(tweak: impl FnOnce(&mut HubConfig)) -> TestHub {
         let dir = tempfile::tempdir().expect("tempdir");
+        let any_port = "127.0.0.1:0".parse().expect("address");
+        let mut hub = Self::start_on(any_port, dir.path(), tweak).await;
+        hub._dir = Some(dir);
+        hub
+    }
+
+    /// Starts a hub on `listen` (port 0: any) with its store in `data`,
+    /// which outlives it: stop it and start another on the same port and
+    /// data to restart the hub.
+    pub async fn start_on(
+        listen: SocketAddr,
+        data: &Path,
+        tweak: impl FnOnce(&mut HubConfig),
+    ) -> TestHub {
         let mut config = HubConfig {
-            data: dir.path().to_path_buf(),
+            data: data.to_path_buf(),
             ..HubConfig::default()
         };
         tweak(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket.bind(listen).expect("bind");
+        let listener = socket.listen(1024).expect("listen");
         let addr = listener.local_addr().expect("addr");
         let url = format!("ws://{addr}{}", config.ws_path);
         let (shutdown, stop) = oneshot::channel::<()>();
@@ -91,7 +107,7 @@ impl TestHub {
             addr,
             shutdown: Some(shutdown),
             task: Some(task),
-            _dir: dir,
+            _dir: None,
         }
     }
 

@@ -8,6 +8,7 @@ import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { extname, join, normalize, sep } from "node:path";
 import { createInterface } from "node:readline";
+import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
 
 import { chromium } from "playwright-core";
@@ -156,6 +157,24 @@ export async function launchBrowser({ args = [] } = {}) {
       rmSync(userDataDir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * For a test file: starts the static file server and headless Chromium
+ * before its tests and stops them after. Returns an object whose `files`
+ * and `browser` are set once `before` ran.
+ */
+export function useBrowser() {
+  const session = { files: null, browser: null };
+  before(async () => {
+    session.files = await startStaticServer();
+    session.browser = await launchBrowser();
+  });
+  after(async () => {
+    await session.browser?.close();
+    await session.files?.close();
+  });
+  return session;
 }
 
 /**

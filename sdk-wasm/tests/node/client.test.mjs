@@ -359,13 +359,10 @@ describe("promhub in Node.js, installed from the packed tarball", () => {
         publisher.close();
       });
 
-      // Gapless live resume (semantics.md §4, ephemeral `from`) is being
-      // built in promhub-core and the hub on another branch of issue 14.
-      // Until it lands, a live subscription misses what was published
-      // while it was reconnecting, and this test fails; enable it then.
+      // Gapless live resume (semantics.md §4): the subscription resumes
+      // from the seq after the last one it got.
       test(
         "a live subscription resumes after the restart with no gap and no duplicate",
-        { skip: "needs gapless live resume (issue 14, core + hub); enable when it is merged" },
         async () => {
           const topic = uniqueTopic("test.gapless");
           const options = { ...CLIENT_OPTIONS, WebSocket: CountingWebSocket };
