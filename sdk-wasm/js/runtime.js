@@ -194,15 +194,14 @@ export class Runtime {
   }
 
   /**
-   * Hands one event to its subscription's handler, from the text of the
-   * EVENT frame it arrived in (already decoded, checked and routed by the
-   * Rust side; parsed here once more by the engine's JSON.parse, which is
-   * cheaper than re-encoding the event in wasm).
+   * Hands one event to its subscription's handler, from the EVENT frame it
+   * arrived in as JSON.parse made it (the value the Rust side decoded,
+   * checked and routed: the event and its payload are passed on as they
+   * are).
    */
-  deliverFrame(id, frameText, tag, gapFrom, gapTo) {
+  deliverFrame(id, frame, tag, gapFrom, gapTo) {
     const entry = this.subscriptions.get(id);
     if (entry === undefined) return;
-    const frame = JSON.parse(frameText);
     const ctx = frame.ctx;
     const context = new DeliveryContext(
       entry.subscription,

@@ -63,14 +63,15 @@ extern "C" {
     #[wasm_bindgen(method, js_name = emitError)]
     pub(crate) fn emit_error(this: &Runtime, error: &JsValue, quiet: bool);
 
-    /// One event to its handler, from the EVENT frame's own text. `tag`
-    /// names the delivery in its answer (durable groups; 0 otherwise);
-    /// `gap_from..=gap_to`: seqs the hub could not deliver before it.
+    /// One event to its handler, from the EVENT frame as `JSON.parse` made
+    /// it. `tag` names the delivery in its answer (durable groups; 0
+    /// otherwise); `gap_from..=gap_to`: seqs the hub could not deliver
+    /// before it.
     #[wasm_bindgen(method, js_name = deliverFrame)]
     pub(crate) fn deliver_frame(
         this: &Runtime,
         id: f64,
-        frame_text: &JsValue,
+        frame: &JsValue,
         tag: f64,
         gap_from: Option<f64>,
         gap_to: Option<f64>,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use js_sys::{Array, Object, Reflect};
 use promhub_core::frames::{PublishOpts, StartFrom, SubscribeOpts};
-use promhub_core::json_text::Quoted;
+use promhub_core::quoted::Quoted;
 use wasm_bindgen::{JsCast, JsValue};
 
 use crate::errors::bad_request;

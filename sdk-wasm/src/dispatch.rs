@@ -6,8 +6,8 @@ use std::rc::Rc;
 use promhub_core::client::{
     ClientEvent, ConnectionState, DeliveryTag, Gap, StateReason, Unmatched,
 };
-use promhub_core::frames::{EventDelivery, Welcome};
-use promhub_core::json_text::Quoted;
+use promhub_core::frames::{Event, EventDelivery, Unread, Welcome};
+use promhub_core::quoted::Quoted;
 use wasm_bindgen::JsValue;
 
 use crate::bindings::{
@@ -66,7 +66,7 @@ pub(crate) fn state_name(state: ConnectionState) -> &'static str {
 }
 
 impl Shared {
-    pub(crate) fn dispatch(self: &Rc<Self>, event: ClientEvent) {
+    pub(crate) fn dispatch(self: &Rc<Self>, event: ClientEvent<Event<Unread>>) {
         match event {
             ClientEvent::Delivery {
                 sub,
@@ -182,13 +182,13 @@ impl Shared {
     }
 
     /// The hot path: one `EVENT` to its handler. The handler gets the
-    /// event parsed by the engine's `JSON.parse` from the frame's own text
-    /// (no re-encoding in wasm, no second string copy): the payload is the
-    /// publisher's JSON.
+    /// event as the engine's `JSON.parse` made it from the frame's text (the
+    /// value the frame was decoded from: nothing parsed twice, nothing
+    /// re-encoded in wasm): the payload is the publisher's JSON.
     fn deliver(
         &self,
         id: u64,
-        delivery: &EventDelivery,
+        delivery: &EventDelivery<Event<Unread>>,
         tag: Option<DeliveryTag>,
         gap: Option<Gap>,
     ) {

@@ -17,6 +17,7 @@ use std::rc::{Rc, Weak};
 
 use js_sys::Function;
 use promhub_core::client::{ClientCore, ConnectionState, SubscriptionId, Transmit};
+use promhub_core::frames::js::{self, Js};
 use wasm_bindgen::prelude::*;
 use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
@@ -42,7 +43,9 @@ struct Timer {
 /// JavaScript callback inside.
 #[derive(Debug)]
 pub(crate) struct Driver {
-    pub(crate) core: ClientCore,
+    /// Writes frames with the browser codec; frames are read from the
+    /// values `JSON.parse` makes, payloads left there.
+    pub(crate) core: ClientCore<Js>,
     url: String,
     /// Makes the sockets: `options.WebSocket` or the global `WebSocket`.
     websocket: Function,
@@ -112,16 +115,16 @@ pub(crate) struct Shared {
     pub(crate) driver: RefCell<Driver>,
     pub(crate) runtime: Runtime,
     dispatching: Cell<bool>,
-    /// The text of the frame being handled (a JS string), while its events
+    /// The frame being handled, as `JSON.parse` made it, while its events
     /// are handed out: an EVENT frame yields at most one delivery, and its
-    /// handler gets the event parsed from this text.
+    /// handler gets the event and its payload from this value.
     pub(crate) current_frame: RefCell<Option<JsValue>>,
     callbacks: Callbacks,
 }
 
 impl Shared {
     pub(crate) fn new(url: String, options: Options) -> Rc<Shared> {
-        let mut core = ClientCore::new(options.config);
+        let mut core = ClientCore::with_codec(options.config);
         core.set_unix_time(now_ms(), unix_ms());
         Rc::new_cyclic(|weak| Shared {
             driver: RefCell::new(Driver {
@@ -258,27 +261,28 @@ impl Shared {
 
     fn on_socket_message(self: &Rc<Self>, event: MessageEvent) {
         let data = event.data();
-        {
+        let parsed = {
             let mut driver = self.driver.borrow_mut();
             if !driver.is_current(&event) {
                 return;
             }
-            match data.as_string() {
-                Some(text) => driver.core.handle_text(now_ms(), &text),
-                None => {
-                    drop(driver);
-                    let error = crate::errors::error(
-                        "protocol_error",
-                        "binary WebSocket message from the hub ignored (the protocol uses text frames)",
-                    );
-                    self.runtime.emit_error(&error, false);
-                    return;
-                }
+            if !data.is_string() {
+                drop(driver);
+                let error = crate::errors::error(
+                    "protocol_error",
+                    "binary WebSocket message from the hub ignored (the protocol uses text frames)",
+                );
+                self.runtime.emit_error(&error, false);
+                return;
             }
-        }
+            // Parsed once, by the engine's JSON.parse; read from there.
+            let (parsed, frame) = js::decode_hub_frame(&data);
+            driver.core.handle_frame(now_ms(), frame);
+            parsed
+        };
         // Events queued before this frame were all handed out by earlier
         // drives; any delivery now comes from this frame.
-        let outer = self.current_frame.replace(Some(data));
+        let outer = self.current_frame.replace(Some(parsed));
         self.drive();
         self.current_frame.replace(outer);
     }

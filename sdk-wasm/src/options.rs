@@ -3,7 +3,7 @@
 
 use js_sys::Function;
 use promhub_core::client::{ClientConfig, QueuePolicy};
-use promhub_core::json_text::Quoted;
+use promhub_core::quoted::Quoted;
 use wasm_bindgen::{JsCast, JsValue};
 
 use crate::bindings::web_socket_constructor;

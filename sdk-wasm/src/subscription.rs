@@ -5,6 +5,7 @@ use std::rc::{Rc, Weak};
 
 use js_sys::Promise;
 use promhub_core::client::{Delivered, DeliveryTag, SubscriptionId};
+use promhub_core::frames::js::Js;
 use wasm_bindgen::prelude::*;
 
 use crate::bindings::{PENDING_UNSUBSCRIBE, now_ms};
@@ -43,7 +44,7 @@ impl Subscription {
     fn with_core(
         &self,
         f: impl FnOnce(
-            &mut promhub_core::ClientCore,
+            &mut promhub_core::ClientCore<Js>,
             u64,
         ) -> Result<(), promhub_core::client::ClientError>,
     ) -> bool {
