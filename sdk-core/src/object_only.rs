@@ -8,11 +8,14 @@
 //! The struct is still read with `deserialize_struct` (its field names
 //! passed on): formats that read an object by its field names — the
 //! browser SDK's JavaScript objects — keep doing so. Only the visitor
-//! changes: it takes a map and refuses everything else.
+//! changes: it takes a map and refuses everything else, except in formats
+//! that are not human readable: those (bincode and the like, and the
+//! browser SDK's reader of JavaScript objects) hand every struct over as
+//! the sequence of its fields, never an array in its place.
 
 use std::fmt;
 
-use serde::de::{MapAccess, Visitor};
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, forward_to_deserialize_any};
 
 /// `T`, deserialized from a map (JSON object) only.
@@ -31,7 +34,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for MapsOnly<D> {
     type Error = D::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        self.0.deserialize_map(MapVisitor(visitor))
+        let sequences = !self.0.is_human_readable();
+        self.0.deserialize_map(MapVisitor { visitor, sequences })
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
@@ -40,7 +44,9 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for MapsOnly<D> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        self.0.deserialize_struct(name, fields, MapVisitor(visitor))
+        let sequences = !self.0.is_human_readable();
+        self.0
+            .deserialize_struct(name, fields, MapVisitor { visitor, sequences })
     }
 
     fn is_human_readable(&self) -> bool {
@@ -54,8 +60,13 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for MapsOnly<D> {
     }
 }
 
-/// `V`, refusing anything but a map (default `visit_*`: invalid type).
-struct MapVisitor<V>(V);
+/// `visitor`, refusing anything but a map (default `visit_*`: invalid
+/// type) — or a sequence, where `sequences` says that is how the format
+/// gives structs.
+struct MapVisitor<V> {
+    visitor: V,
+    sequences: bool,
+}
 
 impl<'de, V: Visitor<'de>> Visitor<'de> for MapVisitor<V> {
     type Value = V::Value;
@@ -65,7 +76,14 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for MapVisitor<V> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
-        self.0.visit_map(map)
+        self.visitor.visit_map(map)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<V::Value, A::Error> {
+        if !self.sequences {
+            return Err(de::Error::invalid_type(de::Unexpected::Seq, &self));
+        }
+        self.visitor.visit_seq(seq)
     }
 }
 

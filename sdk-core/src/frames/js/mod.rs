@@ -374,13 +374,14 @@ impl<'de> de::Deserializer<'de> for Value {
         visitor.visit_newtype_struct(self)
     }
 
-    /// An object is read by its field names: only the struct's fields are
-    /// looked at, and the visitor is given each one by its index (as
-    /// serde's derived visitors take them). Anything else, an array
-    /// included, is refused: serde_json would hand an array to the visitor
-    /// as a sequence, but no frame (nor any object in one) may be an array
-    /// (`object_only`), so leaving that path out of the wasm changes no
-    /// outcome.
+    /// A struct is read from an object by its field names, and handed to
+    /// the visitor as the sequence of its fields in declaration order, as
+    /// compact formats (bincode and the like) hand structs over: a field
+    /// the object lacks (or has as `undefined`) is a missing element, which
+    /// the derived visitor takes as its default, or refuses. Only the
+    /// struct's fields are looked at, and the visitor's sequence path is
+    /// much smaller wasm than its map path (no keys to match, no duplicate
+    /// to check). Anything but an object, an array included, is refused.
     fn deserialize_struct<V: Visitor<'de>>(
         self,
         _name: &'static str,
@@ -390,12 +391,21 @@ impl<'de> de::Deserializer<'de> for Value {
         if !self.is_object() || Array::is_array(&self.0) {
             return Err(self.invalid_type(&visitor));
         }
-        visitor.visit_map(StructFields {
+        let fields_in_order = StructFields {
             object: self.0.unchecked_into(),
             names: FieldNames::of(fields),
             next: 0,
-            value: None,
-        })
+        };
+        visitor.visit_seq(fields_in_order)
+    }
+
+    /// Structs come as sequences ([`deserialize_struct`]): not human
+    /// readable in serde's sense (`object_only` lets such sequences
+    /// through, while refusing a JSON array).
+    ///
+    /// [`deserialize_struct`]: de::Deserializer::deserialize_struct
+    fn is_human_readable(&self) -> bool {
+        false
     }
 
     /// `"variant"`, or `{"variant": value}`.
@@ -497,53 +507,37 @@ impl<'de> MapAccess<'de> for Entries<'_> {
     }
 }
 
-/// The fields of a struct present in an object (absent and `undefined`
-/// ones are missing fields).
+/// The fields of a struct, in declaration order, read from an object:
+/// absent (and `undefined`) ones are missing elements.
 struct StructFields {
     object: Fields,
     names: Rc<[JsString]>,
     next: usize,
-    value: Option<JsValue>,
 }
 
-impl<'de> MapAccess<'de> for StructFields {
+impl<'de> SeqAccess<'de> for StructFields {
     type Error = JsDecodeError;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(
+    fn next_element_seed<T: DeserializeSeed<'de>>(
         &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, JsDecodeError> {
-        // By its index (which derived field visitors take too): no string
-        // compared, in less wasm.
-        let Some(index) = self.next_present() else {
-            return Ok(None);
-        };
-        let index: de::value::U64Deserializer<JsDecodeError> = index.into_deserializer();
-        seed.deserialize(index).map(Some)
-    }
-
-    fn next_value_seed<V: DeserializeSeed<'de>>(
-        &mut self,
-        seed: V,
-    ) -> Result<V::Value, JsDecodeError> {
-        seed.deserialize(Value(self.value.take().unwrap_or(JsValue::UNDEFINED)))
+        seed: T,
+    ) -> Result<Option<T::Value>, JsDecodeError> {
+        match self.next_field() {
+            Some(value) => seed.deserialize(Value(value)).map(Some),
+            None => Ok(None),
+        }
     }
 }
 
 impl StructFields {
-    /// The index of the next field the object has, its value kept for
-    /// `next_value_seed`. Not generic: one copy for every struct.
+    /// The next field's value, `None` when the object lacks it. Not
+    /// generic: one copy for every struct.
     #[inline(never)]
-    fn next_present(&mut self) -> Option<u64> {
-        while let Some(name) = self.names.get(self.next) {
-            self.next += 1;
-            let value = self.object.get(name);
-            if !value.is_undefined() {
-                self.value = Some(value);
-                return Some(self.next as u64 - 1);
-            }
-        }
-        None
+    fn next_field(&mut self) -> Option<JsValue> {
+        let name = self.names.get(self.next)?;
+        self.next += 1;
+        let value = self.object.get(name);
+        (!value.is_undefined()).then_some(value)
     }
 }
 
