@@ -27,8 +27,8 @@ use std::rc::Rc;
 
 use js_sys::{Array, JsString, Object};
 use serde::de::{
-    self, DeserializeOwned, DeserializeSeed, EnumAccess, Expected, IntoDeserializer, MapAccess,
-    SeqAccess, Unexpected, VariantAccess, Visitor,
+    self, DeserializeOwned, DeserializeSeed, Expected, IntoDeserializer, MapAccess, SeqAccess,
+    Unexpected, Visitor,
 };
 use serde::forward_to_deserialize_any;
 use wasm_bindgen::prelude::*;
@@ -178,31 +178,24 @@ impl de::Error for JsDecodeError {
     }
 }
 
-/// `Unexpected` in serde's words, floats without their value.
+/// `Unexpected` in serde's words, without the value (but a string's):
+/// floats are never formatted.
 struct Described<'a>(Unexpected<'a>);
 
 impl fmt::Display for Described<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Unexpected::Bool(b) => write!(f, "boolean `{b}`"),
-            Unexpected::Unsigned(n) => write!(f, "integer `{n}`"),
-            Unexpected::Signed(n) => write!(f, "integer `{n}`"),
-            Unexpected::Float(_) => f.write_str("floating point number"),
-            Unexpected::Char(c) => write!(f, "character `{c}`"),
-            Unexpected::Str(s) => write!(f, "string {}", Quoted(s)),
-            Unexpected::Bytes(_) => f.write_str("byte array"),
-            Unexpected::Unit => f.write_str("null"),
-            Unexpected::Option => f.write_str("Option value"),
-            Unexpected::NewtypeStruct => f.write_str("newtype struct"),
-            Unexpected::Seq => f.write_str("sequence"),
-            Unexpected::Map => f.write_str("map"),
-            Unexpected::Enum => f.write_str("enum"),
-            Unexpected::UnitVariant => f.write_str("unit variant"),
-            Unexpected::NewtypeVariant => f.write_str("newtype variant"),
-            Unexpected::TupleVariant => f.write_str("tuple variant"),
-            Unexpected::StructVariant => f.write_str("struct variant"),
-            Unexpected::Other(other) => f.write_str(other),
-        }
+        let kind = match self.0 {
+            Unexpected::Str(s) => return write!(f, "string {}", Quoted(s)),
+            Unexpected::Bool(_) => "a boolean",
+            Unexpected::Unsigned(_) | Unexpected::Signed(_) => "an integer",
+            Unexpected::Float(_) => "a floating point number",
+            Unexpected::Unit => "null",
+            Unexpected::Seq => "a sequence",
+            Unexpected::Map => "a map",
+            Unexpected::Other(other) => other,
+            _ => "another kind of value",
+        };
+        f.write_str(kind)
     }
 }
 
@@ -408,29 +401,19 @@ impl<'de> de::Deserializer<'de> for Value {
         false
     }
 
-    /// `"variant"`, or `{"variant": value}`.
+    /// A unit variant, by its name (the only enums in frames are codes).
+    /// serde_json also takes `{"variant": null}`; a parsed frame never
+    /// needs it, and it would cost wasm.
     fn deserialize_enum<V: Visitor<'de>>(
         self,
         _name: &'static str,
         _variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, JsDecodeError> {
-        if let Some(variant) = self.0.as_string() {
-            return visitor.visit_enum(variant.into_deserializer());
+        match self.0.as_string() {
+            Some(variant) => visitor.visit_enum(variant.into_deserializer()),
+            None => Err(self.invalid_type(&visitor)),
         }
-        if self.is_object() && !Array::is_array(&self.0) {
-            let object: &Object = self.0.unchecked_ref();
-            let keys = Object::keys(object);
-            if keys.length() == 1 {
-                let key = keys.get(0);
-                let value = Value(object.unchecked_ref::<Fields>().get(key.unchecked_ref()));
-                return visitor.visit_enum(Variant {
-                    name: key.as_string().unwrap_or_default(),
-                    value,
-                });
-            }
-        }
-        Err(self.invalid_type(&visitor))
     }
 
     /// Not looked at: no call into JavaScript at all.
@@ -538,55 +521,5 @@ impl StructFields {
         self.next += 1;
         let value = self.object.get(name);
         (!value.is_undefined()).then_some(value)
-    }
-}
-
-/// `{"variant": value}`.
-struct Variant {
-    name: String,
-    value: Value,
-}
-
-impl<'de> EnumAccess<'de> for Variant {
-    type Error = JsDecodeError;
-    type Variant = Value;
-
-    fn variant_seed<V: DeserializeSeed<'de>>(
-        self,
-        seed: V,
-    ) -> Result<(V::Value, Value), JsDecodeError> {
-        let name: de::value::StringDeserializer<JsDecodeError> = self.name.into_deserializer();
-        Ok((seed.deserialize(name)?, self.value))
-    }
-}
-
-impl<'de> VariantAccess<'de> for Value {
-    type Error = JsDecodeError;
-
-    fn unit_variant(self) -> Result<(), JsDecodeError> {
-        de::Deserialize::deserialize(self)
-    }
-
-    fn newtype_variant_seed<T: DeserializeSeed<'de>>(
-        self,
-        seed: T,
-    ) -> Result<T::Value, JsDecodeError> {
-        seed.deserialize(self)
-    }
-
-    fn tuple_variant<V: Visitor<'de>>(
-        self,
-        _len: usize,
-        visitor: V,
-    ) -> Result<V::Value, JsDecodeError> {
-        de::Deserializer::deserialize_any(self, visitor)
-    }
-
-    fn struct_variant<V: Visitor<'de>>(
-        self,
-        fields: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, JsDecodeError> {
-        de::Deserializer::deserialize_struct(self, "", fields, visitor)
     }
 }
