@@ -53,6 +53,59 @@ export function describeError(error) {
   return text.length > MAX_REASON_CHARS ? text.slice(0, MAX_REASON_CHARS) : text;
 }
 
+const isString = (value) => typeof value === "string";
+const isObject = (value) => value !== null && typeof value === "object" && !Array.isArray(value);
+const isWhole = (value) => Number.isSafeInteger(value) && value >= 0;
+
+/** What a value of each kind of option must be (see `readOptions`). */
+const KINDS = {
+  s: ["a string", isString],
+  b: ["a boolean", (value) => typeof value === "boolean"],
+  n: ["a whole number ≥ 0", isWhole],
+  u: ["a whole number from 0 to 4294967295", (value) => isWhole(value) && value <= 0xffffffff],
+  x: ["a finite number", Number.isFinite],
+  f: ["a function", (value) => typeof value === "function"],
+  a: ["an array of strings", (value) => Array.isArray(value) && value.every(isString)],
+  m: ["an object of strings", (value) => isObject(value) && Object.values(value).every(isString)],
+  o: ["an object", isObject],
+  r: ["a boolean or an object", (value) => typeof value === "boolean" || isObject(value)],
+  F: ['"latest", "earliest" or a seq number', (value) => value === "latest" || value === "earliest" || isWhole(value)],
+  p: ['"wait" or "fail_fast"', (value) => value === "wait" || value === "fail_fast"],
+  "*": ["anything", () => true],
+};
+
+/**
+ * Checks an options object the application passed and returns its values
+ * in the order of `spec` ("name:kind name:kind …", kinds in KINDS), absent
+ * and null ones as undefined: the Rust side reads them by position, already
+ * checked. `undefined`/`null` options are empty. Throws a bad_request
+ * PromHubError for a key not in `spec` (a typo is an error, never a
+ * silently ignored setting) or a value of the wrong kind.
+ */
+export function readOptions(value, what, spec) {
+  const fields = spec.split(" ");
+  const names = fields.map((field) => field.slice(0, -2));
+  const values = new Array(fields.length);
+  if (value === undefined || value === null) return values;
+  if (!isObject(value)) throw new PromHubError("bad_request", `${what} must be an object`);
+  for (const key of Object.keys(value)) {
+    if (!names.includes(key)) {
+      throw new PromHubError(
+        "bad_request",
+        `${what}: unknown field ${JSON.stringify(key)} (expected one of: ${names.join(", ")})`,
+      );
+    }
+  }
+  fields.forEach((field, at) => {
+    const found = value[names[at]];
+    if (found === undefined || found === null) return;
+    const [expected, fits] = KINDS[field.at(-1)];
+    if (!fits(found)) throw new PromHubError("bad_request", `${what}.${names[at]} must be ${expected}`);
+    values[at] = found;
+  });
+  return values;
+}
+
 function isThenable(value) {
   return (
     value !== null &&

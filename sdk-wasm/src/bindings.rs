@@ -1,7 +1,7 @@
 //! Imports from JavaScript: the clock, timers, sockets and the JS half of
 //! the client (`js/runtime.js`).
 
-use js_sys::{Function, Promise};
+use js_sys::{Array, Function, Promise};
 use wasm_bindgen::prelude::*;
 use web_sys::WebSocket;
 
@@ -96,6 +96,12 @@ extern "C" {
 
     #[wasm_bindgen(js_name = makePubAck)]
     pub(crate) fn make_pub_ack(rid: &str, id: &str, seq: f64, duplicate: bool) -> JsValue;
+
+    /// The values of an options object in the order of `spec` (`"name:kind
+    /// …"`), checked (`undefined` where absent); throws a `bad_request`
+    /// `PromHubError` naming what is wrong.
+    #[wasm_bindgen(catch, js_name = readOptions)]
+    pub(crate) fn read_options(value: &JsValue, what: &str, spec: &str) -> Result<Array, JsValue>;
 
     #[wasm_bindgen(js_name = describeError)]
     pub(crate) fn describe_error(error: &JsValue) -> String;

@@ -106,6 +106,10 @@ extern "C" {
     #[wasm_bindgen(catch, js_namespace = JSON, js_name = parse)]
     fn json_parse(text: &JsValue) -> Result<JsValue, JsValue>;
 
+    /// `String(value)`: what `JSON.parse` threw, as text.
+    #[wasm_bindgen(js_name = String)]
+    fn text_of(value: &JsValue) -> String;
+
     /// `Object.prototype.toString`-free property access: `this[key]`.
     type Fields;
 
@@ -118,12 +122,7 @@ extern "C" {
 /// is not JSON): the driver hands an `EVENT`'s `event` and `ctx` to the
 /// application from it.
 pub fn decode_hub_frame(text: &JsValue) -> (JsValue, Result<JsHubFrame, DecodeError>) {
-    let parsed = json_parse(text).map_err(|error| {
-        let message = error
-            .dyn_ref::<js_sys::Error>()
-            .map_or_else(|| "not JSON".to_owned(), |e| String::from(e.message()));
-        JsDecodeError(message)
-    });
+    let parsed = json_parse(text).map_err(|error| JsDecodeError(text_of(&error)));
     let decoded = decode::decode(&Parsed(&parsed));
     (parsed.unwrap_or(JsValue::UNDEFINED), decoded)
 }
@@ -239,20 +238,15 @@ impl Value {
         self.0.is_object() && !self.0.is_null()
     }
 
+    /// The value's kind (not its value) against what was expected.
     #[cold]
     fn invalid_type(&self, expected: &dyn Expected) -> JsDecodeError {
-        let text;
-        let unexpected = if let Some(s) = self.0.as_string() {
-            text = s;
-            Unexpected::Str(&text)
-        } else if let Some(n) = self.0.as_f64() {
-            match self.integer() {
-                Some(n) if n >= 0.0 => Unexpected::Unsigned(n as u64),
-                Some(n) => Unexpected::Signed(n as i64),
-                None => Unexpected::Float(n),
-            }
-        } else if let Some(b) = self.0.as_bool() {
-            Unexpected::Bool(b)
+        let unexpected = if self.0.is_string() {
+            Unexpected::Other("a string")
+        } else if self.0.as_f64().is_some() {
+            Unexpected::Other("a number")
+        } else if self.0.as_bool().is_some() {
+            Unexpected::Bool(false)
         } else if self.0.is_null() || self.0.is_undefined() {
             Unexpected::Unit
         } else if Array::is_array(&self.0) {
