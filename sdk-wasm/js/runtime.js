@@ -101,7 +101,8 @@ export function readOptions(value, what, spec) {
     if (found === undefined || found === null) return;
     const [expected, fits] = KINDS[field.at(-1)];
     if (!fits(found)) throw new PromHubError("bad_request", `${what}.${names[at]} must be ${expected}`);
-    values[at] = found;
+    // An object of strings as its [name, text] pairs.
+    values[at] = field.endsWith(":m") ? Object.entries(found) : found;
   });
   return values;
 }
@@ -235,6 +236,14 @@ export class Runtime {
 
   emitState(event) {
     for (const listener of this.stateListeners) callListener(listener, event);
+  }
+
+  /** A resubscribe the hub refused: the application holds a subscription that is gone. */
+  subscriptionLost(id, failure) {
+    const topic = this.subscription(id)?.topic ?? `subscription ${id}`;
+    const lost = new PromHubError("subscription_lost", `subscription to ${topic} lost on resubscribe: ${failure.message}`);
+    lost.cause = failure;
+    this.emitError(lost, false);
   }
 
   /** `quiet`: nobody listening is fine (no console fallback). */

@@ -57,6 +57,11 @@ extern "C" {
     #[wasm_bindgen(method, catch, js_name = onError)]
     pub(crate) fn on_error(this: &Runtime, listener: &JsValue) -> Result<Function, JsValue>;
 
+    /// A subscription the hub refused on a resubscribe, reported to the
+    /// error listeners (`subscription_lost`, `failure` as its cause).
+    #[wasm_bindgen(method, js_name = subscriptionLost)]
+    pub(crate) fn subscription_lost(this: &Runtime, id: f64, failure: &JsValue);
+
     #[wasm_bindgen(method, js_name = emitState)]
     pub(crate) fn emit_state(this: &Runtime, event: &JsValue);
 

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use js_sys::{Array, JsString, Object};
+use js_sys::Array;
 use promhub_core::frames::{PublishOpts, StartFrom, SubscribeOpts};
 use wasm_bindgen::{JsCast, JsValue};
 
@@ -57,14 +57,14 @@ impl Values {
         Some(array.iter().filter_map(|item| item.as_string()).collect())
     }
 
-    /// An object of strings (kind `m`).
+    /// An object of strings (kind `m`), as its `[name, text]` pairs.
     fn string_map(&self, at: u32) -> Option<BTreeMap<String, String>> {
-        let object: Object = self.value(at)?.unchecked_into();
+        let pairs: Array = self.value(at)?.unchecked_into();
         let mut map = BTreeMap::new();
-        for name in Object::keys(&object) {
-            let text = js_sys::Reflect::get(&object, &name).ok()?;
-            let name: JsString = name.unchecked_into();
-            map.insert(String::from(name), text.as_string()?);
+        for pair in pairs.iter() {
+            let pair: Array = pair.unchecked_into();
+            // `insert`, not `collect`: that would sort, linking a sort.
+            map.insert(pair.get(0).as_string()?, pair.get(1).as_string()?);
         }
         Some(map)
     }
