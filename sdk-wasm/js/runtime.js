@@ -375,13 +375,15 @@ export function webSocketConstructor(option) {
 
 /**
  * Opens a socket to `url` with `WebSocket` (the constructor the client was
- * given) and routes its events to the client's callbacks.
+ * given) and routes its events to the client's one callback: `onevent(0,
+ * event)` when it opens, `(1, event)` for a message, `(2, event)` when it
+ * closes.
  */
-export function openSocket(WebSocket, url, onopen, onmessage, onclose) {
+export function openSocket(WebSocket, url, onevent) {
   const socket = new WebSocket(url);
-  socket.onopen = onopen;
-  socket.onmessage = onmessage;
-  socket.onclose = onclose;
+  socket.onopen = (event) => onevent(0, event);
+  socket.onmessage = (event) => onevent(1, event);
+  socket.onclose = (event) => onevent(2, event);
   // A close event follows every error. `ws` (Node.js) throws an error event
   // that nobody listens to, so one listener stays for the socket's life.
   socket.onerror = ignore;

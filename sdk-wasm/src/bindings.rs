@@ -128,15 +128,14 @@ extern "C" {
     #[wasm_bindgen(catch, js_name = hubUrl)]
     pub(crate) fn hub_url(url: &str) -> Result<String, JsValue>;
 
-    /// `new constructor(url)`, with the three callbacks as its `onopen`,
-    /// `onmessage` and `onclose`. Throws what the constructor throws.
+    /// `new constructor(url)`, its `open`, `message` and `close` events
+    /// reported to `onevent` as `(0, event)`, `(1, event)` and `(2,
+    /// event)`. Throws what the constructor throws.
     #[wasm_bindgen(catch, js_name = openSocket)]
     pub(crate) fn open_socket(
         constructor: &Function,
         url: &str,
-        onopen: &JsValue,
-        onmessage: &JsValue,
-        onclose: &JsValue,
+        onevent: &JsValue,
     ) -> Result<WebSocket, JsValue>;
 
     /// Detaches the callbacks, then closes with `code` and `reason` (or

@@ -30,6 +30,9 @@ use crate::options::Options;
 /// close frame (1006) or with one that carried no code (1005).
 const ABNORMAL_CLOSURE: u16 = 1006;
 const NO_STATUS: u16 = 1005;
+/// The kinds of socket events `openSocket` reports.
+const SOCKET_OPEN: u32 = 0;
+const SOCKET_MESSAGE: u32 = 1;
 /// `setTimeout` takes a signed 32-bit delay.
 const MAX_TIMER_DELAY_MS: u64 = i32::MAX as u64;
 
@@ -65,28 +68,26 @@ pub(crate) struct Driver {
 /// object alone.
 #[derive(Debug)]
 struct Callbacks {
-    open: Closure<dyn Fn(web_sys::Event)>,
-    message: Closure<dyn Fn(MessageEvent)>,
-    close: Closure<dyn Fn(CloseEvent)>,
+    /// Every event of a socket: its kind ([`SOCKET_OPEN`], …) and the event.
+    socket: Closure<dyn Fn(u32, web_sys::Event)>,
     timer: Closure<dyn Fn()>,
     token: Closure<dyn Fn(Option<String>, Option<String>)>,
 }
 
 impl Callbacks {
     fn new(weak: &Weak<Shared>) -> Callbacks {
-        fn with<A: 'static>(weak: &Weak<Shared>, f: fn(&Rc<Shared>, A)) -> impl Fn(A) + 'static {
-            let weak = weak.clone();
-            move |arg| {
-                if let Some(shared) = weak.upgrade() {
-                    f(&shared, arg);
-                }
-            }
-        }
+        let socket_weak = weak.clone();
         let timer_weak = weak.clone();
         Callbacks {
-            open: Closure::new(with(weak, Shared::on_socket_open)),
-            message: Closure::new(with(weak, Shared::on_socket_message)),
-            close: Closure::new(with(weak, Shared::on_socket_close)),
+            socket: Closure::new(move |kind: u32, event: web_sys::Event| {
+                if let Some(shared) = socket_weak.upgrade() {
+                    match kind {
+                        SOCKET_OPEN => shared.on_socket_open(event),
+                        SOCKET_MESSAGE => shared.on_socket_message(event.unchecked_into()),
+                        _ => shared.on_socket_close(event.unchecked_into()),
+                    }
+                }
+            }),
             timer: Closure::new(move || {
                 if let Some(shared) = timer_weak.upgrade() {
                     shared.on_timer();
@@ -375,13 +376,7 @@ impl Driver {
         if let Some(old) = self.socket.take() {
             bindings::close_socket(&old, promhub_core::client::close_code::NORMAL, "replaced");
         }
-        match bindings::open_socket(
-            &self.websocket,
-            &self.url,
-            callbacks.open.as_ref(),
-            callbacks.message.as_ref(),
-            callbacks.close.as_ref(),
-        ) {
+        match bindings::open_socket(&self.websocket, &self.url, callbacks.socket.as_ref()) {
             Ok(socket) => self.socket = Some(socket),
             Err(error) => {
                 let message = format!(
