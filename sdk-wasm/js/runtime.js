@@ -403,12 +403,18 @@ export function closeSocket(socket, code, reason) {
 
 function ignore() {}
 
+/** The client's timer: `onevent(3)` after `delayMs`. */
+export function setTimer(onevent, delayMs) {
+  return setTimeout(onevent, delayMs, 3);
+}
+
 /**
  * Calls the application's token source and reports the outcome once, as
- * `done(token, undefined)` or `done(undefined, message)`. Accepts a string,
- * null/undefined (anonymous), or a promise of one.
+ * `onevent(4, token, undefined)` or `onevent(4, undefined, message)`.
+ * Accepts a string, null/undefined (anonymous), or a promise of one.
  */
-export function fetchToken(source, done) {
+export function fetchToken(source, onevent) {
+  const done = (token, failure) => onevent(4, token, failure);
   let result;
   try {
     result = source();

@@ -111,10 +111,14 @@ extern "C" {
     #[wasm_bindgen(js_name = describeError)]
     pub(crate) fn describe_error(error: &JsValue) -> String;
 
-    /// Calls `source` and reports `(token, undefined)` or
-    /// `(undefined, message)` to `done`.
+    /// Calls `source` and reports `(4, token, undefined)` or
+    /// `(4, undefined, message)` to `onevent`.
     #[wasm_bindgen(js_name = fetchToken)]
-    pub(crate) fn fetch_token(source: &Function, done: &JsValue);
+    pub(crate) fn fetch_token(source: &Function, onevent: &JsValue);
+
+    /// `setTimeout` calling `onevent(3)` after `delay_ms`.
+    #[wasm_bindgen(js_name = setTimer)]
+    pub(crate) fn set_timer(onevent: &JsValue, delay_ms: f64) -> JsValue;
 
     /// `options.WebSocket` (`undefined` if absent), else the global
     /// `WebSocket`; throws a `PromHubError` naming the option when neither
@@ -147,9 +151,6 @@ extern "C" {
 #[wasm_bindgen]
 extern "C" {
     // Globals rather than `window.*`, so the client also runs in workers.
-    #[wasm_bindgen(js_name = setTimeout)]
-    pub(crate) fn set_timeout(handler: &Function, delay_ms: f64) -> JsValue;
-
     #[wasm_bindgen(js_name = clearTimeout)]
     pub(crate) fn clear_timeout(id: &JsValue);
 

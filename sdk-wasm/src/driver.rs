@@ -21,18 +21,19 @@ use promhub_core::frames::js::{self, Js};
 use wasm_bindgen::prelude::*;
 use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
-use crate::bindings::{
-    self, PENDING_SUBSCRIBE, Runtime, clear_timeout, now_ms, set_timeout, unix_ms,
-};
+use crate::bindings::{self, PENDING_SUBSCRIBE, Runtime, clear_timeout, now_ms, unix_ms};
 use crate::options::Options;
 
 /// Close codes a browser reports for a connection that ended without a
 /// close frame (1006) or with one that carried no code (1005).
 const ABNORMAL_CLOSURE: u16 = 1006;
 const NO_STATUS: u16 = 1005;
-/// The kinds of socket events `openSocket` reports.
+/// What the client's callback is called for (`js/runtime.js` calls it
+/// with these numbers).
 const SOCKET_OPEN: u32 = 0;
 const SOCKET_MESSAGE: u32 = 1;
+const SOCKET_CLOSE: u32 = 2;
+const TIMER: u32 = 3;
 /// `setTimeout` takes a signed 32-bit delay.
 const MAX_TIMER_DELAY_MS: u64 = i32::MAX as u64;
 
@@ -63,47 +64,35 @@ pub(crate) struct Driver {
     pub(crate) last_close_reason: String,
 }
 
-/// JS callbacks made once per client and shared by every socket, timer and
-/// token fetch. They hold a weak reference: the client is owned by its JS
-/// object alone.
+/// The one JS callback of a client, made once and shared by every socket,
+/// timer and token fetch: `(kind, a, b)` with the kind of what happened
+/// ([`SOCKET_OPEN`], …) and its values. It holds a weak reference: the
+/// client is owned by its JS object alone.
 #[derive(Debug)]
 struct Callbacks {
-    /// Every event of a socket: its kind ([`SOCKET_OPEN`], …) and the event.
-    socket: Closure<dyn Fn(u32, web_sys::Event)>,
-    timer: Closure<dyn Fn()>,
-    token: Closure<dyn Fn(Option<String>, Option<String>)>,
+    event: Closure<dyn Fn(u32, JsValue, JsValue)>,
 }
 
 impl Callbacks {
     fn new(weak: &Weak<Shared>) -> Callbacks {
-        let socket_weak = weak.clone();
-        let timer_weak = weak.clone();
+        let weak = weak.clone();
         Callbacks {
-            socket: Closure::new(move |kind: u32, event: web_sys::Event| {
-                if let Some(shared) = socket_weak.upgrade() {
-                    match kind {
-                        SOCKET_OPEN => shared.on_socket_open(event),
-                        SOCKET_MESSAGE => shared.on_socket_message(event.unchecked_into()),
-                        _ => shared.on_socket_close(event.unchecked_into()),
-                    }
+            event: Closure::new(move |kind: u32, a: JsValue, b: JsValue| {
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                match kind {
+                    SOCKET_OPEN => shared.on_socket_open(a.unchecked_into()),
+                    SOCKET_MESSAGE => shared.on_socket_message(a.unchecked_into()),
+                    SOCKET_CLOSE => shared.on_socket_close(a.unchecked_into()),
+                    TIMER => shared.on_timer(),
+                    // TOKEN: `(token, undefined)` or `(undefined, message)`.
+                    _ => match b.as_string() {
+                        Some(message) => shared.on_token_failed(message),
+                        None => shared.on_token(a.as_string()),
+                    },
                 }
             }),
-            timer: Closure::new(move || {
-                if let Some(shared) = timer_weak.upgrade() {
-                    shared.on_timer();
-                }
-            }),
-            token: {
-                let weak = weak.clone();
-                Closure::new(move |token: Option<String>, failure: Option<String>| {
-                    if let Some(shared) = weak.upgrade() {
-                        match failure {
-                            Some(message) => shared.on_token_failed(message),
-                            None => shared.on_token(token),
-                        }
-                    }
-                })
-            },
         }
     }
 }
@@ -197,7 +186,7 @@ impl Shared {
             };
             match fetch_from {
                 None => return,
-                Some(Some(source)) => bindings::fetch_token(&source, self.callbacks.token.as_ref()),
+                Some(Some(source)) => bindings::fetch_token(&source, self.callbacks.event.as_ref()),
                 Some(None) => self
                     .driver
                     .borrow_mut()
@@ -233,7 +222,7 @@ impl Shared {
             .saturating_sub(now_ms())
             .saturating_add(1)
             .min(MAX_TIMER_DELAY_MS);
-        let handle = set_timeout(self.callbacks.timer.as_ref().unchecked_ref(), delay as f64);
+        let handle = bindings::set_timer(self.callbacks.event.as_ref(), delay as f64);
         driver.timer = Some(Timer { deadline, handle });
     }
 
@@ -376,7 +365,7 @@ impl Driver {
         if let Some(old) = self.socket.take() {
             bindings::close_socket(&old, promhub_core::client::close_code::NORMAL, "replaced");
         }
-        match bindings::open_socket(&self.websocket, &self.url, callbacks.socket.as_ref()) {
+        match bindings::open_socket(&self.websocket, &self.url, callbacks.event.as_ref()) {
             Ok(socket) => self.socket = Some(socket),
             Err(error) => {
                 let message = format!(
