@@ -375,15 +375,15 @@ export function webSocketConstructor(option) {
 
 /**
  * Opens a socket to `url` with `WebSocket` (the constructor the client was
- * given) and routes its events to the client's one callback: `onevent(0,
- * event)` when it opens, `(1, event)` for a message, `(2, event)` when it
- * closes.
+ * given) and routes its events to the client's callback, with the socket:
+ * `onevent(0, socket)` when it opens, `(1, socket, data)` for a message,
+ * `(2, socket, closeEvent)` when it closes.
  */
 export function openSocket(WebSocket, url, onevent) {
   const socket = new WebSocket(url);
-  socket.onopen = (event) => onevent(0, event);
-  socket.onmessage = (event) => onevent(1, event);
-  socket.onclose = (event) => onevent(2, event);
+  socket.onopen = () => onevent(0, socket);
+  socket.onmessage = (event) => onevent(1, socket, event.data);
+  socket.onclose = (event) => onevent(2, socket, event);
   // A close event follows every error. `ws` (Node.js) throws an error event
   // that nobody listens to, so one listener stays for the socket's life.
   socket.onerror = ignore;

@@ -133,8 +133,8 @@ extern "C" {
     pub(crate) fn hub_url(url: &str) -> Result<String, JsValue>;
 
     /// `new constructor(url)`, its `open`, `message` and `close` events
-    /// reported to `onevent` as `(0, event)`, `(1, event)` and `(2,
-    /// event)`. Throws what the constructor throws.
+    /// reported to `onevent` as `(0, socket)`, `(1, socket, data)` and
+    /// `(2, socket, closeEvent)`. Throws what the constructor throws.
     #[wasm_bindgen(catch, js_name = openSocket)]
     pub(crate) fn open_socket(
         constructor: &Function,

@@ -19,7 +19,7 @@ use js_sys::Function;
 use promhub_core::client::{ClientCore, ConnectionState, SubscriptionId, Transmit};
 use promhub_core::frames::js::{self, Js};
 use wasm_bindgen::prelude::*;
-use web_sys::{CloseEvent, MessageEvent, WebSocket};
+use web_sys::{CloseEvent, WebSocket};
 
 use crate::bindings::{self, PENDING_SUBSCRIBE, Runtime, clear_timeout, now_ms, unix_ms};
 use crate::options::Options;
@@ -81,10 +81,11 @@ impl Callbacks {
                 let Some(shared) = weak.upgrade() else {
                     return;
                 };
+                // Socket events: `(kind, socket, data or close event)`.
                 match kind {
-                    SOCKET_OPEN => shared.on_socket_open(a.unchecked_into()),
-                    SOCKET_MESSAGE => shared.on_socket_message(a.unchecked_into()),
-                    SOCKET_CLOSE => shared.on_socket_close(a.unchecked_into()),
+                    SOCKET_OPEN => shared.on_socket_open(&a),
+                    SOCKET_MESSAGE => shared.on_socket_message(&a, b),
+                    SOCKET_CLOSE => shared.on_socket_close(&a, b.unchecked_into()),
                     TIMER => shared.on_timer(),
                     // TOKEN: `(token, undefined)` or `(undefined, message)`.
                     _ => match b.as_string() {
@@ -238,10 +239,10 @@ impl Shared {
     // ------------------------------------------------------------------
     // Socket events
 
-    fn on_socket_open(self: &Rc<Self>, event: web_sys::Event) {
+    fn on_socket_open(self: &Rc<Self>, socket: &JsValue) {
         {
             let mut driver = self.driver.borrow_mut();
-            if !driver.is_current(&event) {
+            if !driver.is_current(socket) {
                 return;
             }
             driver.core.handle_socket_open(now_ms());
@@ -249,11 +250,10 @@ impl Shared {
         self.drive();
     }
 
-    fn on_socket_message(self: &Rc<Self>, event: MessageEvent) {
-        let data = event.data();
+    fn on_socket_message(self: &Rc<Self>, socket: &JsValue, data: JsValue) {
         let parsed = {
             let mut driver = self.driver.borrow_mut();
-            if !driver.is_current(&event) {
+            if !driver.is_current(socket) {
                 return;
             }
             if !data.is_string() {
@@ -277,10 +277,10 @@ impl Shared {
         self.current_frame.replace(outer);
     }
 
-    fn on_socket_close(self: &Rc<Self>, event: CloseEvent) {
+    fn on_socket_close(self: &Rc<Self>, socket: &JsValue, event: CloseEvent) {
         {
             let mut driver = self.driver.borrow_mut();
-            if !driver.is_current(&event) {
+            if !driver.is_current(socket) {
                 return;
             }
             if let Some(socket) = driver.socket.take() {
@@ -398,16 +398,13 @@ impl Driver {
         }
     }
 
-    /// Is this event from the socket the machine currently knows? Events of
-    /// an abandoned socket are dropped (the driver contract).
-    fn is_current(&self, event: &web_sys::Event) -> bool {
-        match (&self.socket, event.target()) {
-            (Some(socket), Some(target)) => {
-                let socket: &JsValue = socket.as_ref();
-                JsValue::from(target) == *socket
-            }
-            _ => false,
-        }
+    /// Is an event of `socket` one of the socket the machine currently
+    /// knows? Events of an abandoned socket are dropped (the driver
+    /// contract).
+    fn is_current(&self, socket: &JsValue) -> bool {
+        self.socket
+            .as_ref()
+            .is_some_and(|current| *AsRef::<JsValue>::as_ref(current) == *socket)
     }
 }
 
