@@ -80,8 +80,9 @@ impl Writer {
     }
 }
 
+/// What no frame has, so what is not written.
 fn refused(what: &str) -> WriteError {
-    WriteError(format!("{what} cannot be written (no frame has one)"))
+    WriteError(what.to_owned())
 }
 
 impl<'a> ser::Serializer for &'a mut Writer {
@@ -135,11 +136,11 @@ impl<'a> ser::Serializer for &'a mut Writer {
     }
 
     fn serialize_f32(self, _v: f32) -> Result<(), WriteError> {
-        Err(refused("a float"))
+        Err(refused("a float cannot be written (no frame has one)"))
     }
 
     fn serialize_f64(self, _v: f64) -> Result<(), WriteError> {
-        Err(refused("a float"))
+        Err(refused("a float cannot be written (no frame has one)"))
     }
 
     fn serialize_char(self, v: char) -> Result<(), WriteError> {
@@ -156,7 +157,7 @@ impl<'a> ser::Serializer for &'a mut Writer {
     }
 
     fn serialize_bytes(self, _v: &[u8]) -> Result<(), WriteError> {
-        Err(refused("a byte string"))
+        Err(refused("a byte string cannot be written (no frame has one)"))
     }
 
     fn serialize_none(self) -> Result<(), WriteError> {
