@@ -728,7 +728,7 @@ pub mod close {
         value.trim().parse().ok()
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(target_arch = "wasm32")))]
     mod tests {
         use proptest::prelude::*;
 

@@ -17,6 +17,13 @@
 //! - a key given twice keeps its last value instead of being refused;
 //! - a string with a lone surrogate escape (`"\ud800"`) reads with U+FFFD in
 //!   its place instead of being refused.
+//! - a number past a double's range (`1e400`) is `Infinity`, a number of
+//!   the wrong kind, where serde_json calls the whole text malformed;
+//! - an error code is read from its name only, not also from serde's map
+//!   form of an enum (`{"forbidden": null}`), which the hub never writes.
+//!
+//! `tests` (run in Node) checks both ways against serde_json on generated
+//! and damaged frames, and pins each difference above.
 //!
 //! Errors never format a float (serde's default messages do, and Rust's
 //! float formatting would cost the browser SDK several KiB of wasm).
@@ -40,6 +47,9 @@ use crate::client::Codec;
 use crate::quoted::Quoted;
 
 pub mod write;
+
+#[cfg(all(test, target_arch = "wasm32"))]
+mod tests;
 
 /// The browser SDK's codec: frames are written by [`write`], `PUBLISH`
 /// payloads are [`JsPayload`]s, and `EVENT` payloads stay in the

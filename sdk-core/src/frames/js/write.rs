@@ -157,7 +157,9 @@ impl<'a> ser::Serializer for &'a mut Writer {
     }
 
     fn serialize_bytes(self, _v: &[u8]) -> Result<(), WriteError> {
-        Err(refused("a byte string cannot be written (no frame has one)"))
+        Err(refused(
+            "a byte string cannot be written (no frame has one)",
+        ))
     }
 
     fn serialize_none(self) -> Result<(), WriteError> {
