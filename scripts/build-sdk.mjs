@@ -7,7 +7,7 @@
 // wasm-bindgen-cli, npm dev dependencies). `npm run build:sdk`; CI runs it.
 //
 // Flags: --pack also writes target/npm/promhub-VERSION.tgz (npm pack);
-// --warn-budget reports a bundle over its ceiling (the 80 KiB budget) as a
+// --warn-budget reports a bundle over its ceiling (the 64 KiB budget) as a
 // warning instead of failing (the page build and the demo use it: an
 // oversized bundle still works).
 import { copyFileSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -27,9 +27,9 @@ import {
 
 /**
  * The budget of the issue: .wasm plus JS glue, gzipped. The build fails
- * above it (~78 KiB today, from 119; sdk-wasm/README.md, "Size").
+ * above it (63.9 KiB today, from 119; sdk-wasm/README.md, "Size").
  */
-const BUDGET_BYTES = 80 * 1024;
+const BUDGET_BYTES = 64 * 1024;
 /** What the build fails above: the budget itself, now that it is met. */
 const CEILING_BYTES = BUDGET_BYTES;
 const NAME = "promhub";

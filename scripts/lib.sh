@@ -59,6 +59,19 @@ ensure_node() {
   fi
 }
 
+# wasm-bindgen-cli (wasm-bindgen and wasm-bindgen-test-runner) at exactly the
+# version the workspace pins the wasm-bindgen crate to (scripts/lib.mjs does
+# the same for the npm build).
+ensure_wasm_bindgen_cli() {
+  local version found
+  version=$(sed -n 's/^wasm-bindgen = "=\(.*\)"/\1/p' Cargo.toml)
+  found=$(wasm-bindgen --version 2>/dev/null || true)
+  if [[ "$found" != "wasm-bindgen $version" ]]; then
+    step "installing wasm-bindgen-cli $version (found: ${found:-none})"
+    cargo install wasm-bindgen-cli --version "$version"
+  fi
+}
+
 # `npm ci` in folder $1 (default: .) when its node_modules is missing or
 # older than its package-lock.json.
 ensure_npm_deps() {

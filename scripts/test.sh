@@ -18,9 +18,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "clippy (wasm32)"
 cargo clippy -p promhub-core -p promhub-wasm --target wasm32-unknown-unknown --locked -- -D warnings
+cargo clippy -p promhub-core --features js --lib --profile test --target wasm32-unknown-unknown --locked -- -D warnings
 
 step "build sdk-core for wasm32"
 cargo build -p promhub-core --target wasm32-unknown-unknown --locked
+
+step "sdk-core's JavaScript frame codec against serde_json, in Node (wasm32)"
+ensure_node
+ensure_wasm_bindgen_cli
+cargo test -p promhub-core --features js --lib --target wasm32-unknown-unknown --locked
 
 step "fuzz targets compile (run them with scripts/fuzz.sh)"
 for fuzz_crate in sdk-core/fuzz hub/fuzz; do

@@ -692,7 +692,7 @@ impl Connection {
             COUNTERS.rate_limit_close();
             self.close(
                 close::RATE_LIMITED,
-                &format!(r#"{{"retry_after_ms":{}}}"#, retry_after_ms(refill)),
+                &close::rate_limited_reason(retry_after_ms(refill)),
             );
         }
         false

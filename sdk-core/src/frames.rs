@@ -1,26 +1,32 @@
 //! Wire protocol v1 (protocol.md): every frame as a Rust type.
 //!
-//! Frames are JSON text objects tagged by `op`. Encoding is plain serde;
-//! decoding goes through [`ClientFrame::decode`], which reads `op` first and
-//! then the one struct it names, and [`HubFrame::decode`], which reads a
-//! frame in one pass (every client decodes every `EVENT`; see `hub_decode`).
-//! Both keep payloads as raw JSON ([`Payload`]) — the hub never re-parses or
-//! re-encodes what publishers send — and let an error carry the frame's
-//! `rid` so the peer can match it to its request.
+//! Frames are JSON text objects tagged by `op`. The serde derives on these
+//! types are the one definition of every frame: encoding is serde_json,
+//! and decoding ([`ClientFrame::decode`], [`HubFrame::decode`]) reads the
+//! frame's `op` first, then the one struct it names, from JSON text with
+//! serde_json or (feature `js`, the browser SDK) from the JavaScript value
+//! `JSON.parse` made of it. Payloads stay as they came — raw JSON text
+//! ([`Payload`]) for the hub and the native SDK, the parsed JavaScript
+//! value in the browser — and an error carries the frame's `rid` when one
+//! could be read, so the peer can match it to its request.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::de::{self, IgnoredAny};
+use serde::de;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use crate::object_only::{self, ObjectOnly};
+use crate::object_only;
 use crate::topic::{Pattern, Topic};
 
-mod hub_decode;
+mod decode;
+#[cfg(feature = "js")]
+pub mod js;
+
+pub use decode::{DecodeError, DecodeErrorKind, peek_rid};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -159,14 +165,16 @@ impl PublishOpts {
     }
 }
 
-/// `PUBLISH`.
+/// `PUBLISH`. `P` is the payload: JSON text ([`Payload`]), or in the
+/// browser SDK the text `JSON.stringify` wrote (`js::JsPayload`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(tsify::Tsify))]
-pub struct Publish {
+pub struct Publish<P = Payload> {
     #[cfg_attr(feature = "ts", tsify(type = "string"))]
     pub topic: Topic,
-    #[cfg_attr(feature = "ts", tsify(type = "unknown"))]
-    pub payload: Payload,
+    // `type_params = ""`: the declaration names no type parameter.
+    #[cfg_attr(feature = "ts", tsify(type = "unknown", type_params = ""))]
+    pub payload: P,
     #[serde(
         default,
         skip_serializing_if = "opts_empty",
@@ -177,11 +185,10 @@ pub struct Publish {
     pub rid: Option<Rid>,
 }
 
-/// Payloads compare by their JSON text: `RawValue` has no equality.
-impl PartialEq for Publish {
+impl<P: SamePayload> PartialEq for Publish<P> {
     fn eq(&self, other: &Self) -> bool {
         self.topic == other.topic
-            && self.payload.get() == other.payload.get()
+            && self.payload.same(&other.payload)
             && self.opts == other.opts
             && self.rid == other.rid
     }
@@ -351,13 +358,14 @@ pub struct Ping {
     pub rid: Option<Rid>,
 }
 
-/// A frame a client sends to the hub.
+/// A frame a client sends to the hub. `P` is the `PUBLISH` frame: a
+/// [`Publish`] of JSON text, or of another payload type.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "ts", derive(tsify::Tsify))]
 #[serde(tag = "op", rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ClientFrame {
+pub enum ClientFrame<P = Publish> {
     Auth(Auth),
-    Publish(Publish),
+    Publish(#[cfg_attr(feature = "ts", tsify(type = "Publish", type_params = ""))] P),
     Subscribe(Subscribe),
     Unsubscribe(Unsubscribe),
     Ack(DeliveryRef),
@@ -495,10 +503,13 @@ pub struct UnsubAck {
     pub group: Option<Group>,
 }
 
-/// A stored event as delivered.
+/// A stored event as delivered. `P` is what its payload is read into:
+/// the JSON text ([`Payload`]) for the hub and the native SDK; [`Unread`]
+/// in the browser SDK, whose handlers get the payload as the JavaScript
+/// value the frame was parsed into.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(tsify::Tsify))]
-pub struct Event {
+pub struct Event<P = Payload> {
     pub id: String,
     pub seq: u64,
     #[cfg_attr(feature = "ts", tsify(type = "string"))]
@@ -506,8 +517,9 @@ pub struct Event {
     pub ts: Millis,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    #[cfg_attr(feature = "ts", tsify(type = "unknown"))]
-    pub payload: Payload,
+    // `type_params = ""`: the declaration names no type parameter.
+    #[cfg_attr(feature = "ts", tsify(type = "unknown", type_params = ""))]
+    pub payload: P,
     /// A plain object in JSON (and so in TypeScript), not a `Map`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", tsify(type = "Record<string, string>"))]
@@ -520,18 +532,41 @@ pub struct Event {
     pub sid: Option<String>,
 }
 
-impl PartialEq for Event {
+impl<P: SamePayload> PartialEq for Event<P> {
     fn eq(&self, other: &Self) -> bool {
         self.id == other.id
             && self.seq == other.seq
             && self.topic == other.topic
             && self.ts == other.ts
             && self.key == other.key
-            && self.payload.get() == other.payload.get()
+            && self.payload.same(&other.payload)
             && self.headers == other.headers
             && self.tags == other.tags
             && self.caused_by == other.caused_by
             && self.sid == other.sid
+    }
+}
+
+/// An `EVENT` payload left unread: it deserializes from anything without
+/// looking at it. The browser SDK reads frames with it and hands its
+/// handlers the payload as the JavaScript value `JSON.parse` made.
+pub type Unread = de::IgnoredAny;
+
+/// Payloads compare by their JSON text ([`RawValue`] has no equality);
+/// [`Unread`] ones are all alike.
+pub trait SamePayload {
+    fn same(&self, other: &Self) -> bool;
+}
+
+impl SamePayload for Payload {
+    fn same(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl SamePayload for Unread {
+    fn same(&self, _other: &Self) -> bool {
+        true
     }
 }
 
@@ -559,17 +594,21 @@ impl DeliveryCtx {
 }
 
 /// `EVENT`: `topic` and `group` are the subscription's, exactly as the client
-/// sent them, so the client finds its handler by `topic::group`.
+/// sent them, so the client finds its handler by `topic::group`. `E` is the
+/// event: an [`Event`] as read, or (the hub, [`encode_event_delivery`]) one
+/// serialized already.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(tsify::Tsify))]
-pub struct EventDelivery {
+#[serde(bound(deserialize = "E: Deserialize<'de>"))]
+pub struct EventDelivery<E = Event> {
     #[cfg_attr(feature = "ts", tsify(type = "string"))]
     pub topic: Pattern,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", tsify(type = "string"))]
     pub group: Option<Group>,
     #[serde(deserialize_with = "object_only::required")]
-    pub event: Event,
+    #[cfg_attr(feature = "ts", tsify(type = "Event", type_params = ""))]
+    pub event: E,
     #[serde(deserialize_with = "object_only::required")]
     pub ctx: DeliveryCtx,
 }
@@ -581,17 +620,20 @@ pub struct Expiring {
     pub expires_at: Millis,
 }
 
-/// A frame the hub sends to a client.
+/// A frame the hub sends to a client; `E` as in [`EventDelivery`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "ts", derive(tsify::Tsify))]
 #[serde(tag = "op", rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum HubFrame {
+pub enum HubFrame<E = Event> {
     Ok(Welcome),
     Err(ErrorFrame),
     Puback(PubAck),
     Suback(SubAck),
     Unsuback(UnsubAck),
-    Event(EventDelivery),
+    Event(
+        #[cfg_attr(feature = "ts", tsify(type = "EventDelivery", type_params = ""))]
+        EventDelivery<E>,
+    ),
     Ping(Ping),
     Pong(Ping),
     Expiring(Expiring),
@@ -602,13 +644,12 @@ pub enum HubFrame {
 
 /// Serializes a frame to its JSON text.
 pub fn encode<T: Serialize>(frame: &T) -> String {
-    // Frames contain only strings, numbers, maps with string keys and raw
-    // JSON that was valid when it was parsed, so serialization cannot fail.
-    crate::json_text::to_string(frame).unwrap_or_else(|e| {
-        // Unreachable in practice; report rather than panic. The message
-        // goes through the string writer (which cannot fail) so that it is
-        // escaped into valid JSON.
-        let msg = crate::json_text::to_string(&format!("encode failed: {e}"))
+    // Frames contain only strings, integers, maps with string keys and raw
+    // JSON that was valid when it was made, so serialization cannot fail.
+    serde_json::to_string(frame).unwrap_or_else(|e| {
+        // Unreachable in practice; report rather than panic (the message
+        // is a JSON string, so the frame stays valid JSON).
+        let msg = serde_json::to_string(&format!("encode failed: {e}"))
             .unwrap_or_else(|_| r#""encode failed""#.to_owned());
         format!(r#"{{"op":"ERR","code":"internal","msg":{msg}}}"#)
     })
@@ -634,278 +675,12 @@ pub fn encode_event_delivery(
     event_json: &RawValue,
     ctx: &DeliveryCtx,
 ) -> String {
-    #[derive(Serialize)]
-    struct EventDeliveryRef<'a> {
-        op: &'static str,
-        topic: &'a Pattern,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        group: Option<&'a Group>,
-        event: &'a RawValue,
-        ctx: &'a DeliveryCtx,
-    }
-    encode(&EventDeliveryRef {
-        op: "EVENT",
-        topic: subscription,
-        group,
+    encode(&HubFrame::Event(EventDelivery {
+        topic: subscription.clone(),
+        group: group.cloned(),
         event: event_json,
-        ctx,
-    })
-}
-
-// ---------------------------------------------------------------------------
-// Decoding
-
-/// A frame that could not be decoded. Maps to `ERR bad_request`; `rid` is the
-/// frame's request id when one could be read, so the error can carry it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct DecodeError {
-    pub rid: Option<Rid>,
-    pub op: Option<String>,
-    pub kind: DecodeErrorKind,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecodeErrorKind {
-    /// Not JSON, or not an object.
-    Malformed,
-    /// No `op`, or an `op` this version does not know.
-    UnknownOp,
-    /// A known `op` with missing or wrongly typed fields, or an invalid topic.
-    InvalidFields,
-}
-
-impl DecodeError {
-    pub fn code(&self) -> ErrorCode {
-        ErrorCode::BadRequest
-    }
-
-    /// The `ERR` frame to answer with.
-    pub fn to_error_frame(&self) -> ErrorFrame {
-        ErrorFrame::new(
-            ErrorCode::BadRequest,
-            self.message.clone(),
-            self.rid.clone(),
-        )
-    }
-}
-
-/// What every frame has in common: read first to pick the struct to decode.
-/// Both fields are read loosely so that an `op` or `rid` of the wrong type
-/// is reported as such, with the rid when there is a usable one, instead of
-/// making the whole frame "malformed".
-#[derive(Deserialize)]
-struct Head {
-    #[serde(default)]
-    op: Option<LooseString>,
-    #[serde(default)]
-    rid: Option<LooseString>,
-}
-
-/// A value kept when it is a JSON string and skipped otherwise. Written by
-/// hand rather than as an untagged enum: `#[serde(untagged)]` buffers the
-/// value into serde's generic `Content` tree first, which costs time and a
-/// lot of wasm code for two fields.
-enum LooseString {
-    Text(String),
-    Other,
-}
-
-impl LooseString {
-    fn into_text(self) -> Option<String> {
-        match self {
-            LooseString::Text(s) => Some(s),
-            LooseString::Other => None,
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for LooseString {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> de::Visitor<'de> for Visitor {
-            type Value = LooseString;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<LooseString, E> {
-                Ok(LooseString::Text(v.to_owned()))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<LooseString, E> {
-                Ok(LooseString::Text(v))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<LooseString, E> {
-                Ok(LooseString::Other)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<LooseString, E> {
-                Ok(LooseString::Other)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<LooseString, E> {
-                Ok(LooseString::Other)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<LooseString, E> {
-                Ok(LooseString::Other)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<LooseString, E> {
-                Ok(LooseString::Other)
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<LooseString, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(LooseString::Other)
-            }
-            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<LooseString, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(LooseString::Other)
-            }
-        }
-        deserializer.deserialize_any(Visitor)
-    }
-}
-
-/// The frame's `op` as found in the text.
-enum HeadOp {
-    Missing,
-    NotAString,
-    Name(String),
-}
-
-fn decode_head(text: &str) -> Result<(HeadOp, Option<Rid>), DecodeError> {
-    head_from(serde_json::from_str::<ObjectOnly<Head>>(text))
-}
-
-/// `op` and `rid` from a head as read (by serde_json or `json_text`).
-fn head_from<E: fmt::Display>(
-    read: Result<ObjectOnly<Head>, E>,
-) -> Result<(HeadOp, Option<Rid>), DecodeError> {
-    match read {
-        Ok(ObjectOnly(head)) => {
-            let op = match head.op {
-                None => HeadOp::Missing,
-                Some(LooseString::Text(name)) => HeadOp::Name(name),
-                Some(LooseString::Other) => HeadOp::NotAString,
-            };
-            Ok((op, head.rid.and_then(LooseString::into_text)))
-        }
-        Err(e) => Err(DecodeError {
-            rid: None,
-            op: None,
-            kind: DecodeErrorKind::Malformed,
-            message: format!("malformed frame: {e}"),
-        }),
-    }
-}
-
-/// The request id of a frame without decoding the rest of it: lets a peer
-/// refuse a frame (e.g. one over the size limit) with an error the sender
-/// can match to its request. `None` when the text has no string `rid`.
-pub fn peek_rid(text: &str) -> Option<Rid> {
-    decode_head(text).ok().and_then(|(_, rid)| rid)
-}
-
-fn decode_body<'a, T: Deserialize<'a>>(
-    text: &'a str,
-    op: &str,
-    rid: &Option<Rid>,
-) -> Result<T, DecodeError> {
-    serde_json::from_str::<T>(text).map_err(|e| DecodeError {
-        rid: rid.clone(),
-        op: Some(op.to_owned()),
-        kind: DecodeErrorKind::InvalidFields,
-        message: format!("invalid {op} frame: {e}"),
-    })
-}
-
-fn unknown_op(op: HeadOp, rid: Option<Rid>) -> DecodeError {
-    let (op, message) = match op {
-        HeadOp::Missing => (None, "frame has no op".to_owned()),
-        HeadOp::NotAString => (None, "frame's op is not a string".to_owned()),
-        HeadOp::Name(op) => {
-            let message = format!("unknown op {}", crate::json_text::Quoted(&op));
-            (Some(op), message)
-        }
-    };
-    DecodeError {
-        rid,
-        op,
-        kind: DecodeErrorKind::UnknownOp,
-        message,
-    }
-}
-
-impl ClientFrame {
-    /// Decodes one text frame. Never panics, whatever the input.
-    pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
-        let (op, rid) = decode_head(text)?;
-        let HeadOp::Name(name) = &op else {
-            return Err(unknown_op(op, rid));
-        };
-        let name = name.as_str();
-        Ok(match name {
-            "AUTH" => ClientFrame::Auth(decode_body(text, name, &rid)?),
-            "PUBLISH" => ClientFrame::Publish(decode_body(text, name, &rid)?),
-            "SUBSCRIBE" => ClientFrame::Subscribe(decode_body(text, name, &rid)?),
-            "UNSUBSCRIBE" => ClientFrame::Unsubscribe(decode_body(text, name, &rid)?),
-            "ACK" => ClientFrame::Ack(decode_body(text, name, &rid)?),
-            "NACK" => ClientFrame::Nack(decode_body(text, name, &rid)?),
-            "WORKING" => ClientFrame::Working(decode_body(text, name, &rid)?),
-            "PING" => ClientFrame::Ping(decode_body(text, name, &rid)?),
-            "PONG" => ClientFrame::Pong(decode_body(text, name, &rid)?),
-            _ => return Err(unknown_op(op, rid)),
-        })
-    }
-
-    /// The frame's request id, if it has one.
-    pub fn rid(&self) -> Option<&str> {
-        match self {
-            ClientFrame::Publish(f) => f.rid.as_deref(),
-            ClientFrame::Subscribe(f) => f.rid.as_deref(),
-            ClientFrame::Unsubscribe(f) => f.rid.as_deref(),
-            ClientFrame::Ping(f) | ClientFrame::Pong(f) => f.rid.as_deref(),
-            ClientFrame::Auth(_)
-            | ClientFrame::Ack(_)
-            | ClientFrame::Nack(_)
-            | ClientFrame::Working(_) => None,
-        }
-    }
-
-    /// The `op` name, for logs and metrics.
-    pub fn op(&self) -> &'static str {
-        match self {
-            ClientFrame::Auth(_) => "AUTH",
-            ClientFrame::Publish(_) => "PUBLISH",
-            ClientFrame::Subscribe(_) => "SUBSCRIBE",
-            ClientFrame::Unsubscribe(_) => "UNSUBSCRIBE",
-            ClientFrame::Ack(_) => "ACK",
-            ClientFrame::Nack(_) => "NACK",
-            ClientFrame::Working(_) => "WORKING",
-            ClientFrame::Ping(_) => "PING",
-            ClientFrame::Pong(_) => "PONG",
-        }
-    }
-}
-
-impl HubFrame {
-    /// Decodes one text frame from the hub. Never panics, whatever the input.
-    /// Reads the text once in the common case (see `hub_decode`).
-    pub fn decode(text: &str) -> Result<HubFrame, DecodeError> {
-        hub_decode::decode(text)
-    }
-
-    /// The `op` name, for logs and metrics.
-    pub fn op(&self) -> &'static str {
-        match self {
-            HubFrame::Ok(_) => "OK",
-            HubFrame::Err(_) => "ERR",
-            HubFrame::Puback(_) => "PUBACK",
-            HubFrame::Suback(_) => "SUBACK",
-            HubFrame::Unsuback(_) => "UNSUBACK",
-            HubFrame::Event(_) => "EVENT",
-            HubFrame::Ping(_) => "PING",
-            HubFrame::Pong(_) => "PONG",
-            HubFrame::Expiring(_) => "EXPIRING",
-        }
-    }
+        ctx: ctx.clone(),
+    }))
 }
 
 // ---------------------------------------------------------------------------
@@ -929,5 +704,60 @@ pub mod close {
     /// close, a token that will not work again, or a protocol violation.
     pub fn is_terminal(code: u16) -> bool {
         matches!(code, NORMAL | AUTH_FAILED | FORBIDDEN | PROTOCOL_VIOLATION)
+    }
+
+    /// The reason of a [`RATE_LIMITED`] close: when to reconnect.
+    pub fn rate_limited_reason(retry_after_ms: u64) -> String {
+        format!(r#"{{"retry_after_ms":{retry_after_ms}}}"#)
+    }
+
+    /// The delay a [`RATE_LIMITED`] close asks for: its reason is a number
+    /// of ms, or JSON with just `retry_after_ms` (what
+    /// [`rate_limited_reason`] writes). Read without a JSON parser, which
+    /// would cost the browser SDK more wasm than the rest of this module.
+    pub fn retry_after(reason: &str) -> Option<u64> {
+        let reason = reason.trim();
+        if let Ok(ms) = reason.parse() {
+            return Some(ms);
+        }
+        let entry = reason.strip_prefix('{')?.strip_suffix('}')?;
+        let (key, value) = entry.split_once(':')?;
+        if key.trim() != r#""retry_after_ms""# {
+            return None;
+        }
+        value.trim().parse().ok()
+    }
+
+    #[cfg(all(test, not(target_arch = "wasm32")))]
+    mod tests {
+        use proptest::prelude::*;
+
+        use super::{rate_limited_reason, retry_after};
+
+        #[test]
+        fn retry_after_is_read_from_a_number_or_json() {
+            assert_eq!(retry_after("1500"), Some(1500));
+            assert_eq!(retry_after(" 20 "), Some(20));
+            assert_eq!(retry_after(r#"{"retry_after_ms":700}"#), Some(700));
+            assert_eq!(retry_after(r#" { "retry_after_ms" : 700 } "#), Some(700));
+            assert_eq!(retry_after("slow down"), None);
+            assert_eq!(retry_after(r#"{"retry_after_ms":-1}"#), None);
+            assert_eq!(retry_after(r#"{"retry_after_ms":1.5}"#), None);
+            assert_eq!(retry_after(r#"{"other":7}"#), None);
+            assert_eq!(retry_after(r#"{"retry_after_ms":"7"}"#), None);
+            assert_eq!(retry_after(""), None);
+        }
+
+        proptest! {
+            /// Whatever the hub writes is read back, and the reason is the
+            /// JSON object serde_json reads the same number from.
+            #[test]
+            fn reasons_round_trip(ms in any::<u64>()) {
+                let reason = rate_limited_reason(ms);
+                prop_assert_eq!(retry_after(&reason), Some(ms));
+                let json: serde_json::Value = serde_json::from_str(&reason).unwrap();
+                prop_assert_eq!(json, serde_json::json!({ "retry_after_ms": ms }));
+            }
+        }
     }
 }

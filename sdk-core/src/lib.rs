@@ -7,8 +7,8 @@
 pub mod acl;
 pub mod client;
 pub mod frames;
-pub mod json_text;
 mod object_only;
+pub mod quoted;
 pub mod topic;
 
 pub use acl::{AclError, Action, Effect, Policy, Rule, RuleAction};

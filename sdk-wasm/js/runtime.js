@@ -53,6 +53,60 @@ export function describeError(error) {
   return text.length > MAX_REASON_CHARS ? text.slice(0, MAX_REASON_CHARS) : text;
 }
 
+const isString = (value) => typeof value === "string";
+const isObject = (value) => value !== null && typeof value === "object" && !Array.isArray(value);
+const isWhole = (value) => Number.isSafeInteger(value) && value >= 0;
+
+/** What a value of each kind of option must be (see `readOptions`). */
+const KINDS = {
+  s: ["a string", isString],
+  b: ["a boolean", (value) => typeof value === "boolean"],
+  n: ["a whole number ≥ 0", isWhole],
+  u: ["a whole number from 0 to 4294967295", (value) => isWhole(value) && value <= 0xffffffff],
+  x: ["a finite number", Number.isFinite],
+  f: ["a function", (value) => typeof value === "function"],
+  a: ["an array of strings", (value) => Array.isArray(value) && value.every(isString)],
+  m: ["an object of strings", (value) => isObject(value) && Object.values(value).every(isString)],
+  o: ["an object", isObject],
+  r: ["a boolean or an object", (value) => typeof value === "boolean" || isObject(value)],
+  F: ['"latest", "earliest" or a seq number', (value) => value === "latest" || value === "earliest" || isWhole(value)],
+  p: ['"wait" or "fail_fast"', (value) => value === "wait" || value === "fail_fast"],
+  "*": ["anything", () => true],
+};
+
+/**
+ * Checks an options object the application passed and returns its values
+ * in the order of `spec` ("name:kind name:kind …", kinds in KINDS), absent
+ * and null ones as undefined: the Rust side reads them by position, already
+ * checked. `undefined`/`null` options are empty. Throws a bad_request
+ * PromHubError for a key not in `spec` (a typo is an error, never a
+ * silently ignored setting) or a value of the wrong kind.
+ */
+export function readOptions(value, what, spec) {
+  const fields = spec.split(" ");
+  const names = fields.map((field) => field.slice(0, -2));
+  const values = new Array(fields.length);
+  if (value === undefined || value === null) return values;
+  if (!isObject(value)) throw new PromHubError("bad_request", `${what} must be an object`);
+  for (const key of Object.keys(value)) {
+    if (!names.includes(key)) {
+      throw new PromHubError(
+        "bad_request",
+        `${what}: unknown field ${JSON.stringify(key)} (expected one of: ${names.join(", ")})`,
+      );
+    }
+  }
+  fields.forEach((field, at) => {
+    const found = value[names[at]];
+    if (found === undefined || found === null) return;
+    const [expected, fits] = KINDS[field.at(-1)];
+    if (!fits(found)) throw new PromHubError("bad_request", `${what}.${names[at]} must be ${expected}`);
+    // An object of strings as its [name, text] pairs.
+    values[at] = field.endsWith(":m") ? Object.entries(found) : found;
+  });
+  return values;
+}
+
 function isThenable(value) {
   return (
     value !== null &&
@@ -184,6 +238,14 @@ export class Runtime {
     for (const listener of this.stateListeners) callListener(listener, event);
   }
 
+  /** A resubscribe the hub refused: the application holds a subscription that is gone. */
+  subscriptionLost(id, failure) {
+    const topic = this.subscription(id)?.topic ?? `subscription ${id}`;
+    const lost = new PromHubError("subscription_lost", `subscription to ${topic} lost on resubscribe: ${failure.message}`);
+    lost.cause = failure;
+    this.emitError(lost, false);
+  }
+
   /** `quiet`: nobody listening is fine (no console fallback). */
   emitError(error, quiet) {
     if (this.errorListeners.size === 0) {
@@ -194,15 +256,14 @@ export class Runtime {
   }
 
   /**
-   * Hands one event to its subscription's handler, from the text of the
-   * EVENT frame it arrived in (already decoded, checked and routed by the
-   * Rust side; parsed here once more by the engine's JSON.parse, which is
-   * cheaper than re-encoding the event in wasm).
+   * Hands one event to its subscription's handler, from the EVENT frame it
+   * arrived in as JSON.parse made it (the value the Rust side decoded,
+   * checked and routed: the event and its payload are passed on as they
+   * are).
    */
-  deliverFrame(id, frameText, tag, gapFrom, gapTo) {
+  deliverFrame(id, frame, tag, gapFrom, gapTo) {
     const entry = this.subscriptions.get(id);
     if (entry === undefined) return;
-    const frame = JSON.parse(frameText);
     const ctx = frame.ctx;
     const context = new DeliveryContext(
       entry.subscription,
@@ -314,13 +375,15 @@ export function webSocketConstructor(option) {
 
 /**
  * Opens a socket to `url` with `WebSocket` (the constructor the client was
- * given) and routes its events to the client's callbacks.
+ * given) and routes its events to the client's callback, with the socket:
+ * `onevent(0, socket)` when it opens, `(1, socket, data)` for a message,
+ * `(2, socket, closeEvent)` when it closes.
  */
-export function openSocket(WebSocket, url, onopen, onmessage, onclose) {
+export function openSocket(WebSocket, url, onevent) {
   const socket = new WebSocket(url);
-  socket.onopen = onopen;
-  socket.onmessage = onmessage;
-  socket.onclose = onclose;
+  socket.onopen = () => onevent(0, socket);
+  socket.onmessage = (event) => onevent(1, socket, event.data);
+  socket.onclose = (event) => onevent(2, socket, event);
   // A close event follows every error. `ws` (Node.js) throws an error event
   // that nobody listens to, so one listener stays for the socket's life.
   socket.onerror = ignore;
@@ -340,12 +403,18 @@ export function closeSocket(socket, code, reason) {
 
 function ignore() {}
 
+/** The client's timer: `onevent(3)` after `delayMs`. */
+export function setTimer(onevent, delayMs) {
+  return setTimeout(onevent, delayMs, 3);
+}
+
 /**
  * Calls the application's token source and reports the outcome once, as
- * `done(token, undefined)` or `done(undefined, message)`. Accepts a string,
- * null/undefined (anonymous), or a promise of one.
+ * `onevent(4, token, undefined)` or `onevent(4, undefined, message)`.
+ * Accepts a string, null/undefined (anonymous), or a promise of one.
  */
-export function fetchToken(source, done) {
+export function fetchToken(source, onevent) {
+  const done = (token, failure) => onevent(4, token, failure);
   let result;
   try {
     result = source();

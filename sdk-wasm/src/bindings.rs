@@ -1,7 +1,7 @@
 //! Imports from JavaScript: the clock, timers, sockets and the JS half of
 //! the client (`js/runtime.js`).
 
-use js_sys::{Function, Promise};
+use js_sys::{Array, Function, Promise};
 use wasm_bindgen::prelude::*;
 use web_sys::WebSocket;
 
@@ -57,20 +57,26 @@ extern "C" {
     #[wasm_bindgen(method, catch, js_name = onError)]
     pub(crate) fn on_error(this: &Runtime, listener: &JsValue) -> Result<Function, JsValue>;
 
+    /// A subscription the hub refused on a resubscribe, reported to the
+    /// error listeners (`subscription_lost`, `failure` as its cause).
+    #[wasm_bindgen(method, js_name = subscriptionLost)]
+    pub(crate) fn subscription_lost(this: &Runtime, id: f64, failure: &JsValue);
+
     #[wasm_bindgen(method, js_name = emitState)]
     pub(crate) fn emit_state(this: &Runtime, event: &JsValue);
 
     #[wasm_bindgen(method, js_name = emitError)]
     pub(crate) fn emit_error(this: &Runtime, error: &JsValue, quiet: bool);
 
-    /// One event to its handler, from the EVENT frame's own text. `tag`
-    /// names the delivery in its answer (durable groups; 0 otherwise);
-    /// `gap_from..=gap_to`: seqs the hub could not deliver before it.
+    /// One event to its handler, from the EVENT frame as `JSON.parse` made
+    /// it. `tag` names the delivery in its answer (durable groups; 0
+    /// otherwise); `gap_from..=gap_to`: seqs the hub could not deliver
+    /// before it.
     #[wasm_bindgen(method, js_name = deliverFrame)]
     pub(crate) fn deliver_frame(
         this: &Runtime,
         id: f64,
-        frame_text: &JsValue,
+        frame: &JsValue,
         tag: f64,
         gap_from: Option<f64>,
         gap_to: Option<f64>,
@@ -96,13 +102,23 @@ extern "C" {
     #[wasm_bindgen(js_name = makePubAck)]
     pub(crate) fn make_pub_ack(rid: &str, id: &str, seq: f64, duplicate: bool) -> JsValue;
 
+    /// The values of an options object in the order of `spec` (`"name:kind
+    /// …"`), checked (`undefined` where absent); throws a `bad_request`
+    /// `PromHubError` naming what is wrong.
+    #[wasm_bindgen(catch, js_name = readOptions)]
+    pub(crate) fn read_options(value: &JsValue, what: &str, spec: &str) -> Result<Array, JsValue>;
+
     #[wasm_bindgen(js_name = describeError)]
     pub(crate) fn describe_error(error: &JsValue) -> String;
 
-    /// Calls `source` and reports `(token, undefined)` or
-    /// `(undefined, message)` to `done`.
+    /// Calls `source` and reports `(4, token, undefined)` or
+    /// `(4, undefined, message)` to `onevent`.
     #[wasm_bindgen(js_name = fetchToken)]
-    pub(crate) fn fetch_token(source: &Function, done: &JsValue);
+    pub(crate) fn fetch_token(source: &Function, onevent: &JsValue);
+
+    /// `setTimeout` calling `onevent(3)` after `delay_ms`.
+    #[wasm_bindgen(js_name = setTimer)]
+    pub(crate) fn set_timer(onevent: &JsValue, delay_ms: f64) -> JsValue;
 
     /// `options.WebSocket` (`undefined` if absent), else the global
     /// `WebSocket`; throws a `PromHubError` naming the option when neither
@@ -116,15 +132,14 @@ extern "C" {
     #[wasm_bindgen(catch, js_name = hubUrl)]
     pub(crate) fn hub_url(url: &str) -> Result<String, JsValue>;
 
-    /// `new constructor(url)`, with the three callbacks as its `onopen`,
-    /// `onmessage` and `onclose`. Throws what the constructor throws.
+    /// `new constructor(url)`, its `open`, `message` and `close` events
+    /// reported to `onevent` as `(0, socket)`, `(1, socket, data)` and
+    /// `(2, socket, closeEvent)`. Throws what the constructor throws.
     #[wasm_bindgen(catch, js_name = openSocket)]
     pub(crate) fn open_socket(
         constructor: &Function,
         url: &str,
-        onopen: &JsValue,
-        onmessage: &JsValue,
-        onclose: &JsValue,
+        onevent: &JsValue,
     ) -> Result<WebSocket, JsValue>;
 
     /// Detaches the callbacks, then closes with `code` and `reason` (or
@@ -136,9 +151,6 @@ extern "C" {
 #[wasm_bindgen]
 extern "C" {
     // Globals rather than `window.*`, so the client also runs in workers.
-    #[wasm_bindgen(js_name = setTimeout)]
-    pub(crate) fn set_timeout(handler: &Function, delay_ms: f64) -> JsValue;
-
     #[wasm_bindgen(js_name = clearTimeout)]
     pub(crate) fn clear_timeout(id: &JsValue);
 

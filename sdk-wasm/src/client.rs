@@ -4,8 +4,9 @@ use std::rc::Rc;
 
 use js_sys::{Function, JSON, Promise};
 use promhub_core::client::ConnectionState;
+use promhub_core::frames::js::JsPayload;
 use promhub_core::frames::{Group, PublishOpts, SubscribeOpts};
-use promhub_core::json_text::Quoted;
+use promhub_core::quoted::Quoted;
 use promhub_core::{Pattern, Topic};
 use tsify::Ts;
 use wasm_bindgen::prelude::*;
@@ -160,8 +161,8 @@ impl PromClient {
         let json = json.as_string().ok_or_else(|| {
             bad_request("payload must be a JSON value (not undefined, a function or a symbol)")
         })?;
-        let payload = promhub_core::json_text::payload(&json)
-            .map_err(|e| bad_request(format!("payload is not JSON: {e}")))?;
+        // Written into the PUBLISH frame as it is: stringified once.
+        let payload = JsPayload::new(json);
         let opts = match opts {
             Some(opts) => publish_opts(&opts.js_value())?,
             None => PublishOpts::default(),

@@ -1,195 +1,111 @@
-//! Reading option objects from JavaScript, field by field.
-//!
-//! Hand-written rather than serde-derived on purpose: a derived
-//! `Deserialize` costs a few KiB of wasm per struct, and the bundle has a
-//! size budget. Unknown keys are refused, so a typo (or a field a newer
-//! core added and this reader does not know yet) is an error, never a
-//! silently ignored setting.
+//! Reading option objects from JavaScript. `js/runtime.js` (`readOptions`)
+//! checks them against a spec — their keys (a key not in it is refused, so
+//! a typo, or a field a newer core added and this reader does not know
+//! yet, is an error, never a silently ignored setting) and the kind of
+//! every value — and hands the values back in the spec's order; this side
+//! reads them by position. Checking is cheaper in JavaScript than in wasm
+//! (the bundle has a size budget).
 
 use std::collections::BTreeMap;
 
-use js_sys::{Array, Object, Reflect};
+use js_sys::Array;
 use promhub_core::frames::{PublishOpts, StartFrom, SubscribeOpts};
-use promhub_core::json_text::Quoted;
 use wasm_bindgen::{JsCast, JsValue};
 
-use crate::errors::bad_request;
+use crate::bindings::read_options;
 
-/// The largest integer a JS number holds exactly.
-const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+/// The checked values of an options object, by position in its spec.
+pub(crate) struct Values(Array);
 
-/// An options object: `undefined`/`null` reads as empty.
-pub(crate) struct Fields<'a> {
-    object: Option<&'a JsValue>,
-    what: &'static str,
-}
-
-impl<'a> Fields<'a> {
-    /// Checks that `value` is absent or an object with only `allowed` keys.
-    pub(crate) fn new(
-        value: &'a JsValue,
-        what: &'static str,
-        allowed: &[&str],
-    ) -> Result<Self, JsValue> {
-        if value.is_undefined() || value.is_null() {
-            return Ok(Fields { object: None, what });
-        }
-        let Some(object) = value.dyn_ref::<Object>() else {
-            return Err(bad_request(format!("{what} must be an object")));
-        };
-        for key in Object::keys(object) {
-            let key = key.as_string().unwrap_or_default();
-            if !allowed.contains(&key.as_str()) {
-                return Err(bad_request(format!(
-                    "{what}: unknown field {} (expected one of: {})",
-                    Quoted(&key),
-                    allowed.join(", ")
-                )));
-            }
-        }
-        Ok(Fields {
-            object: Some(value),
-            what,
-        })
+impl Values {
+    /// `value` checked against `spec` (`"name:kind …"`; see `readOptions`).
+    pub(crate) fn read(value: &JsValue, what: &str, spec: &str) -> Result<Values, JsValue> {
+        read_options(value, what, spec).map(Values)
     }
 
-    /// The raw value of `key`; `None` when absent, `undefined` or `null`.
-    pub(crate) fn value(&self, key: &str) -> Option<JsValue> {
-        let value = Reflect::get(self.object?, &JsValue::from_str(key)).ok()?;
-        (!value.is_undefined() && !value.is_null()).then_some(value)
+    /// The value at `at`; `None` when absent or `null`.
+    pub(crate) fn value(&self, at: u32) -> Option<JsValue> {
+        let value = self.0.get(at);
+        (!value.is_undefined()).then_some(value)
     }
 
-    fn invalid(&self, key: &str, expected: &str) -> JsValue {
-        bad_request(format!("{}.{key} must be {expected}", self.what))
+    pub(crate) fn string(&self, at: u32) -> Option<String> {
+        self.0.get(at).as_string()
     }
 
-    pub(crate) fn string(&self, key: &str) -> Result<Option<String>, JsValue> {
-        self.value(key)
-            .map(|v| v.as_string().ok_or_else(|| self.invalid(key, "a string")))
-            .transpose()
+    pub(crate) fn bool(&self, at: u32) -> Option<bool> {
+        self.0.get(at).as_bool()
     }
 
-    pub(crate) fn bool(&self, key: &str) -> Result<Option<bool>, JsValue> {
-        self.value(key)
-            .map(|v| v.as_bool().ok_or_else(|| self.invalid(key, "a boolean")))
-            .transpose()
+    pub(crate) fn number(&self, at: u32) -> Option<f64> {
+        self.0.get(at).as_f64()
     }
 
-    pub(crate) fn number(&self, key: &str) -> Result<Option<f64>, JsValue> {
-        self.value(key)
-            .map(|v| {
-                v.as_f64()
-                    .filter(|n| n.is_finite())
-                    .ok_or_else(|| self.invalid(key, "a finite number"))
-            })
-            .transpose()
+    /// A whole number ≥ 0 (checked: at most 2^53 − 1).
+    pub(crate) fn u64(&self, at: u32) -> Option<u64> {
+        self.number(at).map(|n| n as u64)
     }
 
-    /// A whole number in `0..=Number.MAX_SAFE_INTEGER`.
-    pub(crate) fn u64(&self, key: &str) -> Result<Option<u64>, JsValue> {
-        self.value(key)
-            .map(|v| {
-                v.as_f64()
-                    .filter(|n| (0.0..=MAX_SAFE_INTEGER).contains(n) && n.fract() == 0.0)
-                    .map(|n| n as u64)
-                    .ok_or_else(|| self.invalid(key, "a whole number ≥ 0"))
-            })
-            .transpose()
+    /// A whole number ≥ 0 the spec bounds to `u32` (kind `u`).
+    pub(crate) fn u32(&self, at: u32) -> Option<u32> {
+        self.number(at).map(|n| n as u32)
     }
 
-    pub(crate) fn u32(&self, key: &str) -> Result<Option<u32>, JsValue> {
-        self.u64(key)?
-            .map(|n| u32::try_from(n).map_err(|_| self.invalid(key, "at most 4294967295")))
-            .transpose()
+    /// An array of strings (kind `a`).
+    fn strings(&self, at: u32) -> Option<Vec<String>> {
+        let array: Array = self.value(at)?.unchecked_into();
+        Some(array.iter().filter_map(|item| item.as_string()).collect())
     }
 
-    pub(crate) fn strings(&self, key: &str) -> Result<Option<Vec<String>>, JsValue> {
-        let Some(value) = self.value(key) else {
-            return Ok(None);
-        };
-        let Some(array) = value.dyn_ref::<Array>() else {
-            return Err(self.invalid(key, "an array of strings"));
-        };
-        array
-            .iter()
-            .map(|item| {
-                item.as_string()
-                    .ok_or_else(|| self.invalid(key, "an array of strings"))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
-    }
-
-    pub(crate) fn string_map(
-        &self,
-        key: &str,
-    ) -> Result<Option<BTreeMap<String, String>>, JsValue> {
-        let Some(value) = self.value(key) else {
-            return Ok(None);
-        };
-        let Some(object) = value.dyn_ref::<Object>() else {
-            return Err(self.invalid(key, "an object of strings"));
-        };
+    /// An object of strings (kind `m`), as its `[name, text]` pairs.
+    fn string_map(&self, at: u32) -> Option<BTreeMap<String, String>> {
+        let pairs: Array = self.value(at)?.unchecked_into();
         let mut map = BTreeMap::new();
-        for entry in Object::entries(object) {
-            let entry: Array = entry.unchecked_into();
-            let (Some(name), Some(text)) = (entry.get(0).as_string(), entry.get(1).as_string())
-            else {
-                return Err(self.invalid(key, "an object of strings"));
-            };
-            map.insert(name, text);
+        for pair in pairs.iter() {
+            let pair: Array = pair.unchecked_into();
+            // `insert`, not `collect`: that would sort, linking a sort.
+            map.insert(pair.get(0).as_string()?, pair.get(1).as_string()?);
         }
-        Ok(Some(map))
+        Some(map)
     }
 }
 
 /// `publish(topic, payload, opts)` options: the `PUBLISH` frame's `opts`.
 pub(crate) fn publish_opts(value: &JsValue) -> Result<PublishOpts, JsValue> {
-    let fields = Fields::new(
+    let opts = Values::read(
         value,
         "publish options",
-        &["headers", "key", "tags", "caused_by", "sid", "ts", "id"],
+        "headers:m key:s tags:a caused_by:a sid:s ts:n id:s",
     )?;
     Ok(PublishOpts {
-        headers: fields.string_map("headers")?,
-        key: fields.string("key")?,
-        tags: fields.strings("tags")?,
-        caused_by: fields.strings("caused_by")?,
-        sid: fields.string("sid")?,
-        ts: fields.u64("ts")?,
-        id: fields.string("id")?,
+        headers: opts.string_map(0),
+        key: opts.string(1),
+        tags: opts.strings(2),
+        caused_by: opts.strings(3),
+        sid: opts.string(4),
+        ts: opts.u64(5),
+        id: opts.string(6),
     })
 }
 
 /// `subscribe(pattern, group, handler, opts)` options: the `SUBSCRIBE`
 /// frame's `opts`.
 pub(crate) fn subscribe_opts(value: &JsValue) -> Result<SubscribeOpts, JsValue> {
-    let fields = Fields::new(
+    let opts = Values::read(
         value,
         "subscribe options",
-        &[
-            "from",
-            "max_inflight",
-            "ack_timeout_ms",
-            "max_deliver",
-            "snapshot",
-        ],
+        "from:F max_inflight:u ack_timeout_ms:n max_deliver:u snapshot:b",
     )?;
-    let from = match fields.value("from") {
-        None => None,
-        Some(from) => Some(match from.as_string().as_deref() {
-            Some("latest") => StartFrom::Latest,
-            Some("earliest") => StartFrom::Earliest,
-            _ => StartFrom::Seq(fields.u64("from").map_err(|_| {
-                bad_request("subscribe options.from must be \"latest\", \"earliest\" or a seq number")
-            })?.unwrap_or_default()),
-        }),
-    };
+    let from = opts.value(0).map(|from| match from.as_string().as_deref() {
+        Some("latest") => StartFrom::Latest,
+        Some("earliest") => StartFrom::Earliest,
+        _ => StartFrom::Seq(from.as_f64().unwrap_or_default() as u64),
+    });
     Ok(SubscribeOpts {
         from,
-        max_inflight: fields.u32("max_inflight")?,
-        ack_timeout_ms: fields.u64("ack_timeout_ms")?,
-        max_deliver: fields.u32("max_deliver")?,
-        snapshot: fields.bool("snapshot")?,
+        max_inflight: opts.u32(1),
+        ack_timeout_ms: opts.u64(2),
+        max_deliver: opts.u32(3),
+        snapshot: opts.bool(4),
     })
 }

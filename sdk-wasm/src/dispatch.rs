@@ -6,8 +6,8 @@ use std::rc::Rc;
 use promhub_core::client::{
     ClientEvent, ConnectionState, DeliveryTag, Gap, StateReason, Unmatched,
 };
-use promhub_core::frames::{EventDelivery, Welcome};
-use promhub_core::json_text::Quoted;
+use promhub_core::frames::{Event, Unread, Welcome};
+use promhub_core::quoted::Quoted;
 use wasm_bindgen::JsValue;
 
 use crate::bindings::{
@@ -66,14 +66,14 @@ pub(crate) fn state_name(state: ConnectionState) -> &'static str {
 }
 
 impl Shared {
-    pub(crate) fn dispatch(self: &Rc<Self>, event: ClientEvent) {
+    pub(crate) fn dispatch(self: &Rc<Self>, event: ClientEvent<Event<Unread>>) {
         match event {
             ClientEvent::Delivery {
                 sub,
-                delivery,
+                delivery: _,
                 tag,
                 gap,
-            } => self.deliver(sub.as_u64(), &delivery, tag, gap),
+            } => self.deliver(sub.as_u64(), tag, gap),
             // Handed to the handler with the next event (`ctx.gap`).
             ClientEvent::Gap { .. } => {}
             ClientEvent::StateChanged { state, reason } => self.state_changed(state, &reason),
@@ -102,24 +102,15 @@ impl Shared {
                     .settle(PENDING_SUBSCRIBE, id, true, &subscription);
             }
             ClientEvent::SubscribeFailed { sub, error } => {
-                let id = sub.as_u64();
-                let topic = self.subscription_topic(id);
-                self.runtime.unregister(id as f64);
+                let id = sub.as_u64() as f64;
                 self.driver.borrow_mut().unconfirmed.retain(|s| *s != sub);
                 let failure = request_error(&error);
-                if !self
-                    .runtime
-                    .settle(PENDING_SUBSCRIBE, id as f64, false, &failure)
-                {
+                if !self.runtime.settle(PENDING_SUBSCRIBE, id, false, &failure) {
                     // A resubscribe after a reconnect was refused: the
                     // application holds a subscription that is gone.
-                    let lost = error_with_code(
-                        &failure,
-                        "subscription_lost",
-                        &format!("subscription to {topic} lost on resubscribe: {error}"),
-                    );
-                    self.runtime.emit_error(&lost, false);
+                    self.runtime.subscription_lost(id, &failure);
                 }
+                self.runtime.unregister(id);
             }
             ClientEvent::Unsubscribed { sub } => {
                 let id = sub.as_u64() as f64;
@@ -182,16 +173,10 @@ impl Shared {
     }
 
     /// The hot path: one `EVENT` to its handler. The handler gets the
-    /// event parsed by the engine's `JSON.parse` from the frame's own text
-    /// (no re-encoding in wasm, no second string copy): the payload is the
-    /// publisher's JSON.
-    fn deliver(
-        &self,
-        id: u64,
-        delivery: &EventDelivery,
-        tag: Option<DeliveryTag>,
-        gap: Option<Gap>,
-    ) {
+    /// event as the engine's `JSON.parse` made it from the frame's text (the
+    /// value the frame was decoded from: nothing parsed twice, nothing
+    /// re-encoded in wasm): the payload is the publisher's JSON.
+    fn deliver(&self, id: u64, tag: Option<DeliveryTag>, gap: Option<Gap>) {
         // Tags and seqs stay far below 2^53: exact as JS numbers.
         let tag = tag.map_or(0.0, |tag| tag.as_u64() as f64);
         let gap_from = gap.map(|gap| gap.from as f64);
@@ -204,13 +189,10 @@ impl Shared {
                 .deliver_frame(id as f64, &frame, tag, gap_from, gap_to);
             return;
         }
-        // Every delivery comes out of `handle_text` for the frame being
+        // Every delivery comes out of `handle_frame` for the frame being
         // handled (one EVENT frame, at most one delivery), so this cannot
         // happen; reported rather than re-encoding the event in wasm.
-        let failure = error(
-            "internal",
-            &format!("delivery of seq {} outside its frame", delivery.event.seq),
-        );
+        let failure = error("internal", "a delivery outside its frame");
         self.runtime.emit_error(&failure, false);
     }
 
@@ -251,20 +233,4 @@ impl Shared {
         );
         self.runtime.emit_error(&failure, false);
     }
-
-    fn subscription_topic(&self, id: u64) -> String {
-        let subscription = self.runtime.subscription(id as f64);
-        js_sys::Reflect::get(&subscription, &JsValue::from_str("topic"))
-            .ok()
-            .and_then(|topic| topic.as_string())
-            .unwrap_or_else(|| format!("subscription {id}"))
-    }
-}
-
-/// `base` (a PromHubError from a request) under another code and message,
-/// keeping the original as `cause`.
-fn error_with_code(base: &JsValue, code: &str, message: &str) -> JsValue {
-    let failure = error(code, message);
-    let _ = js_sys::Reflect::set(&failure, &JsValue::from_str("cause"), base);
-    failure
 }

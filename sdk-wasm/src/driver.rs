@@ -17,18 +17,23 @@ use std::rc::{Rc, Weak};
 
 use js_sys::Function;
 use promhub_core::client::{ClientCore, ConnectionState, SubscriptionId, Transmit};
+use promhub_core::frames::js::{self, Js};
 use wasm_bindgen::prelude::*;
-use web_sys::{CloseEvent, MessageEvent, WebSocket};
+use web_sys::{CloseEvent, WebSocket};
 
-use crate::bindings::{
-    self, PENDING_SUBSCRIBE, Runtime, clear_timeout, now_ms, set_timeout, unix_ms,
-};
+use crate::bindings::{self, PENDING_SUBSCRIBE, Runtime, clear_timeout, now_ms, unix_ms};
 use crate::options::Options;
 
 /// Close codes a browser reports for a connection that ended without a
 /// close frame (1006) or with one that carried no code (1005).
 const ABNORMAL_CLOSURE: u16 = 1006;
 const NO_STATUS: u16 = 1005;
+/// What the client's callback is called for (`js/runtime.js` calls it
+/// with these numbers).
+const SOCKET_OPEN: u32 = 0;
+const SOCKET_MESSAGE: u32 = 1;
+const SOCKET_CLOSE: u32 = 2;
+const TIMER: u32 = 3;
 /// `setTimeout` takes a signed 32-bit delay.
 const MAX_TIMER_DELAY_MS: u64 = i32::MAX as u64;
 
@@ -42,7 +47,9 @@ struct Timer {
 /// JavaScript callback inside.
 #[derive(Debug)]
 pub(crate) struct Driver {
-    pub(crate) core: ClientCore,
+    /// Writes frames with the browser codec; frames are read from the
+    /// values `JSON.parse` makes, payloads left there.
+    pub(crate) core: ClientCore<Js>,
     url: String,
     /// Makes the sockets: `options.WebSocket` or the global `WebSocket`.
     websocket: Function,
@@ -57,49 +64,36 @@ pub(crate) struct Driver {
     pub(crate) last_close_reason: String,
 }
 
-/// JS callbacks made once per client and shared by every socket, timer and
-/// token fetch. They hold a weak reference: the client is owned by its JS
-/// object alone.
+/// The one JS callback of a client, made once and shared by every socket,
+/// timer and token fetch: `(kind, a, b)` with the kind of what happened
+/// ([`SOCKET_OPEN`], …) and its values. It holds a weak reference: the
+/// client is owned by its JS object alone.
 #[derive(Debug)]
 struct Callbacks {
-    open: Closure<dyn Fn(web_sys::Event)>,
-    message: Closure<dyn Fn(MessageEvent)>,
-    close: Closure<dyn Fn(CloseEvent)>,
-    timer: Closure<dyn Fn()>,
-    token: Closure<dyn Fn(Option<String>, Option<String>)>,
+    event: Closure<dyn Fn(u32, JsValue, JsValue)>,
 }
 
 impl Callbacks {
     fn new(weak: &Weak<Shared>) -> Callbacks {
-        fn with<A: 'static>(weak: &Weak<Shared>, f: fn(&Rc<Shared>, A)) -> impl Fn(A) + 'static {
-            let weak = weak.clone();
-            move |arg| {
-                if let Some(shared) = weak.upgrade() {
-                    f(&shared, arg);
-                }
-            }
-        }
-        let timer_weak = weak.clone();
+        let weak = weak.clone();
         Callbacks {
-            open: Closure::new(with(weak, Shared::on_socket_open)),
-            message: Closure::new(with(weak, Shared::on_socket_message)),
-            close: Closure::new(with(weak, Shared::on_socket_close)),
-            timer: Closure::new(move || {
-                if let Some(shared) = timer_weak.upgrade() {
-                    shared.on_timer();
+            event: Closure::new(move |kind: u32, a: JsValue, b: JsValue| {
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                // Socket events: `(kind, socket, data or close event)`.
+                match kind {
+                    SOCKET_OPEN => shared.on_socket_open(&a),
+                    SOCKET_MESSAGE => shared.on_socket_message(&a, b),
+                    SOCKET_CLOSE => shared.on_socket_close(&a, b.unchecked_into()),
+                    TIMER => shared.on_timer(),
+                    // TOKEN: `(token, undefined)` or `(undefined, message)`.
+                    _ => match b.as_string() {
+                        Some(message) => shared.on_token_failed(message),
+                        None => shared.on_token(a.as_string()),
+                    },
                 }
             }),
-            token: {
-                let weak = weak.clone();
-                Closure::new(move |token: Option<String>, failure: Option<String>| {
-                    if let Some(shared) = weak.upgrade() {
-                        match failure {
-                            Some(message) => shared.on_token_failed(message),
-                            None => shared.on_token(token),
-                        }
-                    }
-                })
-            },
         }
     }
 }
@@ -112,16 +106,16 @@ pub(crate) struct Shared {
     pub(crate) driver: RefCell<Driver>,
     pub(crate) runtime: Runtime,
     dispatching: Cell<bool>,
-    /// The text of the frame being handled (a JS string), while its events
+    /// The frame being handled, as `JSON.parse` made it, while its events
     /// are handed out: an EVENT frame yields at most one delivery, and its
-    /// handler gets the event parsed from this text.
+    /// handler gets the event and its payload from this value.
     pub(crate) current_frame: RefCell<Option<JsValue>>,
     callbacks: Callbacks,
 }
 
 impl Shared {
     pub(crate) fn new(url: String, options: Options) -> Rc<Shared> {
-        let mut core = ClientCore::new(options.config);
+        let mut core = ClientCore::with_codec(options.config);
         core.set_unix_time(now_ms(), unix_ms());
         Rc::new_cyclic(|weak| Shared {
             driver: RefCell::new(Driver {
@@ -193,7 +187,7 @@ impl Shared {
             };
             match fetch_from {
                 None => return,
-                Some(Some(source)) => bindings::fetch_token(&source, self.callbacks.token.as_ref()),
+                Some(Some(source)) => bindings::fetch_token(&source, self.callbacks.event.as_ref()),
                 Some(None) => self
                     .driver
                     .borrow_mut()
@@ -229,7 +223,7 @@ impl Shared {
             .saturating_sub(now_ms())
             .saturating_add(1)
             .min(MAX_TIMER_DELAY_MS);
-        let handle = set_timeout(self.callbacks.timer.as_ref().unchecked_ref(), delay as f64);
+        let handle = bindings::set_timer(self.callbacks.event.as_ref(), delay as f64);
         driver.timer = Some(Timer { deadline, handle });
     }
 
@@ -245,10 +239,10 @@ impl Shared {
     // ------------------------------------------------------------------
     // Socket events
 
-    fn on_socket_open(self: &Rc<Self>, event: web_sys::Event) {
+    fn on_socket_open(self: &Rc<Self>, socket: &JsValue) {
         {
             let mut driver = self.driver.borrow_mut();
-            if !driver.is_current(&event) {
+            if !driver.is_current(socket) {
                 return;
             }
             driver.core.handle_socket_open(now_ms());
@@ -256,37 +250,37 @@ impl Shared {
         self.drive();
     }
 
-    fn on_socket_message(self: &Rc<Self>, event: MessageEvent) {
-        let data = event.data();
-        {
+    fn on_socket_message(self: &Rc<Self>, socket: &JsValue, data: JsValue) {
+        let parsed = {
             let mut driver = self.driver.borrow_mut();
-            if !driver.is_current(&event) {
+            if !driver.is_current(socket) {
                 return;
             }
-            match data.as_string() {
-                Some(text) => driver.core.handle_text(now_ms(), &text),
-                None => {
-                    drop(driver);
-                    let error = crate::errors::error(
-                        "protocol_error",
-                        "binary WebSocket message from the hub ignored (the protocol uses text frames)",
-                    );
-                    self.runtime.emit_error(&error, false);
-                    return;
-                }
+            if !data.is_string() {
+                drop(driver);
+                let error = crate::errors::error(
+                    "protocol_error",
+                    "binary WebSocket message from the hub ignored (the protocol uses text frames)",
+                );
+                self.runtime.emit_error(&error, false);
+                return;
             }
-        }
+            // Parsed once, by the engine's JSON.parse; read from there.
+            let (parsed, frame) = js::decode_hub_frame(&data);
+            driver.core.handle_frame(now_ms(), frame);
+            parsed
+        };
         // Events queued before this frame were all handed out by earlier
         // drives; any delivery now comes from this frame.
-        let outer = self.current_frame.replace(Some(data));
+        let outer = self.current_frame.replace(Some(parsed));
         self.drive();
         self.current_frame.replace(outer);
     }
 
-    fn on_socket_close(self: &Rc<Self>, event: CloseEvent) {
+    fn on_socket_close(self: &Rc<Self>, socket: &JsValue, event: CloseEvent) {
         {
             let mut driver = self.driver.borrow_mut();
-            if !driver.is_current(&event) {
+            if !driver.is_current(socket) {
                 return;
             }
             if let Some(socket) = driver.socket.take() {
@@ -371,13 +365,7 @@ impl Driver {
         if let Some(old) = self.socket.take() {
             bindings::close_socket(&old, promhub_core::client::close_code::NORMAL, "replaced");
         }
-        match bindings::open_socket(
-            &self.websocket,
-            &self.url,
-            callbacks.open.as_ref(),
-            callbacks.message.as_ref(),
-            callbacks.close.as_ref(),
-        ) {
+        match bindings::open_socket(&self.websocket, &self.url, callbacks.event.as_ref()) {
             Ok(socket) => self.socket = Some(socket),
             Err(error) => {
                 let message = format!(
@@ -410,16 +398,13 @@ impl Driver {
         }
     }
 
-    /// Is this event from the socket the machine currently knows? Events of
-    /// an abandoned socket are dropped (the driver contract).
-    fn is_current(&self, event: &web_sys::Event) -> bool {
-        match (&self.socket, event.target()) {
-            (Some(socket), Some(target)) => {
-                let socket: &JsValue = socket.as_ref();
-                JsValue::from(target) == *socket
-            }
-            _ => false,
-        }
+    /// Is an event of `socket` one of the socket the machine currently
+    /// knows? Events of an abandoned socket are dropped (the driver
+    /// contract).
+    fn is_current(&self, socket: &JsValue) -> bool {
+        self.socket
+            .as_ref()
+            .is_some_and(|current| *AsRef::<JsValue>::as_ref(current) == *socket)
     }
 }
 

@@ -5,10 +5,11 @@ use std::rc::{Rc, Weak};
 
 use js_sys::Promise;
 use promhub_core::client::{Delivered, DeliveryTag, SubscriptionId};
+use promhub_core::frames::js::Js;
 use wasm_bindgen::prelude::*;
 
 use crate::bindings::{PENDING_UNSUBSCRIBE, now_ms};
-use crate::convert::Fields;
+use crate::convert::Values;
 use crate::driver::Shared;
 
 /// One subscription (a pattern, and a group for durable ones). It lives
@@ -43,7 +44,7 @@ impl Subscription {
     fn with_core(
         &self,
         f: impl FnOnce(
-            &mut promhub_core::ClientCore,
+            &mut promhub_core::ClientCore<Js>,
             u64,
         ) -> Result<(), promhub_core::client::ClientError>,
     ) -> bool {
@@ -97,9 +98,9 @@ impl Subscription {
         #[wasm_bindgen(unchecked_optional_param_type = "NackOptions")] opts: Option<JsValue>,
     ) -> Result<bool, JsValue> {
         let opts = opts.unwrap_or(JsValue::UNDEFINED);
-        let opts = Fields::new(&opts, "nack options", &["delay_ms", "final"])?;
-        let delay_ms = opts.u64("delay_ms")?;
-        let final_ = opts.bool("final")?.unwrap_or(false);
+        let opts = Values::read(&opts, "nack options", "delay_ms:n final:b")?;
+        let delay_ms = opts.u64(0);
+        let final_ = opts.bool(1).unwrap_or(false);
         let Some(delivered) = delivered(event_id, seq, tag) else {
             return Ok(false);
         };

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::frames::{ErrorCode, ErrorFrame, EventDelivery, PubAck, SubAck, Welcome};
+use crate::frames::{ErrorCode, ErrorFrame, Event, EventDelivery, PubAck, SubAck, Welcome};
 use crate::frames::{Group, Millis};
 use crate::topic::Pattern;
 
@@ -318,9 +318,11 @@ pub enum Unmatched {
 }
 
 /// What happened, for the application. Poll with
-/// [`poll_event`](super::ClientCore::poll_event) after every input.
+/// [`poll_event`](super::ClientCore::poll_event) after every input. `E` is
+/// the event a [`Delivery`](ClientEvent::Delivery) carries (see
+/// [`ClientCore`](super::ClientCore)'s payload parameter).
 #[derive(Debug, Clone, PartialEq)]
-pub enum ClientEvent {
+pub enum ClientEvent<E = Event> {
     StateChanged {
         state: ConnectionState,
         reason: StateReason,
@@ -368,7 +370,7 @@ pub enum ClientEvent {
     /// [`ClientEvent::Gap`] when it became known).
     Delivery {
         sub: SubscriptionId,
-        delivery: Box<EventDelivery>,
+        delivery: Box<EventDelivery<E>>,
         tag: Option<DeliveryTag>,
         gap: Option<Gap>,
     },

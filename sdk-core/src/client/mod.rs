@@ -178,6 +178,7 @@
 //! assert_eq!(client.state(), ConnectionState::Connected);
 //! ```
 
+mod codec;
 mod config;
 mod core;
 mod events;
@@ -185,6 +186,7 @@ mod held;
 mod requests;
 mod subscriptions;
 
+pub use self::codec::{Codec, Json};
 pub use self::config::{ClientConfig, HeartbeatConfig, QueueConfig, QueuePolicy, ReconnectConfig};
 pub use self::core::{Answer, ClientCore, Delivered, close_code};
 pub use self::events::{

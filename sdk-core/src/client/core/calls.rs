@@ -4,6 +4,7 @@
 //! re-sends.
 
 use super::ClientCore;
+use crate::client::codec::Codec;
 use crate::client::config::QueuePolicy;
 use crate::client::events::{
     ClientError, ClientEvent, ConnectionState, RequestError, RequestId, SubscriptionId,
@@ -11,12 +12,12 @@ use crate::client::events::{
 use crate::client::requests::Pending;
 use crate::client::subscriptions::Subscription;
 use crate::frames::{
-    ClientFrame, ErrorCode, ErrorFrame, Group, Payload, Ping, Publish, PublishOpts, SubscribeOpts,
+    ClientFrame, ErrorCode, ErrorFrame, Group, Ping, Publish, PublishOpts, SubscribeOpts,
     Unsubscribe,
 };
 use crate::topic::{Pattern, Topic};
 
-impl ClientCore {
+impl<C: Codec> ClientCore<C> {
     /// Publishes an event; the answer arrives as
     /// [`ClientEvent::PublishAcked`] or [`ClientEvent::PublishFailed`] with
     /// the returned id, within `request_timeout_ms` of this call.
@@ -33,7 +34,7 @@ impl ClientCore {
         &mut self,
         now: u64,
         topic: Topic,
-        payload: Payload,
+        payload: C::Payload,
         opts: PublishOpts,
     ) -> Result<RequestId, ClientError> {
         let connected = match self.state {
@@ -54,13 +55,12 @@ impl ClientCore {
         }
         let rid = self.next_rid();
         let has_event_id = opts.id.is_some();
-        let text = ClientFrame::Publish(Publish {
+        let text = C::encode(&ClientFrame::Publish(Publish {
             topic,
             payload,
             opts: Some(opts),
             rid: Some(rid.to_string()),
-        })
-        .encode();
+        }));
         let deadline = now.saturating_add(self.config.request_timeout_ms);
         if connected {
             // Kept to be sent again after `rate_limited` (or a reconnect).

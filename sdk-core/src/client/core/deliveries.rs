@@ -4,10 +4,11 @@
 //! go out for a delivery the current connection holds.
 
 use super::{ClientCore, Delivered};
+use crate::client::codec::Codec;
 use crate::client::events::{
     ClientError, ClientEvent, ConnectionState, DeliveryTag, SubscriptionId, Unmatched,
 };
-use crate::frames::{ClientFrame, DeliveryRef, EventDelivery, Nack};
+use crate::frames::{ClientFrame, DeliveryRef, Event, EventDelivery, Nack};
 
 /// An answer to a delivery of a durable group, for
 /// [`ClientCore::answer`].
@@ -26,7 +27,7 @@ pub enum Answer {
     Working,
 }
 
-impl ClientCore {
+impl<C: Codec> ClientCore<C> {
     /// Acknowledges an event of a durable group (`ACK`). Ephemeral
     /// subscriptions: nothing to send, `Ok`. Refused, and nothing sent,
     /// when not connected ([`ClientError::NotConnected`]) or when the
@@ -151,7 +152,7 @@ impl ClientCore {
     /// held; a live one moves the resume point on, or is dropped when it
     /// was delivered already (the overlap of a resume). Snapshot events
     /// (latest-by-key) are outside the live sequence and pass as they are.
-    pub(super) fn route_event(&mut self, delivery: EventDelivery) {
+    pub(super) fn route_event(&mut self, delivery: EventDelivery<Event<C::EventPayload>>) {
         let Some(sub) = self.subs.find(&delivery.topic, delivery.group.as_ref()) else {
             self.emit(ClientEvent::Unmatched(Unmatched::Event {
                 topic: delivery.topic,

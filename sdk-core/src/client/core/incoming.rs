@@ -3,12 +3,17 @@
 
 use super::calls::{is_ping, is_publish, is_subscribe, is_unsubscribe};
 use super::{ClientCore, close_code};
+use crate::client::codec::Codec;
 use crate::client::events::{ClientEvent, ConnectionState, RequestId, StateReason, Unmatched};
 use crate::client::requests::Pending;
-use crate::frames::{ClientFrame, HubFrame, PROTOCOL_VERSION, Welcome};
+use crate::frames::{ClientFrame, Event, HubFrame, PROTOCOL_VERSION, Welcome};
 
-impl ClientCore {
-    pub(super) fn handle_frame_before_ok(&mut self, now: u64, frame: HubFrame) {
+impl<C: Codec> ClientCore<C> {
+    pub(super) fn handle_frame_before_ok(
+        &mut self,
+        now: u64,
+        frame: HubFrame<Event<C::EventPayload>>,
+    ) {
         match frame {
             HubFrame::Ok(welcome) => self.handle_first_ok(now, welcome),
             // No request carries a rid before `OK`: any ERR answers AUTH.
@@ -64,7 +69,11 @@ impl ClientCore {
         self.enter_closed(StateReason::ProtocolViolation(msg));
     }
 
-    pub(super) fn handle_frame(&mut self, now: u64, frame: HubFrame) {
+    pub(super) fn handle_connected_frame(
+        &mut self,
+        now: u64,
+        frame: HubFrame<Event<C::EventPayload>>,
+    ) {
         match frame {
             HubFrame::Ok(welcome) => {
                 if self.auth.refreshes_in_flight == 0 {

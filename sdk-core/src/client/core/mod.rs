@@ -13,9 +13,8 @@ pub use self::deliveries::Answer;
 
 use std::collections::VecDeque;
 
-use serde::Deserialize;
-
 use self::token::TokenFetch;
+use super::codec::{Codec, Json};
 use super::config::ClientConfig;
 use super::events::{
     ClientEvent, ConnectionState, DeliveryTag, RequestError, RequestId, StateReason,
@@ -24,7 +23,8 @@ use super::events::{
 use super::requests::{Pending, RequestTable};
 use super::subscriptions::Registry;
 use crate::frames::{
-    self, Auth, ClientFrame, ErrorFrame, Group, HubFrame, Millis, PROTOCOL_VERSION, Ping, Subscribe,
+    self, Auth, ClientFrame, DecodeError, ErrorFrame, Event, Group, HubFrame, Millis,
+    PROTOCOL_VERSION, Ping, Publish, Subscribe,
 };
 use crate::topic::Pattern;
 
@@ -57,8 +57,14 @@ pub struct Delivered<'a> {
 ///
 /// See the [module documentation](super) for the driver contract and an
 /// example loop.
+///
+/// `C` says how frames are written and what payloads are ([`Codec`]):
+/// [`Json`] (serde_json, payloads as JSON text) for drivers that feed it
+/// text ([`handle_text`](Self::handle_text)); the browser SDK decodes
+/// frames from JavaScript values itself ([`handle_frame`](Self::handle_frame))
+/// and has a codec of its own (`frames::js::Js`).
 #[derive(Debug)]
-pub struct ClientCore {
+pub struct ClientCore<C: Codec = Json> {
     config: ClientConfig,
     state: ConnectionState,
     rng: fastrand::Rng,
@@ -68,7 +74,8 @@ pub struct ClientCore {
     last_rid: u64,
     last_sub: u64,
     transmits: VecDeque<Transmit>,
-    events: VecDeque<ClientEvent>,
+    events: VecDeque<ClientEvent<Event<C::EventPayload>>>,
+    codec: std::marker::PhantomData<C>,
     requests: RequestTable,
     /// Publishes waiting for a connection, oldest first (rids into
     /// `requests`).
@@ -153,7 +160,23 @@ enum Lost {
 const MAX_TIMER_PASSES: usize = 4;
 
 impl ClientCore {
+    /// A machine fed with text frames ([`handle_text`](Self::handle_text)),
+    /// whose deliveries carry the payload as JSON text.
     pub fn new(config: ClientConfig) -> Self {
+        Self::with_codec(config)
+    }
+
+    /// A text frame from the hub, decoded with serde_json; see
+    /// [`handle_frame`](Self::handle_frame).
+    pub fn handle_text(&mut self, now: u64, text: &str) {
+        self.handle_frame(now, HubFrame::decode(text));
+    }
+}
+
+impl<C: Codec> ClientCore<C> {
+    /// A machine that writes frames with codec `C`, for a driver that
+    /// decodes frames itself ([`handle_frame`](Self::handle_frame)).
+    pub fn with_codec(config: ClientConfig) -> Self {
         let config = config.sanitized();
         ClientCore {
             rng: fastrand::Rng::with_seed(config.seed),
@@ -179,6 +202,7 @@ impl ClientCore {
             rate_limited: VecDeque::new(),
             last_tag: 0,
             live_tags_from: 1,
+            codec: std::marker::PhantomData,
         }
     }
 
@@ -191,7 +215,7 @@ impl ClientCore {
     }
 
     /// The next event for the application.
-    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+    pub fn poll_event(&mut self) -> Option<ClientEvent<Event<C::EventPayload>>> {
         self.events.pop_front()
     }
 
@@ -314,9 +338,14 @@ impl ClientCore {
         self.connection_lost(now, Lost::Error(msg.to_owned()));
     }
 
-    /// A text frame from the hub. Undecodable or out-of-place frames become
+    /// A frame from the hub, as decoded by the driver (or the error that
+    /// decoding gave). Undecodable or out-of-place frames become
     /// [`ClientEvent::ProtocolError`]; nothing here panics.
-    pub fn handle_text(&mut self, now: u64, text: &str) {
+    pub fn handle_frame(
+        &mut self,
+        now: u64,
+        frame: Result<HubFrame<Event<C::EventPayload>>, DecodeError>,
+    ) {
         match self.state {
             ConnectionState::Authenticating | ConnectionState::Connected => {}
             _ => {
@@ -326,7 +355,7 @@ impl ClientCore {
         }
         // Any frame at all proves the connection is alive.
         self.heartbeat.pong_deadline = None;
-        let frame = match HubFrame::decode(text) {
+        let frame = match frame {
             Ok(frame) => frame,
             Err(err) => {
                 self.emit(ClientEvent::ProtocolError(format!(
@@ -338,7 +367,7 @@ impl ClientCore {
         if self.state == ConnectionState::Authenticating {
             self.handle_frame_before_ok(now, frame);
         } else {
-            self.handle_frame(now, frame);
+            self.handle_connected_frame(now, frame);
         }
     }
 
@@ -372,7 +401,7 @@ impl ClientCore {
     // ------------------------------------------------------------------
     // Internals: output helpers
 
-    fn emit(&mut self, event: ClientEvent) {
+    fn emit(&mut self, event: ClientEvent<Event<C::EventPayload>>) {
         self.events.push_back(event);
     }
 
@@ -389,8 +418,8 @@ impl ClientCore {
         self.transmits.push_back(Transmit::Text(text));
     }
 
-    fn send_frame(&mut self, now: u64, frame: &ClientFrame) {
-        self.send(now, frame.encode());
+    fn send_frame(&mut self, now: u64, frame: &ClientFrame<Publish<C::Payload>>) {
+        self.send(now, C::encode(frame));
     }
 
     fn next_rid(&mut self) -> u64 {
@@ -447,7 +476,7 @@ impl ClientCore {
         self.send_auth(now);
     }
 
-    fn auth_frame(&self) -> ClientFrame {
+    fn auth_frame(&self) -> ClientFrame<Publish<C::Payload>> {
         ClientFrame::Auth(Auth {
             token: self.token.clone(),
             v: Some(PROTOCOL_VERSION),
@@ -542,7 +571,7 @@ impl ClientCore {
             Lost::Closed {
                 code: Some(frames::close::RATE_LIMITED),
                 reason,
-            } => parse_retry_after(reason),
+            } => frames::close::retry_after(reason),
             _ => None,
         };
         let reason = match (refusal, lost) {
@@ -713,35 +742,5 @@ impl ClientCore {
                 self.start_connect(now, StateReason::Reconnect { attempt });
             }
         }
-    }
-}
-
-/// The delay a 4029 close asks for: its reason is either a number of ms or
-/// JSON with `retry_after_ms`.
-fn parse_retry_after(reason: &str) -> Option<u64> {
-    #[derive(Deserialize)]
-    struct RetryAfter {
-        retry_after_ms: u64,
-    }
-    let reason = reason.trim();
-    reason.parse::<u64>().ok().or_else(|| {
-        crate::json_text::from_str::<RetryAfter>(reason)
-            .ok()
-            .map(|parsed| parsed.retry_after_ms)
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_retry_after;
-
-    #[test]
-    fn retry_after_is_read_from_a_number_or_json() {
-        assert_eq!(parse_retry_after("1500"), Some(1500));
-        assert_eq!(parse_retry_after(" 20 "), Some(20));
-        assert_eq!(parse_retry_after(r#"{"retry_after_ms":700}"#), Some(700));
-        assert_eq!(parse_retry_after("slow down"), None);
-        assert_eq!(parse_retry_after(r#"{"retry_after_ms":-1}"#), None);
-        assert_eq!(parse_retry_after(""), None);
     }
 }

@@ -5,6 +5,7 @@
 //! RNG, so both SDKs retry alike and tests are deterministic).
 
 use super::{ClientCore, Lost, close_code};
+use crate::client::codec::Codec;
 use crate::client::events::{ClientEvent, ConnectionState, StateReason, Transmit};
 use crate::frames::Millis;
 
@@ -48,7 +49,7 @@ impl TokenFetch {
     }
 }
 
-impl ClientCore {
+impl<C: Codec> ClientCore<C> {
     /// Replaces the token. Connected: sends `AUTH` on the open connection
     /// (`OK` → [`ClientEvent::TokenRefreshed`]; `ERR` → the hub closes).
     /// Authenticating: sent right after `OK`. Otherwise used by the next
