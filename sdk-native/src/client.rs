@@ -56,12 +56,16 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to the hub at `url` (`ws://host:port/ws` or `wss://…`) and
-    /// returns once the hub accepted the token. Fails when that first
-    /// attempt fails ([`Error::Connect`], or the hub's refusal such as
-    /// [`Error::Refused`]); after it, the client reconnects by itself.
-    pub async fn connect(url: impl Into<String>, config: ClientConfig) -> Result<Client, Error> {
-        let (client, mut events) = Client::spawn(url.into(), config)?;
+    /// Connects to the hub at `urls` (`ws://host:port/ws` or `wss://…`, or
+    /// several such URLs of hubs sharing one database: see [`HubUrls`]) and
+    /// returns once a hub accepted the token. Fails when the first attempt
+    /// on every hub fails ([`Error::Connect`]), or at the hub's refusal
+    /// such as [`Error::Refused`]; after it, the client reconnects by
+    /// itself, failing over between the hubs.
+    pub async fn connect(urls: impl HubUrls, config: ClientConfig) -> Result<Client, Error> {
+        let urls = urls.into_urls();
+        let mut attempts_left = urls.len();
+        let (client, mut events) = Client::spawn(urls, config)?;
         let mut refusal = None;
         loop {
             match events.recv().await {
@@ -72,8 +76,11 @@ impl Client {
                     )));
                 }
                 Ok(ConnectionEvent::Disconnected { reason, .. }) => {
-                    client.close().await;
-                    return Err(refusal.unwrap_or(Error::Connect(reason)));
+                    attempts_left = attempts_left.saturating_sub(1);
+                    if refusal.is_some() || attempts_left == 0 {
+                        client.close().await;
+                        return Err(refusal.unwrap_or(Error::Connect(reason)));
+                    }
                 }
                 Ok(ConnectionEvent::Closed { reason }) => return Err(Error::Connect(reason)),
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
@@ -85,15 +92,24 @@ impl Client {
     /// Returns at once and connects in the background, retrying with
     /// backoff until the hub is there; publishes wait in the outbound queue
     /// meanwhile. Must be called within a tokio runtime.
-    pub fn connect_lazy(url: impl Into<String>, config: ClientConfig) -> Result<Client, Error> {
-        Client::spawn(url.into(), config).map(|(client, _)| client)
+    pub fn connect_lazy(urls: impl HubUrls, config: ClientConfig) -> Result<Client, Error> {
+        Client::spawn(urls.into_urls(), config).map(|(client, _)| client)
     }
 
     fn spawn(
-        url: String,
-        config: ClientConfig,
+        urls: Vec<String>,
+        mut config: ClientConfig,
     ) -> Result<(Client, broadcast::Receiver<ConnectionEvent>), Error> {
-        validate_url(&url)?;
+        if urls.is_empty() {
+            return Err(Error::InvalidUrl {
+                url: String::new(),
+                reason: "no hub URL given".to_owned(),
+            });
+        }
+        for url in &urls {
+            validate_url(url)?;
+        }
+        config.core.endpoints = urls.len();
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, event_rx) = broadcast::channel(config.event_capacity.max(1));
@@ -109,7 +125,7 @@ impl Client {
             state: state_tx,
             connection,
         };
-        runtime.spawn(Driver::new(url, config, command_rx, shared).run());
+        runtime.spawn(Driver::new(urls, config, command_rx, shared).run());
         Ok((client, event_rx))
     }
 
@@ -232,6 +248,52 @@ impl Client {
         if self.link.send(Command::Close { reply }).is_ok() {
             let _ = closed.await;
         }
+    }
+}
+
+/// The hub URLs [`Client::connect`] takes: one (`&str`, `String`) or
+/// several (an array, `Vec` or slice of them) of hubs sharing one database
+/// (`semantics.md` §7). With several, the client tries them in a random
+/// order of its own and moves to the next on every new attempt (after a
+/// failed attempt or a lost connection), with the usual reconnect backoff;
+/// subscriptions and groups resume on the hub it reaches.
+pub trait HubUrls {
+    fn into_urls(self) -> Vec<String>;
+}
+
+impl HubUrls for &str {
+    fn into_urls(self) -> Vec<String> {
+        vec![self.to_owned()]
+    }
+}
+
+impl HubUrls for String {
+    fn into_urls(self) -> Vec<String> {
+        vec![self]
+    }
+}
+
+impl HubUrls for &String {
+    fn into_urls(self) -> Vec<String> {
+        vec![self.clone()]
+    }
+}
+
+impl<S: Into<String>> HubUrls for Vec<S> {
+    fn into_urls(self) -> Vec<String> {
+        self.into_iter().map(Into::into).collect()
+    }
+}
+
+impl<S: Into<String>, const N: usize> HubUrls for [S; N] {
+    fn into_urls(self) -> Vec<String> {
+        self.into_iter().map(Into::into).collect()
+    }
+}
+
+impl<S: AsRef<str>> HubUrls for &[S] {
+    fn into_urls(self) -> Vec<String> {
+        self.iter().map(|url| url.as_ref().to_owned()).collect()
     }
 }
 

@@ -27,6 +27,9 @@ pub enum ConnectionEvent {
     Connected {
         session: String,
         server: String,
+        /// The URL of the hub this connection went to (one of those given
+        /// to [`Client::connect`](crate::Client::connect)).
+        url: String,
         /// When the token expires (Unix ms), if it does.
         expires_at: Option<Millis>,
     },

@@ -81,7 +81,7 @@ mod options;
 pub mod outbox;
 mod subscription;
 
-pub use client::{Client, PubAck};
+pub use client::{Client, HubUrls, PubAck};
 pub use config::{BoxError, ClientConfig, TokenFuture};
 pub use error::{DeserializeError, Error};
 pub use events::{ConnectionEvent, EventStream};

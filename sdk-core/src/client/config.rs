@@ -33,9 +33,15 @@ pub struct ClientConfig {
     /// [`ClientEvent::TokenRefreshNeeded`](super::ClientEvent::TokenRefreshNeeded)
     /// with [`set_token`](super::ClientCore::set_token).
     pub token_source: bool,
-    /// Seed of the reconnect and token-retry jitter; fixed seeds make runs
-    /// reproducible.
+    /// Seed of the reconnect and token-retry jitter (and of the order the
+    /// hubs are tried in); fixed seeds make runs reproducible.
     pub seed: u64,
+    /// How many hub URLs the driver holds (at least 1). With several, each
+    /// connection attempt goes to [`ClientCore::endpoint`](super::ClientCore::endpoint):
+    /// the hubs in a random order per client, the next one on every new
+    /// attempt (after a failed attempt or a lost connection), with the
+    /// same reconnect backoff.
+    pub endpoints: usize,
 }
 
 impl Default for ClientConfig {
@@ -51,6 +57,7 @@ impl Default for ClientConfig {
             token_refresh_margin_ms: 30_000,
             token_source: false,
             seed: 0x5eed,
+            endpoints: 1,
         }
     }
 }
@@ -72,6 +79,7 @@ impl ClientConfig {
     pub fn sanitized(mut self) -> Self {
         self.request_timeout_ms = self.request_timeout_ms.max(1);
         self.connect_timeout_ms = self.connect_timeout_ms.max(1);
+        self.endpoints = self.endpoints.max(1);
         self.heartbeat.pong_timeout_ms = self.heartbeat.pong_timeout_ms.max(1);
         let r = &mut self.reconnect;
         if r.multiplier.is_nan() || r.multiplier < 1.0 {

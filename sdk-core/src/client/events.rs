@@ -99,7 +99,8 @@ impl fmt::Display for Gap {
 /// Something the driver must do, in the order polled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transmit {
-    /// Open a new WebSocket to the hub, then report
+    /// Open a new WebSocket to the hub [`ClientCore::endpoint`](super::ClientCore::endpoint)
+    /// names (the only one unless the driver has several URLs), then report
     /// [`handle_socket_open`](super::ClientCore::handle_socket_open) or
     /// [`handle_socket_error`](super::ClientCore::handle_socket_error).
     Connect,

@@ -181,6 +181,7 @@
 mod codec;
 mod config;
 mod core;
+mod endpoints;
 mod events;
 mod held;
 mod requests;

@@ -59,7 +59,8 @@ struct SubEntry {
 
 pub(crate) struct Driver {
     core: ClientCore,
-    url: String,
+    /// The hubs' URLs; the core says which one each attempt goes to.
+    urls: Vec<String>,
     socket_options: socket::SocketOptions,
     provider: Option<TokenProvider>,
     /// The core's clock: ms since this instant.
@@ -80,7 +81,7 @@ pub(crate) struct Driver {
 
 impl Driver {
     pub(crate) fn new(
-        url: String,
+        urls: Vec<String>,
         config: ClientConfig,
         commands: mpsc::UnboundedReceiver<Command>,
         shared: Shared,
@@ -90,7 +91,7 @@ impl Driver {
         core.token_source = config.token_provider.is_some();
         Driver {
             core: ClientCore::new(core),
-            url,
+            urls,
             socket_options: socket::SocketOptions {
                 max_frame_bytes: config.max_frame_bytes,
                 #[cfg(feature = "rustls")]
@@ -288,7 +289,8 @@ impl Driver {
             // The core asks for a new socket only after the old one is gone.
             socket.discard();
         }
-        let url = self.url.clone();
+        let url = self.urls[self.core.endpoint()].clone();
+        tracing::debug!(%url, "opening a connection to the hub");
         let options = self.socket_options.clone();
         self.opening = Some(Box::pin(socket::open(url, options)));
     }
@@ -300,6 +302,7 @@ impl Driver {
                 self.emit(ConnectionEvent::Connected {
                     session: welcome.session,
                     server: welcome.server,
+                    url: self.urls[self.core.endpoint()].clone(),
                     expires_at: welcome.expires_at,
                 });
             }

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use self::token::TokenFetch;
 use super::codec::{Codec, Json};
 use super::config::ClientConfig;
+use super::endpoints::Endpoints;
 use super::events::{
     ClientEvent, ConnectionState, DeliveryTag, RequestError, RequestId, StateReason,
     SubscriptionId, Transmit,
@@ -68,6 +69,8 @@ pub struct ClientCore<C: Codec = Json> {
     config: ClientConfig,
     state: ConnectionState,
     rng: fastrand::Rng,
+    /// Which hub each connection attempt goes to.
+    endpoints: Endpoints,
     token: Option<String>,
     /// Last rid handed out; rids are unique for the machine's whole life so
     /// a late answer from an old connection can never match a new request.
@@ -178,8 +181,10 @@ impl<C: Codec> ClientCore<C> {
     /// decodes frames itself ([`handle_frame`](Self::handle_frame)).
     pub fn with_codec(config: ClientConfig) -> Self {
         let config = config.sanitized();
+        let mut rng = fastrand::Rng::with_seed(config.seed);
         ClientCore {
-            rng: fastrand::Rng::with_seed(config.seed),
+            endpoints: Endpoints::new(config.endpoints, &mut rng),
+            rng,
             token: config.token.clone(),
             tokens: TokenFetch::new(config.token.is_some()),
             config,
@@ -240,6 +245,13 @@ impl<C: Codec> ClientCore<C> {
 
     pub fn state(&self) -> ConnectionState {
         self.state
+    }
+
+    /// The hub (an index into the driver's list of
+    /// [`ClientConfig::endpoints`] URLs) that a [`Transmit::Connect`] asks
+    /// for, and that the current connection, if any, went to.
+    pub fn endpoint(&self) -> usize {
+        self.endpoints.current()
     }
 
     /// Publishes waiting in the outbound queue for a connection.
@@ -461,6 +473,7 @@ impl<C: Codec> ClientCore<C> {
     // Internals: connection
 
     fn start_connect(&mut self, now: u64, reason: StateReason) {
+        self.endpoints.advance(&mut self.rng);
         self.connect_deadline = Some(now.saturating_add(self.config.connect_timeout_ms));
         self.transmits.push_back(Transmit::Connect);
         self.set_state(ConnectionState::Connecting, reason);
