@@ -31,7 +31,7 @@ pub enum HubSource {
 }
 
 impl HubSource {
-    async fn hub(&self) -> Result<Hub> {
+    pub(crate) async fn hub(&self) -> Result<Hub> {
         match self {
             HubSource::Spawn {
                 binary,

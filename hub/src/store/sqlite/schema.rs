@@ -379,7 +379,7 @@ mod tests {
             outcome[0]
         );
         ensure!(
-            matches!(&outcome[1], Appended::Stored(e) if e.seq == 100),
+            matches!(&outcome[1], Appended::Stored { seq: 100, .. }),
             "the same id on another topic is another event: {:?}",
             outcome[1]
         );
@@ -392,8 +392,8 @@ mod tests {
             "{:?}",
             outcome[2]
         );
-        ensure!(matches!(&outcome[3], Appended::Stored(e) if e.seq == 101));
-        ensure!(matches!(&outcome[4], Appended::Stored(e) if e.seq == 102));
+        ensure!(matches!(&outcome[3], Appended::Stored { seq: 101, .. }));
+        ensure!(matches!(&outcome[4], Appended::Stored { seq: 102, .. }));
         store.close().await?;
         let conn = Connection::open(dir.path().join(DB_FILE))?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
