@@ -13,10 +13,12 @@
 //! `sqlite/groups.rs`); WAL lets them proceed while a commit runs, and they
 //! never return events past the durable seq.
 //!
-//! `seq` comes from a counter row in `meta`, read inside each write
-//! transaction, so it never goes backwards or gets reused even if retention
-//! later deletes the newest events, and it stays right even if another
-//! process opened the same file.
+//! `seq` comes from a counter the write connection keeps: on open the
+//! larger of `meta.last_seq` and the newest seq of any topic (each commit
+//! updates its topics' rows, which retention never deletes; `meta` is
+//! brought up to date on close), so it never goes backwards or gets reused
+//! even if retention later deletes the newest events. The data dir's lock
+//! keeps a second process from writing the same file.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -154,12 +156,9 @@ impl SqliteStore {
         let dir_lock = lock_data_dir(dir)?;
         let path = dir.join(DB_FILE);
         let mut conn = open_write_connection(&path, &options)?;
-        let last_seq: i64 = conn
-            .query_row(
-                "SELECT value FROM meta WHERE name = 'last_seq'",
-                [],
-                |row| row.get(0),
-            )
+        let last_seq = schema::last_seq(&conn)?;
+        let dedup_oldest: Option<i64> = conn
+            .query_row("SELECT min(stored_at) FROM dedup", [], |row| row.get(0))
             .map_err(backend)?;
         // Whatever the file holds now is durable once synced (a previous run
         // may have died between a commit and its sync).
@@ -198,6 +197,8 @@ impl SqliteStore {
             dedup_window_ms: duration_millis(options.dedup_window),
             prune_per_commit: options.dedup_prune_per_commit.max(1),
             durable_seq: Arc::clone(&durable_seq),
+            last_seq,
+            dedup_oldest,
             failed: false,
             wal_pages,
             wal_bound,
@@ -643,6 +644,49 @@ mod tests {
             "the WAL restarted: {pages} pages, {grown} before"
         );
         ensure!(store.last_seq().await? == n as u64 + 1);
+        store.close().await?;
+        Ok(())
+    }
+
+    /// Commits do not write `meta` (schema version 6): a store that died
+    /// before closing (its `meta.last_seq` behind) still never reuses a
+    /// seq, even after retention removed the newest events.
+    #[tokio::test]
+    async fn seqs_continue_from_the_topics_when_meta_is_behind() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default())?;
+        let events = (0..5).map(|i| event(&format!("e{i}"), false)).collect();
+        store.commit_blocking(CommitBatch {
+            events,
+            ..CommitBatch::default()
+        })?;
+        let policy = RetentionPolicy {
+            default: crate::store::RetentionLimits {
+                max_age_ms: None,
+                max_events: Some(0),
+            },
+            rules: Vec::new(),
+        };
+        let pass = store.apply_retention(&policy, 0, None, 100).await?;
+        ensure!(pass.removed == 5 && count(store.path(), "events")? == 0);
+        store.close().await?;
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE))?;
+            let recorded: i64 =
+                conn.query_row("SELECT value FROM meta WHERE name = 'last_seq'", [], |r| {
+                    r.get(0)
+                })?;
+            ensure!(recorded == 5, "close records the counter: {recorded}");
+            // As if the hub had died before closing.
+            conn.execute("UPDATE meta SET value = 0 WHERE name = 'last_seq'", [])?;
+        }
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default())?;
+        ensure!(store.last_seq().await? == 5);
+        let outcome = store.commit_blocking(CommitBatch {
+            events: vec![event("next", false)],
+            ..CommitBatch::default()
+        })?;
+        ensure!(outcome.seqs() == vec![6], "{:?}", outcome.events);
         store.close().await?;
         Ok(())
     }

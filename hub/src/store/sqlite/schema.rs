@@ -8,7 +8,7 @@ use crate::store::StoreError;
 
 /// Bumped when the schema changes; [`migrate`] refuses files written by a
 /// newer version instead of misreading them.
-pub(super) const SCHEMA_VERSION: i64 = 5;
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE meta (
@@ -144,9 +144,33 @@ UPDATE topics SET removed_upto = CASE
 END;
 ";
 
+/// Version 6: the seq counter is the larger of `meta.last_seq` and the
+/// newest `topics.last_seq` (every stored event updates its topic's row in
+/// the same commit, and topic rows are never deleted), so a commit no
+/// longer writes `meta` — one page less per commit — and the store brings
+/// `meta.last_seq` up to date when it closes. Older hubs, which read the
+/// counter from `meta` alone, refuse the file as newer.
+const SCHEMA_V6: &str = "
+UPDATE meta SET value = max(value, (SELECT coalesce(max(last_seq), 0) FROM topics))
+    WHERE name = 'last_seq';
+";
+
 /// The scripts that take a file from version `i` to `i + 1`.
-const STEPS: [&str; SCHEMA_VERSION as usize] =
-    [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
+const STEPS: [&str; SCHEMA_VERSION as usize] = [
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+];
+
+/// The newest seq ever assigned in a file of [`SCHEMA_VERSION`] (see
+/// version 6).
+pub(super) fn last_seq(conn: &Connection) -> Result<i64, StoreError> {
+    conn.query_row(
+        "SELECT max((SELECT value FROM meta WHERE name = 'last_seq'),
+                    (SELECT coalesce(max(last_seq), 0) FROM topics))",
+        [],
+        |row| row.get(0),
+    )
+    .map_err(backend)
+}
 
 /// Creates the schema in a new file or migrates an older one, all in one
 /// transaction.

@@ -24,6 +24,12 @@ pub(super) struct SqliteWriter {
     pub(super) dedup_window_ms: u64,
     pub(super) prune_per_commit: usize,
     pub(super) durable_seq: Arc<AtomicU64>,
+    /// The newest seq assigned (schema version 6: kept here and in the
+    /// topics' rows, written to `meta` when the store closes).
+    pub(super) last_seq: i64,
+    /// No de-duplication entry is older than this (`None`: the table is
+    /// empty), so a commit prunes only when something may have expired.
+    pub(super) dedup_oldest: Option<i64>,
     /// Set when a sync failed: every later commit fails.
     pub(super) failed: bool,
     /// Pages in the WAL after the last commit (SQLite's WAL hook).
@@ -131,11 +137,7 @@ impl SqliteWriter {
         let mut outcome = Vec::with_capacity(batch.events.len());
         let mut stored = Vec::with_capacity(batch.events.len());
         let mut client_ids_in_batch = 0usize;
-        let first_seq: i64 = tx
-            .prepare_cached("SELECT value FROM meta WHERE name = 'last_seq'")
-            .and_then(|mut s| s.query_row([], |row| row.get(0)))
-            .map_err(backend)?;
-        let mut last_seq = first_seq;
+        let mut last_seq = self.last_seq;
         {
             let mut insert_event = tx
                 .prepare_cached(
@@ -259,22 +261,34 @@ impl SqliteWriter {
                     .execute(params![topic, count, newest])
                     .map_err(backend)?;
             }
-            if last_seq != first_seq {
-                tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'last_seq'")
-                    .and_then(|mut s| s.execute([last_seq]))
-                    .map_err(backend)?;
-            }
         }
         apply_group_changes(&tx, &batch)?;
         // Bounded pruning: at least as many as this batch could have added,
-        // so the table tracks the window instead of growing.
-        let prune_limit = self.prune_per_commit.max(2 * client_ids_in_batch);
-        tx.prepare_cached(
-            "DELETE FROM dedup WHERE (topic, id) IN
-                (SELECT topic, id FROM dedup WHERE stored_at < ?1 ORDER BY stored_at LIMIT ?2)",
-        )
-        .and_then(|mut s| s.execute(params![bits_to_sql(window_start), prune_limit as i64]))
-        .map_err(backend)?;
+        // so the table tracks the window instead of growing; only when an
+        // entry may have expired (none: no statement at all).
+        let mut dedup_oldest = self.dedup_oldest;
+        if client_ids_in_batch > 0 {
+            let now = bits_to_sql(now);
+            dedup_oldest = Some(dedup_oldest.map_or(now, |oldest| oldest.min(now)));
+        }
+        let window_start = bits_to_sql(window_start);
+        if dedup_oldest.is_some_and(|oldest| oldest < window_start) {
+            let prune_limit = self.prune_per_commit.max(2 * client_ids_in_batch);
+            let pruned = tx
+                .prepare_cached(
+                    "DELETE FROM dedup WHERE (topic, id) IN
+                        (SELECT topic, id FROM dedup WHERE stored_at < ?1 ORDER BY stored_at LIMIT ?2)",
+                )
+                .and_then(|mut s| s.execute(params![window_start, prune_limit as i64]))
+                .map_err(backend)?;
+            if pruned < prune_limit {
+                // Nothing expired is left: where the next expiry is.
+                dedup_oldest = tx
+                    .prepare_cached("SELECT min(stored_at) FROM dedup")
+                    .and_then(|mut s| s.query_row([], |row| row.get(0)))
+                    .map_err(backend)?;
+            }
+        }
         if let Err(e) = tx.commit() {
             if is_sync_failure(&e) {
                 // A full disk normally shows at write time (SQLITE_FULL,
@@ -285,6 +299,8 @@ impl SqliteWriter {
             }
             return Err(backend(e));
         }
+        self.last_seq = last_seq;
+        self.dedup_oldest = dedup_oldest;
         Ok((
             CommitOutcome {
                 events: outcome,
@@ -305,6 +321,15 @@ impl Drop for SqliteWriter {
         // The checkpointer first, so the final checkpoint is this one.
         if let Some(checkpointer) = self.checkpointer.take() {
             checkpointer.stop();
+        }
+        // The counter's floor for the next open (schema version 6).
+        if !self.failed
+            && let Err(e) = self.conn.execute(
+                "UPDATE meta SET value = max(value, ?1) WHERE name = 'last_seq'",
+                [self.last_seq],
+            )
+        {
+            tracing::warn!(error = %e, "recording the last seq failed");
         }
         if let Err(e) = self
             .conn
