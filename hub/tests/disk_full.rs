@@ -252,10 +252,35 @@ async fn serve_to_exit(data: &Path) -> (bool, String, String) {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn promhub");
-    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("the hub kept running on a full disk")
-        .expect("promhub output");
+    let pid = child.id();
+    let Ok(output) = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await
+    else {
+        // Say what state it was in (the child is killed when dropped).
+        let listing = std::fs::read_dir(data)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| {
+                        let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                        format!("{} ({len} bytes)", e.file_name().to_string_lossy())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let threads = pid
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .unwrap_or_default();
+        panic!(
+            "the hub kept running on a full disk; data dir: [{listing}]; status: {}",
+            threads
+                .lines()
+                .filter(|l| l.starts_with("State") || l.starts_with("Threads"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    };
+    let output = output.expect("promhub output");
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -514,13 +514,30 @@ impl MongoStore {
         if let Some(topic) = pattern.as_topic() {
             return Ok(vec![topic.as_str().to_owned()]);
         }
-        let mut filter = doc! { "last": { "$gt": after } };
-        if let Some(prefix) = literal_prefix(pattern) {
+        let filter = doc! { "last": { "$gt": after } };
+        let topics = self
+            .matching_topic_entries(pattern, filter, |_| Ok(()))
+            .await?;
+        Ok(topics.into_iter().map(|(topic, ())| topic).collect())
+    }
+
+    /// The entries of the `topics` collection that `filter` selects and
+    /// whose topic `pattern` matches (the query narrowed to the pattern's
+    /// literal prefix), each with what `decode` reads from it.
+    async fn matching_topic_entries<T>(
+        &self,
+        pattern: &Pattern,
+        mut filter: Document,
+        mut decode: impl FnMut(&Document) -> Result<T, StoreError>,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        if let Some(topic) = pattern.as_topic() {
+            filter.insert("_id", topic.as_str());
+        } else if let Some(prefix) = literal_prefix(pattern) {
             // `prefix` itself and `prefix.…` ('/' sorts right after '.').
             filter.insert("_id", doc! { "$gte": &prefix, "$lt": format!("{prefix}/") });
         }
         let mut matcher = TopicFilter::new(pattern);
-        let topics = self
+        let entries = self
             .find_all(
                 Query {
                     collection: queries::TOPICS,
@@ -529,10 +546,18 @@ impl MongoStore {
                     limit: None,
                     index: queries::ID_INDEX,
                 },
-                |doc| Ok(str_field(doc, "_id", "a topic entry")?.to_owned()),
+                |doc| {
+                    Ok((
+                        str_field(doc, "_id", "a topic entry")?.to_owned(),
+                        decode(doc)?,
+                    ))
+                },
             )
             .await?;
-        Ok(topics.into_iter().filter(|t| matcher.matches(t)).collect())
+        Ok(entries
+            .into_iter()
+            .filter(|(topic, _)| matcher.matches(topic))
+            .collect())
     }
 
     /// Removes the prefix of one topic's events that `limits` no longer
@@ -1293,35 +1318,14 @@ impl Store for MongoStore {
 
     async fn removed_since(&self, pattern: &Pattern, from: u64) -> Result<Option<u64>, StoreError> {
         self.check_open()?;
-        let from = seq_to_bson(from);
-        let mut filter = doc! { "removed_upto": { "$gte": from } };
-        if let Some(topic) = pattern.as_topic() {
-            filter.insert("_id", topic.as_str());
-        } else if let Some(prefix) = literal_prefix(pattern) {
-            // `prefix` itself and `prefix.…` ('/' sorts right after '.').
-            filter.insert("_id", doc! { "$gte": &prefix, "$lt": format!("{prefix}/") });
-        }
-        let mut matcher = TopicFilter::new(pattern);
+        let filter = doc! { "removed_upto": { "$gte": seq_to_bson(from) } };
         let removed = self
-            .find_all(
-                Query {
-                    collection: queries::TOPICS,
-                    filter,
-                    sort: None,
-                    limit: None,
-                    index: queries::ID_INDEX,
-                },
-                |doc| {
-                    Ok((
-                        str_field(doc, "_id", "a topic entry")?.to_owned(),
-                        int_field(doc, "removed_upto", "a topic entry")?,
-                    ))
-                },
-            )
+            .matching_topic_entries(pattern, filter, |doc| {
+                int_field(doc, "removed_upto", "a topic entry")
+            })
             .await?;
         Ok(removed
             .into_iter()
-            .filter(|(topic, _)| matcher.matches(topic))
             .map(|(_, removed)| from_bson_int(removed))
             .max())
     }
