@@ -499,9 +499,9 @@ fn quota(rate: Option<f64>, burst: Option<u32>) -> Option<RateLimit> {
 /// PUBACK.
 ///
 /// One policy is left. `pipelined` (a separate sync thread that fsynced the
-/// WAL while the next batch was applied) was slower than `full` in every
-/// measured case — flat out, one publish at a time and at a steady rate
-/// (docs/sizing.md) — because of its thread hand-offs; it is still
+/// WAL while the next batch was applied) was slower than `full` in issue
+/// 15's measurements — flat out, one publish at a time and at a steady
+/// rate (docs/sizing.md) — because of its thread hand-offs; it is still
 /// accepted as a name and means `full`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
