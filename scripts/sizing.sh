@@ -27,6 +27,10 @@ S=(--spawn-hub "$H")
 
 run targets "${S[@]}" targets
 
+# promhub against NATS JetStream, same scenarios, same run, medians of 3
+# (nats-server v2.15.2 from target/nats-bin, else built with go install).
+run scenarios "${S[@]}" scenarios --compare nats --runs 3
+
 # Connections: publishers sharing the load; idle memory at 1k / 5k / 10k.
 for n in 1 4 16 64; do
   run "publishers-$n" "${S[@]}" load --publishers "$n" --in-flight $((256 / n > 16 ? 256 / n : 16)) --count 100000
@@ -45,13 +49,8 @@ for bytes in 64 1024 16384 65536; do
   run "payload-$bytes" "${S[@]}" load --payload "$bytes" --count $((100000000 / bytes < 100000 ? 100000000 / bytes : 100000))
 done
 
-# fsync policy: pipelined (default) vs full, with a deep and a shallow window.
-for sync in pipelined full; do
-  for window in 256 1; do
-    run "sync-$sync-$window" "${S[@]}" --hub-arg=--sync --hub-arg="$sync" load --in-flight "$window" \
-      --count $((window == 1 ? 3000 : 100000))
-  done
-done
+# One publisher waiting for each PUBACK (one commit and one fsync per event).
+run sync-full-1 "${S[@]}" load --in-flight 1 --count 3000
 
 # Durable groups: live with ACKs, 1 and 4 groups of 2 members.
 for g in 1 4; do

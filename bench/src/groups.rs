@@ -24,8 +24,11 @@ pub struct GroupsOptions {
     /// Groups with wildcard patterns (`PREFIX.wN.*`).
     pub wildcard: usize,
     /// Groups per member connection (at most the hub's
-    /// `limits.max_groups_per_connection`, default 128).
+    /// `limits.max_groups_per_connection`, default 128; for live
+    /// subscriptions `max_subscriptions_per_connection`, default 1024).
     pub groups_per_connection: usize,
+    /// Live (ephemeral) subscriptions instead of durable groups.
+    pub live: bool,
 }
 
 impl Default for GroupsOptions {
@@ -35,6 +38,7 @@ impl Default for GroupsOptions {
             exact: 9_900,
             wildcard: 100,
             groups_per_connection: 1,
+            live: false,
         }
     }
 }
@@ -83,10 +87,11 @@ pub async fn open(hub: &Hub, options: &GroupsOptions) -> Result<(OpenGroups, Gro
     let started = Instant::now();
     let mut readers = JoinSet::new();
     for batch in chunks.chunks(100) {
+        let group = (!options.live).then_some("g");
         let connecting = batch.iter().map(|chunk| async move {
             let (mut sink, mut stream) = ws::connect(hub).await?;
             for pattern in chunk {
-                ws::subscribe(&mut sink, &mut stream, pattern, Some("g"), "{}").await?;
+                ws::subscribe(&mut sink, &mut stream, pattern, group, "{}").await?;
             }
             anyhow::Ok((sink, stream))
         });

@@ -10,13 +10,19 @@
 //! - [`idle`]: memory per idle authenticated connection.
 //! - [`groups`]: many durable groups with connected members at once.
 //! - [`targets`]: the hub's performance targets, each measured and checked.
+//! - [`scenarios`]: publish, consume, flat-out and paced delivery, with CPU
+//!   per event, against the hub and (`--compare nats`) NATS JetStream in
+//!   the same run ([`nats`]: finds or builds `nats-server`, drives it with
+//!   the `async-nats` JetStream client).
 //! - [`report`]: the results as JSON and as text.
 
 pub mod groups;
 pub mod idle;
 pub mod load;
+pub mod nats;
 pub mod proc_stats;
 pub mod report;
+pub mod scenarios;
 pub mod target;
 pub mod targets;
 pub mod ws;

@@ -158,6 +158,8 @@ pub struct LoadReport {
     pub deliver_latency_us: Option<Percentiles>,
     /// The hub process over the run, when its pid is known.
     pub hub: Option<Usage>,
+    /// Backlog runs: the hub process while the groups consumed.
+    pub hub_consume: Option<Usage>,
     /// This harness over the run (it shares the machine with the hub).
     pub harness: Option<Usage>,
 }
@@ -206,7 +208,10 @@ pub async fn run(hub: &Hub, options: &LoadOptions) -> Result<LoadReport> {
     let published = publish_all(hub, options, &progress, hub_meter.as_mut()).await?;
     let publish_ended = progress.now_us();
 
+    // Backlog: the hub's CPU while the group consumes, on its own.
+    let mut consume_meter = None;
     let deliver_started = if options.backlog {
+        consume_meter = hub.pid.map(Meter::start).transpose()?;
         let started = progress.now_us();
         start_subscribers(hub, options, &progress, &stop_rx, &mut subscribers).await?;
         started
@@ -246,6 +251,7 @@ pub async fn run(hub: &Hub, options: &LoadOptions) -> Result<LoadReport> {
         }
     }
     let hub_usage = hub_meter.map(Meter::finish).transpose()?;
+    let hub_consume = consume_meter.map(Meter::finish).transpose()?;
     let harness_usage = harness_meter.and_then(|m| m.finish().ok());
 
     let delivered = progress.delivered.load(Ordering::Relaxed);
@@ -269,6 +275,7 @@ pub async fn run(hub: &Hub, options: &LoadOptions) -> Result<LoadReport> {
             Percentiles::of(&deliver_histogram)
         },
         hub: hub_usage,
+        hub_consume,
         harness: harness_usage,
     })
 }

@@ -6,7 +6,8 @@
 //!   load     --publishers N --subscribers M --groups G --payload B --in-flight W
 //!            (--count C | --duration SECS) [--rate R] [--backlog] ...
 //!   idle     --connections N
-//!   targets  [publish consume fanout latency idle groups group-memory]
+//!   targets  [publish consume fanout latency idle groups subscriptions group-memory]
+//!   scenarios [--compare nats] [--runs N] [--nats-server PATH] [publish consume flat paced]
 //! ```
 //!
 //! Text goes to stdout by default; `--json` prints one JSON document
@@ -20,6 +21,7 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use promhub_bench::idle::{self, IdleOptions};
 use promhub_bench::load::{self, LoadOptions};
+use promhub_bench::scenarios::{self, Comparison};
 use promhub_bench::target::{Hub, default_data_base};
 use promhub_bench::targets::{self, HubSource};
 
@@ -67,9 +69,27 @@ enum Command {
     Idle(IdleArgs),
     /// The hub's performance targets, each measured and checked
     Targets {
-        /// Which (default: all): publish consume fanout latency idle groups group-memory
+        /// Which (default: all): publish consume fanout latency idle groups subscriptions group-memory
         names: Vec<String>,
     },
+    /// Publish, consume, flat-out and paced delivery with CPU per event;
+    /// with --compare nats against NATS JetStream in the same run
+    Scenarios(ScenarioArgs),
+}
+
+#[derive(Debug, Args)]
+struct ScenarioArgs {
+    /// Also run every scenario against this system: nats (JetStream)
+    #[arg(long, value_parser = ["nats"])]
+    compare: Option<String>,
+    /// Runs of each scenario per system (medians are reported)
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// The nats-server binary (else found, or built with `go install`)
+    #[arg(long, env = "PROMHUB_BENCH_NATS_SERVER")]
+    nats_server: Option<PathBuf>,
+    /// Which (default: all): publish consume flat paced
+    names: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -220,6 +240,25 @@ async fn run(cli: Cli) -> Result<()> {
             let report = idle::run(&hub, &options).await;
             hub.stop().await;
             let report = report?;
+            print_report(cli.json, &report, || report.to_text())?;
+        }
+        Command::Scenarios(args) => {
+            let comparison = match args.compare.as_deref() {
+                Some("nats") => {
+                    let build_dir = PathBuf::from("target/nats-bin");
+                    let nats_server =
+                        promhub_bench::nats::find_or_build(args.nats_server.as_deref(), &build_dir)
+                            .await?;
+                    Some(Comparison {
+                        nats_server,
+                        data_base: cli.data_base.clone(),
+                    })
+                }
+                Some(other) => bail!("unknown system to compare with: {other}"),
+                None => None,
+            };
+            let report =
+                scenarios::run(&source, &args.names, args.runs, comparison.as_ref()).await?;
             print_report(cli.json, &report, || report.to_text())?;
         }
         Command::Targets { names } => {

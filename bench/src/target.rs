@@ -125,9 +125,24 @@ pub fn check_loopback(url: &str) -> Result<()> {
     Ok(())
 }
 
+/// Accepts `nats://` URLs whose host is a loopback address.
+pub fn check_nats_loopback(url: &str) -> Result<()> {
+    let rest = url
+        .strip_prefix("nats://")
+        .with_context(|| format!("{url:?} is not a nats:// URL"))?;
+    check_loopback(&format!("ws://{rest}/"))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::check_loopback;
+    use super::{check_loopback, check_nats_loopback};
+
+    #[test]
+    fn only_loopback_nats_urls_are_accepted() {
+        check_nats_loopback("nats://127.0.0.1:4222").unwrap();
+        assert!(check_nats_loopback("nats://10.1.2.3:4222").is_err());
+        assert!(check_nats_loopback("tls://127.0.0.1:4222").is_err());
+    }
 
     #[test]
     fn only_loopback_ws_urls_are_accepted() {

@@ -31,7 +31,7 @@ pub enum HubSource {
 }
 
 impl HubSource {
-    async fn hub(&self) -> Result<Hub> {
+    pub(crate) async fn hub(&self) -> Result<Hub> {
         match self {
             HubSource::Spawn {
                 binary,
@@ -109,13 +109,14 @@ impl TargetResult {
 }
 
 /// Names accepted by [`run`].
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 8] = [
     "publish",
     "consume",
     "fanout",
     "latency",
     "idle",
     "groups",
+    "subscriptions",
     "group-memory",
 ];
 
@@ -136,6 +137,8 @@ pub async fn run(source: &HubSource, names: &[String]) -> Result<Vec<TargetResul
             "latency" => Some(latency(&hub).await?),
             "idle" if hub.pid.is_some() => Some(idle(&hub).await?),
             "groups" => Some(many_groups(&hub).await?),
+            "subscriptions" if hub.pid.is_some() => Some(many_subscriptions(&hub).await?),
+            "subscriptions" => None,
             "group-memory" if hub.pid.is_some() => Some(group_memory(&hub).await?),
             "group-memory" => None,
             "idle" => None,
@@ -343,6 +346,108 @@ async fn many_groups(hub: &Hub) -> Result<TargetResult> {
     .map(|result| result.with_detail(detail))
 }
 
+/// Publish cost — the hub's CPU per event, publish → live delivery to one
+/// subscriber at a steady 5,000 events/s — with 10,000 more live
+/// subscriptions (distinct exact topics plus 100 wildcard patterns, 100 per
+/// connection), none of which the traffic matches, against the same
+/// without them: the fan-out should cost one hash lookup per topic, not a
+/// walk over every subscription. Three rounds alternate the two (the
+/// subscriptions' connections closed in between); the medians of the CPU
+/// per event are compared.
+async fn many_subscriptions(hub: &Hub) -> Result<TargetResult> {
+    const ROUNDS: usize = 3;
+    fn paced(topic: String) -> LoadOptions {
+        LoadOptions {
+            topic,
+            count: None,
+            duration: Some(Duration::from_secs(6)),
+            rate: Some(5_000.0),
+            subscribers: 1,
+            ..LoadOptions::default()
+        }
+    }
+    fn cpu_us(report: &LoadReport) -> f64 {
+        report.hub.as_ref().map_or(f64::INFINITY, |u| {
+            u.cpu_seconds * 1e6 / report.published.max(1) as f64
+        })
+    }
+    fn median(mut values: Vec<f64>) -> f64 {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    }
+    warm_up(hub).await?;
+    let options = GroupsOptions {
+        prefix: "subs".to_owned(),
+        exact: 10_000,
+        wildcard: 100,
+        groups_per_connection: 100,
+        live: true,
+    };
+    let (mut one, mut many, mut opened) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        one.push(load::run(hub, &paced(format!("bench.one{round}"))).await?);
+        let (open, report) = groups::open(hub, &options).await?;
+        opened.push(report);
+        many.push(load::run(hub, &paced(format!("bench.many{round}"))).await?);
+        drop(open);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let each = |runs: &[LoadReport]| {
+        runs.iter()
+            .map(|r| format!("{:.1}", cpu_us(r)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let p99 = |runs: &[LoadReport]| {
+        median(
+            runs.iter()
+                .map(|r| {
+                    r.deliver_latency_us
+                        .map_or(f64::INFINITY, |p| p.p99 as f64 / 1000.0)
+                })
+                .collect(),
+        )
+    };
+    let (cpu_one, cpu_many) = (
+        median(one.iter().map(cpu_us).collect()),
+        median(many.iter().map(cpu_us).collect()),
+    );
+    let detail = format!(
+        "hub CPU per event at 5,000 events/s, median of {ROUNDS} rounds: 1 subscription \
+         {cpu_one:.1} us (runs {}; p99 deliver {:.2} ms); with {} more subscriptions on {} \
+         connections {cpu_many:.1} us (runs {}; p99 deliver {:.2} ms)",
+        each(&one),
+        p99(&one),
+        opened[0].groups,
+        opened[0].connections,
+        each(&many),
+        p99(&many),
+    );
+    #[derive(Serialize)]
+    struct Report {
+        one_subscription_cpu_us_per_event: f64,
+        many_subscriptions_cpu_us_per_event: f64,
+        one_subscription: Vec<LoadReport>,
+        many_subscriptions: Vec<LoadReport>,
+        opened: Vec<groups::GroupsReport>,
+    }
+    TargetResult::new(
+        "publish CPU, 10,000 subscriptions vs 1",
+        cpu_many / cpu_one,
+        "x",
+        1.2,
+        false,
+        Report {
+            one_subscription_cpu_us_per_event: cpu_one,
+            many_subscriptions_cpu_us_per_event: cpu_many,
+            one_subscription: one,
+            many_subscriptions: many,
+            opened,
+        },
+    )
+    .map(|result| result.with_detail(detail))
+}
+
 /// Hub memory per durable group: 10,000 groups with connected members,
 /// 100 groups per connection (so connections add little).
 async fn group_memory(hub: &Hub) -> Result<TargetResult> {
@@ -352,6 +457,7 @@ async fn group_memory(hub: &Hub) -> Result<TargetResult> {
         exact: 10_000,
         wildcard: 0,
         groups_per_connection: 100,
+        live: false,
     };
     let (open, report) = groups::open(hub, &options).await?;
     drop(open);

@@ -125,13 +125,16 @@ pub fn stamped_payload(stamp_us: u64, bytes: usize) -> String {
 
 /// The stamp of a [`stamped_payload`].
 pub fn stamp_of(payload: &RawValue) -> Option<u64> {
+    stamp_of_bytes(payload.get().as_bytes())
+}
+
+/// The stamp of a [`stamped_payload`] as raw bytes (a NATS message body).
+pub fn stamp_of_bytes(payload: &[u8]) -> Option<u64> {
     #[derive(Deserialize)]
     struct Stamped {
         t: u64,
     }
-    serde_json::from_str::<Stamped>(payload.get())
-        .ok()
-        .map(|s| s.t)
+    serde_json::from_slice::<Stamped>(payload).ok().map(|s| s.t)
 }
 
 #[cfg(test)]

@@ -270,6 +270,7 @@ async fn many_groups_open_with_their_members_and_are_listed_by_the_hub() {
         exact: 23,
         wildcard: 2,
         groups_per_connection: 10,
+        live: false,
     };
     let (open, report) = groups::open(&hub.target(), &options).await.unwrap();
     assert_eq!((report.groups, report.connections), (25, 3));

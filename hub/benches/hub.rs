@@ -3,7 +3,7 @@
 //! of measurement code; see docs/sizing.md for the full harness).
 //!
 //! `cargo bench -p promhub-hub --bench hub [-- TARGET...]` with targets
-//! `publish`, `consume`, `fanout`, `latency`, `idle`, `groups`,
+//! `publish`, `consume`, `fanout`, `latency`, `idle`, `groups`, `subscriptions`,
 //! `group-memory` (default: all), each on a fresh hub subprocess and store.
 //! `--url ws://...` targets an already running hub instead (then `idle` and
 //! `group-memory` cannot read the hub's memory and are skipped).

@@ -27,48 +27,73 @@ use promhub_hub::store::mongo::{MongoOptions, MongoStore};
 use promhub_hub::store::sqlite::{SqliteOptions, SqliteStore};
 use promhub_hub::store::writer::StoreWriter;
 use promhub_hub::store::{
-    CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupProgress, GroupRecord, LatestCursor,
-    LatestPage, NewEvent, PageLimits, PendingCommit, RetentionPass, RetentionPolicy, Store,
+    BlockingCommit, CommitBatch, CommitOutcome, DeadLetter, GroupKey, GroupProgress, GroupRecord,
+    LatestCursor, LatestPage, NewEvent, PageLimits, RetentionPass, RetentionPolicy, Store,
     StoreError,
 };
 use serde_json::value::RawValue;
 
-/// Counts commits and what they carried, to report the mean batch size.
-#[derive(Debug)]
-struct Counting {
-    inner: Arc<dyn Store>,
+/// Commits and what they carried, to report the mean batch size.
+#[derive(Debug, Default)]
+struct Counts {
     commits: AtomicU64,
     events: AtomicU64,
     progress: AtomicU64,
 }
 
+impl Counts {
+    fn add(&self, batch: &CommitBatch) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.events
+            .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+        self.progress
+            .fetch_add(batch.progress.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Counts the commits of a store (on whichever path the writer commits).
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<dyn Store>,
+    counts: Arc<Counts>,
+}
+
 impl Counting {
     fn take(&self) -> (u64, u64, u64) {
         (
-            self.commits.swap(0, Ordering::Relaxed),
-            self.events.swap(0, Ordering::Relaxed),
-            self.progress.swap(0, Ordering::Relaxed),
+            self.counts.commits.swap(0, Ordering::Relaxed),
+            self.counts.events.swap(0, Ordering::Relaxed),
+            self.counts.progress.swap(0, Ordering::Relaxed),
         )
+    }
+}
+
+#[derive(Debug)]
+struct CountingBlocking {
+    inner: Arc<dyn BlockingCommit>,
+    counts: Arc<Counts>,
+}
+
+impl BlockingCommit for CountingBlocking {
+    fn commit_blocking(&self, batch: CommitBatch) -> Result<CommitOutcome, StoreError> {
+        self.counts.add(&batch);
+        self.inner.commit_blocking(batch)
     }
 }
 
 #[async_trait]
 impl Store for Counting {
     async fn commit(&self, batch: CommitBatch) -> Result<CommitOutcome, StoreError> {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.events
-            .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
-        self.progress
-            .fetch_add(batch.progress.len() as u64, Ordering::Relaxed);
+        self.counts.add(&batch);
         self.inner.commit(batch).await
     }
-    async fn commit_pipelined(&self, batch: CommitBatch) -> Result<PendingCommit, StoreError> {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.events
-            .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
-        self.progress
-            .fetch_add(batch.progress.len() as u64, Ordering::Relaxed);
-        self.inner.commit_pipelined(batch).await
+    fn blocking(&self) -> Option<Arc<dyn BlockingCommit>> {
+        self.inner.blocking().map(|inner| {
+            Arc::new(CountingBlocking {
+                inner,
+                counts: Arc::clone(&self.counts),
+            }) as Arc<dyn BlockingCommit>
+        })
     }
     async fn read_after_bounded(
         &self,
@@ -263,16 +288,12 @@ struct Fixture {
     writer: StoreWriter,
 }
 
-fn fixture(runtime: &tokio::runtime::Runtime, backend: &Backend, pipelined_sync: bool) -> Fixture {
+fn fixture(runtime: &tokio::runtime::Runtime, backend: &Backend) -> Fixture {
     static DATABASES: AtomicU64 = AtomicU64::new(0);
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let store: Arc<dyn Store> = match backend {
         Backend::Sqlite => {
-            let options = SqliteOptions {
-                pipelined_sync,
-                ..SqliteOptions::default()
-            };
-            Arc::new(SqliteStore::open(dir.path(), options).expect("open store"))
+            Arc::new(SqliteStore::open(dir.path(), SqliteOptions::default()).expect("open store"))
         }
         Backend::Mongo { base_uri, .. } => {
             let database = format!(
@@ -290,9 +311,7 @@ fn fixture(runtime: &tokio::runtime::Runtime, backend: &Backend, pipelined_sync:
     };
     let counting = Arc::new(Counting {
         inner: store,
-        commits: AtomicU64::new(0),
-        events: AtomicU64::new(0),
-        progress: AtomicU64::new(0),
+        counts: Arc::default(),
     });
     let writer = runtime.block_on(async {
         let (writer, mut committed) = StoreWriter::new(counting.clone());
@@ -369,36 +388,18 @@ fn appends(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(6));
-    for (name, in_flight, shape, pipelined) in [
-        ("plain_256_inflight", IN_FLIGHT, Shape::Plain, true),
+    for (name, in_flight, shape) in [
+        ("plain_256_inflight", IN_FLIGHT, Shape::Plain),
         (
             "keyed_dedup_256_inflight",
             IN_FLIGHT,
             Shape::KeyedDedup { keys: KEYS },
-            true,
         ),
-        ("plain_1_inflight", 1, Shape::Plain, true),
+        ("plain_1_inflight", 1, Shape::Plain),
         // More publishers make bigger group commits on a slow disk.
-        ("plain_1024_inflight", 4 * IN_FLIGHT, Shape::Plain, true),
-        // The same with SQLite syncing inside each commit (no pipelining).
-        (
-            "full_sync/plain_256_inflight",
-            IN_FLIGHT,
-            Shape::Plain,
-            false,
-        ),
-        (
-            "full_sync/keyed_dedup_256_inflight",
-            IN_FLIGHT,
-            Shape::KeyedDedup { keys: KEYS },
-            false,
-        ),
+        ("plain_1024_inflight", 4 * IN_FLIGHT, Shape::Plain),
     ] {
-        // Syncing inside each commit is a SQLite setting.
-        if !pipelined && !backend.is_sqlite() {
-            continue;
-        }
-        let f = fixture(&runtime, &backend, pipelined);
+        let f = fixture(&runtime, &backend);
         let next = Arc::new(AtomicU64::new(0));
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
@@ -420,7 +421,7 @@ fn progress(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(5));
-    let f = fixture(&runtime, &backend, true);
+    let f = fixture(&runtime, &backend);
     let cursor = Arc::new(AtomicU64::new(0));
     // 256 in flight over 64 groups: each request moves one group's cursor and
     // marks one event above it done (an out-of-order ack).
@@ -473,7 +474,7 @@ fn reads(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let backend = Backend::from_env();
-    let f = fixture(&runtime, &backend, true);
+    let f = fixture(&runtime, &backend);
     let next = Arc::new(AtomicU64::new(0));
     let total = backend.read_events();
     let keys = KEYS.min(total);

@@ -800,10 +800,10 @@ impl Connection {
             Ok(appended) => {
                 let Some(rid) = rid else { return };
                 let ack = match appended {
-                    Appended::Stored(event) => PubAck {
+                    Appended::Stored { id, seq } => PubAck {
                         rid,
-                        id: event.id,
-                        seq: event.seq,
+                        id,
+                        seq,
                         duplicate: false,
                     },
                     Appended::Duplicate { id, seq } => PubAck {

@@ -1,6 +1,6 @@
 //! `promhub`: the hub binary.
 //!
-//! `promhub serve [--listen ADDR] [--data DIR] [--store embedded|mongodb://HOST:PORT/DB] [--sync pipelined|full] [--wal-limit-bytes N]
+//! `promhub serve [--listen ADDR] [--data DIR] [--store embedded|mongodb://HOST:PORT/DB] [--sync full] [--wal-limit-bytes N]
 //! [--config FILE] [--jwt-secret S | --jwks-url URL | --jwks-file PATH] [--dev-scopes S] [--admin-token T]
 //! [--publish-rate N [--publish-burst B]] [--topic-publish-rate N [--topic-publish-burst B]]`;
 //! every flag can also come from `PROMHUB_*` environment variables, and a
@@ -64,7 +64,8 @@ struct ServeArgs {
     /// [default: embedded]
     #[arg(long, env = "PROMHUB_STORE")]
     store: Option<String>,
-    /// fsync policy of the embedded store [default: pipelined]
+    /// fsync policy of the embedded store: full (`pipelined` is an old name
+    /// for it) [default: full]
     #[arg(long, env = "PROMHUB_SYNC", value_enum)]
     sync: Option<SyncPolicy>,
     /// The embedded store's WAL is truncated once it grows past this many

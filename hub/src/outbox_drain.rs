@@ -81,8 +81,8 @@ impl OutboxSink for LogSink {
             sid: None,
         };
         match self.writer.append(event).await {
-            Ok(Appended::Stored(event)) => Ok(PublishOutcome {
-                seq: event.seq,
+            Ok(Appended::Stored { seq, .. }) => Ok(PublishOutcome {
+                seq,
                 duplicate: false,
             }),
             Ok(Appended::Duplicate { seq, .. }) => Ok(PublishOutcome {

@@ -14,7 +14,7 @@ use tower_http::services::ServeDir;
 use crate::auth::Verifier;
 use crate::authn::{Authenticator, DevAuthenticator};
 use crate::broker::{self, BrokerSetup, HoldLimits};
-use crate::config::{HubConfig, StoreLocation, SyncPolicy};
+use crate::config::{HubConfig, StoreLocation};
 use crate::connection::Shared;
 use crate::error::HubError;
 use crate::gateway::{self, Gateway, caps, tls};
@@ -297,7 +297,7 @@ async fn open_sqlite(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> {
     let dir = config.data.clone();
     let options = SqliteOptions {
         dedup_window: Duration::from_millis(config.dedup_window_ms),
-        pipelined_sync: config.sync == SyncPolicy::Pipelined,
+        // `config.sync` has one policy (`Full`): SQLite syncs inside each commit.
         wal_limit_bytes: config.wal_limit_bytes,
         ..SqliteOptions::default()
     };

@@ -290,7 +290,7 @@ impl Import<'_> {
             .map(|(line, event)| async move { (line, writer.append(event).await) });
         for (line, result) in futures_util::future::join_all(appends).await {
             match result {
-                Ok(Appended::Stored(_)) => self.report.imported += 1,
+                Ok(Appended::Stored { .. }) => self.report.imported += 1,
                 Ok(Appended::Duplicate { .. }) => self.report.duplicates += 1,
                 Err(error) => self.report.fail(line, format!("store: {error}")),
             }

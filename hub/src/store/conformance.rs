@@ -59,20 +59,56 @@ fn with_client_id(mut e: NewEvent, id: &str) -> NewEvent {
     e
 }
 
-async fn commit_events(store: &dyn Store, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
+/// An entry of a commit's outcome with its stored event put back.
+#[derive(Debug, Clone, PartialEq)]
+enum Answer {
+    Stored(Event),
+    Duplicate { id: String, seq: u64 },
+}
+
+/// Commits `events` and pairs each `Stored` answer (id and seq) with its
+/// event from `CommitOutcome::stored`, checking that contract: the stored
+/// events are the `Stored` answers' ids and seqs, in the same (seq) order.
+async fn commit_events(store: &dyn Store, events: Vec<NewEvent>) -> Result<Vec<Answer>> {
     let outcome = store
         .commit(CommitBatch {
             events,
             ..CommitBatch::default()
         })
         .await?;
-    Ok(outcome.events)
+    let mut stored = outcome.stored.into_iter();
+    let mut answers = Vec::with_capacity(outcome.events.len());
+    for appended in outcome.events {
+        answers.push(match appended {
+            Appended::Stored { id, seq } => {
+                let event = stored.next().context("a Stored answer without its event")?;
+                ensure!(
+                    event.id == id && event.seq == seq,
+                    "stored event {}/{} answered as {id}/{seq}",
+                    event.id,
+                    event.seq
+                );
+                Answer::Stored(event)
+            }
+            Appended::Duplicate { id, seq } => Answer::Duplicate { id, seq },
+        });
+    }
+    ensure!(stored.next().is_none(), "more stored events than answers");
+    Ok(answers)
 }
 
-fn stored(appended: &Appended) -> Result<&Event> {
+/// The seq of a `Stored` answer of the writer.
+fn stored_seq(appended: &Appended) -> Result<u64> {
     match appended {
-        Appended::Stored(e) => Ok(e),
+        Appended::Stored { seq, .. } => Ok(*seq),
         Appended::Duplicate { id, seq } => bail!("expected stored, got duplicate {id} of {seq}"),
+    }
+}
+
+fn stored(appended: &Answer) -> Result<&Event> {
+    match appended {
+        Answer::Stored(e) => Ok(e),
+        Answer::Duplicate { id, seq } => bail!("expected stored, got duplicate {id} of {seq}"),
     }
 }
 
@@ -198,7 +234,7 @@ pub(crate) async fn dedup_within_window(factory: &dyn StoreFactory) -> Result<()
     .await?;
     ensure!(
         second[0]
-            == Appended::Duplicate {
+            == Answer::Duplicate {
                 id: "client-1".into(),
                 seq: original
             },
@@ -257,7 +293,7 @@ pub(crate) async fn dedup_inside_batch(factory: &dyn StoreFactory) -> Result<()>
     stored(&out[1])?;
     ensure!(
         out[2]
-            == Appended::Duplicate {
+            == Answer::Duplicate {
                 id: "dup".into(),
                 seq: first
             },
@@ -302,7 +338,7 @@ pub(crate) async fn dedup_is_per_topic(factory: &dyn StoreFactory) -> Result<()>
     ensure!(in_a != in_b);
     ensure!(
         victim[3]
-            == Appended::Duplicate {
+            == Answer::Duplicate {
                 id: "both".into(),
                 seq: in_a
             },
@@ -340,7 +376,7 @@ pub(crate) async fn dedup_is_per_topic(factory: &dyn StoreFactory) -> Result<()>
     ];
     for (answer, (id, seq)) in again.iter().zip(expected) {
         ensure!(
-            *answer == Appended::Duplicate { id: id.into(), seq },
+            *answer == Answer::Duplicate { id: id.into(), seq },
             "{answer:?}"
         );
     }
@@ -1289,7 +1325,7 @@ pub(crate) async fn survives_reopen(factory: &dyn StoreFactory) -> Result<()> {
     .await?;
     ensure!(
         out[0]
-            == Appended::Duplicate {
+            == Answer::Duplicate {
                 id: "client-9".into(),
                 seq: first_seqs[1]
             },
@@ -1342,7 +1378,7 @@ pub(crate) async fn writer_concurrent_appends(factory: &dyn StoreFactory) -> Res
                 let appended = writer
                     .append(event(&format!("t.{}", t % 4), None, &format!("{t}-{i}")))
                     .await?;
-                seqs.push(stored(&appended)?.seq);
+                seqs.push(stored_seq(&appended)?);
             }
             anyhow::Ok(seqs)
         }));
@@ -1426,7 +1462,7 @@ pub(crate) async fn writer_group_updates(factory: &dyn StoreFactory) -> Result<(
     ensure!(
         b == Appended::Duplicate {
             id: "w-1".into(),
-            seq: stored(&a)?.seq
+            seq: stored_seq(&a)?
         }
     );
     store.close().await?;
@@ -1500,10 +1536,10 @@ mod sqlite {
     use super::*;
     use crate::store::sqlite::{SqliteOptions, SqliteStore};
 
-    /// `pipelined_sync` picks how commits become durable; both must behave
+    /// `checkpoint_thread` picks who checkpoints the WAL; both must behave
     /// the same.
     struct SqliteFactory {
-        pipelined_sync: bool,
+        checkpoint_thread: bool,
     }
 
     #[async_trait]
@@ -1513,7 +1549,7 @@ mod sqlite {
                 location,
                 SqliteOptions {
                     dedup_window,
-                    pipelined_sync: self.pipelined_sync,
+                    checkpoint_thread: self.checkpoint_thread,
                     ..SqliteOptions::default()
                 },
             )?;
@@ -1521,17 +1557,17 @@ mod sqlite {
         }
     }
 
-    mod pipelined_sync {
+    mod checkpoint_thread {
         use super::*;
         all_conformance_tests!(SqliteFactory {
-            pipelined_sync: true
+            checkpoint_thread: true
         });
     }
 
-    mod full_sync {
+    mod checkpoints_in_commits {
         use super::*;
         all_conformance_tests!(SqliteFactory {
-            pipelined_sync: false
+            checkpoint_thread: false
         });
     }
 }

@@ -4,12 +4,16 @@
 //! Writes are batch-shaped: [`Store::commit`] takes many events and group
 //! updates at once and makes them durable with one commit + sync (group
 //! commit). The [`writer`] module coalesces concurrent requests into those
-//! batches; readers never wait for it.
+//! batches; readers never wait for it. A backend that can commit on the
+//! calling thread ([`Store::blocking`], the embedded store) has the
+//! writer's commit loop run on a thread of its own, so a commit is one
+//! hand-off there and one answer back.
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use futures_util::future::BoxFuture;
 use promhub_core::frames::{Event, Millis, Payload, PublishOpts};
 use promhub_core::{Group, Pattern, Topic};
 use serde::Deserialize;
@@ -101,11 +105,13 @@ impl NewEvent {
     }
 }
 
-/// What happened to one [`NewEvent`] of a batch.
-#[derive(Debug, Clone, PartialEq)]
+/// What happened to one [`NewEvent`] of a batch: what its publisher is
+/// told (a `PUBACK` needs the id and the seq, never the whole event).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Appended {
-    /// Stored with this `seq` (the full event, as it will be delivered).
-    Stored(Event),
+    /// Stored with this `seq` (the event itself is in
+    /// [`CommitOutcome::stored`]).
+    Stored { id: String, seq: u64 },
     /// `opts.id` was stored within the dedup window; nothing new was written.
     Duplicate { id: String, seq: u64 },
 }
@@ -194,22 +200,30 @@ pub struct DeadLetterRef {
 pub struct CommitOutcome {
     /// One entry per `CommitBatch::events`, in order.
     pub events: Vec<Appended>,
+    /// The newly stored events (the `Stored` entries of `events`), in
+    /// `seq` order, as they are delivered: moved to the fan-out, not
+    /// copied.
+    pub stored: Vec<Event>,
 }
 
-/// A batch applied by [`Store::commit_pipelined`]: its outcome (seqs) is
-/// final, and `durable` resolves once it is synced to disk. Only then may its
-/// events be acknowledged or delivered.
-pub struct PendingCommit {
-    pub outcome: CommitOutcome,
-    pub durable: BoxFuture<'static, Result<(), StoreError>>,
-}
-
-impl std::fmt::Debug for PendingCommit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingCommit")
-            .field("outcome", &self.outcome)
-            .finish_non_exhaustive()
+impl CommitOutcome {
+    /// The seq of each entry of [`CommitOutcome::events`] (stored or the
+    /// original of a duplicate), in order.
+    pub fn seqs(&self) -> Vec<u64> {
+        self.events
+            .iter()
+            .map(|a| match a {
+                Appended::Stored { seq, .. } | Appended::Duplicate { seq, .. } => *seq,
+            })
+            .collect()
     }
+}
+
+/// A store that commits on the calling thread (see [`Store::blocking`]).
+pub trait BlockingCommit: Send + Sync + std::fmt::Debug {
+    /// [`Store::commit`], blocking the calling thread until the batch is
+    /// durable. Called from one thread at a time (the writer's).
+    fn commit_blocking(&self, batch: CommitBatch) -> Result<CommitOutcome, StoreError>;
 }
 
 /// Cloneable so that one failed group commit can fail every request in it.
@@ -463,20 +477,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// a `seq` strictly greater than every earlier one. De-duplicates events
     /// with `client_id` against ids stored within the dedup window (and
     /// within the batch itself). Updates latest-by-key.
+    /// Commits are applied one at a time, in call order; the outcome is
+    /// returned only once the batch is durable, and reads never return
+    /// events that are not.
     async fn commit(&self, batch: CommitBatch) -> Result<CommitOutcome, StoreError>;
 
-    /// Like [`Store::commit`] in two steps, so a caller can apply the next
-    /// batch while this one syncs: resolves once the batch is applied (its
-    /// seqs are final), with a future that resolves once it is durable.
-    /// Batches applied one after another become durable in that order.
-    /// Reads never return events that are not durable yet. The default is
-    /// [`Store::commit`] (durable already).
-    async fn commit_pipelined(&self, batch: CommitBatch) -> Result<PendingCommit, StoreError> {
-        let outcome = self.commit(batch).await?;
-        Ok(PendingCommit {
-            outcome,
-            durable: Box::pin(std::future::ready(Ok(()))),
-        })
+    /// The same commit without a runtime hop, for a backend whose commit
+    /// is blocking work anyway (the embedded store: SQLite on the calling
+    /// thread). The [`writer::StoreWriter`] then runs its commit loop on a
+    /// dedicated thread and commits there: one hand-off to the durable
+    /// stage and one answer back. `None` (the default, MongoDB): the loop
+    /// is a tokio task awaiting [`Store::commit`].
+    fn blocking(&self) -> Option<Arc<dyn BlockingCommit>> {
+        None
     }
 
     /// Events with `seq > after`, in `seq` order, at most `limit`; when

@@ -1,15 +1,27 @@
 //! Group commit in front of a [`Store`].
 //!
-//! Every write of the hub goes through one [`StoreWriter`] (cloneable). A
-//! single task takes everything that is waiting at that moment (bounded by
-//! [`WriterOptions`]) and applies it as ONE batch
-//! ([`Store::commit_pipelined`]); a second task waits for each batch to be
-//! durable, in order, then answers each request and hands the newly stored
-//! events — in `seq` order — to the [`CommittedEvents`] receiver for live
-//! fan-out. While a batch syncs, the next one is already applied (up to a
-//! few batches ahead), and requests arriving meanwhile form the batch after
-//! that: an idle hub adds no latency and a busy one amortises each sync over
-//! many events.
+//! Every write of the hub goes through one [`StoreWriter`] (cloneable). One
+//! commit loop takes everything that is waiting at that moment (bounded by
+//! [`WriterOptions`]) into ONE batch and commits it ([`Store::commit`]:
+//! durable when it returns), then answers each request and hands the newly
+//! stored events — in `seq` order — to the [`CommittedEvents`] receiver for
+//! live fan-out. Requests that arrive while a commit (and its fsync) is in
+//! progress wait for it and form the next batch: a request waits for at
+//! most one commit besides its own, and batches grow with the arrival rate
+//! without any timer. An idle hub commits a publish at once; a busy one
+//! amortises each sync over many events.
+//!
+//! The loop is a tokio task. For a store that commits on the calling thread
+//! ([`Store::blocking`], the embedded store) each batch goes to the
+//! writer's commit thread (`promhub-commit`), which applies and syncs it
+//! and answers: one hand-off to the durable stage and one answer back per
+//! batch, however many requests it holds. Otherwise (MongoDB) the task
+//! awaits [`Store::commit`] itself.
+//!
+//! (Running the loop itself on the commit thread was measured and
+//! rejected: a thread woken by the first request of a burst commits it
+//! alone, while the task is scheduled after the publishing connection has
+//! queued the rest of its burst, so its batches are larger.)
 //!
 //! Back-pressure instead of loss: the request queue and the committed-events
 //! channel are bounded; a slow consumer of committed events slows the writer,
@@ -20,13 +32,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::metrics::Metrics;
-use futures_util::future::BoxFuture;
 use promhub_core::frames::Event;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Appended, CommitBatch, DeadLetter, DeadLetterRef, GroupKey, GroupProgress, NewEvent, Store,
-    StoreError,
+    Appended, BlockingCommit, CommitBatch, CommitOutcome, DeadLetter, DeadLetterRef, GroupKey,
+    GroupProgress, NewEvent, Store, StoreError,
 };
 
 /// Bounds of one group commit and of the queues around it.
@@ -83,20 +94,67 @@ enum Request {
     Group(GroupUpdate, oneshot::Sender<Result<(), StoreError>>),
 }
 
+type CommitReply = oneshot::Sender<Result<CommitOutcome, StoreError>>;
+
+/// How the commit loop commits a batch.
+#[derive(Debug)]
+enum Committer {
+    /// Handed to the commit thread. At most one batch is there at a time
+    /// (the loop waits for its answer), so the channel needs no bound.
+    Thread(std::sync::mpsc::Sender<(CommitBatch, CommitReply)>),
+    /// Awaiting the store.
+    Async(Arc<dyn Store>),
+}
+
+impl Committer {
+    /// The commit thread for a store that commits on the calling thread;
+    /// it ends when the loop drops its sender.
+    fn thread(store: Arc<dyn BlockingCommit>) -> std::io::Result<Committer> {
+        let (batches, receiver) = std::sync::mpsc::channel::<(CommitBatch, CommitReply)>();
+        std::thread::Builder::new()
+            .name("promhub-commit".into())
+            .spawn(move || {
+                while let Ok((batch, reply)) = receiver.recv() {
+                    let _ = reply.send(store.commit_blocking(batch));
+                }
+            })?;
+        Ok(Committer::Thread(batches))
+    }
+
+    async fn commit(&self, batch: CommitBatch) -> Result<CommitOutcome, StoreError> {
+        match self {
+            Committer::Thread(batches) => {
+                let (reply, answer) = oneshot::channel();
+                let stopped = || StoreError::Backend("the commit thread stopped".into());
+                batches.send((batch, reply)).map_err(|_| stopped())?;
+                answer.await.map_err(|_| stopped())?
+            }
+            Committer::Async(store) => store.commit(batch).await,
+        }
+    }
+}
+
 impl StoreWriter {
-    /// Starts the writer task (needs a tokio runtime) with default bounds.
+    /// Starts the commit loop (needs a tokio runtime) with default bounds.
     pub fn new(store: Arc<dyn Store>) -> (StoreWriter, CommittedEvents) {
         Self::with_options(store, WriterOptions::default())
     }
 
+    /// Starts the commit loop (a tokio task; needs a runtime) and, for a
+    /// store that commits on the calling thread, the commit thread. Panics
+    /// if that thread cannot be started (the process is out of threads).
     pub fn with_options(
         store: Arc<dyn Store>,
         options: WriterOptions,
     ) -> (StoreWriter, CommittedEvents) {
         let (requests, request_rx) = mpsc::channel(options.queue_capacity.max(1));
         let (committed_tx, committed_rx) = mpsc::channel(options.committed_capacity.max(1));
-        let metrics = options.metrics.clone();
-        tokio::spawn(run(store, request_rx, committed_tx, options, metrics));
+        let committer = match store.blocking() {
+            Some(blocking) => Committer::thread(blocking)
+                .unwrap_or_else(|e| panic!("cannot start the commit thread: {e}")),
+            None => Committer::Async(store),
+        };
+        tokio::spawn(run(committer, request_rx, committed_tx, options));
         (StoreWriter { requests }, committed_rx)
     }
 
@@ -182,15 +240,14 @@ fn update_size(update: &GroupUpdate) -> usize {
 struct PendingBatch {
     batch: CommitBatch,
     bytes: usize,
-    event_replies: Vec<oneshot::Sender<Result<Appended, StoreError>>>,
-    group_replies: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    replies: Replies,
     /// Index into `batch.progress` of each group's entry.
     progress_index: HashMap<GroupKey, usize>,
 }
 
 impl PendingBatch {
     fn is_empty(&self) -> bool {
-        self.event_replies.is_empty() && self.group_replies.is_empty()
+        self.replies.events.is_empty() && self.replies.groups.is_empty()
     }
 
     /// Would adding `request` cross a bound? A lone request always fits.
@@ -204,7 +261,7 @@ impl PendingBatch {
                     || self.bytes + event_size(event) > options.max_batch_bytes
             }
             Request::Group(update, _) => {
-                self.group_replies.len() >= options.max_batch_events
+                self.replies.groups.len() >= options.max_batch_events
                     || self.bytes + update_size(update) > options.max_batch_bytes
             }
         }
@@ -215,7 +272,7 @@ impl PendingBatch {
             Request::Append(event, reply) => {
                 self.bytes += event_size(&event);
                 self.batch.events.push(event);
-                self.event_replies.push(reply);
+                self.replies.events.push(reply);
             }
             Request::Group(update, reply) => {
                 self.bytes += update_size(&update);
@@ -226,7 +283,7 @@ impl PendingBatch {
                 self.batch
                     .removed_dead_letters
                     .extend(update.removed_dead_letters);
-                self.group_replies.push(reply);
+                self.replies.groups.push(reply);
             }
         }
     }
@@ -234,7 +291,7 @@ impl PendingBatch {
     fn merge_progress(&mut self, progress: GroupProgress) {
         match self.progress_index.get(&progress.key) {
             Some(&i) => {
-                // Marks are tidied once in `apply`, not on every merge.
+                // Marks are tidied once in `finish`, not on every merge.
                 let earlier = &mut self.batch.progress[i];
                 earlier.cursor = progress.cursor;
                 earlier.done_above.extend(progress.done_above);
@@ -249,15 +306,10 @@ impl PendingBatch {
         }
     }
 
-    /// Applies the batch; on success returns what the completer needs once
-    /// it is durable. On failure answers every request with the error.
-    async fn apply(self, store: &dyn Store) -> Option<Applied> {
-        let started = Instant::now();
+    /// The batch to commit (group marks tidied) and the replies it owes.
+    fn finish(self) -> (CommitBatch, Replies) {
         let PendingBatch {
-            mut batch,
-            event_replies,
-            group_replies,
-            ..
+            mut batch, replies, ..
         } = self;
         for progress in &mut batch.progress {
             let cursor = progress.cursor;
@@ -274,37 +326,12 @@ impl PendingBatch {
                     .collect();
             }
         }
-        let expected = batch.events.len();
-        let result = store.commit_pipelined(batch).await.and_then(|pending| {
-            if pending.outcome.events.len() == expected {
-                Ok(pending)
-            } else {
-                Err(StoreError::Corrupt(format!(
-                    "the store answered {} results for {expected} events",
-                    pending.outcome.events.len()
-                )))
-            }
-        });
-        let replies = Replies {
-            events: event_replies,
-            groups: group_replies,
-        };
-        match result {
-            Ok(pending) => Some(Applied {
-                started,
-                outcome: pending.outcome.events,
-                durable: pending.durable,
-                replies,
-            }),
-            Err(e) => {
-                replies.fail(&e);
-                None
-            }
-        }
+        (batch, replies)
     }
 }
 
 /// The requests of one batch, to answer.
+#[derive(Default)]
 struct Replies {
     events: Vec<oneshot::Sender<Result<Appended, StoreError>>>,
     groups: Vec<oneshot::Sender<Result<(), StoreError>>>,
@@ -322,31 +349,18 @@ impl Replies {
     }
 }
 
-/// A batch applied by the store, waiting to be durable.
-struct Applied {
-    /// When the store started applying it (commit latency).
-    started: Instant,
-    outcome: Vec<Appended>,
-    durable: BoxFuture<'static, Result<(), StoreError>>,
-    replies: Replies,
-}
-
-/// How many applied batches may wait for durability at once: the next
-/// batch is applied while earlier ones sync.
-const PIPELINE_DEPTH: usize = 4;
-
-/// Forms batches and applies them one after another (so seqs follow batch
-/// order); the completer task waits for each to be durable, in order.
+/// The commit loop: forms a batch from what is waiting, commits it (durable
+/// on return), answers it and hands its stored events to the fan-out, then
+/// the next; batches are committed one after another, so seqs follow batch
+/// order.
 async fn run(
-    store: Arc<dyn Store>,
+    committer: Committer,
     mut requests: mpsc::Receiver<Request>,
     committed: mpsc::Sender<Vec<Event>>,
     options: WriterOptions,
-    metrics: Option<Arc<Metrics>>,
 ) {
-    let (applied_tx, applied_rx) = mpsc::channel(PIPELINE_DEPTH);
-    let completer = tokio::spawn(complete(applied_rx, committed, metrics));
     let mut carried: Option<Request> = None;
+    let mut fan_out_gone = false;
     loop {
         let first = match carried.take() {
             Some(request) => request,
@@ -365,58 +379,38 @@ async fn run(
             }
             pending.push(request);
         }
-        if let Some(applied) = pending.apply(store.as_ref()).await
-            && let Err(mpsc::error::SendError(applied)) = applied_tx.send(applied).await
-        {
-            // Only if the completer panicked: answer rather than hang.
-            applied
-                .replies
-                .fail(&StoreError::Backend("the commit completer stopped".into()));
-        }
-    }
-    drop(applied_tx);
-    if completer.await.is_err() {
-        tracing::error!("the commit completer panicked");
-    }
-}
-
-/// Answers each batch once it is durable and hands its stored events to the
-/// fan-out, strictly in batch (= seq) order.
-async fn complete(
-    mut applied: mpsc::Receiver<Applied>,
-    committed: mpsc::Sender<Vec<Event>>,
-    metrics: Option<Arc<Metrics>>,
-) {
-    let mut fan_out_gone = false;
-    while let Some(Applied {
-        started,
-        outcome,
-        durable,
-        replies,
-    }) = applied.recv().await
-    {
-        if let Err(e) = durable.await {
-            replies.fail(&e);
-            continue;
-        }
-        if let Some(metrics) = &metrics {
+        let (batch, replies) = pending.finish();
+        let expected = batch.events.len();
+        let started = Instant::now();
+        let result = committer.commit(batch).await.and_then(|outcome| {
+            if outcome.events.len() == expected {
+                Ok(outcome)
+            } else {
+                Err(StoreError::Corrupt(format!(
+                    "the store answered {} results for {expected} events",
+                    outcome.events.len()
+                )))
+            }
+        });
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                replies.fail(&e);
+                continue;
+            }
+        };
+        if let Some(metrics) = &options.metrics {
             metrics
                 .store_commit_seconds
                 .observe(started.elapsed().as_secs_f64());
-            let stored = outcome
-                .iter()
-                .filter(|a| matches!(a, Appended::Stored(_)))
-                .count() as u64;
+            let stored = outcome.stored.len() as u64;
             metrics.publishes.inc_by(stored);
             metrics
                 .duplicate_publishes
-                .inc_by(outcome.len() as u64 - stored);
+                .inc_by(outcome.events.len() as u64 - stored);
         }
-        let mut stored = Vec::with_capacity(outcome.len());
-        for (appended, reply) in outcome.into_iter().zip(replies.events) {
-            if let Appended::Stored(event) = &appended {
-                stored.push(event.clone());
-            }
+        let CommitOutcome { events, stored } = outcome;
+        for (appended, reply) in events.into_iter().zip(replies.events) {
             // A requester that went away still had its event stored.
             let _ = reply.send(Ok(appended));
         }
@@ -684,7 +678,7 @@ mod tests {
         }));
         wait_queued(&writer, 1024, 4).await?;
         store.open_gate();
-        ensure!(matches!(first.await?, Ok(Appended::Stored(_))));
+        ensure!(matches!(first.await?, Ok(Appended::Stored { .. })));
         for q in queued {
             match q.await? {
                 Err(StoreError::Backend(msg)) => ensure!(msg == "injected failure"),
@@ -695,10 +689,10 @@ mod tests {
         ensure!(batches[1].events.len() == 3 && batches[1].progress.len() == 1);
         // The writer keeps going, and seqs continue without a gap.
         let next = writer.append(event(9)).await?;
-        let Appended::Stored(next) = next else {
+        let Appended::Stored { seq, .. } = next else {
             anyhow::bail!("stored expected")
         };
-        ensure!(next.seq == 2, "failed batch used no seq: {}", next.seq);
+        ensure!(seq == 2, "failed batch used no seq: {seq}");
         let fanned: Vec<u64> = [committed.recv().await, committed.recv().await]
             .into_iter()
             .flatten()
@@ -794,7 +788,7 @@ mod tests {
             seen.extend(batch.into_iter().map(|e| e.seq));
         }
         for t in tasks {
-            ensure!(matches!(t.await??, Appended::Stored(_)));
+            ensure!(matches!(t.await??, Appended::Stored { .. }));
         }
         ensure!(seen == (1..=200).collect::<Vec<u64>>(), "all, in order");
         Ok(())
@@ -810,7 +804,7 @@ mod tests {
         for n in 0..3 {
             ensure!(matches!(
                 writer.append(event(n)).await?,
-                Appended::Stored(_)
+                Appended::Stored { .. }
             ));
         }
         ensure!(store.last_seq().await? == 3);

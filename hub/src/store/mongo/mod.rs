@@ -785,6 +785,7 @@ impl MongoStore {
             topics_written?;
         }
         let mut outcome = Vec::with_capacity(fates.len());
+        let mut stored = Vec::with_capacity(new_count);
         let mut new_index = 0usize;
         for fate in fates {
             outcome.push(match fate {
@@ -796,7 +797,9 @@ impl MongoStore {
                 Fate::New(event, _) => {
                     let seq = seq_of(new_index);
                     new_index += 1;
-                    Appended::Stored(event.into_stored(seq))
+                    let id = event.id.clone();
+                    stored.push(event.into_stored(seq));
+                    Appended::Stored { id, seq }
                 }
             });
         }
@@ -815,7 +818,10 @@ impl MongoStore {
         self.prune_dedup(state, now).await?;
         state.applied = state.applied.max(last_seq);
         inner.durable_seq.fetch_max(last_seq, Ordering::AcqRel);
-        Ok(CommitOutcome { events: outcome })
+        Ok(CommitOutcome {
+            events: outcome,
+            stored,
+        })
     }
 
     /// Reserves `count` seqs; returns the first. Also records `applied`.

@@ -42,7 +42,7 @@ async fn commit(store: &MongoStore, events: Vec<NewEvent>) -> Result<Vec<Appende
 
 fn stored_seq(appended: &Appended) -> Result<u64> {
     match appended {
-        Appended::Stored(e) => Ok(e.seq),
+        Appended::Stored { seq, .. } => Ok(*seq),
         other => bail!("expected stored, got {other:?}"),
     }
 }

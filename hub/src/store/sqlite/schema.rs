@@ -8,7 +8,7 @@ use crate::store::StoreError;
 
 /// Bumped when the schema changes; [`migrate`] refuses files written by a
 /// newer version instead of misreading them.
-pub(super) const SCHEMA_VERSION: i64 = 5;
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE meta (
@@ -144,9 +144,33 @@ UPDATE topics SET removed_upto = CASE
 END;
 ";
 
+/// Version 6: the seq counter is the larger of `meta.last_seq` and the
+/// newest `topics.last_seq` (every stored event updates its topic's row in
+/// the same commit, and topic rows are never deleted), so a commit no
+/// longer writes `meta` — one page less per commit — and the store brings
+/// `meta.last_seq` up to date when it closes. Older hubs, which read the
+/// counter from `meta` alone, refuse the file as newer.
+const SCHEMA_V6: &str = "
+UPDATE meta SET value = max(value, (SELECT coalesce(max(last_seq), 0) FROM topics))
+    WHERE name = 'last_seq';
+";
+
 /// The scripts that take a file from version `i` to `i + 1`.
-const STEPS: [&str; SCHEMA_VERSION as usize] =
-    [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
+const STEPS: [&str; SCHEMA_VERSION as usize] = [
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+];
+
+/// The newest seq ever assigned in a file of [`SCHEMA_VERSION`] (see
+/// version 6).
+pub(super) fn last_seq(conn: &Connection) -> Result<i64, StoreError> {
+    conn.query_row(
+        "SELECT max((SELECT value FROM meta WHERE name = 'last_seq'),
+                    (SELECT coalesce(max(last_seq), 0) FROM topics))",
+        [],
+        |row| row.get(0),
+    )
+    .map_err(backend)
+}
 
 /// Creates the schema in a new file or migrates an older one, all in one
 /// transaction.
@@ -379,7 +403,7 @@ mod tests {
             outcome[0]
         );
         ensure!(
-            matches!(&outcome[1], Appended::Stored(e) if e.seq == 100),
+            matches!(&outcome[1], Appended::Stored { seq: 100, .. }),
             "the same id on another topic is another event: {:?}",
             outcome[1]
         );
@@ -392,8 +416,8 @@ mod tests {
             "{:?}",
             outcome[2]
         );
-        ensure!(matches!(&outcome[3], Appended::Stored(e) if e.seq == 101));
-        ensure!(matches!(&outcome[4], Appended::Stored(e) if e.seq == 102));
+        ensure!(matches!(&outcome[3], Appended::Stored { seq: 101, .. }));
+        ensure!(matches!(&outcome[4], Appended::Stored { seq: 102, .. }));
         store.close().await?;
         let conn = Connection::open(dir.path().join(DB_FILE))?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;

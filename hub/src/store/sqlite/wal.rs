@@ -1,10 +1,12 @@
-//! The WAL's two helper threads and its size bound.
+//! The WAL's checkpointer thread and its size bound.
 //!
-//! - [`Syncer`]: fsyncs the WAL after commits (pipelined sync), so a commit
-//!   counts as durable only once synced.
 //! - [`Checkpointer`]: copies the WAL into the database file on its own
-//!   connection every `checkpoint_interval` (`PASSIVE`: never blocks the
-//!   writer), then enforces the [`WalBound`].
+//!   connection (`PASSIVE`: never blocks the writer) when a commit wakes it
+//!   — once per `wal_autocheckpoint_pages` of WAL growth, or after a failed
+//!   commit — then enforces the [`WalBound`]. It sleeps until woken: an
+//!   idle hub wakes no thread; only while the bound is not met yet (busy
+//!   readers, a full disk) does it retry on its own, every
+//!   [`RETRY_INTERVAL`].
 //! - [`WalBound`]: SQLite reuses the WAL file from its start after a
 //!   complete checkpoint but never shrinks it below `journal_size_limit`,
 //!   and under steady writes with readers a `PASSIVE` checkpoint may never
@@ -17,14 +19,17 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::{DurableReply, SqliteOptions, backend, lock};
-use crate::refusals::{self, Refusal};
+use super::{SqliteOptions, backend};
 use crate::store::StoreError;
+
+/// How often the checkpointer tries again while the WAL is over its bound.
+pub(super) const RETRY_INTERVAL: Duration = Duration::from_millis(200);
 
 pub(super) fn wal_path(db: &Path) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
@@ -70,12 +75,13 @@ impl WalBound {
     /// Checkpoints everything and truncates the WAL on `conn` when it is
     /// over the limit or the disk was reported full. Blocks writers while
     /// it runs (and waits up to the busy timeout for readers), which is
-    /// why it is the exception, not every round.
-    pub(super) fn enforce(&self, conn: &Connection) {
+    /// why it is the exception, not every round. Returns whether the bound
+    /// is met now (else the caller tries again later).
+    pub(super) fn enforce(&self, conn: &Connection) -> bool {
         let disk_full = self.disk_full.load(Ordering::Acquire);
         let size = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
         if !disk_full && size <= self.limit {
-            return;
+            return true;
         }
         // (busy, frames in the WAL, frames checkpointed); busy = 1 when a
         // reader or the writer kept it from finishing.
@@ -89,8 +95,12 @@ impl WalBound {
                     tracing::info!("the WAL is checkpointed and truncated again");
                 }
                 tracing::debug!(bytes = size, "WAL truncated");
+                true
             }
-            Ok(_) => tracing::debug!(bytes = size, "WAL truncation busy; retrying"),
+            Ok(_) => {
+                tracing::debug!(bytes = size, "WAL truncation busy; retrying");
+                false
+            }
             Err(e) => {
                 if !self.failing.swap(true, Ordering::AcqRel) {
                     tracing::warn!(
@@ -98,18 +108,54 @@ impl WalBound {
                         "cannot checkpoint and truncate the WAL (is the disk full?); retrying"
                     );
                 }
+                false
             }
         }
     }
 }
 
 /// Thread that checkpoints the WAL on its own connection, off the commit
-/// path (see [`SqliteOptions::checkpoint_interval`]), and enforces the
+/// path, when a commit wakes it (see [`CheckpointKick`]), and enforces the
 /// [`WalBound`].
 #[derive(Debug)]
 pub(super) struct Checkpointer {
-    stop: mpsc::Sender<()>,
     thread: JoinHandle<()>,
+}
+
+/// Wakes the [`Checkpointer`]; dropping it stops the thread.
+#[derive(Debug)]
+pub(super) struct CheckpointKick {
+    kicks: mpsc::SyncSender<()>,
+    checkpointer: Checkpointer,
+    /// Checkpoint rounds run so far (tests look).
+    #[cfg_attr(not(test), allow(dead_code))]
+    rounds: Arc<AtomicU64>,
+}
+
+impl CheckpointKick {
+    /// Checkpoint rounds the thread has run.
+    #[cfg(test)]
+    pub(super) fn rounds(&self) -> u64 {
+        self.rounds.load(Ordering::Acquire)
+    }
+
+    /// Asks for a checkpoint; free when one is asked for already.
+    pub(super) fn kick(&self) {
+        let _ = self.kicks.try_send(());
+    }
+
+    /// Stops the thread after the checkpoint it is running.
+    pub(super) fn stop(self) {
+        let CheckpointKick {
+            kicks,
+            checkpointer,
+            ..
+        } = self;
+        drop(kicks);
+        if checkpointer.thread.join().is_err() {
+            tracing::error!("the checkpoint thread panicked");
+        }
+    }
 }
 
 impl Checkpointer {
@@ -117,7 +163,7 @@ impl Checkpointer {
         path: &Path,
         options: &SqliteOptions,
         bound: Arc<WalBound>,
-    ) -> Result<Checkpointer, StoreError> {
+    ) -> Result<CheckpointKick, StoreError> {
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
         conn.busy_timeout(options.busy_timeout).map_err(backend)?;
@@ -126,16 +172,30 @@ impl Checkpointer {
         // the WAL.
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(backend)?;
-        let interval = options.checkpoint_interval;
-        let (stop, stopped) = mpsc::channel::<()>();
+        // One kick waiting is enough: the checkpoint it starts covers every
+        // commit before it.
+        let (kicks, woken) = mpsc::sync_channel::<()>(1);
+        let rounds = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&rounds);
         let thread = std::thread::Builder::new()
             .name("promhub-sqlite-checkpoint".into())
             .spawn(move || {
                 let mut failing = false;
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                let mut within_bound = true;
+                loop {
+                    let woke = if within_bound {
+                        woken
+                            .recv()
+                            .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+                    } else {
+                        woken.recv_timeout(RETRY_INTERVAL)
+                    };
+                    if let Err(mpsc::RecvTimeoutError::Disconnected) = woke {
+                        break;
+                    }
                     // Busy or failing checkpoints (a full disk: the database
                     // file cannot grow) only let the WAL grow; the next
-                    // round tries again. Logged when it starts and ends.
+                    // kick tries again. Logged when it starts and ends.
                     match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                         Ok(()) if failing => {
                             failing = false;
@@ -148,89 +208,15 @@ impl Checkpointer {
                         }
                         Err(_) => {}
                     }
-                    bound.enforce(&conn);
+                    within_bound = bound.enforce(&conn);
+                    counted.fetch_add(1, Ordering::AcqRel);
                 }
             })
             .map_err(|e| StoreError::Backend(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(Checkpointer { stop, thread })
+        Ok(CheckpointKick {
+            kicks,
+            checkpointer: Checkpointer { thread },
+            rounds,
+        })
     }
-
-    pub(super) fn stop(self) -> std::thread::Result<()> {
-        drop(self.stop);
-        self.thread.join()
-    }
-}
-
-/// Where a commit becomes durable.
-pub(super) enum SyncStage {
-    /// `synchronous=FULL`: inside the commit itself.
-    Inline,
-    /// `synchronous=NORMAL`: on the syncer thread, after the commit.
-    Thread(Syncer),
-}
-
-/// A commit applied but not yet synced.
-pub(super) struct SyncRequest {
-    pub last_seq: u64,
-    pub reply: DurableReply,
-}
-
-/// Thread that fsyncs the WAL for every commit handed to it. One fsync
-/// covers every commit that was applied before it started, so while it
-/// syncs, the writer applies the next batches and the next fsync covers
-/// them all.
-pub(super) struct Syncer {
-    pub requests: mpsc::Sender<SyncRequest>,
-    pub thread: JoinHandle<()>,
-}
-
-impl Syncer {
-    pub(super) fn start(
-        wal: std::fs::File,
-        durable_seq: Arc<AtomicU64>,
-        failed: Arc<AtomicBool>,
-        pause: Arc<Mutex<()>>,
-    ) -> Result<Syncer, StoreError> {
-        let (requests, receiver) = mpsc::channel::<SyncRequest>();
-        let thread = std::thread::Builder::new()
-            .name("promhub-sqlite-sync".into())
-            .spawn(move || {
-                while let Ok(first) = receiver.recv() {
-                    // Uncontended except when a test holds syncs back.
-                    drop(lock(&pause));
-                    let mut synced = vec![first];
-                    synced.extend(receiver.try_iter());
-                    let result = if failed.load(Ordering::Acquire) {
-                        Err(sync_failed_error())
-                    } else {
-                        wal.sync_data().map_err(|e| {
-                            // After a failed fsync the kernel may have dropped
-                            // the dirty pages: nothing written since can be
-                            // trusted, so the store stops accepting writes
-                            // (a full disk normally shows at write time, in
-                            // the commit, which recovers; not here).
-                            failed.store(true, Ordering::Release);
-                            tracing::error!(error = %e, "syncing the WAL failed; the store stops writing");
-                            if e.kind() == std::io::ErrorKind::StorageFull {
-                                refusals::count(Refusal::DiskFull);
-                            }
-                            StoreError::Backend(format!("syncing the WAL failed: {e}"))
-                        })
-                    };
-                    if result.is_ok() {
-                        let newest = synced.iter().map(|r| r.last_seq).max().unwrap_or(0);
-                        durable_seq.fetch_max(newest, Ordering::AcqRel);
-                    }
-                    for request in synced {
-                        let _ = request.reply.send(result.clone());
-                    }
-                }
-            })
-            .map_err(|e| StoreError::Backend(format!("cannot start the sync thread: {e}")))?;
-        Ok(Syncer { requests, thread })
-    }
-}
-
-pub(super) fn sync_failed_error() -> StoreError {
-    StoreError::Backend("an earlier WAL sync failed; restart the hub".into())
 }

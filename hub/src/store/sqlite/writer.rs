@@ -1,134 +1,133 @@
-//! The writer thread of the embedded store: it owns the only write
-//! connection and turns each [`CommitBatch`] (and each retention call) into
-//! one transaction; see the module docs of `sqlite.rs`.
+//! The embedded store's only write connection. Every commit and every
+//! retention call is one transaction on it, made by whoever holds the
+//! store's writer lock: the `StoreWriter`'s commit thread, or a blocking
+//! task for retention and direct commits. With `synchronous=FULL` SQLite
+//! syncs the WAL inside each commit, so a commit that returned is durable.
+//! After each commit the WAL's size (from SQLite's WAL hook) decides
+//! whether the checkpointer is woken; see `wal.rs`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use promhub_core::Topic;
-use promhub_core::frames::Millis;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::wal::{SyncRequest, SyncStage, Syncer, WalBound, sync_failed_error};
-use super::{WriteCommand, backend, bits_to_sql, from_sql_int, now_millis, seq_to_sql};
+use super::groups::apply_group_changes;
+use super::wal::{CheckpointKick, WalBound};
+use super::{backend, bits_to_sql, from_sql_int, now_millis};
 use crate::refusals::{self, Refusal};
-use crate::store::{
-    Appended, CommitBatch, CommitOutcome, GroupKey, PrefixWalk, RETENTION_TOPICS_PER_CALL,
-    RetentionPass, RetentionPolicy, StoreError,
-};
+use crate::store::{Appended, CommitBatch, CommitOutcome, StoreError};
 
-/// The writer thread's state: the only write connection.
+/// The write connection and what a commit needs besides it.
 pub(super) struct SqliteWriter {
     pub(super) conn: Connection,
     pub(super) dedup_window_ms: u64,
     pub(super) prune_per_commit: usize,
-    pub(super) sync: SyncStage,
     pub(super) durable_seq: Arc<AtomicU64>,
+    /// The newest seq assigned (schema version 6: kept here and in the
+    /// topics' rows, written to `meta` when the store closes).
+    pub(super) last_seq: i64,
+    /// No de-duplication entry is older than this (`None`: the table is
+    /// empty), so a commit prunes only when something may have expired.
+    pub(super) dedup_oldest: Option<i64>,
     /// Set when a sync failed: every later commit fails.
-    pub(super) failed: Arc<AtomicBool>,
+    pub(super) failed: bool,
+    /// Pages in the WAL after the last commit (SQLite's WAL hook).
+    pub(super) wal_pages: Arc<AtomicU32>,
     /// Told when a commit fails for lack of space.
     pub(super) wal_bound: Arc<WalBound>,
-    /// No checkpointer thread: the writer enforces the WAL bound itself.
-    pub(super) checkpoints_inline: bool,
-    /// The data dir's lock: held by the thread that writes, released only
-    /// after its last write and checkpoint (however the store goes away).
-    pub(super) dir_lock: std::fs::File,
+    /// WAL pages between two checkpoints (`wal_autocheckpoint_pages`).
+    pub(super) checkpoint_pages: u32,
+    /// The WAL's bound in pages: past it a commit checkpoints itself.
+    pub(super) bound_pages: u32,
+    /// WAL pages when the checkpointer was last woken.
+    pub(super) kicked_at: u32,
+    /// Wakes the checkpointer thread; `None`: the commits checkpoint.
+    pub(super) checkpointer: Option<CheckpointKick>,
+    /// The data dir's lock: released only after the last write and
+    /// checkpoint, when this is dropped (however the store goes away).
+    /// Declared after `conn`, so it is dropped after it.
+    pub(super) _dir_lock: std::fs::File,
+}
+
+impl std::fmt::Debug for SqliteWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteWriter")
+            .field("failed", &self.failed)
+            .field("wal_pages", &self.wal_pages.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqliteWriter {
-    pub(super) fn run(mut self, commands: mpsc::Receiver<WriteCommand>) {
-        // Ends when the store is closed (sender dropped) after finishing every
-        // commit already queued.
-        while let Ok(command) = commands.recv() {
-            match command {
-                WriteCommand::Commit(batch, applied, durable) => {
-                    let result = if self.failed.load(Ordering::Acquire) {
-                        Err(sync_failed_error())
-                    } else {
-                        self.commit(batch)
-                    };
-                    match result {
-                        Ok((outcome, last_seq)) => {
-                            match &self.sync {
-                                SyncStage::Inline => {
-                                    self.durable_seq.fetch_max(last_seq, Ordering::AcqRel);
-                                    let _ = durable.send(Ok(()));
-                                }
-                                SyncStage::Thread(syncer) => {
-                                    let request = SyncRequest {
-                                        last_seq,
-                                        reply: durable,
-                                    };
-                                    if let Err(mpsc::SendError(request)) =
-                                        syncer.requests.send(request)
-                                    {
-                                        let _ = request.reply.send(Err(StoreError::Backend(
-                                            "the sync thread stopped".into(),
-                                        )));
-                                    }
-                                }
-                            }
-                            // The requester may have gone away; the commit
-                            // stands.
-                            let _ = applied.send(Ok(outcome));
-                        }
-                        Err(e) => {
-                            if let StoreError::DiskFull(_) = e {
-                                // Nothing of the batch was written; later
-                                // commits succeed once there is space.
-                                refusals::count(Refusal::DiskFull);
-                                self.wal_bound.report_disk_full();
-                            }
-                            tracing::error!(error = %e, "store commit failed");
-                            let _ = applied.send(Err(e));
-                        }
-                    }
-                    if self.checkpoints_inline {
-                        self.wal_bound.enforce(&self.conn);
-                    }
+    /// Applies a batch in one transaction, durable when this returns (the
+    /// WAL is synced inside the commit), then looks after the WAL.
+    pub(super) fn commit(&mut self, batch: CommitBatch) -> Result<CommitOutcome, StoreError> {
+        if self.failed {
+            return Err(sync_failed_error());
+        }
+        let result = self.apply(batch);
+        match &result {
+            Ok((_, last_seq)) => {
+                self.durable_seq.fetch_max(*last_seq, Ordering::AcqRel);
+            }
+            Err(StoreError::DiskFull(_)) => {
+                // Nothing of the batch was written; later commits succeed
+                // once there is space.
+                refusals::count(Refusal::DiskFull);
+                self.wal_bound.report_disk_full();
+                tracing::error!("store commit failed: the disk is full");
+            }
+            Err(e) => tracing::error!(error = %e, "store commit failed"),
+        }
+        self.after_commit(result.is_err());
+        result.map(|(outcome, _)| outcome)
+    }
+
+    /// Checkpoints as the WAL grows: wakes the checkpointer once per
+    /// `checkpoint_pages` of growth (or after a failed commit, which may
+    /// have been a full disk), and checkpoints inside the commit only past
+    /// the WAL's bound; without a checkpointer thread every
+    /// `checkpoint_pages`, enforcing the bound too.
+    fn after_commit(&mut self, failed: bool) {
+        let pages = self.wal_pages.load(Ordering::Relaxed);
+        if pages < self.kicked_at {
+            // The WAL restarted from its beginning.
+            self.kicked_at = 0;
+        }
+        let due = pages >= self.kicked_at.saturating_add(self.checkpoint_pages);
+        match &self.checkpointer {
+            Some(checkpointer) => {
+                if due || failed {
+                    self.kicked_at = pages;
+                    checkpointer.kick();
                 }
-                WriteCommand::Retain {
-                    policy,
-                    now,
-                    from,
-                    limit,
-                    reply,
-                } => {
-                    let result = if self.failed.load(Ordering::Acquire) {
-                        Err(sync_failed_error())
-                    } else {
-                        self.retain(&policy, now, from.as_deref(), limit)
-                    };
-                    let _ = reply.send(result);
+                if pages >= self.bound_pages {
+                    self.checkpoint_inline();
                 }
             }
-        }
-        // Let every commit already applied finish syncing before closing.
-        if let SyncStage::Thread(Syncer { requests, thread }) =
-            std::mem::replace(&mut self.sync, SyncStage::Inline)
-        {
-            drop(requests);
-            if thread.join().is_err() {
-                tracing::error!("the sync thread panicked");
+            None => {
+                if due || pages >= self.bound_pages {
+                    self.kicked_at = pages;
+                    self.checkpoint_inline();
+                }
+                self.wal_bound.enforce(&self.conn);
             }
         }
+    }
+
+    fn checkpoint_inline(&self) {
         if let Err(e) = self
             .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
         {
-            tracing::warn!(error = %e, "final WAL checkpoint failed");
+            tracing::debug!(error = %e, "WAL checkpoint in a commit failed");
         }
-        if let Err((_, e)) = self.conn.close() {
-            tracing::warn!(error = %e, "closing the store failed");
-        }
-        // Another hub may open the folder now.
-        drop(self.dir_lock);
     }
 
     /// Applies one batch in one transaction; returns the outcome and the
     /// newest seq after it.
-    fn commit(&mut self, mut batch: CommitBatch) -> Result<(CommitOutcome, u64), StoreError> {
+    fn apply(&mut self, mut batch: CommitBatch) -> Result<(CommitOutcome, u64), StoreError> {
         let now = now_millis();
         let window_start = now.saturating_sub(self.dedup_window_ms);
         let tx = self
@@ -136,12 +135,9 @@ impl SqliteWriter {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
         let mut outcome = Vec::with_capacity(batch.events.len());
+        let mut stored = Vec::with_capacity(batch.events.len());
         let mut client_ids_in_batch = 0usize;
-        let first_seq: i64 = tx
-            .prepare_cached("SELECT value FROM meta WHERE name = 'last_seq'")
-            .and_then(|mut s| s.query_row([], |row| row.get(0)))
-            .map_err(backend)?;
-        let mut last_seq = first_seq;
+        let mut last_seq = self.last_seq;
         {
             let mut insert_event = tx
                 .prepare_cached(
@@ -248,7 +244,11 @@ impl SqliteWriter {
                         .execute(params![event.topic.as_str(), key, last_seq])
                         .map_err(backend)?;
                 }
-                outcome.push(Appended::Stored(event.into_stored(seq)));
+                outcome.push(Appended::Stored {
+                    id: event.id.clone(),
+                    seq,
+                });
+                stored.push(event.into_stored(seq));
             }
             let mut put_topic = tx
                 .prepare_cached(
@@ -261,205 +261,54 @@ impl SqliteWriter {
                     .execute(params![topic, count, newest])
                     .map_err(backend)?;
             }
-            if last_seq != first_seq {
-                tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'last_seq'")
-                    .and_then(|mut s| s.execute([last_seq]))
-                    .map_err(backend)?;
-            }
         }
         apply_group_changes(&tx, &batch)?;
         // Bounded pruning: at least as many as this batch could have added,
-        // so the table tracks the window instead of growing.
-        let prune_limit = self.prune_per_commit.max(2 * client_ids_in_batch);
-        tx.prepare_cached(
-            "DELETE FROM dedup WHERE (topic, id) IN
-                (SELECT topic, id FROM dedup WHERE stored_at < ?1 ORDER BY stored_at LIMIT ?2)",
-        )
-        .and_then(|mut s| s.execute(params![bits_to_sql(window_start), prune_limit as i64]))
-        .map_err(backend)?;
-        tx.commit().map_err(backend)?;
-        Ok((CommitOutcome { events: outcome }, from_sql_int(last_seq)))
-    }
-
-    /// One retention call (see [`Store::apply_retention`]) in one
-    /// transaction. The `topics` row stays (its counter keeps numbering
-    /// `tord`), so a topic's retained events keep consecutive ordinals.
-    /// Only durable events are removed.
-    fn retain(
-        &mut self,
-        policy: &RetentionPolicy,
-        now: Millis,
-        from: Option<&str>,
-        limit: usize,
-    ) -> Result<RetentionPass, StoreError> {
-        let durable = seq_to_sql(self.durable_seq.load(Ordering::Acquire));
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend)?;
-        // One more than the budget: the extra one is where the next call
-        // starts.
-        let mut topics: Vec<(String, i64)> = tx
-            .prepare_cached(
-                "SELECT topic, events FROM topics WHERE topic >= ?1 ORDER BY topic LIMIT ?2",
-            )
-            .and_then(|mut s| {
-                s.query_map(
-                    params![from.unwrap_or(""), RETENTION_TOPICS_PER_CALL as i64 + 1],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )?
-                .collect()
-            })
-            .map_err(backend)?;
-        let mut next = (topics.len() > RETENTION_TOPICS_PER_CALL)
-            .then(|| topics.pop().map(|(name, _)| name))
-            .flatten();
-        let mut removed = 0u64;
-        for (name, counter) in topics {
-            let room = (limit as u64).saturating_sub(removed);
-            if room == 0 {
-                // Out of room: this topic is where the next call starts.
-                next = Some(name);
-                break;
-            }
-            let Ok(topic) = Topic::parse(&name) else {
-                continue;
-            };
-            let limits = policy.limits_for(&topic);
-            if limits.keeps_everything() {
-                continue;
-            }
-            let first: Option<(i64, i64)> = tx
+        // so the table tracks the window instead of growing; only when an
+        // entry may have expired (none: no statement at all).
+        let mut dedup_oldest = self.dedup_oldest;
+        if client_ids_in_batch > 0 {
+            let now = bits_to_sql(now);
+            dedup_oldest = Some(dedup_oldest.map_or(now, |oldest| oldest.min(now)));
+        }
+        let window_start = bits_to_sql(window_start);
+        if dedup_oldest.is_some_and(|oldest| oldest < window_start) {
+            let prune_limit = self.prune_per_commit.max(2 * client_ids_in_batch);
+            let pruned = tx
                 .prepare_cached(
-                    "SELECT tord, ts FROM events WHERE topic = ?1 AND seq <= ?2 ORDER BY seq LIMIT 1",
+                    "DELETE FROM dedup WHERE (topic, id) IN
+                        (SELECT topic, id FROM dedup WHERE stored_at < ?1 ORDER BY stored_at LIMIT ?2)",
                 )
-                .and_then(|mut s| {
-                    s.query_row(params![name, durable], |row| Ok((row.get(0)?, row.get(1)?)))
-                        .optional()
-                })
+                .and_then(|mut s| s.execute(params![window_start, prune_limit as i64]))
                 .map_err(backend)?;
-            let Some((first_tord, first_ts)) = first else {
-                continue;
-            };
-            // Retention removes prefixes, so the retained ordinals are
-            // consecutive: their count needs no scan.
-            let retained = from_sql_int(counter - first_tord + 1);
-            let mut walk =
-                PrefixWalk::new(limits, retained, Some(from_sql_int(first_ts)), room, now);
-            let mut page = tx
-                .prepare_cached(
-                    "SELECT seq, ts FROM events WHERE topic = ?1 AND seq > ?2 AND seq <= ?3
-                     ORDER BY seq LIMIT ?4",
-                )
-                .map_err(backend)?;
-            while let Some((after, want)) = walk.next_page() {
-                let rows: Vec<(u64, u64)> = page
-                    .query_map(
-                        params![name, seq_to_sql(after), durable, want as i64],
-                        |row| Ok((from_sql_int(row.get(0)?), from_sql_int(row.get(1)?))),
-                    )
-                    .and_then(|rows| rows.collect())
+            if pruned < prune_limit {
+                // Nothing expired is left: where the next expiry is.
+                dedup_oldest = tx
+                    .prepare_cached("SELECT min(stored_at) FROM dedup")
+                    .and_then(|mut s| s.query_row([], |row| row.get(0)))
                     .map_err(backend)?;
-                walk.feed(&rows);
-            }
-            let Some((boundary, count)) = walk.removal() else {
-                continue;
-            };
-            let boundary = seq_to_sql(boundary);
-            tx.prepare_cached("DELETE FROM events WHERE topic = ?1 AND seq <= ?2")
-                .and_then(|mut s| s.execute(params![name, boundary]))
-                .map_err(backend)?;
-            tx.prepare_cached("DELETE FROM latest WHERE topic = ?1 AND seq <= ?2")
-                .and_then(|mut s| s.execute(params![name, boundary]))
-                .map_err(backend)?;
-            tx.prepare_cached(
-                "UPDATE topics SET removed_upto = max(removed_upto, ?2) WHERE topic = ?1",
-            )
-            .and_then(|mut s| s.execute(params![name, boundary]))
-            .map_err(backend)?;
-            removed += count;
-            if count == room {
-                // Cut short: the topic may have more to remove.
-                next = Some(name);
-                break;
             }
         }
-        tx.commit().map_err(backend)?;
-        Ok(RetentionPass { removed, next })
-    }
-}
-
-fn apply_group_changes(
-    tx: &rusqlite::Transaction<'_>,
-    batch: &CommitBatch,
-) -> Result<(), StoreError> {
-    if !batch.progress.is_empty() {
-        let mut put_cursor = tx
-            .prepare_cached(
-                "INSERT INTO groups (pattern, grp, cursor) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (pattern, grp) DO UPDATE SET cursor = excluded.cursor",
-            )
-            .map_err(backend)?;
-        let mut drop_done = tx
-            .prepare_cached("DELETE FROM group_done WHERE pattern = ?1 AND grp = ?2 AND seq <= ?3")
-            .map_err(backend)?;
-        let mut add_done = tx
-            .prepare_cached(
-                "INSERT OR IGNORE INTO group_done (pattern, grp, seq) VALUES (?1, ?2, ?3)",
-            )
-            .map_err(backend)?;
-        for p in &batch.progress {
-            let cursor = seq_to_sql(p.cursor);
-            put_cursor
-                .execute(params![p.key.pattern, p.key.group, cursor])
-                .map_err(backend)?;
-            drop_done
-                .execute(params![p.key.pattern, p.key.group, cursor])
-                .map_err(backend)?;
-            for seq in p.done_above.iter().map(|&seq| seq_to_sql(seq)) {
-                if seq > cursor {
-                    add_done
-                        .execute(params![p.key.pattern, p.key.group, seq])
-                        .map_err(backend)?;
-                }
+        if let Err(e) = tx.commit() {
+            if is_sync_failure(&e) {
+                // A full disk normally shows at write time (SQLITE_FULL,
+                // which recovers), not here.
+                self.failed = true;
+                tracing::error!(error = %e, "syncing the WAL failed; the store stops writing");
+                return Err(StoreError::Backend(format!("syncing the WAL failed: {e}")));
             }
-            if !p.attempt_changes.is_empty() {
-                change_attempts(tx, &p.key, &p.attempt_changes)?;
-            }
+            return Err(backend(e));
         }
+        self.last_seq = last_seq;
+        self.dedup_oldest = dedup_oldest;
+        Ok((
+            CommitOutcome {
+                events: outcome,
+                stored,
+            },
+            from_sql_int(last_seq),
+        ))
     }
-    if !batch.dead_letters.is_empty() {
-        let mut put = tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO dead_letters
-                    (pattern, grp, seq, event_id, reason, attempts, dead_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .map_err(backend)?;
-        for d in &batch.dead_letters {
-            put.execute(params![
-                d.key.pattern,
-                d.key.group,
-                seq_to_sql(d.seq),
-                d.event_id,
-                d.reason,
-                d.attempts,
-                bits_to_sql(d.dead_at),
-            ])
-            .map_err(backend)?;
-        }
-    }
-    if !batch.removed_dead_letters.is_empty() {
-        let mut delete = tx
-            .prepare_cached("DELETE FROM dead_letters WHERE pattern = ?1 AND grp = ?2 AND seq = ?3")
-            .map_err(backend)?;
-        for r in &batch.removed_dead_letters {
-            delete
-                .execute(params![r.key.pattern, r.key.group, seq_to_sql(r.seq)])
-                .map_err(backend)?;
-        }
-    }
-    Ok(())
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
@@ -467,29 +316,41 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
         .map_err(|e| StoreError::Backend(format!("cannot encode an event field: {e}")))
 }
 
-/// Records (`attempts > 0`) or forgets (`0`) attempts of a group's events.
-fn change_attempts(
-    tx: &rusqlite::Transaction<'_>,
-    key: &GroupKey,
-    changes: &[(u64, u32)],
-) -> Result<(), StoreError> {
-    let mut put = tx
-        .prepare_cached(
-            "INSERT OR REPLACE INTO group_attempts (pattern, grp, seq, attempts)
-             VALUES (?1, ?2, ?3, ?4)",
-        )
-        .map_err(backend)?;
-    let mut forget = tx
-        .prepare_cached("DELETE FROM group_attempts WHERE pattern = ?1 AND grp = ?2 AND seq = ?3")
-        .map_err(backend)?;
-    for &(seq, attempts) in changes {
-        let seq = seq_to_sql(seq);
-        if attempts == 0 {
-            forget.execute(params![key.pattern, key.group, seq])
-        } else {
-            put.execute(params![key.pattern, key.group, seq, attempts])
+impl Drop for SqliteWriter {
+    fn drop(&mut self) {
+        // The checkpointer first, so the final checkpoint is this one.
+        if let Some(checkpointer) = self.checkpointer.take() {
+            checkpointer.stop();
         }
-        .map_err(backend)?;
+        // The counter's floor for the next open (schema version 6).
+        if !self.failed
+            && let Err(e) = self.conn.execute(
+                "UPDATE meta SET value = max(value, ?1) WHERE name = 'last_seq'",
+                [self.last_seq],
+            )
+        {
+            tracing::warn!(error = %e, "recording the last seq failed");
+        }
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::warn!(error = %e, "final WAL checkpoint failed");
+        }
+        // The fields drop in order: the connection closes, then the
+        // data dir's lock is released (another hub may open the folder).
     }
-    Ok(())
+}
+
+/// Whether a commit failed in the WAL's fsync: the kernel may have dropped
+/// the dirty pages, so nothing written since can be trusted.
+pub(super) fn is_sync_failure(e: &rusqlite::Error) -> bool {
+    e.sqlite_error().is_some_and(|e| {
+        e.extended_code == rusqlite::ffi::SQLITE_IOERR_FSYNC
+            || e.extended_code == rusqlite::ffi::SQLITE_IOERR_DIR_FSYNC
+    })
+}
+
+pub(super) fn sync_failed_error() -> StoreError {
+    StoreError::Backend("an earlier WAL sync failed; restart the hub".into())
 }
