@@ -341,7 +341,13 @@ function callListener(listener, value) {
  * The absolute ws:/wss: URL of the hub: a path (`/ws`) or an http(s) URL is
  * resolved against the page, the way `fetch` resolves it.
  */
-export function hubUrl(url) {
+export function hubUrls(urls) {
+  const list = Array.isArray(urls) ? urls : [urls];
+  if (list.length === 0) throw new PromHubError("bad_request", "no hub URL given");
+  return list.map(hubUrl);
+}
+
+function hubUrl(url) {
   const quoted = JSON.stringify(url);
   let parsed;
   try {
@@ -379,8 +385,14 @@ export function webSocketConstructor(option) {
  * `onevent(0, socket)` when it opens, `(1, socket, data)` for a message,
  * `(2, socket, closeEvent)` when it closes.
  */
-export function openSocket(WebSocket, url, onevent) {
-  const socket = new WebSocket(url);
+export function openSocket(WebSocket, urls, index, onevent) {
+  const url = urls[index];
+  let socket;
+  try {
+    socket = new WebSocket(url);
+  } catch (error) {
+    throw new Error(`cannot open a WebSocket to ${url}: ${describeError(error)}`);
+  }
   socket.onopen = () => onevent(0, socket);
   socket.onmessage = (event) => onevent(1, socket, event.data);
   socket.onclose = (event) => onevent(2, socket, event);

@@ -126,19 +126,21 @@ extern "C" {
     #[wasm_bindgen(catch, js_name = webSocketConstructor)]
     pub(crate) fn web_socket_constructor(option: &JsValue) -> Result<Function, JsValue>;
 
-    /// The absolute `ws:`/`wss:` URL of `url`: paths and `http(s)` URLs
-    /// are resolved against the page, the way `fetch` resolves them.
-    /// Throws a `bad_request` `PromHubError` for anything else.
-    #[wasm_bindgen(catch, js_name = hubUrl)]
-    pub(crate) fn hub_url(url: &str) -> Result<String, JsValue>;
+    /// The absolute `ws:`/`wss:` URLs of `urls` (one URL, or an array of
+    /// several hubs'): paths and `http(s)` URLs are resolved against the
+    /// page, the way `fetch` resolves them. Throws a `bad_request`
+    /// `PromHubError` for anything else, or for no URL at all.
+    #[wasm_bindgen(catch, js_name = hubUrls)]
+    pub(crate) fn hub_urls(urls: &JsValue) -> Result<Array, JsValue>;
 
-    /// `new constructor(url)`, its `open`, `message` and `close` events
+    /// `new constructor(urls[index])`, its `open`, `message` and `close` events
     /// reported to `onevent` as `(0, socket)`, `(1, socket, data)` and
     /// `(2, socket, closeEvent)`. Throws what the constructor throws.
     #[wasm_bindgen(catch, js_name = openSocket)]
     pub(crate) fn open_socket(
         constructor: &Function,
-        url: &str,
+        urls: &Array,
+        index: u32,
         onevent: &JsValue,
     ) -> Result<WebSocket, JsValue>;
 

@@ -11,7 +11,7 @@ use promhub_core::{Pattern, Topic};
 use tsify::Ts;
 use wasm_bindgen::prelude::*;
 
-use crate::bindings::{PENDING_PUBLISH, PENDING_SUBSCRIBE, describe_error, hub_url, now_ms};
+use crate::bindings::{PENDING_PUBLISH, PENDING_SUBSCRIBE, describe_error, hub_urls, now_ms};
 use crate::convert::{publish_opts, subscribe_opts};
 use crate::dispatch::state_name;
 use crate::driver::Shared;
@@ -31,17 +31,20 @@ pub struct PromClient {
 
 #[wasm_bindgen]
 impl PromClient {
-    /// `url`: the hub's WebSocket endpoint, e.g. `ws://127.0.0.1:8090/ws`.
-    /// A path (`/ws`) or an `http(s)` URL is resolved against the page.
+    /// `url`: the hub's WebSocket endpoint, e.g. `ws://127.0.0.1:8090/ws`,
+    /// or an array of several hubs' (sharing one database): the client
+    /// fails over between them. A path (`/ws`) or an `http(s)` URL is
+    /// resolved against the page.
     #[wasm_bindgen(constructor)]
     pub fn new(
-        url: &str,
+        #[wasm_bindgen(unchecked_param_type = "string | string[]")] url: JsValue,
         #[wasm_bindgen(unchecked_optional_param_type = "ClientOptions")] options: Option<JsValue>,
     ) -> Result<PromClient, JsValue> {
-        let url = hub_url(url)?;
-        let options = Options::parse(&options.unwrap_or(JsValue::UNDEFINED))?;
+        let urls = hub_urls(&url)?;
+        let mut options = Options::parse(&options.unwrap_or(JsValue::UNDEFINED))?;
+        options.config.endpoints = urls.length() as usize;
         Ok(PromClient {
-            shared: Shared::new(url, options),
+            shared: Shared::new(urls, options),
         })
     }
 

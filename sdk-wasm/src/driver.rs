@@ -15,7 +15,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 
-use js_sys::Function;
+use js_sys::{Array, Function};
 use promhub_core::client::{ClientCore, ConnectionState, SubscriptionId, Transmit};
 use promhub_core::frames::js::{self, Js};
 use wasm_bindgen::prelude::*;
@@ -50,7 +50,8 @@ pub(crate) struct Driver {
     /// Writes frames with the browser codec; frames are read from the
     /// values `JSON.parse` makes, payloads left there.
     pub(crate) core: ClientCore<Js>,
-    url: String,
+    /// The hubs' URLs; the core says which one each attempt goes to.
+    urls: Array,
     /// Makes the sockets: `options.WebSocket` or the global `WebSocket`.
     websocket: Function,
     socket: Option<WebSocket>,
@@ -114,13 +115,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(url: String, options: Options) -> Rc<Shared> {
+    pub(crate) fn new(urls: Array, options: Options) -> Rc<Shared> {
         let mut core = ClientCore::with_codec(options.config);
         core.set_unix_time(now_ms(), unix_ms());
         Rc::new_cyclic(|weak| Shared {
             driver: RefCell::new(Driver {
                 core,
-                url,
+                urls,
                 websocket: options.websocket,
                 socket: None,
                 timer: None,
@@ -365,16 +366,14 @@ impl Driver {
         if let Some(old) = self.socket.take() {
             bindings::close_socket(&old, promhub_core::client::close_code::NORMAL, "replaced");
         }
-        match bindings::open_socket(&self.websocket, &self.url, callbacks.event.as_ref()) {
+        let endpoint = self.core.endpoint() as u32;
+        let events = callbacks.event.as_ref();
+        match bindings::open_socket(&self.websocket, &self.urls, endpoint, events) {
             Ok(socket) => self.socket = Some(socket),
-            Err(error) => {
-                let message = format!(
-                    "cannot open a WebSocket to {}: {}",
-                    self.url,
-                    bindings::describe_error(&error)
-                );
-                self.core.handle_socket_error(now, &message);
-            }
+            // The error names the URL (runtime.js).
+            Err(error) => self
+                .core
+                .handle_socket_error(now, &bindings::describe_error(&error)),
         }
     }
 

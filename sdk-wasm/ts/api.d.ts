@@ -199,12 +199,16 @@ export type Handler<T = unknown> = (event: PromEvent<T>, ctx: DeliveryContext) =
  */
 export class PromClient<Topics extends object = AnyTopics> {
   /**
-   * `url`: the hub's WebSocket endpoint, e.g. `ws://127.0.0.1:8090/ws`.
+   * `url`: the hub's WebSocket endpoint, e.g. `ws://127.0.0.1:8090/ws`,
+   * or an array of several hubs' endpoints (hubs sharing one database):
+   * the client tries them in a random order of its own, moves to the next
+   * on every new attempt (a failed attempt or a lost connection) with the
+   * usual backoff, and resumes its subscriptions on the hub it reaches.
    * A path (`/ws`) or an `http(s)` URL is resolved against the page.
    * Throws a `PromHubError` (`bad_request`) for a bad URL or option, and
    * when there is no WebSocket constructor (see `ClientOptions.WebSocket`).
    */
-  constructor(url: string, options?: ClientOptions);
+  constructor(url: string | string[], options?: ClientOptions);
 
   /** Frees the client (closes its socket); the object is unusable after. */
   free(): void;

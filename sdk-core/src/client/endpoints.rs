@@ -1,19 +1,21 @@
 //! Which hub the next connection attempt goes to, when the driver knows
 //! several (several hubs over one database, `semantics.md` §7).
 //!
-//! Each client visits the hubs in its own random order (so a fleet of
-//! clients spreads over them, and a dead hub's clients do not all land on
-//! the same next one), moves to the next hub on every new attempt — after a
-//! failed attempt or a lost connection — and draws a new order after each
-//! round, never starting it with the hub it just left. The reconnect
-//! backoff between attempts is unchanged: it counts attempts, whichever hub
-//! they go to.
+//! Each client starts on a random hub and steps through them with a random
+//! stride coprime with their number, so it visits every hub once in each
+//! round of attempts, never the same hub twice in a row, and the clients
+//! of a hub that dies do not all land on the same next one. It moves on at
+//! every new attempt — after a failed attempt or a lost connection. The
+//! reconnect backoff between attempts is unchanged: it counts attempts,
+//! whichever hub they go to. (No list is kept: this runs in the browser
+//! SDK, whose every KiB counts.)
 
 /// The rotation over `count` hub endpoints (indexes into the driver's list).
 #[derive(Debug, Clone)]
 pub(crate) struct Endpoints {
-    order: Vec<usize>,
-    at: usize,
+    count: usize,
+    current: usize,
+    stride: usize,
     started: bool,
 }
 
@@ -21,43 +23,47 @@ impl Endpoints {
     /// With one endpoint nothing is drawn from `rng`, so a single-hub
     /// client's jitter is the same as without this rotation.
     pub(crate) fn new(count: usize, rng: &mut fastrand::Rng) -> Self {
-        let mut order: Vec<usize> = (0..count.max(1)).collect();
-        if order.len() > 1 {
-            rng.shuffle(&mut order);
-        }
+        let count = count.max(1);
+        // Drawn as `u64(a..=b)`, the jitter's own call: no other
+        // instance of fastrand's range code in the wasm.
+        let last = count as u64 - 1;
+        let (current, stride) = if count > 1 {
+            let mut stride = rng.u64(1..=last);
+            while gcd(stride, count as u64) != 1 {
+                stride = rng.u64(1..=last);
+            }
+            (rng.u64(0..=last) as usize, stride as usize)
+        } else {
+            (0, 1)
+        };
         Endpoints {
-            order,
-            at: 0,
+            count,
+            current,
+            stride,
             started: false,
         }
     }
 
     /// The endpoint of the attempt being made now.
     pub(crate) fn current(&self) -> usize {
-        self.order[self.at]
+        self.current
     }
 
     /// Moves to the endpoint for a new attempt (the first attempt keeps the
-    /// first of the order) and returns it.
-    pub(crate) fn advance(&mut self, rng: &mut fastrand::Rng) -> usize {
-        if !self.started {
-            self.started = true;
-            return self.current();
+    /// starting one).
+    pub(crate) fn advance(&mut self) {
+        if self.started {
+            self.current = (self.current + self.stride) % self.count;
         }
-        if self.order.len() == 1 {
-            return self.current();
-        }
-        self.at += 1;
-        if self.at == self.order.len() {
-            let left = self.order[self.order.len() - 1];
-            rng.shuffle(&mut self.order);
-            if self.order[0] == left {
-                self.order.swap(0, 1);
-            }
-            self.at = 0;
-        }
-        self.current()
+        self.started = true;
     }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 #[cfg(test)]
@@ -69,20 +75,38 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(1);
         let mut endpoints = Endpoints::new(1, &mut rng);
         for _ in 0..5 {
-            assert_eq!(endpoints.advance(&mut rng), 0);
+            assert_eq!(
+                {
+                    endpoints.advance();
+                    endpoints.current()
+                },
+                0
+            );
         }
         assert_eq!(rng.u64(..), fastrand::Rng::with_seed(1).u64(..));
     }
 
     #[test]
     fn every_round_visits_each_endpoint_once_and_never_repeats_the_last() {
-        let mut rng = fastrand::Rng::with_seed(7);
-        let mut endpoints = Endpoints::new(3, &mut rng);
-        let visits: Vec<usize> = (0..30).map(|_| endpoints.advance(&mut rng)).collect();
-        for round in visits.chunks(3) {
+        for (seed, count) in [(7, 3), (8, 4), (9, 6), (10, 2)] {
+            visits_each_endpoint_once_per_round(seed, count);
+        }
+    }
+
+    fn visits_each_endpoint_once_per_round(seed: u64, count: usize) {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut endpoints = Endpoints::new(count, &mut rng);
+        let visits: Vec<usize> = (0..count * 5)
+            .map(|_| {
+                endpoints.advance();
+                endpoints.current()
+            })
+            .collect();
+        let all: Vec<usize> = (0..count).collect();
+        for round in visits.chunks(count) {
             let mut sorted = round.to_vec();
             sorted.sort_unstable();
-            assert_eq!(sorted, [0, 1, 2], "{visits:?}");
+            assert_eq!(sorted, all, "{visits:?}");
         }
         for pair in visits.windows(2) {
             assert_ne!(pair[0], pair[1], "{visits:?}");
@@ -94,7 +118,7 @@ mod tests {
         let firsts: std::collections::BTreeSet<usize> = (0..64)
             .map(|seed| {
                 let mut rng = fastrand::Rng::with_seed(seed);
-                Endpoints::new(4, &mut rng).advance(&mut rng)
+                Endpoints::new(4, &mut rng).current()
             })
             .collect();
         assert_eq!(firsts.len(), 4, "{firsts:?}");

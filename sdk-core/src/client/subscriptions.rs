@@ -6,7 +6,7 @@
 //! the subscription. The pair is kept as a tuple rather than the joined
 //! string: both halves may contain `::`, so joined keys could collide.
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
 
 use super::events::{Gap, SubscriptionId};
 use super::held::{HeldDeliveries, MAX_INFLIGHT_LIMIT};
@@ -125,19 +125,36 @@ pub(crate) struct Registry {
     /// few subscriptions, and the B-tree's code weighs on the browser SDK's
     /// wasm size budget.
     by_id: Vec<(SubscriptionId, Subscription)>,
-    by_key: HashMap<(Pattern, Option<Group>), SubscriptionId>,
+    /// Sorted by `(pattern, group)` text, searched by halves: `O(log n)`
+    /// per `EVENT` like a hash map, without a hasher's code in the wasm.
+    by_key: Vec<(Pattern, Option<Group>, SubscriptionId)>,
+}
+
+/// The order of `by_key`: pattern text, then group (none first).
+fn key_order(
+    (pattern, group): (&Pattern, Option<&Group>),
+    (other_pattern, other_group): (&Pattern, Option<&Group>),
+) -> Ordering {
+    pattern.as_str().cmp(other_pattern.as_str()).then_with(|| {
+        group
+            .map(Group::as_str)
+            .cmp(&other_group.map(Group::as_str))
+    })
 }
 
 impl Registry {
     pub(crate) fn find(&self, pattern: &Pattern, group: Option<&Group>) -> Option<SubscriptionId> {
-        // The tuple key needs owned parts; both are Arc-backed, so cloning
-        // them is a reference-count bump.
-        self.by_key.get(&(pattern.clone(), group.cloned())).copied()
+        let index = self.key_position(pattern, group).ok()?;
+        Some(self.by_key[index].2)
     }
 
     pub(crate) fn insert(&mut self, id: SubscriptionId, sub: Subscription) {
-        self.by_key
-            .insert((sub.pattern.clone(), sub.group.clone()), id);
+        match self.key_position(&sub.pattern, sub.group.as_ref()) {
+            Ok(index) => self.by_key[index].2 = id,
+            Err(index) => self
+                .by_key
+                .insert(index, (sub.pattern.clone(), sub.group.clone(), id)),
+        }
         match self.position(id) {
             Ok(index) => self.by_id[index].1 = sub,
             Err(index) => self.by_id.insert(index, (id, sub)),
@@ -147,8 +164,9 @@ impl Registry {
     pub(crate) fn remove(&mut self, id: SubscriptionId) -> Option<Subscription> {
         let index = self.position(id).ok()?;
         let (_, sub) = self.by_id.remove(index);
-        self.by_key
-            .remove(&(sub.pattern.clone(), sub.group.clone()));
+        if let Ok(index) = self.key_position(&sub.pattern, sub.group.as_ref()) {
+            self.by_key.remove(index);
+        }
         Some(sub)
     }
 
@@ -176,5 +194,10 @@ impl Registry {
 
     fn position(&self, id: SubscriptionId) -> Result<usize, usize> {
         self.by_id.binary_search_by_key(&id, |(id, _)| *id)
+    }
+
+    fn key_position(&self, pattern: &Pattern, group: Option<&Group>) -> Result<usize, usize> {
+        self.by_key
+            .binary_search_by(|(p, g, _)| key_order((p, g.as_ref()), (pattern, group)))
     }
 }

@@ -473,7 +473,7 @@ impl<C: Codec> ClientCore<C> {
     // Internals: connection
 
     fn start_connect(&mut self, now: u64, reason: StateReason) {
-        self.endpoints.advance(&mut self.rng);
+        self.endpoints.advance();
         self.connect_deadline = Some(now.saturating_add(self.config.connect_timeout_ms));
         self.transmits.push_back(Transmit::Connect);
         self.set_state(ConnectionState::Connecting, reason);
