@@ -2,7 +2,7 @@
 //! (`[[outbox]]` / `--drain-outbox`), so an application in any language
 //! only inserts outbox documents in its transactions.
 //!
-//! Each collection gets one [`Drainer`] from `promhub::outbox` (claims,
+//! Each collection gets one [`Drainer`] from `promhub-outbox` (claims,
 //! fencing, backoff, dead records, per-key order) whose sink commits
 //! through the hub's [`StoreWriter`], exactly as a `PUBLISH` with
 //! `opts.id` = the record's `_id`: the same de-duplication, the same
@@ -15,13 +15,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use promhub::outbox::mongo::MongoOutbox;
-use promhub::outbox::{
+use promhub_core::frames::to_payload;
+use promhub_core::{Action, Policy, Topic};
+use promhub_outbox::mongo::MongoOutbox;
+use promhub_outbox::{
     Drainer, DrainerOptions, OutboxError, OutboxMetrics, OutboxRecord, OutboxSink, PublishOutcome,
     SinkError,
 };
-use promhub_core::frames::to_payload;
-use promhub_core::{Action, Policy, Topic};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 

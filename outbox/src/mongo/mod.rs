@@ -20,16 +20,16 @@ mod transactions;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::Millis;
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::error::{Error as MongoError, ErrorKind};
 use mongodb::options::IndexOptions;
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
-use promhub_core::frames::Millis;
 
 use self::codec::{date, id_string, id_values, new_document, record_from_document};
-pub(crate) use self::transactions::check_transactions;
+pub use self::transactions::check_transactions;
 pub use self::transactions::with_transaction;
 use super::drainer::duration_ms;
 use super::ordering::{Candidate, claimable, keys_of};
