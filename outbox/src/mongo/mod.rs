@@ -7,6 +7,9 @@
 //! user (the hub draining collections other applications write) does not
 //! need transactions itself: [`MongoOutbox::open_for_draining`].
 //!
+//! One drainer at a time per collection, where that is wanted (the hub
+//! does it): [`DrainLease`].
+//!
 //! Indexes: `{status, next_attempt_at}` and `{status, lease_until}` (due
 //! records), `{key, status, created_at, _id}` (a key's head),
 //! `{claim_token}` (fenced writes, read-back), `{created_at, _id}`
@@ -14,6 +17,7 @@
 //! without TTL indexes get a plain one and rely on the drainer's purge).
 
 mod codec;
+mod lease;
 pub mod queries;
 mod transactions;
 
@@ -29,6 +33,7 @@ use mongodb::options::IndexOptions;
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 
 use self::codec::{date, id_string, id_values, new_document, record_from_document};
+pub use self::lease::{DrainLease, LEASES_COLLECTION};
 pub use self::transactions::check_transactions;
 pub use self::transactions::with_transaction;
 use super::drainer::duration_ms;
@@ -175,13 +180,16 @@ impl MongoOutbox {
     }
 }
 
-fn duplicate_or(error: MongoError, id: &str) -> OutboxError {
-    let duplicate = match error.kind.as_ref() {
+fn is_duplicate_key(error: &MongoError) -> bool {
+    match error.kind.as_ref() {
         ErrorKind::Write(mongodb::error::WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
         ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
         _ => false,
-    };
-    if duplicate {
+    }
+}
+
+fn duplicate_or(error: MongoError, id: &str) -> OutboxError {
+    if is_duplicate_key(&error) {
         OutboxError::DuplicateId(id.to_owned())
     } else {
         error.into()

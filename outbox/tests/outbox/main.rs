@@ -7,6 +7,7 @@
 
 mod common;
 mod explain;
+mod lease;
 mod scenarios;
 
 use std::collections::HashMap;
