@@ -214,18 +214,21 @@ async fn ensure_indexes(
             .options(IndexOptions::builder().name(name.to_owned()).build())
             .build()
     };
-    collection
-        .create_indexes([
-            plain(doc! { "status": 1, "next_attempt_at": 1 }, "outbox_due"),
-            plain(doc! { "status": 1, "lease_until": 1 }, "outbox_lease"),
-            plain(
-                doc! { "key": 1, "status": 1, "created_at": 1, "_id": 1 },
-                "outbox_key_head",
-            ),
-            plain(doc! { "claim_token": 1 }, "outbox_claim"),
-            plain(doc! { "created_at": 1, "_id": 1 }, "outbox_created"),
-        ])
-        .await?;
+    // One command per index: FerretDB (2.x) drops the connection when one
+    // `createIndexes` names several indexes that all exist already, i.e. on
+    // every open after the first (a hub restarting, a second hub).
+    for index in [
+        plain(doc! { "status": 1, "next_attempt_at": 1 }, "outbox_due"),
+        plain(doc! { "status": 1, "lease_until": 1 }, "outbox_lease"),
+        plain(
+            doc! { "key": 1, "status": 1, "created_at": 1, "_id": 1 },
+            "outbox_key_head",
+        ),
+        plain(doc! { "claim_token": 1 }, "outbox_claim"),
+        plain(doc! { "created_at": 1, "_id": 1 }, "outbox_created"),
+    ] {
+        collection.create_index(index).await?;
+    }
     let ttl = IndexModel::builder()
         .keys(doc! { "sent_at": 1 })
         .options(

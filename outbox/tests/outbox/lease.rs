@@ -1,9 +1,10 @@
-//! The drain lease (one drainer at a time per collection) on FerretDB.
+//! Several drainers of one MongoDB outbox (on FerretDB): the drain lease
+//! (one drainer at a time per collection) and opening a collection again.
 
 use std::time::Duration;
 
 use promhub_hub::store::mongo::test_server::FerretDb;
-use promhub_outbox::mongo::DrainLease;
+use promhub_outbox::mongo::{DrainLease, MongoOutbox};
 
 const TEST: &str = "one_holder_at_a_time_until_the_lease_lapses_or_is_released";
 
@@ -56,4 +57,28 @@ async fn one_holder_at_a_time_until_the_lease_lapses_or_is_released() {
         a.acquire(t + 16_002).await.unwrap(),
         "a released lease is free"
     );
+}
+
+/// Opening an outbox again (a restarted or a second drainer) finds its
+/// indexes in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_opens_again_with_its_indexes_in_place() {
+    let Some(server) = FerretDb::shared_or_skip("an_outbox_opens_again_with_its_indexes_in_place")
+    else {
+        return;
+    };
+    let collection = format!("reopened_{}", std::process::id());
+    for _ in 0..2 {
+        // Each open with its own client, as two processes would.
+        let client = mongodb::Client::with_uri_str(server.uri("outbox"))
+            .await
+            .expect("connect to FerretDB");
+        MongoOutbox::open_for_draining(
+            &client.database("outbox"),
+            &collection,
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("open for draining");
+    }
 }
