@@ -16,6 +16,10 @@ cargo fmt --all -- --check
 step "clippy (native)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "clippy (promhub-outbox without a store, and with MongoDB only: the hub's build)"
+cargo clippy -p promhub-outbox --no-default-features --locked -- -D warnings
+cargo clippy -p promhub-outbox --no-default-features --features mongodb --locked -- -D warnings
+
 step "clippy (wasm32)"
 cargo clippy -p promhub-core -p promhub-wasm --target wasm32-unknown-unknown --locked -- -D warnings
 cargo clippy -p promhub-core --features js --lib --profile test --target wasm32-unknown-unknown --locked -- -D warnings

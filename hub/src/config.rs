@@ -122,6 +122,12 @@ pub struct OutboxDrainConfig {
     /// `None`: any topic (the operator configured the collection).
     #[serde(default)]
     pub publish_scopes: Option<String>,
+    /// One hub at a time drains the collection: it holds the collection's
+    /// drain lease (`promhub_outbox_leases` in the outbox's database) for
+    /// this long, renewed every third of it; when the holder dies another
+    /// hub takes over after at most this long (at once when it stops).
+    #[serde(default = "OutboxDrainConfig::default_lease_secs")]
+    pub lease_secs: u64,
 }
 
 /// Where an outbox collection is.
@@ -141,6 +147,7 @@ impl OutboxDrainConfig {
             max_attempts: Self::default_max_attempts(),
             retention_secs: Self::default_retention_secs(),
             publish_scopes: None,
+            lease_secs: Self::default_lease_secs(),
         }
     }
 
@@ -165,6 +172,10 @@ impl OutboxDrainConfig {
 
     fn default_retention_secs() -> u64 {
         24 * 3600
+    }
+
+    fn default_lease_secs() -> u64 {
+        15
     }
 
     /// Splits `mongodb://HOST/DB/COLLECTION?OPTIONS` into the client URI
@@ -284,9 +295,9 @@ impl HubConfig {
         for outbox in &self.outbox {
             outbox.location()?;
             outbox.publish_policy()?;
-            if outbox.batch_size == 0 || outbox.max_attempts == 0 {
+            if outbox.batch_size == 0 || outbox.max_attempts == 0 || outbox.lease_secs == 0 {
                 return Err(format!(
-                    "outbox {:?}: batch_size and max_attempts must be positive",
+                    "outbox {:?}: batch_size, max_attempts and lease_secs must be positive",
                     outbox.uri
                 ));
             }
@@ -681,6 +692,7 @@ mod tests {
         .unwrap();
         assert_eq!(parsed.outbox[0].batch_size, 7);
         assert_eq!(parsed.outbox[0].max_attempts, 10);
+        assert_eq!(parsed.outbox[0].lease_secs, 15);
         assert_eq!(
             parsed.outbox[0].location(),
             Ok(OutboxLocation {

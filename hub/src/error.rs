@@ -14,6 +14,6 @@ pub enum HubError {
     Outbox {
         uri: String,
         #[source]
-        source: promhub::outbox::OutboxError,
+        source: promhub_outbox::OutboxError,
     },
 }

@@ -2,7 +2,7 @@
 //! (`[[outbox]]` / `--drain-outbox`), so an application in any language
 //! only inserts outbox documents in its transactions.
 //!
-//! Each collection gets one [`Drainer`] from `promhub::outbox` (claims,
+//! Each collection gets one [`Drainer`] from `promhub-outbox` (claims,
 //! fencing, backoff, dead records, per-key order) whose sink commits
 //! through the hub's [`StoreWriter`], exactly as a `PUBLISH` with
 //! `opts.id` = the record's `_id`: the same de-duplication, the same
@@ -10,18 +10,26 @@
 //! to topics with `publish_scopes` (the scope syntax of tokens); a record
 //! with a bad or disallowed topic, or a payload that is not JSON, is dead at
 //! once with the reason (permanent), a failing store is retried.
+//!
+//! One hub at a time drains a collection: several hubs configured with the
+//! same collection each run its drainer only while they hold the
+//! collection's [`DrainLease`] (renewed every third of `lease_secs`). A hub
+//! that stops releases it, so another takes over at once; one that dies is
+//! replaced after the lease lapses. A batch still in flight when its hub
+//! loses the lease overlaps the new holder's first claims; the claims'
+//! fencing covers that as it covers any two drainers.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use promhub::outbox::mongo::MongoOutbox;
-use promhub::outbox::{
+use promhub_core::frames::to_payload;
+use promhub_core::{Action, Policy, Topic};
+use promhub_outbox::mongo::{DrainLease, MongoOutbox};
+use promhub_outbox::{
     Drainer, DrainerOptions, OutboxError, OutboxMetrics, OutboxRecord, OutboxSink, PublishOutcome,
     SinkError,
 };
-use promhub_core::frames::to_payload;
-use promhub_core::{Action, Policy, Topic};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -104,6 +112,12 @@ pub async fn spawn_drainers(
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Vec<JoinHandle<()>>, HubError> {
     let mut drainers = Vec::with_capacity(outboxes.len());
+    // This hub's name in the drain leases (unique per process).
+    let holder = format!(
+        "hub-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    );
     for config in outboxes {
         let location = config.location().map_err(HubError::Config)?;
         let failed = |source: OutboxError| HubError::Outbox {
@@ -147,21 +161,97 @@ pub async fn spawn_drainers(
             gauges,
             shutdown.clone(),
         )));
-        tracing::info!(
-            database = %location.database,
-            collection = %location.collection,
-            "draining the outbox collection into the log"
+        let lease = DrainLease::new(
+            &client.database(&location.database),
+            &location.collection,
+            holder.clone(),
+            Duration::from_secs(config.lease_secs),
         );
-        let mut shutdown = shutdown.clone();
-        drainers.push(tokio::spawn(async move {
-            drainer
-                .run(async move {
-                    let _ = shutdown.wait_for(|stop| *stop).await;
-                })
-                .await;
-        }));
+        drainers.push(tokio::spawn(drain_while_leased(
+            drainer,
+            lease,
+            location.collection.clone(),
+            shutdown.clone(),
+        )));
     }
     Ok(drainers)
+}
+
+/// Runs `drainer` whenever this hub holds `lease`, until shutdown; then
+/// releases the lease so another hub takes the collection over at once.
+async fn drain_while_leased(
+    drainer: Drainer<MongoOutbox, LogSink>,
+    lease: DrainLease,
+    collection: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let renew_every = (lease.duration() / 3).max(Duration::from_millis(100));
+    loop {
+        // Wait for the lease (another hub may hold it).
+        loop {
+            match lease.acquire(crate::clock::now_ms()).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%error, %collection, "outbox drain lease: cannot take it")
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(renew_every) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+        tracing::info!(%collection, holder = lease.holder(), "this hub drains the outbox collection into the log");
+        let (lost_tx, mut lost) = watch::channel(false);
+        let renewing = tokio::spawn(renew(
+            lease.clone(),
+            renew_every,
+            lost_tx,
+            collection.clone(),
+        ));
+        let mut stop = shutdown.clone();
+        drainer
+            .run(async {
+                tokio::select! {
+                    _ = stop.wait_for(|stop| *stop) => {}
+                    _ = lost.wait_for(|lost| *lost) => {}
+                }
+            })
+            .await;
+        renewing.abort();
+        if *shutdown.borrow() {
+            if let Err(error) = lease.release().await {
+                tracing::warn!(%error, %collection, "outbox drain lease: cannot release it");
+            }
+            return;
+        }
+        tracing::warn!(%collection, "this hub lost the outbox drain lease; another hub drains the collection now");
+    }
+}
+
+/// Renews `lease` every `period`; sets `lost` once another holder has it or
+/// it ran out without a successful renewal (the store unreachable).
+async fn renew(lease: DrainLease, period: Duration, lost: watch::Sender<bool>, collection: String) {
+    let mut held_until = crate::clock::now_ms() + duration_ms(lease.duration());
+    loop {
+        tokio::time::sleep(period).await;
+        let now = crate::clock::now_ms();
+        match lease.acquire(now).await {
+            Ok(true) => held_until = now + duration_ms(lease.duration()),
+            Ok(false) => break,
+            Err(error) => {
+                tracing::warn!(%error, %collection, "outbox drain lease: renewal failed");
+                if crate::clock::now_ms() >= held_until {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = lost.send(true);
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Keeps an outbox's gauges for /metrics fresh: a scrape must not wait for

@@ -187,6 +187,102 @@ async fn the_hub_drains_a_mongodb_outbox_into_its_log() {
     hub.stop().await.expect("hub stops cleanly");
 }
 
+/// Two hubs configured with the same collection: one drains it (the
+/// holder of its drain lease), the other takes over when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hub_at_a_time_drains_a_collection_and_another_takes_over() {
+    const TEST: &str = "one_hub_at_a_time_drains_a_collection_and_another_takes_over";
+    let Some(server) = FerretDb::shared_or_skip(TEST) else {
+        return;
+    };
+    let collection_name = format!("outbox_leased_{}", std::process::id());
+    let mongo = mongodb::Client::with_uri_str(server.uri("shop"))
+        .await
+        .expect("connect");
+    let outbox = mongo
+        .database("shop")
+        .collection::<Document>(&collection_name);
+    let drain = {
+        let mut drain = OutboxDrainConfig::new(format!("{}/{collection_name}", server.uri("shop")));
+        // A waiting hub retries every second.
+        drain.lease_secs = 3;
+        drain
+    };
+    // Each hub with its own log: where an event lands tells which drained it.
+    let mut first = TestHub::start_with(|config| config.outbox = vec![drain.clone()]).await;
+    let mut on_first = first.client().await;
+    assert_eq!(
+        on_first.subscribe("**", None, Value::Null).await["op"],
+        "SUBACK"
+    );
+    // The first hub drains: its record reaches its log.
+    outbox
+        .insert_one(outbox_document("r-0", "orders.created", "o-0", 0))
+        .await
+        .unwrap();
+    assert_eq!(on_first.recv_event().await["event"]["id"], "r-0");
+    let second = TestHub::start_with(|config| config.outbox = vec![drain.clone()]).await;
+    let mut on_second = second.client().await;
+    assert_eq!(
+        on_second.subscribe("**", None, Value::Null).await["op"],
+        "SUBACK"
+    );
+
+    let ids: Vec<String> = (1..=10).map(|n| format!("r-{n}")).collect();
+    for (n, id) in (1..).zip(&ids) {
+        outbox
+            .insert_one(outbox_document(
+                id.as_str(),
+                "orders.created",
+                &format!("o-{n}"),
+                n,
+            ))
+            .await
+            .unwrap();
+    }
+    let mut drained = Vec::new();
+    for _ in &ids {
+        drained.push(
+            on_first.recv_event().await["event"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    drained.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(drained, expected, "the lease holder drains everything");
+    // The second hub drained none of them: the next event its subscriber
+    // sees is its own sentinel.
+    let mut publisher = second.client().await;
+    let sentinel = publisher
+        .publish("orders.sentinel", json!(1), Value::Null)
+        .await;
+    assert_eq!(on_second.recv_event().await["event"]["id"], sentinel["id"]);
+
+    // The first hub stops and releases the lease: the second takes over.
+    first.stop().await.expect("hub stops cleanly");
+    outbox
+        .insert_one(outbox_document("r-after", "orders.created", "o-after", 11))
+        .await
+        .unwrap();
+    assert_eq!(on_second.recv_event().await["event"]["id"], "r-after");
+    // Marked sent once committed (just after the event went out).
+    let mut sent = 0;
+    for _ in 0..200 {
+        sent = outbox
+            .count_documents(doc! { "status": "sent" })
+            .await
+            .unwrap();
+        if sent == 12 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sent, 12, "every record sent once");
+}
+
 #[tokio::test]
 async fn an_unreachable_outbox_fails_the_start_with_its_uri() {
     let config = promhub_hub::HubConfig {

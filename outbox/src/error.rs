@@ -9,10 +9,10 @@ pub enum OutboxError {
     DuplicateId(String),
     #[error("corrupt outbox record: {0}")]
     Corrupt(String),
-    #[cfg(feature = "outbox-sqlite")]
+    #[cfg(feature = "sqlite")]
     #[error("outbox SQLite error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[cfg(feature = "outbox-mongodb")]
+    #[cfg(feature = "mongodb")]
     #[error("outbox MongoDB error: {0}")]
     Mongo(#[from] mongodb::error::Error),
     /// The MongoDB deployment cannot run multi-document transactions, so an

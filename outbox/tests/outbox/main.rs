@@ -1,22 +1,20 @@
-//! The transactional outbox and its drainer, on the embedded store and on
-//! MongoDB (FerretDB: everything but transactions; a real replica set when
-//! `PROMHUB_TEST_MONGODB_URL` is set).
+//! The transactional outbox and its drainer, on the embedded store (real
+//! SQLite files) and on MongoDB (FerretDB: everything but transactions,
+//! which the native SDK's `outbox` test checks on a real replica set when
+//! `PROMHUB_TEST_MONGODB_URL` is set), publishing to in-memory sinks.
 //!
-//! `cargo test -p promhub --test outbox`
-
-#[path = "../support/mod.rs"]
-mod support;
+//! `cargo test -p promhub-outbox --test outbox`
 
 mod common;
-mod delivery;
 mod explain;
+mod lease;
 mod scenarios;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use promhub::outbox::sqlite::SqliteOutbox;
-use promhub::outbox::{NewRecord, OutboxStore, now_ms};
+use promhub_outbox::sqlite::SqliteOutbox;
+use promhub_outbox::{NewRecord, OutboxStore, now_ms};
 
 use common::{ferret_outbox, sqlite_outbox};
 
@@ -81,7 +79,7 @@ async fn sqlite_three_drainers_keep_per_key_order() {
     let mut ids_by_key: HashMap<String, Vec<String>> = HashMap::new();
     // The application writes them in its own transaction.
     let mut conn = rusqlite::Connection::open(&path).expect("open");
-    promhub::outbox::sqlite::with_transaction(&mut conn, |tx| {
+    promhub_outbox::sqlite::with_transaction(&mut conn, |tx| {
         for n in 0..ORDER_RECORDS {
             let (key, record) = keyed_record(n, ORDER_KEYS);
             ids_by_key
@@ -89,7 +87,7 @@ async fn sqlite_three_drainers_keep_per_key_order() {
                 .or_default()
                 .push(SqliteOutbox::enqueue_in(tx, record)?);
         }
-        Ok::<_, promhub::outbox::OutboxError>(())
+        Ok::<_, promhub_outbox::OutboxError>(())
     })
     .expect("enqueue");
     // Each drainer with its own connection, as in separate processes.
@@ -134,7 +132,7 @@ async fn ferretdb_three_drainers_keep_per_key_order() {
 /// The embedded store's claim looks at keys' heads only, so one key's long
 /// backlog does not crowd out the other keys. (The MongoDB store reads 4×
 /// the batch size of due records and can be crowded out by a key with a
-/// longer backlog than that; see `promhub::outbox::mongo`.)
+/// longer backlog than that; see `promhub_outbox::mongo`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_hot_keys_backlog_does_not_hold_other_keys_back() {
     let (store, _dir) = sqlite_outbox();

@@ -5,11 +5,11 @@
 //! created_at: Date, next_attempt_at: Date}`; `_id` is a string or an
 //! ObjectId (published as its hex string).
 
+use crate::Millis;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{Bson, DateTime, Document, doc};
-use promhub_core::frames::Millis;
 
-use crate::outbox::{NewRecord, OutboxError, OutboxRecord};
+use crate::{NewRecord, OutboxError, OutboxRecord};
 
 pub(super) fn date(ms: Millis) -> DateTime {
     DateTime::from_millis(i64::try_from(ms).unwrap_or(i64::MAX))

@@ -1,8 +1,8 @@
 //! The claim's queries, shared by the store and its `explain` test (what
 //! the test explains is what the store runs).
 
+use crate::Millis;
 use mongodb::bson::{Bson, Document, doc};
-use promhub_core::frames::Millis;
 
 use super::codec::date;
 

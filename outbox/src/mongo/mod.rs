@@ -7,6 +7,9 @@
 //! user (the hub draining collections other applications write) does not
 //! need transactions itself: [`MongoOutbox::open_for_draining`].
 //!
+//! One drainer at a time per collection, where that is wanted (the hub
+//! does it): [`DrainLease`].
+//!
 //! Indexes: `{status, next_attempt_at}` and `{status, lease_until}` (due
 //! records), `{key, status, created_at, _id}` (a key's head),
 //! `{claim_token}` (fenced writes, read-back), `{created_at, _id}`
@@ -14,22 +17,24 @@
 //! without TTL indexes get a plain one and rely on the drainer's purge).
 
 mod codec;
+mod lease;
 pub mod queries;
 mod transactions;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::Millis;
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::error::{Error as MongoError, ErrorKind};
 use mongodb::options::IndexOptions;
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
-use promhub_core::frames::Millis;
 
 use self::codec::{date, id_string, id_values, new_document, record_from_document};
-pub(crate) use self::transactions::check_transactions;
+pub use self::lease::{DrainLease, LEASES_COLLECTION};
+pub use self::transactions::check_transactions;
 pub use self::transactions::with_transaction;
 use super::drainer::duration_ms;
 use super::ordering::{Candidate, claimable, keys_of};
@@ -175,13 +180,16 @@ impl MongoOutbox {
     }
 }
 
-fn duplicate_or(error: MongoError, id: &str) -> OutboxError {
-    let duplicate = match error.kind.as_ref() {
+fn is_duplicate_key(error: &MongoError) -> bool {
+    match error.kind.as_ref() {
         ErrorKind::Write(mongodb::error::WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
         ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
         _ => false,
-    };
-    if duplicate {
+    }
+}
+
+fn duplicate_or(error: MongoError, id: &str) -> OutboxError {
+    if is_duplicate_key(&error) {
         OutboxError::DuplicateId(id.to_owned())
     } else {
         error.into()
@@ -206,18 +214,21 @@ async fn ensure_indexes(
             .options(IndexOptions::builder().name(name.to_owned()).build())
             .build()
     };
-    collection
-        .create_indexes([
-            plain(doc! { "status": 1, "next_attempt_at": 1 }, "outbox_due"),
-            plain(doc! { "status": 1, "lease_until": 1 }, "outbox_lease"),
-            plain(
-                doc! { "key": 1, "status": 1, "created_at": 1, "_id": 1 },
-                "outbox_key_head",
-            ),
-            plain(doc! { "claim_token": 1 }, "outbox_claim"),
-            plain(doc! { "created_at": 1, "_id": 1 }, "outbox_created"),
-        ])
-        .await?;
+    // One command per index: FerretDB (2.x) drops the connection when one
+    // `createIndexes` names several indexes that all exist already, i.e. on
+    // every open after the first (a hub restarting, a second hub).
+    for index in [
+        plain(doc! { "status": 1, "next_attempt_at": 1 }, "outbox_due"),
+        plain(doc! { "status": 1, "lease_until": 1 }, "outbox_lease"),
+        plain(
+            doc! { "key": 1, "status": 1, "created_at": 1, "_id": 1 },
+            "outbox_key_head",
+        ),
+        plain(doc! { "claim_token": 1 }, "outbox_claim"),
+        plain(doc! { "created_at": 1, "_id": 1 }, "outbox_created"),
+    ] {
+        collection.create_index(index).await?;
+    }
     let ttl = IndexModel::builder()
         .keys(doc! { "sent_at": 1 })
         .options(

@@ -6,12 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use promhub::outbox::mongo::{MongoOutbox, MongoOutboxOptions};
-use promhub::outbox::sqlite::SqliteOutbox;
-use promhub::outbox::{
+use promhub_hub::store::mongo::test_server::FerretDb;
+use promhub_outbox::mongo::{MongoOutbox, MongoOutboxOptions};
+use promhub_outbox::sqlite::SqliteOutbox;
+use promhub_outbox::{
     Backoff, DrainerOptions, OutboxRecord, OutboxSink, PublishOutcome, SinkError,
 };
-use promhub_hub::store::mongo::test_server::FerretDb;
 
 /// A fresh embedded outbox in a temp dir (kept alive by the returned dir).
 pub fn sqlite_outbox() -> (SqliteOutbox, tempfile::TempDir) {
@@ -44,6 +44,17 @@ pub async fn ferret_outbox(test: &str) -> Option<MongoOutbox> {
             .await
             .expect("open the outbox on FerretDB"),
     )
+}
+
+/// How long any awaited step may take before the test fails as hung.
+const HANG_GUARD: Duration = Duration::from_secs(30);
+
+/// Awaits `future`, failing the test if it takes longer than the hang guard.
+pub async fn guard<F: Future>(what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(HANG_GUARD, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("hang guard: {what} did not happen within {HANG_GUARD:?}"),
+    }
 }
 
 /// Quick retries for the tests (the delays are not asserted on).
@@ -160,7 +171,7 @@ impl OutboxSink for StallingSink {
     }
 }
 
-/// Logs to the test output (`RUST_LOG=promhub=debug` for details).
+/// Logs to the test output (`RUST_LOG=promhub_outbox=debug` for details).
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

@@ -1,15 +1,15 @@
 //! `explain` of the claim's queries on FerretDB, exactly as the store
-//! builds them (`promhub::outbox::mongo::queries`). Prints the server's
+//! builds them (`promhub_outbox::mongo::queries`). Prints the server's
 //! plans and checks that the indexes meant for them exist. FerretDB (SQLite
 //! backend) runs its queries as table scans, so the plan itself is printed,
 //! not asserted; on MongoDB the same indexes serve these queries.
 //!
-//! `cargo test -p promhub --test outbox explain -- --nocapture`
+//! `cargo test -p promhub-outbox --test outbox explain -- --nocapture`
 
 use futures_util::TryStreamExt;
 use mongodb::bson::{Bson, Document, doc};
-use promhub::outbox::mongo::queries;
-use promhub::outbox::{NewRecord, OutboxStore, now_ms};
+use promhub_outbox::mongo::queries;
+use promhub_outbox::{NewRecord, OutboxStore, now_ms};
 
 use super::common::ferret_outbox;
 

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use promhub::outbox::{Drainer, NewRecord, OutboxStore, Replay, Status, now_ms};
+use promhub_outbox::{Drainer, NewRecord, OutboxStore, Replay, Status, now_ms};
 
-use super::common::{MemoryHub, StallingSink, fast_options};
-use super::support::guard;
+use super::common::{MemoryHub, StallingSink, fast_options, guard};
 
 const LEASE: Duration = Duration::from_secs(10);
 
@@ -216,8 +215,8 @@ pub async fn a_permanently_refused_record_is_dead_at_once<S: OutboxStore>(store:
     let hub = Arc::new(MemoryHub::default());
     *hub.rejected_topic.lock().unwrap() = Some("secret.audit".to_owned());
     // Backoff long enough that a retry would stall the test's key.
-    let options = promhub::outbox::DrainerOptions {
-        backoff: promhub::outbox::Backoff {
+    let options = promhub_outbox::DrainerOptions {
+        backoff: promhub_outbox::Backoff {
             base: Duration::from_secs(3600),
             max: Duration::from_secs(3600),
         },
@@ -318,12 +317,12 @@ pub async fn three_drainers_keep_per_key_order<S: OutboxStore>(
     let total: usize = ids_by_key.values().map(Vec::len).sum();
     let hub = Arc::new(MemoryHub::default());
     hub.fail_one_in.store(50, Ordering::Relaxed);
-    let options = promhub::outbox::DrainerOptions {
+    let options = promhub_outbox::DrainerOptions {
         max_attempts: 1_000,
         ..fast_options(100)
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let metrics = Arc::new(promhub::outbox::OutboxMetrics::default());
+    let metrics = Arc::new(promhub_outbox::OutboxMetrics::default());
     let first_store = Arc::clone(&stores[0]);
     let mut drainers = Vec::new();
     for store in stores {
@@ -443,7 +442,7 @@ pub async fn a_slow_publish_keeps_its_lease_renewed<S: OutboxStore>(store: S) {
     let store = Arc::new(store);
     let id = store.enqueue(record(1), now_ms()).await.expect("enqueue");
     let sink = Arc::new(StallingSink::new());
-    let options = promhub::outbox::DrainerOptions {
+    let options = promhub_outbox::DrainerOptions {
         lease: Duration::from_millis(600),
         ..fast_options(10)
     };

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use promhub_core::frames::Millis;
+use crate::Millis;
 
 use super::{OutboxError, OutboxStore};
 

@@ -1,54 +1,28 @@
-//! Where a drainer publishes: a remote hub through [`Client`], or (in the
-//! hub) its own log.
+//! The transactional outbox (semantics.md §5) and its drainer: the
+//! [`promhub_outbox`] crate, re-exported, with [`Client`] as a sink.
+//!
+//! An application writes its business data and an outbox record in one
+//! database transaction ([`sqlite::SqliteOutbox::enqueue_in`] with the
+//! `outbox-sqlite` feature, `mongo::MongoOutbox::enqueue_in` with the
+//! application's `ClientSession` and the `outbox-mongodb` feature). A
+//! [`Drainer`] claims records in batches and publishes each through a
+//! [`Client`] with the record's id as the event id (the hub de-duplicates
+//! re-publishes), waits for the PUBACK and marks them sent. Claims, fencing,
+//! leases, backoff, dead records, per-key order and retention are described
+//! in [`promhub_outbox`].
 
 use async_trait::async_trait;
+use promhub_core::frames::ErrorCode;
 
-use super::OutboxRecord;
-use crate::{Client, PublishOptions};
+pub use promhub_outbox::*;
 
-/// The hub's answer to one publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PublishOutcome {
-    pub seq: u64,
-    /// The hub already had this id (a re-publish it de-duplicated).
-    pub duplicate: bool,
-}
+use crate::{Client, Error, PublishOptions};
 
-/// A failed publish. A transient failure (network, timeout, rate limit,
-/// the hub's store) is retried with backoff, then the record is dead; a
-/// permanent one (invalid topic, forbidden, too large: the same record can
-/// never succeed) makes it dead at once, so it does not hold the records
-/// of its key back through a whole backoff sequence. Dead records are
-/// listed and replayable once the cause is fixed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct SinkError {
-    pub message: String,
-    pub permanent: bool,
-}
-
-impl SinkError {
-    /// A failure worth retrying.
-    pub fn transient(message: impl Into<String>) -> Self {
-        SinkError {
-            message: message.into(),
-            permanent: false,
-        }
-    }
-
-    /// The record as it is can never be published.
-    pub fn permanent(message: impl Into<String>) -> Self {
-        SinkError {
-            message: message.into(),
-            permanent: true,
-        }
-    }
-}
-
-impl From<crate::Error> for SinkError {
-    fn from(error: crate::Error) -> Self {
-        use crate::Error;
-        use promhub_core::frames::ErrorCode;
+/// A refusal that the same record can never overcome (invalid topic,
+/// forbidden, too large) is permanent: the record is dead at once. The rest
+/// (network, timeout, rate limit, token, the hub's store) is retried.
+impl From<Error> for SinkError {
+    fn from(error: Error) -> Self {
         let permanent = match &error {
             Error::InvalidTopic(_)
             | Error::Serialize(_)
@@ -62,21 +36,17 @@ impl From<crate::Error> for SinkError {
             }
             _ => false,
         };
-        SinkError {
-            message: error.to_string(),
-            permanent,
+        if permanent {
+            SinkError::permanent(error.to_string())
+        } else {
+            SinkError::transient(error.to_string())
         }
     }
 }
 
-/// Publishes outbox records. `publish` returns once the event is durable
-/// (PUBACK), with the record's id as the event id so the hub
-/// de-duplicates a re-publish.
-#[async_trait]
-pub trait OutboxSink: Send + Sync + 'static {
-    async fn publish(&self, record: &OutboxRecord) -> Result<PublishOutcome, SinkError>;
-}
-
+/// Publishes each record to the hub this client is connected to and waits
+/// for its PUBACK; the record's id is the event id, its creation time the
+/// event's `ts`.
 #[async_trait]
 impl OutboxSink for Client {
     async fn publish(&self, record: &OutboxRecord) -> Result<PublishOutcome, SinkError> {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use promhub_core::frames::Millis;
+use crate::Millis;
 use serde::Serialize;
 
 use super::OutboxError;
@@ -101,6 +101,7 @@ impl NewRecord {
     }
 
     /// The id this record gets: the chosen one or a fresh UUIDv7.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "mongodb")), allow(dead_code))]
     pub(crate) fn take_id(&mut self) -> String {
         self.id
             .take()

@@ -2,14 +2,14 @@
 //! database, so a record commits or rolls back with the business write.
 //!
 //! ```no_run
-//! # fn example() -> Result<(), promhub::outbox::OutboxError> {
-//! use promhub::outbox::{NewRecord, sqlite::{SqliteOutbox, with_transaction}};
+//! # fn example() -> Result<(), promhub_outbox::OutboxError> {
+//! use promhub_outbox::{NewRecord, sqlite::{SqliteOutbox, with_transaction}};
 //! let mut conn = rusqlite::Connection::open("app.db")?;
 //! SqliteOutbox::create_schema(&conn)?;
 //! with_transaction(&mut conn, |tx| {
 //!     tx.execute("INSERT INTO orders (id) VALUES (?1)", ["o-1"])?;
 //!     SqliteOutbox::enqueue_in(tx, NewRecord::new("order.created", &"o-1")?.key("o-1"))?;
-//!     Ok::<_, promhub::outbox::OutboxError>(())
+//!     Ok::<_, promhub_outbox::OutboxError>(())
 //! })?;
 //! # Ok(()) }
 //! ```
@@ -23,8 +23,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::Millis;
 use async_trait::async_trait;
-use promhub_core::frames::Millis;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
 use super::drainer::{duration_ms, now_ms};

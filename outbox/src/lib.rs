@@ -1,4 +1,10 @@
-//! The transactional outbox (semantics.md §5) and its drainer.
+//! The transactional outbox (semantics.md §5) and its drainer, shared by
+//! the native SDK (`promhub::outbox`, which re-exports this crate and
+//! publishes through a `promhub::Client`) and the hub (which drains MongoDB
+//! outbox collections into its own log). The sink is a trait
+//! ([`OutboxSink`]), so this crate knows nothing of the client or the hub.
+//!
+//! Features: `sqlite` (the embedded store, on by default) and `mongodb`.
 //!
 //! An application writes its business data and an outbox record in one
 //! database transaction ([`sqlite::SqliteOutbox::enqueue_in`] in the
@@ -34,12 +40,14 @@ mod backoff;
 mod drainer;
 mod error;
 mod metrics;
-#[cfg(feature = "outbox-mongodb")]
+#[cfg(feature = "mongodb")]
 pub mod mongo;
+// Used by the stores only (none without a store feature).
+#[cfg_attr(not(any(feature = "sqlite", feature = "mongodb")), allow(dead_code))]
 mod ordering;
 mod record;
 mod sink;
-#[cfg(feature = "outbox-sqlite")]
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod store;
 
@@ -50,3 +58,6 @@ pub use metrics::{MetricsSnapshot, OutboxMetrics};
 pub use record::{NewRecord, OutboxRecord, Status};
 pub use sink::{OutboxSink, PublishOutcome, SinkError};
 pub use store::{Claim, OutboxStats, OutboxStore, Replay};
+
+/// Unix milliseconds (the same as `promhub_core::frames::Millis`).
+pub type Millis = u64;

@@ -1,6 +1,11 @@
-//! End to end: the application's transaction, a drainer, a real hub and a
-//! subscriber; a drainer killed with SIGKILL mid-batch; transaction support
-//! on MongoDB.
+//! The outbox end to end through the SDK: the application's transaction, a
+//! drainer publishing with a `Client`, a real hub and a subscriber; a
+//! drainer killed with SIGKILL mid-batch; transaction support on MongoDB.
+//! (The stores and the drainer on their own: promhub-outbox's tests.)
+//!
+//! `cargo test -p promhub --test outbox`
+
+mod support;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -19,7 +24,7 @@ use promhub::outbox::{
 use promhub::{Client, ClientConfig, PublishOptions, SubscribeOptions, Subscription};
 use promhub_hub::store::mongo::test_server::FerretDb;
 
-use super::support::{TestHub, guard, next};
+use support::{TestHub, guard, next};
 
 const DB_ENV: &str = "PROMHUB_TEST_OUTBOX_DB";
 const HUB_ENV: &str = "PROMHUB_TEST_OUTBOX_HUB";
@@ -207,7 +212,7 @@ fn start_drainer_process(db: &Path, hub: &str, stall_after: usize) -> std::proce
     let exe = std::env::current_exe().expect("test binary");
     let mut child = Command::new(exe)
         .args([
-            "delivery::drainer_process_entry",
+            "drainer_process_entry",
             "--exact",
             "--ignored",
             "--nocapture",

@@ -8,7 +8,7 @@ use mongodb::error::{
 };
 use mongodb::{Client, ClientSession, Collection};
 
-use crate::outbox::OutboxError;
+use crate::OutboxError;
 
 /// How many times [`with_transaction`] runs the body (transient errors) or
 /// retries the commit (unknown commit result) before giving up.
@@ -24,8 +24,10 @@ const OPT_OUT: &str = "Run MongoDB as a replica set (a single-node replica set i
 /// standalone server (`hello` names no replica set and is no mongos)
 /// cannot, and a probe transaction checks the rest (a server may refuse
 /// transactions, or accept and ignore them: the probe's aborted insert
-/// must leave nothing behind).
-pub(crate) async fn check_transactions(
+/// must leave nothing behind). `probe` is a scratch collection for that
+/// insert. Public for the native SDK's idempotent consumers, which need
+/// transactions for the same reason as the outbox.
+pub async fn check_transactions(
     client: &Client,
     probe: &Collection<Document>,
 ) -> Result<(), OutboxError> {
@@ -72,10 +74,10 @@ pub(crate) async fn check_transactions(
 /// `body` may run more than once: it must only write through the session.
 ///
 /// ```no_run
-/// # async fn example(client: mongodb::Client, outbox: promhub::outbox::mongo::MongoOutbox)
-/// # -> Result<(), promhub::outbox::OutboxError> {
+/// # async fn example(client: mongodb::Client, outbox: promhub_outbox::mongo::MongoOutbox)
+/// # -> Result<(), promhub_outbox::OutboxError> {
 /// use mongodb::bson::doc;
-/// use promhub::outbox::{NewRecord, mongo::with_transaction};
+/// use promhub_outbox::{NewRecord, mongo::with_transaction};
 /// let orders = client.database("shop").collection::<mongodb::bson::Document>("orders");
 /// with_transaction(&client, |session| {
 ///     let (orders, outbox) = (orders.clone(), outbox.clone());

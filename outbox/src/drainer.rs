@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::Millis;
 use futures_util::future::join_all;
-use promhub_core::frames::Millis;
 
 use super::metrics::OutboxMetrics;
 use super::{

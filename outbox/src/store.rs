@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use crate::Millis;
 use async_trait::async_trait;
-use promhub_core::frames::Millis;
 
 use super::{NewRecord, OutboxError, OutboxRecord};
 
