@@ -253,7 +253,9 @@ async fn serve_to_exit(data: &Path) -> (bool, String, String) {
         .spawn()
         .expect("spawn promhub");
     let pid = child.id();
-    let Ok(output) = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await
+    // Generous: a debug hub exits within a second, but a loaded machine
+    // has been seen to take long before the child even ran the hub.
+    let Ok(output) = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output()).await
     else {
         // Say what state it was in (the child is killed when dropped).
         let listing = std::fs::read_dir(data)
@@ -272,12 +274,19 @@ async fn serve_to_exit(data: &Path) -> (bool, String, String) {
             .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
             .unwrap_or_default();
         panic!(
-            "the hub kept running on a full disk; data dir: [{listing}]; status: {}",
+            "the hub kept running on a full disk; data dir: [{listing}]; status: {}; kernel stack: {}",
             threads
                 .lines()
-                .filter(|l| l.starts_with("State") || l.starts_with("Threads"))
+                // `Name` tells a child that had not yet become the hub
+                // (still the forked test binary) from a hub that hung.
+                .filter(|l| {
+                    l.starts_with("Name") || l.starts_with("State") || l.starts_with("Threads")
+                })
                 .collect::<Vec<_>>()
-                .join(" ")
+                .join(" "),
+            // Where it is, in the kernel (readable as root, as in CI).
+            pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stack")).ok())
+                .unwrap_or_default()
         );
     };
     let output = output.expect("promhub output");
