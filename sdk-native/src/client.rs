@@ -57,7 +57,7 @@ impl fmt::Debug for Client {
 
 impl Client {
     /// Connects to the hub at `urls` (`ws://host:port/ws` or `wss://…`, or
-    /// several such URLs of hubs sharing one database: see [`HubUrls`]) and
+    /// several such URLs: see [`HubUrls`]) and
     /// returns once a hub accepted the token. Fails when the first attempt
     /// on every hub fails ([`Error::Connect`]), or at the hub's refusal
     /// such as [`Error::Refused`]; after it, the client reconnects by
@@ -252,8 +252,7 @@ impl Client {
 }
 
 /// The hub URLs [`Client::connect`] takes: one (`&str`, `String`) or
-/// several (an array, `Vec` or slice of them) of hubs sharing one database
-/// (`semantics.md` §7). With several, the client tries them in a random
+/// several (an array, `Vec` or slice of them). With several, the client tries them in a random
 /// order of its own and moves to the next on every new attempt (after a
 /// failed attempt or a lost connection), with the usual reconnect backoff;
 /// subscriptions and groups resume on the hub it reaches.

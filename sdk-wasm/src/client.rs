@@ -32,7 +32,7 @@ pub struct PromClient {
 #[wasm_bindgen]
 impl PromClient {
     /// `url`: the hub's WebSocket endpoint, e.g. `ws://127.0.0.1:8090/ws`,
-    /// or an array of several hubs' (sharing one database): the client
+    /// or an array of several endpoints: the client
     /// fails over between them. A path (`/ws`) or an `http(s)` URL is
     /// resolved against the page.
     #[wasm_bindgen(constructor)]

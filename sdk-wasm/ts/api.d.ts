@@ -200,7 +200,7 @@ export type Handler<T = unknown> = (event: PromEvent<T>, ctx: DeliveryContext) =
 export class PromClient<Topics extends object = AnyTopics> {
   /**
    * `url`: the hub's WebSocket endpoint, e.g. `ws://127.0.0.1:8090/ws`,
-   * or an array of several hubs' endpoints (hubs sharing one database):
+   * or an array of several endpoints:
    * the client tries them in a random order of its own, moves to the next
    * on every new attempt (a failed attempt or a lost connection) with the
    * usual backoff, and resumes its subscriptions on the hub it reaches.
