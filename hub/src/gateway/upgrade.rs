@@ -5,7 +5,7 @@
 //! keep the raw socket under the WebSocket: after a frame it cannot read
 //! (too big, not UTF-8) the connection drains what the client still sends
 //! while its close frame goes out, so the client gets 1009/1007 instead
-//! of a reset (see `connection.rs`).
+//! of a reset (see `connection/`).
 
 use std::sync::Arc;
 

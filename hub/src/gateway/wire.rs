@@ -1,4 +1,4 @@
-//! The hub's side of the WebSocket wire under `connection.rs`: queued
+//! The hub's side of the WebSocket wire under `connection/`: queued
 //! frames as tungstenite messages, the close code for a frame tungstenite
 //! refuses, and draining the socket after such a frame.
 
