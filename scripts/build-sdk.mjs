@@ -27,7 +27,7 @@ import {
 
 /**
  * The budget of the issue: .wasm plus JS glue, gzipped. The build fails
- * above it (63.9 KiB today, from 119; sdk-wasm/README.md, "Size").
+ * above it (61.9 KiB today, from 119; sdk-wasm/README.md, "Size").
  */
 const BUDGET_BYTES = 64 * 1024;
 /** What the build fails above: the budget itself, now that it is met. */
