@@ -318,3 +318,14 @@ impl JwksServer {
         self.task.await.unwrap();
     }
 }
+
+/// The wall clock in Unix ms (token times are Unix seconds).
+pub fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis(),
+    )
+    .expect("ms fit in u64")
+}
