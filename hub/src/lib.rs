@@ -7,6 +7,7 @@ pub mod auth;
 pub mod authn;
 mod broker;
 mod clock;
+pub mod cluster;
 pub mod config;
 mod connection;
 pub mod error;

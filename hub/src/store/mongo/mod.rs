@@ -382,6 +382,10 @@ impl MongoStore {
 
 #[async_trait]
 impl Store for MongoStore {
+    fn cluster_database(&self) -> Option<Database> {
+        Some(self.inner.db.clone())
+    }
+
     async fn commit(&self, batch: CommitBatch) -> Result<CommitOutcome, StoreError> {
         self.check_open()?;
         let mut state = self.inner.writer.lock().await;

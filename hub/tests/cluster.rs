@@ -1,0 +1,226 @@
+//! Several real `promhub serve --store mongodb://…` processes on one
+//! FerretDB (semantics.md §7): the hub registry (`hubs` collection,
+//! heartbeat leases, `GET /cluster`, join / leave logs).
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::http::{self, authority};
+use promhub_hub::store::mongo::test_server::FerretDb;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const ADMIN_TOKEN: &str = "cluster-test-admin-token-0123456789";
+/// Short leases so that a dead hub is noticed within a second.
+const LEASE_MS: &str = "600";
+
+/// A `promhub serve` child on the MongoDB store, its stderr (info logs)
+/// collected.
+struct HubProcess {
+    child: Child,
+    url: String,
+    log: Arc<Mutex<Vec<String>>>,
+    _data: tempfile::TempDir,
+}
+
+impl HubProcess {
+    async fn spawn(store: &str) -> HubProcess {
+        let data = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_promhub"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--store", store])
+            .env("PROMHUB_DATA", data.path())
+            .env("PROMHUB_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("PROMHUB_CLUSTER_LEASE_MS", LEASE_MS)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn promhub");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        tokio::spawn({
+            let log = Arc::clone(&log);
+            async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    log.lock().unwrap().push(line);
+                }
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("no output from promhub")
+            .expect("reading stdout")
+            .expect("promhub exited before printing");
+        let url = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("first line is {first:?}"))
+            .to_owned();
+        HubProcess {
+            child,
+            url,
+            log,
+            _data: data,
+        }
+    }
+
+    async fn cluster(&self) -> Value {
+        let response = http::get(&authority(&self.url), "/cluster", Some(ADMIN_TOKEN)).await;
+        assert_eq!(response.status, 200, "{response:?}");
+        response.json()
+    }
+
+    fn logged(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    async fn sigterm(mut self) {
+        let pid = self.child.id().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("kill -TERM");
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("the hub did not stop after SIGTERM")
+            .expect("wait");
+        assert!(exit.success(), "{exit:?}");
+    }
+
+    async fn kill9(mut self) {
+        self.child.kill().await.expect("kill");
+    }
+}
+
+/// The hubs `/cluster` lists as alive, as (id, address).
+fn alive(cluster: &Value) -> Vec<(String, String)> {
+    cluster["hubs"]
+        .as_array()
+        .expect("hubs")
+        .iter()
+        .filter(|hub| hub["alive"] == true)
+        .map(|hub| {
+            (
+                hub["id"].as_str().expect("id").to_owned(),
+                hub["address"].as_str().expect("address").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits (at most 10 s) until `check` holds.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_register_renew_and_leave_and_cluster_lists_them() {
+    let Some(server) = FerretDb::shared_or_skip("hubs_register_renew_and_leave") else {
+        return;
+    };
+    let store = server.uri("cluster_registry");
+    let a = HubProcess::spawn(&store).await;
+    let b = HubProcess::spawn(&store).await;
+    let c = HubProcess::spawn(&store).await;
+
+    // Every hub lists all three, each with its own id and address (a hub
+    // registers right after its `listening on` line).
+    eventually("A lists three hubs", async || {
+        alive(&a.cluster().await).len() == 3
+    })
+    .await;
+    let listing = a.cluster().await;
+    assert_eq!(listing["clustered"], true, "{listing}");
+    let hubs = alive(&listing);
+    assert_eq!(hubs.len(), 3, "{listing}");
+    let mut addresses: Vec<&str> = hubs.iter().map(|(_, address)| address.as_str()).collect();
+    addresses.sort_unstable();
+    let mut urls = vec![a.url.as_str(), b.url.as_str(), c.url.as_str()];
+    urls.sort_unstable();
+    assert_eq!(addresses, urls);
+    for hub in [&b, &c] {
+        let other = hub.cluster().await;
+        assert_eq!(alive(&other).len(), 3, "{other}");
+        assert_ne!(other["self"], listing["self"]);
+    }
+    let first = &listing["hubs"][0];
+    assert!(
+        first["lease_until_ms"].as_i64() > first["heartbeat_ms"].as_i64(),
+        "{first}"
+    );
+
+    // Leases are renewed: the heartbeat moves.
+    let before = a.cluster().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = a.cluster().await;
+    for i in 0..3 {
+        assert!(
+            after["hubs"][i]["heartbeat_ms"].as_i64() > before["hubs"][i]["heartbeat_ms"].as_i64(),
+            "{before} {after}"
+        );
+    }
+    // A saw B and C join.
+    eventually("A logs two joins", async || {
+        a.logged("cluster: a hub joined") >= 2
+    })
+    .await;
+
+    // A clean stop removes the registration at once.
+    let c_id = alive(&listing)
+        .into_iter()
+        .find(|(_, address)| *address == c.url)
+        .expect("C listed")
+        .0;
+    c.sigterm().await;
+    let now = a.cluster().await;
+    assert_eq!(alive(&now).len(), 2, "{now}");
+    assert!(
+        !now["hubs"].to_string().contains(&c_id),
+        "C's registration is gone: {now}"
+    );
+    eventually("A logs C leaving", async || {
+        a.logged("cluster: a hub left") >= 1
+    })
+    .await;
+
+    // A killed hub stays listed, not alive, once its lease runs out.
+    let b_url = b.url.clone();
+    b.kill9().await;
+    eventually("B's lease runs out", async || {
+        let now = a.cluster().await;
+        let hubs = now["hubs"].as_array().expect("hubs").clone();
+        alive(&now).len() == 1
+            && hubs
+                .iter()
+                .any(|hub| hub["address"] == b_url.as_str() && hub["alive"] == false)
+    })
+    .await;
+    eventually("A logs B leaving", async || {
+        a.logged("cluster: a hub left") >= 2
+    })
+    .await;
+    a.sigterm().await;
+}
