@@ -322,6 +322,7 @@ pub async fn open_store(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> 
         StoreLocation::Mongo(uri) => {
             let options = MongoOptions {
                 dedup_window: Duration::from_millis(config.dedup_window_ms),
+                range_lease: Duration::from_millis(config.cluster_lease_ms),
                 ..MongoOptions::default()
             };
             let store = MongoStore::connect_with(&uri, options).await?;
