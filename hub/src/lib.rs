@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 mod connection;
 pub mod error;
+mod follower;
 mod gateway;
 pub mod limits;
 pub mod metrics;

@@ -18,6 +18,7 @@ use crate::cluster;
 use crate::config::{HubConfig, StoreLocation};
 use crate::connection::Shared;
 use crate::error::HubError;
+use crate::follower;
 use crate::gateway::{self, Gateway, caps, tls};
 use crate::limits::TopicBuckets;
 use crate::metrics::Metrics;
@@ -103,6 +104,21 @@ pub async fn run_with(
             ..WriterOptions::default()
         },
     );
+    // On a MongoDB store the broker is fed from the log up to the
+    // visibility horizon: every hub's commits, in one seq order.
+    let (committed, follower) = match store.cluster_database() {
+        Some(db) => {
+            let (feed, task) = follower::spawn(follower::FollowerSetup {
+                store: Arc::clone(&store),
+                own: committed,
+                head,
+                poll: Duration::from_millis(config.cluster_poll_ms),
+                db,
+            });
+            (feed, Some(task))
+        }
+        None => (committed, None),
+    };
     let (broker, broker_task) = broker::spawn(BrokerSetup {
         store: Arc::clone(&store),
         writer: writer.clone(),
@@ -271,6 +287,9 @@ pub async fn run_with(
     }
     drop(broker);
     broker_task.abort();
+    if let Some(follower) = follower {
+        follower.abort();
+    }
     store.close().await?;
     tracing::info!("stopped");
     Ok(())

@@ -1,6 +1,9 @@
 //! Several real `promhub serve --store mongodb://…` processes on one
 //! FerretDB (semantics.md §7): the hub registry (`hubs` collection,
-//! heartbeat leases, `GET /cluster`, join / leave logs).
+//! heartbeat leases, `GET /cluster`, join / leave logs), and live delivery
+//! across hubs (the log follower): an event published on one hub reaches
+//! live subscribers on the others, and with publishers on every hub every
+//! reader sees one strictly increasing seq order with nothing skipped.
 
 mod common;
 
@@ -8,9 +11,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::Client;
 use common::http::{self, authority};
 use promhub_hub::store::mongo::test_server::FerretDb;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -35,6 +39,7 @@ impl HubProcess {
             .env("PROMHUB_DATA", data.path())
             .env("PROMHUB_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("PROMHUB_CLUSTER_LEASE_MS", LEASE_MS)
+            .env("PROMHUB_CLUSTER_POLL_MS", "20")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -101,6 +106,12 @@ impl HubProcess {
             .expect("the hub did not stop after SIGTERM")
             .expect("wait");
         assert!(exit.success(), "{exit:?}");
+    }
+
+    async fn client(&self) -> Client {
+        let mut client = Client::connect(&self.url).await;
+        client.auth().await;
+        client
     }
 
     async fn kill9(mut self) {
@@ -223,4 +234,115 @@ async fn hubs_register_renew_and_leave_and_cluster_lists_them() {
     })
     .await;
     a.sigterm().await;
+}
+
+/// The seqs of the next `count` EVENTs `client` receives.
+async fn receive_seqs(client: &mut Client, count: usize) -> Vec<u64> {
+    let mut seqs = Vec::with_capacity(count);
+    while seqs.len() < count {
+        let event = client.recv_event().await;
+        seqs.push(event["event"]["seq"].as_u64().expect("seq"));
+    }
+    seqs
+}
+
+fn acked_seq(puback: &Value) -> u64 {
+    assert_eq!(puback["op"], "PUBACK", "{puback}");
+    puback["seq"].as_u64().expect("seq")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_published_on_one_hub_reaches_live_subscribers_on_the_others() {
+    let Some(server) = FerretDb::shared_or_skip("cross_hub_live") else {
+        return;
+    };
+    let store = server.uri("cluster_live");
+    let a = HubProcess::spawn(&store).await;
+    let b = HubProcess::spawn(&store).await;
+    let c = HubProcess::spawn(&store).await;
+    let mut on_b = b.client().await;
+    let mut on_c = c.client().await;
+    on_b.subscribe("live.*", None, Value::Null).await;
+    on_c.subscribe("live.*", None, Value::Null).await;
+    let mut publisher = a.client().await;
+    let mut acked = Vec::new();
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        // Each one timed from PUBLISH on A to its EVENT on B.
+        let started = Instant::now();
+        acked.push(acked_seq(
+            &publisher
+                .publish("live.x", json!({ "i": i }), Value::Null)
+                .await,
+        ));
+        assert_eq!(receive_seqs(&mut on_b, 1).await, acked[i..]);
+        latencies.push(started.elapsed());
+    }
+    latencies.sort_unstable();
+    eprintln!(
+        "publish on A -> EVENT on B (cluster_poll_ms 20): p50 {} ms, max {} ms",
+        latencies[10].as_millis(),
+        latencies[19].as_millis()
+    );
+    assert_eq!(receive_seqs(&mut on_c, 20).await, acked);
+    // Nothing more: no duplicate.
+    on_b.assert_alive_and_quiet().await;
+    on_c.assert_alive_and_quiet().await;
+    a.sigterm().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_on_three_hubs_give_every_reader_one_seq_order() {
+    let Some(server) = FerretDb::shared_or_skip("cross_hub_order") else {
+        return;
+    };
+    let store = server.uri("cluster_order");
+    let hubs = [
+        HubProcess::spawn(&store).await,
+        HubProcess::spawn(&store).await,
+        HubProcess::spawn(&store).await,
+    ];
+    let mut readers = Vec::new();
+    for hub in &hubs {
+        let mut reader = hub.client().await;
+        reader.subscribe("order.*", None, Value::Null).await;
+        readers.push(reader);
+    }
+    // Two publishers per hub, 40 events each, all at once.
+    const PER_PUBLISHER: usize = 40;
+    let mut publishers = Vec::new();
+    for (h, hub) in hubs.iter().enumerate() {
+        for p in 0..2 {
+            let mut client = hub.client().await;
+            publishers.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..PER_PUBLISHER {
+                    let topic = format!("order.h{h}");
+                    let puback = client
+                        .publish(&topic, json!({ "p": p, "i": i }), Value::Null)
+                        .await;
+                    seqs.push(acked_seq(&puback));
+                }
+                seqs
+            }));
+        }
+    }
+    let mut acked = Vec::new();
+    for publisher in publishers {
+        acked.extend(publisher.await.expect("publisher"));
+    }
+    acked.sort_unstable();
+    let total = acked.len();
+    acked.dedup();
+    assert_eq!(acked.len(), total, "every PUBACK has its own seq");
+    assert_eq!(total, 3 * 2 * PER_PUBLISHER);
+    for (h, reader) in readers.iter_mut().enumerate() {
+        let seen = receive_seqs(reader, total).await;
+        assert!(
+            seen.windows(2).all(|pair| pair[0] < pair[1]),
+            "reader on hub {h}: not strictly increasing: {seen:?}"
+        );
+        assert_eq!(seen, acked, "reader on hub {h} skipped or added events");
+        reader.assert_alive_and_quiet().await;
+    }
 }

@@ -425,6 +425,10 @@ impl Store for MongoStore {
         Some(self.inner.db.clone())
     }
 
+    async fn refresh_horizon(&self) -> Result<u64, StoreError> {
+        MongoStore::refresh_horizon(self).await
+    }
+
     async fn commit(&self, batch: CommitBatch) -> Result<CommitOutcome, StoreError> {
         self.check_open()?;
         let mut state = self.inner.writer.lock().await;
