@@ -46,6 +46,13 @@ pub struct HubConfig {
     /// How long a publisher-chosen `opts.id` is remembered for
     /// de-duplication.
     pub dedup_window_ms: u64,
+    /// On a MongoDB store: the lease of this hub's registration in the
+    /// `hubs` collection (renewed every third of it); another hub counts it
+    /// gone this long after its last renewal.
+    pub cluster_lease_ms: u64,
+    /// On a MongoDB store without change streams (FerretDB, a standalone
+    /// server): how often the log follower looks for other hubs' commits.
+    pub cluster_poll_ms: u64,
     /// Bound on frames queued for one connection's live (ephemeral)
     /// deliveries before it is closed with 4009.
     pub ephemeral_buffer_frames: usize,
@@ -232,6 +239,8 @@ impl Default for HubConfig {
             max_frame_bytes: promhub_core::frames::DEFAULT_MAX_FRAME_BYTES,
             heartbeat_ms: 15_000,
             dedup_window_ms: 2 * 60 * 1000,
+            cluster_lease_ms: 10_000,
+            cluster_poll_ms: 50,
             ephemeral_buffer_frames: 4096,
             ephemeral_buffer_bytes: 4 * 1024 * 1024,
             groups: GroupDefaults::default(),
@@ -301,6 +310,12 @@ impl HubConfig {
                     outbox.uri
                 ));
             }
+        }
+        if self.cluster_lease_ms < 100 {
+            return Err("cluster_lease_ms must be at least 100".to_owned());
+        }
+        if self.cluster_poll_ms == 0 {
+            return Err("cluster_poll_ms must be positive".to_owned());
         }
         if !self.ws_path.starts_with('/') {
             return Err(format!("ws_path {:?} must start with '/'", self.ws_path));

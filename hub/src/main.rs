@@ -93,6 +93,14 @@ struct ServeArgs {
     /// De-duplication window for `opts.id`, in ms [default: 120000]
     #[arg(long, env = "PROMHUB_DEDUP_WINDOW_MS")]
     dedup_window_ms: Option<u64>,
+    /// On a MongoDB store: this hub's registration lease in the `hubs`
+    /// collection, in ms (renewed every third of it) [default: 10000]
+    #[arg(long, env = "PROMHUB_CLUSTER_LEASE_MS")]
+    cluster_lease_ms: Option<u64>,
+    /// On a MongoDB store without change streams: how often the log
+    /// follower looks for other hubs' commits, in ms [default: 50]
+    #[arg(long, env = "PROMHUB_CLUSTER_POLL_MS")]
+    cluster_poll_ms: Option<u64>,
     /// How long before a token's exp the hub sends EXPIRING, in ms
     /// [default: 30000]
     #[arg(long, env = "PROMHUB_EXPIRING_NOTICE_MS")]
@@ -216,6 +224,12 @@ impl ServeArgs {
         }
         if let Some(ms) = self.dedup_window_ms {
             config.dedup_window_ms = ms;
+        }
+        if let Some(ms) = self.cluster_lease_ms {
+            config.cluster_lease_ms = ms;
+        }
+        if let Some(ms) = self.cluster_poll_ms {
+            config.cluster_poll_ms = ms;
         }
         if let Some(ms) = self.expiring_notice_ms {
             config.expiring_notice_ms = ms;

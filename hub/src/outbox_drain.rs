@@ -104,20 +104,16 @@ impl OutboxSink for LogSink {
 
 /// Opens every configured outbox (failing the start with the URI when one
 /// cannot be reached) and starts its drainer; they stop when `shutdown`
-/// turns true.
+/// turns true. `holder` names this hub in the drain leases (its hub id,
+/// unique per process).
 pub async fn spawn_drainers(
     outboxes: &[OutboxDrainConfig],
     writer: &StoreWriter,
     metrics: &Metrics,
     shutdown: &watch::Receiver<bool>,
+    holder: &str,
 ) -> Result<Vec<JoinHandle<()>>, HubError> {
     let mut drainers = Vec::with_capacity(outboxes.len());
-    // This hub's name in the drain leases (unique per process).
-    let holder = format!(
-        "hub-{}-{}",
-        std::process::id(),
-        uuid::Uuid::now_v7().simple()
-    );
     for config in outboxes {
         let location = config.location().map_err(HubError::Config)?;
         let failed = |source: OutboxError| HubError::Outbox {
@@ -164,7 +160,7 @@ pub async fn spawn_drainers(
         let lease = DrainLease::new(
             &client.database(&location.database),
             &location.collection,
-            holder.clone(),
+            holder,
             Duration::from_secs(config.lease_secs),
         );
         drainers.push(tokio::spawn(drain_while_leased(

@@ -14,9 +14,11 @@ use tower_http::services::ServeDir;
 use crate::auth::Verifier;
 use crate::authn::{Authenticator, DevAuthenticator};
 use crate::broker::{self, BrokerSetup, HoldLimits};
+use crate::cluster;
 use crate::config::{HubConfig, StoreLocation};
 use crate::connection::Shared;
 use crate::error::HubError;
+use crate::follower;
 use crate::gateway::{self, Gateway, caps, tls};
 use crate::limits::TopicBuckets;
 use crate::metrics::Metrics;
@@ -102,6 +104,21 @@ pub async fn run_with(
             ..WriterOptions::default()
         },
     );
+    // On a MongoDB store the broker is fed from the log up to the
+    // visibility horizon: every hub's commits, in one seq order.
+    let (committed, follower) = match store.cluster_database() {
+        Some(db) => {
+            let (feed, task) = follower::spawn(follower::FollowerSetup {
+                store: Arc::clone(&store),
+                own: committed,
+                head,
+                poll: Duration::from_millis(config.cluster_poll_ms),
+                db,
+            });
+            (feed, Some(task))
+        }
+        None => (committed, None),
+    };
     let (broker, broker_task) = broker::spawn(BrokerSetup {
         store: Arc::clone(&store),
         writer: writer.clone(),
@@ -119,8 +136,36 @@ pub async fn run_with(
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // This hub's name in the hub registry and the outbox drain leases.
+    let hub_id = cluster::new_hub_id();
     let drainers =
-        outbox_drain::spawn_drainers(&config.outbox, &writer, &metrics, &shutdown_rx).await?;
+        outbox_drain::spawn_drainers(&config.outbox, &writer, &metrics, &shutdown_rx, &hub_id)
+            .await?;
+    // On a MongoDB store: register in the `hubs` collection (the first
+    // heartbeat before serving, so `/cluster` lists this hub at once).
+    let registry = match store.cluster_database() {
+        Some(db) => {
+            let scheme = if tls.is_some() { "wss" } else { "ws" };
+            let address = match listener.local_addr() {
+                Ok(addr) => format!("{scheme}://{addr}{}", config.ws_path),
+                Err(_) => String::new(),
+            };
+            let registry = Arc::new(cluster::Registry::new(
+                &db,
+                hub_id.clone(),
+                address,
+                Duration::from_millis(config.cluster_lease_ms),
+                crate::clock::now_ms(),
+            ));
+            if let Err(error) = registry.heartbeat(crate::clock::now_ms()).await {
+                tracing::warn!(%error, "cluster: cannot register this hub; retrying in the background");
+            }
+            tracing::info!(hub = %hub_id, "cluster: this hub registered");
+            let task = cluster::spawn(Arc::clone(&registry), shutdown_rx.clone());
+            Some((registry, task))
+        }
+        None => None,
+    };
     let retention = crate::retention::spawn(
         Arc::clone(&store),
         &config.retention,
@@ -160,6 +205,8 @@ pub async fn run_with(
         authenticator: Arc::clone(&shared.authenticator),
         admin_token: config.admin_token.clone(),
         shutdown: shutdown_rx.clone(),
+        hub_id: hub_id.clone(),
+        registry: registry.as_ref().map(|(registry, _)| Arc::clone(registry)),
     };
     if config.admin_token.is_none() && shared.authenticator.is_development() {
         tracing::warn!(
@@ -225,6 +272,12 @@ pub async fn run_with(
     {
         tracing::warn!("the retention pass did not stop in time");
     }
+    // The registration goes (another hub logs this one leaving).
+    if let Some((_, task)) = registry
+        && tokio::time::timeout(grace, task).await.is_err()
+    {
+        tracing::warn!("cluster: the registration was not removed in time");
+    }
     // Cursor moves and dead letters still in memory become durable.
     if tokio::time::timeout(grace, broker.shutdown())
         .await
@@ -234,6 +287,9 @@ pub async fn run_with(
     }
     drop(broker);
     broker_task.abort();
+    if let Some(follower) = follower {
+        follower.abort();
+    }
     store.close().await?;
     tracing::info!("stopped");
     Ok(())
@@ -285,6 +341,7 @@ pub async fn open_store(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> 
         StoreLocation::Mongo(uri) => {
             let options = MongoOptions {
                 dedup_window: Duration::from_millis(config.dedup_window_ms),
+                range_lease: Duration::from_millis(config.cluster_lease_ms),
                 ..MongoOptions::default()
             };
             let store = MongoStore::connect_with(&uri, options).await?;

@@ -74,6 +74,7 @@ fn endpoints() -> Vec<(&'static str, &'static str, Option<&'static str>)> {
         ("GET", "/lag?topic=jobs.*&group=g", None),
         ("GET", "/latest-by-key?topic=jobs.a&key=k", None),
         ("GET", "/groups", None),
+        ("GET", "/cluster", None),
         ("GET", "/dead-letters?topic=jobs.*&group=g", None),
         (
             "POST",

@@ -28,6 +28,7 @@ use self::status::{GroupStatus, lag, status};
 use crate::auth::Secret;
 use crate::authn::Authenticator;
 use crate::broker::{BrokerHandle, BufferView, GroupView, ReplayRefused};
+use crate::cluster::Registry;
 use crate::metrics::{self, GroupLag, Metrics};
 use crate::store::{DeadLetter, GroupKey, GroupRecord, Store, StoreError};
 
@@ -52,11 +53,16 @@ pub(crate) struct OpsState {
     pub authenticator: Arc<dyn Authenticator>,
     pub admin_token: Option<Secret>,
     pub shutdown: watch::Receiver<bool>,
+    /// This hub's id (hub registry, outbox drain leases).
+    pub hub_id: String,
+    /// The hub registry, on a MongoDB store.
+    pub registry: Option<Arc<Registry>>,
 }
 
 /// Paths the ops API serves (the WebSocket path must be another one).
-pub(crate) const PATHS: [&str; 10] = [
+pub(crate) const PATHS: [&str; 11] = [
     "/ops",
+    "/cluster",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -79,6 +85,7 @@ pub(crate) fn router(state: OpsState) -> Router {
         .route("/lag", get(lag_of_group))
         .route("/latest-by-key", get(latest_by_key))
         .route("/groups", get(groups))
+        .route("/cluster", get(cluster))
         .route("/dead-letters", get(dead_letters))
         .route("/dead-letters/replay", post(replay))
         .with_state(state)
@@ -533,4 +540,29 @@ async fn replay(
         }
         None => Err(OpsError::Unavailable("the hub is shutting down".into())),
     }
+}
+
+/// `GET /cluster`: the hubs registered in the store's database with their
+/// leases (`alive`: the lease still runs); with the embedded store only
+/// this hub, `clustered: false`.
+async fn cluster(_admin: Admin, State(state): State<OpsState>) -> Result<Response, OpsError> {
+    let Some(registry) = &state.registry else {
+        return Ok(Json(json!({
+            "clustered": false,
+            "self": state.hub_id,
+            "hubs": [],
+        }))
+        .into_response());
+    };
+    let hubs = registry
+        .list(crate::clock::now_ms())
+        .await
+        .map_err(|e| OpsError::Unavailable(format!("cannot list the hubs: {e}")))?;
+    Ok(Json(json!({
+        "clustered": true,
+        "self": state.hub_id,
+        "lease_ms": u64::try_from(registry.lease().as_millis()).unwrap_or(u64::MAX),
+        "hubs": hubs,
+    }))
+    .into_response())
 }

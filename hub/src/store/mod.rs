@@ -492,6 +492,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// The MongoDB database of a store several hubs can share (the hub
+    /// registry, `cluster.rs`, lives there); `None` (the default, the
+    /// embedded store): a hub of its own.
+    fn cluster_database(&self) -> Option<mongodb::Database> {
+        None
+    }
+
+    /// Reads how far every writer of the store has finished (other hubs'
+    /// commits, given-up ranges) and lets reads go that far; returns the
+    /// seq reads now stop at. The default (one writer): [`Store::last_seq`].
+    async fn refresh_horizon(&self) -> Result<u64, StoreError> {
+        self.last_seq().await
+    }
+
     /// Events with `seq > after`, in `seq` order, at most `limit`; when
     /// `pattern` is given only matching ones (the scan continues past
     /// non-matching events up to `scan_limit` rows, so a sparse pattern cannot

@@ -5,11 +5,43 @@
 use super::*;
 
 impl MongoStore {
-    /// Applies one batch (see the module docs for the order of writes).
+    /// Applies one batch (see the module docs for the order of writes),
+    /// then closes the seq range it reserved, also when it failed part-way
+    /// (its seqs then are given up at once instead of after the lease).
     pub(super) async fn apply(
         &self,
         state: &mut WriterState,
         batch: CommitBatch,
+    ) -> Result<CommitOutcome, StoreError> {
+        let mut range = None;
+        let result = self.apply_in_range(state, batch, &mut range).await;
+        if let Some((low, high)) = range {
+            match self.release(state, low, high).await {
+                Ok(horizon) => {
+                    if let Ok(outcome) = &result {
+                        let last = outcome.stored.last().map_or(0, |e| e.seq);
+                        state.applied = state.applied.max(last.min(horizon));
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, low, high, "MongoDB store: cannot close a seq range; other hubs give it up after its lease");
+                    state.chain_head = None;
+                    // The batch is durable all the same; the horizon moves
+                    // once the range lapses.
+                    if result.is_ok() {
+                        return result;
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    async fn apply_in_range(
+        &self,
+        state: &mut WriterState,
+        batch: CommitBatch,
+        range: &mut Option<(u64, u64)>,
     ) -> Result<CommitOutcome, StoreError> {
         let inner = &self.inner;
         let now_ms = now_millis();
@@ -63,7 +95,9 @@ impl MongoStore {
         }
 
         let first = if new_count > 0 {
-            self.reserve(state, new_count as u64).await?
+            let first = self.reserve(state, new_count as u64).await?;
+            *range = Some((first, first + new_count as u64 - 1));
+            first
         } else {
             0
         };
@@ -172,11 +206,6 @@ impl MongoStore {
                 }
             });
         }
-        let last_seq = if new_count > 0 {
-            seq_of(new_count - 1)
-        } else {
-            0
-        };
 
         self.apply_group_changes(
             &batch.progress,
@@ -185,42 +214,168 @@ impl MongoStore {
         )
         .await?;
         self.prune_dedup(state, now).await?;
-        state.applied = state.applied.max(last_seq);
-        inner.durable_seq.fetch_max(last_seq, Ordering::AcqRel);
         Ok(CommitOutcome {
             events: outcome,
             stored,
         })
     }
 
-    /// Reserves `count` seqs; returns the first. Also records `applied`.
-    pub(super) async fn reserve(&self, state: &WriterState, count: u64) -> Result<u64, StoreError> {
+    /// Reserves `count` seqs: inserts the range `{_id: low, high, writer,
+    /// expires, done: false}` into `seq_ranges`, `low` = the newest range's
+    /// `high` + 1. The unique `_id` makes two hubs that read the same newest
+    /// range collide, and the loser reads again: an insert is atomic on
+    /// every server, whereas FerretDB 1.x runs `findAndModify` as a read
+    /// then a write (concurrent `$inc`s hand out the same value). Returns
+    /// the first seq.
+    pub(super) async fn reserve(
+        &self,
+        state: &mut WriterState,
+        count: u64,
+    ) -> Result<u64, StoreError> {
+        let ranges = self.collection(queries::SEQ_RANGES);
+        let lease = duration_millis(self.inner.options.range_lease);
+        for _ in 0..RESERVE_ATTEMPTS {
+            let cached = state.chain_head.is_some();
+            let head = match state.chain_head.take() {
+                Some(head) => head,
+                None => self.chain_head().await?,
+            };
+            let first = head.wrapping_add(1);
+            let last = head.wrapping_add(count);
+            // A reset behind our back would break the order every reader
+            // relies on: refuse rather than reuse seqs.
+            if first <= self.durable() || last > i64::MAX as u64 {
+                if cached {
+                    // Other hubs reserved since: read the chain again.
+                    continue;
+                }
+                return Err(StoreError::Corrupt(format!(
+                    "the seq counter ({head}) is not above the stored events ({}); was it \
+                     reset behind the hub's back?",
+                    self.durable()
+                )));
+            }
+            let now = now_millis();
+            let range = doc! {
+                "_id": seq_to_bson(first),
+                "high": seq_to_bson(last),
+                "writer": &self.inner.writer_id,
+                "expires": DateTime::from_millis(now.saturating_add(lease)),
+                "done": false,
+            };
+            match ranges.insert_one(range).await {
+                Ok(_) => {
+                    state.chain_head = Some(last);
+                    return Ok(first);
+                }
+                // Another hub took this place in the chain.
+                Err(e) if is_duplicate_key(&e) => {}
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "could not reserve seqs: other hubs won {RESERVE_ATTEMPTS} attempts in a row"
+        )))
+    }
+
+    /// The last seq handed out: the newest range's `high`, or the counter
+    /// document's `value` when that is higher (a database of an older hub,
+    /// or a repair that found events above the ranges).
+    async fn chain_head(&self) -> Result<u64, StoreError> {
+        let newest = self
+            .collection(queries::SEQ_RANGES)
+            .find_one(doc! {})
+            .sort(doc! { "_id": -1 })
+            .await
+            .map_err(backend)?;
+        let newest = match &newest {
+            Some(range) => from_bson_int(int_field(range, "high", "a seq range")?),
+            None => 0,
+        };
         let counter = self
             .collection(queries::META)
-            .find_one_and_update(
+            .find_one(doc! { "_id": queries::SEQ_COUNTER })
+            .await
+            .map_err(backend)?;
+        let value = match &counter {
+            Some(doc) => from_bson_int(int_field(doc, "value", "the seq counter")?),
+            None => 0,
+        };
+        Ok(newest.max(value))
+    }
+
+    /// Marks this store's range `low..=high` done (its batch is written or
+    /// given up), records `value` and `applied` on the counter document
+    /// (lower bounds only) and raises `durable_seq` to the horizon; returns
+    /// it.
+    pub(super) async fn release(
+        &self,
+        state: &mut WriterState,
+        low: u64,
+        high: u64,
+    ) -> Result<u64, StoreError> {
+        let ranges = self.collection(queries::SEQ_RANGES);
+        ranges
+            .update_one(
+                doc! { "_id": seq_to_bson(low) },
+                doc! { "$set": { "done": true } },
+            )
+            .await
+            .map_err(backend)?;
+        self.collection(queries::META)
+            .update_one(
                 doc! { "_id": queries::SEQ_COUNTER },
-                doc! {
-                    "$inc": { "value": seq_to_bson(count) },
-                    "$max": { "applied": seq_to_bson(state.applied) },
-                },
+                doc! { "$max": { "value": seq_to_bson(high), "applied": seq_to_bson(state.applied) } },
             )
             .upsert(true)
-            .return_document(ReturnDocument::After)
             .await
-            .map_err(backend)?
-            .ok_or_else(|| StoreError::Backend("the seq counter update returned nothing".into()))?;
-        let last = from_bson_int(int_field(&counter, "value", "the seq counter")?);
-        let first = last.wrapping_sub(count).wrapping_add(1);
-        // Another writer, or a counter reset behind our back, would break
-        // the order every reader relies on: refuse rather than reuse seqs.
-        if last < count || first <= self.durable() || last > i64::MAX as u64 {
-            return Err(StoreError::Corrupt(format!(
-                "the seq counter ({last}) is not above the stored events ({}); is another hub \
-                 writing to this database?",
-                self.durable()
-            )));
+            .map_err(backend)?;
+        state.releases += 1;
+        if state.releases.is_multiple_of(PRUNE_RANGES_EVERY) {
+            // Finished (or long lapsed) ranges below this one; the newest
+            // range, the head of the chain, is never below it.
+            let lapsed = now_millis()
+                .saturating_sub(duration_millis(self.inner.options.range_lease).saturating_mul(10));
+            ranges
+                .delete_many(doc! {
+                    "_id": { "$lt": seq_to_bson(low) },
+                    "$or": [ { "done": true }, { "expires": { "$lt": DateTime::from_millis(lapsed) } } ],
+                })
+                .await
+                .map_err(backend)?;
         }
-        Ok(first)
+        self.refresh_horizon().await
+    }
+
+    /// The visibility horizon now: the lowest `_id` of the ranges neither
+    /// done nor lapsed − 1, else the chain's head.
+    pub(super) async fn horizon(&self) -> Result<u64, StoreError> {
+        // The head first: every range at or below it was inserted before
+        // the query for open ranges starts, so that query sees it.
+        let head = self.chain_head().await?;
+        let now = DateTime::from_millis(now_millis());
+        let oldest_open = self
+            .collection(queries::SEQ_RANGES)
+            .find_one(doc! { "done": false, "expires": { "$gt": now } })
+            .sort(doc! { "_id": 1 })
+            .await
+            .map_err(backend)?;
+        Ok(match &oldest_open {
+            Some(range) => {
+                let low = from_bson_int(int_field(range, "_id", "a seq range")?);
+                low.saturating_sub(1).min(head)
+            }
+            None => head,
+        })
+    }
+
+    /// Raises `durable_seq` to the horizon (other hubs' commits, ranges
+    /// that lapsed); returns the horizon this store now reads up to.
+    pub async fn refresh_horizon(&self) -> Result<u64, StoreError> {
+        self.check_open()?;
+        let horizon = self.horizon().await?;
+        self.inner.durable_seq.fetch_max(horizon, Ordering::AcqRel);
+        Ok(self.durable())
     }
 
     pub(super) async fn apply_group_changes(
@@ -326,4 +481,20 @@ pub(super) fn latest_update(topic: &str, key: &str, seq: i64) -> Document {
         },
         true,
     )
+}
+
+/// Reservation attempts before a commit fails (each lost only to another
+/// hub's reservation, so reaching it means heavy contention).
+const RESERVE_ATTEMPTS: usize = 1000;
+/// Error code of a duplicate `_id`.
+const DUPLICATE_KEY: i32 = 11000;
+/// Finished ranges are deleted every this many releases.
+const PRUNE_RANGES_EVERY: u64 = 64;
+
+fn is_duplicate_key(error: &MongoError) -> bool {
+    match error.kind.as_ref() {
+        ErrorKind::Write(mongodb::error::WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
+        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
+        _ => false,
+    }
 }

@@ -4,27 +4,51 @@
 //! Collections (see [`queries`] for their indexes): `events` (`_id` = seq),
 //! `latest` (`_id` = topic NUL key → seq), `dedup` (`_id` = topic NUL
 //! publisher id: de-duplication is per topic, see `dedup.rs`),
-//! `groups` (`_id` = group, cursor and done marks), `dead_letters`, and
-//! `meta` (the seq counter).
+//! `groups` (`_id` = group, cursor and done marks), `dead_letters`,
+//! `seq_ranges` (reserved seq ranges, see below) and `meta` (the seq
+//! counter: `value`, `applied`).
 //!
-//! **Seq allocation.** Each batch reserves a block of seqs with one
-//! `findOneAndUpdate($inc: n)` on the counter document, so no two commits
-//! ever get the same seq. The hub commits through one [`StoreWriter`]
-//! (and this store also serializes its own commits), so on one hub seqs
-//! increase in commit order. Two hubs on one database would still get
-//! distinct seqs but could commit them out of order, and neither would see
-//! the other's events live: one hub per database.
+//! **Seq allocation and the visibility horizon.** Each batch reserves a
+//! block of seqs by inserting its range into `seq_ranges`: `{_id: low,
+//! high, writer, expires, done: false}` with `low` = the newest range's
+//! `high` + 1 (or the counter document's `value` + 1 when that is higher: a
+//! database of an older hub, or a repair). The unique `_id` is the
+//! arbiter: two hubs that read the same newest range insert the same
+//! `_id`, one wins and the other reads again. (An insert is atomic on every
+//! server; FerretDB 1.x runs `findAndModify` as a read then a write, so
+//! concurrent `$inc`s on one counter hand out the same value: 400 `$inc`s
+//! from 4 clients gave 140 distinct values.) A store remembers its last
+//! `high` and tries to follow it first: one round trip while no other hub
+//! reserves. When the batch is written, or its commit failed, the range is
+//! marked `done` and the counter document records `value` and `applied`
+//! with `$max` (lower bounds only). So several hubs on one database get
+//! distinct, increasing seqs but may finish their batches out of order;
+//! the **visibility horizon** is the highest seq below which every range is
+//! finished: the lowest `_id` of the ranges neither done nor lapsed − 1,
+//! else the newest `high` (read in that order, so a range reserved
+//! meanwhile is never passed). Every read of this store stops at the
+//! horizon it last saw (`durable_seq`, raised after each commit and by
+//! [`MongoStore::refresh_horizon`]), so no reader moves past a seq that
+//! could still appear. A range whose `expires` (`range_lease` after its
+//! reservation) passed is given up — its hub died, or took that long —
+//! and readers pass it: its seqs that were never written never appear.
+//! Finished ranges are deleted every 64 releases (the newest is kept: it
+//! is the head of the chain). One hub commits through one
+//! [`StoreWriter`] and this store serializes its commits, so a hub has at
+//! most one range open.
 //!
 //! **No transactions.** A batch is several writes, each acknowledged with
 //! write concern `{w: "majority", j: true}` before the next starts, and
 //! the commit returns (the hub sends PUBACK) only after all of them:
-//! 1. reserve the seqs (the counter also records `applied`, the highest seq
-//!    whose batch had finished completely, see below);
+//! 1. reserve the seqs (a range in `seq_ranges`);
 //! 2. insert the events, in order (`ordered` insert);
 //! 3. de-duplication entries (inserted; the unique `_id` is the topic and
 //!    the publisher id) and latest-by-key (`$max` on seq, so replaying is harmless);
 //! 4. dead letters, then group progress, then dead-letter removals (a dead
-//!    letter is never lost behind a cursor that passed it).
+//!    letter is never lost behind a cursor that passed it);
+//! 5. close the batch's seq range (also after a failure), which moves the
+//!    horizon, and record `applied` (the highest seq below the horizon
+//!    whose batch had finished completely, see below) on the counter.
 //!
 //! A crash (or a failed write) part-way leaves events whose side effects
 //! may be missing, all with seqs above `applied`; at the next start (or
@@ -35,8 +59,10 @@
 //! batch were never acknowledged; they stay, like a publish whose PUBACK
 //! was lost (at-least-once).
 //!
-//! Reads never return an event above the highest seq this store knows to be
-//! fully written (`durable_seq`), like the embedded store.
+//! Reads never return an event above the horizon this store last saw
+//! (`durable_seq`): on one hub that is the last commit, like the embedded
+//! store; with several hubs a commit may be acknowledged before it is
+//! readable, while a lower range of another hub is still open.
 //!
 //! [`StoreWriter`]: super::writer::StoreWriter
 
@@ -62,7 +88,7 @@ use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use mongodb::bson::{Bson, DateTime, Document, doc};
 use mongodb::error::{Error as MongoError, ErrorKind};
-use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, ReturnDocument, WriteConcern};
+use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, WriteConcern};
 use mongodb::{Client, Collection, Database, IndexModel};
 use promhub_core::frames::{Event, Millis};
 use promhub_core::{Pattern, Topic};
@@ -104,6 +130,10 @@ pub struct MongoOptions {
     /// How long connecting (and every later operation) waits to find a
     /// usable server, unless the URI sets `serverSelectionTimeoutMS`.
     pub server_selection_timeout: Duration,
+    /// How long a reserved seq range may stay open (its batch being
+    /// written) before other hubs give it up: readers then skip its seqs
+    /// that were never written (see the module docs).
+    pub range_lease: Duration,
 }
 
 impl Default for MongoOptions {
@@ -112,6 +142,7 @@ impl Default for MongoOptions {
             dedup_window: Duration::from_secs(120),
             dedup_prune_interval: Duration::from_secs(10),
             server_selection_timeout: Duration::from_secs(30),
+            range_lease: Duration::from_secs(10),
         }
     }
 }
@@ -132,8 +163,11 @@ struct Inner {
     /// Whether the server expires de-duplication entries itself.
     dedup_ttl: AtomicBool,
     closed: AtomicBool,
-    /// Highest seq whose batch is completely written; reads stop there.
+    /// The visibility horizon this store last saw (see the module docs):
+    /// every seq up to it is written or given up; reads stop there.
     durable_seq: AtomicU64,
+    /// This store's name in the open seq ranges (`hub-PID-UUID`).
+    writer_id: String,
     /// Held for a whole commit: one committer at a time.
     writer: Mutex<WriterState>,
 }
@@ -145,6 +179,11 @@ struct WriterState {
     /// A commit failed part-way: repair before the next one.
     needs_repair: bool,
     last_prune: Option<Instant>,
+    /// The last seq this store reserved: the next reservation tries to
+    /// follow it (one round trip when no other hub reserved meanwhile).
+    chain_head: Option<u64>,
+    /// Ranges released (finished ones are pruned every 64).
+    releases: u64,
 }
 
 fn backend(e: MongoError) -> StoreError {
@@ -382,6 +421,14 @@ impl MongoStore {
 
 #[async_trait]
 impl Store for MongoStore {
+    fn cluster_database(&self) -> Option<Database> {
+        Some(self.inner.db.clone())
+    }
+
+    async fn refresh_horizon(&self) -> Result<u64, StoreError> {
+        MongoStore::refresh_horizon(self).await
+    }
+
     async fn commit(&self, batch: CommitBatch) -> Result<CommitOutcome, StoreError> {
         self.check_open()?;
         let mut state = self.inner.writer.lock().await;

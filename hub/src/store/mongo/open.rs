@@ -55,10 +55,13 @@ impl MongoStore {
                 dedup_ttl: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 durable_seq: AtomicU64::new(0),
+                writer_id: crate::cluster::new_hub_id(),
                 writer: Mutex::new(WriterState {
                     applied: 0,
                     needs_repair: true,
                     last_prune: None,
+                    chain_head: None,
+                    releases: 0,
                 }),
             }),
         };
@@ -204,7 +207,9 @@ impl MongoStore {
             self.collection(queries::META)
                 .update_one(
                     doc! { "_id": queries::SEQ_COUNTER },
-                    doc! { "$max": { "value": seq_to_bson(highest), "applied": seq_to_bson(highest) } },
+                    doc! {
+                        "$max": { "value": seq_to_bson(highest), "applied": seq_to_bson(stored_applied) },
+                    },
                 )
                 .upsert(true)
                 .await
@@ -216,9 +221,14 @@ impl MongoStore {
                 "MongoDB store: re-applied the side effects of the newest events"
             );
         }
-        state.applied = highest;
+        // Other hubs may have batches in flight: read up to the horizon
+        // only, and count as applied only what lies below it (a batch of
+        // theirs cut short is repaired by the next repair).
+        let horizon = self.horizon().await?;
+        state.applied = highest.min(horizon);
         state.needs_repair = false;
-        inner.durable_seq.fetch_max(highest, Ordering::AcqRel);
+        state.chain_head = None;
+        inner.durable_seq.fetch_max(horizon, Ordering::AcqRel);
         Ok(())
     }
 

@@ -22,6 +22,9 @@ pub(super) const TOPICS: &str = "topics";
 /// The seq counter (one document, `_id: "seq"`).
 pub(super) const META: &str = "meta";
 pub(super) const SEQ_COUNTER: &str = "seq";
+/// Reserved seq ranges: `_id` = low, `high`, `writer`, `expires`, `done`
+/// (the chain of reservations and the open ranges behind the horizon).
+pub(super) const SEQ_RANGES: &str = "seq_ranges";
 /// Marks a database whose `topics` collection lists every stored topic
 /// (written once after filling it from the events of an older hub).
 pub(super) const TOPICS_COMPLETE: &str = "topics";

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use futures_util::TryStreamExt;
 use mongodb::bson::{DateTime, Document, doc};
 use promhub_core::Topic;
 use promhub_core::frames::to_payload;
@@ -172,6 +173,15 @@ async fn seqs_never_go_back_even_if_the_counter_does() -> Result<()> {
         doc! { "$set": { "value": 1_i64 } },
     )
     .await?;
+    store
+        .inner
+        .db
+        .collection::<Document>(queries::SEQ_RANGES)
+        .delete_many(doc! {})
+        .await?;
+    // The store follows its own last reservation: only a fresh read of
+    // the chain notices.
+    store.inner.writer.lock().await.chain_head = None;
     match commit(&store, vec![event("x", false, None)]).await {
         Err(StoreError::Corrupt(message)) => ensure!(message.contains("counter"), "{message}"),
         other => bail!("expected a refused commit, got {other:?}"),
@@ -184,11 +194,13 @@ async fn seqs_never_go_back_even_if_the_counter_does() -> Result<()> {
     // Counter document lost while stopped: the next start continues above
     // the stored events.
     let client = mongodb::Client::with_uri_str(server.uri("counter")).await?;
-    client
-        .database("counter")
-        .collection::<Document>(queries::META)
-        .delete_many(doc! {})
-        .await?;
+    for collection in [queries::META, queries::SEQ_RANGES] {
+        client
+            .database("counter")
+            .collection::<Document>(collection)
+            .delete_many(doc! {})
+            .await?;
+    }
     let store = open(server, "counter").await?;
     ensure!(store.last_seq().await? == highest);
     let out = commit(&store, vec![event("z", false, None)]).await?;
@@ -326,5 +338,149 @@ async fn dedup_entries_of_an_older_hub_move_to_their_topic() -> Result<()> {
             .await?
             == 1
     );
+    Ok(())
+}
+
+/// The ranges not done yet.
+async fn open_ranges(store: &MongoStore) -> Result<Vec<Document>> {
+    Ok(store
+        .inner
+        .db
+        .collection::<Document>(queries::SEQ_RANGES)
+        .find(doc! { "done": false })
+        .await?
+        .try_collect()
+        .await?)
+}
+
+/// What another hub does when it reserves `count` seqs: its range follows
+/// the newest and stays open until `expires_in_ms` from now. Returns its
+/// low.
+async fn open_foreign_range(
+    store: &MongoStore,
+    writer: &str,
+    count: u64,
+    expires_in_ms: i64,
+) -> Result<u64> {
+    let ranges = store.inner.db.collection::<Document>(queries::SEQ_RANGES);
+    let newest = ranges
+        .find_one(doc! {})
+        .sort(doc! { "_id": -1 })
+        .await?
+        .context("no range")?;
+    let low = newest.get_i64("high")? + 1;
+    let expires = DateTime::from_millis(DateTime::now().timestamp_millis() + expires_in_ms);
+    ranges
+        .insert_one(doc! {
+            "_id": low,
+            "high": low + count as i64 - 1,
+            "writer": writer,
+            "expires": expires,
+            "done": false,
+        })
+        .await?;
+    Ok(low as u64)
+}
+
+async fn seqs_read(store: &MongoStore) -> Result<Vec<u64>> {
+    let (events, _) = store
+        .read_after_bounded(0, None, 10_000, usize::MAX, 10_000)
+        .await?;
+    Ok(events.iter().map(|e| e.seq).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_range_holds_the_horizon_until_closed_or_lapsed() -> Result<()> {
+    let Some(server) = FerretDb::shared_or_skip("open_range_horizon") else {
+        return Ok(());
+    };
+    let store = open(server, "open_range").await?;
+    let base = stored_seq(&commit(&store, vec![event("a", false, None)]).await?[0])?;
+    ensure!(store.last_seq().await? == base);
+    ensure!(
+        open_ranges(&store).await?.is_empty(),
+        "a committed batch closes its range"
+    );
+
+    // Another hub reserved 3 seqs and is still writing them.
+    let low = open_foreign_range(&store, "other", 3, 60_000).await?;
+    ensure!(low == base + 1);
+    let mine = stored_seq(&commit(&store, vec![event("b", false, None)]).await?[0])?;
+    ensure!(mine == base + 4, "seqs after the open range: {mine}");
+    // Acknowledged, but not readable past the horizon.
+    ensure!(
+        store.last_seq().await? == base,
+        "horizon held below the open range"
+    );
+    ensure!(seqs_read(&store).await? == vec![base]);
+    ensure!(store.get(mine).await?.is_none());
+
+    // The other hub writes one of its seqs and closes its range.
+    let db = store.inner.db.clone();
+    db.collection::<Document>(queries::EVENTS)
+        .insert_one(event_document(
+            low,
+            &event("o", false, None),
+            DateTime::now(),
+        ))
+        .await?;
+    db.collection::<Document>(queries::SEQ_RANGES)
+        .update_one(
+            doc! { "_id": low as i64 },
+            doc! { "$set": { "done": true } },
+        )
+        .await?;
+    ensure!(store.refresh_horizon().await? == mine);
+    // Its unwritten seqs never appear: readers skip them.
+    ensure!(seqs_read(&store).await? == vec![base, low, mine]);
+
+    // A range whose hub died lapses after its lease; nothing waits on it.
+    let dead = open_foreign_range(&store, "dead", 2, 700).await?;
+    let after = stored_seq(&commit(&store, vec![event("c", false, None)]).await?[0])?;
+    ensure!(after == dead + 2);
+    ensure!(store.last_seq().await? == mine);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    ensure!(store.refresh_horizon().await? == after);
+    ensure!(seqs_read(&store).await? == vec![base, low, mine, after]);
+    // The lapsed range stays given up.
+    let next = stored_seq(&commit(&store, vec![event("d", false, None)]).await?[0])?;
+    ensure!(store.last_seq().await? == next);
+    store.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_database_commit_in_one_seq_order() -> Result<()> {
+    let Some(server) = FerretDb::shared_or_skip("two_stores_one_order") else {
+        return Ok(());
+    };
+    let a = open(server, "two_writers").await?;
+    let b = open(server, "two_writers").await?;
+    let write = |store: MongoStore, name: &'static str| async move {
+        let mut seqs = Vec::new();
+        for batch in 0..40 {
+            let events = (0..3)
+                .map(|i| event(&format!("{name}-{batch}-{i}"), false, None))
+                .collect();
+            for appended in commit(&store, events).await? {
+                seqs.push(stored_seq(&appended)?);
+            }
+        }
+        anyhow::Ok(seqs)
+    };
+    let (from_a, from_b) = tokio::join!(write(a.clone(), "a"), write(b.clone(), "b"));
+    let mut all: Vec<u64> = from_a?.into_iter().chain(from_b?).collect();
+    all.sort_unstable();
+    let len = all.len();
+    all.dedup();
+    ensure!(all.len() == len && len == 240, "distinct seqs: {len}");
+    ensure!(open_ranges(&a).await?.is_empty());
+    // Both see every event, in one strictly increasing order, no gap.
+    for store in [&a, &b] {
+        store.refresh_horizon().await?;
+        ensure!(seqs_read(store).await? == all);
+    }
+    a.close().await?;
+    b.close().await?;
     Ok(())
 }

@@ -88,8 +88,32 @@ async fn send(
     let write_concern = RawDocumentBuf::from_document(write_concern)
         .map_err(|e| StoreError::Backend(format!("cannot encode the write concern: {e}")))?;
     command.append("writeConcern", write_concern);
-    let reply = db.run_raw_command(command).await.map_err(backend)?;
-    check_reply(&reply, name, collection)
+    let mut attempt = 1;
+    loop {
+        let reply = db.run_raw_command(command.clone()).await.map_err(backend)?;
+        match check_reply(&reply, name, collection) {
+            // Two hubs upserting the same new `_id` at once: one insert
+            // wins, the other statement fails with a duplicate key and
+            // matches the document when sent again (every statement of the
+            // store is idempotent: `$max`, `$set`, `$setOnInsert`, ...).
+            Err(error) if matches!(kind, Kind::Update) && duplicate_key(&reply) && attempt < 3 => {
+                tracing::debug!(%error, attempt, "MongoDB: concurrent upsert; sending the statements again");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether a write error of `reply` is a duplicate key.
+fn duplicate_key(reply: &Document) -> bool {
+    reply.get_array("writeErrors").is_ok_and(|errors| {
+        errors.iter().any(|error| {
+            error
+                .as_document()
+                .is_some_and(|error| error.get_i32("code") == Ok(11000))
+        })
+    })
 }
 
 /// `ok: 1` replies still carry the statements that failed.

@@ -1,0 +1,447 @@
+//! Several real `promhub serve --store mongodb://…` processes on one
+//! FerretDB (semantics.md §7): the hub registry (`hubs` collection,
+//! heartbeat leases, `GET /cluster`, join / leave logs), and live delivery
+//! across hubs (the log follower): an event published on one hub reaches
+//! live subscribers on the others, and with publishers on every hub every
+//! reader sees one strictly increasing seq order with nothing skipped.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Client;
+use common::http::{self, authority};
+use promhub_hub::store::mongo::test_server::FerretDb;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const ADMIN_TOKEN: &str = "cluster-test-admin-token-0123456789";
+/// Short leases so that a dead hub is noticed within a second.
+const LEASE_MS: &str = "600";
+
+/// A `promhub serve` child on the MongoDB store, its stderr (info logs)
+/// collected.
+struct HubProcess {
+    child: Child,
+    url: String,
+    log: Arc<Mutex<Vec<String>>>,
+    _data: tempfile::TempDir,
+}
+
+impl HubProcess {
+    async fn spawn(store: &str) -> HubProcess {
+        let data = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_promhub"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--store", store])
+            .env("PROMHUB_DATA", data.path())
+            .env("PROMHUB_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("PROMHUB_CLUSTER_LEASE_MS", LEASE_MS)
+            .env("PROMHUB_CLUSTER_POLL_MS", "20")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn promhub");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        tokio::spawn({
+            let log = Arc::clone(&log);
+            async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    log.lock().unwrap().push(line);
+                }
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("no output from promhub")
+            .expect("reading stdout")
+            .expect("promhub exited before printing");
+        let url = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("first line is {first:?}"))
+            .to_owned();
+        HubProcess {
+            child,
+            url,
+            log,
+            _data: data,
+        }
+    }
+
+    async fn cluster(&self) -> Value {
+        let response = http::get(&authority(&self.url), "/cluster", Some(ADMIN_TOKEN)).await;
+        assert_eq!(response.status, 200, "{response:?}");
+        response.json()
+    }
+
+    fn logged(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    async fn sigterm(mut self) {
+        let pid = self.child.id().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("kill -TERM");
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("the hub did not stop after SIGTERM")
+            .expect("wait");
+        assert!(exit.success(), "{exit:?}");
+    }
+
+    async fn client(&self) -> Client {
+        let mut client = Client::connect(&self.url).await;
+        client.auth().await;
+        client
+    }
+
+    async fn kill9(mut self) {
+        self.child.kill().await.expect("kill");
+    }
+}
+
+/// The hubs `/cluster` lists as alive, as (id, address).
+fn alive(cluster: &Value) -> Vec<(String, String)> {
+    cluster["hubs"]
+        .as_array()
+        .expect("hubs")
+        .iter()
+        .filter(|hub| hub["alive"] == true)
+        .map(|hub| {
+            (
+                hub["id"].as_str().expect("id").to_owned(),
+                hub["address"].as_str().expect("address").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits (at most 10 s) until `check` holds.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_register_renew_and_leave_and_cluster_lists_them() {
+    let Some(server) = FerretDb::shared_or_skip("hubs_register_renew_and_leave") else {
+        return;
+    };
+    let store = server.uri("cluster_registry");
+    let a = HubProcess::spawn(&store).await;
+    let b = HubProcess::spawn(&store).await;
+    let c = HubProcess::spawn(&store).await;
+
+    // Every hub lists all three, each with its own id and address (a hub
+    // registers right after its `listening on` line).
+    eventually("A lists three hubs", async || {
+        alive(&a.cluster().await).len() == 3
+    })
+    .await;
+    let listing = a.cluster().await;
+    assert_eq!(listing["clustered"], true, "{listing}");
+    let hubs = alive(&listing);
+    assert_eq!(hubs.len(), 3, "{listing}");
+    let mut addresses: Vec<&str> = hubs.iter().map(|(_, address)| address.as_str()).collect();
+    addresses.sort_unstable();
+    let mut urls = vec![a.url.as_str(), b.url.as_str(), c.url.as_str()];
+    urls.sort_unstable();
+    assert_eq!(addresses, urls);
+    for hub in [&b, &c] {
+        let other = hub.cluster().await;
+        assert_eq!(alive(&other).len(), 3, "{other}");
+        assert_ne!(other["self"], listing["self"]);
+    }
+    let first = &listing["hubs"][0];
+    assert!(
+        first["lease_until_ms"].as_i64() > first["heartbeat_ms"].as_i64(),
+        "{first}"
+    );
+
+    // Leases are renewed: the heartbeat moves.
+    let before = a.cluster().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = a.cluster().await;
+    for i in 0..3 {
+        assert!(
+            after["hubs"][i]["heartbeat_ms"].as_i64() > before["hubs"][i]["heartbeat_ms"].as_i64(),
+            "{before} {after}"
+        );
+    }
+    // A saw B and C join.
+    eventually("A logs two joins", async || {
+        a.logged("cluster: a hub joined") >= 2
+    })
+    .await;
+
+    // A clean stop removes the registration at once.
+    let c_id = alive(&listing)
+        .into_iter()
+        .find(|(_, address)| *address == c.url)
+        .expect("C listed")
+        .0;
+    c.sigterm().await;
+    let now = a.cluster().await;
+    assert_eq!(alive(&now).len(), 2, "{now}");
+    assert!(
+        !now["hubs"].to_string().contains(&c_id),
+        "C's registration is gone: {now}"
+    );
+    eventually("A logs C leaving", async || {
+        a.logged("cluster: a hub left") >= 1
+    })
+    .await;
+
+    // A killed hub stays listed, not alive, once its lease runs out.
+    let b_url = b.url.clone();
+    b.kill9().await;
+    eventually("B's lease runs out", async || {
+        let now = a.cluster().await;
+        let hubs = now["hubs"].as_array().expect("hubs").clone();
+        alive(&now).len() == 1
+            && hubs
+                .iter()
+                .any(|hub| hub["address"] == b_url.as_str() && hub["alive"] == false)
+    })
+    .await;
+    eventually("A logs B leaving", async || {
+        a.logged("cluster: a hub left") >= 2
+    })
+    .await;
+    a.sigterm().await;
+}
+
+/// The seqs of the next `count` EVENTs `client` receives.
+async fn receive_seqs(client: &mut Client, count: usize) -> Vec<u64> {
+    let mut seqs = Vec::with_capacity(count);
+    while seqs.len() < count {
+        let event = client.recv_event().await;
+        seqs.push(event["event"]["seq"].as_u64().expect("seq"));
+    }
+    seqs
+}
+
+fn acked_seq(puback: &Value) -> u64 {
+    assert_eq!(puback["op"], "PUBACK", "{puback}");
+    puback["seq"].as_u64().expect("seq")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_published_on_one_hub_reaches_live_subscribers_on_the_others() {
+    let Some(server) = FerretDb::shared_or_skip("cross_hub_live") else {
+        return;
+    };
+    let store = server.uri("cluster_live");
+    let a = HubProcess::spawn(&store).await;
+    let b = HubProcess::spawn(&store).await;
+    let c = HubProcess::spawn(&store).await;
+    let mut on_b = b.client().await;
+    let mut on_c = c.client().await;
+    on_b.subscribe("live.*", None, Value::Null).await;
+    on_c.subscribe("live.*", None, Value::Null).await;
+    let mut publisher = a.client().await;
+    let mut acked = Vec::new();
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        // Each one timed from PUBLISH on A to its EVENT on B.
+        let started = Instant::now();
+        acked.push(acked_seq(
+            &publisher
+                .publish("live.x", json!({ "i": i }), Value::Null)
+                .await,
+        ));
+        assert_eq!(receive_seqs(&mut on_b, 1).await, acked[i..]);
+        latencies.push(started.elapsed());
+    }
+    latencies.sort_unstable();
+    eprintln!(
+        "publish on A -> EVENT on B (cluster_poll_ms 20): p50 {} ms, max {} ms",
+        latencies[10].as_millis(),
+        latencies[19].as_millis()
+    );
+    assert_eq!(receive_seqs(&mut on_c, 20).await, acked);
+    // Nothing more: no duplicate.
+    on_b.assert_alive_and_quiet().await;
+    on_c.assert_alive_and_quiet().await;
+    a.sigterm().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_on_three_hubs_give_every_reader_one_seq_order() {
+    let Some(server) = FerretDb::shared_or_skip("cross_hub_order") else {
+        return;
+    };
+    let store = server.uri("cluster_order");
+    let hubs = [
+        HubProcess::spawn(&store).await,
+        HubProcess::spawn(&store).await,
+        HubProcess::spawn(&store).await,
+    ];
+    let mut readers = Vec::new();
+    for hub in &hubs {
+        let mut reader = hub.client().await;
+        reader.subscribe("order.*", None, Value::Null).await;
+        readers.push(reader);
+    }
+    // Two publishers per hub, 40 events each, all at once.
+    const PER_PUBLISHER: usize = 40;
+    let mut publishers = Vec::new();
+    for (h, hub) in hubs.iter().enumerate() {
+        for p in 0..2 {
+            let mut client = hub.client().await;
+            publishers.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..PER_PUBLISHER {
+                    let topic = format!("order.h{h}");
+                    let puback = client
+                        .publish(&topic, json!({ "p": p, "i": i }), Value::Null)
+                        .await;
+                    seqs.push(acked_seq(&puback));
+                }
+                seqs
+            }));
+        }
+    }
+    let mut acked = Vec::new();
+    for publisher in publishers {
+        acked.extend(publisher.await.expect("publisher"));
+    }
+    acked.sort_unstable();
+    let total = acked.len();
+    acked.dedup();
+    assert_eq!(acked.len(), total, "every PUBACK has its own seq");
+    assert_eq!(total, 3 * 2 * PER_PUBLISHER);
+    for (h, reader) in readers.iter_mut().enumerate() {
+        let seen = receive_seqs(reader, total).await;
+        assert!(
+            seen.windows(2).all(|pair| pair[0] < pair[1]),
+            "reader on hub {h}: not strictly increasing: {seen:?}"
+        );
+        assert_eq!(seen, acked, "reader on hub {h} skipped or added events");
+        reader.assert_alive_and_quiet().await;
+    }
+}
+
+/// Sends `count` PUBLISHes on `topic` at once, then collects the PUBACKed
+/// seqs until all are answered or the connection dies.
+async fn burst(client: &mut Client, topic: &str, count: usize) -> Vec<u64> {
+    send_burst(client, topic, count).await;
+    collect_acks(client, count).await
+}
+
+async fn send_burst(client: &mut Client, topic: &str, count: usize) {
+    for i in 0..count {
+        client
+            .send_json(
+                json!({"op": "PUBLISH", "topic": topic, "payload": i, "rid": format!("b{i}")}),
+            )
+            .await;
+    }
+}
+
+/// The PUBACKed seqs of up to `count` answers (fewer if the connection
+/// dies).
+async fn collect_acks(client: &mut Client, count: usize) -> Vec<u64> {
+    let mut acked = Vec::new();
+    while acked.len() < count {
+        match client.recv().await {
+            Ok(frame) if frame["op"] == "PUBACK" => acked.push(acked_seq(&frame)),
+            Ok(frame) => panic!("unexpected frame {frame}"),
+            Err(_) => break,
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_killed_mid_batch_holds_no_reader_back_for_longer_than_its_lease() {
+    let Some(server) = FerretDb::shared_or_skip("cross_hub_kill") else {
+        return;
+    };
+    let store = server.uri("cluster_kill");
+    let a = HubProcess::spawn(&store).await;
+    let b = HubProcess::spawn(&store).await;
+    let c = HubProcess::spawn(&store).await;
+    let mut readers = Vec::new();
+    for hub in [&a, &b] {
+        let mut reader = hub.client().await;
+        reader.subscribe("kill.*", None, Value::Null).await;
+        readers.push(reader);
+    }
+    let (mut on_a, mut on_b, mut on_c) = (a.client().await, b.client().await, c.client().await);
+    // C dies while the publishes it was sent are being committed.
+    send_burst(&mut on_c, "kill.c", 2000).await;
+    let doomed = tokio::spawn(async move {
+        let acked = collect_acks(&mut on_c, 2000).await;
+        (acked, on_c)
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    c.kill9().await;
+    let started = Instant::now();
+    let (from_a, from_b) = tokio::join!(
+        burst(&mut on_a, "kill.a", 100),
+        burst(&mut on_b, "kill.b", 100)
+    );
+    let (from_c, _) = doomed.await.expect("C's publisher");
+    assert_eq!(from_a.len(), 100);
+    assert_eq!(from_b.len(), 100);
+    let mut acked: Vec<u64> = from_a
+        .into_iter()
+        .chain(from_b)
+        .chain(from_c.iter().copied())
+        .collect();
+    acked.sort_unstable();
+    eprintln!(
+        "C acknowledged {} of 2000 before kill -9; {} acknowledged in all",
+        from_c.len(),
+        acked.len()
+    );
+    // Every reader sees every acknowledged event, in one strictly
+    // increasing order (C's unacknowledged events may appear too:
+    // at-least-once), within C's lease of the kill.
+    for (h, reader) in readers.iter_mut().enumerate() {
+        let mut seen = Vec::new();
+        let mut missing: std::collections::BTreeSet<u64> = acked.iter().copied().collect();
+        while !missing.is_empty() {
+            let event = reader.recv_event().await;
+            let seq = event["event"]["seq"].as_u64().expect("seq");
+            if let Some(&last) = seen.last() {
+                assert!(seq > last, "reader {h}: {seq} after {last}");
+            }
+            missing.remove(&seq);
+            seen.push(seq);
+        }
+        eprintln!(
+            "reader {h}: all acknowledged events {} ms after the kill",
+            started.elapsed().as_millis()
+        );
+        // C's open range lapses after its lease (600 ms): nothing waits on
+        // a dead hub for long.
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
