@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::Client;
 use common::http::{self, authority};
+use common::process::listening_url;
 use promhub_hub::store::mongo::test_server::FerretDb;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -59,17 +60,7 @@ impl HubProcess {
                 }
             }
         });
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("no output from promhub")
-            .expect("reading stdout")
-            .expect("promhub exited before printing");
-        let url = first
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("first line is {first:?}"))
-            .to_owned();
+        let url = listening_url(&mut child).await;
         HubProcess {
             child,
             url,

@@ -6,56 +6,16 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::Client;
+use common::process::HubProcess;
 use promhub_hub::store::mongo::test_server::FerretDb;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-struct HubProcess {
-    child: Child,
-    url: String,
-}
-
-impl HubProcess {
-    async fn spawn(data: &Path, store: &str) -> HubProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_promhub"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--store", store])
-            .env("PROMHUB_DATA", data)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn promhub");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("no output from promhub")
-            .expect("reading stdout")
-            .expect("promhub exited before printing");
-        let url = first
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("first line is {first:?}"))
-            .to_owned();
-        HubProcess { child, url }
-    }
-
-    async fn client(&self) -> Client {
-        let mut client = Client::connect(&self.url).await;
-        client.auth().await;
-        client
-    }
-
-    async fn kill9(mut self) {
-        // `Child::kill` sends SIGKILL: no shutdown code runs.
-        self.child.kill().await.expect("kill");
-    }
+/// The real binary on the MongoDB store at `store`.
+async fn spawn_on(data: &Path, store: &str) -> HubProcess {
+    HubProcess::spawn(data, &[], &["--listen", "127.0.0.1:0", "--store", store]).await
 }
 
 fn seq(frame: &Value) -> u64 {
@@ -71,7 +31,7 @@ async fn kill_9_on_mongodb_loses_no_acknowledged_event_and_groups_resume_after_t
     };
     let store = server.uri("hub_restart");
     let dir = common::data_dir();
-    let hub = HubProcess::spawn(dir.path(), &store).await;
+    let hub = spawn_on(dir.path(), &store).await;
 
     let mut worker = hub.client().await;
     let suback = worker
@@ -120,7 +80,7 @@ async fn kill_9_on_mongodb_loses_no_acknowledged_event_and_groups_resume_after_t
 
     hub.kill9().await;
 
-    let hub = HubProcess::spawn(dir.path(), &store).await;
+    let hub = spawn_on(dir.path(), &store).await;
     let mut worker = hub.client().await;
     let suback = worker
         .subscribe("orders.*", Some("fulfil"), json!(null))

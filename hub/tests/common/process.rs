@@ -9,6 +9,22 @@ use tokio::process::{Child, Command};
 
 use super::Client;
 
+/// The URL a `promhub serve` child announces on its first line of stdout
+/// (`listening on URL`), read from its piped stdout.
+pub async fn listening_url(child: &mut Child) -> String {
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("no output from promhub")
+        .expect("reading stdout")
+        .expect("promhub exited before printing");
+    first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first line is {first:?}"))
+        .to_owned()
+}
+
 /// A `promhub serve` child process, killed when dropped.
 pub struct HubProcess {
     pub child: Child,
@@ -31,17 +47,7 @@ impl HubProcess {
             command.env(key, value);
         }
         let mut child = command.spawn().expect("spawn promhub");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("no output from promhub")
-            .expect("reading stdout")
-            .expect("promhub exited before printing");
-        let url = first
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("first line is {first:?}"))
-            .to_owned();
+        let url = listening_url(&mut child).await;
         assert!(url.starts_with("ws://127.0.0.1:"), "{url}");
         HubProcess { child, url }
     }
