@@ -95,23 +95,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// `promhub_refusals_total{what}` from /metrics.
-async fn refusals(hub: &HubProcess, what: &str) -> f64 {
-    let response = http::get(&http::authority(&hub.url), "/metrics", Some(ADMIN_TOKEN)).await;
-    assert_eq!(response.status, 200, "{}", response.body);
-    let scrape = prometheus_parse::Scrape::parse(response.body.lines().map(|l| Ok(l.to_owned())))
-        .expect("Prometheus text");
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == "promhub_refusals_total" && s.labels.get("what") == Some(what))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            ref other => panic!("not a counter: {other:?}"),
-        })
-        .unwrap_or_else(|| panic!("no refusals_total{{what={what:?}}}"))
-}
-
 /// The ids stored on `topic`, in seq order (development mode: any token
 /// may read).
 async fn stored_ids(hub: &HubProcess, topic: &str) -> Vec<String> {
@@ -185,7 +168,7 @@ async fn a_full_disk_refuses_publishes_and_recovers_once_space_is_freed() {
         file_size(&data.join("promhub.db-wal"))
     );
     assert!(!acked.is_empty());
-    assert!(refusals(&hub, "disk_full").await >= 20.0);
+    assert!(http::refusals(&hub.url, ADMIN_TOKEN, "disk_full").await >= 20.0);
     let wal = data.join("promhub.db-wal");
     assert!(
         file_size(&wal) <= 2 * WAL_LIMIT,

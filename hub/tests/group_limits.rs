@@ -167,18 +167,6 @@ async fn admin_json(url: &str, path: &str) -> Value {
     response.json()
 }
 
-/// `promhub_refusals_total{what}` from /metrics.
-async fn refusals(url: &str, what: &str) -> u64 {
-    let metrics = http::get(&authority(url), "/metrics", Some(ADMIN_TOKEN)).await;
-    let prefix = format!("promhub_refusals_total{{what=\"{what}\"}} ");
-    metrics
-        .body
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
-}
-
 #[tokio::test]
 async fn four_groups_over_a_60_mb_backlog_with_members_that_never_read_stay_bounded() {
     let data = common::data_dir();
@@ -216,13 +204,14 @@ async fn one_group_over_a_200_mb_backlog_is_held_by_the_shared_buffer() {
     // 10,000 events of 20 KB: a 200 MB backlog.
     publish_backlog(&hub.url, "large.x", 10_000, 20_000).await;
     let before = settled_peak(hub.pid(), Duration::from_secs(30)).await;
-    let waits_before = refusals(&hub.url, "group_budget_wait").await;
+    let waits_before = http::refusals(&hub.url, ADMIN_TOKEN, "group_budget_wait").await as u64;
 
     let members = idle_members(&hub.url, "large.*", &["g"]).await;
     let peak = settled_peak(hub.pid(), Duration::from_secs(120)).await;
     let groups = admin_json(&hub.url, "/groups").await;
     let inflight = groups["groups"][0]["inflight"].as_u64().expect("inflight");
-    let waits = refusals(&hub.url, "group_budget_wait").await - waits_before;
+    let waits =
+        (http::refusals(&hub.url, ADMIN_TOKEN, "group_budget_wait").await as u64) - waits_before;
     let grown = report("1 group over 200 MB", before, peak);
     println!("{inflight} in flight; {waits} waits for the group buffer");
     assert!(inflight > 0, "the group delivers");
@@ -257,8 +246,9 @@ async fn group_caps_answer_limit_exceeded_and_existing_groups_keep_working() {
         &[],
     )
     .await;
-    let caps_before = refusals(&hub.url, "group_cap").await;
-    let per_conn_before = refusals(&hub.url, "groups_per_connection").await;
+    let caps_before = http::refusals(&hub.url, ADMIN_TOKEN, "group_cap").await as u64;
+    let per_conn_before =
+        http::refusals(&hub.url, ADMIN_TOKEN, "groups_per_connection").await as u64;
 
     // Per connection: the third group subscription is refused.
     let mut a = hub.client().await;
@@ -285,8 +275,14 @@ async fn group_caps_answer_limit_exceeded_and_existing_groups_keep_working() {
     let answer = subscribe_group(&mut b, "other.*", "g9").await;
     assert_eq!(answer["code"], "limit_exceeded", "{answer}");
 
-    assert_eq!(refusals(&hub.url, "group_cap").await, caps_before + 1);
-    assert!(refusals(&hub.url, "groups_per_connection").await > per_conn_before);
+    assert_eq!(
+        http::refusals(&hub.url, ADMIN_TOKEN, "group_cap").await as u64,
+        caps_before + 1
+    );
+    assert!(
+        (http::refusals(&hub.url, ADMIN_TOKEN, "groups_per_connection").await as u64)
+            > per_conn_before
+    );
     let groups = admin_json(&hub.url, "/groups").await;
     assert_eq!(groups["total"], 3, "{groups}");
 

@@ -94,23 +94,6 @@ async fn stored_ids(hub: &HubProcess, topic: &str) -> Vec<String> {
     }
 }
 
-/// `promhub_refusals_total{what}` from /metrics.
-async fn refusals(hub: &HubProcess, what: &str) -> f64 {
-    let response = http::get(&http::authority(&hub.url), "/metrics", Some(ADMIN_TOKEN)).await;
-    assert_eq!(response.status, 200, "{}", response.body);
-    let scrape = prometheus_parse::Scrape::parse(response.body.lines().map(|l| Ok(l.to_owned())))
-        .expect("Prometheus text");
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == "promhub_refusals_total" && s.labels.get("what") == Some(what))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            ref other => panic!("not a counter: {other:?}"),
-        })
-        .unwrap_or_else(|| panic!("no refusals_total{{what={what:?}}}"))
-}
-
 /// Most events a bucket of `burst` refilling at `rate` per second can
 /// have given within `elapsed` (plus one for rounding).
 fn allowance(burst: f64, rate: f64, elapsed: Duration) -> u64 {
@@ -141,7 +124,7 @@ async fn an_import_is_held_to_the_callers_quota_and_a_new_request_gets_no_fresh_
     let hub = spawn(dir.path(), &["--publish-rate", "10"]).await;
     let writer = token("importer", "publish:imp.**", json!({}));
     let all = lines("imp.a", 0..5000);
-    let before = refusals(&hub, "import_rate_limited").await;
+    let before = http::refusals(&hub.url, ADMIN_TOKEN, "import_rate_limited").await;
 
     let started = Instant::now();
     let first = import(&hub, &writer, &all).await;
@@ -181,7 +164,7 @@ async fn an_import_is_held_to_the_callers_quota_and_a_new_request_gets_no_fresh_
     let expected: Vec<String> = (0..total as usize).map(|i| format!("e{i}")).collect();
     assert_eq!(ids, expected);
     assert_eq!(resume - 1 + resume_again - 1, total);
-    assert!(refusals(&hub, "import_rate_limited").await >= before + 2.0);
+    assert!(http::refusals(&hub.url, ADMIN_TOKEN, "import_rate_limited").await >= before + 2.0);
 }
 
 #[tokio::test]
@@ -226,7 +209,7 @@ async fn an_import_line_over_the_frame_limit_is_refused_and_its_neighbours_impor
     let dir = common::data_dir();
     let hub = spawn(dir.path(), &[]).await;
     let writer = token("big", "publish:big.**", json!({}));
-    let before = refusals(&hub, "import_line_too_large").await;
+    let before = http::refusals(&hub.url, ADMIN_TOKEN, "import_line_too_large").await;
     let huge = json!({"id": "huge", "topic": "big.a", "payload": "x".repeat(1536 * 1024)});
     let body = [
         lines("big.a", 0..2),
@@ -243,7 +226,10 @@ async fn an_import_line_over_the_frame_limit_is_refused_and_its_neighbours_impor
     let error = report["errors"][0]["error"].as_str().unwrap();
     assert!(error.contains("too large"), "{error}");
     assert_eq!(stored_ids(&hub, "big.a").await, ["e0", "e1", "e2", "e3"]);
-    assert_eq!(refusals(&hub, "import_line_too_large").await, before + 1.0);
+    assert_eq!(
+        http::refusals(&hub.url, ADMIN_TOKEN, "import_line_too_large").await,
+        before + 1.0
+    );
 }
 
 /// Peak resident memory of a process (VmHWM), in bytes.

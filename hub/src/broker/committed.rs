@@ -41,3 +41,21 @@ impl Committed {
         })
     }
 }
+
+/// A stored event with a small JSON payload (its seq), for the broker's
+/// unit tests.
+#[cfg(test)]
+pub(crate) fn test_committed(seq: u64, topic: &str) -> Arc<Committed> {
+    Committed::from_event(&Event {
+        id: format!("e{seq}"),
+        seq,
+        topic: Topic::parse(topic).unwrap(),
+        ts: 1,
+        key: None,
+        payload: promhub_core::frames::to_payload(&seq).unwrap(),
+        headers: None,
+        tags: None,
+        caused_by: None,
+        sid: None,
+    })
+}

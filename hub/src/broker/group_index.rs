@@ -107,23 +107,7 @@ fn take(groups: &mut Vec<GroupId>, gid: GroupId) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use promhub_core::Topic;
-    use promhub_core::frames::{Event, to_payload};
-
-    fn committed(seq: u64, topic: &str) -> Arc<Committed> {
-        Committed::from_event(&Event {
-            id: format!("e{seq}"),
-            seq,
-            topic: Topic::parse(topic).unwrap(),
-            ts: 1,
-            key: None,
-            payload: to_payload(&seq).unwrap(),
-            headers: None,
-            tags: None,
-            caused_by: None,
-            sid: None,
-        })
-    }
+    use crate::broker::committed::test_committed;
 
     fn seqs(events: Option<&Vec<Arc<Committed>>>) -> Vec<u64> {
         events.map_or_else(Vec::new, |e| e.iter().map(|c| c.seq).collect())
@@ -142,10 +126,10 @@ mod tests {
         index.insert(4, &all);
         assert_eq!(index.len(), 4);
         let events = [
-            committed(1, "orders.eu"),
-            committed(2, "orders.us"),
-            committed(3, "audit"),
-            committed(4, "orders.eu"),
+            test_committed(1, "orders.eu"),
+            test_committed(2, "orders.us"),
+            test_committed(3, "audit"),
+            test_committed(4, "orders.eu"),
         ];
         let got = index.matching(&events);
         assert_eq!(seqs(got.get(&1)), [1, 4]);

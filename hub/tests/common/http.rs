@@ -120,3 +120,21 @@ fn dechunk(mut rest: &str) -> String {
     }
     out
 }
+
+/// `promhub_refusals_total{what}` from the `/metrics` of the hub at
+/// `ws_url`, read with the admin token.
+pub async fn refusals(ws_url: &str, admin_token: &str, what: &str) -> f64 {
+    let response = get(&authority(ws_url), "/metrics", Some(admin_token)).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let scrape = prometheus_parse::Scrape::parse(response.body.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text");
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "promhub_refusals_total" && s.labels.get("what") == Some(what))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("not a counter: {other:?}"),
+        })
+        .unwrap_or_else(|| panic!("no refusals_total{{what={what:?}}}"))
+}

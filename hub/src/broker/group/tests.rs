@@ -3,28 +3,17 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
+use crate::broker::committed::test_committed;
 use crate::send_queue::{Drained, SendQueue, SendQueueLimits};
 use crate::store::writer::GroupUpdate;
-use promhub_core::frames::{Event, HubFrame};
-use promhub_core::{Topic, frames::to_payload};
+use promhub_core::frames::HubFrame;
 
 fn defaults() -> Arc<GroupDefaults> {
     Arc::new(GroupDefaults::default())
 }
 
 fn event(seq: u64, topic: &str) -> Arc<Committed> {
-    Committed::from_event(&Event {
-        id: format!("e{seq}"),
-        seq,
-        topic: Topic::parse(topic).unwrap(),
-        ts: 1,
-        key: None,
-        payload: to_payload(&seq).unwrap(),
-        headers: None,
-        tags: None,
-        caused_by: None,
-        sid: None,
-    })
+    test_committed(seq, topic)
 }
 
 struct Harness {
