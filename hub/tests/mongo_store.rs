@@ -151,6 +151,48 @@ async fn kill_9_on_mongodb_loses_no_acknowledged_event_and_groups_resume_after_t
     );
 }
 
+/// The URI's write concern is the one used (here `w=1`, no journal wait);
+/// an unacknowledged one (`w=0`) is refused at start with the reason.
+#[tokio::test]
+async fn the_uri_sets_the_write_concern_and_w0_is_refused() {
+    let Some(server) = FerretDb::shared_or_skip("the_uri_sets_the_write_concern") else {
+        return;
+    };
+    let dir = common::data_dir();
+    let store = format!("{}?w=1&journal=false", server.uri("hub_w1"));
+    let hub = spawn_on(dir.path(), &store).await;
+    let mut publisher = hub.client().await;
+    let mut seqs = Vec::new();
+    for i in 0..20 {
+        let ack = publisher
+            .publish("w1.t", json!({"i": i}), json!(null))
+            .await;
+        assert_eq!(ack["op"], "PUBACK", "{ack}");
+        seqs.push(seq(&ack));
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    hub.kill9().await;
+
+    let store = format!("{}?w=0", server.uri("hub_w0"));
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(env!("CARGO_BIN_EXE_promhub"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--store", &store])
+            .env("PROMHUB_DATA", dir.path())
+            .output(),
+    )
+    .await
+    .expect("promhub did not give up")
+    .expect("run promhub");
+    assert!(!output.status.success());
+    assert!(
+        output.stdout.is_empty(),
+        "nothing on stdout when not listening"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("w=0"), "{stderr}");
+}
+
 #[tokio::test]
 async fn store_settings_that_cannot_work_are_refused() {
     let dir = common::data_dir();

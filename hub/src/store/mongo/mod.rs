@@ -38,7 +38,9 @@
 //! most one range open.
 //!
 //! **No transactions.** A batch is several writes, each acknowledged with
-//! write concern `{w: "majority", j: true}` before the next starts, and
+//! the write concern (`{w: "majority", j: true}` unless the URI sets
+//! `w`, `journal` or `wtimeoutMS`; `w=0` is refused) before the next
+//! starts, and
 //! the commit returns (the hub sends PUBACK) only after all of them:
 //! 1. reserve the seqs (a range in `seq_ranges`);
 //! 2. insert the events, in order (`ordered` insert);
@@ -157,7 +159,8 @@ pub struct MongoStore {
 struct Inner {
     client: Client,
     db: Database,
-    /// `{w: "majority", j: true}` for the commands built by hand.
+    /// The write concern (the URI's, else `{w: "majority", j: true}`; see
+    /// `open.rs`) for the commands built by hand.
     write_concern: Document,
     options: MongoOptions,
     /// Whether the server expires de-duplication entries itself.

@@ -33,24 +33,43 @@ impl MongoStore {
         client_options
             .server_selection_timeout
             .get_or_insert(options.server_selection_timeout);
-        // Acknowledged once a majority of the replica set has it in its
-        // journal: a PUBACK survives a crash or a failover.
-        client_options.write_concern = Some(
-            WriteConcern::builder()
-                .w(Acknowledgment::Majority)
-                .journal(true)
-                .build(),
-        );
+        // PUBACK follows the write concern's acknowledgement of every
+        // write of a batch: the URI's (`w`, `journal`, `wtimeoutMS`) if it
+        // sets one, else a majority of the replica set with it in their
+        // journals, so a PUBACK survives a crash or a failover.
+        let write_concern = write_concern_of(client_options.write_concern.take())?;
+        client_options.write_concern = Some(write_concern.clone());
+        let uri_read_concern = client_options.read_concern.is_some();
         let client = Client::with_options(client_options).map_err(backend)?;
         let db = client.database(&db_name);
-        db.run_command(doc! { "ping": 1 }).await.map_err(|e| {
+        let hello = db.run_command(doc! { "hello": 1 }).await.map_err(|e| {
             StoreError::Backend(format!("cannot reach MongoDB at {}: {e}", redacted(uri)))
         })?;
+        // On a replica set every read is of majority-committed data (unless
+        // the URI says otherwise), so no hub delivers an event that a
+        // failover could roll back. A standalone server (FerretDB) has
+        // nothing else to read.
+        let replica_set = hello.get_str("setName").is_ok();
+        let db = if replica_set && !uri_read_concern {
+            client.database_with_options(
+                &db_name,
+                mongodb::options::DatabaseOptions::builder()
+                    .read_concern(mongodb::options::ReadConcern::majority())
+                    .build(),
+            )
+        } else {
+            db
+        };
+        tracing::info!(
+            replica_set,
+            write_concern = %write_concern_document(&write_concern),
+            "MongoDB connected"
+        );
         let store = MongoStore {
             inner: Arc::new(Inner {
                 client,
                 db,
-                write_concern: doc! { "w": "majority", "j": true },
+                write_concern: write_concern_document(&write_concern),
                 options,
                 dedup_ttl: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
@@ -272,5 +291,69 @@ impl MongoStore {
         .await
         .map_err(backend)?;
         Ok(())
+    }
+}
+
+/// The write concern of every write: the URI's when it sets one, else
+/// `{w: "majority", j: true}`. An unacknowledged one (`w=0`) is refused: a
+/// PUBACK must follow the server's acknowledgement.
+pub(super) fn write_concern_of(from_uri: Option<WriteConcern>) -> Result<WriteConcern, StoreError> {
+    let concern = from_uri.unwrap_or_default();
+    if concern.w == Some(Acknowledgment::Nodes(0)) {
+        return Err(StoreError::Backend(
+            "the MongoDB URI sets w=0 (unacknowledged writes): a PUBACK needs the server's \
+             acknowledgement; use w=1, w=majority or leave w out"
+                .into(),
+        ));
+    }
+    if concern.w.is_none() && concern.journal.is_none() && concern.w_timeout.is_none() {
+        return Ok(WriteConcern::builder()
+            .w(Acknowledgment::Majority)
+            .journal(true)
+            .build());
+    }
+    Ok(concern)
+}
+
+/// The `writeConcern` field of the commands built by hand.
+pub(super) fn write_concern_document(concern: &WriteConcern) -> Document {
+    mongodb::bson::to_document(concern).unwrap_or_else(|_| doc! { "w": "majority", "j": true })
+}
+
+#[cfg(test)]
+mod write_concern_tests {
+    use super::*;
+
+    async fn from_uri(query: &str) -> Result<Document, StoreError> {
+        let options = ClientOptions::parse(format!("mongodb://127.0.0.1:1/db{query}"))
+            .await
+            .unwrap();
+        write_concern_of(options.write_concern).map(|c| write_concern_document(&c))
+    }
+
+    #[tokio::test]
+    async fn the_default_is_majority_with_journal() {
+        assert_eq!(
+            from_uri("").await.unwrap(),
+            doc! { "w": "majority", "j": true }
+        );
+    }
+
+    #[tokio::test]
+    async fn the_uri_sets_the_write_concern() {
+        assert_eq!(
+            from_uri("?w=1&journal=false").await.unwrap(),
+            doc! { "w": 1, "j": false }
+        );
+        assert_eq!(
+            from_uri("?w=majority&wtimeoutMS=2500").await.unwrap(),
+            doc! { "w": "majority", "wtimeout": 2500 }
+        );
+    }
+
+    #[tokio::test]
+    async fn unacknowledged_writes_are_refused_with_a_reason() {
+        let e = from_uri("?w=0").await.unwrap_err();
+        assert!(e.to_string().contains("w=0"), "{e}");
     }
 }
