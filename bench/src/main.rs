@@ -88,6 +88,10 @@ struct ScenarioArgs {
     /// The nats-server binary (else found, or built with `go install`)
     #[arg(long, env = "PROMHUB_BENCH_NATS_SERVER")]
     nats_server: Option<PathBuf>,
+    /// JetStream's sync_interval, e.g. `always` (fsync before every ack,
+    /// as promhub's default `--sync full`) [default: JetStream's, 2m]
+    #[arg(long)]
+    nats_sync: Option<String>,
     /// Which (default: all): publish consume flat paced
     names: Vec<String>,
 }
@@ -252,6 +256,7 @@ async fn run(cli: Cli) -> Result<()> {
                     Some(Comparison {
                         nats_server,
                         data_base: cli.data_base.clone(),
+                        nats_sync: args.nats_sync.clone(),
                     })
                 }
                 Some(other) => bail!("unknown system to compare with: {other}"),

@@ -113,17 +113,31 @@ pub struct NatsServer {
 
 impl NatsServer {
     /// Starts `binary` with JetStream on a random port, its store under
-    /// `data_base` (a real disk), and waits for its ports file.
-    pub async fn start(binary: &Path, data_base: &Path) -> Result<NatsServer> {
+    /// `data_base` (a real disk), and waits for its ports file. `sync`:
+    /// JetStream's `sync_interval` (its default, 2 minutes, when `None`;
+    /// `always` fsyncs every write before the ack, promhub's default
+    /// durability).
+    pub async fn start(binary: &Path, data_base: &Path, sync: Option<&str>) -> Result<NatsServer> {
         std::fs::create_dir_all(data_base)
             .with_context(|| format!("creating {}", data_base.display()))?;
         let dir = tempfile::tempdir_in(data_base)?;
         let store = dir.path().join("store");
         let ports = dir.path().join("ports");
         std::fs::create_dir_all(&ports)?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
-            .arg(&store)
+            .arg(&store);
+        if let Some(interval) = sync {
+            // Only the configuration file has JetStream's sync interval.
+            let config = dir.path().join("nats.conf");
+            std::fs::write(
+                &config,
+                format!("jetstream {{\n  sync_interval: {interval}\n}}\n"),
+            )?;
+            command.arg("-c").arg(&config);
+        }
+        let child = command
             .arg("--ports_file_dir")
             .arg(&ports)
             .stdin(Stdio::null())
@@ -205,8 +219,13 @@ async fn create_stream(js: &jetstream::Context) -> Result<stream::Stream> {
 }
 
 /// Runs one scenario against a fresh server.
-pub async fn run(binary: &Path, data_base: &Path, scenario: &Scenario) -> Result<Measured> {
-    let server = NatsServer::start(binary, data_base).await?;
+pub async fn run(
+    binary: &Path,
+    data_base: &Path,
+    sync: Option<&str>,
+    scenario: &Scenario,
+) -> Result<Measured> {
+    let server = NatsServer::start(binary, data_base, sync).await?;
     let result = run_on(&server, scenario).await;
     server.stop().await;
     result

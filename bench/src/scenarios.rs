@@ -220,6 +220,8 @@ pub struct CompareReport {
 pub struct Comparison {
     pub nats_server: PathBuf,
     pub data_base: PathBuf,
+    /// JetStream's `sync_interval`; `None`: its default (2 minutes).
+    pub nats_sync: Option<String>,
 }
 
 /// Runs the named scenarios (all when empty) `runs` times, alternating the
@@ -244,11 +246,27 @@ pub async fn run(
             // Alternate which system goes first.
             let nats_first = round % 2 == 1;
             if nats_first && let Some(c) = comparison {
-                nats_runs[i].push(crate::nats::run(&c.nats_server, &c.data_base, scenario).await?);
+                nats_runs[i].push(
+                    crate::nats::run(
+                        &c.nats_server,
+                        &c.data_base,
+                        c.nats_sync.as_deref(),
+                        scenario,
+                    )
+                    .await?,
+                );
             }
             hub_runs[i].push(run_hub(source, scenario).await?);
             if !nats_first && let Some(c) = comparison {
-                nats_runs[i].push(crate::nats::run(&c.nats_server, &c.data_base, scenario).await?);
+                nats_runs[i].push(
+                    crate::nats::run(
+                        &c.nats_server,
+                        &c.data_base,
+                        c.nats_sync.as_deref(),
+                        scenario,
+                    )
+                    .await?,
+                );
             }
         }
     }
@@ -273,7 +291,13 @@ pub async fn run(
         runs,
         load_before,
         load_after: loadavg(),
-        compared_with: comparison.map(|_| format!("nats-server {}", crate::nats::NATS_VERSION)),
+        compared_with: comparison.map(|c| {
+            let sync = c.nats_sync.as_deref().unwrap_or("default (2m)");
+            format!(
+                "nats-server {}, JetStream sync_interval {sync}",
+                crate::nats::NATS_VERSION
+            )
+        }),
         scenarios: reports,
         checks,
     })

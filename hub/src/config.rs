@@ -34,6 +34,10 @@ pub struct HubConfig {
     /// (ignored by MongoDB); recovering from a full disk needs about this
     /// much free space.
     pub wal_limit_bytes: u64,
+    /// Threads of the async runtime (connections, the broker). `None`: one
+    /// per CPU, less one with the embedded store, whose commit thread keeps
+    /// a CPU busy under load (see [`HubConfig::runtime_workers`]).
+    pub worker_threads: Option<usize>,
     /// HTTP path of the WebSocket endpoint.
     pub ws_path: String,
     /// Largest text frame the protocol accepts; larger ones get
@@ -235,6 +239,7 @@ impl Default for HubConfig {
             store: EMBEDDED_STORE.to_owned(),
             sync: SyncPolicy::default(),
             wal_limit_bytes: crate::store::sqlite::DEFAULT_WAL_LIMIT_BYTES,
+            worker_threads: None,
             ws_path: "/ws".to_owned(),
             max_frame_bytes: promhub_core::frames::DEFAULT_MAX_FRAME_BYTES,
             heartbeat_ms: 15_000,
@@ -298,9 +303,26 @@ impl HubConfig {
         }
     }
 
+    /// Threads of the async runtime: `worker_threads`, else one per CPU
+    /// (`cpus`), less one with the embedded store, at least one. The
+    /// embedded store commits on its own thread; a worker more than the
+    /// CPUs left to it only adds wake-ups between workers (issue 15: at a
+    /// steady 5,000 events/s on 2 CPUs, 2 workers cost 10% more CPU per
+    /// event than 1, see docs/sizing.md).
+    pub fn runtime_workers(&self, cpus: usize) -> usize {
+        if let Some(workers) = self.worker_threads {
+            return workers;
+        }
+        let reserved = usize::from(matches!(self.store_location(), Ok(StoreLocation::Embedded)));
+        cpus.saturating_sub(reserved).max(1)
+    }
+
     /// Checks values that would make the hub misbehave.
     pub fn validate(&self) -> Result<(), String> {
         self.store_location()?;
+        if self.worker_threads == Some(0) {
+            return Err("worker_threads must be at least 1".to_owned());
+        }
         for outbox in &self.outbox {
             outbox.location()?;
             outbox.publish_policy()?;
@@ -521,14 +543,21 @@ fn quota(rate: Option<f64>, burst: Option<u32>) -> Option<RateLimit> {
     })
 }
 
-/// The embedded store's fsync policy: a commit is durable before its
-/// PUBACK.
+/// The embedded store's fsync policy: when a commit (and its PUBACK) is
+/// safe.
 ///
-/// One policy is left. `pipelined` (a separate sync thread that fsynced the
-/// WAL while the next batch was applied) was slower than `full` in issue
-/// 15's measurements — flat out, one publish at a time and at a steady
-/// rate (docs/sizing.md) — because of its thread hand-offs; it is still
-/// accepted as a name and means `full`.
+/// `full` (the default) syncs every commit: a PUBACK survives a crash of
+/// the hub, of the OS and a power loss. `normal` syncs only when the WAL is
+/// checkpointed, like JetStream's default `sync_interval` or Kafka's
+/// `flush.messages`: a PUBACK survives a crash of the hub (the commit is in
+/// the OS's page cache), but an OS crash or power loss may lose the
+/// newest acknowledged events, and their seqs may then be given to other
+/// events. It saves the fsync's CPU and latency per commit (docs/sizing.md).
+///
+/// `pipelined` (a separate sync thread that fsynced the WAL while the next
+/// batch was applied) was slower than `full` in issue 15's measurements
+/// because of its thread hand-offs; it is still accepted as a name and
+/// means `full`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncPolicy {
@@ -538,6 +567,10 @@ pub enum SyncPolicy {
     #[serde(alias = "pipelined")]
     #[value(alias = "pipelined")]
     Full,
+    /// `synchronous=NORMAL`: the WAL is synced before each checkpoint, not
+    /// per commit; acknowledged events survive a crash of the hub, not of
+    /// the OS.
+    Normal,
 }
 /// Shortest static admin token accepted (a guessable one would open the ops
 /// API).
@@ -788,12 +821,37 @@ mod tests {
     }
 
     #[test]
+    fn runtime_workers_leave_a_cpu_to_the_embedded_store_commit_thread() {
+        let embedded = HubConfig::default();
+        assert_eq!(embedded.runtime_workers(8), 7);
+        assert_eq!(embedded.runtime_workers(2), 1);
+        assert_eq!(embedded.runtime_workers(1), 1);
+        let mongo = HubConfig {
+            store: "mongodb://127.0.0.1:27017/promhub".to_owned(),
+            ..HubConfig::default()
+        };
+        assert_eq!(mongo.runtime_workers(2), 2);
+        let set = HubConfig {
+            worker_threads: Some(3),
+            ..HubConfig::default()
+        };
+        assert_eq!(set.runtime_workers(2), 3);
+        let zero = HubConfig {
+            worker_threads: Some(0),
+            ..HubConfig::default()
+        };
+        assert!(zero.validate().unwrap_err().contains("worker_threads"));
+    }
+
+    #[test]
     fn sync_policy_is_full_and_pipelined_is_its_old_name() {
         assert_eq!(HubConfig::default().sync, SyncPolicy::Full);
         let full: HubConfig = toml::from_str("sync = \"full\"").unwrap();
         assert_eq!(full.sync, SyncPolicy::Full);
         let old: HubConfig = toml::from_str("sync = \"pipelined\"").unwrap();
         assert_eq!(old.sync, SyncPolicy::Full);
+        let normal: HubConfig = toml::from_str("sync = \"normal\"").unwrap();
+        assert_eq!(normal.sync, SyncPolicy::Normal);
         assert!(toml::from_str::<HubConfig>("sync = \"never\"").is_err());
     }
 

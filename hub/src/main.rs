@@ -64,8 +64,10 @@ struct ServeArgs {
     /// [default: embedded]
     #[arg(long, env = "PROMHUB_STORE")]
     store: Option<String>,
-    /// fsync policy of the embedded store: full (`pipelined` is an old name
-    /// for it) [default: full]
+    /// fsync policy of the embedded store: full (every commit synced before
+    /// its PUBACK; `pipelined` is an old name for it) or normal (synced
+    /// before checkpoints: a PUBACK survives a crash of the hub, not of the
+    /// OS) [default: full]
     #[arg(long, env = "PROMHUB_SYNC", value_enum)]
     sync: Option<SyncPolicy>,
     /// The embedded store's WAL is truncated once it grows past this many
@@ -73,6 +75,10 @@ struct ServeArgs {
     /// [default: 67108864]
     #[arg(long, env = "PROMHUB_WAL_LIMIT_BYTES")]
     wal_limit_bytes: Option<u64>,
+    /// Threads of the async runtime [default: one per CPU, less one with
+    /// the embedded store (its commit thread)]
+    #[arg(long, env = "PROMHUB_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     /// TOML configuration file (any field of the hub configuration)
     #[arg(long, env = "PROMHUB_CONFIG")]
     config: Option<PathBuf>,
@@ -210,6 +216,9 @@ impl ServeArgs {
         if let Some(bytes) = self.wal_limit_bytes {
             config.wal_limit_bytes = bytes;
         }
+        if let Some(workers) = self.worker_threads {
+            config.worker_threads = Some(workers);
+        }
         if let Some(scopes) = self.dev_scopes {
             config.dev_scopes = Some(scopes);
         }
@@ -320,7 +329,10 @@ fn print_token(args: TokenArgs) -> anyhow::Result<()> {
 }
 
 fn serve(config: HubConfig) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let workers = config.runtime_workers(cpus);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .thread_name("promhub")
         .build()
@@ -353,7 +365,7 @@ fn serve(config: HubConfig) -> anyhow::Result<()> {
             writeln!(stdout, "listening on {scheme}://{addr}{}", config.ws_path)?;
             stdout.flush()?;
         }
-        tracing::info!(%addr, data = %config.data.display(), "hub started");
+        tracing::info!(%addr, data = %config.data.display(), workers, sync = ?config.sync, "hub started");
         let parts = promhub_hub::HubParts {
             store: Some(store),
             ..promhub_hub::HubParts::default()

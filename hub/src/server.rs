@@ -15,7 +15,7 @@ use crate::auth::Verifier;
 use crate::authn::{Authenticator, DevAuthenticator};
 use crate::broker::{self, BrokerSetup, HoldLimits};
 use crate::cluster;
-use crate::config::{HubConfig, StoreLocation};
+use crate::config::{HubConfig, StoreLocation, SyncPolicy};
 use crate::connection::Shared;
 use crate::error::HubError;
 use crate::follower;
@@ -354,8 +354,8 @@ async fn open_sqlite(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> {
     let dir = config.data.clone();
     let options = SqliteOptions {
         dedup_window: Duration::from_millis(config.dedup_window_ms),
-        // `config.sync` has one policy (`Full`): SQLite syncs inside each commit.
         wal_limit_bytes: config.wal_limit_bytes,
+        sync_each_commit: config.sync == SyncPolicy::Full,
         ..SqliteOptions::default()
     };
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, options))

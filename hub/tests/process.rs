@@ -86,6 +86,51 @@ async fn kill_9_after_pubacks_loses_nothing_and_groups_resume_after_their_last_a
     hub.kill9().await;
 }
 
+/// `--sync normal` (no fsync per commit) still survives a crash of the hub
+/// itself: every acknowledged publish is in the WAL, in the OS's page cache.
+#[tokio::test]
+async fn sync_normal_keeps_every_acknowledged_publish_across_a_kill_9() {
+    let dir = common::data_dir();
+    let envs = [("PROMHUB_SYNC", "normal"), ("PROMHUB_WORKER_THREADS", "1")];
+    let args = ["--listen", "127.0.0.1:0"];
+    let hub = HubProcess::spawn(dir.path(), &envs, &args).await;
+    let mut publisher = hub.client().await;
+    let burst = 500;
+    for i in 0..burst {
+        publisher
+            .send_json(
+                json!({"op": "PUBLISH", "topic": "metrics.cpu", "payload": {"i": i},
+                "rid": format!("p{i}")}),
+            )
+            .await;
+    }
+    let mut acked = vec![String::new(); burst];
+    for _ in 0..burst {
+        let ack = publisher.recv_json().await;
+        assert_eq!(ack["op"], "PUBACK", "{ack}");
+        let index: usize = ack["rid"].as_str().unwrap()[1..].parse().unwrap();
+        acked[index] = ack["id"].as_str().unwrap().to_owned();
+    }
+    hub.kill9().await;
+
+    let hub = HubProcess::spawn(dir.path(), &envs, &args).await;
+    let mut auditor = hub.client().await;
+    auditor
+        .subscribe(
+            "metrics.*",
+            Some("audit"),
+            json!({"from": "earliest", "max_inflight": 1000}),
+        )
+        .await;
+    let mut stored = Vec::new();
+    for _ in 0..burst {
+        let event = auditor.recv_event().await;
+        stored.push(event["event"]["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(stored, acked);
+    hub.kill9().await;
+}
+
 #[tokio::test]
 async fn sigterm_closes_connections_with_1001_and_exits_cleanly() {
     let dir = common::data_dir();
@@ -158,6 +203,17 @@ async fn invalid_configuration_exits_with_an_error() {
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("dev_scopes"), "{stderr}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_promhub"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--worker-threads", "0"])
+        .env("PROMHUB_DATA", dir.path())
+        .output()
+        .await
+        .expect("run promhub");
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("worker_threads"), "{stderr}");
 }
 
 #[tokio::test]

@@ -2,7 +2,9 @@
 //!
 //! One write connection (`sqlite/writer.rs`), behind the store's writer
 //! lock, turns every [`CommitBatch`] into one transaction and syncs the WAL
-//! inside it (`synchronous=FULL`): a commit that returned survives a crash.
+//! inside it (`synchronous=FULL`): a commit that returned survives a crash
+//! (with `sync_each_commit` off, `synchronous=NORMAL`, only a crash of the
+//! process: the WAL is synced before checkpoints).
 //! The hub commits from one thread, the `StoreWriter`'s commit thread,
 //! which calls [`BlockingCommit::commit_blocking`] directly: batches that
 //! arrive during a commit's fsync form the next commit, so at most one
@@ -85,6 +87,10 @@ pub struct SqliteOptions {
     /// bytes (also SQLite's `journal_size_limit`). Recovering from a full
     /// disk needs about this much free space (see `wal.rs`).
     pub wal_limit_bytes: u64,
+    /// Sync the WAL inside every commit (`synchronous=FULL`: a commit that
+    /// returned survives an OS crash), or only before checkpoints
+    /// (`synchronous=NORMAL`: it survives a crash of the process).
+    pub sync_each_commit: bool,
 }
 
 /// Default [`SqliteOptions::wal_limit_bytes`].
@@ -102,6 +108,7 @@ impl Default for SqliteOptions {
             wal_autocheckpoint_pages: 1000,
             checkpoint_thread: true,
             wal_limit_bytes: DEFAULT_WAL_LIMIT_BYTES,
+            sync_each_commit: true,
         }
     }
 }

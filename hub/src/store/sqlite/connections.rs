@@ -54,10 +54,17 @@ pub(super) fn open_write_connection(
         )));
     }
     // PUBACK is sent only once a commit is synced: SQLite syncs the WAL
-    // inside every commit. (Checkpoints are the store's, driven by the WAL
-    // hook installed after the migration, which replaces SQLite's
-    // automatic ones.)
-    conn.pragma_update(None, "synchronous", "FULL")
+    // inside every commit; with NORMAL only before a checkpoint (the
+    // commit is then in the OS's page cache: it survives the process, not
+    // the OS). (Checkpoints are the store's, driven by the WAL hook
+    // installed after the migration, which replaces SQLite's automatic
+    // ones.)
+    let synchronous = if options.sync_each_commit {
+        "FULL"
+    } else {
+        "NORMAL"
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
         .map_err(backend)?;
     // Keep the WAL file from staying huge after a burst: cut back to the
     // bound whenever SQLite restarts it (the WAL bound truncates it when it
