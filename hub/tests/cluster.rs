@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -435,4 +436,201 @@ async fn a_hub_killed_mid_batch_holds_no_reader_back_for_longer_than_its_lease()
         // a dead hub for long.
         assert!(started.elapsed() < Duration::from_secs(5));
     }
+}
+
+/// `kill -9` of the hub two native SDK clients are connected to, while one
+/// of them publishes: both move to other hubs on their own, the live
+/// subscription resumes there from the seq after its last delivery, and it
+/// receives every acknowledged event once, in seq order. A publish the
+/// dead hub did not answer is sent again with the same id, so it is stored
+/// once (de-duplication is cluster-wide). Prints the time from the kill to the reconnection and to
+/// the first event after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_clients_of_a_killed_hub_resume_on_the_others_and_lose_nothing_acknowledged() {
+    use futures_util::StreamExt;
+    use promhub::{ClientConfig, ConnectionEvent, PublishOptions, SubscribeOptions};
+
+    let Some(server) = FerretDb::shared_or_skip("native_clients_of_a_killed_hub") else {
+        return;
+    };
+    let store = server.uri("cluster_native_failover");
+    let mut hubs = [
+        Some(HubProcess::spawn(&store).await),
+        Some(HubProcess::spawn(&store).await),
+        Some(HubProcess::spawn(&store).await),
+    ];
+    let urls: Vec<String> = hubs.iter().flatten().map(|h| h.url.clone()).collect();
+    let config = |seed| {
+        ClientConfig::new()
+            .seed(seed)
+            .reconnect_delay(Duration::from_millis(50), Duration::from_millis(200))
+            .request_timeout(Duration::from_secs(5))
+    };
+    let connected_url = |event: Option<ConnectionEvent>| match event {
+        Some(ConnectionEvent::Connected { url, .. }) => Some(url),
+        _ => None,
+    };
+
+    let subscriber = promhub::Client::connect_lazy(urls.clone(), config(11)).expect("subscriber");
+    let mut events = subscriber.events();
+    let first_hub = loop {
+        if let Some(url) = connected_url(guard("connected", events.next()).await) {
+            break url;
+        }
+    };
+    let mut orders = guard(
+        "subscribe",
+        subscriber.subscribe::<u64>("orders.*", None, SubscribeOptions::new()),
+    )
+    .await
+    .expect("subscribe");
+    // (seq, id, when received) of every delivery.
+    let received = Arc::new(Mutex::new(Vec::<(u64, String, Instant)>::new()));
+    let collector = tokio::spawn({
+        let received = Arc::clone(&received);
+        async move {
+            while let Some(delivery) = orders.next().await {
+                let entry = (delivery.seq(), delivery.id().to_owned(), Instant::now());
+                received.lock().unwrap().push(entry);
+            }
+        }
+    });
+
+    // The publisher starts on the same hub, so the kill cuts its publishes
+    // in flight too (the first hub is drawn from the seed).
+    let mut seed = 0;
+    let publisher = loop {
+        let publisher =
+            promhub::Client::connect_lazy(urls.clone(), config(seed)).expect("publisher");
+        let mut publisher_events = publisher.events();
+        let url = loop {
+            if let Some(url) =
+                connected_url(guard("publisher connected", publisher_events.next()).await)
+            {
+                break url;
+            }
+        };
+        if url == first_hub {
+            break publisher;
+        }
+        publisher.close().await;
+        seed += 1;
+        assert!(seed < 100, "no seed starts on {first_hub}");
+    };
+    // One event every 2 ms; each acknowledged one recorded with its seq.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
+    let publishing = tokio::spawn({
+        let (stop, acked) = (Arc::clone(&stop), Arc::clone(&acked));
+        async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let id = format!("order-{i}");
+                let options = PublishOptions::new().id(id.clone());
+                match publisher.publish("orders.created", &i, options).await {
+                    Ok(ack) => {
+                        acked.lock().unwrap().push((id, ack.seq));
+                        i += 1;
+                    }
+                    // Its hub went away: the same id again, on another hub.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            publisher.close().await;
+        }
+    });
+    eventually("100 deliveries before the kill", async || {
+        received.lock().unwrap().len() >= 100
+    })
+    .await;
+
+    let doomed = hubs
+        .iter()
+        .position(|h| h.as_ref().is_some_and(|h| h.url == first_hub))
+        .expect("the subscriber's hub");
+    hubs[doomed].take().expect("running").kill9().await;
+    let killed = Instant::now();
+    let second_hub = loop {
+        if let Some(url) = connected_url(guard("reconnected", events.next()).await) {
+            break url;
+        }
+    };
+    let reconnected = killed.elapsed();
+    assert_ne!(second_hub, first_hub);
+    assert!(urls.contains(&second_hub), "{second_hub}");
+
+    let acked_so_far = acked.lock().unwrap().len();
+    let waiting = Instant::now();
+    while acked.lock().unwrap().len() < acked_so_far + 200 {
+        if waiting.elapsed() > Duration::from_secs(60) {
+            let warnings: Vec<String> = hubs
+                .iter()
+                .flatten()
+                .flat_map(|h| h.log.lock().unwrap().clone())
+                .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+                .collect();
+            panic!(
+                "{} of 200 publishes acknowledged 60 s after the kill; hub warnings: {warnings:#?}",
+                acked.lock().unwrap().len() - acked_so_far
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let published_after = waiting.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    guard("the publisher stops", publishing)
+        .await
+        .expect("publisher");
+
+    let acked = acked.lock().unwrap().clone();
+    let wanted: std::collections::BTreeSet<u64> = acked.iter().map(|&(_, seq)| seq).collect();
+    eventually("every acknowledged event delivered", async || {
+        let got: std::collections::BTreeSet<u64> =
+            received.lock().unwrap().iter().map(|e| e.0).collect();
+        wanted.is_subset(&got)
+    })
+    .await;
+    let received = received.lock().unwrap().clone();
+    // Once each, in seq order, across the failover; each acknowledged id
+    // with its acknowledged seq (a resend got the original's).
+    for pair in received.windows(2) {
+        assert!(
+            pair[1].0 > pair[0].0,
+            "seq {} after {}",
+            pair[1].0,
+            pair[0].0
+        );
+    }
+    let by_seq: std::collections::HashMap<u64, &str> =
+        received.iter().map(|e| (e.0, e.1.as_str())).collect();
+    for (id, seq) in &acked {
+        assert_eq!(by_seq.get(seq).copied(), Some(id.as_str()), "seq {seq}");
+    }
+    let ids: std::collections::HashSet<&str> = received.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(ids.len(), received.len(), "an id delivered twice");
+    let resumed = received
+        .iter()
+        .find(|e| e.2 > killed)
+        .map(|e| e.2 - killed)
+        .expect("a delivery after the kill");
+    eprintln!(
+        "kill -9 of the subscriber's hub: reconnected to another hub after {} ms, first event \
+         after {} ms; 200 publishes acknowledged {} ms after the reconnection; {} acknowledged \
+         events, {} delivered in order",
+        reconnected.as_millis(),
+        resumed.as_millis(),
+        published_after.as_millis(),
+        acked.len(),
+        received.len()
+    );
+    subscriber.close().await;
+    collector.abort();
+}
+
+/// `future`, or a panic naming `what` after 30 s.
+async fn guard<F: Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within 30 s"))
 }

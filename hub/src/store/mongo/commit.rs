@@ -64,7 +64,47 @@ impl MongoStore {
                 .filter(|key| seen.insert(*key))
                 .collect()
         };
-        let (known, expired) = self.stored_ids(&lookup, window_start).await?;
+        let (mut known, expired) = self.stored_ids(&lookup, window_start).await?;
+        // Ids without an entry may still have a copy in a batch that never
+        // finished (its hub died between the events and their entries):
+        // that copy counts, and gets its entry now.
+        let unknown: Vec<(&str, &str)> = {
+            let mut seen = HashSet::new();
+            batch
+                .events
+                .iter()
+                .zip(&dedup_keys)
+                .filter_map(|(event, key)| {
+                    let key = key.as_deref()?;
+                    (!known.contains_key(key) && seen.insert(key))
+                        .then(|| (event.topic.as_str(), event.id.as_str()))
+                })
+                .collect()
+        };
+        let copies = self.unfinished_copies(&unknown).await?;
+        if !copies.is_empty() {
+            let repairs: Vec<Document> = unknown
+                .iter()
+                .filter_map(|&(topic, id)| {
+                    let key = dedup_id(topic, id);
+                    let seq = *copies.get(&key)?;
+                    Some(dedup_update(&key, topic, seq_to_bson(seq), now, window))
+                })
+                .collect();
+            tracing::info!(
+                copies = repairs.len(),
+                "publishes sent again found in a batch that never finished; their de-duplication entries written"
+            );
+            writes::run(
+                &inner.db,
+                &inner.write_concern,
+                Kind::Update,
+                queries::DEDUP,
+                repairs,
+            )
+            .await?;
+            known.extend(copies);
+        }
 
         // Decide each event's fate before reserving seqs for the new ones.
         enum Fate {

@@ -38,6 +38,68 @@ impl Entry {
 }
 
 impl MongoStore {
+    /// Copies of these (topic, publisher id)s, keyed by [`dedup_id`], in
+    /// batches that never finished — a range still open, or given up after
+    /// its lease — whose de-duplication entries may be missing: a hub
+    /// killed after inserting its events and before their entries, whose
+    /// client sent the publish again to another hub. Key → the lowest seq.
+    /// A batch's events are inserted before its entries, so a copy the
+    /// dead hub inserted is found here; a hub that is alive but slower than
+    /// this lookup can still store a second copy (docs/cluster.md).
+    pub(super) async fn unfinished_copies(
+        &self,
+        wanted: &[(&str, &str)],
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        let mut copies = HashMap::new();
+        if wanted.is_empty() {
+            return Ok(copies);
+        }
+        let ranges = self
+            .find_all(super::queries::unfinished_ranges(), |doc| {
+                let low = int_field(doc, "_id", "a seq range")?;
+                let high = int_field(doc, "high", "a seq range")?;
+                Ok((low, high))
+            })
+            .await?;
+        if ranges.is_empty() {
+            return Ok(copies);
+        }
+        let keys: HashSet<String> = wanted
+            .iter()
+            .map(|(topic, id)| dedup_id(topic, id))
+            .collect();
+        let ids: Vec<&str> = {
+            let mut seen = HashSet::new();
+            wanted
+                .iter()
+                .map(|&(_, id)| id)
+                .filter(|id| seen.insert(*id))
+                .collect()
+        };
+        for (low, high) in ranges {
+            for chunk in ids.chunks(IN_CHUNK) {
+                let found = self
+                    .find_all(
+                        super::queries::events_with_ids_in(low, high, chunk),
+                        |doc| {
+                            let seq = from_bson_int(int_field(doc, "_id", "an event")?);
+                            let topic = str_field(doc, "topic", "an event")?;
+                            let id = str_field(doc, "id", "an event")?;
+                            Ok((dedup_id(topic, id), seq))
+                        },
+                    )
+                    .await?;
+                for (key, seq) in found {
+                    if keys.contains(&key) {
+                        let lowest = copies.entry(key).or_insert(seq);
+                        *lowest = (*lowest).min(seq);
+                    }
+                }
+            }
+        }
+        Ok(copies)
+    }
+
     /// Which of these entries ([`dedup_id`] keys) are stored: within the
     /// window since `window_start` (key → seq), or only in an expired entry
     /// that expiry has not deleted yet (a new copy replaces it).

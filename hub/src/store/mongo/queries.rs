@@ -205,6 +205,33 @@ pub(super) fn dedup_entries(ids: &[&str]) -> Query {
     }
 }
 
+/// Seq ranges whose batch never finished: still open, or given up after
+/// their lease (`done: false`; a small collection, pruned as it goes).
+pub(super) fn unfinished_ranges() -> Query {
+    Query {
+        collection: SEQ_RANGES,
+        filter: doc! { "done": false },
+        sort: None,
+        limit: None,
+        index: ID_INDEX,
+    }
+}
+
+/// Events in the seq range `low..=high` with one of these publisher ids
+/// (the `_id` index bounds it to one batch).
+pub(super) fn events_with_ids_in(low: i64, high: i64, ids: &[&str]) -> Query {
+    Query {
+        collection: EVENTS,
+        filter: doc! {
+            "_id": { "$gte": low, "$lte": high },
+            "id": { "$in": ids.iter().map(|id| Bson::from(*id)).collect::<Vec<_>>() },
+        },
+        sort: None,
+        limit: None,
+        index: ID_INDEX,
+    }
+}
+
 /// One group's document (the `_id` index).
 pub(super) fn group(group_id: &str) -> Query {
     Query {

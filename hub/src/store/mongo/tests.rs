@@ -484,3 +484,73 @@ async fn two_stores_on_one_database_commit_in_one_seq_order() -> Result<()> {
     b.close().await?;
     Ok(())
 }
+
+/// A hub killed between inserting a batch's events and their
+/// de-duplication entries leaves a copy without an entry; the client sends
+/// the publish again to another hub, which finds that copy (its range never
+/// finished) and answers it as a duplicate with the copy's seq, writing
+/// the missing entry, instead of storing the event twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_sent_again_after_its_hub_died_mid_batch_is_stored_once() -> Result<()> {
+    let Some(server) = FerretDb::shared_or_skip("sent_again_after_a_dead_batch") else {
+        return Ok(());
+    };
+    let dead = open(server, "sent_again").await?;
+    let alive = open(server, "sent_again").await?;
+    commit(&alive, vec![event("before", true, None)]).await?;
+
+    // The dead hub's batch: its range reserved, its event inserted, then
+    // nothing more (no entry, the range never marked done).
+    let seq = {
+        let mut state = dead.inner.writer.lock().await;
+        dead.reserve(&mut state, 1).await?
+    };
+    dead.inner
+        .db
+        .collection::<Document>(queries::EVENTS)
+        .insert_one(event_document(
+            seq,
+            &event("order-7", true, None),
+            DateTime::now(),
+        ))
+        .await?;
+
+    let out = commit(
+        &alive,
+        vec![event("order-7", true, None), event("order-8", true, None)],
+    )
+    .await?;
+    match &out[0] {
+        Appended::Duplicate { id, seq: original } => {
+            ensure!(
+                id == "order-7" && *original == seq,
+                "{out:?} (copy at {seq})"
+            )
+        }
+        other => bail!("expected the copy at {seq} as a duplicate, got {other:?}"),
+    }
+    ensure!(stored_seq(&out[1])? > seq, "{out:?}");
+    // Its entry is written now: found like any other from here on.
+    let entry = alive
+        .inner
+        .db
+        .collection::<Document>(queries::DEDUP)
+        .find_one(doc! { "_id": super::codec::dedup_id("jobs.eu", "order-7") })
+        .await?
+        .context("the missing entry was written")?;
+    ensure!(entry.get_i64("seq")? as u64 == seq, "{entry}");
+    let again = commit(&alive, vec![event("order-7", true, None)]).await?;
+    ensure!(
+        matches!(&again[0], Appended::Duplicate { seq: s, .. } if *s == seq),
+        "{again:?}"
+    );
+    let copies = alive
+        .inner
+        .db
+        .collection::<Document>(queries::EVENTS)
+        .count_documents(doc! { "id": "order-7" })
+        .await?;
+    ensure!(copies == 1, "{copies} copies of order-7");
+    alive.close().await?;
+    Ok(())
+}
