@@ -66,6 +66,10 @@ pub struct LoadOptions {
     /// Subscribers that record latency (the others only count, to keep
     /// large fan-outs cheap for the harness).
     pub latency_subscribers: usize,
+    /// Other hubs of the same cluster the subscribers connect to, in turn
+    /// (empty: the hub the publishers use). Publish → deliver latency then
+    /// includes the delivery across hubs.
+    pub subscribe_urls: Vec<String>,
 }
 
 impl Default for LoadOptions {
@@ -84,6 +88,7 @@ impl Default for LoadOptions {
             backlog: false,
             drain_timeout: Some(Duration::from_secs(30)),
             latency_subscribers: 32,
+            subscribe_urls: Vec::new(),
         }
     }
 }
@@ -300,6 +305,12 @@ async fn start_subscribers(
     stop: &watch::Receiver<bool>,
     tasks: &mut JoinSet<SubscriberResult>,
 ) -> Result<()> {
+    // Subscribers on other hubs of a cluster, in turn (same token).
+    let others = options
+        .subscribe_urls
+        .iter()
+        .map(|url| Hub::external(url, None).map(|other| other.with_token(hub.token.clone())))
+        .collect::<Result<Vec<Hub>>>()?;
     // Connect in batches: a thousand handshakes at once only measure the
     // accept queue.
     let mut index = 0;
@@ -307,8 +318,13 @@ async fn start_subscribers(
         let batch_end = (index + 100).min(options.subscribers);
         let connecting = (index..batch_end).map(|i| {
             let group = (options.groups > 0).then(|| format!("g{}", i % options.groups));
+            let target = if others.is_empty() {
+                hub
+            } else {
+                &others[i % others.len()]
+            };
             async move {
-                let (mut sink, mut stream) = ws::connect(hub).await?;
+                let (mut sink, mut stream) = ws::connect(target).await?;
                 let opts = match (&group, options.backlog) {
                     (Some(_), true) => format!(
                         r#"{{"from":"earliest","max_inflight":{}}}"#,

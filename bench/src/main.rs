@@ -138,6 +138,10 @@ struct LoadArgs {
     /// Subscribers that record latency (the rest only count)
     #[arg(long, default_value_t = 32)]
     latency_subscribers: usize,
+    /// Subscribers connect to this hub of the same cluster instead
+    /// (repeat: in turn); publishers stay on --url / the spawned hub
+    #[arg(long, value_name = "URL")]
+    subscribe_url: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -174,6 +178,7 @@ impl LoadArgs {
             backlog: self.backlog,
             drain_timeout: Some(seconds(self.drain_timeout, "--drain-timeout")?),
             latency_subscribers: self.latency_subscribers,
+            subscribe_urls: self.subscribe_url,
         })
     }
 }

@@ -20,6 +20,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
@@ -56,6 +57,30 @@ pub struct HubLease {
     pub lease_until_ms: i64,
     /// The lease is still running (at the asking hub's clock).
     pub alive: bool,
+}
+
+/// How many other hubs had a running lease at the registry's last listing,
+/// shared with the log follower: a hub alone on its database need not tail
+/// the log for other hubs' commits. Unknown (as if there were others)
+/// until the first listing.
+#[derive(Debug, Clone)]
+pub struct OtherHubs(Arc<AtomicUsize>);
+
+impl Default for OtherHubs {
+    fn default() -> Self {
+        OtherHubs(Arc::new(AtomicUsize::new(usize::MAX)))
+    }
+}
+
+impl OtherHubs {
+    /// Whether the last listing found no other hub alive.
+    pub fn none(&self) -> bool {
+        self.0.load(Ordering::Acquire) == 0
+    }
+
+    fn set(&self, count: usize) {
+        self.0.store(count, Ordering::Release);
+    }
 }
 
 /// This hub's registration in one database.
@@ -175,7 +200,11 @@ fn millis(ms: Millis) -> i64 {
 /// Renews `registry`'s lease every third of its duration and logs the
 /// other hubs joining and leaving, until `shutdown`; then removes the
 /// registration.
-pub fn spawn(registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+pub fn spawn(
+    registry: Arc<Registry>,
+    others: OtherHubs,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let period = (registry.lease() / 3).max(Duration::from_millis(50));
         // The other hubs whose lease ran at the last listing.
@@ -201,6 +230,7 @@ pub fn spawn(registry: Arc<Registry>, mut shutdown: watch::Receiver<bool>) -> Jo
                     for id in before.difference(&alive) {
                         tracing::info!(hub = %id, "cluster: a hub left (stopped, or its lease ran out)");
                     }
+                    others.set(alive.len());
                     known = Some(alive);
                 }
                 Err(error) => tracing::warn!(%error, "cluster: cannot list the hubs"),

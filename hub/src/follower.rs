@@ -16,7 +16,10 @@
 //! (`Store::read_after`, pages of 512). On a replica set (`hello` names a
 //! `setName`) a change stream on `seq_ranges` wakes it as soon as a range
 //! is reserved or finished, and tailing drops to once a second as a safety
-//! net; FerretDB has no change streams.
+//! net; FerretDB has no change streams. A hub alone on its database (no
+//! other hub's lease running at the hub registry's last listing,
+//! [`OtherHubs`]) does not tail at all: it passes its own batches on and
+//! reads the log only when a seq before its next batch is missing.
 //!
 //! [`StoreWriter`]: crate::store::writer::StoreWriter
 
@@ -30,6 +33,7 @@ use promhub_core::frames::Event;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
+use crate::cluster::OtherHubs;
 use crate::store::writer::CommittedEvents;
 use crate::store::{Store, StoreError};
 
@@ -49,6 +53,8 @@ pub(crate) struct FollowerSetup {
     pub poll: Duration,
     /// The store's database, to detect a replica set and watch it.
     pub db: Database,
+    /// Whether other hubs are alive (the hub registry's last listing).
+    pub other_hubs: OtherHubs,
 }
 
 /// Starts the follower; returns the broker's feed and the task (aborted
@@ -66,6 +72,7 @@ async fn run(setup: FollowerSetup, tx: mpsc::Sender<Vec<Event>>) {
         head,
         poll,
         db,
+        other_hubs,
     } = setup;
     let wake = Arc::new(Notify::new());
     let poll = if replica_set(&db).await {
@@ -98,7 +105,17 @@ async fn run(setup: FollowerSetup, tx: mpsc::Sender<Vec<Event>>) {
             mine.push(batch);
         }
         let result = match forward_own(store.as_ref(), &mut delivered, &mut mine, &tx).await {
+            // Alone on the database (no other hub's lease running) with
+            // every own commit handed over: nothing else to look for. A
+            // hub that joins is seen at the registry's next listing, or
+            // sooner, as a gap before this hub's next own batch.
             Ok(true) if last_refresh.elapsed() < poll => Ok(()),
+            Ok(true) if other_hubs.none() => {
+                // The next look in a `poll` (the timer must not fire again
+                // at once).
+                last_refresh = tokio::time::Instant::now();
+                Ok(())
+            }
             Ok(_) => {
                 last_refresh = tokio::time::Instant::now();
                 catch_up(store.as_ref(), &mut delivered, &tx).await
@@ -140,6 +157,13 @@ async fn forward_own(
             tx.send(batch).await.map_err(|_| Stop::Closed)?;
         } else {
             // Read from the log with everything else.
+            tracing::debug!(
+                first = first.seq,
+                last = last.seq,
+                delivered = *delivered,
+                horizon,
+                "log follower: an own batch is read back from the log"
+            );
             all_forwarded = false;
         }
     }

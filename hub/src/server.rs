@@ -106,6 +106,7 @@ pub async fn run_with(
     );
     // On a MongoDB store the broker is fed from the log up to the
     // visibility horizon: every hub's commits, in one seq order.
+    let other_hubs = cluster::OtherHubs::default();
     let (committed, follower) = match store.cluster_database() {
         Some(db) => {
             let (feed, task) = follower::spawn(follower::FollowerSetup {
@@ -114,6 +115,7 @@ pub async fn run_with(
                 head,
                 poll: Duration::from_millis(config.cluster_poll_ms),
                 db,
+                other_hubs: other_hubs.clone(),
             });
             (feed, Some(task))
         }
@@ -161,7 +163,7 @@ pub async fn run_with(
                 tracing::warn!(%error, "cluster: cannot register this hub; retrying in the background");
             }
             tracing::info!(hub = %hub_id, "cluster: this hub registered");
-            let task = cluster::spawn(Arc::clone(&registry), shutdown_rx.clone());
+            let task = cluster::spawn(Arc::clone(&registry), other_hubs, shutdown_rx.clone());
             Some((registry, task))
         }
         None => None,

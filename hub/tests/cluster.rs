@@ -128,13 +128,16 @@ fn alive(cluster: &Value) -> Vec<(String, String)> {
 }
 
 /// Waits (at most 10 s) until `check` holds.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
+    eventually_within(what, Duration::from_secs(10), check).await;
+}
+
+/// Waits (at most `limit`: a bound on a hang, not a timing claim) until
+/// `check` holds.
+async fn eventually_within(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
     while !check().await {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out: {what}"
-        );
+        assert!(start.elapsed() < limit, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -540,9 +543,11 @@ async fn native_clients_of_a_killed_hub_resume_on_the_others_and_lose_nothing_ac
             publisher.close().await;
         }
     });
-    eventually("100 deliveries before the kill", async || {
-        received.lock().unwrap().len() >= 100
-    })
+    eventually_within(
+        "100 deliveries before the kill",
+        Duration::from_secs(60),
+        async || received.lock().unwrap().len() >= 100,
+    )
     .await;
 
     let doomed = hubs
@@ -585,11 +590,15 @@ async fn native_clients_of_a_killed_hub_resume_on_the_others_and_lose_nothing_ac
 
     let acked = acked.lock().unwrap().clone();
     let wanted: std::collections::BTreeSet<u64> = acked.iter().map(|&(_, seq)| seq).collect();
-    eventually("every acknowledged event delivered", async || {
-        let got: std::collections::BTreeSet<u64> =
-            received.lock().unwrap().iter().map(|e| e.0).collect();
-        wanted.is_subset(&got)
-    })
+    eventually_within(
+        "every acknowledged event delivered",
+        Duration::from_secs(60),
+        async || {
+            let got: std::collections::BTreeSet<u64> =
+                received.lock().unwrap().iter().map(|e| e.0).collect();
+            wanted.is_subset(&got)
+        },
+    )
     .await;
     let received = received.lock().unwrap().clone();
     // Once each, in seq order, across the failover; each acknowledged id
