@@ -5,6 +5,7 @@ import { execFileSync, spawn } from "node:child_process";
 import { createHash, X509Certificate } from "node:crypto";
 import { createReadStream, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
+import { connect as netConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { extname, join, normalize, sep } from "node:path";
 import { createInterface } from "node:readline";
@@ -87,6 +88,83 @@ export function startHub({ dataDir, listen = "127.0.0.1:0", args = [], env = {} 
       reject(new Error(`hub exited before listening (${code ?? signal}):\n${stderr}`));
     });
   });
+}
+
+/**
+ * The FerretDB binary the Rust tests use (a MongoDB-wire server, built by
+ * scripts/lib.sh): $PROMHUB_FERRETDB, `ferretdb` on PATH, or
+ * ~/go/bin/ferretdb; `null` when there is none or PROMHUB_SKIP_MONGO=1.
+ */
+export function ferretDbBinary() {
+  if (process.env.PROMHUB_SKIP_MONGO === "1") return null;
+  const candidates = [process.env.PROMHUB_FERRETDB, join(process.env.HOME ?? "", "go", "bin", "ferretdb")];
+  try {
+    candidates.splice(1, 0, execFileSync("sh", ["-c", "command -v ferretdb"], { encoding: "utf8" }).trim());
+  } catch {
+    // not on PATH
+  }
+  return candidates.find((path) => path && existsSync(path)) ?? null;
+}
+
+/**
+ * Starts FerretDB on a free port with its SQLite files in `dir`; resolves
+ * once it accepts connections, with its `uri(db)` and `stop()`.
+ */
+export async function startFerretDb(binary, dir) {
+  const port = await new Promise((resolve) => {
+    const probe = createServer();
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+  const child = spawn(
+    binary,
+    [
+      "--handler=sqlite",
+      `--sqlite-url=file:${dir}/?_pragma=synchronous(full)`,
+      `--listen-addr=127.0.0.1:${port}`,
+      `--state-dir=${dir}`,
+      "--debug-addr=-",
+      "--telemetry=disable",
+      "--log-level=warn",
+    ],
+    { stdio: ["ignore", "ignore", "pipe"] },
+  );
+  let stderr = "";
+  child.stderr.on("data", (chunk) => {
+    stderr = (stderr + chunk).slice(-10_000);
+  });
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  const deadline = Date.now() + HUB_START_TIMEOUT_MS;
+  for (;;) {
+    const accepting = await new Promise((resolve) => {
+      const socket = netConnect(port, "127.0.0.1");
+      socket.once("connect", () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once("error", () => resolve(false));
+    });
+    if (accepting) break;
+    if (child.exitCode !== null || Date.now() > deadline) {
+      child.kill("SIGKILL");
+      throw new Error(`FerretDB did not start:\n${stderr}`);
+    }
+    await new Promise((done) => setTimeout(done, 100));
+  }
+  return {
+    uri: (db) => `mongodb://127.0.0.1:${port}/${db}`,
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill("SIGTERM");
+      const timeout = new Promise((done) => setTimeout(done, HUB_STOP_TIMEOUT_MS, "timeout"));
+      if ((await Promise.race([exited, timeout])) === "timeout") {
+        child.kill("SIGKILL");
+        await exited;
+      }
+    },
+  };
 }
 
 const CONTENT_TYPES = {
