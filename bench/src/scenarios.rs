@@ -245,28 +245,20 @@ pub async fn run(
         for (i, scenario) in scenarios.iter().enumerate() {
             // Alternate which system goes first.
             let nats_first = round % 2 == 1;
-            if nats_first && let Some(c) = comparison {
-                nats_runs[i].push(
-                    crate::nats::run(
-                        &c.nats_server,
-                        &c.data_base,
-                        c.nats_sync.as_deref(),
-                        scenario,
-                    )
-                    .await?,
-                );
-            }
-            hub_runs[i].push(run_hub(source, scenario).await?);
-            if !nats_first && let Some(c) = comparison {
-                nats_runs[i].push(
-                    crate::nats::run(
-                        &c.nats_server,
-                        &c.data_base,
-                        c.nats_sync.as_deref(),
-                        scenario,
-                    )
-                    .await?,
-                );
+            for nats_turn in [nats_first, !nats_first] {
+                match (nats_turn, comparison) {
+                    (true, Some(c)) => nats_runs[i].push(
+                        crate::nats::run(
+                            &c.nats_server,
+                            &c.data_base,
+                            c.nats_sync.as_deref(),
+                            scenario,
+                        )
+                        .await?,
+                    ),
+                    (true, None) => {}
+                    (false, _) => hub_runs[i].push(run_hub(source, scenario).await?),
+                }
             }
         }
     }

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::process::HubProcess;
+use common::process::{HubProcess, refused_start};
 use promhub_hub::store::mongo::test_server::FerretDb;
 use serde_json::{Value, json};
 use tokio::process::Command;
@@ -174,22 +174,7 @@ async fn the_uri_sets_the_write_concern_and_w0_is_refused() {
     hub.kill9().await;
 
     let store = format!("{}?w=0", server.uri("hub_w0"));
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        Command::new(env!("CARGO_BIN_EXE_promhub"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--store", &store])
-            .env("PROMHUB_DATA", dir.path())
-            .output(),
-    )
-    .await
-    .expect("promhub did not give up")
-    .expect("run promhub");
-    assert!(!output.status.success());
-    assert!(
-        output.stdout.is_empty(),
-        "nothing on stdout when not listening"
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(dir.path(), &["--store", &store]).await;
     assert!(stderr.contains("w=0"), "{stderr}");
 }
 

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::Client;
-use common::process::HubProcess;
+use common::process::{HubProcess, refused_start};
 use serde_json::json;
 use tokio::process::Command;
 
@@ -27,21 +27,13 @@ async fn kill_9_after_pubacks_loses_nothing_and_groups_resume_after_their_last_a
     // A burst of publishes in flight at once, then a few one by one.
     let mut publisher = hub.client().await;
     let burst = 300;
-    for i in 0..burst {
-        publisher
-            .send_json(
-                json!({"op": "PUBLISH", "topic": "orders.new", "payload": {"i": i},
-                "opts": {"key": format!("o{i}")}, "rid": format!("p{i}")}),
-            )
-            .await;
-    }
-    let mut acked = vec![String::new(); burst];
-    for _ in 0..burst {
-        let ack = publisher.recv_json().await;
-        assert_eq!(ack["op"], "PUBACK", "{ack}");
-        let index: usize = ack["rid"].as_str().unwrap()[1..].parse().unwrap();
-        acked[index] = ack["id"].as_str().unwrap().to_owned();
-    }
+    let acked = publish_burst(
+        &mut publisher,
+        "orders.new",
+        burst,
+        |i| json!({"key": format!("o{i}")}),
+    )
+    .await;
 
     // The worker handles the first 10 events (ACKs), and holds 5 more.
     let mut handled = Vec::new();
@@ -69,20 +61,7 @@ async fn kill_9_after_pubacks_loses_nothing_and_groups_resume_after_their_last_a
     assert_eq!(resumed["event"]["seq"], last_acked_seq + 1);
 
     // Every acknowledged publish is in the store, in order.
-    let mut auditor = hub.client().await;
-    auditor
-        .subscribe(
-            "orders.*",
-            Some("audit"),
-            json!({"from": "earliest", "max_inflight": 1000}),
-        )
-        .await;
-    let mut stored = Vec::new();
-    for _ in 0..burst {
-        let event = auditor.recv_event().await;
-        stored.push(event["event"]["id"].as_str().unwrap().to_owned());
-    }
-    assert_eq!(stored, acked);
+    assert_eq!(stored_ids(&hub, "orders.*", burst).await, acked);
     hub.kill9().await;
 }
 
@@ -96,38 +75,11 @@ async fn sync_normal_keeps_every_acknowledged_publish_across_a_kill_9() {
     let hub = HubProcess::spawn(dir.path(), &envs, &args).await;
     let mut publisher = hub.client().await;
     let burst = 500;
-    for i in 0..burst {
-        publisher
-            .send_json(
-                json!({"op": "PUBLISH", "topic": "metrics.cpu", "payload": {"i": i},
-                "rid": format!("p{i}")}),
-            )
-            .await;
-    }
-    let mut acked = vec![String::new(); burst];
-    for _ in 0..burst {
-        let ack = publisher.recv_json().await;
-        assert_eq!(ack["op"], "PUBACK", "{ack}");
-        let index: usize = ack["rid"].as_str().unwrap()[1..].parse().unwrap();
-        acked[index] = ack["id"].as_str().unwrap().to_owned();
-    }
+    let acked = publish_burst(&mut publisher, "metrics.cpu", burst, |_| json!(null)).await;
     hub.kill9().await;
 
     let hub = HubProcess::spawn(dir.path(), &envs, &args).await;
-    let mut auditor = hub.client().await;
-    auditor
-        .subscribe(
-            "metrics.*",
-            Some("audit"),
-            json!({"from": "earliest", "max_inflight": 1000}),
-        )
-        .await;
-    let mut stored = Vec::new();
-    for _ in 0..burst {
-        let event = auditor.recv_event().await;
-        stored.push(event["event"]["id"].as_str().unwrap().to_owned());
-    }
-    assert_eq!(stored, acked);
+    assert_eq!(stored_ids(&hub, "metrics.*", burst).await, acked);
     hub.kill9().await;
 }
 
@@ -204,15 +156,7 @@ async fn invalid_configuration_exits_with_an_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("dev_scopes"), "{stderr}");
 
-    let output = Command::new(env!("CARGO_BIN_EXE_promhub"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--worker-threads", "0"])
-        .env("PROMHUB_DATA", dir.path())
-        .output()
-        .await
-        .expect("run promhub");
-    assert!(!output.status.success());
-    assert!(output.stdout.is_empty());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(dir.path(), &["--worker-threads", "0"]).await;
     assert!(stderr.contains("worker_threads"), "{stderr}");
 }
 
@@ -242,4 +186,51 @@ async fn a_toml_config_file_is_read_and_flags_win_over_it() {
     let mut client = Client::connect(&hub.url).await;
     assert_eq!(client.auth().await["heartbeat_ms"], 999);
     hub.kill9().await;
+}
+
+/// Sends `count` PUBLISHes on `topic` at once (rid `p<i>`, payload `{"i": i}`,
+/// `extra_opts(i)` as `opts` when not null); returns the acknowledged ids in
+/// publish order.
+async fn publish_burst(
+    publisher: &mut Client,
+    topic: &str,
+    count: usize,
+    extra_opts: impl Fn(usize) -> serde_json::Value,
+) -> Vec<String> {
+    for i in 0..count {
+        let mut frame =
+            json!({"op": "PUBLISH", "topic": topic, "payload": {"i": i}, "rid": format!("p{i}")});
+        let opts = extra_opts(i);
+        if !opts.is_null() {
+            frame["opts"] = opts;
+        }
+        publisher.send_json(frame).await;
+    }
+    let mut acked = vec![String::new(); count];
+    for _ in 0..count {
+        let ack = publisher.recv_json().await;
+        assert_eq!(ack["op"], "PUBACK", "{ack}");
+        let index: usize = ack["rid"].as_str().unwrap()[1..].parse().unwrap();
+        acked[index] = ack["id"].as_str().unwrap().to_owned();
+    }
+    acked
+}
+
+/// The ids of the first `count` stored events matching `pattern`, in log
+/// order, read by a fresh group from the earliest.
+async fn stored_ids(hub: &HubProcess, pattern: &str, count: usize) -> Vec<String> {
+    let mut auditor = hub.client().await;
+    auditor
+        .subscribe(
+            pattern,
+            Some("audit"),
+            json!({"from": "earliest", "max_inflight": 1000}),
+        )
+        .await;
+    let mut stored = Vec::new();
+    for _ in 0..count {
+        let event = auditor.recv_event().await;
+        stored.push(event["event"]["id"].as_str().unwrap().to_owned());
+    }
+    stored
 }

@@ -25,6 +25,29 @@ pub async fn listening_url(child: &mut Child) -> String {
         .to_owned()
 }
 
+/// Runs `promhub serve --listen 127.0.0.1:0 ARGS` on `data`, expecting it to
+/// refuse to start: checks that it exits non-zero (within 60 s) with
+/// nothing on stdout, and returns its stderr.
+pub async fn refused_start(data: &Path, args: &[&str]) -> String {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(env!("CARGO_BIN_EXE_promhub"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("PROMHUB_DATA", data)
+            .output(),
+    )
+    .await
+    .expect("promhub did not give up")
+    .expect("run promhub");
+    assert!(!output.status.success(), "{args:?} started");
+    assert!(
+        output.stdout.is_empty(),
+        "nothing on stdout when not listening"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// A `promhub serve` child process, killed when dropped.
 pub struct HubProcess {
     pub child: Child,

@@ -32,6 +32,17 @@ export function tempDir(prefix) {
   return mkdtempSync(join(tmpdir(), `promhub-${prefix}-`));
 }
 
+/** SIGTERM, then SIGKILL if `child` has not exited within the stop timeout. */
+async function stopChild(child, exited) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill("SIGTERM");
+  const timeout = new Promise((done) => setTimeout(done, HUB_STOP_TIMEOUT_MS, "timeout"));
+  if ((await Promise.race([exited, timeout])) === "timeout") {
+    child.kill("SIGKILL");
+    await exited;
+  }
+}
+
 /**
  * Starts `promhub serve` and resolves once it printed its
  * `listening on ws://…` (or `wss://…` with TLS) line. `listen` defaults to
@@ -72,15 +83,7 @@ export function startHub({ dataDir, listen = "127.0.0.1:0", args = [], env = {} 
         stderr: () => stderr,
         exited,
         /** SIGTERM (graceful: connections closed with 1001), then wait. */
-        async stop() {
-          if (child.exitCode !== null || child.signalCode !== null) return;
-          child.kill("SIGTERM");
-          const timeout = new Promise((done) => setTimeout(done, HUB_STOP_TIMEOUT_MS, "timeout"));
-          if ((await Promise.race([exited, timeout])) === "timeout") {
-            child.kill("SIGKILL");
-            await exited;
-          }
-        },
+        stop: () => stopChild(child, exited),
       });
     });
     child.once("exit", (code, signal) => {
@@ -155,15 +158,7 @@ export async function startFerretDb(binary, dir) {
   }
   return {
     uri: (db) => `mongodb://127.0.0.1:${port}/${db}`,
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill("SIGTERM");
-      const timeout = new Promise((done) => setTimeout(done, HUB_STOP_TIMEOUT_MS, "timeout"));
-      if ((await Promise.race([exited, timeout])) === "timeout") {
-        child.kill("SIGKILL");
-        await exited;
-      }
-    },
+    stop: () => stopChild(child, exited),
   };
 }
 
