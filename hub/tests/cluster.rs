@@ -324,7 +324,18 @@ async fn concurrent_publishers_on_three_hubs_give_every_reader_one_seq_order() {
     }
     let mut acked = Vec::new();
     for publisher in publishers {
-        acked.extend(publisher.await.expect("publisher"));
+        match publisher.await {
+            Ok(seqs) => acked.extend(seqs),
+            Err(e) => {
+                // The hubs' own account of a refused publish.
+                let problems: Vec<String> = hubs
+                    .iter()
+                    .flat_map(|hub| hub.log.lock().unwrap().clone())
+                    .filter(|line| line.contains("ERROR") || line.contains("WARN"))
+                    .collect();
+                panic!("publisher: {e}; hub warnings and errors: {problems:#?}");
+            }
+        }
     }
     acked.sort_unstable();
     let total = acked.len();
