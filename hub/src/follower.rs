@@ -105,14 +105,13 @@ async fn run(setup: FollowerSetup, tx: mpsc::Sender<Vec<Event>>) {
             mine.push(batch);
         }
         let result = match forward_own(store.as_ref(), &mut delivered, &mut mine, &tx).await {
+            Ok(true) if last_refresh.elapsed() < poll => Ok(()),
             // Alone on the database (no other hub's lease running) with
             // every own commit handed over: nothing else to look for. A
             // hub that joins is seen at the registry's next listing, or
-            // sooner, as a gap before this hub's next own batch.
-            Ok(true) if last_refresh.elapsed() < poll => Ok(()),
+            // sooner, as a gap before this hub's next own batch. The next
+            // look is a `poll` away (the timer must not fire again at once).
             Ok(true) if other_hubs.none() => {
-                // The next look in a `poll` (the timer must not fire again
-                // at once).
                 last_refresh = tokio::time::Instant::now();
                 Ok(())
             }
