@@ -121,6 +121,9 @@ pub async fn run_with(
         }
         None => (committed, None),
     };
+    // This hub's name in the hub registry, the group delivery claims and
+    // the outbox drain leases.
+    let hub_id = cluster::new_hub_id();
     let (broker, broker_task) = broker::spawn(BrokerSetup {
         store: Arc::clone(&store),
         writer: writer.clone(),
@@ -135,11 +138,11 @@ pub async fn run_with(
         group_buffer_bytes: config.limits.group_buffer_bytes,
         max_groups: config.limits.max_groups,
         stored_groups,
+        claims: store.group_claims(&hub_id),
+        claim_check_every: Duration::from_millis(config.cluster_poll_ms),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    // This hub's name in the hub registry and the outbox drain leases.
-    let hub_id = cluster::new_hub_id();
     let drainers =
         outbox_drain::spawn_drainers(&config.outbox, &writer, &metrics, &shutdown_rx, &hub_id)
             .await?;

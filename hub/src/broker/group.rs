@@ -23,6 +23,8 @@ use std::sync::Arc;
 use promhub_core::frames::{DeliveryCtx, Group as GroupName, encode_event_delivery};
 use promhub_core::{Action, Pattern, Policy, Topic};
 
+use self::claims::ClaimState;
+pub(crate) use self::claims::ClaimWrites;
 use super::budget::GroupBudget;
 use super::committed::Committed;
 use crate::config::GroupDefaults;
@@ -90,6 +92,8 @@ pub(crate) struct GroupView {
     /// ACKs and deliveries since the group was loaded (throughput).
     pub acked: u64,
     pub delivered: u64,
+    /// Events after the cursor that another hub holds (several hubs).
+    pub held_elsewhere: usize,
 }
 
 /// The entry of `seq` in the window or among replays, through field
@@ -136,6 +140,10 @@ enum EntryState {
         due: u64,
     },
     Done,
+    /// Being claimed for this hub (several hubs share the group).
+    Claiming,
+    /// Another hub holds it (several hubs share the group).
+    Elsewhere,
 }
 
 /// One event after the cursor (or a replayed dead letter).
@@ -158,6 +166,9 @@ struct Entry {
     /// A delivery of it failed (NACK, deadline, disconnect): its attempts
     /// are part of the group's durable state until it is done.
     failed: bool,
+    /// This hub holds its delivery claim (see `claims.rs`; always treated
+    /// as held when the group is this hub's alone).
+    claimed: bool,
 }
 
 impl Entry {
@@ -172,6 +183,7 @@ impl Entry {
             state: EntryState::Ready,
             replay: false,
             failed: attempts > 0,
+            claimed: false,
         }
     }
 }
@@ -245,6 +257,8 @@ pub(crate) struct GroupState {
     acked: u64,
     delivered: u64,
     dirty: bool,
+    /// Delivery claims, when members on other hubs share the group.
+    claims: ClaimState,
 }
 
 impl GroupState {
@@ -255,6 +269,7 @@ impl GroupState {
         name: GroupName,
         record: GroupRecord,
         defaults: Arc<GroupDefaults>,
+        shared_by_hubs: bool,
     ) -> Self {
         let cursor = record.cursor;
         GroupState {
@@ -295,6 +310,11 @@ impl GroupState {
             acked: 0,
             delivered: 0,
             dirty: false,
+            claims: if shared_by_hubs {
+                ClaimState::enabled()
+            } else {
+                ClaimState::default()
+            },
         }
     }
 
@@ -334,6 +354,7 @@ impl GroupState {
             buffered_bytes: self.held,
             acked: self.acked,
             delivered: self.delivered,
+            held_elsewhere: self.held_elsewhere(),
         }
     }
 
@@ -357,6 +378,8 @@ impl GroupState {
             entry.attempts = 0;
             entry.replay = true;
             entry.failed = false;
+            // The operator's replay is this hub's to deliver.
+            entry.claimed = true;
         } else {
             match self.replays.entry(seq) {
                 std::collections::btree_map::Entry::Occupied(_) => {
@@ -365,6 +388,7 @@ impl GroupState {
                 std::collections::btree_map::Entry::Vacant(slot) => {
                     let mut entry = Entry::new(&event, 0);
                     entry.replay = true;
+                    entry.claimed = true;
                     slot.insert(entry);
                 }
             }
@@ -399,7 +423,7 @@ impl GroupState {
 
     /// True while a store read for this group is in flight.
     pub fn is_reading(&self) -> bool {
-        self.source == Source::Fetching || self.loading.is_some()
+        self.source == Source::Fetching || self.loading.is_some() || self.claims.busy()
     }
 
     /// Adds a member, or updates the options and policy of an existing one.
@@ -479,11 +503,24 @@ impl GroupState {
         if self.members.is_empty() {
             return;
         }
+        // Claims asked for in this pump become deliveries: at most what the
+        // members have room for.
+        let mut claim_room = if self.claims.enabled {
+            self.members
+                .iter()
+                .map(|m| m.opts.max_inflight.saturating_sub(m.inflight) as usize)
+                .sum::<usize>()
+                .saturating_sub(self.claims.to_claim.len())
+        } else {
+            0
+        };
         while let Some(&seq) = self.ready.first() {
             let Some(entry) = entry!(self, seq) else {
                 self.ready.remove(&seq);
                 continue;
             };
+            let unclaimed = self.claims.enabled && !entry.claimed;
+            let next_attempt = entry.attempts + 1;
             let topic = &entry.topic;
             let count = self.members.len();
             let mut chosen = None;
@@ -510,6 +547,19 @@ impl GroupState {
                 break;
             }
             match chosen {
+                // Another hub may want it: claim it first (in seq order, one
+                // claim request at a time; see `claims.rs`).
+                Some(_) if unclaimed => {
+                    if !self.claims.can_claim() || claim_room == 0 {
+                        break;
+                    }
+                    claim_room -= 1;
+                    self.ready.remove(&seq);
+                    if let Some(entry) = entry_mut!(self, seq) {
+                        entry.state = EntryState::Claiming;
+                    }
+                    self.claims.to_claim.push((seq, next_attempt));
+                }
                 // Its body was given out with an earlier delivery: read it
                 // again (in order: nothing after it goes first).
                 Some(_) if entry.body.is_none() => {
@@ -694,6 +744,9 @@ impl GroupState {
         self.blocked.remove(&seq);
         let replayed = if let Some(entry) = self.window.get_mut(&seq) {
             entry.state = EntryState::Done;
+            if std::mem::take(&mut entry.claimed) && self.claims.enabled {
+                self.claims.finished.push(seq);
+            }
             if entry.body.take().is_some() {
                 fx.budget.release_body(&mut self.held, seq, entry.size);
             }
@@ -761,6 +814,7 @@ impl GroupState {
 }
 
 mod answers;
+mod claims;
 mod fill;
 mod member;
 pub(crate) use fill::FETCH_SCAN_LIMIT;

@@ -66,6 +66,8 @@ impl Broker {
         }
         self.maybe_fetch(gid);
         self.maybe_read_bodies(gid);
+        self.maybe_claim(gid);
+        self.maybe_write_claims(gid);
         Some(result)
     }
 
@@ -242,7 +244,14 @@ impl Broker {
         };
         let gid = self.next_group_id;
         self.next_group_id = self.next_group_id.wrapping_add(1);
-        let state = GroupState::new(gid, pattern, name, record, Arc::clone(&self.defaults));
+        let state = GroupState::new(
+            gid,
+            pattern,
+            name,
+            record,
+            Arc::clone(&self.defaults),
+            self.claims.is_some(),
+        );
         self.groups.insert(gid, state);
         self.group_ids.insert(key, gid);
         for request in waiting {

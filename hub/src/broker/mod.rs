@@ -13,6 +13,7 @@
 
 mod budget;
 mod catch_up;
+mod claims;
 mod committed;
 mod group;
 mod group_index;
@@ -34,14 +35,15 @@ use tokio::time::Instant;
 use self::budget::GroupBudget;
 use self::catch_up::{CatchUpPage, CatchUpReader, PageReads, PendingSuback, Source};
 use self::committed::Committed;
+use self::group::{ClaimWrites, GroupId, GroupState, Settle, TimerKey};
 pub(crate) use self::group::{ConnId, GroupView, MemberOpts, MemberView, ReplayRefused};
-use self::group::{GroupId, GroupState, Settle, TimerKey};
 use self::group_index::GroupIndex;
 pub(crate) use self::live::HoldLimits;
 use self::live::{CatchUpStep, LiveIndex};
 use crate::config::GroupDefaults;
 use crate::metrics::{GroupCounters, Metrics};
 use crate::send_queue::SendQueue;
+use crate::store::mongo::{ClaimOutcome, ClaimStatus, GroupClaims};
 use crate::store::writer::{CommittedEvents, GroupUpdate, StoreWriter};
 use crate::store::{GroupKey, GroupRecord, Store, StoreError};
 use prometheus_client::metrics::counter::Counter;
@@ -222,6 +224,21 @@ pub(crate) enum Command {
     Flushed {
         results: Vec<(GroupId, GroupUpdate, Result<(), StoreError>)>,
     },
+    Claimed {
+        gid: GroupId,
+        result: Result<ClaimOutcome, StoreError>,
+    },
+    RetryClaims {
+        gid: GroupId,
+    },
+    ClaimStatus {
+        gid: GroupId,
+        result: Result<Vec<(u64, ClaimStatus)>, StoreError>,
+    },
+    ClaimsWritten {
+        gid: GroupId,
+        failed: Option<ClaimWrites>,
+    },
 }
 
 /// The connections' handle on the broker.
@@ -291,6 +308,11 @@ pub(crate) struct BrokerSetup {
     /// `limits.max_groups`, and the groups stored at start.
     pub max_groups: usize,
     pub stored_groups: u64,
+    /// Delivery claims when the store is shared by several hubs (members
+    /// of one group on different hubs), and how often to ask what became
+    /// of the events other hubs hold.
+    pub claims: Option<GroupClaims>,
+    pub claim_check_every: Duration,
 }
 
 /// Starts the broker task.
@@ -331,6 +353,9 @@ pub(crate) fn spawn(setup: BrokerSetup) -> (BrokerHandle, tokio::task::JoinHandl
         start: Instant::now(),
         counters: setup.metrics.groups.clone(),
         live_deliveries: setup.metrics.live_deliveries.clone(),
+        claims: setup.claims,
+        claim_check_every: setup.claim_check_every,
+        claim_check_due: None,
     };
     let task = tokio::spawn(broker.run(receiver, setup.committed));
     (BrokerHandle { commands }, task)
@@ -383,6 +408,10 @@ struct Broker {
     start: Instant,
     counters: GroupCounters,
     live_deliveries: Counter,
+    claims: Option<GroupClaims>,
+    claim_check_every: Duration,
+    /// When the next status check of other hubs' deliveries is due.
+    claim_check_due: Option<Instant>,
 }
 
 impl Broker {
@@ -411,6 +440,7 @@ impl Broker {
             self.fire_timers();
             self.wake_budget_waiters();
             self.maybe_flush();
+            self.maybe_check_claims();
             if self.shutdown.is_some() && !self.flush_in_flight && self.dirty.is_empty() {
                 if let Some(done) = self.shutdown.take() {
                     let _ = done.send(());
@@ -430,10 +460,10 @@ impl Broker {
             .timers
             .first()
             .map(|&(due, _, _)| self.start + Duration::from_millis(due));
-        match (timer, self.flush_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [timer, self.flush_due, self.claim_check_due]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn handle(&mut self, command: Command) {
@@ -543,6 +573,12 @@ impl Broker {
             }
             Command::CatchUpPage { reader, result } => self.catch_up_page(reader, result),
             Command::Flushed { results } => self.flushed(results),
+            Command::Claimed { gid, result } => self.claimed(gid, result),
+            Command::RetryClaims { gid } => {
+                self.with_group(gid, |group, fx| group.retry_claims(fx));
+            }
+            Command::ClaimStatus { gid, result } => self.claim_status(gid, result),
+            Command::ClaimsWritten { gid, failed } => self.claims_written(gid, failed),
         }
     }
 

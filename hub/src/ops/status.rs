@@ -69,6 +69,9 @@ pub(crate) struct GroupStatus {
     /// ACKs and deliveries since the broker loaded the group.
     pub acked: u64,
     pub delivered: u64,
+    /// Events after this hub's cursor of the group that another hub's
+    /// members hold (several hubs on one MongoDB; 0 otherwise).
+    pub held_elsewhere: usize,
 }
 
 /// The lag part alone (cheaper: no member or dead-letter lookups).
@@ -173,5 +176,6 @@ pub(crate) async fn status(
         buffered_bytes: view.map_or(0, |v| v.buffered_bytes),
         acked: view.map_or(0, |v| v.acked),
         delivered: view.map_or(0, |v| v.delivered),
+        held_elsewhere: view.map_or(0, |v| v.held_elsewhere),
     })
 }

@@ -499,6 +499,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// On a store several hubs share: the delivery claims through which
+    /// members of one group on different hubs share its work, for the hub
+    /// `hub` (its registry id). `None` (the default): groups are this
+    /// hub's alone.
+    fn group_claims(&self, _hub: &str) -> Option<mongo::GroupClaims> {
+        None
+    }
+
     /// Reads how far every writer of the store has finished (other hubs'
     /// commits, given-up ranges) and lets reads go that far; returns the
     /// seq reads now stop at. The default (one writer): [`Store::last_seq`].

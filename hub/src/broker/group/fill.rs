@@ -270,6 +270,7 @@ impl GroupState {
             self.source = Source::Behind;
         }
         self.wants_bodies = false;
+        self.release_claims();
         for (&seq, entry) in self.window.iter_mut().chain(self.replays.iter_mut()) {
             if entry.body.take().is_some() {
                 fx.budget.release_body(&mut self.held, seq, entry.size);

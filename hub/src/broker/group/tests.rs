@@ -52,7 +52,7 @@ impl Harness {
             done_above: vec![],
             attempts_above: Vec::new(),
         };
-        let mut group = GroupState::new(0, pattern, name, record, defaults());
+        let mut group = GroupState::new(0, pattern, name, record, defaults(), false);
         group.source = Source::Live;
         Harness {
             group,
@@ -512,7 +512,7 @@ async fn restored_done_marks_are_skipped_and_fetch_pages_fill_the_window() {
         attempts_above: Vec::new(),
     };
     let mut timers = BTreeSet::new();
-    let mut group = GroupState::new(0, pattern, name, record, defaults());
+    let mut group = GroupState::new(0, pattern, name, record, defaults(), false);
     let out = send_queue();
     let counters = GroupCounters::default();
     let mut budget = GroupBudget::new(1 << 30);
@@ -646,7 +646,7 @@ async fn failed_attempts_are_durable_and_a_reloaded_group_counts_on() {
         attempts_above: vec![(2, 1), (3, 1)],
     };
     let mut reloaded = Harness::new(0);
-    reloaded.group = GroupState::new(0, pattern, name, record, defaults());
+    reloaded.group = GroupState::new(0, pattern, name, record, defaults(), false);
     let b = reloaded.join(2, 10);
     let (g, mut fx) = reloaded.fx();
     let request = g.start_fetch(&mut fx).unwrap();
@@ -693,3 +693,5 @@ async fn failed_flush_keeps_marks_and_dead_letters() {
     assert_eq!(again.dead_letters.len(), 1);
     assert_eq!(again.progress.unwrap().cursor, 2);
 }
+
+mod claims;

@@ -463,8 +463,7 @@ impl MongoStore {
             for p in progress {
                 let gid = group_id(&p.key);
                 let cursor = seq_to_bson(p.cursor);
-                let mut set =
-                    doc! { "cursor": cursor, "pattern": &p.key.pattern, "group": &p.key.group };
+                let mut set = doc! { "pattern": &p.key.pattern, "group": &p.key.group };
                 // `attempts` maps a seq (as a string key) to the attempts
                 // used; entries at or below the cursor are ignored when
                 // loading.
@@ -480,7 +479,13 @@ impl MongoStore {
                         set.insert(field, i64::from(attempts));
                     }
                 }
-                let mut update = doc! { "$set": set, "$pull": { "done": { "$lte": cursor } } };
+                // `$max`: with several hubs, one that has not learned yet
+                // of the others' progress never moves the cursor back.
+                let mut update = doc! {
+                    "$set": set,
+                    "$max": { "cursor": cursor },
+                    "$pull": { "done": { "$lte": cursor } },
+                };
                 if !unset.is_empty() {
                     update.insert("$unset", unset);
                 }

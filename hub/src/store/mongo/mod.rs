@@ -68,12 +68,14 @@
 //!
 //! [`StoreWriter`]: super::writer::StoreWriter
 
+mod claims;
 mod codec;
 mod commit;
 mod dedup;
 mod open;
 mod queries;
 pub mod test_server;
+pub use claims::{ClaimOutcome, ClaimStatus, GroupClaims};
 mod writes;
 
 #[cfg(test)]
@@ -426,6 +428,14 @@ impl MongoStore {
 impl Store for MongoStore {
     fn cluster_database(&self) -> Option<Database> {
         Some(self.inner.db.clone())
+    }
+
+    fn group_claims(&self, hub: &str) -> Option<GroupClaims> {
+        Some(GroupClaims::new(
+            &self.inner.db,
+            &self.inner.write_concern,
+            hub,
+        ))
     }
 
     async fn refresh_horizon(&self) -> Result<u64, StoreError> {

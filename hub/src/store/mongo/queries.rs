@@ -16,6 +16,9 @@ pub(super) const DEDUP: &str = "dedup";
 /// Consumer groups: `_id` = group id, `cursor`, `done` (marks above it).
 pub(super) const GROUPS: &str = "groups";
 pub(super) const DEAD_LETTERS: &str = "dead_letters";
+/// Deliveries claimed by hubs (see `claims.rs`): `_id` = group id `/`
+/// fixed-width seq, `seq`, `hub`, `attempts`, `done`.
+pub(super) const GROUP_CLAIMS: &str = "group_claims";
 /// Every topic with the seq of its newest event: `_id` = topic, `last`
 /// (enumerates the topics a pattern matches without reading the log).
 pub(super) const TOPICS: &str = "topics";

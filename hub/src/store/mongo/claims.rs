@@ -1,0 +1,364 @@
+//! Delivery claims: how the members of one durable group, connected to
+//! different hubs, share its work through the database (semantics.md §7).
+//!
+//! Every hub that has members of a group follows the log and keeps the
+//! group's window, as on one hub. Before it hands an event to a member it
+//! **claims** it: it inserts `{_id: <group>/<seq>, hub, attempts, done:
+//! false}` into `group_claims`. The unique `_id` is the arbiter: of the
+//! hubs that try, one inserts, the others get a duplicate key and leave the
+//! event to it (it is "elsewhere" for them). The holder redelivers it on
+//! NACK, deadline or a member's disconnect like on one hub, and marks the
+//! claim `done` once it is acknowledged or dead-lettered.
+//!
+//! A hub learns what became of the events held elsewhere by asking
+//! ([`GroupClaims::status`]) every `cluster_claim_check_ms`:
+//! - `done` (or at or below the group's stored cursor): done here too, so
+//!   its cursor moves over it;
+//! - no claim (its holder let go of it: its members left): claim it again;
+//! - held by a hub whose registry lease ran out (it died): taken over in
+//!   the same call (`hub` set to this one where it is still the dead one's,
+//!   so of several hubs one wins) and delivered again with its attempt
+//!   counted. A dead hub's deliveries come back after its lease, sooner
+//!   than their ack deadline.
+//!
+//! Claims at or below the group's stored cursor are deleted by the hubs
+//! that check. Cursors are written with `$max`, so a hub that has not
+//! learned yet of others' progress never moves a group's cursor back.
+
+use std::collections::{BTreeSet, HashMap};
+
+use futures_util::TryStreamExt;
+use mongodb::bson::{Bson, DateTime, Document, RawArrayBuf, RawBson, RawDocumentBuf, doc};
+use mongodb::{Collection, Database};
+
+use super::super::{GroupKey, StoreError};
+use super::codec::{group_id, seq_to_bson};
+use super::{backend, queries, writes};
+
+/// Ids per `$in` query or insert command.
+const CHUNK: usize = 500;
+/// Error code of a duplicate `_id`.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// What became of a claim attempt.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ClaimOutcome {
+    /// Claimed by this hub: deliver them.
+    pub won: Vec<u64>,
+    /// Another hub holds them (or they are done).
+    pub lost: Vec<u64>,
+}
+
+/// What another hub's event has become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimStatus {
+    /// Acknowledged or dead-lettered (or below the group's cursor).
+    Done,
+    /// Nobody holds it: it may be claimed.
+    Free,
+    /// A live hub holds it.
+    Held,
+    /// Its holder died; this hub holds it now, `attempts` deliveries made.
+    TakenOver { attempts: u32 },
+}
+
+/// The claims of one hub (see the module docs).
+#[derive(Debug, Clone)]
+pub struct GroupClaims {
+    db: Database,
+    claims: Collection<Document>,
+    hubs: Collection<Document>,
+    groups: Collection<Document>,
+    write_concern: Document,
+    hub: String,
+}
+
+fn claim_id(gid: &str, seq: u64) -> String {
+    format!("{gid}/{:020}", seq_to_bson(seq))
+}
+
+impl GroupClaims {
+    pub(super) fn new(db: &Database, write_concern: &Document, hub: &str) -> GroupClaims {
+        GroupClaims {
+            db: db.clone(),
+            claims: db.collection(queries::GROUP_CLAIMS),
+            hubs: db.collection(crate::cluster::HUBS_COLLECTION),
+            groups: db.collection(queries::GROUPS),
+            write_concern: write_concern.clone(),
+            hub: hub.to_owned(),
+        }
+    }
+
+    /// This hub's id in the claims (its registry id).
+    pub fn hub(&self) -> &str {
+        &self.hub
+    }
+
+    /// Claims `seqs` (with the attempt each delivery will be) for this hub:
+    /// one unordered insert per chunk; a duplicate key means another hub
+    /// holds it (or held it and finished).
+    pub async fn claim(
+        &self,
+        key: &GroupKey,
+        seqs: &[(u64, u32)],
+    ) -> Result<ClaimOutcome, StoreError> {
+        let gid = group_id(key);
+        let mut outcome = ClaimOutcome::default();
+        for chunk in seqs.chunks(CHUNK) {
+            let mut documents = RawArrayBuf::new();
+            for &(seq, attempts) in chunk {
+                let claim = doc! {
+                    "_id": claim_id(&gid, seq),
+                    "seq": seq_to_bson(seq),
+                    "hub": &self.hub,
+                    "attempts": i64::from(attempts),
+                    "done": false,
+                    "at": DateTime::now(),
+                };
+                let raw = RawDocumentBuf::from_document(&claim)
+                    .map_err(|e| StoreError::Backend(format!("cannot encode a claim: {e}")))?;
+                documents.push(RawBson::Document(raw));
+            }
+            let mut command = RawDocumentBuf::new();
+            command.append("insert", queries::GROUP_CLAIMS);
+            command.append("documents", documents);
+            command.append("ordered", false);
+            let write_concern =
+                RawDocumentBuf::from_document(&self.write_concern).map_err(|e| {
+                    StoreError::Backend(format!("cannot encode the write concern: {e}"))
+                })?;
+            command.append("writeConcern", write_concern);
+            let reply = self.db.run_raw_command(command).await.map_err(backend)?;
+            if let Ok(error) = reply.get_document("writeConcernError") {
+                let message = error.get_str("errmsg").unwrap_or("no message");
+                return Err(StoreError::Backend(format!(
+                    "MongoDB: claims were not acknowledged as durable: {message}"
+                )));
+            }
+            let mut lost = BTreeSet::new();
+            if let Ok(errors) = reply.get_array("writeErrors") {
+                for error in errors.iter().filter_map(Bson::as_document) {
+                    let code = error.get_i32("code").unwrap_or_default();
+                    let index = error
+                        .get_i32("index")
+                        .ok()
+                        .and_then(|i| usize::try_from(i).ok());
+                    match index {
+                        Some(index) if code == DUPLICATE_KEY && index < chunk.len() => {
+                            lost.insert(index);
+                        }
+                        _ => {
+                            let message = error.get_str("errmsg").unwrap_or("no message");
+                            return Err(StoreError::Backend(format!(
+                                "MongoDB: a claim failed: {message} (code {code})"
+                            )));
+                        }
+                    }
+                }
+            }
+            for (index, &(seq, _)) in chunk.iter().enumerate() {
+                if lost.contains(&index) {
+                    outcome.lost.push(seq);
+                } else {
+                    outcome.won.push(seq);
+                }
+            }
+        }
+        // Claims at or below the stored cursor are pruned, so an insert can
+        // win for an event finished long ago (by a hub this one has not
+        // heard from yet). Read after the inserts: a cursor still below a
+        // won seq was below it at the insert too, and its claim was not
+        // pruned then (claims are pruned only after the cursor passed them).
+        let cursor = self.stored_cursor(&gid).await?;
+        if outcome.won.first().is_some_and(|&first| first <= cursor) {
+            let (done, won): (Vec<u64>, Vec<u64>) =
+                outcome.won.iter().partition(|&&seq| seq <= cursor);
+            outcome.won = won;
+            outcome.lost.extend(done);
+        }
+        Ok(outcome)
+    }
+
+    /// The group's cursor as stored (0 for a group not stored yet).
+    async fn stored_cursor(&self, gid: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .groups
+            .find_one(doc! { "_id": gid })
+            .projection(doc! { "cursor": 1 })
+            .await
+            .map_err(backend)?
+            .map_or(0, |doc| uint(&doc, "cursor")))
+    }
+
+    /// What became of `seqs` (events this hub does not hold), taking over
+    /// those whose holder died. Also deletes the group's claims at or below
+    /// its stored cursor.
+    pub async fn status(
+        &self,
+        key: &GroupKey,
+        seqs: &[u64],
+        now_ms: i64,
+    ) -> Result<Vec<(u64, ClaimStatus)>, StoreError> {
+        let gid = group_id(key);
+        let cursor = self.stored_cursor(&gid).await?;
+        let mut found: HashMap<u64, Document> = HashMap::new();
+        for chunk in seqs.chunks(CHUNK) {
+            let ids: Vec<String> = chunk.iter().map(|&seq| claim_id(&gid, seq)).collect();
+            let docs: Vec<Document> = self
+                .claims
+                .find(doc! { "_id": { "$in": ids } })
+                .await
+                .map_err(backend)?
+                .try_collect()
+                .await
+                .map_err(backend)?;
+            for doc in docs {
+                let seq = uint(&doc, "seq");
+                found.insert(seq, doc);
+            }
+        }
+        // Holders other than this hub: which of them still run?
+        let holders: BTreeSet<&str> = found
+            .values()
+            .filter(|doc| !doc.get_bool("done").unwrap_or(false))
+            .filter_map(|doc| doc.get_str("hub").ok())
+            .filter(|&hub| hub != self.hub)
+            .collect();
+        let alive: BTreeSet<String> = if holders.is_empty() {
+            BTreeSet::new()
+        } else {
+            let docs: Vec<Document> = self
+                .hubs
+                .find(doc! {
+                    "_id": { "$in": holders.iter().copied().collect::<Vec<_>>() },
+                    "lease_until": { "$gt": DateTime::from_millis(now_ms) },
+                })
+                .projection(doc! { "_id": 1 })
+                .await
+                .map_err(backend)?
+                .try_collect()
+                .await
+                .map_err(backend)?;
+            docs.iter()
+                .filter_map(|doc| doc.get_str("_id").ok().map(str::to_owned))
+                .collect()
+        };
+        let mut answers = Vec::with_capacity(seqs.len());
+        for &seq in seqs {
+            let status = match found.get(&seq) {
+                _ if seq <= cursor => ClaimStatus::Done,
+                None => ClaimStatus::Free,
+                Some(doc) if doc.get_bool("done").unwrap_or(false) => ClaimStatus::Done,
+                Some(doc) => {
+                    let holder = doc.get_str("hub").unwrap_or("");
+                    let attempts = uint(doc, "attempts");
+                    if holder == self.hub {
+                        // A claim whose answer was lost: it is ours.
+                        ClaimStatus::TakenOver {
+                            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        }
+                    } else if alive.contains(holder) {
+                        ClaimStatus::Held
+                    } else {
+                        self.take_over(&gid, seq, holder, attempts).await?
+                    }
+                }
+            };
+            answers.push((seq, status));
+        }
+        if cursor > 0 {
+            // Everything at or below the stored cursor is done for every hub.
+            self.claims
+                .delete_many(doc! { "_id": {
+                    "$gt": format!("{gid}/"),
+                    "$lte": claim_id(&gid, cursor),
+                } })
+                .await
+                .map_err(backend)?;
+        }
+        Ok(answers)
+    }
+
+    /// Moves a dead hub's claim to this hub (where it still is the dead
+    /// hub's: of several hubs taking over, one wins).
+    async fn take_over(
+        &self,
+        gid: &str,
+        seq: u64,
+        holder: &str,
+        attempts: u64,
+    ) -> Result<ClaimStatus, StoreError> {
+        let result = self
+            .claims
+            .update_one(
+                doc! { "_id": claim_id(gid, seq), "hub": holder, "done": false },
+                doc! { "$set": { "hub": &self.hub, "at": DateTime::now() } },
+            )
+            .await
+            .map_err(backend)?;
+        if result.matched_count == 1 {
+            tracing::info!(hub = %holder, seq, "cluster: took over a delivery of a hub whose lease ran out");
+            Ok(ClaimStatus::TakenOver {
+                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            })
+        } else {
+            Ok(ClaimStatus::Held)
+        }
+    }
+
+    /// Marks this hub's claims on `seqs` done (acknowledged or
+    /// dead-lettered).
+    pub async fn finish(&self, key: &GroupKey, seqs: &[u64]) -> Result<(), StoreError> {
+        self.update_own(key, seqs, true).await
+    }
+
+    /// Gives this hub's claims on `seqs` up (its members left): another hub
+    /// may claim them.
+    pub async fn release(&self, key: &GroupKey, seqs: &[u64]) -> Result<(), StoreError> {
+        self.update_own(key, seqs, false).await
+    }
+
+    async fn update_own(&self, key: &GroupKey, seqs: &[u64], done: bool) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let gid = group_id(key);
+        let statements = seqs
+            .iter()
+            .map(|&seq| {
+                let filter = doc! { "_id": claim_id(&gid, seq), "hub": &self.hub, "done": false };
+                if done {
+                    writes::update(filter, doc! { "$set": { "done": true } }, false)
+                } else {
+                    writes::delete(filter)
+                }
+            })
+            .collect();
+        let kind = if done {
+            writes::Kind::Update
+        } else {
+            writes::Kind::Delete
+        };
+        writes::run(
+            &self.db,
+            &self.write_concern,
+            kind,
+            queries::GROUP_CLAIMS,
+            statements,
+        )
+        .await
+    }
+}
+
+/// A non-negative integer field (0 when absent).
+fn uint(doc: &Document, field: &str) -> u64 {
+    match doc.get(field) {
+        Some(Bson::Int64(v)) => u64::try_from(*v).unwrap_or(0),
+        Some(Bson::Int32(v)) => u64::try_from(*v).unwrap_or(0),
+        Some(Bson::Double(v)) if *v >= 0.0 => *v as u64,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,119 @@
+//! Claims of three hubs on one FerretDB: one winner per event, status
+//! answers, take-over from a hub whose lease ran out, release, pruning
+//! below the stored cursor.
+
+use anyhow::Result;
+use mongodb::bson::{DateTime, Document, doc};
+use promhub_core::Pattern;
+use promhub_core::frames::Group;
+
+use super::super::codec::group_id;
+use super::super::queries;
+use super::super::test_server::FerretDb;
+use super::{ClaimOutcome, ClaimStatus, GroupClaims};
+use crate::store::GroupKey;
+
+fn now_ms() -> i64 {
+    DateTime::now().timestamp_millis()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hub_wins_each_event_and_a_dead_hubs_claims_are_taken_over_once() -> Result<()> {
+    let Some(server) = FerretDb::shared_or_skip("group_claims") else {
+        return Ok(());
+    };
+    let client = mongodb::Client::with_uri_str(server.uri("group_claims")).await?;
+    let db = client.database("group_claims");
+    db.drop().await?;
+    let write_concern = doc! { "w": 1 };
+    let [a, b, c] =
+        ["hub-a", "hub-b", "hub-c"].map(|hub| GroupClaims::new(&db, &write_concern, hub));
+    let hubs = db.collection::<Document>(crate::cluster::HUBS_COLLECTION);
+    let lease = |until: i64| doc! { "$set": { "lease_until": DateTime::from_millis(until) } };
+    for hub in ["hub-a", "hub-b", "hub-c"] {
+        hubs.update_one(doc! { "_id": hub }, lease(now_ms() + 60_000))
+            .upsert(true)
+            .await?;
+    }
+    let key = GroupKey::new(&Pattern::parse("jobs.*")?, &Group::parse("g")?);
+
+    let first = a.claim(&key, &[(1, 1), (2, 1), (3, 1)]).await?;
+    assert_eq!(
+        first,
+        ClaimOutcome {
+            won: vec![1, 2, 3],
+            lost: vec![]
+        }
+    );
+    let second = b.claim(&key, &[(2, 1), (3, 1), (4, 1)]).await?;
+    assert_eq!(
+        second,
+        ClaimOutcome {
+            won: vec![4],
+            lost: vec![2, 3]
+        }
+    );
+
+    a.finish(&key, &[2]).await?;
+    a.release(&key, &[1]).await?;
+    assert_eq!(
+        b.status(&key, &[1, 2, 3], now_ms()).await?,
+        [
+            (1, ClaimStatus::Free),
+            (2, ClaimStatus::Done),
+            (3, ClaimStatus::Held)
+        ]
+    );
+
+    // A's lease runs out: B takes its unfinished claim over, C then finds
+    // it held by B (alive).
+    hubs.update_one(doc! { "_id": "hub-a" }, lease(now_ms() - 1))
+        .await?;
+    assert_eq!(
+        b.status(&key, &[3], now_ms()).await?,
+        [(3, ClaimStatus::TakenOver { attempts: 1 })]
+    );
+    assert_eq!(
+        c.status(&key, &[3], now_ms()).await?,
+        [(3, ClaimStatus::Held)]
+    );
+    // Another hub's finish does not touch B's claim.
+    a.finish(&key, &[3]).await?;
+    assert_eq!(
+        c.status(&key, &[3], now_ms()).await?,
+        [(3, ClaimStatus::Held)]
+    );
+
+    // The stored cursor passes 3: everything up to it is done, its claims
+    // are pruned, and a claim won below it (pruned, then inserted again by
+    // a hub that had not heard) counts as lost.
+    db.collection::<Document>(queries::GROUPS)
+        .update_one(
+            doc! { "_id": group_id(&key) },
+            doc! { "$max": { "cursor": 3_i64 } },
+        )
+        .upsert(true)
+        .await?;
+    assert_eq!(
+        c.status(&key, &[1, 3, 4], now_ms()).await?,
+        [
+            (1, ClaimStatus::Done),
+            (3, ClaimStatus::Done),
+            (4, ClaimStatus::Held)
+        ]
+    );
+    let claims = db.collection::<Document>(queries::GROUP_CLAIMS);
+    assert_eq!(
+        claims.count_documents(doc! {}).await?,
+        1,
+        "only seq 4 is left"
+    );
+    assert_eq!(
+        c.claim(&key, &[(2, 1), (5, 1)]).await?,
+        ClaimOutcome {
+            won: vec![5],
+            lost: vec![2]
+        }
+    );
+    Ok(())
+}
