@@ -216,6 +216,17 @@ async fn deliveries_held_by_a_killed_hub_are_delivered_again_by_the_others() {
         .filter(|r| held.contains(&r.0))
         .copied()
         .collect();
+    for hub in [&b, &c] {
+        for line in hub.log.lock().unwrap().iter() {
+            if line.contains("took over") || line.contains("left") {
+                eprintln!("{line}");
+            }
+        }
+    }
+    eprintln!(
+        "held {held:?} again {:?}",
+        again.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>()
+    );
     assert_eq!(
         again.len(),
         held.len(),

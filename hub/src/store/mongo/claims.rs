@@ -39,6 +39,8 @@ use super::{backend, queries, writes};
 const CHUNK: usize = 500;
 /// Error code of a duplicate `_id`.
 const DUPLICATE_KEY: i32 = 11000;
+/// Dead takers followed at most in one take-over.
+const TAKE_OVER_CHAIN: usize = 8;
 
 /// What became of a claim attempt.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -271,7 +273,8 @@ impl GroupClaims {
             self.claims
                 .delete_many(doc! { "_id": {
                     "$gt": format!("{gid}/"),
-                    "$lte": claim_id(&gid, cursor),
+                    // Below the next seq's id: take-over markers included.
+                    "$lt": claim_id(&gid, cursor.saturating_add(1)),
                 } })
                 .await
                 .map_err(backend)?;
@@ -279,8 +282,12 @@ impl GroupClaims {
         Ok(answers)
     }
 
-    /// Moves a dead hub's claim to this hub (where it still is the dead
-    /// hub's: of several hubs taking over, one wins).
+    /// Moves a dead hub's claim to this hub. The arbiter is again a unique
+    /// insert — a marker `<claim id>~<dead holder>` naming the taker — not
+    /// a conditional update: FerretDB runs an update as a read then a
+    /// write, so two hubs could both "match" the dead holder. A taker that
+    /// died before it rewrote the claim is itself taken over, along the
+    /// markers.
     async fn take_over(
         &self,
         gid: &str,
@@ -288,22 +295,64 @@ impl GroupClaims {
         holder: &str,
         attempts: u64,
     ) -> Result<ClaimStatus, StoreError> {
-        let result = self
-            .claims
-            .update_one(
-                doc! { "_id": claim_id(gid, seq), "hub": holder, "done": false },
-                doc! { "$set": { "hub": &self.hub, "at": DateTime::now() } },
-            )
-            .await
-            .map_err(backend)?;
-        if result.matched_count == 1 {
-            tracing::info!(hub = %holder, seq, "cluster: took over a delivery of a hub whose lease ran out");
-            Ok(ClaimStatus::TakenOver {
-                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-            })
-        } else {
-            Ok(ClaimStatus::Held)
+        let id = claim_id(gid, seq);
+        let mut dead = holder.to_owned();
+        for _ in 0..TAKE_OVER_CHAIN {
+            let marker =
+                doc! { "_id": format!("{id}~{dead}"), "hub": &self.hub, "at": DateTime::now() };
+            match self.claims.insert_one(marker).await {
+                Ok(_) => {
+                    self.claims
+                        .update_one(
+                            doc! { "_id": &id },
+                            doc! { "$set": {
+                                "hub": &self.hub,
+                                "attempts": i64::try_from(attempts + 1).unwrap_or(i64::MAX),
+                                "at": DateTime::now(),
+                            } },
+                        )
+                        .await
+                        .map_err(backend)?;
+                    tracing::info!(hub = %dead, seq, "cluster: took over a delivery of a hub whose lease ran out");
+                    return Ok(ClaimStatus::TakenOver {
+                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                    });
+                }
+                Err(error) if super::commit::is_duplicate_key(&error) => {
+                    let taker = self
+                        .claims
+                        .find_one(doc! { "_id": format!("{id}~{dead}") })
+                        .await
+                        .map_err(backend)?
+                        .and_then(|doc| doc.get_str("hub").ok().map(str::to_owned))
+                        .unwrap_or_default();
+                    if taker == self.hub {
+                        // Our own take-over whose answer was lost.
+                        return Ok(ClaimStatus::TakenOver {
+                            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        });
+                    }
+                    if self.alive(&taker).await? {
+                        return Ok(ClaimStatus::Held);
+                    }
+                    dead = taker;
+                }
+                Err(error) => return Err(backend(error)),
+            }
         }
+        Ok(ClaimStatus::Held)
+    }
+
+    /// Whether `hub`'s registry lease is running.
+    async fn alive(&self, hub: &str) -> Result<bool, StoreError> {
+        let now = DateTime::now();
+        Ok(self
+            .hubs
+            .find_one(doc! { "_id": hub, "lease_until": { "$gt": now } })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(backend)?
+            .is_some())
     }
 
     /// Marks this hub's claims on `seqs` done (acknowledged or

@@ -548,7 +548,7 @@ const DUPLICATE_KEY: i32 = 11000;
 /// Finished ranges are deleted every this many releases.
 const PRUNE_RANGES_EVERY: u64 = 64;
 
-fn is_duplicate_key(error: &MongoError) -> bool {
+pub(super) fn is_duplicate_key(error: &MongoError) -> bool {
     match error.kind.as_ref() {
         ErrorKind::Write(mongodb::error::WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
         ErrorKind::Command(e) => e.code == DUPLICATE_KEY,

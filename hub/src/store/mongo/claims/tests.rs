@@ -77,6 +77,23 @@ async fn one_hub_wins_each_event_and_a_dead_hubs_claims_are_taken_over_once() ->
         c.status(&key, &[3], now_ms()).await?,
         [(3, ClaimStatus::Held)]
     );
+    // A taker that died before it rewrote the claim (its marker alone
+    // is there) is taken over along the marker.
+    assert_eq!(a.claim(&key, &[(6, 1)]).await?.won, [6]);
+    let claims = db.collection::<Document>(queries::GROUP_CLAIMS);
+    claims
+        .insert_one(
+            doc! { "_id": format!("{}/{:020}~hub-a", group_id(&key), 6), "hub": "hub-gone" },
+        )
+        .await?;
+    assert_eq!(
+        c.status(&key, &[6], now_ms()).await?,
+        [(6, ClaimStatus::TakenOver { attempts: 1 })]
+    );
+    assert_eq!(
+        b.status(&key, &[6], now_ms()).await?,
+        [(6, ClaimStatus::Held)]
+    );
     // Another hub's finish does not touch B's claim.
     a.finish(&key, &[3]).await?;
     assert_eq!(
@@ -102,11 +119,10 @@ async fn one_hub_wins_each_event_and_a_dead_hubs_claims_are_taken_over_once() ->
             (4, ClaimStatus::Held)
         ]
     );
-    let claims = db.collection::<Document>(queries::GROUP_CLAIMS);
     assert_eq!(
         claims.count_documents(doc! {}).await?,
-        1,
-        "only seq 4 is left"
+        4,
+        "seqs 4 and 6 and the two markers of 6 are left"
     );
     assert_eq!(
         c.claim(&key, &[(2, 1), (5, 1)]).await?,
