@@ -56,6 +56,8 @@ pub struct HubConfig {
     pub cluster_lease_ms: u64,
     /// On a MongoDB store without change streams (FerretDB, a standalone
     /// server): how often the log follower looks for other hubs' commits.
+    /// On every MongoDB store: how often a group asks what became of the
+    /// deliveries other hubs hold (their members' ACKs, a dead hub's).
     pub cluster_poll_ms: u64,
     /// Bound on frames queued for one connection's live (ephemeral)
     /// deliveries before it is closed with 4009.

@@ -103,8 +103,9 @@ struct ServeArgs {
     /// collection, in ms (renewed every third of it) [default: 10000]
     #[arg(long, env = "PROMHUB_CLUSTER_LEASE_MS")]
     cluster_lease_ms: Option<u64>,
-    /// On a MongoDB store without change streams: how often the log
-    /// follower looks for other hubs' commits, in ms [default: 50]
+    /// On a MongoDB store: how often the log follower looks for other
+    /// hubs' commits (without change streams) and groups check the
+    /// deliveries other hubs hold, in ms [default: 50]
     #[arg(long, env = "PROMHUB_CLUSTER_POLL_MS")]
     cluster_poll_ms: Option<u64>,
     /// How long before a token's exp the hub sends EXPIRING, in ms
