@@ -17,6 +17,12 @@
 //! `GET /cluster` (ops API) lists the documents with `alive` = lease still
 //! running. Leases are judged by the clocks of the hubs, which must
 //! roughly agree (as for the outbox drain leases).
+//!
+//! Each renewal also writes the hub's [`HubSnapshot`] (`snapshot`): its
+//! counters and its members of each group (at most
+//! [`MAX_SNAPSHOT_GROUPS`] groups), so the ops API of any hub answers for
+//! the whole cluster (`/metrics`, `/groups`, `/cursors`, `/lag`), as of
+//! each hub's last renewal.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -27,7 +33,10 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{DateTime, Document, doc};
 use mongodb::{Collection, Database};
 use promhub_core::frames::Millis;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::broker::BrokerHandle;
+use crate::metrics::Metrics;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -35,6 +44,100 @@ use tokio::task::JoinHandle;
 pub const HUBS_COLLECTION: &str = "hubs";
 /// Expired registrations are deleted this many leases after they ran out.
 const PURGE_AFTER_LEASES: u64 = 10;
+/// Groups at most in a hub's snapshot (those with the most members first):
+/// bounds the registry document (about 200 bytes per group).
+pub const MAX_SNAPSHOT_GROUPS: usize = 1000;
+
+/// What a hub tells the others at each renewal: its counters since it
+/// started and its part of each group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubSnapshot {
+    pub connections: u64,
+    pub publishes: u64,
+    pub live_deliveries: u64,
+    pub group_deliveries: u64,
+    pub acks: u64,
+    pub nacks: u64,
+    pub redeliveries: u64,
+    pub dead_letters: u64,
+    /// Groups with members on this hub (at most [`MAX_SNAPSHOT_GROUPS`]).
+    pub groups: Vec<HubGroup>,
+    /// Groups with members on this hub that the list left out.
+    pub groups_left_out: u64,
+}
+
+/// One hub's part of a group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubGroup {
+    pub pattern: String,
+    pub group: String,
+    pub members: u64,
+    /// Deliveries its members hold unacknowledged.
+    pub inflight: u64,
+    /// Events this hub waits on other hubs for.
+    pub held_elsewhere: u64,
+    /// Since the group was loaded on this hub.
+    pub acked: u64,
+    pub delivered: u64,
+}
+
+impl HubSnapshot {
+    /// This hub's counters now (no groups).
+    pub(crate) fn counters(metrics: &Metrics) -> HubSnapshot {
+        let counters = &metrics.groups;
+        HubSnapshot {
+            connections: u64::try_from(metrics.connections_open.get()).unwrap_or(0),
+            publishes: metrics.publishes.get(),
+            live_deliveries: metrics.live_deliveries.get(),
+            group_deliveries: counters.deliveries.get(),
+            acks: counters.acks.get(),
+            nacks: counters.nacks.get(),
+            redeliveries: counters.redeliveries.get(),
+            dead_letters: counters.dead_letters.get(),
+            groups: Vec::new(),
+            groups_left_out: 0,
+        }
+    }
+
+    /// The counters by name, for `/metrics`.
+    pub(crate) fn counts(&self) -> [(&'static str, u64); 8] {
+        [
+            ("connections", self.connections),
+            ("publishes", self.publishes),
+            ("live_deliveries", self.live_deliveries),
+            ("group_deliveries", self.group_deliveries),
+            ("acks", self.acks),
+            ("nacks", self.nacks),
+            ("redeliveries", self.redeliveries),
+            ("dead_letters", self.dead_letters),
+        ]
+    }
+}
+
+/// This hub's snapshot now.
+pub(crate) async fn snapshot(metrics: &Metrics, broker: &BrokerHandle) -> HubSnapshot {
+    let mut views = broker.inspect(None).await.groups;
+    views.retain(|view| !view.members.is_empty());
+    views.sort_by(|a, b| b.members.len().cmp(&a.members.len()));
+    let left_out = views.len().saturating_sub(MAX_SNAPSHOT_GROUPS);
+    views.truncate(MAX_SNAPSHOT_GROUPS);
+    HubSnapshot {
+        groups: views
+            .into_iter()
+            .map(|view| HubGroup {
+                pattern: view.key.pattern,
+                group: view.key.group,
+                members: view.members.len() as u64,
+                inflight: view.members.iter().map(|m| u64::from(m.inflight)).sum(),
+                held_elsewhere: view.held_elsewhere as u64,
+                acked: view.acked,
+                delivered: view.delivered,
+            })
+            .collect(),
+        groups_left_out: left_out as u64,
+        ..HubSnapshot::counters(metrics)
+    }
+}
 
 /// A new hub id: `hub-PID-UUID` (unique per process start).
 pub fn new_hub_id() -> String {
@@ -57,6 +160,8 @@ pub struct HubLease {
     pub lease_until_ms: i64,
     /// The lease is still running (at the asking hub's clock).
     pub alive: bool,
+    /// What the hub reported at its last renewal.
+    pub snapshot: Option<HubSnapshot>,
 }
 
 /// How many other hubs had a running lease at the registry's last listing,
@@ -122,20 +227,26 @@ impl Registry {
         i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// Registers this hub, or renews its lease, until `now + lease`.
-    pub async fn heartbeat(&self, now: Millis) -> Result<(), mongodb::error::Error> {
+    /// Registers this hub, or renews its lease, until `now + lease`, with
+    /// its snapshot when given.
+    pub async fn heartbeat(
+        &self,
+        now: Millis,
+        snapshot: Option<&HubSnapshot>,
+    ) -> Result<(), mongodb::error::Error> {
         let now = millis(now);
+        let mut set = doc! {
+            "pid": i64::from(std::process::id()),
+            "address": &self.address,
+            "started": DateTime::from_millis(millis(self.started)),
+            "heartbeat": DateTime::from_millis(now),
+            "lease_until": DateTime::from_millis(now.saturating_add(self.lease_ms())),
+        };
+        if let Some(snapshot) = snapshot {
+            set.insert("snapshot", mongodb::bson::to_document(snapshot)?);
+        }
         self.hubs
-            .update_one(
-                doc! { "_id": &self.id },
-                doc! { "$set": {
-                    "pid": i64::from(std::process::id()),
-                    "address": &self.address,
-                    "started": DateTime::from_millis(millis(self.started)),
-                    "heartbeat": DateTime::from_millis(now),
-                    "lease_until": DateTime::from_millis(now.saturating_add(self.lease_ms())),
-                } },
-            )
+            .update_one(doc! { "_id": &self.id }, doc! { "$set": set })
             .upsert(true)
             .await?;
         Ok(())
@@ -168,6 +279,10 @@ impl Registry {
                     heartbeat_ms: date("heartbeat").unwrap_or(0),
                     lease_until_ms,
                     alive: lease_until_ms > now,
+                    snapshot: doc
+                        .get_document("snapshot")
+                        .ok()
+                        .and_then(|d| mongodb::bson::from_document(d.clone()).ok()),
                 })
             })
             .collect())
@@ -197,12 +312,20 @@ fn millis(ms: Millis) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
-/// Renews `registry`'s lease every third of its duration and logs the
-/// other hubs joining and leaving, until `shutdown`; then removes the
-/// registration.
-pub fn spawn(
+/// Where a hub's snapshot comes from.
+#[derive(Debug, Clone)]
+pub(crate) struct SnapshotSource {
+    pub metrics: Arc<Metrics>,
+    pub broker: BrokerHandle,
+}
+
+/// Renews `registry`'s lease (with this hub's snapshot) every third of its
+/// duration and logs the other hubs joining and leaving, until `shutdown`;
+/// then removes the registration.
+pub(crate) fn spawn(
     registry: Arc<Registry>,
     others: OtherHubs,
+    source: SnapshotSource,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -210,8 +333,9 @@ pub fn spawn(
         // The other hubs whose lease ran at the last listing.
         let mut known: Option<BTreeSet<String>> = None;
         loop {
+            let snapshot = snapshot(&source.metrics, &source.broker).await;
             let now = crate::clock::now_ms();
-            if let Err(error) = registry.heartbeat(now).await {
+            if let Err(error) = registry.heartbeat(now, Some(&snapshot)).await {
                 tracing::warn!(%error, hub = registry.id(), "cluster: cannot renew this hub's lease");
             }
             match registry.list(now).await {

@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::cluster::HubSnapshot;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -67,6 +68,12 @@ struct KindLabel {
 struct GroupLabels {
     pattern: String,
     group: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HubCountLabels {
+    hub: String,
+    what: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -171,6 +178,8 @@ pub struct Metrics {
     started: Instant,
     uptime: FloatGauge,
     backpressure: BackpressureMetrics,
+    cluster_hubs: Gauge,
+    cluster_hub_counts: Family<HubCountLabels, Gauge>,
 }
 
 /// Rate limiting and slow consumers (counted in `limits::COUNTERS`, moved
@@ -393,6 +402,20 @@ impl Metrics {
             "Outbox records given up on, per registered source",
             outbox_dead.clone(),
         );
+        let cluster_hubs = Gauge::default();
+        registry.register(
+            "cluster_hubs",
+            "Live hubs on this hub's database, this one included (1 on the embedded store)",
+            cluster_hubs.clone(),
+        );
+        let cluster_hub_counts = Family::<HubCountLabels, Gauge>::default();
+        registry.register(
+            "cluster_hub_counts",
+            "Each live hub's counters (what: connections open, publishes, live_deliveries, \
+             group_deliveries, acks, nacks, redeliveries, dead_letters), the others' as of \
+             their last registry renewal; sum by (what) for the cluster",
+            cluster_hub_counts.clone(),
+        );
         let backpressure = BackpressureMetrics::register(&mut registry);
         let uptime = FloatGauge::default();
         registry.register(
@@ -418,6 +441,8 @@ impl Metrics {
             outbox_sources: Mutex::new(Vec::new()),
             outbox_backlog,
             outbox_oldest_age,
+            cluster_hubs,
+            cluster_hub_counts,
             outbox_dead,
             started: Instant::now(),
             uptime,
@@ -451,7 +476,27 @@ impl Metrics {
     /// The metrics in OpenMetrics text format (which Prometheus scrapes),
     /// with the per-group lag given (the caller computed it from the
     /// store) and every outbox source read now.
-    pub fn encode(&self, groups_known: usize, mut lags: Vec<GroupLag>) -> String {
+    /// `hubs`: every live hub's counters by hub id when several share the
+    /// database (this one's included), empty otherwise.
+    pub fn encode(
+        &self,
+        groups_known: usize,
+        mut lags: Vec<GroupLag>,
+        hubs: &[(String, HubSnapshot)],
+    ) -> String {
+        self.cluster_hubs
+            .set(i64::try_from(hubs.len().max(1)).unwrap_or(i64::MAX));
+        self.cluster_hub_counts.clear();
+        for (hub, snapshot) in hubs {
+            for (what, value) in snapshot.counts() {
+                self.cluster_hub_counts
+                    .get_or_create(&HubCountLabels {
+                        hub: hub.clone(),
+                        what,
+                    })
+                    .set(i64::try_from(value).unwrap_or(i64::MAX));
+            }
+        }
         self.groups_known
             .set(i64::try_from(groups_known).unwrap_or(i64::MAX));
         self.uptime.set(self.started.elapsed().as_secs_f64());
@@ -535,7 +580,7 @@ mod tests {
         metrics.frames_out.inc("event");
         metrics.publishes.inc();
         metrics.store_commit_seconds.observe(0.002);
-        let text = metrics.encode(0, Vec::new());
+        let text = metrics.encode(0, Vec::new(), &[]);
         assert_eq!(
             sample(&text, "promhub_frames_in_total{op=\"publish\"}"),
             Some("2")
@@ -576,7 +621,7 @@ mod tests {
                 lag_secs: i as f64 / 10.0,
             })
             .collect();
-        let text = metrics.encode(60, lags);
+        let text = metrics.encode(60, lags, &[]);
         let series = text
             .lines()
             .filter(|l| l.starts_with("promhub_group_lag_events{"))
@@ -586,7 +631,7 @@ mod tests {
         assert!(!text.contains("group=\"g0\""), "least lagging dropped");
         assert_eq!(sample(&text, "promhub_groups "), Some("60"));
         // The next scrape replaces the set instead of accumulating.
-        let text = metrics.encode(1, Vec::new());
+        let text = metrics.encode(1, Vec::new(), &[]);
         assert!(!text.contains("promhub_group_lag_events{"));
     }
 
@@ -605,7 +650,7 @@ mod tests {
                 }),
             )
             .unwrap();
-        let text = metrics.encode(0, Vec::new());
+        let text = metrics.encode(0, Vec::new(), &[]);
         assert_eq!(
             sample(&text, "promhub_outbox_backlog{source=\"orders\"}"),
             Some("7")
@@ -622,7 +667,7 @@ mod tests {
             Some("2")
         );
         backlog.store(0, std::sync::atomic::Ordering::Relaxed);
-        let text = metrics.encode(0, Vec::new());
+        let text = metrics.encode(0, Vec::new(), &[]);
         assert_eq!(
             sample(&text, "promhub_outbox_backlog{source=\"orders\"}"),
             Some("0")

@@ -162,11 +162,20 @@ pub async fn run_with(
                 Duration::from_millis(config.cluster_lease_ms),
                 crate::clock::now_ms(),
             ));
-            if let Err(error) = registry.heartbeat(crate::clock::now_ms()).await {
+            if let Err(error) = registry.heartbeat(crate::clock::now_ms(), None).await {
                 tracing::warn!(%error, "cluster: cannot register this hub; retrying in the background");
             }
             tracing::info!(hub = %hub_id, "cluster: this hub registered");
-            let task = cluster::spawn(Arc::clone(&registry), other_hubs, shutdown_rx.clone());
+            let source = cluster::SnapshotSource {
+                metrics: Arc::clone(&metrics),
+                broker: broker.clone(),
+            };
+            let task = cluster::spawn(
+                Arc::clone(&registry),
+                other_hubs,
+                source,
+                shutdown_rx.clone(),
+            );
             Some((registry, task))
         }
         None => None,

@@ -153,6 +153,52 @@ async fn a_group_with_a_member_on_each_of_three_hubs_handles_every_event_once() 
         })
         .await;
     }
+    // The ops API of any hub answers for the whole cluster: /groups lists
+    // the other hubs' members of the group, /metrics every hub's counters
+    // (as of their last registry renewal).
+    let ids: Vec<String> = hubs[0].cluster().await["hubs"]
+        .as_array()
+        .expect("hubs")
+        .iter()
+        .map(|hub| hub["id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let on_c = &hubs[2];
+    eventually("/groups on C shows the members on A and B", async || {
+        let groups = http::get(&authority(&on_c.url), "/groups", Some(ADMIN_TOKEN))
+            .await
+            .json();
+        let Some(group) = groups["groups"]
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["group"] == "workers"))
+        else {
+            return false;
+        };
+        let others = group["other_hubs"].as_array().expect("other_hubs");
+        groups["cluster"]["hubs"] == 3
+            && group["members"].as_array().expect("members").len() == 1
+            && others.len() == 2
+            && others.iter().all(|o| o["members"] == 1)
+    })
+    .await;
+    eventually(
+        "/metrics on C counts the acks of all three hubs",
+        async || {
+            let text = http::get(&authority(&on_c.url), "/metrics", Some(ADMIN_TOKEN))
+                .await
+                .body;
+            let acks: u64 = text
+                .lines()
+                .filter(|line| {
+                    line.starts_with("promhub_cluster_hub_counts{")
+                        && line.contains("what=\"acks\"")
+                })
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum();
+            text.lines().any(|line| line == "promhub_cluster_hubs 3") && acks == 60
+        },
+    )
+    .await;
     for hub in hubs {
         hub.sigterm().await;
     }
@@ -216,13 +262,6 @@ async fn deliveries_held_by_a_killed_hub_are_delivered_again_by_the_others() {
         .filter(|r| held.contains(&r.0))
         .copied()
         .collect();
-    for hub in [&b, &c] {
-        for line in hub.log.lock().unwrap().iter() {
-            if line.contains("took over") || line.contains("left") {
-                eprintln!("{line}");
-            }
-        }
-    }
     eprintln!(
         "held {held:?} again {:?}",
         again.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>()
@@ -260,4 +299,174 @@ async fn deliveries_held_by_a_killed_hub_are_delivered_again_by_the_others() {
     .await;
     b.sigterm().await;
     c.sigterm().await;
+}
+
+/// A native SDK group worker given every hub's URL, on the hub that is
+/// killed with deliveries in hand: it reconnects to another hub on its own
+/// and its group subscription resumes there (it gets new events), its held
+/// deliveries are delivered again (to it or to the member on another hub),
+/// every event is acknowledged, and the lag returns to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_group_worker_of_a_killed_hub_resumes_on_another_and_its_deliveries_come_back() {
+    use promhub::{ClientConfig, ConnectionEvent, SubscribeOptions};
+
+    let Some(server) = FerretDb::shared_or_skip("cluster_group_native") else {
+        return;
+    };
+    let store = server.uri("cluster_group_native");
+    let mut hubs = [
+        Some(HubProcess::spawn(&store).await),
+        Some(HubProcess::spawn(&store).await),
+        Some(HubProcess::spawn(&store).await),
+    ];
+    let urls: Vec<String> = hubs.iter().flatten().map(|h| h.url.clone()).collect();
+    let config = |seed| {
+        ClientConfig::new()
+            .seed(seed)
+            .reconnect_delay(Duration::from_millis(50), Duration::from_millis(200))
+            .request_timeout(Duration::from_secs(5))
+    };
+    let connected_url = |event: Option<ConnectionEvent>| match event {
+        Some(ConnectionEvent::Connected { url, .. }) => Some(url),
+        _ => None,
+    };
+    // The worker starts on the first hub (drawn from the seed).
+    let mut seed = 0;
+    let (worker, mut worker_events) = loop {
+        let worker = promhub::Client::connect_lazy(urls.clone(), config(seed)).expect("worker");
+        let mut events = worker.events();
+        let url = loop {
+            if let Some(url) = connected_url(guard("worker connected", events.next()).await) {
+                break url;
+            }
+        };
+        if url == urls[0] {
+            break (worker, events);
+        }
+        worker.close().await;
+        seed += 1;
+        assert!(seed < 100, "no seed starts on the first hub");
+    };
+    let mut jobs = worker
+        .subscribe::<u64>(
+            "jobs.*",
+            Some("native"),
+            SubscribeOptions::new()
+                .max_inflight(3)
+                .ack_timeout(Duration::from_secs(600)),
+        )
+        .await
+        .expect("subscribe");
+    // Holds its deliveries (no ACK) until the kill; ACKs everything after.
+    let holding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let worker_got: Received = Arc::default();
+    tokio::spawn({
+        let (holding, worker_got) = (Arc::clone(&holding), Arc::clone(&worker_got));
+        async move {
+            let mut held = Vec::new();
+            while let Some(delivery) = jobs.next().await {
+                let entry = (
+                    delivery.seq(),
+                    u64::from(delivery.attempt()),
+                    Instant::now(),
+                );
+                worker_got.lock().unwrap().push(entry);
+                if holding.load(std::sync::atomic::Ordering::Acquire) {
+                    held.push(delivery);
+                } else {
+                    let _ = delivery.ack().await;
+                }
+            }
+        }
+    });
+    let on_b = member(
+        hubs[1].as_ref().expect("B").client().await,
+        "native",
+        json!({ "max_inflight": 1 }),
+        true,
+    )
+    .await;
+    let mut publisher = hubs[2].as_ref().expect("C").client().await;
+    let mut published = publish_all(&mut publisher, 30).await;
+    let held = guard("the worker holds 3 deliveries", async {
+        loop {
+            let held = seqs_of(&worker_got);
+            if held.len() == 3 && held.len() + seqs_of(&on_b).len() == published.len() {
+                return held;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    holding.store(false, std::sync::atomic::Ordering::Release);
+    hubs[0].take().expect("A").kill9().await;
+    let killed = Instant::now();
+    let new_hub = loop {
+        if let Some(url) = connected_url(guard("reconnected", worker_events.next()).await) {
+            break url;
+        }
+    };
+    let reconnected = killed.elapsed();
+    assert_ne!(new_hub, urls[0]);
+    // More work after the reconnection: the worker's group resumed.
+    published.extend(publish_all(&mut publisher, 30).await);
+    let wanted: BTreeSet<u64> = published.iter().copied().collect();
+    let handled = || -> BTreeSet<u64> {
+        let worker_acked = worker_got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| !held.contains(&r.0) || r.2 > killed)
+            .map(|r| r.0)
+            .collect::<Vec<_>>();
+        seqs_of(&on_b).into_iter().chain(worker_acked).collect()
+    };
+    guard("every event handled after the kill", async {
+        while handled() != wanted {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let all: Vec<(u64, u64, Instant)> = worker_got
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(on_b.lock().unwrap().iter())
+        .copied()
+        .collect();
+    let again: Vec<&(u64, u64, Instant)> = all
+        .iter()
+        .filter(|r| held.contains(&r.0) && r.2 > killed)
+        .collect();
+    assert_eq!(
+        again.len(),
+        held.len(),
+        "each held delivery came back once: {again:?}"
+    );
+    assert!(again.iter().all(|r| r.1 == 2), "{again:?}");
+    let worker_after = worker_got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.2 > killed)
+        .count();
+    assert!(worker_after > 0, "the worker got nothing on its new hub");
+    let first_again = again.iter().map(|r| r.2).min().expect("one") - killed;
+    eprintln!(
+        "kill -9 of a native group worker's hub: reconnected after {} ms, its {} held deliveries \
+         back after {} ms (lease {} ms), {} deliveries to it on its new hub",
+        reconnected.as_millis(),
+        held.len(),
+        first_again.as_millis(),
+        common::cluster::LEASE_MS,
+        worker_after
+    );
+    let b = hubs[1].take().expect("B");
+    eventually("the group's lag returns to 0", async || {
+        lag_events(&b, "native").await == 0
+    })
+    .await;
+    worker.close().await;
+    b.sigterm().await;
 }

@@ -441,7 +441,11 @@ impl Broker {
             self.wake_budget_waiters();
             self.maybe_flush();
             self.maybe_check_claims();
-            if self.shutdown.is_some() && !self.flush_in_flight && self.dirty.is_empty() {
+            if self.shutdown.is_some()
+                && !self.flush_in_flight
+                && self.dirty.is_empty()
+                && !self.groups.values().any(GroupState::claim_writes_pending)
+            {
                 if let Some(done) = self.shutdown.take() {
                     let _ = done.send(());
                 }

@@ -24,11 +24,11 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use self::auth::Admin;
-use self::status::{GroupStatus, lag, status};
+use self::status::{GroupStatus, HubGroupPart, lag, status};
 use crate::auth::Secret;
 use crate::authn::Authenticator;
 use crate::broker::{BrokerHandle, BufferView, GroupView, ReplayRefused};
-use crate::cluster::Registry;
+use crate::cluster::{HubLease, HubSnapshot, Registry};
 use crate::metrics::{self, GroupLag, Metrics};
 use crate::store::{DeadLetter, GroupKey, GroupRecord, Store, StoreError};
 
@@ -161,6 +161,49 @@ async fn views(state: &OpsState, keys: Option<Vec<GroupKey>>) -> HashMap<GroupKe
         .collect()
 }
 
+/// The other live hubs sharing this hub's database, with their snapshots
+/// (empty on the embedded store, or when the registry cannot be read).
+async fn other_hubs(state: &OpsState) -> Vec<HubLease> {
+    let Some(registry) = &state.registry else {
+        return Vec::new();
+    };
+    match registry.list(crate::clock::now_ms()).await {
+        Ok(hubs) => hubs
+            .into_iter()
+            .filter(|hub| hub.alive && hub.id != state.hub_id)
+            .collect(),
+        Err(error) => {
+            tracing::warn!(%error, "ops: cannot list the other hubs; answering for this one");
+            Vec::new()
+        }
+    }
+}
+
+/// The other hubs' parts of each group, by key.
+fn parts_by_group(hubs: &[HubLease]) -> HashMap<GroupKey, Vec<HubGroupPart>> {
+    let mut parts: HashMap<GroupKey, Vec<HubGroupPart>> = HashMap::new();
+    for hub in hubs {
+        let Some(snapshot) = &hub.snapshot else {
+            continue;
+        };
+        for group in &snapshot.groups {
+            let key = GroupKey {
+                pattern: group.pattern.clone(),
+                group: group.group.clone(),
+            };
+            parts.entry(key).or_default().push(HubGroupPart {
+                hub: hub.id.clone(),
+                members: group.members,
+                inflight: group.inflight,
+                held_elsewhere: group.held_elsewhere,
+                acked: group.acked,
+                delivered: group.delivered,
+            });
+        }
+    }
+    parts
+}
+
 async fn dashboard() -> Html<&'static str> {
     Html(DASHBOARD)
 }
@@ -198,7 +241,18 @@ async fn metrics_text(_admin: Admin, State(state): State<OpsState>) -> Result<Re
             Err(e) => tracing::warn!(error = %e, group = %record.key.group, "lag for metrics"),
         }
     }
-    let text = state.metrics.encode(records.len(), lags);
+    // With other hubs on the database: every hub's counters, this one's now.
+    let mut hubs: Vec<(String, HubSnapshot)> = Vec::new();
+    if state.registry.is_some() {
+        hubs.push((state.hub_id.clone(), HubSnapshot::counters(&state.metrics)));
+        hubs.extend(
+            other_hubs(&state)
+                .await
+                .into_iter()
+                .filter_map(|hub| hub.snapshot.map(|snapshot| (hub.id, snapshot))),
+        );
+    }
+    let text = state.metrics.encode(records.len(), lags, &hubs);
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
 
@@ -250,11 +304,23 @@ async fn cursors(
         Some(records.iter().map(|r| r.key.clone()).collect()),
     )
     .await;
+    let mut parts = parts_by_group(&other_hubs(&state).await);
     let now = crate::clock::now_ms();
     let mut groups = Vec::new();
     for record in records {
         let view = views.get(&record.key);
-        groups.push(status(state.store.as_ref(), &record.key, view, Some(&record), now).await?);
+        let others = parts.remove(&record.key).unwrap_or_default();
+        groups.push(
+            status(
+                state.store.as_ref(),
+                &record.key,
+                view,
+                Some(&record),
+                others,
+                now,
+            )
+            .await?,
+        );
     }
     groups.sort_by(|a, b| a.group.cmp(&b.group));
     Ok(Json(CursorsAnswer {
@@ -308,11 +374,7 @@ async fn lag_of_group(
         now,
     )
     .await?;
-    let cursor = view
-        .as_ref()
-        .map(|v| v.cursor)
-        .or(record.as_ref().map(|r| r.cursor))
-        .unwrap_or(0);
+    let (cursor, _) = status::progress(view.as_ref(), record.as_ref());
     Ok(Json(json!({
         "topic": query.topic,
         "group": query.group,
@@ -356,10 +418,13 @@ async fn latest_by_key(
 
 #[derive(Debug, Serialize)]
 struct GroupsAnswer {
-    /// Open WebSocket connections.
+    /// Open WebSocket connections (this hub).
     connections: i64,
-    /// Events stored since the hub started.
+    /// Events stored since the hub started (this hub).
     publishes: u64,
+    /// The same over every live hub of the database (this one alone on the
+    /// embedded store), as of their last registry renewal.
+    cluster: ClusterTotals,
     /// Stored groups (all pages).
     total: u64,
     /// One page of groups in (pattern, group) order.
@@ -368,6 +433,13 @@ struct GroupsAnswer {
     next_after: Option<String>,
     /// The group buffer shared by every group.
     group_buffer: BufferView,
+}
+
+#[derive(Debug, Serialize)]
+struct ClusterTotals {
+    hubs: usize,
+    connections: u64,
+    publishes: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -410,30 +482,48 @@ async fn groups(
         .into_iter()
         .map(|v| (v.key.clone(), v))
         .collect();
+    let hubs = other_hubs(&state).await;
+    let mut parts = parts_by_group(&hubs);
     let now = crate::clock::now_ms();
     let mut groups = Vec::with_capacity(records.len());
     for record in &records {
         let view = views.remove(&record.key);
+        let others = parts.remove(&record.key).unwrap_or_default();
         groups.push(
             status(
                 state.store.as_ref(),
                 &record.key,
                 view.as_ref(),
                 Some(record),
+                others,
                 now,
             )
             .await?,
         );
     }
+    let snapshots = || hubs.iter().filter_map(|hub| hub.snapshot.as_ref());
     let next_after = match records.last() {
         Some(last) if records.len() == limit => {
             Some(format!("{} {}", last.key.pattern, last.key.group))
         }
         _ => None,
     };
+    let connections = state.metrics.connections_open.get();
+    let publishes = state.metrics.publishes.get();
     Ok(Json(GroupsAnswer {
-        connections: state.metrics.connections_open.get(),
-        publishes: state.metrics.publishes.get(),
+        connections,
+        publishes,
+        cluster: ClusterTotals {
+            hubs: hubs.len() + 1,
+            connections: snapshots()
+                .map(|s| s.connections)
+                .sum::<u64>()
+                .saturating_add(u64::try_from(connections).unwrap_or(0)),
+            publishes: snapshots()
+                .map(|s| s.publishes)
+                .sum::<u64>()
+                .saturating_add(publishes),
+        },
         total: state.store.group_count().await?,
         groups,
         next_after,

@@ -72,6 +72,21 @@ pub(crate) struct GroupStatus {
     /// Events after this hub's cursor of the group that another hub's
     /// members hold (several hubs on one MongoDB; 0 otherwise).
     pub held_elsewhere: usize,
+    /// The group's members on the other live hubs (several hubs on one
+    /// MongoDB), as of each hub's last registry renewal; `members` lists
+    /// this hub's, `inflight` counts all.
+    pub other_hubs: Vec<HubGroupPart>,
+}
+
+/// Another hub's part of a group (its registry snapshot).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct HubGroupPart {
+    pub hub: String,
+    pub members: u64,
+    pub inflight: u64,
+    pub held_elsewhere: u64,
+    pub acked: u64,
+    pub delivered: u64,
 }
 
 /// The lag part alone (cheaper: no member or dead-letter lookups).
@@ -86,13 +101,24 @@ pub(crate) struct Lag {
 }
 
 /// Cursor and done marks: the broker's live ones for a loaded group, else
-/// the stored ones.
-fn progress<'a>(view: Option<&'a GroupView>, record: Option<&'a GroupRecord>) -> (u64, &'a [u64]) {
-    match (view, record) {
-        (Some(view), _) => (view.cursor, &view.done_above),
-        (None, Some(record)) => (record.cursor, &record.done_above),
-        (None, None) => (0, &[]),
-    }
+/// the stored ones; the stored ones too when they are ahead (another hub
+/// sharing the group moved the cursor further than this hub has heard).
+pub(crate) fn progress(view: Option<&GroupView>, record: Option<&GroupRecord>) -> (u64, Vec<u64>) {
+    let cursor = view
+        .map(|v| v.cursor)
+        .max(record.map(|r| r.cursor))
+        .unwrap_or(0);
+    let mut done: Vec<u64> = view
+        .map(|v| v.done_above.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .chain(record.map(|r| r.done_above.as_slice()).unwrap_or_default())
+        .copied()
+        .filter(|&seq| seq > cursor)
+        .collect();
+    done.sort_unstable();
+    done.dedup();
+    (cursor, done)
 }
 
 pub(crate) async fn lag(
@@ -116,7 +142,11 @@ pub(crate) async fn lag(
         }
     };
     let events = after_cursor.saturating_sub(done_counted);
-    let mut oldest = view.and_then(|v| v.oldest_pending);
+    // The window's oldest pending event, unless another hub's progress
+    // passed it.
+    let mut oldest = view
+        .and_then(|v| v.oldest_pending)
+        .filter(|(seq, _)| *seq > cursor && !done.contains(seq));
     if oldest.is_none() && events > 0 {
         let mut after = cursor;
         // Each done mark costs one lookup at most.
@@ -145,6 +175,7 @@ pub(crate) async fn status(
     key: &GroupKey,
     view: Option<&GroupView>,
     record: Option<&GroupRecord>,
+    others: Vec<HubGroupPart>,
     now: Millis,
 ) -> Result<GroupStatus, StoreError> {
     let lag = lag(store, key, view, record, now).await?;
@@ -167,7 +198,8 @@ pub(crate) async fn status(
         lag_events: lag.events,
         lag_ms: lag.ms,
         oldest_pending_seq: lag.oldest_pending_seq,
-        inflight: members.iter().map(|m| u64::from(m.inflight)).sum(),
+        inflight: members.iter().map(|m| u64::from(m.inflight)).sum::<u64>()
+            + others.iter().map(|o| o.inflight).sum::<u64>(),
         members,
         dead_letters: store.dead_letter_count(key).await?,
         replaying: view.map_or(0, |v| v.replaying),
@@ -177,5 +209,6 @@ pub(crate) async fn status(
         acked: view.map_or(0, |v| v.acked),
         delivered: view.map_or(0, |v| v.delivered),
         held_elsewhere: view.map_or(0, |v| v.held_elsewhere),
+        other_hubs: others,
     })
 }

@@ -255,6 +255,13 @@ impl GroupState {
         }
     }
 
+    /// Finished or given-up claims not yet written (shutdown waits for
+    /// them: a finished claim left unwritten would be delivered again by
+    /// another hub).
+    pub fn claim_writes_pending(&self) -> bool {
+        self.claims.writing || !self.claims.finished.is_empty() || !self.claims.released.is_empty()
+    }
+
     /// Events another hub holds (ops API).
     pub fn held_elsewhere(&self) -> usize {
         self.claims.elsewhere.len()
