@@ -118,7 +118,7 @@ impl HubSnapshot {
 pub(crate) async fn snapshot(metrics: &Metrics, broker: &BrokerHandle) -> HubSnapshot {
     let mut views = broker.inspect(None).await.groups;
     views.retain(|view| !view.members.is_empty());
-    views.sort_by(|a, b| b.members.len().cmp(&a.members.len()));
+    views.sort_by_key(|view| std::cmp::Reverse(view.members.len()));
     let left_out = views.len().saturating_sub(MAX_SNAPSHOT_GROUPS);
     views.truncate(MAX_SNAPSHOT_GROUPS);
     HubSnapshot {
