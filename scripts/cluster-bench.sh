@@ -2,7 +2,10 @@
 # 1, 2 and 3 hubs on one FerretDB (docs/cluster.md, "Throughput and
 # latency with 1, 2 and 3 hubs"): the publisher on hub A, 4 live
 # subscribers on A (1 hub) or spread over the other hubs; flat out
-# (20,000 events, 64 in flight) and paced at 500 events/s for 10 s.
+# (20,000 events, 64 in flight) and paced at 500 events/s for 10 s. Then
+# one durable group with 3 members (ACK per event) on hub A alone, and
+# one member on each of A, B and C: flat out (5,000 events) and paced.
+# Pass "groups" to run the group measurements only.
 # Loopback only; every hub and FerretDB are stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +48,23 @@ measure() { # LABEL DATABASE HUBS
     --rate 500 --duration 10 "${others[@]}"
 }
 
-measure "1 hub: publisher and 4 subscribers on A" one 1
-measure "2 hubs: publisher on A, 4 subscribers on B" two 2
-measure "3 hubs: publisher on A, subscribers on B and C" three 3
+measure_group() { # LABEL DATABASE HUBS
+  local a members=()
+  a=$(hub "a-$2" "$2")
+  members+=(--subscribe-url "$a")
+  for k in $(seq 2 "$3"); do members+=(--subscribe-url "$(hub "h$k-$2" "$2")"); done
+  sleep 1
+  echo "== $1"
+  "$B" --url "$a" --hub-pid "$(cat "$dir/a-$2.pid")" load --subscribers 3 --groups 1 \
+    --max-inflight 100 --payload 256 --in-flight 64 --count 5000 "${members[@]}"
+  "$B" --url "$a" --hub-pid "$(cat "$dir/a-$2.pid")" load --subscribers 3 --groups 1 \
+    --max-inflight 100 --payload 256 --rate 500 --duration 10 "${members[@]}"
+}
+
+if [ "${1:-}" != groups ]; then
+  measure "1 hub: publisher and 4 subscribers on A" one 1
+  measure "2 hubs: publisher on A, 4 subscribers on B" two 2
+  measure "3 hubs: publisher on A, subscribers on B and C" three 3
+fi
+measure_group "1 hub: a group of 3 members on A" g-one 1
+measure_group "3 hubs: a group with one member on each of A, B and C" g-three 3

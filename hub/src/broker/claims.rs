@@ -71,7 +71,10 @@ impl Broker {
         tokio::spawn(async move {
             let result = async {
                 claims.finish(&key, &finished).await?;
-                claims.release(&key, &released).await
+                claims.release(&key, &released).await?;
+                // Each write goes with a prune: a hub alone with its group
+                // has no status checks to prune for it.
+                claims.prune(&key).await
             }
             .await;
             let failed = match result {

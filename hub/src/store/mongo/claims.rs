@@ -268,18 +268,32 @@ impl GroupClaims {
             };
             answers.push((seq, status));
         }
-        if cursor > 0 {
-            // Everything at or below the stored cursor is done for every hub.
-            self.claims
-                .delete_many(doc! { "_id": {
-                    "$gt": format!("{gid}/"),
-                    // Below the next seq's id: take-over markers included.
-                    "$lt": claim_id(&gid, cursor.saturating_add(1)),
-                } })
-                .await
-                .map_err(backend)?;
-        }
+        self.prune_below(&gid, cursor).await?;
         Ok(answers)
+    }
+
+    /// Deletes the group's claims at or below its stored cursor: everything
+    /// there is done for every hub. Keeps `group_claims` as small as the
+    /// groups' windows (FerretDB scans the collection for every `$in`).
+    pub async fn prune(&self, key: &GroupKey) -> Result<(), StoreError> {
+        let gid = group_id(key);
+        let cursor = self.stored_cursor(&gid).await?;
+        self.prune_below(&gid, cursor).await
+    }
+
+    async fn prune_below(&self, gid: &str, cursor: u64) -> Result<(), StoreError> {
+        if cursor == 0 {
+            return Ok(());
+        }
+        self.claims
+            .delete_many(doc! { "_id": {
+                "$gt": format!("{gid}/"),
+                // Below the next seq's id: take-over markers included.
+                "$lt": claim_id(gid, cursor.saturating_add(1)),
+            } })
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 
     /// Moves a dead hub's claim to this hub. The arbiter is again a unique
@@ -372,12 +386,15 @@ impl GroupClaims {
             return Ok(());
         }
         let gid = group_id(key);
+        // One statement per chunk of ids (not one per id: see `writes.rs`
+        // on FerretDB and many statements).
         let statements = seqs
-            .iter()
-            .map(|&seq| {
-                let filter = doc! { "_id": claim_id(&gid, seq), "hub": &self.hub, "done": false };
+            .chunks(CHUNK)
+            .map(|chunk| {
+                let ids: Vec<String> = chunk.iter().map(|&seq| claim_id(&gid, seq)).collect();
+                let filter = doc! { "_id": { "$in": ids }, "hub": &self.hub, "done": false };
                 if done {
-                    writes::update(filter, doc! { "$set": { "done": true } }, false)
+                    writes::update_many(filter, doc! { "$set": { "done": true } })
                 } else {
                     writes::delete(filter)
                 }

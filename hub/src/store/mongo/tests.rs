@@ -554,3 +554,37 @@ async fn a_publish_sent_again_after_its_hub_died_mid_batch_is_stored_once() -> R
     alive.close().await?;
     Ok(())
 }
+
+/// FerretDB 1.x holds one SQL connection per statement of an `update`
+/// until the command ends, from a pool of 100: a batch whose latest-by-key
+/// upserts were sent as one 300-statement command never finished, and the
+/// database answered nothing more. Statements go in commands of at most
+/// 64 (`writes.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_hundreds_of_keys_commits_and_the_database_stays_usable() -> Result<()> {
+    let Some(server) = FerretDb::shared_or_skip("a_batch_with_hundreds_of_keys") else {
+        return Ok(());
+    };
+    let store = open(server, "many_keys").await?;
+    // Twice: the second batch's upserts each match the first's entries.
+    let mut last = 0;
+    for round in 0..2 {
+        let events = (0..300)
+            .map(|i| event(&format!("r{round}-k{i}"), true, Some(&format!("key-{i}"))))
+            .collect();
+        let appended = tokio::time::timeout(Duration::from_secs(60), commit(&store, events))
+            .await
+            .context("a 300-key batch did not commit within 60 s")??;
+        ensure!(appended.len() == 300);
+        last = stored_seq(&appended[299])?;
+    }
+    let latest = tokio::time::timeout(
+        Duration::from_secs(60),
+        store.latest_for_key(&Topic::parse("jobs.eu")?, "key-299"),
+    )
+    .await
+    .context("the database stopped answering")??
+    .context("latest-by-key of the last key")?;
+    ensure!(latest.seq == last, "latest {} != {last}", latest.seq);
+    Ok(())
+}

@@ -8,8 +8,14 @@ use mongodb::bson::{Bson, Document, RawArrayBuf, RawBson, RawDocumentBuf, doc};
 use super::super::StoreError;
 use super::backend;
 
-/// Most statements in one command (the server's limit is 100,000).
-const MAX_STATEMENTS: usize = 1000;
+/// Most statements in one command (the server's limit is 100,000). Kept
+/// small for FerretDB 1.x (SQLite backend): it holds one SQL connection per
+/// statement until the command ends, from a pool of 100, so an `update` of
+/// 100 statements or more waits for itself for ever and the database
+/// answers no other command until FerretDB restarts (found with a group
+/// whose members acknowledged 100 events at once; reproduced with one
+/// 150-statement `update`).
+const MAX_STATEMENTS: usize = 64;
 /// Approximate most bytes of statements in one command (the server's
 /// limit is 16 MiB plus a little).
 const MAX_BYTES: usize = 8 * 1024 * 1024;
@@ -34,6 +40,11 @@ impl Kind {
 /// if `upsert`.
 pub(super) fn update(filter: Document, update: Document, upsert: bool) -> Document {
     doc! { "q": filter, "u": update, "upsert": upsert }
+}
+
+/// An update statement applied to every document matching `filter`.
+pub(super) fn update_many(filter: Document, update: Document) -> Document {
+    doc! { "q": filter, "u": update, "multi": true }
 }
 
 /// A delete statement removing every match.
