@@ -1,7 +1,7 @@
 //! The broker's side of delivery claims (groups whose members may be on
 //! several hubs; `store/mongo/claims.rs` has the protocol): claim requests,
 //! status checks of events other hubs hold every `cluster_poll_ms`, and
-//! the writes that finish or give up this hub's claims. Each runs in a
+//! the writes that give up this hub's claims. Each runs in a
 //! spawned task whose result comes back as a command; a group has at most
 //! one of each in flight.
 
@@ -26,13 +26,13 @@ impl Broker {
         let Some(group) = self.groups.get_mut(&gid) else {
             return;
         };
-        let Some(seqs) = group.take_claims() else {
+        let Some((seqs, prune)) = group.take_claims() else {
             return;
         };
         let key = group.key.clone();
         let commands = self.commands.clone();
         tokio::spawn(async move {
-            let result = claims.claim(&key, &seqs).await;
+            let result = claims.claim(&key, &seqs, prune).await;
             let _ = commands.send(Command::Claimed { gid, result }).await;
         });
     }
@@ -54,8 +54,7 @@ impl Broker {
         }
     }
 
-    /// Marks this hub's finished claims done and gives up the released
-    /// ones.
+    /// Gives up the claims of a group whose last member here left.
     pub(super) fn maybe_write_claims(&mut self, gid: GroupId) {
         let Some(claims) = self.claims.clone() else {
             return;
@@ -63,26 +62,18 @@ impl Broker {
         let Some(group) = self.groups.get_mut(&gid) else {
             return;
         };
-        let Some((finished, released)) = group.take_claim_writes() else {
+        let Some(released) = group.take_claim_writes() else {
             return;
         };
         let key = group.key.clone();
         let commands = self.commands.clone();
         tokio::spawn(async move {
-            let result = async {
-                claims.finish(&key, &finished).await?;
-                claims.release(&key, &released).await?;
-                // Each write goes with a prune: a hub alone with its group
-                // has no status checks to prune for it.
-                claims.prune(&key).await
-            }
-            .await;
-            let failed = match result {
+            let failed = match claims.release(&key, &released).await {
                 Ok(()) => None,
                 Err(error) => {
-                    tracing::warn!(%error, "cluster: recording group claims failed; retrying");
+                    tracing::warn!(%error, "cluster: giving group claims back failed; retrying");
                     tokio::time::sleep(CLAIM_RETRY).await;
-                    Some((finished, released))
+                    Some(released)
                 }
             };
             let _ = commands.send(Command::ClaimsWritten { gid, failed }).await;

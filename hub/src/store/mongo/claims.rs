@@ -3,17 +3,19 @@
 //!
 //! Every hub that has members of a group follows the log and keeps the
 //! group's window, as on one hub. Before it hands an event to a member it
-//! **claims** it: it inserts `{_id: <group>/<seq>, hub, attempts, done:
-//! false}` into `group_claims`. The unique `_id` is the arbiter: of the
+//! **claims** it: it inserts `{_id: <group>/<seq>, hub, attempts}` into
+//! `group_claims`. The unique `_id` is the arbiter: of the
 //! hubs that try, one inserts, the others get a duplicate key and leave the
 //! event to it (it is "elsewhere" for them). The holder redelivers it on
-//! NACK, deadline or a member's disconnect like on one hub, and marks the
-//! claim `done` once it is acknowledged or dead-lettered.
+//! NACK, deadline or a member's disconnect like on one hub. When it is
+//! acknowledged or dead-lettered, the holder's next group flush records it
+//! in the group's document as on one hub (a done mark above the cursor, or
+//! the cursor passing it): an ACK costs no write of its own.
 //!
 //! A hub learns what became of the events held elsewhere by asking
-//! ([`GroupClaims::status`]) every `cluster_claim_check_ms`:
-//! - `done` (or at or below the group's stored cursor): done here too, so
-//!   its cursor moves over it;
+//! ([`GroupClaims::status`]) every `cluster_poll_ms`:
+//! - done (at or below the group's stored cursor, or among its stored done
+//!   marks): done here too, so its cursor moves on;
 //! - no claim (its holder let go of it: its members left): claim it again;
 //! - held by a hub whose registry lease ran out (it died): taken over in
 //!   the same call (`hub` set to this one where it is still the dead one's,
@@ -21,9 +23,12 @@
 //!   counted. A dead hub's deliveries come back after its lease, sooner
 //!   than their ack deadline.
 //!
-//! Claims at or below the group's stored cursor are deleted by the hubs
-//! that check. Cursors are written with `$max`, so a hub that has not
-//! learned yet of others' progress never moves a group's cursor back.
+//! Claims at or below the group's stored cursor are deleted by every
+//! status check and, by a group's hub, after every
+//! [`PRUNE_EVERY_CLAIMS`] claims (one write per that many events, not per
+//! claim request: `group_claims` stays about as small as the windows). Cursors are written with `$max`, so a hub
+//! that has not learned yet of others' progress never moves a group's
+//! cursor back.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -39,6 +44,8 @@ use super::{backend, queries, writes};
 const CHUNK: usize = 500;
 /// Error code of a duplicate `_id`.
 const DUPLICATE_KEY: i32 = 11000;
+/// A group's hub prunes its claims after this many (see the module docs).
+pub const PRUNE_EVERY_CLAIMS: usize = 256;
 /// Dead takers followed at most in one take-over.
 const TAKE_OVER_CHAIN: usize = 8;
 
@@ -98,11 +105,13 @@ impl GroupClaims {
 
     /// Claims `seqs` (with the attempt each delivery will be) for this hub:
     /// one unordered insert per chunk; a duplicate key means another hub
-    /// holds it (or held it and finished).
+    /// holds it (or held it and finished). With `prune`, also deletes the
+    /// group's claims at or below its stored cursor.
     pub async fn claim(
         &self,
         key: &GroupKey,
         seqs: &[(u64, u32)],
+        prune: bool,
     ) -> Result<ClaimOutcome, StoreError> {
         let gid = group_id(key);
         let mut outcome = ClaimOutcome::default();
@@ -114,7 +123,6 @@ impl GroupClaims {
                     "seq": seq_to_bson(seq),
                     "hub": &self.hub,
                     "attempts": i64::from(attempts),
-                    "done": false,
                     "at": DateTime::now(),
                 };
                 let raw = RawDocumentBuf::from_document(&claim)
@@ -171,25 +179,45 @@ impl GroupClaims {
         // heard from yet). Read after the inserts: a cursor still below a
         // won seq was below it at the insert too, and its claim was not
         // pruned then (claims are pruned only after the cursor passed them).
-        let cursor = self.stored_cursor(&gid).await?;
-        if outcome.won.first().is_some_and(|&first| first <= cursor) {
-            let (done, won): (Vec<u64>, Vec<u64>) =
-                outcome.won.iter().partition(|&&seq| seq <= cursor);
+        let (cursor, done) = self.stored_progress(&gid).await?;
+        let finished = |seq: &u64| *seq <= cursor || done.contains(seq);
+        if outcome.won.iter().any(finished) {
+            let (gone, won): (Vec<u64>, Vec<u64>) = outcome.won.iter().partition(|s| finished(s));
             outcome.won = won;
-            outcome.lost.extend(done);
+            outcome.lost.extend(gone);
+        }
+        if prune {
+            self.prune_below(&gid, cursor).await?;
         }
         Ok(outcome)
     }
 
-    /// The group's cursor as stored (0 for a group not stored yet).
-    async fn stored_cursor(&self, gid: &str) -> Result<u64, StoreError> {
-        Ok(self
+    /// The group's cursor and done marks above it as stored (every hub's
+    /// flushed progress; 0 and none for a group not stored yet).
+    async fn stored_progress(&self, gid: &str) -> Result<(u64, BTreeSet<u64>), StoreError> {
+        let Some(doc) = self
             .groups
             .find_one(doc! { "_id": gid })
-            .projection(doc! { "cursor": 1 })
+            .projection(doc! { "cursor": 1, "done": 1 })
             .await
             .map_err(backend)?
-            .map_or(0, |doc| uint(&doc, "cursor")))
+        else {
+            return Ok((0, BTreeSet::new()));
+        };
+        let done = doc
+            .get_array("done")
+            .map(|marks| {
+                marks
+                    .iter()
+                    .filter_map(|mark| match mark {
+                        Bson::Int64(v) => u64::try_from(*v).ok(),
+                        Bson::Int32(v) => u64::try_from(*v).ok(),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((uint(&doc, "cursor"), done))
     }
 
     /// What became of `seqs` (events this hub does not hold), taking over
@@ -202,7 +230,7 @@ impl GroupClaims {
         now_ms: i64,
     ) -> Result<Vec<(u64, ClaimStatus)>, StoreError> {
         let gid = group_id(key);
-        let cursor = self.stored_cursor(&gid).await?;
+        let (cursor, done) = self.stored_progress(&gid).await?;
         let mut found: HashMap<u64, Document> = HashMap::new();
         for chunk in seqs.chunks(CHUNK) {
             let ids: Vec<String> = chunk.iter().map(|&seq| claim_id(&gid, seq)).collect();
@@ -222,7 +250,6 @@ impl GroupClaims {
         // Holders other than this hub: which of them still run?
         let holders: BTreeSet<&str> = found
             .values()
-            .filter(|doc| !doc.get_bool("done").unwrap_or(false))
             .filter_map(|doc| doc.get_str("hub").ok())
             .filter(|&hub| hub != self.hub)
             .collect();
@@ -248,9 +275,8 @@ impl GroupClaims {
         let mut answers = Vec::with_capacity(seqs.len());
         for &seq in seqs {
             let status = match found.get(&seq) {
-                _ if seq <= cursor => ClaimStatus::Done,
+                _ if seq <= cursor || done.contains(&seq) => ClaimStatus::Done,
                 None => ClaimStatus::Free,
-                Some(doc) if doc.get_bool("done").unwrap_or(false) => ClaimStatus::Done,
                 Some(doc) => {
                     let holder = doc.get_str("hub").unwrap_or("");
                     let attempts = uint(doc, "attempts");
@@ -275,12 +301,6 @@ impl GroupClaims {
     /// Deletes the group's claims at or below its stored cursor: everything
     /// there is done for every hub. Keeps `group_claims` as small as the
     /// groups' windows (FerretDB scans the collection for every `$in`).
-    pub async fn prune(&self, key: &GroupKey) -> Result<(), StoreError> {
-        let gid = group_id(key);
-        let cursor = self.stored_cursor(&gid).await?;
-        self.prune_below(&gid, cursor).await
-    }
-
     async fn prune_below(&self, gid: &str, cursor: u64) -> Result<(), StoreError> {
         if cursor == 0 {
             return Ok(());
@@ -369,19 +389,9 @@ impl GroupClaims {
             .is_some())
     }
 
-    /// Marks this hub's claims on `seqs` done (acknowledged or
-    /// dead-lettered).
-    pub async fn finish(&self, key: &GroupKey, seqs: &[u64]) -> Result<(), StoreError> {
-        self.update_own(key, seqs, true).await
-    }
-
     /// Gives this hub's claims on `seqs` up (its members left): another hub
     /// may claim them.
     pub async fn release(&self, key: &GroupKey, seqs: &[u64]) -> Result<(), StoreError> {
-        self.update_own(key, seqs, false).await
-    }
-
-    async fn update_own(&self, key: &GroupKey, seqs: &[u64], done: bool) -> Result<(), StoreError> {
         if seqs.is_empty() {
             return Ok(());
         }
@@ -392,23 +402,13 @@ impl GroupClaims {
             .chunks(CHUNK)
             .map(|chunk| {
                 let ids: Vec<String> = chunk.iter().map(|&seq| claim_id(&gid, seq)).collect();
-                let filter = doc! { "_id": { "$in": ids }, "hub": &self.hub, "done": false };
-                if done {
-                    writes::update_many(filter, doc! { "$set": { "done": true } })
-                } else {
-                    writes::delete(filter)
-                }
+                writes::delete(doc! { "_id": { "$in": ids }, "hub": &self.hub })
             })
             .collect();
-        let kind = if done {
-            writes::Kind::Update
-        } else {
-            writes::Kind::Delete
-        };
         writes::run(
             &self.db,
             &self.write_concern,
-            kind,
+            writes::Kind::Delete,
             queries::GROUP_CLAIMS,
             statements,
         )

@@ -75,7 +75,7 @@ mod dedup;
 mod open;
 mod queries;
 pub mod test_server;
-pub use claims::{ClaimOutcome, ClaimStatus, GroupClaims};
+pub use claims::{ClaimOutcome, ClaimStatus, GroupClaims, PRUNE_EVERY_CLAIMS};
 mod writes;
 
 #[cfg(test)]

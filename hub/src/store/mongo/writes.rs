@@ -42,11 +42,6 @@ pub(super) fn update(filter: Document, update: Document, upsert: bool) -> Docume
     doc! { "q": filter, "u": update, "upsert": upsert }
 }
 
-/// An update statement applied to every document matching `filter`.
-pub(super) fn update_many(filter: Document, update: Document) -> Document {
-    doc! { "q": filter, "u": update, "multi": true }
-}
-
 /// A delete statement removing every match.
 pub(super) fn delete(filter: Document) -> Document {
     doc! { "q": filter, "limit": 0 }

@@ -37,7 +37,7 @@ async fn one_hub_wins_each_event_and_a_dead_hubs_claims_are_taken_over_once() ->
     }
     let key = GroupKey::new(&Pattern::parse("jobs.*")?, &Group::parse("g")?);
 
-    let first = a.claim(&key, &[(1, 1), (2, 1), (3, 1)]).await?;
+    let first = a.claim(&key, &[(1, 1), (2, 1), (3, 1)], true).await?;
     assert_eq!(
         first,
         ClaimOutcome {
@@ -45,7 +45,7 @@ async fn one_hub_wins_each_event_and_a_dead_hubs_claims_are_taken_over_once() ->
             lost: vec![]
         }
     );
-    let second = b.claim(&key, &[(2, 1), (3, 1), (4, 1)]).await?;
+    let second = b.claim(&key, &[(2, 1), (3, 1), (4, 1)], true).await?;
     assert_eq!(
         second,
         ClaimOutcome {
@@ -54,7 +54,16 @@ async fn one_hub_wins_each_event_and_a_dead_hubs_claims_are_taken_over_once() ->
         }
     );
 
-    a.finish(&key, &[2]).await?;
+    // A acknowledged 2 (its group flush wrote the done mark) and gave 1
+    // back.
+    let groups = db.collection::<Document>(queries::GROUPS);
+    groups
+        .update_one(
+            doc! { "_id": group_id(&key) },
+            doc! { "$addToSet": { "done": 2_i64 }, "$max": { "cursor": 0_i64 } },
+        )
+        .upsert(true)
+        .await?;
     a.release(&key, &[1]).await?;
     assert_eq!(
         b.status(&key, &[1, 2, 3], now_ms()).await?,
@@ -79,7 +88,7 @@ async fn one_hub_wins_each_event_and_a_dead_hubs_claims_are_taken_over_once() ->
     );
     // A taker that died before it rewrote the claim (its marker alone
     // is there) is taken over along the marker.
-    assert_eq!(a.claim(&key, &[(6, 1)]).await?.won, [6]);
+    assert_eq!(a.claim(&key, &[(6, 1)], true).await?.won, [6]);
     let claims = db.collection::<Document>(queries::GROUP_CLAIMS);
     claims
         .insert_one(
@@ -94,8 +103,8 @@ async fn one_hub_wins_each_event_and_a_dead_hubs_claims_are_taken_over_once() ->
         b.status(&key, &[6], now_ms()).await?,
         [(6, ClaimStatus::Held)]
     );
-    // Another hub's finish does not touch B's claim.
-    a.finish(&key, &[3]).await?;
+    // Another hub's give-back does not touch B's claim.
+    a.release(&key, &[3]).await?;
     assert_eq!(
         c.status(&key, &[3], now_ms()).await?,
         [(3, ClaimStatus::Held)]
@@ -104,7 +113,7 @@ async fn one_hub_wins_each_event_and_a_dead_hubs_claims_are_taken_over_once() ->
     // The stored cursor passes 3: everything up to it is done, its claims
     // are pruned, and a claim won below it (pruned, then inserted again by
     // a hub that had not heard) counts as lost.
-    db.collection::<Document>(queries::GROUPS)
+    groups
         .update_one(
             doc! { "_id": group_id(&key) },
             doc! { "$max": { "cursor": 3_i64 } },
@@ -124,11 +133,18 @@ async fn one_hub_wins_each_event_and_a_dead_hubs_claims_are_taken_over_once() ->
         4,
         "seqs 4 and 6 and the two markers of 6 are left"
     );
+    // The same for an event done above the cursor (a flushed done mark).
+    groups
+        .update_one(
+            doc! { "_id": group_id(&key) },
+            doc! { "$addToSet": { "done": 7_i64 } },
+        )
+        .await?;
     assert_eq!(
-        c.claim(&key, &[(2, 1), (5, 1)]).await?,
+        c.claim(&key, &[(2, 1), (5, 1), (7, 1)], true).await?,
         ClaimOutcome {
             won: vec![5],
-            lost: vec![2]
+            lost: vec![2, 7]
         }
     );
     Ok(())
