@@ -4,7 +4,8 @@
 # subscribers on A (1 hub) or spread over the other hubs; flat out
 # (20,000 events, 64 in flight) and paced at 500 events/s for 10 s. Then
 # one durable group with 3 members (ACK per event) on hub A alone, and
-# one member on each of A, B and C: flat out (5,000 events) and paced.
+# one member on each of A, B and C: flat out (5,000 events) and paced at
+# 200 events/s.
 # Pass "groups" to run the group measurements only.
 # Loopback only; every hub and FerretDB are stopped at the end.
 set -euo pipefail
@@ -58,7 +59,7 @@ measure_group() { # LABEL DATABASE HUBS
   "$B" --url "$a" --hub-pid "$(cat "$dir/a-$2.pid")" load --subscribers 3 --groups 1 \
     --max-inflight 100 --payload 256 --in-flight 64 --count 5000 "${members[@]}"
   "$B" --url "$a" --hub-pid "$(cat "$dir/a-$2.pid")" load --subscribers 3 --groups 1 \
-    --max-inflight 100 --payload 256 --rate 500 --duration 10 "${members[@]}"
+    --max-inflight 100 --payload 256 --rate 200 --duration 10 --drain-timeout 120 "${members[@]}"
 }
 
 if [ "${1:-}" != groups ]; then
