@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Client;
-use common::cluster::{HubProcess, alive, eventually, eventually_within, guard};
+use common::cluster::{
+    HubProcess, alive, eventually, eventually_within, guard, next_connection, sdk_client_on,
+    sdk_config,
+};
 use promhub_hub::store::mongo::test_server::FerretDb;
 use serde_json::{Value, json};
 
@@ -335,7 +338,7 @@ async fn a_hub_killed_mid_batch_holds_no_reader_back_for_longer_than_its_lease()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_clients_of_a_killed_hub_resume_on_the_others_and_lose_nothing_acknowledged() {
     use futures_util::StreamExt;
-    use promhub::{ClientConfig, ConnectionEvent, PublishOptions, SubscribeOptions};
+    use promhub::{PublishOptions, SubscribeOptions};
 
     let Some(server) = FerretDb::shared_or_skip("native_clients_of_a_killed_hub") else {
         return;
@@ -347,24 +350,10 @@ async fn native_clients_of_a_killed_hub_resume_on_the_others_and_lose_nothing_ac
         Some(HubProcess::spawn(&store).await),
     ];
     let urls: Vec<String> = hubs.iter().flatten().map(|h| h.url.clone()).collect();
-    let config = |seed| {
-        ClientConfig::new()
-            .seed(seed)
-            .reconnect_delay(Duration::from_millis(50), Duration::from_millis(200))
-            .request_timeout(Duration::from_secs(5))
-    };
-    let connected_url = |event: Option<ConnectionEvent>| match event {
-        Some(ConnectionEvent::Connected { url, .. }) => Some(url),
-        _ => None,
-    };
-
-    let subscriber = promhub::Client::connect_lazy(urls.clone(), config(11)).expect("subscriber");
+    let subscriber =
+        promhub::Client::connect_lazy(urls.clone(), sdk_config(11)).expect("subscriber");
     let mut events = subscriber.events();
-    let first_hub = loop {
-        if let Some(url) = connected_url(guard("connected", events.next()).await) {
-            break url;
-        }
-    };
+    let first_hub = next_connection(&mut events, "connected").await;
     let mut orders = guard(
         "subscribe",
         subscriber.subscribe::<u64>("orders.*", None, SubscribeOptions::new()),
@@ -385,25 +374,7 @@ async fn native_clients_of_a_killed_hub_resume_on_the_others_and_lose_nothing_ac
 
     // The publisher starts on the same hub, so the kill cuts its publishes
     // in flight too (the first hub is drawn from the seed).
-    let mut seed = 0;
-    let publisher = loop {
-        let publisher =
-            promhub::Client::connect_lazy(urls.clone(), config(seed)).expect("publisher");
-        let mut publisher_events = publisher.events();
-        let url = loop {
-            if let Some(url) =
-                connected_url(guard("publisher connected", publisher_events.next()).await)
-            {
-                break url;
-            }
-        };
-        if url == first_hub {
-            break publisher;
-        }
-        publisher.close().await;
-        seed += 1;
-        assert!(seed < 100, "no seed starts on {first_hub}");
-    };
+    let (publisher, _) = sdk_client_on(&urls, &first_hub).await;
     // One event every 2 ms; each acknowledged one recorded with its seq.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
@@ -440,11 +411,7 @@ async fn native_clients_of_a_killed_hub_resume_on_the_others_and_lose_nothing_ac
         .expect("the subscriber's hub");
     hubs[doomed].take().expect("running").kill9().await;
     let killed = Instant::now();
-    let second_hub = loop {
-        if let Some(url) = connected_url(guard("reconnected", events.next()).await) {
-            break url;
-        }
-    };
+    let second_hub = next_connection(&mut events, "reconnected").await;
     let reconnected = killed.elapsed();
     assert_ne!(second_hub, first_hub);
     assert!(urls.contains(&second_hub), "{second_hub}");

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Client;
-use common::cluster::{ADMIN_TOKEN, HubProcess, eventually, guard};
+use common::cluster::{ADMIN_TOKEN, HubProcess, eventually, guard, next_connection, sdk_client_on};
 use common::http::{self, authority};
 use futures_util::{SinkExt, StreamExt};
 use promhub_hub::store::mongo::test_server::FerretDb;
@@ -308,7 +308,7 @@ async fn deliveries_held_by_a_killed_hub_are_delivered_again_by_the_others() {
 /// every event is acknowledged, and the lag returns to 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_native_group_worker_of_a_killed_hub_resumes_on_another_and_its_deliveries_come_back() {
-    use promhub::{ClientConfig, ConnectionEvent, SubscribeOptions};
+    use promhub::SubscribeOptions;
 
     let Some(server) = FerretDb::shared_or_skip("cluster_group_native") else {
         return;
@@ -320,33 +320,8 @@ async fn a_native_group_worker_of_a_killed_hub_resumes_on_another_and_its_delive
         Some(HubProcess::spawn(&store).await),
     ];
     let urls: Vec<String> = hubs.iter().flatten().map(|h| h.url.clone()).collect();
-    let config = |seed| {
-        ClientConfig::new()
-            .seed(seed)
-            .reconnect_delay(Duration::from_millis(50), Duration::from_millis(200))
-            .request_timeout(Duration::from_secs(5))
-    };
-    let connected_url = |event: Option<ConnectionEvent>| match event {
-        Some(ConnectionEvent::Connected { url, .. }) => Some(url),
-        _ => None,
-    };
-    // The worker starts on the first hub (drawn from the seed).
-    let mut seed = 0;
-    let (worker, mut worker_events) = loop {
-        let worker = promhub::Client::connect_lazy(urls.clone(), config(seed)).expect("worker");
-        let mut events = worker.events();
-        let url = loop {
-            if let Some(url) = connected_url(guard("worker connected", events.next()).await) {
-                break url;
-            }
-        };
-        if url == urls[0] {
-            break (worker, events);
-        }
-        worker.close().await;
-        seed += 1;
-        assert!(seed < 100, "no seed starts on the first hub");
-    };
+    // The worker starts on the first hub.
+    let (worker, mut worker_events) = sdk_client_on(&urls, &urls[0]).await;
     let mut jobs = worker
         .subscribe::<u64>(
             "jobs.*",
@@ -402,11 +377,7 @@ async fn a_native_group_worker_of_a_killed_hub_resumes_on_another_and_its_delive
     holding.store(false, std::sync::atomic::Ordering::Release);
     hubs[0].take().expect("A").kill9().await;
     let killed = Instant::now();
-    let new_hub = loop {
-        if let Some(url) = connected_url(guard("reconnected", worker_events.next()).await) {
-            break url;
-        }
-    };
+    let new_hub = next_connection(&mut worker_events, "reconnected").await;
     let reconnected = killed.elapsed();
     assert_ne!(new_hub, urls[0]);
     // More work after the reconnection: the worker's group resumed.

@@ -142,3 +142,43 @@ pub async fn guard<F: Future>(what: &str, future: F) -> F::Output {
         .await
         .unwrap_or_else(|_| panic!("{what} did not happen within 30 s"))
 }
+
+/// Native SDK settings of the failover tests: seeded hub order, fast
+/// reconnects.
+pub fn sdk_config(seed: u64) -> promhub::ClientConfig {
+    promhub::ClientConfig::new()
+        .seed(seed)
+        .reconnect_delay(Duration::from_millis(50), Duration::from_millis(200))
+        .request_timeout(Duration::from_secs(5))
+}
+
+/// The hub URL the next `Connected` event of `events` names.
+pub async fn next_connection(events: &mut promhub::EventStream, what: &str) -> String {
+    use futures_util::StreamExt;
+    loop {
+        if let Some(promhub::ConnectionEvent::Connected { url, .. }) =
+            guard(what, events.next()).await
+        {
+            return url;
+        }
+    }
+}
+
+/// A native client given every URL of `urls` that went to `wanted` first
+/// (seeds are tried until the random first hub is that one), with its
+/// connection events.
+pub async fn sdk_client_on(
+    urls: &[String],
+    wanted: &str,
+) -> (promhub::Client, promhub::EventStream) {
+    for seed in 0..100 {
+        let client =
+            promhub::Client::connect_lazy(urls.to_vec(), sdk_config(seed)).expect("client");
+        let mut events = client.events();
+        if next_connection(&mut events, "connected").await == wanted {
+            return (client, events);
+        }
+        client.close().await;
+    }
+    panic!("no seed starts on {wanted}");
+}
