@@ -332,10 +332,13 @@ pub(crate) fn spawn(
         let period = (registry.lease() / 3).max(Duration::from_millis(50));
         // The other hubs whose lease ran at the last listing.
         let mut known: Option<BTreeSet<String>> = None;
+        // Taken after each renewal for the next one: a busy broker never
+        // delays the lease (other hubs take a lapsed hub's group
+        // deliveries over).
+        let mut last_snapshot: Option<HubSnapshot> = None;
         loop {
-            let snapshot = snapshot(&source.metrics, &source.broker).await;
             let now = crate::clock::now_ms();
-            if let Err(error) = registry.heartbeat(now, Some(&snapshot)).await {
+            if let Err(error) = registry.heartbeat(now, last_snapshot.as_ref()).await {
                 tracing::warn!(%error, hub = registry.id(), "cluster: cannot renew this hub's lease");
             }
             match registry.list(now).await {
@@ -362,6 +365,7 @@ pub(crate) fn spawn(
             if let Err(error) = registry.purge(now).await {
                 tracing::debug!(%error, "cluster: cannot purge expired registrations");
             }
+            last_snapshot = Some(snapshot(&source.metrics, &source.broker).await);
             tokio::select! {
                 () = tokio::time::sleep(period) => {}
                 _ = shutdown.wait_for(|stop| *stop) => break,

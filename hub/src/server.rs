@@ -140,6 +140,7 @@ pub async fn run_with(
         stored_groups,
         claims: store.group_claims(&hub_id),
         claim_check_every: Duration::from_millis(config.cluster_poll_ms),
+        other_hubs: other_hubs.clone(),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

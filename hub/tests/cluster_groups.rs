@@ -19,6 +19,11 @@ use promhub_hub::store::mongo::test_server::FerretDb;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
+/// The registry lease of the tests that kill a hub: its held deliveries
+/// come back after it. Long enough that a loaded machine does not make a
+/// live hub look dead (a delivery taken over from a live hub is made twice).
+const KILL_LEASE_MS: &str = "1500";
+
 /// What one member received: (seq, attempt, when).
 type Received = Arc<Mutex<Vec<(u64, u64, Instant)>>>;
 
@@ -97,10 +102,12 @@ async fn a_group_with_a_member_on_each_of_three_hubs_handles_every_event_once() 
         return;
     };
     let store = server.uri("cluster_group_share");
+    // No hub dies here: a long lease, so that a loaded machine never makes
+    // a live hub look dead (its deliveries would be taken over: twice).
     let hubs = [
-        HubProcess::spawn(&store).await,
-        HubProcess::spawn(&store).await,
-        HubProcess::spawn(&store).await,
+        HubProcess::spawn_with_lease(&store, "5000").await,
+        HubProcess::spawn_with_lease(&store, "5000").await,
+        HubProcess::spawn_with_lease(&store, "5000").await,
     ];
     // One in flight each: a member must ACK before it gets more, so the
     // others' hubs claim what it cannot take.
@@ -127,6 +134,20 @@ async fn a_group_with_a_member_on_each_of_three_hubs_handles_every_event_once() 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut all: Vec<u64> = members.iter().flat_map(seqs_of).collect();
     all.sort_unstable();
+    if all != published {
+        // Which hub delivered what, and what the hubs said, for the record.
+        for (index, member) in members.iter().enumerate() {
+            let got: Vec<(u64, u64)> = member.lock().unwrap().iter().map(|r| (r.0, r.1)).collect();
+            eprintln!("member on hub {index} got (seq, attempt): {got:?}");
+        }
+        for (index, hub) in hubs.iter().enumerate() {
+            for line in hub.log.lock().unwrap().iter() {
+                if line.contains("took over") || line.contains("WARN") || line.contains("ERROR") {
+                    eprintln!("hub {index}: {line}");
+                }
+            }
+        }
+    }
     assert_eq!(all, published, "every event exactly once across the hubs");
     for (index, received) in members.iter().enumerate() {
         let seqs = seqs_of(received);
@@ -210,9 +231,9 @@ async fn deliveries_held_by_a_killed_hub_are_delivered_again_by_the_others() {
         return;
     };
     let store = server.uri("cluster_group_kill");
-    let a = HubProcess::spawn(&store).await;
-    let b = HubProcess::spawn(&store).await;
-    let c = HubProcess::spawn(&store).await;
+    let a = HubProcess::spawn_with_lease(&store, KILL_LEASE_MS).await;
+    let b = HubProcess::spawn_with_lease(&store, KILL_LEASE_MS).await;
+    let c = HubProcess::spawn_with_lease(&store, KILL_LEASE_MS).await;
     // The member on A takes deliveries and never acknowledges them (ack
     // deadline 10 minutes: only A's death gives them back).
     let holder = member(
@@ -277,7 +298,7 @@ async fn deliveries_held_by_a_killed_hub_are_delivered_again_by_the_others() {
         "kill -9 of the hub holding {} deliveries -> first redelivered on another hub after {} ms (lease {} ms)",
         held.len(),
         (first - killed).as_millis(),
-        common::cluster::LEASE_MS
+        KILL_LEASE_MS
     );
     // Nothing else was delivered twice.
     let mut others: Vec<u64> = seqs_of(&on_b)
@@ -315,9 +336,9 @@ async fn a_native_group_worker_of_a_killed_hub_resumes_on_another_and_its_delive
     };
     let store = server.uri("cluster_group_native");
     let mut hubs = [
-        Some(HubProcess::spawn(&store).await),
-        Some(HubProcess::spawn(&store).await),
-        Some(HubProcess::spawn(&store).await),
+        Some(HubProcess::spawn_with_lease(&store, KILL_LEASE_MS).await),
+        Some(HubProcess::spawn_with_lease(&store, KILL_LEASE_MS).await),
+        Some(HubProcess::spawn_with_lease(&store, KILL_LEASE_MS).await),
     ];
     let urls: Vec<String> = hubs.iter().flatten().map(|h| h.url.clone()).collect();
     // The worker starts on the first hub.
@@ -430,7 +451,7 @@ async fn a_native_group_worker_of_a_killed_hub_resumes_on_another_and_its_delive
         reconnected.as_millis(),
         held.len(),
         first_again.as_millis(),
-        common::cluster::LEASE_MS,
+        KILL_LEASE_MS,
         worker_after
     );
     let b = hubs[1].take().expect("B");

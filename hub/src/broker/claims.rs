@@ -1,7 +1,7 @@
 //! The broker's side of delivery claims (groups whose members may be on
 //! several hubs; `store/mongo/claims.rs` has the protocol): claim requests,
 //! status checks of events other hubs hold every `cluster_poll_ms`, and
-//! the writes that give up this hub's claims. Each runs in a
+//! the writes that finish or give up this hub's claims. Each runs in a
 //! spawned task whose result comes back as a command; a group has at most
 //! one of each in flight.
 
@@ -54,7 +54,8 @@ impl Broker {
         }
     }
 
-    /// Gives up the claims of a group whose last member here left.
+    /// Marks this hub's finished claims done and gives up the released
+    /// ones (one write in flight per group: ACKs batch up behind it).
     pub(super) fn maybe_write_claims(&mut self, gid: GroupId) {
         let Some(claims) = self.claims.clone() else {
             return;
@@ -62,18 +63,29 @@ impl Broker {
         let Some(group) = self.groups.get_mut(&gid) else {
             return;
         };
-        let Some(released) = group.take_claim_writes() else {
+        let Some((mut finished, released)) = group.take_claim_writes() else {
             return;
         };
+        if self.other_hubs.none() {
+            // Alone: nobody waits on these claims. A hub that joins later
+            // finds them held by a live hub until the group's cursor (or a
+            // done mark) passes them: later, never twice.
+            finished.clear();
+        }
         let key = group.key.clone();
         let commands = self.commands.clone();
         tokio::spawn(async move {
-            let failed = match claims.release(&key, &released).await {
+            let result = async {
+                claims.finish(&key, &finished).await?;
+                claims.release(&key, &released).await
+            }
+            .await;
+            let failed = match result {
                 Ok(()) => None,
                 Err(error) => {
-                    tracing::warn!(%error, "cluster: giving group claims back failed; retrying");
+                    tracing::warn!(%error, "cluster: recording group claims failed; retrying");
                     tokio::time::sleep(CLAIM_RETRY).await;
-                    Some(released)
+                    Some((finished, released))
                 }
             };
             let _ = commands.send(Command::ClaimsWritten { gid, failed }).await;

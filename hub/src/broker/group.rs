@@ -744,8 +744,9 @@ impl GroupState {
         self.blocked.remove(&seq);
         let replayed = if let Some(entry) = self.window.get_mut(&seq) {
             entry.state = EntryState::Done;
-            // Done here: the next flush tells the other hubs (done mark).
-            entry.claimed = false;
+            if std::mem::take(&mut entry.claimed) && self.claims.enabled {
+                self.claims.finished.push(seq);
+            }
             if entry.body.take().is_some() {
                 fx.budget.release_body(&mut self.held, seq, entry.size);
             }

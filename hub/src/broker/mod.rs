@@ -313,6 +313,9 @@ pub(crate) struct BrokerSetup {
     /// of the events other hubs hold.
     pub claims: Option<GroupClaims>,
     pub claim_check_every: Duration,
+    /// Whether other hubs are alive (the registry's last listing): a hub
+    /// alone need not mark its finished claims done.
+    pub other_hubs: crate::cluster::OtherHubs,
 }
 
 /// Starts the broker task.
@@ -355,6 +358,7 @@ pub(crate) fn spawn(setup: BrokerSetup) -> (BrokerHandle, tokio::task::JoinHandl
         live_deliveries: setup.metrics.live_deliveries.clone(),
         claims: setup.claims,
         claim_check_every: setup.claim_check_every,
+        other_hubs: setup.other_hubs,
         claim_check_due: None,
     };
     let task = tokio::spawn(broker.run(receiver, setup.committed));
@@ -410,6 +414,7 @@ struct Broker {
     live_deliveries: Counter,
     claims: Option<GroupClaims>,
     claim_check_every: Duration,
+    other_hubs: crate::cluster::OtherHubs,
     /// When the next status check of other hubs' deliveries is due.
     claim_check_due: Option<Instant>,
 }

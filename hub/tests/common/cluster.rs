@@ -29,12 +29,19 @@ pub struct HubProcess {
 
 impl HubProcess {
     pub async fn spawn(store: &str) -> HubProcess {
+        HubProcess::spawn_with_lease(store, LEASE_MS).await
+    }
+
+    /// With another registry lease (ms): tests that are not about a dead
+    /// hub use a long one, so that a loaded machine never makes a live
+    /// hub look dead.
+    pub async fn spawn_with_lease(store: &str, lease_ms: &str) -> HubProcess {
         let data = tempfile::tempdir().expect("tempdir");
         let mut child = Command::new(env!("CARGO_BIN_EXE_promhub"))
             .args(["serve", "--listen", "127.0.0.1:0", "--store", store])
             .env("PROMHUB_DATA", data.path())
             .env("PROMHUB_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("PROMHUB_CLUSTER_LEASE_MS", LEASE_MS)
+            .env("PROMHUB_CLUSTER_LEASE_MS", lease_ms)
             .env("PROMHUB_CLUSTER_POLL_MS", "20")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

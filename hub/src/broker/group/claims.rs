@@ -8,10 +8,9 @@
 //! it is this hub's to deliver, redeliver and finish. Lost: another hub
 //! holds it (`Elsewhere`); it holds the cursor here until a status check
 //! finds it done, free again (claimed anew), or held by a dead hub (taken
-//! over and delivered again). What this hub finishes reaches the others
-//! through its group flushes (done marks, cursor), as on one hub; claims it
-//! holds when its last member leaves are given up, so other hubs' members
-//! get them.
+//! over and delivered again). Claims this hub finished are marked done in
+//! the database, and claims it holds when its last member leaves are given
+//! up, so other hubs' members get them.
 
 use std::collections::BTreeSet;
 
@@ -33,16 +32,18 @@ pub(crate) struct ClaimState {
     pub(super) elsewhere: BTreeSet<u64>,
     /// A status check is in flight.
     checking: bool,
+    /// This hub's claims now done, to mark in the database.
+    pub(super) finished: Vec<u64>,
     /// This hub's claims to give up (no member left to deliver them).
     released: Vec<u64>,
-    /// A write of `released` is in flight.
+    /// A write of `finished` / `released` is in flight.
     writing: bool,
     /// Claims requested since the last request that pruned.
     since_prune: usize,
 }
 
-/// Claims for the broker to give up.
-pub(crate) type ClaimWrites = Vec<u64>;
+/// Claim writes for the broker to make: (finished, released).
+pub(crate) type ClaimWrites = (Vec<u64>, Vec<u64>);
 
 impl ClaimState {
     pub(super) fn enabled() -> ClaimState {
@@ -63,6 +64,7 @@ impl ClaimState {
             || self.checking
             || self.writing
             || !self.to_claim.is_empty()
+            || !self.finished.is_empty()
             || !self.released.is_empty()
     }
 }
@@ -237,29 +239,37 @@ impl GroupState {
         }
     }
 
-    /// Claims to give up, if any and no such write is in flight.
+    /// Claim writes to make, if any and none is in flight.
     pub fn take_claim_writes(&mut self) -> Option<ClaimWrites> {
-        if !self.claims.enabled || self.claims.writing || self.claims.released.is_empty() {
+        if !self.claims.enabled
+            || self.claims.writing
+            || (self.claims.finished.is_empty() && self.claims.released.is_empty())
+        {
             return None;
         }
         self.claims.writing = true;
-        Some(std::mem::take(&mut self.claims.released))
+        Some((
+            std::mem::take(&mut self.claims.finished),
+            std::mem::take(&mut self.claims.released),
+        ))
     }
 
-    /// The claims were given up (`None`) or the write failed (kept for the
-    /// next).
+    /// The claim writes were made (`None`) or failed (kept for the next).
     pub fn on_claim_writes(&mut self, failed: Option<ClaimWrites>) {
         self.claims.writing = false;
-        if let Some(mut released) = failed {
+        if let Some((mut finished, mut released)) = failed {
+            finished.append(&mut self.claims.finished);
+            self.claims.finished = finished;
             released.append(&mut self.claims.released);
             self.claims.released = released;
         }
     }
 
-    /// Given-up claims not yet written (a clean stop waits for them, so
-    /// the other hubs need not wait for this one's lease).
+    /// Finished or given-up claims not yet written (a clean stop waits for
+    /// them: a finished claim left unwritten could be delivered again by
+    /// another hub, a given-up one would wait for this hub's lease).
     pub fn claim_writes_pending(&self) -> bool {
-        self.claims.writing || !self.claims.released.is_empty()
+        self.claims.writing || !self.claims.finished.is_empty() || !self.claims.released.is_empty()
     }
 
     /// Events another hub holds (ops API).

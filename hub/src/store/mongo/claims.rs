@@ -3,19 +3,22 @@
 //!
 //! Every hub that has members of a group follows the log and keeps the
 //! group's window, as on one hub. Before it hands an event to a member it
-//! **claims** it: it inserts `{_id: <group>/<seq>, hub, attempts}` into
-//! `group_claims`. The unique `_id` is the arbiter: of the
+//! **claims** it: it inserts `{_id: <group>/<seq>, hub, attempts, done:
+//! false}` into `group_claims`. The unique `_id` is the arbiter: of the
 //! hubs that try, one inserts, the others get a duplicate key and leave the
 //! event to it (it is "elsewhere" for them). The holder redelivers it on
-//! NACK, deadline or a member's disconnect like on one hub. When it is
-//! acknowledged or dead-lettered, the holder's next group flush records it
-//! in the group's document as on one hub (a done mark above the cursor, or
-//! the cursor passing it): an ACK costs no write of its own.
+//! NACK, deadline or a member's disconnect like on one hub, and marks the
+//! claim `done` once it is acknowledged or dead-lettered (one write per
+//! batch of ACKs, one in flight per group). Only the holder writes its
+//! claim: the group's document, which every hub updates, is not the source
+//! of truth, because FerretDB 1.x applies an update as read-modify-write of
+//! the whole document, so two hubs' concurrent `$max` / `$addToSet` can
+//! lose one of them (a cursor went back, a done mark vanished).
 //!
 //! A hub learns what became of the events held elsewhere by asking
 //! ([`GroupClaims::status`]) every `cluster_poll_ms`:
-//! - done (at or below the group's stored cursor, or among its stored done
-//!   marks): done here too, so its cursor moves on;
+//! - done (its claim says so, or it is at or below the group's stored
+//!   cursor or among its stored done marks): done here too;
 //! - no claim (its holder let go of it: its members left): claim it again;
 //! - held by a hub whose registry lease ran out (it died): taken over in
 //!   the same call (`hub` set to this one where it is still the dead one's,
@@ -23,10 +26,13 @@
 //!   counted. A dead hub's deliveries come back after its lease, sooner
 //!   than their ack deadline.
 //!
-//! Claims at or below the group's stored cursor are deleted by every
-//! status check and, by a group's hub, after every
-//! [`PRUNE_EVERY_CLAIMS`] claims (one write per that many events, not per
-//! claim request: `group_claims` stays about as small as the windows). Cursors are written with `$max`, so a hub
+//! Claims more than [`PRUNE_MARGIN`] seqs below the group's stored cursor
+//! are deleted by every status check and, by a group's hub, after every
+//! [`PRUNE_EVERY_CLAIMS`] claims (one write per that many events:
+//! `group_claims` stays about as small as the windows). The margin covers
+//! a cursor that went back on FerretDB for a moment (above): a claim is
+//! only deleted where no stale cursor can reach, so a deleted claim never
+//! looks free. Cursors are written with `$max`, so a hub
 //! that has not learned yet of others' progress never moves a group's
 //! cursor back.
 
@@ -46,6 +52,8 @@ const CHUNK: usize = 500;
 const DUPLICATE_KEY: i32 = 11000;
 /// A group's hub prunes its claims after this many (see the module docs).
 pub const PRUNE_EVERY_CLAIMS: usize = 256;
+/// Claims are pruned this many seqs below the stored cursor.
+const PRUNE_MARGIN: u64 = 1000;
 /// Dead takers followed at most in one take-over.
 const TAKE_OVER_CHAIN: usize = 8;
 
@@ -123,6 +131,7 @@ impl GroupClaims {
                     "seq": seq_to_bson(seq),
                     "hub": &self.hub,
                     "attempts": i64::from(attempts),
+                    "done": false,
                     "at": DateTime::now(),
                 };
                 let raw = RawDocumentBuf::from_document(&claim)
@@ -250,6 +259,7 @@ impl GroupClaims {
         // Holders other than this hub: which of them still run?
         let holders: BTreeSet<&str> = found
             .values()
+            .filter(|doc| !doc.get_bool("done").unwrap_or(false))
             .filter_map(|doc| doc.get_str("hub").ok())
             .filter(|&hub| hub != self.hub)
             .collect();
@@ -276,6 +286,7 @@ impl GroupClaims {
         for &seq in seqs {
             let status = match found.get(&seq) {
                 _ if seq <= cursor || done.contains(&seq) => ClaimStatus::Done,
+                Some(doc) if doc.get_bool("done").unwrap_or(false) => ClaimStatus::Done,
                 None => ClaimStatus::Free,
                 Some(doc) => {
                     let holder = doc.get_str("hub").unwrap_or("");
@@ -302,6 +313,7 @@ impl GroupClaims {
     /// there is done for every hub. Keeps `group_claims` as small as the
     /// groups' windows (FerretDB scans the collection for every `$in`).
     async fn prune_below(&self, gid: &str, cursor: u64) -> Result<(), StoreError> {
+        let cursor = cursor.saturating_sub(PRUNE_MARGIN);
         if cursor == 0 {
             return Ok(());
         }
@@ -389,26 +401,46 @@ impl GroupClaims {
             .is_some())
     }
 
+    /// Marks this hub's claims on `seqs` done (acknowledged or
+    /// dead-lettered).
+    pub async fn finish(&self, key: &GroupKey, seqs: &[u64]) -> Result<(), StoreError> {
+        self.update_own(key, seqs, true).await
+    }
+
     /// Gives this hub's claims on `seqs` up (its members left): another hub
     /// may claim them.
     pub async fn release(&self, key: &GroupKey, seqs: &[u64]) -> Result<(), StoreError> {
+        self.update_own(key, seqs, false).await
+    }
+
+    async fn update_own(&self, key: &GroupKey, seqs: &[u64], done: bool) -> Result<(), StoreError> {
         if seqs.is_empty() {
             return Ok(());
         }
         let gid = group_id(key);
-        // One statement per chunk of ids (not one per id: see `writes.rs`
-        // on FerretDB and many statements).
+        // One statement per id: an `_id` equality is what FerretDB looks up
+        // through its index (an `$in` scans the collection); `writes::run`
+        // sends them in small commands (see `writes.rs`).
         let statements = seqs
-            .chunks(CHUNK)
-            .map(|chunk| {
-                let ids: Vec<String> = chunk.iter().map(|&seq| claim_id(&gid, seq)).collect();
-                writes::delete(doc! { "_id": { "$in": ids }, "hub": &self.hub })
+            .iter()
+            .map(|&seq| {
+                let filter = doc! { "_id": claim_id(&gid, seq), "hub": &self.hub, "done": false };
+                if done {
+                    writes::update(filter, doc! { "$set": { "done": true } }, false)
+                } else {
+                    writes::delete(filter)
+                }
             })
             .collect();
+        let kind = if done {
+            writes::Kind::Update
+        } else {
+            writes::Kind::Delete
+        };
         writes::run(
             &self.db,
             &self.write_concern,
-            writes::Kind::Delete,
+            kind,
             queries::GROUP_CLAIMS,
             statements,
         )

@@ -49,10 +49,9 @@ async fn nothing_is_delivered_before_it_is_claimed_and_lost_claims_hold_the_curs
     // Event 1 is another hub's: the cursor waits for it.
     assert_eq!(g.cursor(), 0);
     assert_eq!(g.held_elsewhere(), 1);
-    // Nothing to write for the claims: the flush carries the done marks.
-    assert_eq!(g.take_claim_writes(), None);
-    let update = g.take_update().unwrap();
-    assert_eq!(update.progress.unwrap().done_above, [2, 3]);
+    // The finished claims are to be marked done.
+    assert_eq!(g.take_claim_writes(), Some((vec![2, 3], vec![])));
+    g.on_claim_writes(None);
     assert_eq!(g.take_status_check(), Some(vec![1]));
     status(&mut h, &[(1, ClaimStatus::Held)]);
     assert_eq!(h.group.cursor(), 0);
@@ -61,6 +60,7 @@ async fn nothing_is_delivered_before_it_is_claimed_and_lost_claims_hold_the_curs
     assert_eq!(h.group.cursor(), 3);
     assert_eq!(h.group.held_elsewhere(), 0);
     assert_eq!(h.group.take_status_check(), None);
+    // Not this hub's claim: nothing to mark.
     assert_eq!(h.group.take_claim_writes(), None);
     assert!(deliveries(&out).await.is_empty());
 }
@@ -104,9 +104,9 @@ async fn the_last_member_leaving_gives_this_hubs_claims_back() {
     let (g, mut fx) = h.fx();
     g.ack(holder(g, "e1"), &mut fx);
     g.remove_member(1, &mut fx);
-    // e1 is done (the flush says so); e2 (its delivery failed with the
-    // disconnect) goes back to the database for another hub's members.
-    assert_eq!(g.take_claim_writes(), Some(vec![2]));
+    // e1 is finished; e2 (its delivery failed with the disconnect) goes
+    // back to the database for another hub's members.
+    assert_eq!(g.take_claim_writes(), Some((vec![1], vec![2])));
     // A claim answered after everyone left is given back too.
     let mut h = shared(0);
     let _out = h.join(1, 10);
@@ -115,5 +115,5 @@ async fn the_last_member_leaving_gives_this_hubs_claims_back() {
     let (g, mut fx) = h.fx();
     g.remove_member(1, &mut fx);
     claim_answer(&mut h, &[1], &[]);
-    assert_eq!(h.group.take_claim_writes(), Some(vec![1]));
+    assert_eq!(h.group.take_claim_writes(), Some((vec![], vec![1])));
 }

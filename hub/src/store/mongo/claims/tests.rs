@@ -55,7 +55,7 @@ async fn one_hub_wins_each_event_and_a_dead_hubs_claims_are_taken_over_once() ->
     );
 
     // A acknowledged 2 (its group flush wrote the done mark) and gave 1
-    // back.
+    // back; B finished 4 (its claim says done).
     let groups = db.collection::<Document>(queries::GROUPS);
     groups
         .update_one(
@@ -65,12 +65,14 @@ async fn one_hub_wins_each_event_and_a_dead_hubs_claims_are_taken_over_once() ->
         .upsert(true)
         .await?;
     a.release(&key, &[1]).await?;
+    b.finish(&key, &[4]).await?;
     assert_eq!(
-        b.status(&key, &[1, 2, 3], now_ms()).await?,
+        c.status(&key, &[1, 2, 3, 4], now_ms()).await?,
         [
             (1, ClaimStatus::Free),
             (2, ClaimStatus::Done),
-            (3, ClaimStatus::Held)
+            (3, ClaimStatus::Held),
+            (4, ClaimStatus::Done)
         ]
     );
 
@@ -103,29 +105,31 @@ async fn one_hub_wins_each_event_and_a_dead_hubs_claims_are_taken_over_once() ->
         b.status(&key, &[6], now_ms()).await?,
         [(6, ClaimStatus::Held)]
     );
-    // Another hub's give-back does not touch B's claim.
+    // Another hub's finish or give-back does not touch B's claim.
+    a.finish(&key, &[3]).await?;
     a.release(&key, &[3]).await?;
     assert_eq!(
         c.status(&key, &[3], now_ms()).await?,
         [(3, ClaimStatus::Held)]
     );
 
-    // The stored cursor passes 3: everything up to it is done, its claims
-    // are pruned, and a claim won below it (pruned, then inserted again by
-    // a hub that had not heard) counts as lost.
+    // The stored cursor reaches 1003: everything up to it is done, and
+    // the claims more than 1,000 below it (seqs 1 to 3, with 3's marker)
+    // are pruned; a claim won below the cursor (pruned, then inserted
+    // again by a hub that had not heard) counts as lost.
     groups
         .update_one(
             doc! { "_id": group_id(&key) },
-            doc! { "$max": { "cursor": 3_i64 } },
+            doc! { "$max": { "cursor": 1003_i64 } },
         )
         .upsert(true)
         .await?;
     assert_eq!(
-        c.status(&key, &[1, 3, 4], now_ms()).await?,
+        c.status(&key, &[1, 3, 6], now_ms()).await?,
         [
             (1, ClaimStatus::Done),
             (3, ClaimStatus::Done),
-            (4, ClaimStatus::Held)
+            (6, ClaimStatus::Done)
         ]
     );
     assert_eq!(
@@ -137,14 +141,14 @@ async fn one_hub_wins_each_event_and_a_dead_hubs_claims_are_taken_over_once() ->
     groups
         .update_one(
             doc! { "_id": group_id(&key) },
-            doc! { "$addToSet": { "done": 7_i64 } },
+            doc! { "$addToSet": { "done": 1007_i64 } },
         )
         .await?;
     assert_eq!(
-        c.claim(&key, &[(2, 1), (5, 1), (7, 1)], true).await?,
+        c.claim(&key, &[(2, 1), (1005, 1), (1007, 1)], true).await?,
         ClaimOutcome {
-            won: vec![5],
-            lost: vec![2, 7]
+            won: vec![1005],
+            lost: vec![2, 1007]
         }
     );
     Ok(())
