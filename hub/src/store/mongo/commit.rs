@@ -363,23 +363,13 @@ impl MongoStore {
             .await
             .map_err(backend)?;
         // Hubs releasing their first ranges at once can both insert the
-        // missing counter document (an upsert is no atomic insert on
-        // FerretDB): the loser's update applies once the winner's exists.
-        let meta = self.collection(queries::META);
-        for attempt in 1..=COUNTER_UPSERT_ATTEMPTS {
-            let updated = meta
-                .update_one(
-                    doc! { "_id": queries::SEQ_COUNTER },
-                    doc! { "$max": { "value": seq_to_bson(high), "applied": seq_to_bson(state.applied) } },
-                )
-                .upsert(true)
-                .await;
-            match updated {
-                Ok(_) => break,
-                Err(e) if is_duplicate_key(&e) && attempt < COUNTER_UPSERT_ATTEMPTS => {}
-                Err(e) => return Err(backend(e)),
-            }
-        }
+        // missing counter document (see `writes::upsert_one`).
+        writes::upsert_one(
+            &self.collection(queries::META),
+            doc! { "_id": queries::SEQ_COUNTER },
+            doc! { "$max": { "value": seq_to_bson(high), "applied": seq_to_bson(state.applied) } },
+        )
+        .await?;
         state.releases += 1;
         if state.releases.is_multiple_of(PRUNE_RANGES_EVERY) {
             // Finished (or long lapsed) ranges below this one; the newest
@@ -541,8 +531,6 @@ pub(super) fn latest_update(topic: &str, key: &str, seq: i64) -> Document {
 /// Reservation attempts before a commit fails (each lost only to another
 /// hub's reservation, so reaching it means heavy contention).
 const RESERVE_ATTEMPTS: usize = 1000;
-/// Attempts of the counter's upsert when another hub inserted it first.
-const COUNTER_UPSERT_ATTEMPTS: usize = 3;
 /// Error code of a duplicate `_id`.
 const DUPLICATE_KEY: i32 = 11000;
 /// Finished ranges are deleted every this many releases.

@@ -274,13 +274,12 @@ impl MongoStore {
                 "MongoDB store: de-duplication entries moved to their topic"
             );
         }
-        meta.update_one(
+        writes::upsert_one(
+            &meta,
             doc! { "_id": super::queries::DEDUP_BY_TOPIC },
             doc! { "$set": { "value": 1 } },
         )
-        .upsert(true)
-        .await
-        .map_err(backend)?;
+        .await?;
         Ok(())
     }
 }

@@ -223,16 +223,14 @@ impl MongoStore {
         let highest = highest.max(counter);
         if counter < highest || stored_applied < highest {
             // The counter must never hand out a seq that is already stored.
-            self.collection(queries::META)
-                .update_one(
-                    doc! { "_id": queries::SEQ_COUNTER },
-                    doc! {
-                        "$max": { "value": seq_to_bson(highest), "applied": seq_to_bson(stored_applied) },
-                    },
-                )
-                .upsert(true)
-                .await
-                .map_err(backend)?;
+            writes::upsert_one(
+                &self.collection(queries::META),
+                doc! { "_id": queries::SEQ_COUNTER },
+                doc! {
+                    "$max": { "value": seq_to_bson(highest), "applied": seq_to_bson(stored_applied) },
+                },
+            )
+            .await?;
         }
         if repaired > 0 {
             tracing::info!(
@@ -283,13 +281,12 @@ impl MongoStore {
             );
         }
         self.record_topics(&newest).await?;
-        meta.update_one(
+        writes::upsert_one(
+            &meta,
             doc! { "_id": queries::TOPICS_COMPLETE },
             doc! { "$set": { "value": 1 } },
         )
-        .upsert(true)
-        .await
-        .map_err(backend)?;
+        .await?;
         Ok(())
     }
 }

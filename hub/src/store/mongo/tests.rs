@@ -588,3 +588,28 @@ async fn a_batch_with_hundreds_of_keys_commits_and_the_database_stays_usable() -
     ensure!(latest.seq == last, "latest {} != {last}", latest.seq);
     Ok(())
 }
+
+/// Hubs started together on a new database each create its collections,
+/// indexes and marker documents; every one of them opens (on FerretDB two
+/// upserts of one `_id` at once give the loser a duplicate key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_opened_at_once_on_a_new_database_all_open() -> Result<()> {
+    let Some(server) = FerretDb::shared_or_skip("opened_at_once") else {
+        return Ok(());
+    };
+    for round in 0..4 {
+        let database = format!("opened_at_once_{round}");
+        let opened = futures_util::future::join_all((0..3).map(|_| open(server, &database))).await;
+        let mut stores = Vec::new();
+        for (hub, store) in opened.into_iter().enumerate() {
+            stores.push(store.with_context(|| format!("round {round}: store {hub} did not open"))?);
+        }
+        let appended = commit(&stores[0], vec![event("after-open", false, None)]).await?;
+        ensure!(appended.len() == 1, "round {round}: {appended:?}");
+        stored_seq(&appended[0])?;
+        for store in stores {
+            store.close().await?;
+        }
+    }
+    Ok(())
+}

@@ -144,3 +144,32 @@ fn check_reply(reply: &Document, command: &str, collection: &str) -> Result<(), 
     }
     Ok(())
 }
+
+/// Attempts of an upsert that lost to another hub's insert of its `_id`.
+const UPSERT_ATTEMPTS: usize = 3;
+
+/// `update_one(filter, update)` with upsert, sent again when it fails with
+/// a duplicate key: hubs starting or writing at once can each find no
+/// document and insert it (MongoDB may answer the loser so too; FerretDB
+/// always can). The update of the loser then applies to the winner's
+/// document, so every caller's update must be idempotent.
+pub(super) async fn upsert_one(
+    collection: &mongodb::Collection<Document>,
+    filter: Document,
+    update: Document,
+) -> Result<(), StoreError> {
+    let mut attempt = 1;
+    loop {
+        match collection
+            .update_one(filter.clone(), update.clone())
+            .upsert(true)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if super::commit::is_duplicate_key(&e) && attempt < UPSERT_ATTEMPTS => {
+                attempt += 1;
+            }
+            Err(e) => return Err(backend(e)),
+        }
+    }
+}
