@@ -9,12 +9,12 @@ use super::super::StoreError;
 use super::backend;
 
 /// Most statements in one command (the server's limit is 100,000). Kept
-/// small for FerretDB 1.x (SQLite backend): it holds one SQL connection per
-/// statement until the command ends, from a pool of 100, so an `update` of
-/// 100 statements or more waits for itself for ever and the database
-/// answers no other command until FerretDB restarts (found with a group
-/// whose members acknowledged 100 events at once; reproduced with one
-/// 150-statement `update`).
+/// small for FerretDB 1.x (SQLite backend, a pool of 100 SQL connections
+/// per database): it holds a connection for each matching non-`multi`
+/// update statement until the command ends, so a command of 100 such
+/// statements waited for itself for ever and froze the database. Operator
+/// updates are sent as `multi` (see [`update`]), which frees it; the bound
+/// still covers replacements (dead letters).
 const MAX_STATEMENTS: usize = 64;
 /// Approximate most bytes of statements in one command (the server's
 /// limit is 16 MiB plus a little).
@@ -37,9 +37,15 @@ impl Kind {
 }
 
 /// An update statement: `filter` → `update`, inserting when nothing matches
-/// if `upsert`.
+/// if `upsert`. Every filter here is an `_id` equality, so at most one
+/// document matches; an operator update is still sent as `multi`: FerretDB
+/// 1.x reads a non-`multi` statement's match through a cursor it leaves
+/// open, holding one of its SQL connections, until the whole command ends,
+/// while a `multi` one reads to the end and lets the connection go (a
+/// replacement cannot be `multi`).
 pub(super) fn update(filter: Document, update: Document, upsert: bool) -> Document {
-    doc! { "q": filter, "u": update, "upsert": upsert }
+    let multi = update.keys().all(|key| key.starts_with('$'));
+    doc! { "q": filter, "u": update, "upsert": upsert, "multi": multi }
 }
 
 /// A delete statement removing every match.

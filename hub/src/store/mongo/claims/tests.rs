@@ -153,3 +153,40 @@ async fn one_hub_wins_each_event_and_a_dead_hubs_claims_are_taken_over_once() ->
     );
     Ok(())
 }
+
+/// Three hubs finishing 60 claims each at the same moment: 180 matching
+/// update statements at once. FerretDB 1.x held an SQL connection (of 100)
+/// per matching non-`multi` statement until its command ended, so such
+/// commands could wait for each other for ever and the database froze
+/// (seen with three hubs sharing a group under load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_finishing_many_claims_at_once_do_not_freeze_the_database() -> Result<()> {
+    let Some(server) = FerretDb::shared_or_skip("claims_at_once") else {
+        return Ok(());
+    };
+    let client = mongodb::Client::with_uri_str(server.uri("claims_at_once")).await?;
+    let db = client.database("claims_at_once");
+    db.drop().await?;
+    let write_concern = doc! { "w": 1 };
+    let seqs: Vec<u64> = (1..=60).collect();
+    let wanted: Vec<(u64, u32)> = seqs.iter().map(|&seq| (seq, 1)).collect();
+    let mut hubs = Vec::new();
+    for name in ["hub-a", "hub-b", "hub-c"] {
+        let key = GroupKey::new(&Pattern::parse("jobs.*")?, &Group::parse(name)?);
+        let claims = GroupClaims::new(&db, &write_concern, name);
+        let outcome = claims.claim(&key, &wanted, true).await?;
+        assert_eq!(outcome.won, seqs, "{name}");
+        hubs.push((claims, key));
+    }
+    let finishes = hubs.iter().map(|(claims, key)| claims.finish(key, &seqs));
+    let all = futures_util::future::try_join_all(finishes);
+    tokio::time::timeout(std::time::Duration::from_secs(30), all)
+        .await
+        .map_err(|_| anyhow::anyhow!("finishing 3 x 60 claims at once did not end in 30 s"))??;
+    let done = db
+        .collection::<Document>(queries::GROUP_CLAIMS)
+        .count_documents(doc! { "done": true })
+        .await?;
+    assert_eq!(done, 180);
+    Ok(())
+}
