@@ -103,13 +103,13 @@ impl Broker {
     /// Every `cluster_poll_ms`: asks what became of the events other hubs
     /// hold, for every group waiting on some.
     pub(super) fn maybe_check_claims(&mut self) {
-        let Some(claims) = self.claims.clone() else {
-            return;
-        };
         let now = Instant::now();
         if self.claim_check_due.is_some_and(|due| due > now) {
             return;
         }
+        let Some(claims) = self.claims.clone() else {
+            return;
+        };
         self.claim_check_due = Some(now + self.claim_check_every);
         let gids: Vec<GroupId> = self.groups.keys().copied().collect();
         for gid in gids {

@@ -469,10 +469,12 @@ impl Broker {
             .timers
             .first()
             .map(|&(due, _, _)| self.start + Duration::from_millis(due));
-        [timer, self.flush_due, self.claim_check_due]
-            .into_iter()
-            .flatten()
-            .min()
+        earliest_wake(
+            timer,
+            self.flush_due,
+            self.flush_in_flight,
+            self.claim_check_due,
+        )
     }
 
     fn handle(&mut self, command: Command) {
@@ -858,5 +860,48 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+/// When the broker's loop must wake: the first group timer, the due
+/// progress flush unless one is in flight (its answer wakes the loop, which
+/// flushes then: a due time already past would otherwise wake it at once,
+/// again and again, for as long as the write takes), the next claim check.
+fn earliest_wake(
+    timer: Option<Instant>,
+    flush_due: Option<Instant>,
+    flush_in_flight: bool,
+    claim_check_due: Option<Instant>,
+) -> Option<Instant> {
+    let flush = flush_due.filter(|_| !flush_in_flight);
+    [timer, flush, claim_check_due].into_iter().flatten().min()
+}
+
+#[cfg(test)]
+mod wake_tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_in_flight_does_not_wake_the_loop_until_it_answers() {
+        let now = Instant::now();
+        let past = now - Duration::from_millis(5);
+        let later = now + Duration::from_millis(50);
+        // Due and not in flight: wake for it.
+        assert_eq!(
+            earliest_wake(None, Some(past), false, Some(later)),
+            Some(past)
+        );
+        // In flight: the next wake is the claim check (or nothing), never
+        // the past due time (the loop spun a core on a slow MongoDB).
+        assert_eq!(
+            earliest_wake(None, Some(past), true, Some(later)),
+            Some(later)
+        );
+        assert_eq!(earliest_wake(None, Some(past), true, None), None);
+        // Timers still wake it.
+        assert_eq!(
+            earliest_wake(Some(later), Some(past), true, None),
+            Some(later)
+        );
     }
 }
