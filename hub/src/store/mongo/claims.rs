@@ -27,9 +27,9 @@
 //!   than their ack deadline.
 //!
 //! Claims more than [`PRUNE_MARGIN`] seqs below the group's stored cursor
-//! are deleted by every status check and, by a group's hub, after every
-//! [`PRUNE_EVERY_CLAIMS`] claims (one write per that many events:
-//! `group_claims` stays about as small as the windows). The margin covers
+//! are deleted by a group's hub after every [`PRUNE_EVERY_CLAIMS`] claims
+//! (one write per that many events: `group_claims` stays about the margin
+//! plus the windows). The margin covers
 //! a cursor that went back on FerretDB for a moment (above): a claim is
 //! only deleted where no stale cursor can reach, so a deleted claim never
 //! looks free. Cursors are written with `$max`, so a hub
@@ -230,8 +230,7 @@ impl GroupClaims {
     }
 
     /// What became of `seqs` (events this hub does not hold), taking over
-    /// those whose holder died. Also deletes the group's claims at or below
-    /// its stored cursor.
+    /// those whose holder died.
     pub async fn status(
         &self,
         key: &GroupKey,
@@ -305,7 +304,6 @@ impl GroupClaims {
             };
             answers.push((seq, status));
         }
-        self.prune_below(&gid, cursor).await?;
         Ok(answers)
     }
 
@@ -418,17 +416,22 @@ impl GroupClaims {
             return Ok(());
         }
         let gid = group_id(key);
-        // One statement per id: an `_id` equality is what FerretDB looks up
-        // through its index (an `$in` scans the collection); `writes::run`
-        // sends them in small commands (see `writes.rs`).
+        // One statement per id (`writes::run` sends them in small commands,
+        // see `writes.rs`): on MongoDB each is an index hit; FerretDB hands
+        // only a lone string `_id` equality to SQLite (which matches it
+        // without decoding every claim) and an `$in` to neither.
         let statements = seqs
             .iter()
             .map(|&seq| {
-                let filter = doc! { "_id": claim_id(&gid, seq), "hub": &self.hub, "done": false };
+                let id = claim_id(&gid, seq);
                 if done {
-                    writes::update(filter, doc! { "$set": { "done": true } }, false)
+                    // By `_id` alone (see above). The event is done
+                    // whoever holds its claim now (one taken over from
+                    // this hub, thought dead, is done too), and `done`
+                    // only ever turns true.
+                    writes::update(doc! { "_id": id }, doc! { "$set": { "done": true } }, false)
                 } else {
-                    writes::delete(filter)
+                    writes::delete(doc! { "_id": id, "hub": &self.hub, "done": false })
                 }
             })
             .collect();
