@@ -9,8 +9,8 @@
 //! event to it (it is "elsewhere" for them). The holder redelivers it on
 //! NACK, deadline or a member's disconnect like on one hub, and marks the
 //! claim `done` once it is acknowledged or dead-lettered (one write per
-//! batch of ACKs, one in flight per group). Only the holder writes its
-//! claim: the group's document, which every hub updates, is not the source
+//! batch of ACKs, one in flight per group). The claim says an event is
+//! done: the group's document, which every hub updates, is not the source
 //! of truth, because FerretDB 1.x applies an update as read-modify-write of
 //! the whole document, so two hubs' concurrent `$max` / `$addToSet` can
 //! lose one of them (a cursor went back, a done mark vanished).
