@@ -276,6 +276,11 @@ impl MongoStore {
         let lease = duration_millis(self.inner.options.range_lease);
         for _ in 0..RESERVE_ATTEMPTS {
             let cached = state.chain_head.is_some();
+            // The horizon as it was before the chain is read: it came from
+            // ranges that are there already, so a chain head below it means
+            // a reset. (Read after, it may include a range another hub
+            // reserved and released since: not a reset, just a race.)
+            let durable = self.durable();
             let head = match state.chain_head.take() {
                 Some(head) => head,
                 None => self.chain_head().await?,
@@ -284,15 +289,14 @@ impl MongoStore {
             let last = head.wrapping_add(count);
             // A reset behind our back would break the order every reader
             // relies on: refuse rather than reuse seqs.
-            if first <= self.durable() || last > i64::MAX as u64 {
+            if first <= durable || last > i64::MAX as u64 {
                 if cached {
                     // Other hubs reserved since: read the chain again.
                     continue;
                 }
                 return Err(StoreError::Corrupt(format!(
-                    "the seq counter ({head}) is not above the stored events ({}); was it \
-                     reset behind the hub's back?",
-                    self.durable()
+                    "the seq counter ({head}) is not above the stored events ({durable}); was \
+                     it reset behind the hub's back?"
                 )));
             }
             let now = now_millis();
