@@ -14,8 +14,11 @@
 //!   per event, against the hub and (`--compare nats`) NATS JetStream in
 //!   the same run ([`nats`]: finds or builds `nats-server`, drives it with
 //!   the `async-nats` JetStream client).
+//! - [`disk_floor`]: what one commit's append and `fdatasync` cost in CPU
+//!   on this disk with no hub (reported with the paced scenario).
 //! - [`report`]: the results as JSON and as text.
 
+pub mod disk_floor;
 pub mod groups;
 pub mod idle;
 pub mod load;

@@ -267,8 +267,14 @@ async fn run(cli: Cli) -> Result<()> {
                 Some(other) => bail!("unknown system to compare with: {other}"),
                 None => None,
             };
-            let report =
-                scenarios::run(&source, &args.names, args.runs, comparison.as_ref()).await?;
+            let report = scenarios::run(
+                &source,
+                &args.names,
+                args.runs,
+                comparison.as_ref(),
+                &cli.data_base,
+            )
+            .await?;
             print_report(cli.json, &report, || report.to_text())?;
         }
         Command::Targets { names } => {

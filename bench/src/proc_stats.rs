@@ -1,5 +1,6 @@
 //! CPU time and memory of a process, from `/proc` (Linux).
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -11,8 +12,14 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 /// A process's CPU time (user + system) in seconds.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    cpu_seconds_of(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// The CPU time (user + system, seconds) in a `stat` file of `/proc`: a
+/// process's, or a thread's (`/proc/thread-self/stat`).
+pub fn cpu_seconds_of(path: &Path) -> Result<f64> {
+    let stat =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     // The command name (field 2) is in parentheses and may hold spaces:
     // count fields after its closing parenthesis.
     let after = stat

@@ -12,14 +12,17 @@
 //! | `paced` | publish → live delivery at 5,000 events/s for 10 s | ephemeral subscription | ordered consumer |
 //!
 //! CPU per event is the server's user + system time (`/proc`) over the
-//! measured phase divided by its events.
+//! measured phase divided by its events. With `paced`, the report also
+//! gives the disk's floor ([`crate::disk_floor`]): the CPU of one commit's
+//! append and `fdatasync` with no server, at one commit per 1-ms burst.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use serde::Serialize;
 
+use crate::disk_floor::{self, Floor, FloorOptions};
 use crate::load::{self, LoadOptions};
 use crate::proc_stats::Usage;
 use crate::report::Percentiles;
@@ -213,6 +216,36 @@ pub struct CompareReport {
     pub compared_with: Option<String>,
     pub scenarios: Vec<ScenarioReport>,
     pub checks: Vec<Check>,
+    /// With `paced`: the CPU of the disk's part of a commit alone.
+    pub disk_floor: Option<DiskFloor>,
+}
+
+/// [`Floor`] in the paced scenario's terms.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskFloor {
+    pub floor: Floor,
+    /// Paced events per commit at one commit per burst: the harness's
+    /// timer wakes once per millisecond, so 5,000 events/s leave in bursts
+    /// of 5.
+    pub events_per_commit: f64,
+    pub cpu_us_per_event: f64,
+}
+
+/// Measures the disk's floor under `data_base` for the paced scenario.
+async fn disk_floor(data_base: &Path, paced: &Scenario) -> Result<DiskFloor> {
+    let options = FloorOptions::default();
+    let dir = data_base.to_path_buf();
+    let floor = {
+        let options = options.clone();
+        tokio::task::spawn_blocking(move || disk_floor::measure(&dir, &options)).await??
+    };
+    let events_per_commit =
+        paced.rate.unwrap_or(options.commits_per_second) / options.commits_per_second;
+    Ok(DiskFloor {
+        cpu_us_per_event: floor.cpu_us_per_commit / events_per_commit,
+        events_per_commit,
+        floor,
+    })
 }
 
 /// Which comparison system, if any.
@@ -231,6 +264,7 @@ pub async fn run(
     names: &[String],
     runs: usize,
     comparison: Option<&Comparison>,
+    data_base: &Path,
 ) -> Result<CompareReport> {
     let names: Vec<&str> = if names.is_empty() {
         ALL.to_vec()
@@ -279,6 +313,14 @@ pub async fn run(
         reports.push(ScenarioReport { scenario, systems });
     }
     let checks = checks(&reports);
+    let paced = reports
+        .iter()
+        .find(|r| r.scenario.name == "paced")
+        .map(|r| r.scenario.clone());
+    let disk_floor = match paced {
+        Some(paced) => Some(disk_floor(data_base, &paced).await?),
+        None => None,
+    };
     Ok(CompareReport {
         runs,
         load_before,
@@ -292,6 +334,7 @@ pub async fn run(
         }),
         scenarios: reports,
         checks,
+        disk_floor,
     })
 }
 
@@ -442,6 +485,14 @@ impl CompareReport {
                     .collect();
                 out.push_str(&format!("    runs: {}\n", each.join("; ")));
             }
+        }
+        if let Some(floor) = &self.disk_floor {
+            out.push_str(&format!(
+                "\ndisk floor (no server): {}\n  = {:.1} us per paced event at {:.0} events per commit\n",
+                floor.floor.line(),
+                floor.cpu_us_per_event,
+                floor.events_per_commit
+            ));
         }
         if !self.checks.is_empty() {
             out.push_str("\nchecks (medians):\n");
