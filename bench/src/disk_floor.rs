@@ -57,19 +57,25 @@ pub struct Floor {
     pub bytes_per_commit: usize,
     /// This thread's user + system time per commit (µs).
     pub cpu_us_per_commit: f64,
-    /// Median wall time of one `fdatasync` (µs).
+    /// Wall time of one `fdatasync` (µs): median, 99th and 99.9th
+    /// percentiles — a floor under the tail of any latency that waits for
+    /// the sync.
     pub sync_p50_us: f64,
+    pub sync_p99_us: f64,
+    pub sync_p999_us: f64,
 }
 
 impl Floor {
     pub fn line(&self) -> String {
         format!(
-            "{} commits of {} frames + fdatasync at {:.0}/s: {:.1} us CPU per commit, fdatasync p50 {:.0} us",
+            "{} commits of {} frames + fdatasync at {:.0}/s: {:.1} us CPU per commit; fdatasync p50 / p99 / p99.9 {:.0} / {:.0} / {:.0} us",
             self.commits,
             self.options.pages,
             self.options.commits_per_second,
             self.cpu_us_per_commit,
-            self.sync_p50_us
+            self.sync_p50_us,
+            self.sync_p99_us,
+            self.sync_p999_us
         )
     }
 }
@@ -121,6 +127,10 @@ pub fn measure(dir: &Path, options: &FloorOptions) -> Result<Floor> {
     }
     let cpu = thread_cpu_seconds()? - cpu_start;
     sync_us.sort_by(f64::total_cmp);
+    let quantile = |q: f64| {
+        let rank = ((sync_us.len() as f64 * q).ceil() as usize).clamp(1, sync_us.len().max(1));
+        sync_us.get(rank - 1).copied().unwrap_or(0.0)
+    };
     Ok(Floor {
         options: options.clone(),
         commits,
@@ -130,7 +140,9 @@ pub fn measure(dir: &Path, options: &FloorOptions) -> Result<Floor> {
         } else {
             0.0
         },
-        sync_p50_us: sync_us.get(sync_us.len() / 2).copied().unwrap_or(0.0),
+        sync_p50_us: quantile(0.5),
+        sync_p99_us: quantile(0.99),
+        sync_p999_us: quantile(0.999),
     })
 }
 
@@ -173,6 +185,7 @@ mod tests {
         assert_eq!(floor.bytes_per_commit, 2 * (24 + 4096));
         assert!(floor.cpu_us_per_commit.is_finite() && floor.cpu_us_per_commit >= 0.0);
         assert!(floor.sync_p50_us > 0.0);
+        assert!(floor.sync_p50_us <= floor.sync_p99_us && floor.sync_p99_us <= floor.sync_p999_us);
         // The file is gone with the run.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

@@ -220,10 +220,13 @@ pub struct CompareReport {
     pub disk_floor: Option<DiskFloor>,
 }
 
-/// [`Floor`] in the paced scenario's terms.
+/// [`Floor`] in the paced scenario's terms, over as many runs as the
+/// scenarios had.
 #[derive(Debug, Clone, Serialize)]
 pub struct DiskFloor {
-    pub floor: Floor,
+    pub runs: Vec<Floor>,
+    /// Median over the runs.
+    pub cpu_us_per_commit: f64,
     /// Paced events per commit at one commit per burst: the harness's
     /// timer wakes once per millisecond, so 5,000 events/s leave in bursts
     /// of 5.
@@ -231,20 +234,24 @@ pub struct DiskFloor {
     pub cpu_us_per_event: f64,
 }
 
-/// Measures the disk's floor under `data_base` for the paced scenario.
-async fn disk_floor(data_base: &Path, paced: &Scenario) -> Result<DiskFloor> {
+/// Measures the disk's floor under `data_base` for the paced scenario,
+/// `runs` times.
+async fn disk_floor(data_base: &Path, paced: &Scenario, runs: usize) -> Result<DiskFloor> {
     let options = FloorOptions::default();
-    let dir = data_base.to_path_buf();
-    let floor = {
-        let options = options.clone();
-        tokio::task::spawn_blocking(move || disk_floor::measure(&dir, &options)).await??
-    };
+    let mut floors = Vec::new();
+    for _ in 0..runs.max(1) {
+        let (dir, options) = (data_base.to_path_buf(), options.clone());
+        floors
+            .push(tokio::task::spawn_blocking(move || disk_floor::measure(&dir, &options)).await??);
+    }
+    let cpu_us_per_commit = median(floors.iter().map(|f| f.cpu_us_per_commit).collect());
     let events_per_commit =
         paced.rate.unwrap_or(options.commits_per_second) / options.commits_per_second;
     Ok(DiskFloor {
-        cpu_us_per_event: floor.cpu_us_per_commit / events_per_commit,
+        runs: floors,
+        cpu_us_per_commit,
         events_per_commit,
-        floor,
+        cpu_us_per_event: cpu_us_per_commit / events_per_commit,
     })
 }
 
@@ -318,7 +325,7 @@ pub async fn run(
         .find(|r| r.scenario.name == "paced")
         .map(|r| r.scenario.clone());
     let disk_floor = match paced {
-        Some(paced) => Some(disk_floor(data_base, &paced).await?),
+        Some(paced) => Some(disk_floor(data_base, &paced, runs).await?),
         None => None,
     };
     Ok(CompareReport {
@@ -488,11 +495,12 @@ impl CompareReport {
         }
         if let Some(floor) = &self.disk_floor {
             out.push_str(&format!(
-                "\ndisk floor (no server): {}\n  = {:.1} us per paced event at {:.0} events per commit\n",
-                floor.floor.line(),
-                floor.cpu_us_per_event,
-                floor.events_per_commit
+                "\ndisk floor (no server), median {:.1} us CPU per commit = {:.1} us per paced event at {:.0} events per commit\n",
+                floor.cpu_us_per_commit, floor.cpu_us_per_event, floor.events_per_commit
             ));
+            for run in &floor.runs {
+                out.push_str(&format!("    {}\n", run.line()));
+            }
         }
         if !self.checks.is_empty() {
             out.push_str("\nchecks (medians):\n");
