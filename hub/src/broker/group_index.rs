@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use promhub_core::Pattern;
+use promhub_core::{Pattern, Topic};
 
 use super::committed::Committed;
 use super::group::GroupId;
@@ -79,6 +79,13 @@ impl GroupIndex {
         }
     }
 
+    /// Whether any indexed group's pattern matches `topic`: one hash
+    /// lookup, then the wildcard patterns until the first match.
+    pub fn wants(&self, topic: &Topic) -> bool {
+        self.exact.contains_key(topic.as_str())
+            || self.wildcard.values().any(|p| p.pattern.matches(topic))
+    }
+
     /// The events of a committed batch (in seq order) that each indexed
     /// group's pattern matches, per group, in seq order.
     pub fn matching(&self, events: &[Arc<Committed>]) -> HashMap<GroupId, Vec<Arc<Committed>>> {
@@ -143,9 +150,16 @@ mod tests {
         let got = index.matching(&events);
         assert!(!got.contains_key(&1) && !got.contains_key(&3));
         assert_eq!(seqs(got.get(&2)), [1, 4]);
+        assert!(index.wants(&Topic::parse("orders.eu").unwrap()));
+        assert!(
+            index.wants(&Topic::parse("audit").unwrap()),
+            "matched by **"
+        );
         index.remove(2, &exact);
         index.remove(4, &all);
         assert!(index.matching(&events).is_empty());
+        assert!(!index.wants(&Topic::parse("orders.eu").unwrap()));
+        assert!(!index.wants(&Topic::parse("audit").unwrap()));
         assert!(index.exact.is_empty() && index.wildcard.is_empty());
     }
 }

@@ -304,6 +304,16 @@ impl LiveIndex {
         CatchUpStep::Stop
     }
 
+    /// Whether any live subscription's pattern matches `topic`: one hash
+    /// lookup, then the wildcard patterns until the first match.
+    pub fn wants(&self, topic: &Topic) -> bool {
+        self.exact.contains_key(topic.as_str())
+            || self
+                .wildcard
+                .values()
+                .any(|entry| entry.pattern.matches(topic))
+    }
+
     /// Queues every committed event for every live subscription it matches.
     /// Returns how many EVENT frames were queued.
     pub fn fan_out(&mut self, events: &[Arc<Committed>]) -> u64 {
@@ -546,6 +556,26 @@ mod tests {
         index.fan_out(&committed(&[event(1, "x.y"), event(2, "z")]));
         assert_eq!(received(&open).await.len(), 2);
         assert_eq!(received(&narrow).await, [("**".into(), "e1".into(), None)]);
+    }
+
+    #[test]
+    fn a_topic_is_wanted_while_an_exact_or_wildcard_subscription_matches_it() {
+        let mut index = LiveIndex::new(LIMITS);
+        let topic = |t: &str| Topic::parse(t).unwrap();
+        assert!(!index.wants(&topic("orders.eu")));
+        let exact = Pattern::parse("orders.eu").unwrap();
+        let wild = Pattern::parse("audit.*").unwrap();
+        let policy = Arc::new(Policy::allow_all());
+        index.subscribe(1, &exact, send_queue(10), policy.clone(), None, 0);
+        index.subscribe(2, &wild, send_queue(10), policy, None, 0);
+        assert!(index.wants(&topic("orders.eu")));
+        assert!(index.wants(&topic("audit.login")));
+        assert!(!index.wants(&topic("orders.us")));
+        assert!(!index.wants(&topic("audit")));
+        assert!(index.unsubscribe(1, "orders.eu"));
+        assert!(!index.wants(&topic("orders.eu")));
+        assert!(index.unsubscribe(2, "audit.*"));
+        assert!(!index.wants(&topic("audit.login")));
     }
 
     #[tokio::test]

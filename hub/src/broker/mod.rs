@@ -607,17 +607,24 @@ impl Broker {
     // Committed events
 
     fn on_committed(&mut self, events: &[Event]) {
-        if events.is_empty() {
+        let Some(last) = events.last() else {
             return;
-        }
-        let committed: Vec<Arc<Committed>> = events.iter().map(Committed::from_event).collect();
-        if let Some(last) = committed.last() {
-            self.head = self.head.max(last.seq);
-        }
-        self.live_deliveries.inc_by(self.live.fan_out(&committed));
-        let upto = self.head;
-        for (gid, events) in self.group_index.matching(&committed) {
-            self.with_group(gid, |group, fx| group.on_live(&events, upto, fx));
+        };
+        self.head = self.head.max(last.seq);
+        // Only events someone follows are serialized: a topic with no live
+        // subscription and no following group costs a lookup, not an
+        // encoding (a hub that mostly stores pays nothing for the broker).
+        let committed: Vec<Arc<Committed>> = events
+            .iter()
+            .filter(|e| self.live.wants(&e.topic) || self.group_index.wants(&e.topic))
+            .map(Committed::from_event)
+            .collect();
+        if !committed.is_empty() {
+            self.live_deliveries.inc_by(self.live.fan_out(&committed));
+            let upto = self.head;
+            for (gid, events) in self.group_index.matching(&committed) {
+                self.with_group(gid, |group, fx| group.on_live(&events, upto, fx));
+            }
         }
         if !self.waiting_for_head.is_empty() {
             let head = self.head;
