@@ -236,3 +236,46 @@ fn promhub_now_secs() -> u64 {
         .expect("clock after 1970")
         .as_secs()
 }
+
+/// A client that pipelines more PUBLISHes than its connection may have
+/// waiting for a commit (`max_pending_publishes`) is slowed down, not
+/// refused: the frames past the bound wait for room (the connection's
+/// slow path), and every one is stored once and answered, in the order
+/// sent. PINGs in between (always the slow path) are answered too, in
+/// order.
+#[tokio::test]
+async fn publishes_past_the_pending_bound_wait_for_room_and_are_all_answered_in_order() {
+    let mut hub = TestHub::start_with(|config| config.max_pending_publishes = 2).await;
+    let mut client = hub.client().await;
+    const PUBLISHES: usize = 300;
+    for n in 0..PUBLISHES {
+        client
+            .send_json(json!({"op": "PUBLISH", "topic": "pending.bound", "payload": n, "rid": format!("p{n}")}))
+            .await;
+        if n % 100 == 99 {
+            client
+                .send_json(json!({"op": "PING", "rid": format!("ping{n}")}))
+                .await;
+        }
+    }
+    let mut seqs = Vec::new();
+    let mut pongs = Vec::new();
+    while seqs.len() < PUBLISHES || pongs.len() < 3 {
+        let frame = client.recv_json().await;
+        match frame["op"].as_str() {
+            Some("PUBACK") => {
+                assert_eq!(frame["rid"], format!("p{}", seqs.len()), "{frame}");
+                assert_ne!(frame["duplicate"], true, "{frame}");
+                seqs.push(frame["seq"].as_u64().unwrap());
+            }
+            Some("PONG") => pongs.push(frame["rid"].as_str().unwrap().to_owned()),
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(pongs, ["ping99", "ping199", "ping299"]);
+    // Every publish stored once: 300 events on the topic, nothing else.
+    assert_eq!(seqs.len(), PUBLISHES);
+    assert_eq!(seqs[PUBLISHES - 1] - seqs[0], PUBLISHES as u64 - 1);
+    hub.stop().await.unwrap();
+}

@@ -253,6 +253,16 @@ impl BrokerHandle {
         self.commands.send(command).await.is_ok()
     }
 
+    /// Sends a command if the queue has room now; gives it back when the
+    /// queue is full (then [`send`](Self::send) it). A stopped broker drops
+    /// it, as `send` does.
+    pub fn try_send(&self, command: Command) -> Option<Command> {
+        match self.commands.try_send(command) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
+            Err(mpsc::error::TrySendError::Full(command)) => Some(command),
+        }
+    }
+
     /// Waits until the group changes sent before are durable.
     pub async fn barrier(&self) {
         let (done, wait) = oneshot::channel();

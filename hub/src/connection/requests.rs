@@ -49,6 +49,25 @@ impl Connection {
     }
 
     pub(super) async fn publish(&mut self, publish: Publish, policy: &Policy) {
+        let Some((event, rid)) = self.admitted_publish(publish, policy) else {
+            return;
+        };
+        // Bound the commits one connection waits for.
+        while self.publishes.len() >= self.config().max_pending_publishes {
+            if let Some((rid, result)) = self.publishes.next().await {
+                self.publish_done(rid, result);
+            }
+        }
+        self.start_publish(event, rid);
+    }
+
+    /// The event a PUBLISH stores, once the policy, the event's fields and
+    /// the quotas allow it; refusals are answered here.
+    pub(super) fn admitted_publish(
+        &mut self,
+        publish: Publish,
+        policy: &Policy,
+    ) -> Option<(NewEvent, Option<Rid>)> {
         let Publish {
             topic,
             payload,
@@ -61,7 +80,7 @@ impl Connection {
                 format!("publishing to {topic} is not allowed"),
                 rid,
             );
-            return;
+            return None;
         }
         let event = match NewEvent::from_publish(
             topic,
@@ -72,18 +91,18 @@ impl Connection {
             Ok(event) => event,
             Err(invalid) => {
                 self.bad_frame(ErrorCode::BadRequest, invalid.to_string(), rid);
-                return;
+                return None;
             }
         };
         if !self.admit_publish(event.topic.as_str(), rid.as_ref()) {
-            return;
+            return None;
         }
-        // Bound the commits one connection waits for.
-        while self.publishes.len() >= self.config().max_pending_publishes {
-            if let Some((rid, result)) = self.publishes.next().await {
-                self.publish_done(rid, result);
-            }
-        }
+        Some((event, rid))
+    }
+
+    /// Hands an admitted event to the writer; its answer comes back
+    /// through `publishes`.
+    pub(super) fn start_publish(&mut self, event: NewEvent, rid: Option<Rid>) {
         let writer = self.shared.writer.clone();
         self.publishes
             .push(Box::pin(async move { (rid, writer.append(event).await) }));
@@ -269,6 +288,18 @@ impl Connection {
 
     /// The group key of an ACK / WORKING for one of this connection's
     /// groups; answers for ephemeral or unknown subscriptions are ignored.
+    /// The broker command for an ACK or WORKING; `None` for a delivery of a
+    /// group this connection is not subscribed to.
+    pub(super) fn answer_command(&self, delivery: DeliveryRef, answer: Answer) -> Option<Command> {
+        let seq = delivery.seq;
+        let (key, id) = self.group_answer(delivery)?;
+        let conn = self.id;
+        Some(match answer {
+            Answer::Ack => Command::Ack { conn, key, id, seq },
+            Answer::Working => Command::Working { conn, key, id, seq },
+        })
+    }
+
     pub(super) fn group_answer(&self, delivery: DeliveryRef) -> Option<(GroupKey, String)> {
         let group = delivery.group?;
         let key = (
