@@ -431,8 +431,8 @@ impl Connection {
     /// Handles one message. Most frames are handled without waiting
     /// ([`Connection::handle_now`]); the rest are awaited in a boxed
     /// future, so the connection's task does not carry the state of its
-    /// largest request while idle (9.4 KiB per idle connection instead of
-    /// 11.1, docs/sizing.md) and the hot frames allocate nothing for it.
+    /// largest request while idle (9.0 KiB per idle connection instead of
+    /// 10.8, docs/sizing.md) and the hot frames allocate nothing for it.
     async fn on_message(&mut self, message: WireMessage) {
         if self.send_queue.is_closing() {
             return;
